@@ -1,0 +1,192 @@
+"""Settings, all from the environment (see the settings table in README.md).
+
+The embedded default needs nothing: SQLite and a generated secret key under
+$OPSCONSOLE_HOME. A team points DATABASE_URL at PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from wrapper.formats import StatePaths, claude_config_dir, ensure_private_dir
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+# The wrapper and the console agree on where state lives through one definition.
+OPSCONSOLE_STATE = StatePaths.from_env()
+OPSCONSOLE_HOME = OPSCONSOLE_STATE.home
+OPSCONSOLE_ACTIVE_DIR = OPSCONSOLE_STATE.active
+
+
+def _secret_key() -> str:
+    if os.environ.get("OPSCONSOLE_SECRET_KEY"):
+        return os.environ["OPSCONSOLE_SECRET_KEY"]
+    # Zero-setup default: a random key kept beside the state, readable only by its owner.
+    ensure_private_dir(OPSCONSOLE_HOME)
+    key_file = OPSCONSOLE_HOME / "secret_key"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("OPSCONSOLE_DEBUG", False)
+ALLOWED_HOSTS = env_list("OPSCONSOLE_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("OPSCONSOLE_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "opsconsole",
+    "sessions_app",
+    "jobs_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every page needs a login; API views opt out and answer 401 themselves.
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "opsconsole.urls"
+WSGI_APPLICATION = "opsconsole.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "opsconsole.context_processors.console",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{OPSCONSOLE_HOME / 'opsconsole.sqlite3'}",
+        conn_max_age=env_int("OPSCONSOLE_DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the page read while an ingest writes; wait rather than fail on a lock.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "opsconsole",
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "live"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("OPSCONSOLE_TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("OPSCONSOLE_STATIC_ROOT") or OPSCONSOLE_HOME / "static")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the apps when collectstatic has not run (tests, runserver).
+WHITENOISE_USE_FINDERS = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = env_bool("OPSCONSOLE_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# ----------------------------------------------------------------------------- opsconsole
+# Where Claude Code keeps transcripts; the console reads nothing outside these and the archive.
+OPSCONSOLE_CLAUDE_CONFIG_DIRS = [
+    Path(p).expanduser()
+    for p in env_list("OPSCONSOLE_CLAUDE_CONFIG_DIRS", [str(claude_config_dir())])
+]
+# One process-table scan per window, however many tabs and API clients poll.
+OPSCONSOLE_SNAPSHOT_SECONDS = env_float("OPSCONSOLE_SNAPSHOT_SECONDS", 1.5)
+OPSCONSOLE_POLL_SECONDS = env_float("OPSCONSOLE_POLL_SECONDS", 2.0)
+OPSCONSOLE_TAIL_BYTES = env_int("OPSCONSOLE_TAIL_BYTES", 200_000)
+OPSCONSOLE_HOST = os.environ.get("OPSCONSOLE_HOST_NAME") or os.uname().nodename
+OPSCONSOLE_API_PAGE_SIZE = env_int("OPSCONSOLE_API_PAGE_SIZE", 50)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("OPSCONSOLE_LOG_LEVEL", "INFO")},
+    "loggers": {"django": {"level": "WARNING"}},
+}

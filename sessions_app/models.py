@@ -1,0 +1,78 @@
+"""Every run on record: one row per attempt, live or finished."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Status(models.TextChoices):
+    LIVE = "live", "live"
+    ORPHANED = "orphaned", "orphaned"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    REFUSED = "refused", "refused"
+    QUOTA_SKIP = "quota_skip", "quota skip"
+    KILLED = "killed", "killed"
+
+
+LIVE_STATUSES = (Status.LIVE, Status.ORPHANED)
+
+
+class Session(models.Model):
+    """One attempt of one wrapped `claude` run, keyed by its pre-assigned session UUID."""
+
+    session_id = models.UUIDField(unique=True)
+    script_tag = models.CharField(max_length=100, db_index=True)
+    platform = models.CharField(max_length=100, blank=True, default="")
+    host = models.CharField(max_length=255, blank=True, default="")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    retry_of = models.UUIDField(null=True, blank=True, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    end_reason = models.CharField(max_length=32, blank=True, default="")
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.BigIntegerField(null=True, blank=True)
+    num_turns = models.IntegerField(null=True, blank=True)
+    # Unknown cost stays NULL: a run we could not price is never shown as free.
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    cache_read_tokens = models.BigIntegerField(null=True, blank=True)
+    cache_creation_tokens = models.BigIntegerField(null=True, blank=True)
+    is_error = models.BooleanField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=64, blank=True, default="")
+    api_error_status = models.IntegerField(null=True, blank=True)
+    model = models.CharField(max_length=100, blank=True, default="")
+    cwd = models.TextField(blank=True, default="")
+    wrapper_pid = models.IntegerField(null=True, blank=True)
+    claude_pid = models.IntegerField(null=True, blank=True)
+    claude_config_dir = models.TextField(blank=True, default="")
+    transcript_path = models.TextField(blank=True, default="")  # where claude wrote it
+    archive_path = models.TextField(blank=True, default="")  # the copy that outlives claude's
+    recorded_from = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        help_text="spool (completion record), sidecar (seen live or vanished), or backfill",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["-started_at", "-id"], name="session_newest"),
+            models.Index(fields=["script_tag", "-started_at"], name="session_tag_newest"),
+            models.Index(fields=["status", "-started_at"], name="session_status_newest"),
+            models.Index(fields=["platform", "-started_at"], name="session_platform_newest"),
+            models.Index(fields=["host", "-started_at"], name="session_host_newest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.script_tag} {self.session_id} ({self.status})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES

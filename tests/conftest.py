@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated state root and Claude config dir per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from wrapper.formats import StatePaths
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass
+class State:
+    """The directories a wrapper and the console share in one test."""
+
+    paths: StatePaths
+    config_dir: Path  # CLAUDE_CONFIG_DIR
+    workdir: Path  # the cwd the agents run in
+    env: dict[str, str]  # environment for subprocesses (wrapper, stand-in claude)
+
+    @property
+    def home(self) -> Path:
+        return self.paths.home
+
+    @property
+    def active(self) -> Path:
+        return self.paths.active
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> State:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    config_dir = tmp_path / "claude-config"
+    config_dir.mkdir(mode=0o700)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    paths = StatePaths(home=home, active=home / "active")
+    env = dict(os.environ)
+    env.update(
+        OPSCONSOLE_HOME=str(home),
+        OPSCONSOLE_ACTIVE_DIR=str(paths.active),
+        CLAUDE_CONFIG_DIR=str(config_dir),
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    env.pop("CLAUDE_SESSION_ID", None)
+    for key in ("OPSCONSOLE_HOME", "OPSCONSOLE_ACTIVE_DIR", "CLAUDE_CONFIG_DIR"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("CLAUDE_SESSION_ID", raising=False)
+    return State(paths=paths, config_dir=config_dir, workdir=workdir, env=env)
+
+
+@pytest.fixture
+def console_state(state: State, settings) -> State:
+    """`state`, with the Django settings pointed at it and the snapshot cache empty."""
+    from django.core.cache import cache
+
+    settings.OPSCONSOLE_STATE = state.paths
+    settings.OPSCONSOLE_HOME = state.home
+    settings.OPSCONSOLE_ACTIVE_DIR = state.active
+    settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS = [state.config_dir]
+    cache.clear()
+    yield state
+    cache.clear()

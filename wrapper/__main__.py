@@ -1,0 +1,3 @@
+from wrapper.cli import main
+
+raise SystemExit(main())
