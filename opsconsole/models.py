@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-TOKEN_PREFIX = "oc_"
+TOKEN_PREFIX = "oc_"  # noqa: S105 - a marker, not a secret
 
 
 def hash_token(token: str) -> str:

@@ -1,3 +1,21 @@
 from django.urls import path
 
-urlpatterns: list = []
+from sessions_app import api, views
+
+urlpatterns = [
+    path("", views.live, name="live"),
+    path("live/rows/", views.live_rows, name="live-rows"),
+    path("history/", views.history, name="history"),
+    path("sessions/<uuid:session_id>/", views.session_page, name="session"),
+    path("sessions/<uuid:session_id>/header/", views.session_header, name="session-header"),
+    path(
+        "sessions/<uuid:session_id>/transcript/",
+        views.transcript_follow,
+        name="session-transcript",
+    ),
+    # JSON API (paths kept from the seed)
+    path("api/claude-active", api.claude_active, name="api-active"),
+    path("api/claude-jsonl/<str:session_id>", api.transcript_tail, name="api-transcript"),
+    path("api/sessions", api.session_list, name="api-sessions"),
+    path("api/sessions/<str:session_id>", api.session_detail, name="api-session"),
+]

@@ -5,6 +5,6 @@ import tempfile
 
 os.environ.setdefault("OPSCONSOLE_HOME", tempfile.mkdtemp(prefix="opsconsole-test-home-"))
 
-from opsconsole.settings import *  # noqa: E402, F403
+from opsconsole.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed, tests only

@@ -8,17 +8,20 @@ wrapper must run on a host with nothing but Python.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 FORMAT_VERSION = 1
 
@@ -106,8 +109,11 @@ PROJECT_DIR_NAME_LIMIT = 200
 
 
 def transcript_path(config_dir: Path, cwd: str, session_id: str) -> Path:
-    return config_dir / "projects" / encode_project_dir(cwd)[:PROJECT_DIR_NAME_LIMIT] / (
-        f"{session_id}.jsonl"
+    return (
+        config_dir
+        / "projects"
+        / encode_project_dir(cwd)[:PROJECT_DIR_NAME_LIMIT]
+        / (f"{session_id}.jsonl")
     )
 
 
@@ -242,23 +248,27 @@ def check_private_dir(path: Path) -> None:
         )
 
 
-def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """A file that appears at `path` whole, or not at all (temp file + fsync + rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    with atomic_file(path, mode) as handle:
+        handle.write(json.dumps(data, sort_keys=True, indent=1).encode("utf-8") + b"\n")
 
 
 def read_json_record(path: Path, *, require_owner: bool = True) -> dict[str, Any]:
@@ -487,3 +497,19 @@ def clear_quota_stamp(paths: StatePaths) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def copy_into_archive(source: Path, dest: Path) -> None:
+    """Stream a transcript into the archive (0600 in a 0700 dir), atomically.
+
+    Claude Code deletes its transcripts after cleanupPeriodDays; this copy is what
+    keeps a run readable. Raises OSError when the source cannot be read.
+    """
+    ensure_private_dir(dest.parent.parent)
+    ensure_private_dir(dest.parent)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(source, flags), "rb") as src:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            raise OSError(f"{source} is not a regular file")
+        with atomic_file(dest) as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)

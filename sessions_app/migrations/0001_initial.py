@@ -4,53 +4,89 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Session',
+            name="Session",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('session_id', models.UUIDField(unique=True)),
-                ('script_tag', models.CharField(db_index=True, max_length=100)),
-                ('platform', models.CharField(blank=True, default='', max_length=100)),
-                ('host', models.CharField(blank=True, default='', max_length=255)),
-                ('attempt', models.PositiveSmallIntegerField(default=1)),
-                ('retry_of', models.UUIDField(blank=True, db_index=True, null=True)),
-                ('status', models.CharField(choices=[('live', 'live'), ('orphaned', 'orphaned'), ('succeeded', 'succeeded'), ('failed', 'failed'), ('refused', 'refused'), ('quota_skip', 'quota skip'), ('killed', 'killed')], max_length=16)),
-                ('end_reason', models.CharField(blank=True, default='', max_length=32)),
-                ('exit_code', models.IntegerField(blank=True, null=True)),
-                ('error', models.TextField(blank=True, default='')),
-                ('started_at', models.DateTimeField()),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('duration_ms', models.BigIntegerField(blank=True, null=True)),
-                ('num_turns', models.IntegerField(blank=True, null=True)),
-                ('cost_usd', models.DecimalField(blank=True, decimal_places=6, max_digits=12, null=True)),
-                ('input_tokens', models.BigIntegerField(blank=True, null=True)),
-                ('output_tokens', models.BigIntegerField(blank=True, null=True)),
-                ('cache_read_tokens', models.BigIntegerField(blank=True, null=True)),
-                ('cache_creation_tokens', models.BigIntegerField(blank=True, null=True)),
-                ('is_error', models.BooleanField(blank=True, null=True)),
-                ('stop_reason', models.CharField(blank=True, default='', max_length=64)),
-                ('api_error_status', models.IntegerField(blank=True, null=True)),
-                ('model', models.CharField(blank=True, default='', max_length=100)),
-                ('cwd', models.TextField(blank=True, default='')),
-                ('wrapper_pid', models.IntegerField(blank=True, null=True)),
-                ('claude_pid', models.IntegerField(blank=True, null=True)),
-                ('claude_config_dir', models.TextField(blank=True, default='')),
-                ('transcript_path', models.TextField(blank=True, default='')),
-                ('archive_path', models.TextField(blank=True, default='')),
-                ('recorded_from', models.CharField(blank=True, default='', help_text='spool (completion record), sidecar (seen live or vanished), or backfill', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("session_id", models.UUIDField(unique=True)),
+                ("script_tag", models.CharField(db_index=True, max_length=100)),
+                ("platform", models.CharField(blank=True, default="", max_length=100)),
+                ("host", models.CharField(blank=True, default="", max_length=255)),
+                ("attempt", models.PositiveSmallIntegerField(default=1)),
+                ("retry_of", models.UUIDField(blank=True, db_index=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("live", "live"),
+                            ("orphaned", "orphaned"),
+                            ("succeeded", "succeeded"),
+                            ("failed", "failed"),
+                            ("refused", "refused"),
+                            ("quota_skip", "quota skip"),
+                            ("killed", "killed"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("end_reason", models.CharField(blank=True, default="", max_length=32)),
+                ("exit_code", models.IntegerField(blank=True, null=True)),
+                ("error", models.TextField(blank=True, default="")),
+                ("started_at", models.DateTimeField()),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("duration_ms", models.BigIntegerField(blank=True, null=True)),
+                ("num_turns", models.IntegerField(blank=True, null=True)),
+                (
+                    "cost_usd",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=12, null=True),
+                ),
+                ("input_tokens", models.BigIntegerField(blank=True, null=True)),
+                ("output_tokens", models.BigIntegerField(blank=True, null=True)),
+                ("cache_read_tokens", models.BigIntegerField(blank=True, null=True)),
+                ("cache_creation_tokens", models.BigIntegerField(blank=True, null=True)),
+                ("is_error", models.BooleanField(blank=True, null=True)),
+                ("stop_reason", models.CharField(blank=True, default="", max_length=64)),
+                ("api_error_status", models.IntegerField(blank=True, null=True)),
+                ("model", models.CharField(blank=True, default="", max_length=100)),
+                ("cwd", models.TextField(blank=True, default="")),
+                ("wrapper_pid", models.IntegerField(blank=True, null=True)),
+                ("claude_pid", models.IntegerField(blank=True, null=True)),
+                ("claude_config_dir", models.TextField(blank=True, default="")),
+                ("transcript_path", models.TextField(blank=True, default="")),
+                ("archive_path", models.TextField(blank=True, default="")),
+                (
+                    "recorded_from",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        help_text="spool (completion record), sidecar (seen live or vanished), or backfill",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['-started_at', '-id'],
-                'indexes': [models.Index(fields=['-started_at', '-id'], name='session_newest'), models.Index(fields=['script_tag', '-started_at'], name='session_tag_newest'), models.Index(fields=['status', '-started_at'], name='session_status_newest'), models.Index(fields=['platform', '-started_at'], name='session_platform_newest'), models.Index(fields=['host', '-started_at'], name='session_host_newest')],
+                "ordering": ["-started_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["-started_at", "-id"], name="session_newest"),
+                    models.Index(fields=["script_tag", "-started_at"], name="session_tag_newest"),
+                    models.Index(fields=["status", "-started_at"], name="session_status_newest"),
+                    models.Index(
+                        fields=["platform", "-started_at"], name="session_platform_newest"
+                    ),
+                    models.Index(fields=["host", "-started_at"], name="session_host_newest"),
+                ],
             },
         ),
     ]

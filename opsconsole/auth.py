@@ -1,0 +1,61 @@
+"""API authentication: a logged-in session, or `Authorization: Bearer <token>`.
+
+Pages use Django's LoginRequiredMiddleware (redirect to the login page). API
+views answer 401 with a JSON error instead: a script must never be sent a
+login form.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_not_required
+from django.http import JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+
+from opsconsole.models import ApiToken
+
+
+def json_error(message: str, status: int, **extra) -> JsonResponse:
+    return JsonResponse({"error": message, **extra}, status=status)
+
+
+def unauthorized(message: str) -> JsonResponse:
+    response = json_error(message, 401)
+    response["WWW-Authenticate"] = 'Bearer realm="opsconsole"'
+    return response
+
+
+def api_view(view):
+    """Authenticate an API view by session or bearer token; 401 JSON otherwise."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return unauthorized("Authorization must be 'Bearer <token>'.")
+            user = ApiToken.authenticate(token.strip())
+            if user is None:
+                return unauthorized("Invalid or revoked API token.")
+            request.user = user
+        elif not request.user.is_authenticated:
+            return unauthorized(
+                "Authentication required: log in, or send 'Authorization: Bearer <token>' "
+                "(python manage.py create_api_token USERNAME)."
+            )
+        elif csrf_rejects(request):
+            return json_error("CSRF check failed: send the X-CSRFToken header.", 403)
+        return view(request, *args, **kwargs)
+
+    # CSRF is checked above for cookie sessions only; a bearer token is not ambient.
+    return csrf_exempt(login_not_required(wrapped))
+
+
+def csrf_rejects(request) -> bool:
+    """Run Django's own CSRF check (it passes safe methods) for a cookie-session request."""
+    check = CsrfViewMiddleware(lambda _request: None)
+    check.process_request(request)
+    return check.process_view(request, None, (), {}) is not None

@@ -1,0 +1,85 @@
+"""`opsconsole serve`: migrate, make sure someone can log in, then serve.
+
+Any other arguments are passed to Django's manage.py, so `opsconsole
+create_api_token alice` works from anywhere without knowing where manage.py is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsconsole.settings")
+    if not argv or argv[0] != "serve":
+        from django.core.management import execute_from_command_line
+
+        execute_from_command_line(["opsconsole", *argv])
+        return 0
+
+    parser = argparse.ArgumentParser(prog="opsconsole serve", description=__doc__)
+    parser.add_argument(
+        "--bind",
+        default=os.environ.get("OPSCONSOLE_BIND", "127.0.0.1:8000"),
+        help="address:port to listen on (default 127.0.0.1:8000, or $OPSCONSOLE_BIND)",
+    )
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args(argv[1:])
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+    ensure_first_user()
+    print(f"opsconsole: serving on http://{args.bind}/", flush=True)
+    # One worker so the snapshot cache is shared by every request; threads for concurrency.
+    os.execvp(  # noqa: S606 - replace this process with the server, by design
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "opsconsole.wsgi:application",
+            "--bind",
+            args.bind,
+            "--workers",
+            "1",
+            "--threads",
+            str(args.threads),
+            "--access-logfile",
+            "-",
+            "--timeout",
+            "60",
+        ],
+    )
+    return 0  # not reached
+
+
+def ensure_first_user() -> None:
+    """On a fresh database, create `admin` with a random password and say where it is."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects
+    if users.exists():
+        return
+    password = secrets.token_urlsafe(12)
+    users.create_superuser("admin", password=password)
+    password_file = settings.OPSCONSOLE_HOME / "initial-admin-password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    print(
+        f"opsconsole: created user 'admin' with password {password}\n"
+        f"            (also in {password_file}; change it under /admin/)",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""JSON API. Paths kept from the seed so existing curl habits still work."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.paginator import EmptyPage, Paginator
+from django.db import DatabaseError
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+
+from opsconsole.auth import api_view, json_error
+from sessions_app import transcript_store
+from sessions_app.live import get_snapshot
+from sessions_app.models import Session, Status
+from sessions_app.runs import find_run, live_runs, run_from_record, run_payload
+from sessions_app.transcripts.tail import (
+    OffsetBeyondEnd,
+    parse_range_header,
+    read_from,
+    read_tail,
+)
+from wrapper.formats import is_session_id
+
+
+@api_view
+@require_GET
+def claude_active(request):
+    snapshot = get_snapshot()
+    return JsonResponse(
+        {
+            "sessions": [run_payload(run) for run in live_runs(snapshot)],
+            "skipped_sidecars": [{"name": s.name, "reason": s.reason} for s in snapshot.skipped],
+            "active_dir_error": snapshot.active_dir_error,
+            "database_error": snapshot.database_error,
+            "taken_at": snapshot.taken_at.isoformat(),
+        }
+    )
+
+
+@api_view
+@require_GET
+def session_detail(request, session_id: str):
+    if not is_session_id(session_id):
+        return json_error("Not a session id (a lowercase UUID).", 400)
+    run = find_run(session_id)
+    if run is None:
+        return json_error(f"No session {session_id} is live or on record.", 404)
+    return JsonResponse(run_payload(run, with_processes=True))
+
+
+@api_view
+@require_GET
+def session_list(request):
+    rows = Session.objects.all()
+    for name in ("tag", "platform", "host", "status"):
+        value = request.GET.get(name)
+        if value:
+            column = "script_tag" if name == "tag" else name
+            rows = rows.filter(**{column: value})
+    if request.GET.get("status") and request.GET["status"] not in Status.values:
+        return json_error(f"status must be one of {', '.join(Status.values)}.", 400)
+    paginator = Paginator(rows, settings.OPSCONSOLE_API_PAGE_SIZE)
+    try:
+        page = paginator.page(request.GET.get("page") or 1)
+    except EmptyPage:
+        return json_error("No such page.", 404)
+    except ValueError:
+        return json_error("page must be a whole number.", 400)
+    try:
+        sessions = [run_payload(run_from_record(row)) for row in page.object_list]
+    except DatabaseError as exc:
+        return json_error(f"Database unavailable: {exc}", 503)
+    return JsonResponse(
+        {
+            "sessions": sessions,
+            "page": page.number,
+            "pages": paginator.num_pages,
+            "count": paginator.count,
+            "next": _page_url(request, page.next_page_number()) if page.has_next() else None,
+        }
+    )
+
+
+def _page_url(request, number: int) -> str:
+    query = request.GET.copy()
+    query["page"] = str(number)
+    return f"{request.path}?{query.urlencode()}"
+
+
+@api_view
+@require_GET
+def transcript_tail(request, session_id: str):
+    """The tail of a transcript; `Range: bytes=N-` returns only what came after byte N."""
+    if not is_session_id(session_id):
+        return json_error("Not a session id (a lowercase UUID).", 400)
+    run = find_run(session_id)
+    live = get_snapshot().get(session_id)
+    located = transcript_store.locate(
+        session_id,
+        sidecar=live.sidecar if live else None,
+        session=run.record if run else None,
+    )
+    if located is None:
+        return json_error(f"No transcript for session {session_id}.", 404)
+
+    range_header = request.headers.get("Range")
+    offset = parse_range_header(range_header) if range_header else None
+    try:
+        if offset is None:
+            chunk = read_tail(located.path, settings.OPSCONSOLE_TAIL_BYTES)
+            response = HttpResponse(chunk.data, status=200)
+        else:
+            chunk = read_from(located.path, offset, settings.OPSCONSOLE_TAIL_BYTES)
+            response = HttpResponse(chunk.data, status=206)
+            last_byte = chunk.end - 1 if chunk.end > chunk.start else chunk.start
+            response["Content-Range"] = f"bytes {chunk.start}-{last_byte}/{chunk.total}"
+    except OffsetBeyondEnd as exc:
+        response = HttpResponse(b"", status=416)
+        response["Content-Range"] = f"bytes */{exc.total}"
+        response["X-Transcript-Total-Bytes"] = str(exc.total)
+        return response
+    except OSError:
+        return json_error("The transcript could not be read.", 503)
+    response["Content-Type"] = "text/plain; charset=utf-8"
+    response["Accept-Ranges"] = "bytes"
+    response["Cache-Control"] = "no-store"
+    response["X-Transcript-Path"] = str(located.path)
+    response["X-Transcript-Kind"] = located.kind
+    response["X-Transcript-Total-Bytes"] = str(chunk.total)
+    response["X-Transcript-Start"] = str(chunk.start)
+    response["X-Transcript-End"] = str(chunk.end)
+    return response

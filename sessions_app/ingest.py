@@ -1,0 +1,234 @@
+"""Getting runs on record: the wrapper's spool, and runs that vanished without one.
+
+Idempotent by session id. A spool file is moved aside once recorded (into
+spool/ingested/<day>/), a malformed one into spool/rejected/: nothing is deleted,
+so nothing is lost, and the next pass only looks at what is new.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from django.db import transaction
+
+from sessions_app.models import LIVE_STATUSES, Session, Status
+from wrapper.formats import (
+    FormatError,
+    Sidecar,
+    SpoolRecord,
+    StatePaths,
+    copy_into_archive,
+    ensure_private_dir,
+    parse_iso,
+    read_spool_record,
+)
+
+log = logging.getLogger(__name__)
+
+END_REASON_STATUS = {
+    "succeeded": Status.SUCCEEDED,
+    "failed": Status.FAILED,
+    "refused": Status.REFUSED,
+    "quota_skip": Status.QUOTA_SKIP,
+    "signalled": Status.KILLED,
+}
+
+USAGE_FIELDS = {
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "cache_read_input_tokens": "cache_read_tokens",
+    "cache_creation_input_tokens": "cache_creation_tokens",
+}
+
+
+@dataclass
+class IngestResult:
+    recorded: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+
+
+def pending_spool_files(paths: StatePaths) -> list[Path]:
+    try:
+        return sorted(
+            entry
+            for entry in paths.spool.iterdir()
+            if entry.suffix == ".json" and not entry.name.startswith(".")
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def ingest_spool(
+    paths: StatePaths, *, progress: Callable[[int, int], None] | None = None
+) -> IngestResult:
+    """Record every completion record waiting in the spool. Database errors propagate."""
+    result = IngestResult()
+    files = pending_spool_files(paths)
+    for index, path in enumerate(files, start=1):
+        ingest_spool_file(path, paths, result)
+        if progress:
+            progress(index, len(files))
+    return result
+
+
+def ingest_spool_file(path: Path, paths: StatePaths, result: IngestResult) -> bool:
+    try:
+        record = read_spool_record(path)
+    except FormatError as exc:
+        log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path.name, exc)
+        result.rejected.append((path.name, str(exc)))
+        _move_aside(path, paths.spool / "rejected")
+        return False
+    record_completion(record)
+    result.recorded += 1
+    day = record.started_at[:10] if record.started_at[:4].isdigit() else "undated"
+    _move_aside(path, paths.spool / "ingested" / day)
+    return True
+
+
+def _move_aside(path: Path, folder: Path) -> None:
+    try:
+        ensure_private_dir(folder.parent)
+        ensure_private_dir(folder)
+        os.replace(path, folder / path.name)
+    except FileNotFoundError:
+        pass  # another console process took it first
+
+
+def record_completion(record: SpoolRecord) -> Session:
+    """Create or complete the Session row for one finished attempt."""
+    values = {
+        "script_tag": record.script_tag,
+        "platform": record.platform,
+        "host": record.host,
+        "attempt": record.attempt,
+        "retry_of": record.retry_of,
+        "status": END_REASON_STATUS[record.end_reason],
+        "end_reason": record.end_reason,
+        "exit_code": record.exit_code,
+        "error": record.error or "",
+        "started_at": parse_iso(record.started_at),
+        "ended_at": parse_iso(record.ended_at),
+        "duration_ms": record.duration_ms,
+        "num_turns": record.num_turns,
+        "cost_usd": _decimal(record.cost_usd),
+        "is_error": record.is_error,
+        "stop_reason": record.stop_reason or "",
+        "api_error_status": record.api_error_status,
+        "model": record.model or "",
+        "cwd": record.cwd or "",
+        "wrapper_pid": record.wrapper_pid,
+        "claude_config_dir": record.claude_config_dir or "",
+        "transcript_path": record.transcript_path or "",
+        "archive_path": record.archive_path or "",
+        "recorded_from": "spool",
+    }
+    if record.duration_ms is None:
+        elapsed = values["ended_at"] - values["started_at"]
+        values["duration_ms"] = max(0, int(elapsed.total_seconds() * 1000))
+    for usage_key, column in USAGE_FIELDS.items():
+        values[column] = (record.usage or {}).get(usage_key)
+    session, _ = Session.objects.update_or_create(session_id=record.session_id, defaults=values)
+    return session
+
+
+def _decimal(value: float | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value)).quantize(Decimal("0.000001"))
+
+
+def sidecar_values(sidecar: Sidecar, status: str) -> dict:
+    return {
+        "script_tag": sidecar.script_tag,
+        "platform": sidecar.platform,
+        "host": sidecar.host,
+        "attempt": sidecar.attempt,
+        "retry_of": sidecar.retry_of,
+        "status": status,
+        "started_at": parse_iso(sidecar.started_at),
+        "cwd": sidecar.cwd,
+        "wrapper_pid": sidecar.wrapper_pid,
+        "claude_pid": sidecar.claude_pid,
+        "claude_config_dir": sidecar.claude_config_dir,
+        "transcript_path": sidecar.transcript_path,
+        "recorded_from": "sidecar",
+    }
+
+
+def record_live(sidecars_by_state: dict[str, list[Sidecar]]) -> None:
+    """Make sure every live or orphaned session has a row, and that its status is current.
+
+    One SELECT for all of them; writes only for what is new or changed. A row that
+    already ended (its completion record came first) is never turned back to live.
+    """
+    all_sidecars = [s for group in sidecars_by_state.values() for s in group]
+    if not all_sidecars:
+        return
+    known = dict(
+        Session.objects.filter(session_id__in=[s.session_id for s in all_sidecars]).values_list(
+            "session_id", "status"
+        )
+    )
+    known = {str(k): v for k, v in known.items()}
+    new_rows = []
+    for status, sidecars in sidecars_by_state.items():
+        for sidecar in sidecars:
+            current = known.get(sidecar.session_id)
+            if current is None:
+                new_rows.append(
+                    Session(session_id=sidecar.session_id, **sidecar_values(sidecar, status))
+                )
+            elif current != status and current in LIVE_STATUSES:
+                Session.objects.filter(session_id=sidecar.session_id).update(
+                    status=status, claude_pid=sidecar.claude_pid
+                )
+    if new_rows:
+        Session.objects.bulk_create(new_rows, ignore_conflicts=True)
+
+
+def record_vanished(sidecar: Sidecar, paths: StatePaths, transcript: Path | None) -> Session:
+    """A session whose wrapper and agent are both gone, with no completion record: killed.
+
+    The transcript is copied into the archive first, so the run stays readable after
+    Claude Code's own cleanup.
+    """
+    archive_path = ""
+    if transcript is not None:
+        dest = paths.archive_path(sidecar.started_at, sidecar.script_tag, sidecar.session_id)
+        try:
+            copy_into_archive(transcript, dest)
+            archive_path = str(dest)
+        except OSError as exc:
+            log.warning("could not archive transcript of %s: %s", sidecar.session_id, exc)
+    now = datetime.now(UTC)
+    values = sidecar_values(sidecar, Status.KILLED)
+    values.update(
+        end_reason="vanished",
+        ended_at=now,
+        duration_ms=max(0, int((now - values["started_at"]).total_seconds() * 1000)),
+        error="The wrapper and the agent exited without a completion record "
+        "(killed, crashed, or the host went down).",
+        archive_path=archive_path,
+    )
+    with transaction.atomic():
+        session, created = Session.objects.select_for_update().get_or_create(
+            session_id=sidecar.session_id, defaults=values
+        )
+        if not created and session.status in LIVE_STATUSES:
+            for name, value in values.items():
+                setattr(session, name, value)
+            session.save()
+    return session
+
+
+def has_completion_record(session_id: str, paths: StatePaths) -> bool:
+    """True when the attempt finished on record (ingesting a just-written spool file)."""
+    spool_file = paths.spool_path(session_id)
+    if spool_file.exists():
+        ingest_spool_file(spool_file, paths, IngestResult())
+    return Session.objects.filter(session_id=session_id).exclude(status__in=LIVE_STATUSES).exists()

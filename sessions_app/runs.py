@@ -1,0 +1,224 @@
+"""One run as known, live or on record: what pages, the API and commands show.
+
+A live session's truth is its sidecar and the process table; a finished one's
+is its Session row. `find_run` joins the two so callers never have to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import DatabaseError
+from django.urls import reverse
+
+from sessions_app.live import LiveSession, Snapshot, get_snapshot
+from sessions_app.models import Session
+from sessions_app.proctree import ProcessDetail
+from wrapper.formats import is_session_id, parse_iso
+
+
+@dataclass
+class Run:
+    session_id: str
+    script_tag: str
+    platform: str
+    host: str
+    attempt: int
+    retry_of: str | None
+    status: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    end_reason: str = ""
+    error: str = ""
+    cost_usd: Decimal | None = None
+    duration_ms: int | None = None
+    num_turns: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    stop_reason: str = ""
+    api_error_status: int | None = None
+    model: str = ""
+    cwd: str = ""
+    wrapper_pid: int | None = None
+    claude_pid: int | None = None
+    last_tool_call: str | None = None
+    processes: list[ProcessDetail] = field(default_factory=list)
+    live: bool = False
+    record: Session | None = None
+
+    @property
+    def total_tokens(self) -> int | None:
+        parts = [
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_creation_tokens,
+        ]
+        known = [p for p in parts if p is not None]
+        return sum(known) if known else None
+
+    @property
+    def cpu_percent(self) -> float:
+        return round(sum(p.cpu_percent for p in self.processes), 1)
+
+    @property
+    def rss(self) -> int:
+        return sum(p.rss for p in self.processes)
+
+    def urls(self) -> dict[str, str]:
+        return {
+            "jsonl_url": reverse("api-transcript", args=[self.session_id]),
+            "html_url": reverse("session", args=[self.session_id]),
+        }
+
+
+def run_from_live(live: LiveSession, record: Session | None = None) -> Run:
+    sidecar = live.sidecar
+    run = run_from_record(record) if record is not None else None
+    values = {
+        "session_id": sidecar.session_id,
+        "script_tag": sidecar.script_tag,
+        "platform": sidecar.platform,
+        "host": sidecar.host,
+        "attempt": sidecar.attempt,
+        "retry_of": sidecar.retry_of,
+        "status": live.state,
+        "started_at": parse_iso(sidecar.started_at),
+        "cwd": sidecar.cwd,
+        "wrapper_pid": sidecar.wrapper_pid,
+        "claude_pid": sidecar.claude_pid,
+        "last_tool_call": live.last_tool_call,
+        "processes": live.processes,
+        "live": True,
+        "record": record,
+    }
+    if run is None:
+        return Run(**values)
+    for name, value in values.items():
+        setattr(run, name, value)
+    return run
+
+
+def run_from_record(session: Session) -> Run:
+    return Run(
+        session_id=str(session.session_id),
+        script_tag=session.script_tag,
+        platform=session.platform,
+        host=session.host,
+        attempt=session.attempt,
+        retry_of=str(session.retry_of) if session.retry_of else None,
+        status=session.status,
+        started_at=session.started_at,
+        ended_at=session.ended_at,
+        exit_code=session.exit_code,
+        end_reason=session.end_reason,
+        error=session.error,
+        cost_usd=session.cost_usd,
+        duration_ms=session.duration_ms,
+        num_turns=session.num_turns,
+        input_tokens=session.input_tokens,
+        output_tokens=session.output_tokens,
+        cache_read_tokens=session.cache_read_tokens,
+        cache_creation_tokens=session.cache_creation_tokens,
+        stop_reason=session.stop_reason,
+        api_error_status=session.api_error_status,
+        model=session.model,
+        cwd=session.cwd,
+        wrapper_pid=session.wrapper_pid,
+        claude_pid=session.claude_pid,
+        record=session,
+    )
+
+
+def find_run(session_id: str, snapshot: Snapshot | None = None) -> Run | None:
+    """The run with this session id, live or on record; None if unknown or not a UUID."""
+    if not is_session_id(session_id):
+        return None
+    snapshot = snapshot or get_snapshot()
+    try:
+        record = Session.objects.filter(session_id=session_id).first()
+    except DatabaseError:
+        record = None  # the live view does not need the database
+    live = snapshot.get(session_id)
+    if live is not None:
+        return run_from_live(live, record)
+    return run_from_record(record) if record is not None else None
+
+
+def live_runs(snapshot: Snapshot | None = None) -> list[Run]:
+    snapshot = snapshot or get_snapshot()
+    return [run_from_live(live) for live in snapshot.sessions]
+
+
+def retry_chain(run: Run) -> list[Run]:
+    """Every attempt of the same wrapper invocation, first attempt first."""
+    if run.record is None and run.retry_of is None:
+        return [run]
+    chain = [run]
+    try:
+        earlier = run.retry_of
+        seen = {run.session_id}
+        while earlier and earlier not in seen and len(chain) < 20:
+            row = Session.objects.filter(session_id=earlier).first()
+            if row is None:
+                break
+            seen.add(earlier)
+            chain.insert(0, run_from_record(row))
+            earlier = str(row.retry_of) if row.retry_of else None
+        later = run.session_id
+        while len(chain) < 20:
+            row = Session.objects.filter(retry_of=later).first()
+            if row is None or str(row.session_id) in seen:
+                break
+            seen.add(str(row.session_id))
+            chain.append(run_from_record(row))
+            later = str(row.session_id)
+    except DatabaseError:
+        pass
+    return chain
+
+
+def run_payload(run: Run, *, with_processes: bool = False) -> dict:
+    """The JSON shape of a run (field names kept from the seed's API)."""
+    payload = {
+        "session_id": run.session_id,
+        "script_tag": run.script_tag,
+        "platform": run.platform,
+        "host": run.host,
+        "attempt": run.attempt,
+        "retry_of": run.retry_of,
+        "state": run.status,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "exit_code": run.exit_code,
+        "end_reason": run.end_reason or None,
+        "error": run.error or None,
+        "cost_usd": float(run.cost_usd) if run.cost_usd is not None else None,
+        "duration_ms": run.duration_ms,
+        "num_turns": run.num_turns,
+        "tokens": {
+            "input": run.input_tokens,
+            "output": run.output_tokens,
+            "cache_read": run.cache_read_tokens,
+            "cache_creation": run.cache_creation_tokens,
+        },
+        "stop_reason": run.stop_reason or None,
+        "api_error_status": run.api_error_status,
+        "wrapper_pid": run.wrapper_pid,
+        "claude_pid": run.claude_pid,
+        "live": run.live,
+        **run.urls(),
+    }
+    if run.live:
+        payload["last_tool_call"] = run.last_tool_call
+        payload["cpu_percent"] = run.cpu_percent
+        payload["rss"] = run.rss
+    if with_processes and run.live:
+        payload["processes"] = [p.to_dict() for p in run.processes]
+    return payload
