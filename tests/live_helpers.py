@@ -1,0 +1,117 @@
+"""Real processes standing in for a wrapper and its agent, with real sidecars.
+
+These let the console's tests put a session in any state (live, orphaned,
+vanished, reused PID) without waiting for the wrapper to get there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import State
+from wrapper.formats import (
+    Sidecar,
+    ensure_private_dir,
+    new_session_id,
+    process_start_time,
+    transcript_path,
+    utc_now_iso,
+    write_json_atomic,
+)
+
+# A process that spawns a grandchild (`sleep`) and then waits: wrapper -> agent -> tool.
+SLEEPER = [
+    sys.executable,
+    "-c",
+    "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)",
+]
+
+
+@dataclass
+class FakeRun:
+    sidecar: Sidecar
+    wrapper: subprocess.Popen
+    agent: subprocess.Popen | None
+    sidecar_file: Path
+    transcript: Path
+    extra: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def session_id(self) -> str:
+        return self.sidecar.session_id
+
+    def kill_all(self) -> None:
+        for proc in [self.agent, self.wrapper, *self.extra]:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def start_fake_run(
+    state: State,
+    tag: str = "nightly-report",
+    *,
+    attempt: int = 1,
+    with_agent: bool = True,
+    transcript_lines: list[bytes] | None = None,
+    wrapper_argv: list[str] | None = None,
+) -> FakeRun:
+    """A live 'wrapper' process (and an 'agent' child group) with a valid sidecar."""
+    wrapper = subprocess.Popen(wrapper_argv or SLEEPER, start_new_session=True)
+    agent = subprocess.Popen(SLEEPER, start_new_session=True) if with_agent else None
+    session_id = new_session_id()
+    cwd = str(state.workdir)
+    transcript = transcript_path(state.config_dir, cwd, session_id)
+    transcript.parent.mkdir(parents=True, exist_ok=True)
+    transcript.write_bytes(b"".join(transcript_lines or []))
+    sidecar = Sidecar(
+        session_id=session_id,
+        script_tag=tag,
+        wrapper_pid=wrapper.pid,
+        wrapper_started=_start_time(wrapper.pid),
+        started_at=utc_now_iso(),
+        attempt=attempt,
+        platform="linux-test",
+        host=socket.gethostname(),
+        cwd=cwd,
+        claude_config_dir=str(state.config_dir),
+        transcript_path=str(transcript),
+        claude_pid=agent.pid if agent else None,
+        claude_started=_start_time(agent.pid) if agent else None,
+    )
+    ensure_private_dir(state.active)
+    sidecar_file = state.paths.sidecar_path(wrapper.pid)
+    write_json_atomic(sidecar_file, sidecar.to_dict())
+    return FakeRun(sidecar, wrapper, agent, sidecar_file, transcript)
+
+
+def _start_time(pid: int) -> float:
+    for _ in range(100):
+        started = process_start_time(pid)
+        if started is not None:
+            return started
+        time.sleep(0.01)
+    raise RuntimeError(f"process {pid} has no start time")
+
+
+def kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def write_sidecar_raw(state: State, name: str, content: bytes, mode: int = 0o600) -> Path:
+    ensure_private_dir(state.active)
+    path = state.active / name
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
