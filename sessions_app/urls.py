@@ -5,7 +5,6 @@ from sessions_app import api, views
 urlpatterns = [
     path("", views.live, name="live"),
     path("live/rows/", views.live_rows, name="live-rows"),
-    path("history/", views.history, name="history"),
     path("sessions/<uuid:session_id>/", views.session_page, name="session"),
     path("sessions/<uuid:session_id>/header/", views.session_header, name="session-header"),
     path(

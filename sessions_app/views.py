@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from django.conf import settings
-from django.core.paginator import Paginator
-from django.db import DatabaseError
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from sessions_app import transcript_store
 from sessions_app.live import get_snapshot
-from sessions_app.models import Session, Status
 from sessions_app.runs import find_run, live_runs, retry_chain
 
 
@@ -80,33 +76,4 @@ def transcript_follow(request, session_id):
         request,
         "sessions_app/_transcript_follow.html",
         {"run": run, "page": page, "following": following},
-    )
-
-
-HISTORY_FILTERS = ("script_tag", "platform", "host", "status")
-
-
-@require_GET
-def history(request):
-    rows = Session.objects.all()
-    filters = {name: request.GET.get(name, "").strip() for name in HISTORY_FILTERS}
-    for name, value in filters.items():
-        if value:
-            rows = rows.filter(**{name: value})
-    paginator = Paginator(rows, 50)
-    database_error = None
-    try:
-        page = paginator.get_page(request.GET.get("page"))
-    except DatabaseError as exc:
-        page, database_error = None, str(exc)
-    return render(
-        request,
-        "sessions_app/history.html",
-        {
-            "page": page,
-            "filters": filters,
-            "statuses": Status.choices,
-            "database_error": database_error,
-            "poll_seconds": settings.OPSCONSOLE_POLL_SECONDS,
-        },
     )
