@@ -84,7 +84,7 @@ def test_create_api_token_prints_the_token_last(console_state, user, capsys):
 
 
 def test_pages_redirect_to_login(client, console_state):
-    for path in ["/", "/history/", f"/sessions/{uuid.uuid4()}/", "/live/rows/"]:
+    for path in ["/", f"/sessions/{uuid.uuid4()}/", "/live/rows/"]:
         response = client.get(path)
         assert response.status_code == 302, path
         assert response["Location"].startswith("/login/")

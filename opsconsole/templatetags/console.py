@@ -1,0 +1,97 @@
+"""Template filters for figures an operator reads at a glance. Plain text out; Django escapes."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from decimal import Decimal
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+STATUS_LABELS = {
+    "quota_skip": "quota skip",
+}
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s" if minutes < 10 else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+@register.filter
+def age(value) -> str:
+    """How long ago: a datetime or epoch seconds -> '4s', '12m', '3h 05m', '2d 4h'."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, datetime):
+        return _span((timezone.now() - value).total_seconds())
+    return _span(time.time() - float(value))
+
+
+@register.filter
+def duration_ms(value) -> str:
+    if value is None or value == "":
+        return "—"
+    milliseconds = int(value)
+    if milliseconds < 1000:
+        return f"{milliseconds} ms"
+    return _span(milliseconds / 1000)
+
+
+@register.filter
+def filesize(value) -> str:
+    if value is None or value == "":
+        return "—"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+@register.filter
+def usd(value) -> str:
+    """Dollars; an unknown cost says so rather than pretending to be free."""
+    if value is None or value == "":
+        return "unknown"
+    amount = Decimal(str(value))
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) < 1:
+        return f"${amount:.4f}"
+    return f"${amount:,.2f}"
+
+
+@register.filter
+def tokens(value) -> str:
+    if value is None or value == "":
+        return "—"
+    count = int(value)
+    if count < 1000:
+        return str(count)
+    if count < 1_000_000:
+        return f"{count / 1000:.1f}k"
+    return f"{count / 1_000_000:.2f}M"
+
+
+@register.filter
+def status_label(value) -> str:
+    return STATUS_LABELS.get(str(value), str(value).replace("_", " "))
+
+
+@register.filter
+def shortid(value) -> str:
+    return str(value)[:8]

@@ -1,0 +1,1 @@
+"""Claude Code transcripts: locate (inside the roots only), tail (by seeking), parse."""

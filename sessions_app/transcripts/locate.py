@@ -1,0 +1,133 @@
+"""Find a session's transcript, inside the allowed roots and nowhere else.
+
+Sidecars and Session rows give hints (a cwd, a config dir, an archive path);
+a hint can narrow the search but never widen it: every candidate is resolved
+and must lie under one of the roots, and must be a regular file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from wrapper.formats import PROJECT_DIR_NAME_LIMIT, encode_project_dir, is_session_id
+
+
+@dataclass(frozen=True)
+class Located:
+    path: Path
+    kind: str  # "live": Claude Code's own file; "archive": the copy the wrapper or console kept
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        real = os.path.realpath(path)
+        real_root = os.path.realpath(root)
+    except OSError:
+        return False
+    return os.path.commonpath([real, real_root]) == real_root
+
+
+def _regular_file_within(path: Path, roots: list[Path]) -> bool:
+    if not any(_within(path, root) for root in roots):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _live_candidates(session_id: str, config_dir: Path, cwd_hint: str | None):
+    projects = config_dir / "projects"
+    name = f"{session_id}.jsonl"
+    if cwd_hint:
+        encoded = encode_project_dir(cwd_hint)
+        yield projects / encoded[:PROJECT_DIR_NAME_LIMIT] / name
+        if len(encoded) > PROJECT_DIR_NAME_LIMIT:
+            # Long names carry a runtime-dependent hash suffix: match by prefix.
+            prefix = encoded[:PROJECT_DIR_NAME_LIMIT]
+            try:
+                for entry in os.scandir(projects):
+                    if entry.name.startswith(prefix):
+                        yield Path(entry.path) / name
+            except OSError:
+                return
+    try:
+        for entry in os.scandir(projects):
+            if entry.is_dir(follow_symlinks=False):
+                yield Path(entry.path) / name
+    except OSError:
+        return
+
+
+def locate_transcript(
+    session_id: str,
+    *,
+    config_dirs: list[Path],
+    archive_root: Path,
+    cwd_hint: str | None = None,
+    config_dir_hint: str | None = None,
+    archive_hint: str | None = None,
+) -> Located | None:
+    """The live transcript if Claude Code still has it, else the archived copy, else None."""
+    if not is_session_id(session_id):
+        raise ValueError("a session id is a lowercase UUID")
+    roots = [Path(root) for root in config_dirs]
+    ordered = list(roots)
+    if config_dir_hint:
+        hinted = Path(config_dir_hint)
+        matching = [r for r in roots if os.path.realpath(r) == os.path.realpath(hinted)]
+        ordered = matching + [r for r in roots if r not in matching]
+    for config_dir in ordered:
+        for candidate in _live_candidates(session_id, config_dir, cwd_hint):
+            if _regular_file_within(candidate, [config_dir]):
+                return Located(candidate, "live")
+    return locate_archived(session_id, archive_root=archive_root, archive_hint=archive_hint)
+
+
+def locate_archived(
+    session_id: str, *, archive_root: Path, archive_hint: str | None = None
+) -> Located | None:
+    if not is_session_id(session_id):
+        raise ValueError("a session id is a lowercase UUID")
+    if archive_hint:
+        hinted = Path(archive_hint)
+        if hinted.name.endswith(f"_{session_id}.jsonl") and _regular_file_within(
+            hinted, [archive_root]
+        ):
+            return Located(hinted, "archive")
+    try:
+        days = sorted(os.scandir(archive_root), key=lambda e: e.name, reverse=True)
+    except OSError:
+        return None
+    suffix = f"_{session_id}.jsonl"
+    for day in days:
+        if not day.is_dir(follow_symlinks=False):
+            continue
+        try:
+            for entry in os.scandir(day.path):
+                if entry.name.endswith(suffix) and _regular_file_within(
+                    Path(entry.path), [archive_root]
+                ):
+                    return Located(Path(entry.path), "archive")
+        except OSError:
+            continue
+    return None
+
+
+def find_subagent_transcripts(main: Path, roots: list[Path]) -> list[Path]:
+    """Subagent (sidechain) transcripts of a session: `<uuid>/subagents/agent-*.jsonl`."""
+    folder = main.with_suffix("") / "subagents"
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [
+        Path(entry.path)
+        for entry in entries
+        if entry.name.startswith("agent-")
+        and entry.name.endswith(".jsonl")
+        and _regular_file_within(Path(entry.path), roots)
+    ]

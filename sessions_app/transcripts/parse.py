@@ -1,0 +1,437 @@
+"""Claude Code JSONL transcripts, of every version seen in the wild.
+
+Never fails a file: a line that is not a JSON object becomes a `malformed`
+entry, invalid UTF-8 is decoded with replacement, unknown record types are kept
+raw. Produces plain text only; templates escape it.
+
+Token totals count each API response once, per (message.id, requestId), keeping
+the largest usage: the CLI writes one line per content block and repeats the
+usage on each, which otherwise inflates totals 1.4-2.5x.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Long text is folded for display; the entry says how long the whole was.
+FOLD_CHARS = 4000
+SUMMARY_CHARS = 200
+META_TYPES = {
+    "queue-operation",
+    "attachment",
+    "file-history-snapshot",
+    "last-prompt",
+    "progress",
+    "ai-title",
+    "custom-title",
+    "agent-name",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int  # byte offset of the line in the file
+    line_no: int  # 1-based, within the chunk parsed
+    data: dict[str, Any] | None  # None when the line is not a JSON object
+    error: str | None = None
+    raw: str | None = None  # the undecodable line, for malformed ones
+
+    @property
+    def type(self) -> str:
+        if self.data is None:
+            return "malformed"
+        value = self.data.get("type")
+        return value if isinstance(value, str) else "unknown"
+
+
+def iter_records(data: bytes, base_offset: int = 0) -> Iterator[Record]:
+    """One Record per complete line; a trailing fragment without a newline is ignored."""
+    position = 0
+    line_no = 0
+    length = len(data)
+    while position < length:
+        newline = data.find(b"\n", position)
+        if newline == -1:
+            break  # partial last line: the writer is still appending it
+        line = data[position:newline]
+        line_no += 1
+        offset = base_offset + position
+        position = newline + 1
+        if not line.strip():
+            continue
+        yield parse_line(line, offset, line_no)
+
+
+def parse_line(line: bytes, offset: int = 0, line_no: int = 0) -> Record:
+    text = line.decode("utf-8", errors="replace")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return Record(offset, line_no, None, error=f"not JSON: {exc}", raw=_fold(text)[0])
+    if not isinstance(value, dict):
+        return Record(
+            offset,
+            line_no,
+            None,
+            error=f"a JSON {type(value).__name__}, not an object",
+            raw=_fold(text)[0],
+        )
+    return Record(offset, line_no, value)
+
+
+# ----------------------------------------------------------------------------- display
+
+
+@dataclass
+class Entry:
+    """One thing a person reads in a conversation; all text is plain, unescaped."""
+
+    kind: str  # user_prompt, assistant_text, thinking, tool_call, tool_result, error,
+    # compact_boundary, summary, system, meta, unknown, malformed
+    text: str = ""
+    label: str = ""  # a short heading: tool name, system subtype, record type
+    timestamp: str = ""
+    uuid: str = ""
+    offset: int = 0
+    sidechain: bool = False
+    agent_id: str = ""
+    tool_use_id: str = ""
+    is_error: bool = False
+    truncated: bool = False
+    full_length: int = 0
+
+
+def _fold(text: str, limit: int = FOLD_CHARS) -> tuple[str, bool]:
+    return (text[:limit], True) if len(text) > limit else (text, False)
+
+
+def _entry(kind: str, record: Record, text: str = "", **fields: Any) -> Entry:
+    data = record.data or {}
+    folded, truncated = _fold(text)
+    return Entry(
+        kind=kind,
+        text=folded,
+        truncated=truncated,
+        full_length=len(text),
+        timestamp=str(data.get("timestamp") or ""),
+        uuid=str(data.get("uuid") or ""),
+        offset=record.offset,
+        sidechain=bool(data.get("isSidechain")),
+        agent_id=str(data.get("agentId") or ""),
+        **fields,
+    )
+
+
+def _block_text(content: Any) -> str:
+    """Text of a content value that may be a string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict):
+                if block.get("type") == "text":
+                    parts.append(str(block.get("text", "")))
+                elif block.get("type") == "image":
+                    parts.append("[image]")
+                else:
+                    parts.append(json.dumps(block, ensure_ascii=False)[:SUMMARY_CHARS])
+            elif isinstance(block, str):
+                parts.append(block)
+        return "\n".join(parts)
+    return "" if content is None else json.dumps(content, ensure_ascii=False)
+
+
+def _message(record: Record) -> dict[str, Any]:
+    message = (record.data or {}).get("message")
+    return message if isinstance(message, dict) else {}
+
+
+def _user_entries(record: Record) -> list[Entry]:
+    data = record.data or {}
+    content = _message(record).get("content")
+    if data.get("isMeta"):
+        return [_entry("meta", record, _block_text(content), label="meta")]
+    if isinstance(content, str):
+        return [_entry("user_prompt", record, content)]
+    entries = []
+    for block in content if isinstance(content, list) else []:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "tool_result":
+            entries.append(
+                _entry(
+                    "tool_result",
+                    record,
+                    _block_text(block.get("content")),
+                    tool_use_id=str(block.get("tool_use_id") or ""),
+                    is_error=bool(block.get("is_error")),
+                    label="error" if block.get("is_error") else "result",
+                )
+            )
+        elif kind == "text":
+            text = str(block.get("text", ""))
+            if text.lstrip().startswith("<system-reminder>"):
+                entries.append(_entry("meta", record, text, label="system reminder"))
+            else:
+                entries.append(_entry("user_prompt", record, text))
+        else:
+            entries.append(_entry("user_prompt", record, _block_text([block])))
+    return entries
+
+
+def _assistant_entries(record: Record) -> list[Entry]:
+    data = record.data or {}
+    message = _message(record)
+    content = message.get("content")
+    if data.get("isApiErrorMessage") or message.get("model") == "<synthetic>":
+        return [_entry("error", record, _block_text(content), label="API error", is_error=True)]
+    if isinstance(content, str):
+        return [_entry("assistant_text", record, content)]
+    entries = []
+    for block in content if isinstance(content, list) else []:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            entries.append(_entry("assistant_text", record, str(block.get("text", ""))))
+        elif kind in ("thinking", "redacted_thinking"):
+            entries.append(_entry("thinking", record, str(block.get("thinking", ""))))
+        elif kind in ("tool_use", "server_tool_use"):
+            entries.append(
+                _entry(
+                    "tool_call",
+                    record,
+                    json.dumps(block.get("input"), indent=2, ensure_ascii=False),
+                    label=str(block.get("name") or "tool"),
+                    tool_use_id=str(block.get("id") or ""),
+                )
+            )
+        else:
+            entries.append(
+                _entry("unknown", record, json.dumps(block, ensure_ascii=False), label=str(kind))
+            )
+    return entries
+
+
+def _system_entries(record: Record) -> list[Entry]:
+    data = record.data or {}
+    subtype = str(data.get("subtype") or "system")
+    text = _block_text(data.get("content")) or str(data.get("message") or "")
+    if subtype == "compact_boundary":
+        return [_entry("compact_boundary", record, text or "Conversation compacted", label=subtype)]
+    if (
+        subtype in ("api_error",)
+        or subtype.startswith("model_refusal")
+        or data.get("level") == "error"
+    ):
+        return [
+            _entry(
+                "error", record, text or json.dumps(data)[:FOLD_CHARS], label=subtype, is_error=True
+            )
+        ]
+    return [_entry("system", record, text, label=subtype)]
+
+
+def _result_entries(record: Record) -> list[Entry]:
+    """A stream-json `result` event, when someone saved stdout as a transcript."""
+    data = record.data or {}
+    is_error = bool(data.get("is_error"))
+    kind = "error" if is_error else "system"
+    label = "refusal" if data.get("stop_reason") == "refusal" else f"result ({data.get('subtype')})"
+    return [_entry(kind, record, str(data.get("result") or ""), label=label, is_error=is_error)]
+
+
+def record_entries(record: Record) -> list[Entry]:
+    kind = record.type
+    if kind == "malformed":
+        return [
+            Entry(
+                kind="malformed",
+                text=record.raw or "",
+                label=record.error or "",
+                offset=record.offset,
+                is_error=True,
+            )
+        ]
+    if kind == "user":
+        return _user_entries(record)
+    if kind == "assistant":
+        return _assistant_entries(record)
+    if kind == "system":
+        return _system_entries(record)
+    if kind == "summary":
+        return [
+            _entry(
+                "summary", record, str((record.data or {}).get("summary") or ""), label="summary"
+            )
+        ]
+    if kind == "result":
+        return _result_entries(record)
+    if kind in META_TYPES:
+        return [_entry("meta", record, _meta_text(record.data or {}), label=kind)]
+    return [_entry("unknown", record, json.dumps(record.data, ensure_ascii=False), label=kind)]
+
+
+def _meta_text(data: dict[str, Any]) -> str:
+    for key in ("content", "title", "customTitle", "lastPrompt", "operation"):
+        if isinstance(data.get(key), str):
+            return data[key]
+    return ""
+
+
+def to_entries(records: Iterable[Record]) -> list[Entry]:
+    """Display entries in file order; a record repeated (same uuid) is shown once."""
+    seen: set[str] = set()
+    entries: list[Entry] = []
+    for record in records:
+        uuid = (record.data or {}).get("uuid")
+        if isinstance(uuid, str) and uuid:
+            if uuid in seen:
+                continue
+            seen.add(uuid)
+        entries.extend(record_entries(record))
+    return entries
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _tool_summary(name: str, tool_input: Any) -> str:
+    if not isinstance(tool_input, dict):
+        return name
+    for key in ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt"):
+        value = tool_input.get(key)
+        if isinstance(value, str) and value:
+            line = " ".join(value.split())
+            return f"{name}: {line[:SUMMARY_CHARS]}"
+    return name
+
+
+def last_tool_call(records: Iterable[Record]) -> str | None:
+    """'Bash: find / -name x' for the latest tool_use in these records, or None."""
+    latest = None
+    for record in records:
+        if record.type != "assistant":
+            continue
+        content = _message(record).get("content")
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+                latest = _tool_summary(str(block.get("name") or "tool"), block.get("input"))
+    return latest
+
+
+USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+@dataclass
+class UsageSummary:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    responses: int = 0  # API responses counted (distinct message id + request id)
+    models: set[str] = field(default_factory=set)
+    legacy_cost_usd: float | None = None  # 1.0.x lines carried costUSD
+    records: int = 0
+    malformed: int = 0
+    first_timestamp: str = ""
+    last_timestamp: str = ""
+    cwd: str = ""
+    session_ids: set[str] = field(default_factory=set)
+
+    def as_usage(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in USAGE_KEYS}
+
+
+class UsageAccumulator:
+    """Feed records in any number of chunks; read `.summary` at the end."""
+
+    def __init__(self) -> None:
+        self.summary = UsageSummary()
+        self._best: dict[tuple[str, str], dict[str, int]] = {}
+
+    def add(self, record: Record) -> None:
+        summary = self.summary
+        summary.records += 1
+        data = record.data
+        if data is None:
+            summary.malformed += 1
+            return
+        timestamp = data.get("timestamp")
+        if isinstance(timestamp, str) and timestamp:
+            summary.first_timestamp = summary.first_timestamp or timestamp
+            summary.last_timestamp = timestamp
+        if isinstance(data.get("cwd"), str) and not summary.cwd:
+            summary.cwd = data["cwd"]
+        if isinstance(data.get("sessionId"), str):
+            summary.session_ids.add(data["sessionId"])
+        if isinstance(data.get("costUSD"), int | float):
+            summary.legacy_cost_usd = (summary.legacy_cost_usd or 0.0) + float(data["costUSD"])
+        message = data.get("message")
+        if data.get("type") == "progress":  # progress records may nest an assistant message
+            nested = (
+                (data.get("data") or {}).get("message")
+                if isinstance(data.get("data"), dict)
+                else None
+            )
+            message = nested.get("message") if isinstance(nested, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+            return
+        model = message.get("model")
+        if model == "<synthetic>":
+            return  # made locally by the CLI: no API call, no tokens
+        if isinstance(model, str):
+            summary.models.add(model)
+        usage = {
+            key: int(value)
+            for key in USAGE_KEYS
+            if isinstance(value := message["usage"].get(key), int | float)
+            and not isinstance(value, bool)
+        }
+        key = (str(message.get("id") or f"@{record.offset}"), str(data.get("requestId") or ""))
+        best = self._best.get(key)
+        if best is None or sum(usage.values()) > sum(best.values()):
+            for name in USAGE_KEYS:
+                delta = usage.get(name, 0) - (best or {}).get(name, 0)
+                setattr(summary, name, getattr(summary, name) + delta)
+            if best is None:
+                summary.responses += 1
+            self._best[key] = usage
+
+
+def summarize_usage(records: Iterable[Record]) -> UsageSummary:
+    accumulator = UsageAccumulator()
+    for record in records:
+        accumulator.add(record)
+    return accumulator.summary
+
+
+def summarize_file(path: Path, chunk_size: int = 4 * 1024 * 1024) -> UsageSummary:
+    """Token totals and facts of a whole transcript, read in chunks (never all at once)."""
+    accumulator = UsageAccumulator()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        carry = b""
+        offset = 0  # file offset of carry[0]
+        while block := handle.read(chunk_size):
+            data = carry + block
+            cut = data.rfind(b"\n") + 1
+            for record in iter_records(data[:cut], base_offset=offset):
+                accumulator.add(record)
+            carry = data[cut:]
+            offset += cut
+        if carry.strip():
+            accumulator.add(parse_line(carry, offset))
+    return accumulator.summary

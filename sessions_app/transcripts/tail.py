@@ -1,0 +1,106 @@
+"""Seek-based reads of a transcript that is being appended to.
+
+Nothing here reads a whole file: a 1 GB transcript costs what a 1 MB one does.
+Reads end at a line boundary, so a follower that asks again from `Chunk.end`
+never sees half a line; a fragment still being written is left for next time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+# A single line may be several MB (base64 images); past this a capped read stops anyway.
+MAX_LINE_EXTENSION = 64 * 1024 * 1024
+_READ_STEP = 1024 * 1024
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d+)\s*-\s*$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes
+    start: int  # offset of data[0] in the file
+    end: int  # offset just past the last byte returned: where the next read starts
+    total: int  # file size at the time of the read
+
+
+class OffsetBeyondEnd(ValueError):
+    """The requested offset is past the end: the file shrank or was replaced."""
+
+    def __init__(self, offset: int, total: int):
+        super().__init__(f"offset {offset} is beyond the end of the file ({total} bytes)")
+        self.offset = offset
+        self.total = total
+
+
+def parse_range_header(value: str | None) -> int | None:
+    """The N of `Range: bytes=N-`; None for anything else (then the whole tail is served)."""
+    if not value:
+        return None
+    match = _RANGE_RE.match(value)
+    return int(match.group(1)) if match else None
+
+
+def _open(path: Path):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    handle = os.fdopen(fd, "rb")
+    info = os.fstat(handle.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        handle.close()
+        raise OSError(f"{path} is not a regular file")
+    return handle, info.st_size
+
+
+def read_tail(path: Path, max_bytes: int) -> Chunk:
+    """The last `max_bytes` (at most) of complete lines, starting at a line boundary."""
+    handle, size = _open(path)
+    with handle:
+        start = max(0, size - max_bytes)
+        handle.seek(start)
+        data = handle.read(size - start)
+    if start > 0:
+        newline = data.find(b"\n")
+        if newline == -1:
+            return Chunk(b"", size, size, size)  # one line longer than the window
+        data = data[newline + 1 :]
+        start += newline + 1
+    data = _complete_lines(data)
+    return Chunk(data, start, start + len(data), size)
+
+
+def read_from(path: Path, offset: int, max_bytes: int) -> Chunk:
+    """Complete lines from byte `offset` on, about `max_bytes` of them (HTTP Range: bytes=N-)."""
+    handle, size = _open(path)
+    if offset > size:
+        handle.close()
+        raise OffsetBeyondEnd(offset, size)
+    with handle:
+        handle.seek(offset)
+        data = handle.read(min(size - offset, max_bytes))
+        capped = offset + len(data) < size
+        if capped and b"\n" not in data:
+            # The window ends inside one long line: read on to its end, within reason.
+            while len(data) < MAX_LINE_EXTENSION and offset + len(data) < size:
+                step = handle.read(_READ_STEP)
+                data += step
+                if b"\n" in step:
+                    break
+    data = _complete_lines(data)
+    return Chunk(data, offset, offset + len(data), size)
+
+
+def _complete_lines(data: bytes) -> bytes:
+    """Drop a trailing fragment unless it is a whole JSON value (a file without a final newline)."""
+    last_newline = data.rfind(b"\n")
+    fragment = data[last_newline + 1 :]
+    if not fragment.strip():
+        return data
+    try:
+        json.loads(fragment)
+    except ValueError:
+        return data[: last_newline + 1]
+    return data
