@@ -68,3 +68,22 @@ def console_state(state: State, settings) -> State:
     cache.clear()
     yield state
     cache.clear()
+
+
+@pytest.fixture
+def fake_claude(state: State, tmp_path: Path) -> Path:
+    """Point the wrapper at tests/fake_claude.py; `state.env` carries the knobs."""
+    calls = tmp_path / "fake-claude-state"
+    calls.mkdir()
+    launcher = tmp_path / "bin" / "claude"
+    launcher.parent.mkdir()
+    launcher.write_text(
+        f'#!/bin/sh\nexec "{PYTHON}" "{REPO_ROOT / "tests" / "fake_claude.py"}" "$@"\n'
+    )
+    launcher.chmod(0o755)
+    state.env.update(OPSCONSOLE_CLAUDE_BIN=str(launcher), FAKE_CLAUDE_STATE=str(calls))
+    return calls
+
+
+def wrapper_command(tag: str, *claude_args: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return [PYTHON, "-m", "wrapper", "--tag", tag, *extra, "--", *claude_args]

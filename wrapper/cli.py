@@ -1,0 +1,80 @@
+"""`opsconsole-run`: what a scheduled job calls instead of `claude -p ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from wrapper.formats import StatePaths, clear_quota_stamp, is_valid_tag, read_quota_stamp
+from wrapper.run import Options, Wrapper, say
+
+USAGE = "opsconsole-run --tag TAG [--platform NAME] [--max-attempts N] -- CLAUDE_ARGS..."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opsconsole-run",
+        usage=USAGE,
+        description=(
+            "Run claude under a pre-assigned session id, visible to opsconsole while it runs "
+            "and on record when it ends. claude's output passes through unchanged; the exit "
+            "code is claude's own (79: skipped for a quota stamp, 127: no claude, "
+            "78: unsafe state directory)."
+        ),
+    )
+    parser.add_argument("--tag", help="the job's name, as the console shows it ([A-Za-z0-9._-])")
+    parser.add_argument(
+        "--platform",
+        default=os.environ.get("OPSCONSOLE_PLATFORM", ""),
+        help="a grouping for the dashboard, e.g. the scheduler or product (default "
+        "$OPSCONSOLE_PLATFORM)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="attempts when the model refuses, each under a fresh session id (default 3)",
+    )
+    parser.add_argument(
+        "--clear-quota-stamp",
+        action="store_true",
+        help="remove the org-level quota stamp so wrappers start claude again, and exit",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, claude_args = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if ("--" in argv) else (argv, [])
+    )
+    parser = build_parser()
+    args = parser.parse_args(ours)
+
+    if args.clear_quota_stamp:
+        paths = StatePaths.from_env()
+        stamp = read_quota_stamp(paths)
+        if clear_quota_stamp(paths):
+            held = f" (it held until {stamp.until})" if stamp else " (it had expired)"
+            say(f"quota stamp {paths.quota_stamp} removed{held}")
+        else:
+            say("no quota stamp was set")
+        return 0
+    if not args.tag or not is_valid_tag(args.tag):
+        parser.print_usage(sys.stderr)
+        say("--tag is required: 1-100 characters of letters, digits, '.', '_' or '-'")
+        return 2
+    if args.max_attempts < 1:
+        say("--max-attempts must be at least 1")
+        return 2
+    if not claude_args:
+        say("no claude arguments after '--' (e.g. -- -p 'do the thing')")
+        return 2
+    options = Options(
+        tag=args.tag,
+        platform=args.platform,
+        max_attempts=args.max_attempts,
+        claude_args=claude_args,
+    )
+    return Wrapper(options).run()

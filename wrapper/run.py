@@ -1,0 +1,425 @@
+"""One wrapped run: attempts under pre-assigned session ids, a sidecar while alive,
+a completion record and an archived transcript for every attempt.
+
+The console is never needed here: everything the wrapper knows ends up in files
+under $OPSCONSOLE_HOME, which the console ingests whenever it next looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from wrapper.formats import (
+    EXIT_NO_CLAUDE,
+    EXIT_QUOTA_SKIP,
+    EXIT_UNSAFE_STATE_DIR,
+    QuotaStamp,
+    Sidecar,
+    SpoolRecord,
+    StatePaths,
+    UnsafeDirectory,
+    claude_config_dir,
+    copy_into_archive,
+    ensure_private_dir,
+    is_session_id,
+    new_session_id,
+    process_start_time,
+    read_quota_stamp,
+    transcript_path,
+    utc_now_iso,
+    write_json_atomic,
+)
+from wrapper.stream import Observed, Pumps
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DEFAULT_QUOTA_COOLDOWN_SECONDS = 3600
+# After forwarding a signal, how long claude gets to exit before it is killed.
+DEFAULT_KILL_GRACE_SECONDS = 10.0
+# Claude's children may hold its stdout open after it exits; don't wait on them forever.
+PUMP_DRAIN_SECONDS = 5.0
+
+
+def say(message: str) -> None:
+    """One line on stderr, marked as ours so it is never mistaken for claude's."""
+    print(f"opsconsole-run: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Options:
+    tag: str
+    platform: str
+    max_attempts: int
+    claude_args: list[str]
+    paths: StatePaths = field(default_factory=StatePaths.from_env)
+
+
+@dataclass
+class AttemptOutcome:
+    session_id: str
+    exit_code: int
+    end_reason: str
+    cost_usd: float | None = None
+    signal: int | None = None
+
+
+class Wrapper:
+    def __init__(self, options: Options, environ: dict[str, str] | None = None):
+        self.options = options
+        self.paths = options.paths
+        self.env = dict(os.environ if environ is None else environ)
+        self.pid = os.getpid()
+        self.started = process_start_time(self.pid) or time.time()
+        self.host = socket.gethostname()
+        self.cwd = os.getcwd()
+        self.config_dir = claude_config_dir(self.env)
+        self.child: subprocess.Popen | None = None
+        self.received_signal: int | None = None
+        self.kill_timer: threading.Timer | None = None
+        self.sidecar_written = False
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> int:
+        first_session_id = self.env.get("CLAUDE_SESSION_ID") or None
+        if first_session_id and not is_session_id(first_session_id):
+            say(f"CLAUDE_SESSION_ID={first_session_id!r} is not a lowercase UUID")
+            return 2
+        session_id = first_session_id or new_session_id()
+
+        stamp = read_quota_stamp(self.paths)
+        if stamp is not None:
+            return self.skip_for_quota(session_id, stamp)
+
+        try:
+            for folder in (self.paths.home, self.paths.active, self.paths.spool):
+                ensure_private_dir(folder)
+        except (UnsafeDirectory, OSError) as exc:
+            say(f"state directory not usable, claude not started: {exc}")
+            return EXIT_UNSAFE_STATE_DIR
+
+        claude = self.find_claude()
+        if claude is None:
+            return self.record_missing_claude(session_id)
+
+        previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS}
+        try:
+            return self.attempts(claude, session_id)
+        finally:
+            self.remove_sidecar()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+    def attempts(self, claude: str, session_id: str) -> int:
+        retry_of: str | None = None
+        earlier_cost: float | None = None
+        outcome = None
+        for attempt in range(1, self.options.max_attempts + 1):
+            outcome = self.attempt(claude, session_id, attempt, retry_of, earlier_cost)
+            if outcome.cost_usd is not None:
+                earlier_cost = (earlier_cost or 0.0) + outcome.cost_usd
+            if outcome.end_reason != "refused" or self.received_signal is not None:
+                break
+            if attempt < self.options.max_attempts:
+                say(
+                    f"attempt {attempt} ({session_id}) was refused; "
+                    f"retrying under a fresh session id (attempt {attempt + 1})"
+                )
+                retry_of, session_id = session_id, new_session_id()
+        assert outcome is not None  # max_attempts >= 1
+        return outcome.exit_code
+
+    def attempt(
+        self,
+        claude: str,
+        session_id: str,
+        attempt: int,
+        retry_of: str | None,
+        earlier_cost: float | None,
+    ) -> AttemptOutcome:
+        started_at = utc_now_iso()
+        sidecar = Sidecar(
+            session_id=session_id,
+            script_tag=self.options.tag,
+            wrapper_pid=self.pid,
+            wrapper_started=self.started,
+            started_at=started_at,
+            attempt=attempt,
+            platform=self.options.platform,
+            host=self.host,
+            cwd=self.cwd,
+            claude_config_dir=str(self.config_dir),
+            transcript_path=str(transcript_path(self.config_dir, self.cwd, session_id)),
+            retry_of=retry_of,
+            orchestrator_cost_usd=earlier_cost,
+        )
+        self.write_sidecar(sidecar)
+        child_env = dict(self.env, CLAUDE_SESSION_ID=session_id)
+        stdout_read, stdout_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        try:
+            self.child = subprocess.Popen(
+                [claude, "--session-id", session_id, *self.options.claude_args],
+                stdout=stdout_write,
+                stderr=stderr_write,
+                env=child_env,
+            )
+        except OSError as exc:
+            for fd in (stdout_read, stderr_read):
+                os.close(fd)
+            say(f"could not start {claude}: {exc}")
+            self.record(sidecar, started_at, EXIT_NO_CLAUDE, "failed", Observed(), error=str(exc))
+            return AttemptOutcome(session_id, EXIT_NO_CLAUDE, "failed")
+        finally:
+            os.close(stdout_write)
+            os.close(stderr_write)
+        pumps = Pumps()
+        pumps.start(stdout_read, stderr_read)
+        sidecar.claude_pid = self.child.pid
+        sidecar.claude_started = process_start_time(self.child.pid)
+        self.write_sidecar(sidecar)
+        if self.received_signal is not None:  # arrived before claude's PID was known
+            self.forward(self.received_signal)
+
+        returncode = self.wait_for_child()
+        self.child = None
+        observed = pumps.join(PUMP_DRAIN_SECONDS)
+
+        exit_code = 128 - returncode if returncode < 0 else returncode
+        if self.received_signal is not None:
+            end_reason = "signalled"
+            exit_code = 128 + self.received_signal
+        elif observed.refused:
+            end_reason = "refused"
+        elif returncode == 0 and not (observed.result or {}).get("is_error"):
+            end_reason = "succeeded"
+        else:
+            end_reason = "failed"
+
+        error = None
+        limit_text = observed.usage_limit_text() if end_reason == "failed" else None
+        if limit_text is not None:
+            error = self.set_quota_stamp(session_id, limit_text, observed.reset_epoch())
+        record = self.record(
+            sidecar,
+            started_at,
+            exit_code,
+            end_reason,
+            observed,
+            error=error,
+            signal_number=self.received_signal,
+        )
+        return AttemptOutcome(
+            session_id, exit_code, end_reason, record.cost_usd, self.received_signal
+        )
+
+    def wait_for_child(self) -> int:
+        assert self.child is not None
+        returncode = self.child.wait()
+        if self.kill_timer is not None:
+            self.kill_timer.cancel()
+            self.kill_timer = None
+        return returncode
+
+    def kill_stubborn_child(self, child: subprocess.Popen) -> None:
+        if child.poll() is None:
+            say(f"claude (pid {child.pid}) did not exit after the signal; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+
+    # ------------------------------------------------------------------ signals
+
+    def on_signal(self, signum: int, _frame) -> None:
+        first = self.received_signal is None
+        self.received_signal = signum
+        if first:
+            say(f"received {signal.Signals(signum).name}; passing it to claude")
+        self.forward(signum)
+
+    def forward(self, signum: int) -> None:
+        """Pass the signal on, and give claude a grace period before it is killed."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+        if self.kill_timer is None:
+            # wait() resumes after a handler (PEP 475), so the deadline runs on a timer.
+            grace = float(
+                self.env.get("OPSCONSOLE_KILL_GRACE_SECONDS") or DEFAULT_KILL_GRACE_SECONDS
+            )
+            self.kill_timer = threading.Timer(grace, self.kill_stubborn_child, [child])
+            self.kill_timer.daemon = True
+            self.kill_timer.start()
+
+    # ------------------------------------------------------------------ files
+
+    def write_sidecar(self, sidecar: Sidecar) -> None:
+        try:
+            write_json_atomic(self.paths.sidecar_path(self.pid), sidecar.to_dict())
+            self.sidecar_written = True
+        except OSError as exc:
+            # The run matters more than its visibility: say so and carry on.
+            say(f"could not write sidecar: {exc}")
+
+    def remove_sidecar(self) -> None:
+        if self.sidecar_written:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.sidecar_path(self.pid).unlink()
+
+    def record(
+        self,
+        sidecar: Sidecar,
+        started_at: str,
+        exit_code: int,
+        end_reason: str,
+        observed: Observed,
+        *,
+        error: str | None = None,
+        signal_number: int | None = None,
+    ) -> SpoolRecord:
+        result = observed.result or {}
+        cost = result.get("total_cost_usd")
+        record = SpoolRecord(
+            session_id=sidecar.session_id,
+            script_tag=sidecar.script_tag,
+            platform=sidecar.platform,
+            host=sidecar.host,
+            attempt=sidecar.attempt,
+            started_at=started_at,
+            ended_at=utc_now_iso(),
+            end_reason=end_reason,
+            exit_code=exit_code,
+            retry_of=sidecar.retry_of,
+            wrapper_pid=self.pid,
+            cwd=sidecar.cwd,
+            claude_config_dir=sidecar.claude_config_dir,
+            transcript_path=sidecar.transcript_path,
+            signal=signal_number,
+            error=error,
+            is_error=_typed(result.get("is_error"), bool),
+            subtype=_typed(result.get("subtype"), str),
+            stop_reason=_typed(result.get("stop_reason"), str),
+            api_error_status=_typed(result.get("api_error_status"), int),
+            num_turns=_typed(result.get("num_turns"), int),
+            duration_ms=_typed(result.get("duration_ms"), int),
+            cost_usd=float(cost) if isinstance(cost, int | float) and cost is not True else None,
+            usage=observed.usage(),
+            model=observed.model,
+        )
+        record.archive_path = self.archive_transcript(sidecar)
+        self.write_spool(record)
+        return record
+
+    def write_spool(self, record: SpoolRecord) -> None:
+        try:
+            write_json_atomic(self.paths.spool_path(record.session_id), record.to_dict())
+        except OSError as exc:
+            say(f"could not write the completion record: {exc}")
+
+    def archive_transcript(self, sidecar: Sidecar) -> str | None:
+        source = Path(sidecar.transcript_path)
+        if not source.is_file():
+            # Long cwds get a hash suffix we cannot compute: find the file by session id.
+            found = list(self.config_dir.glob(f"projects/*/{sidecar.session_id}.jsonl"))
+            if not found:
+                return None
+            source = found[0]
+        dest = self.paths.archive_path(sidecar.started_at, sidecar.script_tag, sidecar.session_id)
+        try:
+            copy_into_archive(source, dest)
+        except (OSError, UnsafeDirectory) as exc:
+            say(f"could not archive the transcript: {exc}")
+            return None
+        return str(dest)
+
+    # ------------------------------------------------------------------ special endings
+
+    def find_claude(self) -> str | None:
+        configured = self.env.get("OPSCONSOLE_CLAUDE_BIN")
+        if configured:
+            return configured if os.access(configured, os.X_OK) else None
+        return shutil.which("claude", path=self.env.get("PATH"))
+
+    def record_missing_claude(self, session_id: str) -> int:
+        configured = self.env.get("OPSCONSOLE_CLAUDE_BIN")
+        where = (
+            f"$OPSCONSOLE_CLAUDE_BIN={configured} is not an executable"
+            if configured
+            else "$OPSCONSOLE_CLAUDE_BIN is not set"
+        )
+        message = f"claude not found: {where}, and there is no `claude` on PATH"
+        say(message)
+        self.write_bare_record(session_id, "failed", EXIT_NO_CLAUDE, message)
+        return EXIT_NO_CLAUDE
+
+    def skip_for_quota(self, session_id: str, stamp: QuotaStamp) -> int:
+        message = (
+            f"quota stamp holds until {stamp.until} ({stamp.reason}); claude not started. "
+            f"Clear it with: opsconsole-run --clear-quota-stamp"
+        )
+        say(message)
+        with contextlib.suppress(UnsafeDirectory, OSError):
+            ensure_private_dir(self.paths.spool)
+            self.write_bare_record(session_id, "quota_skip", EXIT_QUOTA_SKIP, message)
+        return EXIT_QUOTA_SKIP
+
+    def write_bare_record(self, session_id: str, end_reason: str, exit_code: int, error: str):
+        now = utc_now_iso()
+        self.write_spool(
+            SpoolRecord(
+                session_id=session_id,
+                script_tag=self.options.tag,
+                platform=self.options.platform,
+                host=self.host,
+                attempt=1,
+                started_at=now,
+                ended_at=now,
+                end_reason=end_reason,
+                exit_code=exit_code,
+                wrapper_pid=self.pid,
+                cwd=self.cwd,
+                claude_config_dir=str(self.config_dir),
+                error=error,
+            )
+        )
+
+    def set_quota_stamp(self, session_id: str, reason: str, reset_epoch: int | None) -> str:
+        now = datetime.now(UTC)
+        if reset_epoch is not None and reset_epoch > now.timestamp():
+            until = datetime.fromtimestamp(reset_epoch, UTC)
+        else:
+            cooldown = int(
+                self.env.get("OPSCONSOLE_QUOTA_COOLDOWN_SECONDS") or DEFAULT_QUOTA_COOLDOWN_SECONDS
+            )
+            until = now + timedelta(seconds=cooldown)
+        stamp = QuotaStamp(
+            until=until.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            set_at=utc_now_iso(),
+            reason=reason,
+            session_id=session_id,
+            script_tag=self.options.tag,
+        )
+        try:
+            write_json_atomic(self.paths.quota_stamp, stamp.to_dict())
+        except OSError as exc:
+            say(f"could not write the quota stamp: {exc}")
+        message = f"usage limit hit; every wrapper skips (exit 79) until {stamp.until}"
+        say(message)
+        return f"{reason} — {message}"
+
+
+def _typed(value, kind: type):
+    if kind is int and isinstance(value, bool):
+        return None
+    return value if isinstance(value, kind) else None
