@@ -107,10 +107,12 @@ class ProcessTable:
 
 def scan_process_table() -> ProcessTable:
     entries = []
-    for proc in psutil.process_iter(["pid", "ppid", "create_time", "name"]):
+    for proc in psutil.process_iter(["pid", "ppid", "create_time", "name", "status"]):
         info = proc.info
         if info.get("create_time") is None or info.get("ppid") is None:
             continue
+        if info.get("status") == psutil.STATUS_ZOMBIE:
+            continue  # exited, not yet reaped: dead for every question asked here
         entries.append(
             ProcessEntry(
                 pid=info["pid"],
