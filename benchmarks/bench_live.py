@@ -85,8 +85,9 @@ def start_sessions(count: int) -> list[subprocess.Popen]:
             host=socket.gethostname(),
             cwd=cwd,
             claude_config_dir=os.environ["CLAUDE_CONFIG_DIR"],
-            transcript_path=str(transcript_path(Path(os.environ["CLAUDE_CONFIG_DIR"]), cwd,
-                                                session_id)),
+            transcript_path=str(
+                transcript_path(Path(os.environ["CLAUDE_CONFIG_DIR"]), cwd, session_id)
+            ),
         )
         write_json_atomic(paths.sidecar_path(proc.pid), sidecar.to_dict())
     return procs
@@ -128,7 +129,11 @@ def bench_listing(counts: list[int], client: Client, auth: dict) -> list[tuple]:
 
 def bench_tail(client: Client, auth: dict) -> list[tuple]:
     """GET /api/claude-jsonl/<id> on a 1 MB and a (sparse) 1 GB transcript."""
-    line = b'{"type":"assistant","message":{"content":[{"type":"text","text":"' + b"x" * 400 + b'"}]}}\n'
+    line = (
+        b'{"type":"assistant","message":{"content":[{"type":"text","text":"'
+        + b"x" * 400
+        + b'"}]}}\n'
+    )
     rows = []
     for label, size in (("1 MB", MB), ("1 GB", 1024 * MB)):
         session_id = new_session_id()
@@ -163,8 +168,10 @@ def main() -> None:
     client = Client()
 
     print(f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, SQLite\n")
-    print("| live sessions | snapshot, uncached (ms) | snapshot, cached (ms) "
-          "| GET /api/claude-active, uncached (ms) | GET /api/claude-active, cached (ms) |")
+    print(
+        "| live sessions | snapshot, uncached (ms) | snapshot, cached (ms) "
+        "| GET /api/claude-active, uncached (ms) | GET /api/claude-active, cached (ms) |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for count, uncached, cached, api_cold, api_warm in bench_listing(args.sessions, client, auth):
         print(f"| {count} | {uncached} | {cached} | {api_cold} | {api_warm} |")
