@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from wrapper.formats import StatePaths, claude_config_dir, ensure_private_dir
+from wrapper.formats import StatePaths, claude_config_dir, ensure_private_dir, host_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -180,7 +180,7 @@ OPSCONSOLE_CLAUDE_CONFIG_DIRS = [
 OPSCONSOLE_SNAPSHOT_SECONDS = env_float("OPSCONSOLE_SNAPSHOT_SECONDS", 1.5)
 OPSCONSOLE_POLL_SECONDS = env_float("OPSCONSOLE_POLL_SECONDS", 2.0)
 OPSCONSOLE_TAIL_BYTES = env_int("OPSCONSOLE_TAIL_BYTES", 200_000)
-OPSCONSOLE_HOST = os.environ.get("OPSCONSOLE_HOST_NAME") or os.uname().nodename
+OPSCONSOLE_HOST = host_name()
 OPSCONSOLE_API_PAGE_SIZE = env_int("OPSCONSOLE_API_PAGE_SIZE", 50)
 
 LOGGING = {
@@ -191,3 +191,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("OPSCONSOLE_LOG_LEVEL", "INFO")},
     "loggers": {"django": {"level": "WARNING"}},
 }
+# Which scheduler collectors run (launchd, systemd, cron); empty = what this machine has.
+OPSCONSOLE_SCHEDULERS = env_list("OPSCONSOLE_SCHEDULERS", [])
+# Where the launchd collector looks for plists.
+OPSCONSOLE_LAUNCHD_PLIST_DIRS = env_list(
+    "OPSCONSOLE_LAUNCHD_PLIST_DIRS",
+    ["~/Library/LaunchAgents", "/Library/LaunchAgents", "/Library/LaunchDaemons"],
+)
+# A job is late once its expected run is this far past with no run on record.
+OPSCONSOLE_LATE_GRACE_SECONDS = env_int("OPSCONSOLE_LATE_GRACE_SECONDS", 600)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from django.db import transaction
 
+from jobs_app.linking import job_id_for
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from wrapper.formats import (
     FormatError,
@@ -128,6 +129,7 @@ def record_completion(record: SpoolRecord) -> Session:
         "transcript_path": record.transcript_path or "",
         "archive_path": record.archive_path or "",
         "recorded_from": "spool",
+        "job_id": job_id_for(record.host, record.script_tag),
     }
     if record.duration_ms is None:
         elapsed = values["ended_at"] - values["started_at"]
@@ -157,6 +159,7 @@ def sidecar_values(sidecar: Sidecar, status: str) -> dict:
         "claude_config_dir": sidecar.claude_config_dir,
         "transcript_path": sidecar.transcript_path,
         "recorded_from": "sidecar",
+        "job_id": job_id_for(sidecar.host, sidecar.script_tag),
     }
 
 

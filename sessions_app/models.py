@@ -51,6 +51,9 @@ class Session(models.Model):
     claude_config_dir = models.TextField(blank=True, default="")
     transcript_path = models.TextField(blank=True, default="")  # where claude wrote it
     archive_path = models.TextField(blank=True, default="")  # the copy that outlives claude's
+    job = models.ForeignKey(
+        "jobs_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
+    )
     recorded_from = models.CharField(
         max_length=16,
         blank=True,
@@ -68,6 +71,7 @@ class Session(models.Model):
             models.Index(fields=["status", "-started_at"], name="session_status_newest"),
             models.Index(fields=["platform", "-started_at"], name="session_platform_newest"),
             models.Index(fields=["host", "-started_at"], name="session_host_newest"),
+            models.Index(fields=["job", "-started_at"], name="session_job_newest"),
         ]
 
     def __str__(self) -> str:

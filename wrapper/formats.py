@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import uuid
@@ -89,6 +90,12 @@ class StatePaths:
     def archive_path(self, started_at: str, script_tag: str, session_id: str) -> Path:
         day = started_at[:10] if re.match(r"^\d{4}-\d{2}-\d{2}", started_at) else "undated"
         return self.archive / day / f"{safe_tag(script_tag)}_{session_id}.jsonl"
+
+
+def host_name(environ: dict[str, str] | None = None) -> str:
+    """The host runs are recorded under; the wrapper and the console must agree on it."""
+    env = os.environ if environ is None else environ
+    return env.get("OPSCONSOLE_HOST_NAME") or socket.gethostname()
 
 
 def claude_config_dir(environ: dict[str, str] | None = None) -> Path:

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from wrapper.formats import (
     claude_config_dir,
     copy_into_archive,
     ensure_private_dir,
+    host_name,
     is_session_id,
     new_session_id,
     process_start_time,
@@ -80,7 +80,7 @@ class Wrapper:
         self.env = dict(os.environ if environ is None else environ)
         self.pid = os.getpid()
         self.started = process_start_time(self.pid) or time.time()
-        self.host = socket.gethostname()
+        self.host = host_name(self.env)
         self.cwd = os.getcwd()
         self.config_dir = claude_config_dir(self.env)
         self.child: subprocess.Popen | None = None

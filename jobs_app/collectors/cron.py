@@ -1,0 +1,102 @@
+"""cron: the user's crontab and the system ones, parsed by python-crontab."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+
+from crontab import CronTab
+
+from jobs_app.collectors.base import (
+    CollectedJob,
+    Collection,
+    CollectorError,
+    cron_times,
+    describe_cron,
+    run_tool,
+    wrapper_tags_in_shell_line,
+)
+
+SYSTEM_CRONTABS = ("/etc/crontab", "/etc/cron.d")
+NAME_PREFIX = "opsconsole:"
+
+
+def entry_label(comment: str, tags: list[str], command: str) -> str:
+    """A name that survives edits: `# opsconsole: NAME` on the entry, else the tag."""
+    comment = comment.strip()
+    if comment.startswith(NAME_PREFIX):
+        return comment[len(NAME_PREFIX) :].strip()
+    if tags:
+        return tags[0]
+    return "cron-" + hashlib.sha256(command.encode()).hexdigest()[:10]
+
+
+def jobs_in(tab: CronTab, *, host: str, now: datetime, source: str) -> list[CollectedJob]:
+    jobs = []
+    seen: dict[str, int] = {}
+    for entry in tab:
+        tags = wrapper_tags_in_shell_line(entry.command or "")
+        if tags is None:
+            continue
+        label = entry_label(entry.comment or "", tags, entry.command)
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label}#{seen[label]}"
+        expression = str(entry.slices)
+        previous, following = cron_times(expression, now) if entry.is_valid() else (None, None)
+        jobs.append(
+            CollectedJob(
+                scheduler="cron",
+                label=label,
+                host=host,
+                tags=tags,
+                command=entry.command,
+                schedule_raw=expression,
+                schedule_text=describe_cron(expression) if entry.is_valid() else "invalid",
+                previous_run_at=previous,
+                next_run_at=following,
+                state="scheduled" if entry.is_enabled() else "commented out",
+                enabled=entry.is_enabled(),
+                source=source,
+                error="" if entry.is_valid() else f"invalid schedule {expression!r}",
+            )
+        )
+    return jobs
+
+
+def collect(
+    *,
+    host: str,
+    now: datetime,
+    known_labels: set[str] = frozenset(),
+    crontab: str = "crontab",
+    system_paths: tuple[str, ...] = SYSTEM_CRONTABS,
+) -> Collection:
+    collection = Collection("cron")
+    local_now = now.astimezone()
+    try:
+        # `crontab -l` exits 1 with "no crontab for USER" when there is none: not an error.
+        text = run_tool([crontab, "-l"], ok_codes=(0, 1))
+        collection.jobs += jobs_in(CronTab(tab=text), host=host, now=local_now, source="crontab -l")
+    except CollectorError as exc:
+        collection.errors.append(str(exc))
+    for path in _system_files(system_paths):
+        try:
+            tab = CronTab(tabfile=str(path), user=False)
+        except (OSError, ValueError) as exc:
+            collection.errors.append(f"{path}: unreadable ({exc})")
+            continue
+        collection.jobs += jobs_in(tab, host=host, now=local_now, source=str(path))
+    return collection
+
+
+def _system_files(paths: tuple[str, ...]) -> list[Path]:
+    files = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+    return files

@@ -1,0 +1,85 @@
+"""Scheduled agent jobs. Collectors own the collected fields; people own the rest."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Scheduler(models.TextChoices):
+    LAUNCHD = "launchd", "launchd"
+    SYSTEMD = "systemd", "systemd"
+    CRON = "cron", "cron"
+
+
+# Written by collectors (collect_jobs, the live status read); read-only in the admin.
+COLLECTED_FIELDS = (
+    "tags",
+    "command",
+    "schedule_raw",
+    "schedule_text",
+    "interval_seconds",
+    "next_run_at",
+    "previous_run_at",
+    "pids",
+    "last_exit_status",
+    "state",
+    "scheduler_enabled",
+    "source",
+    "collector_error",
+    "collected_at",
+    "present",
+)
+
+
+class Job(models.Model):
+    scheduler = models.CharField(max_length=16, choices=Scheduler.choices)
+    label = models.CharField(
+        max_length=255, help_text="launchd label, systemd unit, or the cron entry's name"
+    )
+    host = models.CharField(max_length=255)
+
+    # ---- collected
+    tags = models.JSONField(default=list, blank=True, help_text="wrapper --tag values it runs")
+    command = models.TextField(blank=True, default="")
+    schedule_raw = models.TextField(blank=True, default="", help_text="as the scheduler states it")
+    schedule_text = models.CharField(max_length=255, blank=True, default="")
+    interval_seconds = models.IntegerField(null=True, blank=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    previous_run_at = models.DateTimeField(
+        null=True, blank=True, help_text="the latest time the schedule said it should have run"
+    )
+    pids = models.JSONField(default=list, blank=True)
+    last_exit_status = models.IntegerField(
+        null=True, blank=True, help_text="negative: killed by that signal (launchd)"
+    )
+    state = models.CharField(max_length=64, blank=True, default="")
+    scheduler_enabled = models.BooleanField(default=True)
+    source = models.TextField(blank=True, default="", help_text="plist, unit or crontab file")
+    collector_error = models.TextField(blank=True, default="")
+    collected_at = models.DateTimeField(null=True, blank=True)
+    present = models.BooleanField(
+        default=True, help_text="seen by the latest collection (gone jobs are kept, not deleted)"
+    )
+
+    # ---- edited by people in the admin
+    description = models.TextField(blank=True, default="")
+    owner = models.CharField(max_length=150, blank=True, default="")
+    platform = models.CharField(max_length=100, blank=True, default="")
+    enabled = models.BooleanField(
+        default=True, help_text="Unticked: expected not to run (no 'late' badge)"
+    )
+    max_runtime_minutes = models.PositiveIntegerField(
+        default=45, help_text="A run past this is hung (and the watchdog's to stop)"
+    )
+    notes = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["platform", "label"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scheduler", "host", "label"], name="job_unique_per_scheduler_host"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.scheduler} on {self.host})"
