@@ -5,11 +5,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.paginator import EmptyPage, Paginator
 from django.db import DatabaseError
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
 from opsconsole.auth import api_view, json_error
 from sessions_app import transcript_store
+from sessions_app.export import json_chunks
+from sessions_app.history import HistoryFilters
 from sessions_app.live import get_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.runs import find_run, live_runs, run_from_record, run_payload
@@ -130,3 +132,12 @@ def transcript_tail(request, session_id: str):
     response["X-Transcript-Start"] = str(chunk.start)
     response["X-Transcript-End"] = str(chunk.end)
     return response
+
+
+@api_view
+@require_GET
+def history_json(request):
+    filters = HistoryFilters.from_query(request.GET)
+    if filters.errors:
+        return json_error("; ".join(filters.errors), 400)
+    return StreamingHttpResponse(json_chunks(filters), content_type="application/json")

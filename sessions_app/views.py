@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from django.http import Http404
+from urllib.parse import urlencode
+
+from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from jobs_app.models import Job
 from sessions_app import transcript_store
+from sessions_app.charts import cost_chart
+from sessions_app.costs import cost_report
+from sessions_app.export import csv_lines
+from sessions_app.history import HistoryFilters, history_page
 from sessions_app.live import get_snapshot
+from sessions_app.models import Status
 from sessions_app.runs import find_run, live_runs, retry_chain
+from sessions_app.transcripts.tail import open_transcript
 
 
 def _live_context() -> dict:
@@ -77,3 +86,65 @@ def transcript_follow(request, session_id):
         "sessions_app/_transcript_follow.html",
         {"run": run, "page": page, "following": following},
     )
+
+
+@require_GET
+def history(request):
+    filters = HistoryFilters.from_query(request.GET)
+    page = history_page(filters, before=request.GET.get("before") or None)
+    return render(
+        request,
+        "sessions_app/history.html",
+        {
+            "filters": filters,
+            "page": page,
+            "statuses": Status.choices,
+            "jobs": Job.objects.order_by("label").only("id", "label"),
+            "query": urlencode(filters.as_query()),
+        },
+    )
+
+
+@require_GET
+def history_csv(request):
+    filters = HistoryFilters.from_query(request.GET)
+    response = StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="opsconsole-history.csv"'
+    return response
+
+
+COST_RANGES = (7, 30, 90)
+
+
+@require_GET
+def costs(request):
+    try:
+        days = int(request.GET.get("days", "30"))
+    except ValueError:
+        days = 30
+    days = days if days in COST_RANGES else 30
+    report = cost_report(days)
+    return render(
+        request,
+        "sessions_app/costs.html",
+        {"report": report, "chart": cost_chart(report), "ranges": COST_RANGES},
+    )
+
+
+@require_GET
+def transcript_download(request, session_id):
+    """The whole transcript file, as Claude Code wrote it."""
+    session_id = str(session_id)
+    run = _run_or_404(session_id)
+    located = transcript_store.locate(
+        session_id, sidecar=_sidecar_of(session_id), session=run.record
+    )
+    if located is None:
+        raise Http404("No transcript for this session.")
+    response = FileResponse(
+        open_transcript(located.path),
+        content_type="application/x-ndjson",
+        as_attachment=True,
+        filename=f"{run.script_tag}_{session_id}.jsonl",
+    )
+    return response

@@ -224,7 +224,7 @@ def test_transcript_with_script_is_escaped_on_the_session_page(client, console_s
 
 
 def test_live_page_shows_the_run(client, console_state, user, runs):
-    run = start_fake_run(console_state, tag="ci-nightly")
+    run = start_fake_run(console_state, tag="ci-nightly", attempt=2)
     runs.append(run)
     client.force_login(user)
 
@@ -234,4 +234,5 @@ def test_live_page_shows_the_run(client, console_state, user, runs):
     assert page.status_code == 200 and rows.status_code == 200
     for response in (page, rows):
         assert b"ci-nightly" in response.content
+        assert b"attempt 2" in response.content
         assert run.session_id.encode() in response.content

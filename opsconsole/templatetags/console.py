@@ -95,3 +95,18 @@ def status_label(value) -> str:
 @register.filter
 def shortid(value) -> str:
     return str(value)[:8]
+
+
+@register.filter
+def outcome_label(run) -> str:
+    """How a run ended, in words: 'failed (exit 2)', 'quota skip', 'killed'."""
+    status = str(getattr(run, "status", run))
+    exit_code = getattr(run, "exit_code", None)
+    if status == "failed" and exit_code is not None:
+        return f"failed (exit {exit_code})"
+    return status_label(status)
+
+
+@register.filter
+def attempt_label(attempt) -> str:
+    return f"attempt {attempt}"

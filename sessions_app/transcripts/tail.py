@@ -45,14 +45,19 @@ def parse_range_header(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _open(path: Path):
+def open_transcript(path: Path):
+    """A binary handle on a regular file, never through a symlink."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     handle = os.fdopen(fd, "rb")
-    info = os.fstat(handle.fileno())
-    if not stat.S_ISREG(info.st_mode):
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
         handle.close()
         raise OSError(f"{path} is not a regular file")
-    return handle, info.st_size
+    return handle
+
+
+def _open(path: Path):
+    handle = open_transcript(path)
+    return handle, os.fstat(handle.fileno()).st_size
 
 
 def read_tail(path: Path, max_bytes: int) -> Chunk:

@@ -1,0 +1,89 @@
+"""History as CSV and JSON, streamed: a million rows never sit in memory at once."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+
+from sessions_app.history import HistoryFilters, filtered_sessions
+
+COLUMNS = (
+    "session_id",
+    "script_tag",
+    "job",
+    "platform",
+    "host",
+    "attempt",
+    "retry_of",
+    "status",
+    "end_reason",
+    "exit_code",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "num_turns",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "stop_reason",
+    "api_error_status",
+    "model",
+)
+# Spreadsheets run a cell that starts like a formula; a tag or error text must not.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _rows(filters: HistoryFilters) -> Iterator[dict]:
+    queryset = filtered_sessions(filters).order_by("-started_at", "-id")
+    values = queryset.values(*[c if c != "job" else "job__label" for c in COLUMNS])
+    for row in values.iterator(chunk_size=2000):
+        row["job"] = row.pop("job__label")
+        yield row
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""  # unknown stays empty: never 0
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if text.startswith(FORMULA_PREFIXES) and not _is_number(text):
+        return "'" + text
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines(filters: HistoryFilters) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(COLUMNS)
+    for row in _rows(filters):
+        yield writer.writerow([_cell(row[column]) for column in COLUMNS])
+
+
+def json_chunks(filters: HistoryFilters) -> Iterator[str]:
+    yield '{"sessions": ['
+    first = True
+    for row in _rows(filters):
+        for key, value in row.items():
+            if hasattr(value, "isoformat"):
+                row[key] = value.isoformat()
+            elif key in ("session_id", "retry_of") and value is not None:
+                row[key] = str(value)
+            elif key == "cost_usd" and value is not None:
+                row[key] = float(value)
+        yield ("" if first else ",") + json.dumps(row)
+        first = False
+    yield "]}"
