@@ -13,6 +13,8 @@ class Status(models.TextChoices):
     REFUSED = "refused", "refused"
     QUOTA_SKIP = "quota_skip", "quota skip"
     KILLED = "killed", "killed"
+    # Backfilled from a transcript on disk: how it ended was never recorded.
+    IMPORTED = "imported", "imported"
 
 
 LIVE_STATUSES = (Status.LIVE, Status.ORPHANED)

@@ -1,0 +1,114 @@
+"""Import the transcripts already on disk, before Claude Code's cleanup deletes them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+
+from sessions_app.models import Session, Status
+from sessions_app.transcripts.parse import summarize_file
+from wrapper.formats import StatePaths, copy_into_archive, is_session_id, parse_iso, safe_tag
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackfillResult:
+    imported: int = 0
+    archived: int = 0  # copies made for runs already on record
+    skipped: int = 0  # on record and archived already
+    failed: list[tuple[str, str]] | None = None
+
+
+def transcripts_on_disk(config_dirs: list[Path]) -> Iterator[Path]:
+    """Main-session transcripts (<uuid>.jsonl) under each config dir's projects/."""
+    for config_dir in config_dirs:
+        projects = Path(config_dir) / "projects"
+        if not projects.is_dir():
+            continue
+        for folder in sorted(projects.iterdir()):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.jsonl")):
+                if is_session_id(path.stem) and not path.is_symlink() and path.is_file():
+                    yield path
+
+
+def _when(stamp: str, fallback: float) -> datetime:
+    try:
+        return parse_iso(stamp)
+    except ValueError:
+        return datetime.fromtimestamp(fallback, UTC)
+
+
+def backfill(
+    paths: StatePaths, config_dirs: list[Path], progress: Callable[[Path], None] | None = None
+) -> BackfillResult:
+    result = BackfillResult(failed=[])
+    known = {
+        str(session_id): archive
+        for session_id, archive in Session.objects.values_list("session_id", "archive_path")
+    }
+    for path in transcripts_on_disk(config_dirs):
+        session_id = path.stem
+        try:
+            if session_id in known and known[session_id] and Path(known[session_id]).is_file():
+                result.skipped += 1
+            else:
+                import_one(path, paths, on_record=session_id in known)
+                if session_id in known:
+                    result.archived += 1
+                else:
+                    result.imported += 1
+        except OSError as exc:
+            log.warning("could not import %s: %s", path, exc)
+            result.failed.append((str(path), str(exc)))
+        if progress:
+            progress(path)
+    return result
+
+
+def import_one(path: Path, paths: StatePaths, *, on_record: bool) -> Session:
+    summary = summarize_file(path)
+    mtime = path.stat().st_mtime
+    started = _when(summary.first_timestamp, mtime)
+    ended = _when(summary.last_timestamp, mtime)
+    tag = safe_tag(Path(summary.cwd).name) if summary.cwd else "imported"
+    dest = paths.archive_path(started.isoformat(), tag, path.stem)
+    copy_into_archive(path, dest)
+    if on_record:
+        session = Session.objects.get(session_id=path.stem)
+        session.archive_path = str(dest)
+        session.save(update_fields=["archive_path", "updated_at"])
+        return session
+    usage = summary.as_usage()
+    return Session.objects.create(
+        session_id=path.stem,
+        script_tag=tag,
+        host=settings.OPSCONSOLE_HOST,
+        status=Status.IMPORTED,
+        end_reason="imported",
+        started_at=started,
+        ended_at=ended,
+        duration_ms=max(0, int((ended - started).total_seconds() * 1000)),
+        cost_usd=(
+            Decimal(str(summary.legacy_cost_usd)).quantize(Decimal("0.000001"))
+            if summary.legacy_cost_usd is not None
+            else None
+        ),
+        input_tokens=usage["input_tokens"],
+        output_tokens=usage["output_tokens"],
+        cache_read_tokens=usage["cache_read_input_tokens"],
+        cache_creation_tokens=usage["cache_creation_input_tokens"],
+        model=", ".join(sorted(summary.models))[:100],
+        cwd=summary.cwd,
+        transcript_path=str(path),
+        archive_path=str(dest),
+        recorded_from="backfill",
+    )
