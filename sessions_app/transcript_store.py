@@ -13,10 +13,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-from sessions_app.transcripts.locate import Located, locate_transcript
+from sessions_app.transcripts.locate import Located, find_subagent_transcripts, locate_transcript
 from sessions_app.transcripts.parse import iter_records, to_entries
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
-from sessions_app.transcripts.tail import OffsetBeyondEnd, read_from, read_tail
+from sessions_app.transcripts.tail import OffsetBeyondEnd, read_before, read_from, read_tail
 from wrapper.formats import Sidecar
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,29 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
         config_dir_hint=config_dir or None,
         archive_hint=(session.archive_path or None) if session else None,
     )
+
+
+@dataclass
+class Subagent:
+    name: str  # agent-<id>
+    entries: list
+    total: int
+
+
+def subagents(located: Located | None, max_bytes: int = 64 * 1024) -> list[Subagent]:
+    """Subagent (sidechain) transcripts of a session, each as the tail of its entries."""
+    if located is None:
+        return []
+    roots = [*settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS, settings.OPSCONSOLE_STATE.archive]
+    found = []
+    for path in find_subagent_transcripts(located.path, roots):
+        try:
+            chunk = read_tail(path, max_bytes)
+        except OSError:
+            continue
+        entries = to_entries(iter_records(chunk.data, base_offset=chunk.start))
+        found.append(Subagent(name=path.stem, entries=entries, total=chunk.total))
+    return found
 
 
 def find_live_transcript(sidecar: Sidecar) -> Path | None:
@@ -80,19 +103,22 @@ def read_page(
     sidecar: Sidecar | None = None,
     session=None,
     after: int | None = None,
+    before: int | None = None,
     max_bytes: int | None = None,
 ) -> TranscriptPage:
-    """The tail of a transcript (or the bytes after `after`) as display entries."""
+    """The tail of a transcript as display entries; or the bytes after `after` (a
+    follower), or the page that ends at `before` (reading back through a large one)."""
     located = locate(session_id, sidecar=sidecar, session=session)
     if located is None:
         return TranscriptPage(located=None)
     limit = max_bytes or settings.OPSCONSOLE_TAIL_BYTES
     try:
-        chunk = (
-            read_tail(located.path, limit)
-            if after is None
-            else read_from(located.path, after, limit)
-        )
+        if after is not None:
+            chunk = read_from(located.path, after, limit)
+        elif before is not None:
+            chunk = read_before(located.path, before, limit)
+        else:
+            chunk = read_tail(located.path, limit)
     except OffsetBeyondEnd as exc:
         # The file shrank or was replaced: start over from its tail.
         log.info("transcript %s shrank to %s bytes; re-reading its tail", session_id, exc.total)

@@ -51,13 +51,24 @@ def _sidecar_of(session_id: str):
 def session_page(request, session_id):
     session_id = str(session_id)
     run = _run_or_404(session_id)
+    try:
+        before = int(request.GET["before"]) if "before" in request.GET else None
+    except ValueError:
+        before = None
     page = transcript_store.read_page(
-        session_id, sidecar=_sidecar_of(session_id), session=run.record
+        session_id, sidecar=_sidecar_of(session_id), session=run.record, before=before
     )
     return render(
         request,
         "sessions_app/session.html",
-        {"run": run, "chain": retry_chain(run), "page": page, "following": run.live},
+        {
+            "run": run,
+            "chain": retry_chain(run),
+            "page": page,
+            "paging_back": before is not None,
+            "following": run.live and before is None,
+            "subagents": transcript_store.subagents(page.located),
+        },
     )
 
 

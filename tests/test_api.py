@@ -236,3 +236,41 @@ def test_live_page_shows_the_run(client, console_state, user, runs):
         assert b"ci-nightly" in response.content
         assert b"attempt 2" in response.content
         assert run.session_id.encode() in response.content
+
+
+def test_session_page_pages_back_and_shows_subagents(client, console_state, user, runs, settings):
+    settings.OPSCONSOLE_TAIL_BYTES = 2000
+    lines = [
+        json.dumps(
+            {"type": "user", "uuid": f"u{i}", "message": {"content": f"prompt {i}"}}
+        ).encode()
+        + b"\n"
+        for i in range(100)
+    ]
+    run = start_fake_run(console_state, transcript_lines=lines)
+    runs.append(run)
+    agents = run.transcript.with_suffix("") / "subagents"
+    agents.mkdir(parents=True)
+    (agents / "agent-xyz.jsonl").write_bytes(
+        json.dumps(
+            {
+                "type": "user",
+                "isSidechain": True,
+                "agentId": "xyz",
+                "message": {"content": "subagent task"},
+            }
+        ).encode()
+        + b"\n"
+    )
+    client.force_login(user)
+
+    latest = client.get(f"/sessions/{run.session_id}/").content.decode()
+    assert "prompt 99" in latest and "prompt 0<" not in latest
+    assert "agent-xyz" in latest and "subagent task" in latest
+    earlier_link = latest.split('href="?before=')[1].split('"')[0]
+    earlier = client.get(f"/sessions/{run.session_id}/?before={earlier_link}").content.decode()
+    assert "prompt 99" not in earlier and "latest →" in earlier
+
+    download = client.get(f"/sessions/{run.session_id}/transcript.jsonl")
+    assert b"".join(download.streaming_content) == b"".join(lines)
+    assert "attachment" in download["Content-Disposition"]

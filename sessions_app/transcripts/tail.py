@@ -77,6 +77,22 @@ def read_tail(path: Path, max_bytes: int) -> Chunk:
     return Chunk(data, start, start + len(data), size)
 
 
+def read_before(path: Path, end: int, max_bytes: int) -> Chunk:
+    """Complete lines ending at byte `end` (a line boundary), about `max_bytes` of them:
+    the page before one already shown."""
+    handle, size = _open(path)
+    end = min(end, size)
+    with handle:
+        start = max(0, end - max_bytes)
+        handle.seek(start)
+        data = handle.read(end - start)
+    if start > 0:
+        newline = data.find(b"\n")
+        data = b"" if newline == -1 else data[newline + 1 :]
+        start = end - len(data)
+    return Chunk(data, start, end, size)
+
+
 def read_from(path: Path, offset: int, max_bytes: int) -> Chunk:
     """Complete lines from byte `offset` on, about `max_bytes` of them (HTTP Range: bytes=N-)."""
     handle, size = _open(path)
