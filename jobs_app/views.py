@@ -16,7 +16,7 @@ def _dashboard_context() -> dict:
     report = current_report()
     statuses = job_statuses()
     groups = [
-        (platform or "no platform", list(rows))
+        (platform or "(no platform)", list(rows))
         for platform, rows in groupby(statuses, key=lambda s: s.job.platform)
     ]
     return {"report": report, "groups": groups, "count": len(statuses)}

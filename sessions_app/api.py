@@ -53,6 +53,7 @@ def session_detail(request, session_id: str):
 @api_view
 @require_GET
 def session_list(request):
+    get_snapshot()  # ingests completion records first
     rows = Session.objects.all()
     for name in ("tag", "platform", "host", "status"):
         value = request.GET.get(name)
@@ -137,6 +138,7 @@ def transcript_tail(request, session_id: str):
 @api_view
 @require_GET
 def history_json(request):
+    get_snapshot()
     filters = HistoryFilters.from_query(request.GET)
     if filters.errors:
         return json_error("; ".join(filters.errors), 400)

@@ -135,7 +135,9 @@ def run_from_record(session: Session) -> Run:
     )
 
 
-def find_run(session_id: str, snapshot: Snapshot | None = None) -> Run | None:
+def find_run(
+    session_id: str, snapshot: Snapshot | None = None, *, fresh_tried: bool = False
+) -> Run | None:
     """The run with this session id, live or on record; None if unknown or not a UUID."""
     if not is_session_id(session_id):
         return None
@@ -145,6 +147,9 @@ def find_run(session_id: str, snapshot: Snapshot | None = None) -> Run | None:
     except DatabaseError:
         record = None  # the live view does not need the database
     live = snapshot.get(session_id)
+    if live is None and record is None and not fresh_tried:
+        # Started within the cache window: look once more before saying "not found".
+        return find_run(session_id, get_snapshot(fresh=True), fresh_tried=True)
     if live is not None:
         return run_from_live(live, record)
     return run_from_record(record) if record is not None else None

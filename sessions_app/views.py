@@ -101,6 +101,7 @@ def transcript_follow(request, session_id):
 
 @require_GET
 def history(request):
+    get_snapshot()  # ingests completion records: history is current without a cron entry
     filters = HistoryFilters.from_query(request.GET)
     page = history_page(filters, before=request.GET.get("before") or None)
     return render(
@@ -118,6 +119,7 @@ def history(request):
 
 @require_GET
 def history_csv(request):
+    get_snapshot()
     filters = HistoryFilters.from_query(request.GET)
     response = StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="opsconsole-history.csv"'
@@ -134,6 +136,7 @@ def costs(request):
     except ValueError:
         days = 30
     days = days if days in COST_RANGES else 30
+    get_snapshot()
     report = cost_report(days)
     return render(
         request,
