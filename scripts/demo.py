@@ -1,0 +1,220 @@
+"""A live demo: the console plus a handful of scheduled agents, on loopback only.
+
+    .venv/bin/python scripts/demo.py [--port 8000] [--stand-in]
+
+Agents run through the real `opsconsole-run`. With npm available they drive the
+real Claude Code CLI against the scripted Messages API (tests/messages_api.py);
+otherwise (or with --stand-in) tests/fake_claude.py plays claude. Within a
+minute you see: live runs with a tool child, a refusal retried under a fresh
+session id, a 429 that stamps the quota and the next run skipped (exit 79), and
+a run SIGKILLed mid-tool that the console records as killed. Everything lives
+under ./.demo (deleted at start); nothing touches your real crontab or ~/.claude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DEMO = REPO / ".demo"
+PYTHON = sys.executable
+CYCLE_SECONDS = 60
+
+# The demo's "scheduled jobs": what the cron collector will find (a stand-in crontab).
+CRONTAB = """\
+# opsconsole: inbox triage
+*/15 * * * * opsconsole-run --tag inbox-triage --platform demo -- -p "triage the inbox"
+# opsconsole: nightly report
+15 2 * * * opsconsole-run --tag nightly-report --platform demo -- -p "write the report"
+# opsconsole: policy memo
+0 9 * * 1-5 opsconsole-run --tag policy-memo --platform demo -- -p "draft the memo"
+# opsconsole: usage digest
+0 * * * * opsconsole-run --tag usage-digest --platform demo -- -p "hit the limit"
+# opsconsole: log sweeper
+30 3 * * * opsconsole-run --tag log-sweeper --platform demo -- -p "sweep the logs"
+"""
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+def prepare(stand_in: bool) -> tuple[dict[str, str], object | None]:
+    shutil.rmtree(DEMO, ignore_errors=True)
+    for folder in ("home", "claude", "work", "bin", "user-home"):
+        (DEMO / folder).mkdir(parents=True, mode=0o700)
+    (DEMO / "crontab.txt").write_text(CRONTAB)
+    crontab = DEMO / "bin" / "crontab"
+    crontab.write_text(f"#!/bin/sh\nexec cat {DEMO / 'crontab.txt'}\n")
+    crontab.chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f"{DEMO / 'bin'}:{Path(PYTHON).parent}:{os.environ.get('PATH', '')}",
+        OPSCONSOLE_HOME=str(DEMO / "home"),
+        CLAUDE_CONFIG_DIR=str(DEMO / "claude"),
+        OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(DEMO / "claude"),
+        DATABASE_URL=f"sqlite:///{DEMO / 'console.sqlite3'}",
+        OPSCONSOLE_SCHEDULERS="cron",
+        OPSCONSOLE_QUOTA_COOLDOWN_SECONDS="25",
+        PYTHONPATH=str(REPO),
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+    )
+    api = None
+    binary = None if stand_in else install_real_cli()
+    if binary:
+        from tests.messages_api import ScriptedApi
+
+        api = ScriptedApi().start()
+        api.script(
+            "triage",
+            {
+                "kind": "bash",
+                "command": "sleep 25; echo triaged",
+                "text": "Triaged 14 messages; 2 need a human.",
+            },
+        )
+        api.script(
+            "report",
+            {
+                "kind": "bash",
+                "command": "sleep 8; echo ok",
+                "text": "Report written to reports/nightly.md.",
+            },
+        )
+        api.script("hit the limit", {"kind": "429"})
+        api.script("sweep", {"kind": "bash", "command": "sleep 600", "text": "never"})
+        env.update(
+            OPSCONSOLE_CLAUDE_BIN=binary,
+            ANTHROPIC_BASE_URL=api.url,
+            ANTHROPIC_API_KEY="sk-ant-demo-offline",
+            HOME=str(DEMO / "user-home"),
+            DISABLE_TELEMETRY="1",
+            DISABLE_AUTOUPDATER="1",
+            CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        )
+        say(f"agents run the real Claude Code CLI against the scripted API at {api.url}")
+    else:
+        launcher = DEMO / "bin" / "claude"
+        launcher.write_text(
+            f'#!/bin/sh\nexec "{PYTHON}" "{REPO / "tests" / "fake_claude.py"}" "$@"\n'
+        )
+        launcher.chmod(0o755)
+        env["OPSCONSOLE_CLAUDE_BIN"] = str(launcher)
+        say("agents run the stand-in claude (tests/fake_claude.py)")
+    return env, api
+
+
+def install_real_cli() -> str | None:
+    if not shutil.which("npm"):
+        return None
+    result = subprocess.run(
+        [str(REPO / "scripts" / "install-claude-cli")], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        say("could not install the real CLI from npm; using the stand-in")
+        return None
+    return result.stdout.strip().splitlines()[-1]
+
+
+def start_agent(env: dict, tag: str, prompt: str, behaviour: str = "succeed"):
+    return subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "wrapper",
+            "--tag",
+            tag,
+            "--platform",
+            "demo",
+            "--",
+            "-p",
+            prompt,
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--allowedTools",
+            "Bash",
+        ],
+        env=dict(env, FAKE_CLAUDE_BEHAVIOUR=behaviour),
+        cwd=DEMO / "work",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def scheduler(env: dict, api, stop: threading.Event) -> None:
+    """Fires the demo jobs on a one-minute cycle, like a very busy crontab."""
+    for cycle in itertools.count(1):
+        if api is not None:  # a fresh memo prompt each cycle, refused once, then answered
+            api.script(f"memo {cycle}", {"kind": "refuse", "times": 1})
+        start_agent(env, "inbox-triage", "triage the inbox", "spawn:25")
+        stop.wait(2)
+        start_agent(env, "nightly-report", "write the report", "sleep:8")
+        stop.wait(2)
+        start_agent(env, "policy-memo", f"draft the memo {cycle}", "refuse,succeed")
+        sweeper = start_agent(env, "log-sweeper", "sweep the logs", "spawn:600")
+        if stop.wait(12):
+            return
+        os.killpg(sweeper.pid, signal.SIGKILL)  # the run dies with no completion record
+        say("SIGKILLed log-sweeper: it will show as killed, its transcript kept")
+        stop.wait(4)
+        start_agent(env, "usage-digest", "hit the limit", "429")
+        stop.wait(4)
+        start_agent(env, "nightly-report", "write the report", "sleep:8")  # exits 79
+        if stop.wait(CYCLE_SECONDS - 24):
+            return
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--stand-in", action="store_true", help="never use the real CLI")
+    args = parser.parse_args()
+    env, api = prepare(args.stand_in)
+    manage = [PYTHON, "-m", "opsconsole.cli"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True)
+    subprocess.run(
+        [
+            *manage,
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model as m; "
+            "m().objects.create_superuser('demo', password='demo')",
+        ],
+        env=env,
+        check=True,
+    )
+    server = subprocess.Popen(
+        [*manage, "serve", "--bind", f"127.0.0.1:{args.port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stop = threading.Event()
+    threading.Thread(target=scheduler, args=(env, api, stop), daemon=True).start()
+    say(f"console at http://127.0.0.1:{args.port}/  (user demo, password demo); Ctrl-C stops")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        os.killpg(server.pid, signal.SIGTERM)
+        subprocess.run(["pkill", "-f", "--platform demo"], check=False)
+        if api is not None:
+            api.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
