@@ -187,6 +187,7 @@ def main() -> int:
         [
             *manage,
             "shell",
+            "--no-imports",
             "-c",
             "from django.contrib.auth import get_user_model as m; "
             "m().objects.create_superuser('demo', password='demo')",

@@ -82,6 +82,7 @@ def console_server(state: State, tmp_path: Path):
     manage(
         env,
         "shell",
+        "--no-imports",
         "-c",
         "from django.contrib.auth import get_user_model; "
         f"get_user_model().objects.create_superuser('ops', password='{ADMIN_PASSWORD}')",
