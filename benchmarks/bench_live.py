@@ -38,9 +38,11 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.cache import cache  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
+from django.utils import timezone  # noqa: E402
 
 from opsconsole.models import ApiToken  # noqa: E402
 from sessions_app.live import get_snapshot, take_snapshot  # noqa: E402
+from sessions_app.models import Session  # noqa: E402
 from wrapper.formats import (  # noqa: E402
     Sidecar,
     ensure_private_dir,
@@ -144,6 +146,14 @@ def bench_tail(client: Client, auth: dict) -> list[tuple]:
             handle.seek(0, os.SEEK_END)
             while handle.tell() < size:
                 handle.write(line)
+        Session.objects.create(  # the common case: a run on record, with its cwd
+            session_id=session_id,
+            script_tag="bench",
+            status="succeeded",
+            started_at=timezone.now(),
+            cwd=str(WORK),
+            claude_config_dir=os.environ["CLAUDE_CONFIG_DIR"],
+        )
         url = f"/api/claude-jsonl/{session_id}"
         tail_ms = timed(lambda url=url: client.get(url, **auth), 20)
         total = path.stat().st_size

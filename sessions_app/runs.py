@@ -7,16 +7,19 @@ is its Session row. `find_run` joins the two so callers never have to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import DatabaseError
 from django.urls import reverse
+from django.utils import timezone
 
 from sessions_app.live import LiveSession, Snapshot, get_snapshot
 from sessions_app.models import Session
 from sessions_app.proctree import ProcessDetail
 from wrapper.formats import is_session_id, parse_iso
+
+RECHECK_AFTER = timedelta(seconds=0.2)
 
 
 @dataclass
@@ -147,8 +150,10 @@ def find_run(
     except DatabaseError:
         record = None  # the live view does not need the database
     live = snapshot.get(session_id)
-    if live is None and record is None and not fresh_tried:
-        # Started within the cache window: look once more before saying "not found".
+    stale = timezone.now() - snapshot.taken_at > RECHECK_AFTER
+    if live is None and record is None and not fresh_tried and stale:
+        # Started within the cache window: look once more before saying "not found"
+        # (bounded, so unknown ids cannot force a process scan per request).
         return find_run(session_id, get_snapshot(fresh=True), fresh_tried=True)
     if live is not None:
         return run_from_live(live, record)

@@ -140,6 +140,9 @@ def test_session_page_follows_the_transcript(page, console_server, state):
     ).encode()
     run = start_fake_run(state, tag="incident-summary", transcript_lines=[prompt + b"\n"])
     try:
+        eventually(  # a person follows the link from the live list
+            lambda: console_server.json("/api/claude-active")["sessions"], lambda s: len(s) == 1
+        )
         page.goto(f"{console_server.url}/sessions/{run.session_id}/")
         page.get_by_text("Summarise <b>the</b> incident").wait_for()  # escaped, shown as text
         with run.transcript.open("ab") as handle:
