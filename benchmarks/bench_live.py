@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,13 +42,11 @@ from django.utils import timezone  # noqa: E402
 from opsconsole.models import ApiToken  # noqa: E402
 from sessions_app.live import get_snapshot, take_snapshot  # noqa: E402
 from sessions_app.models import Session  # noqa: E402
+from tests.live_helpers import sidecar_for  # noqa: E402
 from wrapper.formats import (  # noqa: E402
-    Sidecar,
     ensure_private_dir,
     new_session_id,
-    process_start_time,
     transcript_path,
-    utc_now_iso,
     write_json_atomic,
 )
 
@@ -74,22 +71,11 @@ def start_sessions(count: int) -> list[subprocess.Popen]:
     ensure_private_dir(paths.active)
     procs = [subprocess.Popen(["sleep", "600"]) for _ in range(count)]
     for proc in procs:
-        session_id = new_session_id()
-        cwd = str(WORK)
-        sidecar = Sidecar(
-            session_id=session_id,
-            script_tag=f"bench-{proc.pid}",
-            wrapper_pid=proc.pid,
-            wrapper_started=process_start_time(proc.pid),
-            started_at=utc_now_iso(),
-            attempt=1,
-            platform="bench",
-            host=socket.gethostname(),
-            cwd=cwd,
-            claude_config_dir=os.environ["CLAUDE_CONFIG_DIR"],
-            transcript_path=str(
-                transcript_path(Path(os.environ["CLAUDE_CONFIG_DIR"]), cwd, session_id)
-            ),
+        sidecar = sidecar_for(
+            proc.pid,
+            tag=f"bench-{proc.pid}",
+            cwd=str(WORK),
+            config_dir=Path(os.environ["CLAUDE_CONFIG_DIR"]),
         )
         write_json_atomic(paths.sidecar_path(proc.pid), sidecar.to_dict())
     return procs

@@ -24,6 +24,7 @@ from sessions_app import ingest, transcript_store
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from sessions_app.proctree import (
     ProcessDetail,
+    TreeFigures,
     describe,
     forget_exited,
     scan_process_table,
@@ -47,7 +48,7 @@ STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 
 
 @dataclass
-class LiveSession:
+class LiveSession(TreeFigures):
     sidecar: Sidecar
     state: str  # "live" or "orphaned"
     processes: list[ProcessDetail]
@@ -56,14 +57,6 @@ class LiveSession:
     @property
     def session_id(self) -> str:
         return self.sidecar.session_id
-
-    @property
-    def cpu_percent(self) -> float:
-        return round(sum(p.cpu_percent for p in self.processes), 1)
-
-    @property
-    def rss(self) -> int:
-        return sum(p.rss for p in self.processes)
 
     @property
     def started_at(self) -> datetime:

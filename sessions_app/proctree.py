@@ -52,6 +52,20 @@ class ProcessDetail:
         }
 
 
+class TreeFigures:
+    """CPU and memory of a session's whole process tree (`processes`)."""
+
+    processes: list[ProcessDetail]
+
+    @property
+    def cpu_percent(self) -> float:
+        return round(sum(p.cpu_percent for p in self.processes), 1)
+
+    @property
+    def rss(self) -> int:
+        return sum(p.rss for p in self.processes)
+
+
 @dataclass
 class ProcessTable:
     entries: dict[int, ProcessEntry]

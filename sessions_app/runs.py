@@ -16,14 +16,14 @@ from django.utils import timezone
 
 from sessions_app.live import LiveSession, Snapshot, get_snapshot
 from sessions_app.models import Session
-from sessions_app.proctree import ProcessDetail
+from sessions_app.proctree import ProcessDetail, TreeFigures
 from wrapper.formats import is_session_id, parse_iso
 
 RECHECK_AFTER = timedelta(seconds=0.2)
 
 
 @dataclass
-class Run:
+class Run(TreeFigures):
     session_id: str
     script_tag: str
     platform: str
@@ -64,14 +64,6 @@ class Run:
         ]
         known = [p for p in parts if p is not None]
         return sum(known) if known else None
-
-    @property
-    def cpu_percent(self) -> float:
-        return round(sum(p.cpu_percent for p in self.processes), 1)
-
-    @property
-    def rss(self) -> int:
-        return sum(p.rss for p in self.processes)
 
     def urls(self) -> dict[str, str]:
         return {

@@ -88,3 +88,12 @@ def fake_claude(state: State, tmp_path: Path) -> Path:
 
 def wrapper_command(tag: str, *claude_args: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [PYTHON, "-m", "wrapper", "--tag", tag, *extra, "--", *claude_args]
+
+
+@pytest.fixture
+def runs():
+    """Fake runs started by a test (tests.live_helpers); killed at the end, pass or fail."""
+    started = []
+    yield started
+    for run in started:
+        run.kill_all()

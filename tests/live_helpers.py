@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from tests.conftest import State
 from wrapper.formats import (
     Sidecar,
     ensure_private_dir,
+    host_name,
     new_session_id,
     process_start_time,
     transcript_path,
@@ -68,30 +68,49 @@ def start_fake_run(
     """A live 'wrapper' process (and an 'agent' child group) with a valid sidecar."""
     wrapper = subprocess.Popen(wrapper_argv or SLEEPER, start_new_session=True)
     agent = subprocess.Popen(SLEEPER, start_new_session=True) if with_agent else None
-    session_id = new_session_id()
-    cwd = str(state.workdir)
-    transcript = transcript_path(state.config_dir, cwd, session_id)
+    sidecar = sidecar_for(
+        wrapper.pid,
+        tag=tag,
+        cwd=str(state.workdir),
+        config_dir=state.config_dir,
+        attempt=attempt,
+        agent_pid=agent.pid if agent else None,
+    )
+    transcript = Path(sidecar.transcript_path)
     transcript.parent.mkdir(parents=True, exist_ok=True)
     transcript.write_bytes(b"".join(transcript_lines or []))
-    sidecar = Sidecar(
-        session_id=session_id,
-        script_tag=tag,
-        wrapper_pid=wrapper.pid,
-        wrapper_started=_start_time(wrapper.pid),
-        started_at=utc_now_iso(),
-        attempt=attempt,
-        platform="linux-test",
-        host=socket.gethostname(),
-        cwd=cwd,
-        claude_config_dir=str(state.config_dir),
-        transcript_path=str(transcript),
-        claude_pid=agent.pid if agent else None,
-        claude_started=_start_time(agent.pid) if agent else None,
-    )
     ensure_private_dir(state.active)
     sidecar_file = state.paths.sidecar_path(wrapper.pid)
     write_json_atomic(sidecar_file, sidecar.to_dict())
     return FakeRun(sidecar, wrapper, agent, sidecar_file, transcript)
+
+
+def sidecar_for(
+    pid: int,
+    *,
+    tag: str,
+    cwd: str,
+    config_dir: Path,
+    attempt: int = 1,
+    agent_pid: int | None = None,
+) -> Sidecar:
+    """A valid sidecar naming a real, running process as its wrapper."""
+    session_id = new_session_id()
+    return Sidecar(
+        session_id=session_id,
+        script_tag=tag,
+        wrapper_pid=pid,
+        wrapper_started=_start_time(pid),
+        started_at=utc_now_iso(),
+        attempt=attempt,
+        platform="linux-test",
+        host=host_name(),
+        cwd=cwd,
+        claude_config_dir=str(config_dir),
+        transcript_path=str(transcript_path(config_dir, cwd, session_id)),
+        claude_pid=agent_pid,
+        claude_started=_start_time(agent_pid) if agent_pid else None,
+    )
 
 
 def _start_time(pid: int) -> float:

@@ -26,14 +26,6 @@ def token(user):
     return ApiToken.issue(user, name="tests")[1]
 
 
-@pytest.fixture
-def runs():
-    started = []
-    yield started
-    for run in started:
-        run.kill_all()
-
-
 def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 

@@ -37,14 +37,6 @@ def tool_call_line(session_id: str, command: str) -> bytes:
     return json.dumps(record).encode() + b"\n"
 
 
-@pytest.fixture
-def runs():
-    started = []
-    yield started
-    for run in started:
-        run.kill_all()
-
-
 def test_live_session_is_listed_with_its_process_tree(console_state, runs):
     run = start_fake_run(console_state)
     runs.append(run)
