@@ -114,9 +114,10 @@ def transcript_tail(request, session_id: str):
             response = HttpResponse(chunk.data, status=200)
         else:
             chunk = read_from(located.path, offset, settings.OPSCONSOLE_TAIL_BYTES)
+            if not chunk.data:  # no complete line after N yet: nothing to send
+                raise OffsetBeyondEnd(offset, chunk.total)
             response = HttpResponse(chunk.data, status=206)
-            last_byte = chunk.end - 1 if chunk.end > chunk.start else chunk.start
-            response["Content-Range"] = f"bytes {chunk.start}-{last_byte}/{chunk.total}"
+            response["Content-Range"] = f"bytes {chunk.start}-{chunk.end - 1}/{chunk.total}"
     except OffsetBeyondEnd as exc:
         response = HttpResponse(b"", status=416)
         response["Content-Range"] = f"bytes */{exc.total}"

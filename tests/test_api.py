@@ -188,6 +188,10 @@ def test_transcript_tail_and_range_follow(client, console_state, token, runs):
     assert follow.content == b'{"type":"assistant","n":"new"}\n'
     assert follow["Content-Range"].startswith(f"bytes {total}-")
 
+    at_end = int(follow["X-Transcript-End"])
+    nothing_new = client.get(url, HTTP_RANGE=f"bytes={at_end}-", **bearer(token))
+    assert nothing_new.status_code == 416
+    assert nothing_new["Content-Range"] == f"bytes */{at_end}"
     beyond = client.get(url, HTTP_RANGE="bytes=999999999-", **bearer(token))
     assert beyond.status_code == 416
 
