@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     django.setup()
     call_command("migrate", interactive=False, verbosity=0)
+    refresh_planner_statistics()
     ensure_first_user()
     print(f"opsconsole: serving on http://{args.bind}/", flush=True)
     # One worker so the snapshot cache is shared by every request; threads for concurrency.
@@ -58,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     return 0  # not reached
+
+
+def refresh_planner_statistics() -> None:
+    """SQLite has no autovacuum: without ANALYZE it can pick an index that scans every row."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
 
 
 def ensure_first_user() -> None:

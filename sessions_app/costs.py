@@ -4,11 +4,11 @@ unknown, never added in as $0."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import CharField, Count, Q, Sum
+from django.db.models.functions import Cast, Coalesce, Substr
 from django.utils import timezone
 
 from sessions_app.models import LIVE_STATUSES, Session
@@ -62,39 +62,50 @@ def _line(key: str, row: dict) -> CostLine:
     )
 
 
+def _add(line: CostLine, row: dict) -> None:
+    line.cost_usd += row["cost"] or Decimal("0")
+    line.runs += row["runs"]
+    line.unknown_cost_runs += row["unknown"]
+    line.tokens += int(row["tokens"] or 0)
+
+
 def cost_report(days: int = 30, now: datetime | None = None) -> CostReport:
+    """One GROUP BY (day, tag) over the range; per-tag and total lines are summed from it."""
     now = now or timezone.now()
     since = (now - timedelta(days=days - 1)).date()
-    rows = Session.objects.exclude(status__in=LIVE_STATUSES).filter(started_at__date__gte=since)
-    by_tag = [
-        _line(row["script_tag"], row)
-        for row in rows.values("script_tag").annotate(**_aggregates()).order_by("-cost")
-    ]
-    by_tag.sort(key=lambda line: (-line.cost_usd, line.key))
-    daily: dict[str, CostLine] = {}
-    for offset in range(days):
-        day = (since + timedelta(days=offset)).isoformat()
-        daily[day] = CostLine(key=day)
-    per_day_tag = (
-        rows.annotate(day=TruncDate("started_at"))
+    # Compare the timestamp itself (not its date) so the started_at index is used.
+    start = datetime.combine(since, time.min, tzinfo=now.tzinfo)
+    rows = (
+        Session.objects.exclude(status__in=LIVE_STATUSES)
+        .filter(started_at__gte=start)
+        # The stored UTC timestamp's first ten characters: a day key with no per-row
+        # function call (SQLite runs TruncDate in Python), the same on PostgreSQL.
+        .annotate(day=Substr(Cast("started_at", CharField()), 1, 10))
         .values("day", "script_tag")
         .annotate(**_aggregates())
-        .order_by("day")
+        .order_by()
     )
-    for row in per_day_tag:
-        line = daily.setdefault(row["day"].isoformat(), CostLine(key=row["day"].isoformat()))
-        line.cost_usd += row["cost"] or Decimal("0")
-        line.runs += row["runs"]
-        line.unknown_cost_runs += row["unknown"]
-        line.tokens += int(row["tokens"] or 0)
-        if row["cost"]:
-            line.by_tag[row["script_tag"]] = row["cost"]
+    daily = {
+        (since + timedelta(days=offset)).isoformat(): CostLine(
+            key=(since + timedelta(days=offset)).isoformat()
+        )
+        for offset in range(days)
+    }
+    tags: dict[str, CostLine] = {}
     total = CostLine(key="total")
-    for line in by_tag:
-        total.cost_usd += line.cost_usd
-        total.runs += line.runs
-        total.unknown_cost_runs += line.unknown_cost_runs
-        total.tokens += line.tokens
+    for row in rows:
+        day = row["day"]
+        line = daily.setdefault(day, CostLine(key=day))
+        tag = tags.setdefault(row["script_tag"], CostLine(key=row["script_tag"]))
+        for target in (line, tag, total):
+            _add(target, row)
+        if row["cost"]:
+            line.by_tag[row["script_tag"]] = line.by_tag.get(row["script_tag"], 0) + row["cost"]
+    by_tag = sorted(tags.values(), key=lambda line: (-line.cost_usd, line.key))
     return CostReport(
-        days=days, since=since, by_day=list(daily.values()), by_tag=by_tag, total=total
+        days=days,
+        since=since,
+        by_day=sorted(daily.values(), key=lambda line: line.key),
+        by_tag=by_tag,
+        total=total,
     )

@@ -93,6 +93,12 @@ def test_filters_and_session_id_search(logged_in):
     assert len(bad.errors) == 3
 
 
+def test_a_retry_whose_first_attempt_is_unknown_still_renders(logged_in):
+    make(attempt=2)  # e.g. imported, or its first attempt was pruned
+    page = logged_in.get("/history/")
+    assert page.status_code == 200 and b"attempt 2" in page.content
+
+
 def test_unknown_cost_is_unknown_not_zero(logged_in):
     make(cost=None)
     page = logged_in.get("/history/")
