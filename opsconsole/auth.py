@@ -44,7 +44,7 @@ def api_view(view):
         elif not request.user.is_authenticated:
             return unauthorized(
                 "Authentication required: log in, or send 'Authorization: Bearer <token>' "
-                "(python manage.py create_api_token USERNAME)."
+                "(opsconsole create_api_token USERNAME)."
             )
         elif csrf_rejects(request):
             return json_error("CSRF check failed: send the X-CSRFToken header.", 403)
