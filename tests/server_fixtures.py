@@ -74,7 +74,7 @@ def console_server(state: State, tmp_path: Path):
         OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir),
         OPSCONSOLE_SNAPSHOT_SECONDS="1",
         OPSCONSOLE_POLL_SECONDS="1",
-        OPSCONSOLE_SCHEDULERS=os.environ.get("OPSCONSOLE_TEST_SCHEDULERS", "cron"),
+        OPSCONSOLE_SCHEDULERS="cron",
         DJANGO_SETTINGS_MODULE="opsconsole.settings",
     )
     env.pop("OPSCONSOLE_DEBUG", None)
