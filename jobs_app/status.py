@@ -177,6 +177,9 @@ def live_runs_of(job: Job, snapshot: Snapshot) -> list[Run]:
     for pid in job.pids or []:
         for live in snapshot.sessions_for_pid(pid):
             found[live.session_id] = live
+    if found:
+        # Joined by ancestry alone (its tag is not the job's): put the link on record.
+        Session.objects.filter(session_id__in=list(found), job__isnull=True).update(job=job)
     for live in snapshot.sessions:
         if live.sidecar.script_tag in (job.tags or []) and live.sidecar.host == job.host:
             found[live.session_id] = live

@@ -190,6 +190,8 @@ def test_live_join_by_tag_and_by_ancestry(
         assert kinds(tagged.badges)[0] == "live"
         ancestry = statuses["com.acme.ancestry"]
         assert [r.script_tag for r in ancestry.live] == ["some-other-tag"]
+        linked = Session.objects.get(session_id=ancestry.live[0].session_id)
+        assert linked.job.label == "com.acme.ancestry"
 
         user = get_user_model().objects.create_user("ops")
         token = ApiToken.issue(user)[1]
