@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from jobs_app.models import COLLECTED_FIELDS, Job
+from jobs_app.models import COLLECTED_FIELDS, AuditEntry, Job
 
 
 @admin.register(Job)
@@ -37,3 +37,17 @@ class JobAdmin(admin.ModelAdmin):
         ),
         ("Collected from the scheduler", {"fields": COLLECTED_FIELDS, "classes": ("collapse",)}),
     )
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("at", "actor", "action", "job", "target", "ok", "exit_code")
+    list_filter = ("action", "ok", "actor")
+    search_fields = ("target", "actor", "output")
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the record of what was done is not edited afterwards

@@ -25,6 +25,7 @@ COLLECTED_FIELDS = (
     "state",
     "scheduler_enabled",
     "source",
+    "scope",
     "collector_error",
     "collected_at",
     "present",
@@ -55,6 +56,12 @@ class Job(models.Model):
     state = models.CharField(max_length=64, blank=True, default="")
     scheduler_enabled = models.BooleanField(default=True)
     source = models.TextField(blank=True, default="", help_text="plist, unit or crontab file")
+    scope = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        help_text="systemd: user or system manager; launchd: gui (agent) or system (daemon)",
+    )
     collector_error = models.TextField(blank=True, default="")
     collected_at = models.DateTimeField(null=True, blank=True)
     present = models.BooleanField(
@@ -83,3 +90,26 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} ({self.scheduler} on {self.host})"
+
+
+class AuditEntry(models.Model):
+    """Every operator action and every watchdog stop: who, what, when, and what came back."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=150, help_text="a user name, or 'watchdog'")
+    action = models.CharField(max_length=32)
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit"
+    )
+    target = models.TextField(help_text="what was acted on: a label, unit, entry or session")
+    ok = models.BooleanField()
+    exit_code = models.IntegerField(null=True, blank=True)
+    output = models.TextField(blank=True, default="", help_text="the scheduler's own output")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target}"

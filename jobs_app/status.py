@@ -107,6 +107,7 @@ def _collected_values(found: CollectedJob, now: datetime) -> dict:
         "state": found.state,
         "scheduler_enabled": found.enabled,
         "source": found.source,
+        "scope": found.scope,
         "collector_error": found.error,
         "present": True,
     }

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from django.http import JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.contrib import messages
+from django.http import HttpResponseForbidden, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
+from jobs_app.controls import ControlError, perform
+from jobs_app.models import Job
 from jobs_app.status import current_report, job_statuses, status_payload
-from opsconsole.auth import api_view
+from opsconsole.auth import api_view, json_error
 
 
 def _dashboard_context() -> dict:
@@ -42,5 +45,61 @@ def status(request):
             "collector_errors": report.errors,
             "schedulers": report.schedulers,
             "collected_at": report.taken_at.isoformat(),
+        }
+    )
+
+
+@require_GET
+def job_page(request, pk: int):
+    job = get_object_or_404(Job, pk=pk)
+    status = next(s for s in job_statuses() if s.job.pk == job.pk)
+    return render(
+        request,
+        "jobs_app/job.html",
+        {
+            "row": status,
+            "job": job,
+            "audit": job.audit.all()[:50],
+            "can_act": request.user.is_staff,
+        },
+    )
+
+
+@require_POST
+def job_action(request, pk: int, action: str):
+    if not request.user.is_staff:
+        return HttpResponseForbidden("Operator actions need admin rights (staff status).")
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        result = perform(job, action, request.user.get_username(), request.POST.get("schedule", ""))
+    except ControlError as exc:
+        messages.error(request, str(exc))
+    else:
+        if result.ok:
+            messages.success(request, f"{action}: {result.message}")
+        else:
+            messages.error(request, f"{action} failed: {result.message}")
+    return redirect("job", pk=job.pk)
+
+
+@api_view
+@require_POST
+def api_job_action(request, pk: int, action: str):
+    if not request.user.is_staff:
+        return json_error("Operator actions need admin rights (staff status).", 403)
+    job = Job.objects.filter(pk=pk).first()
+    if job is None:
+        return json_error(f"No job {pk}.", 404)
+    try:
+        result = perform(job, action, request.user.get_username(), request.POST.get("schedule", ""))
+    except ControlError as exc:
+        return json_error(str(exc), 400)
+    return JsonResponse(
+        {
+            "ok": result.ok,
+            "message": result.message,
+            "exit_code": result.exit_code,
+            "output": result.output,
+            "detail": result.detail,
         }
     )

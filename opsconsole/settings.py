@@ -200,3 +200,7 @@ OPSCONSOLE_LAUNCHD_PLIST_DIRS = env_list(
 )
 # A job is late once its expected run is this far past with no run on record.
 OPSCONSOLE_LATE_GRACE_SECONDS = env_int("OPSCONSOLE_LATE_GRACE_SECONDS", 600)
+# Stop: how long a run's tree gets after SIGTERM before what is left is killed.
+OPSCONSOLE_STOP_GRACE_SECONDS = env_float("OPSCONSOLE_STOP_GRACE_SECONDS", 5.0)
+# The watchdog's limit for runs whose job sets none (a job's own limit is edited in the admin).
+OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = env_int("OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES", 45)

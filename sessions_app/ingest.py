@@ -136,6 +136,14 @@ def record_completion(record: SpoolRecord) -> Session:
         values["duration_ms"] = max(0, int(elapsed.total_seconds() * 1000))
     for usage_key, column in USAGE_FIELDS.items():
         values[column] = (record.usage or {}).get(usage_key)
+    stopped = (
+        Session.objects.filter(session_id=record.session_id)
+        .exclude(stopped_by="")
+        .values_list("end_reason", flat=True)
+        .first()
+    )
+    if stopped:  # an operator or the watchdog stopped it: that is why it ended
+        values.update(status=Status.KILLED, end_reason=stopped)
     session, _ = Session.objects.update_or_create(session_id=record.session_id, defaults=values)
     return session
 
@@ -223,6 +231,9 @@ def record_vanished(sidecar: Sidecar, paths: StatePaths, transcript: Path | None
             session_id=sidecar.session_id, defaults=values
         )
         if not created and session.status in LIVE_STATUSES:
+            if session.stopped_by:
+                values.pop("end_reason")  # keep the reason it was stopped for
+                values["error"] = f"Stopped by {session.stopped_by} ({session.end_reason})."
             for name, value in values.items():
                 setattr(session, name, value)
             session.save()

@@ -56,6 +56,9 @@ class Session(models.Model):
     job = models.ForeignKey(
         "jobs_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
     )
+    stopped_by = models.CharField(
+        max_length=150, blank=True, default="", help_text="who stopped it: a user, or watchdog"
+    )
     recorded_from = models.CharField(
         max_length=16,
         blank=True,

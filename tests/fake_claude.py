@@ -8,8 +8,11 @@ stream-json / text per --output-format, and ends like the real CLI does.
 Knobs (environment):
   FAKE_CLAUDE_BEHAVIOUR  comma list, one per invocation (the last repeats):
                            succeed | refuse | 429 | limit:<epoch> | exit:<n> |
-                           sleep:<seconds> | spawn:<seconds> | mention-limit
-                         `spawn` starts a child and a grandchild (`sleep`) and waits.
+                           sleep:<seconds> | spawn:<seconds> | tree:<seconds> |
+                           mention-limit
+                         `spawn` starts a child and a grandchild (`sleep`) and waits;
+                         `tree` adds a grandchild that ignores SIGTERM and a shell
+                         that starts a new child when it gets SIGTERM.
   FAKE_CLAUDE_STATE      a directory: `calls` gets one line per invocation
                          (session id), so tests can prove claude did (not) start.
   FAKE_CLAUDE_IGNORE_TERM=1  ignore SIGTERM (a stubborn agent).
@@ -169,6 +172,14 @@ def main() -> int:
         return code
 
     kind, _, value = behaviour.partition(":")
+    if kind == "tree":
+        for script in (
+            "sleep 300 & wait",
+            "trap '' TERM; sleep 300 & wait",  # ignored signals are inherited: stubborn
+            "trap 'sleep 300 & wait' TERM; sleep 300 & wait",  # a child born after TERM
+        ):
+            subprocess.Popen(["bash", "-c", script])
+        kind = "sleep"
     if kind in ("sleep", "spawn"):
         command = "sleep 300 & wait" if kind == "spawn" else f"sleep {value}"
         block = {

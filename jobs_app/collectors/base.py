@@ -37,6 +37,7 @@ class CollectedJob:
     state: str = ""
     enabled: bool = True
     source: str = ""
+    scope: str = ""  # systemd: user | system; launchd: gui | system
     error: str = ""
 
 

@@ -32,8 +32,9 @@ def entry_label(comment: str, tags: list[str], command: str) -> str:
     return "cron-" + hashlib.sha256(command.encode()).hexdigest()[:10]
 
 
-def jobs_in(tab: CronTab, *, host: str, now: datetime, source: str) -> list[CollectedJob]:
-    jobs = []
+def labelled_entries(tab: CronTab):
+    """(label, tags, entry) for each entry that runs the wrapper; one naming rule for
+    the collector and for the controls that edit an entry."""
     seen: dict[str, int] = {}
     for entry in tab:
         tags = wrapper_tags_in_shell_line(entry.command or "")
@@ -43,6 +44,16 @@ def jobs_in(tab: CronTab, *, host: str, now: datetime, source: str) -> list[Coll
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label}#{seen[label]}"
+        yield label, tags, entry
+
+
+def find_entry(tab: CronTab, label: str):
+    return next((entry for name, _, entry in labelled_entries(tab) if name == label), None)
+
+
+def jobs_in(tab: CronTab, *, host: str, now: datetime, source: str) -> list[CollectedJob]:
+    jobs = []
+    for label, tags, entry in labelled_entries(tab):
         expression = str(entry.slices)
         previous, following = cron_times(expression, now) if entry.is_valid() else (None, None)
         jobs.append(

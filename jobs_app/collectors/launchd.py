@@ -185,6 +185,7 @@ def collect(
             state=state_of(label in loaded, pid, status),
             enabled=label in loaded and not plist.get("Disabled", False),
             source=str(path) if path else "",
+            scope="system" if path and "LaunchDaemons" in path.parts else "gui",
         )
         if plist:
             for name, value in schedule_of(plist, now).items():

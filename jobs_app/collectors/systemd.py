@@ -184,6 +184,7 @@ def collect_scope(scope: str, *, host: str, systemctl: str) -> Collection:
                 state=state_of(unit),
                 enabled=enabled_state not in ("disabled", "masked"),
                 source=unit.get("FragmentPath", ""),
+                scope=scope.lstrip("-"),
             )
         )
     return collection

@@ -1,0 +1,123 @@
+"""Stopping a session: its whole process tree, and nothing else.
+
+SIGTERM goes deepest-first (tools before the agent before the wrapper); after a
+grace period the tree is walked again, because a process may start children
+after the first TERM, and everything still alive gets SIGKILL. Identity is
+checked by PID *and* start time, so a reused PID is never signalled.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import psutil
+
+from sessions_app.live import LiveSession
+from sessions_app.models import LIVE_STATUSES, Session
+from wrapper.formats import same_start_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StopOutcome:
+    session_id: str
+    terminated: list[int] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)  # still alive after the grace period
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        text = f"{self.session_id}: TERM to {len(self.terminated)} process(es)"
+        if self.killed:
+            text += f", KILL to {len(self.killed)} that outlived the grace period"
+        return text
+
+
+def verified_roots(live: LiveSession) -> list[psutil.Process]:
+    """The wrapper and the agent, if each is still the process the sidecar names."""
+    roots = []
+    sidecar = live.sidecar
+    for pid, started in (
+        (sidecar.wrapper_pid, sidecar.wrapper_started),
+        (sidecar.claude_pid, sidecar.claude_started),
+    ):
+        if not pid:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            if same_start_time(proc.create_time(), started):
+                roots.append(proc)
+        except psutil.Error:
+            continue
+    return roots
+
+
+def walk(roots: list[psutil.Process]) -> list[tuple[int, psutil.Process]]:
+    """(depth, process) for the roots and all their descendants, deepest first."""
+    found: dict[int, tuple[int, psutil.Process]] = {}
+    for root in roots:
+        try:
+            if not root.is_running():
+                continue
+            found.setdefault(root.pid, (0, root))
+            for child in root.children(recursive=True):
+                depth = _depth_below(child, root)
+                found.setdefault(child.pid, (depth, child))
+        except psutil.Error:
+            continue
+    return sorted(found.values(), key=lambda item: -item[0])
+
+
+def _depth_below(proc: psutil.Process, root: psutil.Process) -> int:
+    depth = 1
+    try:
+        for parent in proc.parents():
+            if parent.pid == root.pid:
+                return depth
+            depth += 1
+    except psutil.Error:
+        pass
+    return depth
+
+
+def _signal(proc: psutil.Process, signum: int, outcome: StopOutcome) -> bool:
+    try:
+        proc.send_signal(signum)  # psutil refuses a PID that now belongs to another process
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied as exc:
+        outcome.errors.append(f"pid {proc.pid}: permission denied ({exc})")
+        return False
+
+
+def stop_session(live: LiveSession, *, actor: str, reason: str, grace: float) -> StopOutcome:
+    """Stop one live session's tree and put who stopped it, and why, on its record."""
+    outcome = StopOutcome(live.session_id)
+    # On record first, so the completion record that follows keeps the reason.
+    Session.objects.filter(session_id=live.session_id, status__in=LIVE_STATUSES).update(
+        stopped_by=actor, end_reason=reason
+    )
+    roots = verified_roots(live)
+    first = walk(roots)
+    for _, proc in first:
+        if _signal(proc, signal.SIGTERM, outcome):
+            outcome.terminated.append(proc.pid)
+    psutil.wait_procs([proc for _, proc in first], timeout=grace)
+    # Walk again: survivors may have started children after the TERM.
+    survivors = [proc for _, proc in first if _alive(proc)]
+    for _, proc in walk(survivors + [r for r in roots if _alive(r)]):
+        if _alive(proc) and _signal(proc, signal.SIGKILL, outcome):
+            outcome.killed.append(proc.pid)
+    log.info("stopped %s (%s) for %s: %s", live.session_id, reason, actor, outcome.summary)
+    return outcome
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

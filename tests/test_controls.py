@@ -1,0 +1,345 @@
+"""Operator controls and the watchdog: real process trees, stand-in scheduler tools
+that record the calls they get, a real plist and a crontab kept in a file."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from jobs_app.controls import change_schedule, run_now, set_enabled, stop_job
+from jobs_app.models import AuditEntry, Job
+from opsconsole.models import ApiToken
+from sessions_app.live import take_snapshot
+from sessions_app.models import Session, Status
+from tests.conftest import wrapper_command
+from tests.test_collectors import stand_in
+from tests.test_e2e import eventually
+from wrapper.formats import host_name
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def tools(tmp_path, monkeypatch):
+    """launchctl, systemctl, systemd-analyze and crontab stand-ins on PATH; calls.log
+    records every call; a label containing 'broken' makes them fail like the real ones."""
+    bin_dir = tmp_path / "tools"
+    calls = tmp_path / "calls.log"
+    crontab = tmp_path / "crontab.txt"
+    recorder = (
+        f'echo "$(basename "$0") $*" >> {calls}\n'
+        'case "$*" in *broken*) echo "Unit broken.timer not found." >&2; exit 5;; esac\n'
+    )
+    stand_in(bin_dir, "launchctl", recorder)
+    stand_in(bin_dir, "systemctl", recorder)
+    stand_in(
+        bin_dir,
+        "systemd-analyze",
+        recorder + 'case "$2" in garbage*) echo "Failed to parse" >&2; exit 1;; esac\n',
+    )
+    stand_in(
+        bin_dir,
+        "crontab",
+        f'echo "crontab $*" >> {calls}\n'
+        f'if [ "$1" = "-l" ]; then cat {crontab}; else cat > {crontab}; fi\n',
+    )
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", str(tmp_path / "home-dir"))
+    return {"calls": calls, "crontab": crontab, "dir": tmp_path}
+
+
+def calls(tools) -> list[str]:
+    return tools["calls"].read_text().splitlines() if tools["calls"].exists() else []
+
+
+def job(**fields) -> Job:
+    values = {
+        "scheduler": "launchd",
+        "label": "com.acme.report",
+        "host": host_name(),
+        "tags": ["report"],
+        "scope": "gui",
+    }
+    values.update(fields)
+    return Job.objects.create(**values)
+
+
+def test_run_now_for_each_scheduler(console_state, tools):
+    assert run_now(job(), "alice").ok
+    assert run_now(job(scheduler="systemd", label="report.service", scope="user"), "alice").ok
+    marker = tools["dir"] / "ran"
+    cron_job = job(scheduler="cron", label="nightly", command=f"touch {marker}")
+    result = run_now(cron_job, "alice")
+
+    assert result.ok
+    assert calls(tools)[:2] == [
+        f"launchctl kickstart gui/{os.getuid()}/com.acme.report",
+        "systemctl --user start report.service",
+    ]
+    eventually(marker.exists, bool, timeout=5)
+    assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 3
+
+
+def test_a_failing_scheduler_command_is_reported_and_audited(console_state, tools):
+    failing = job(scheduler="systemd", label="broken.service", scope="user")
+
+    result = set_enabled(failing, False, "alice")
+
+    assert not result.ok
+    assert result.exit_code == 5 and "not found" in result.output
+    entry = AuditEntry.objects.get(action="disable")
+    assert (entry.ok, entry.exit_code, entry.actor) == (False, 5, "alice")
+    assert "not found" in entry.output
+    failing.refresh_from_db()
+    assert failing.scheduler_enabled is True  # nothing half-done
+
+
+def test_enable_disable_launchd_and_systemd(console_state, tools):
+    agent = job(source="/Users/me/Library/LaunchAgents/com.acme.report.plist")
+    assert set_enabled(agent, False, "alice").ok
+    assert set_enabled(agent, True, "alice").ok
+    timer_job = job(scheduler="systemd", label="report.service", scope="system")
+    assert set_enabled(timer_job, False, "alice").ok
+
+    assert calls(tools) == [
+        f"launchctl bootout gui/{os.getuid()}/com.acme.report",
+        f"launchctl bootstrap gui/{os.getuid()} {agent.source}",
+        "systemctl --system disable --now report.timer",
+    ]
+
+
+def test_cron_entry_is_commented_out_with_a_backup(console_state, tools):
+    tools["crontab"].write_text(
+        'MAILTO=""\n# opsconsole: nightly\n15 2 * * * opsconsole-run --tag nightly -- -p x\n'
+        "*/5 * * * * /usr/bin/other-thing\n"
+    )
+    entry = job(scheduler="cron", label="nightly", source="crontab -l")
+
+    result = set_enabled(entry, False, "alice")
+
+    assert result.ok, result.message
+    text = tools["crontab"].read_text()
+    assert "#15 2 * * * opsconsole-run --tag nightly" in text.replace("# 15", "#15")
+    assert "*/5 * * * * /usr/bin/other-thing" in text
+    backup = Path(result.detail["backup"])
+    assert "15 2 * * * opsconsole-run" in backup.read_text()
+    assert backup.stat().st_mode & 0o777 == 0o600
+    assert set_enabled(entry, True, "alice").ok
+    assert "\n15 2 * * * opsconsole-run --tag nightly" in tools["crontab"].read_text()
+
+
+def test_launchd_schedule_is_validated_then_written_and_reloaded(console_state, tools):
+    plist = tools["dir"] / "com.acme.report.plist"
+    with plist.open("wb") as handle:
+        plistlib.dump(
+            {
+                "Label": "com.acme.report",
+                "StartInterval": 600,
+                "ProgramArguments": ["opsconsole-run", "--tag", "report"],
+            },
+            handle,
+        )
+    agent = job(source=str(plist))
+
+    bad = change_schedule(agent, "99 2 * * *", "alice")
+    assert not bad.ok and "Minute" in bad.message
+    assert plistlib.loads(plist.read_bytes())["StartInterval"] == 600
+    assert calls(tools) == []
+
+    good = change_schedule(agent, "15 2 * * 1", "alice")
+    assert good.ok, good.message
+    data = plistlib.loads(plist.read_bytes())
+    assert data["StartCalendarInterval"] == {"Minute": 15, "Hour": 2, "Weekday": 1}
+    assert "StartInterval" not in data
+    assert calls(tools)[-2:] == [
+        f"launchctl bootout gui/{os.getuid()}/com.acme.report",
+        f"launchctl bootstrap gui/{os.getuid()} {plist}",
+    ]
+    assert [e.ok for e in AuditEntry.objects.order_by("id")] == [False, True]
+
+
+def test_systemd_schedule_goes_into_a_drop_in(console_state, tools):
+    timer_job = job(scheduler="systemd", label="report.service", scope="user")
+
+    assert not change_schedule(timer_job, "garbage in", "alice").ok
+    result = change_schedule(timer_job, "*-*-* 03:30:00", "alice")
+
+    assert result.ok, result.message
+    dropin = Path(result.detail["dropin"])
+    assert dropin == (
+        tools["dir"] / "home-dir/.config/systemd/user/report.timer.d" / "opsconsole-schedule.conf"
+    )
+    assert dropin.read_text() == "[Timer]\nOnCalendar=\nOnCalendar=*-*-* 03:30:00\n"
+    assert calls(tools)[-2:] == [
+        "systemctl --user daemon-reload",
+        "systemctl --user restart report.timer",
+    ]
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def start_tree(state, tag: str, marker: str, **env) -> subprocess.Popen:
+    """The wrapper with a stand-in agent that builds a stubborn process tree."""
+    return subprocess.Popen(
+        wrapper_command(tag, "-p", "work", "--output-format", "stream-json", "--verbose"),
+        env=dict(
+            state.env,
+            FAKE_CLAUDE_BEHAVIOUR="tree:300",
+            OPSCONSOLE_TEST_MARK=marker,
+            OPSCONSOLE_KILL_GRACE_SECONDS="30",
+            **env,
+        ),
+        cwd=state.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["environ", "status"]):
+        env = proc.info.get("environ") or {}
+        if env.get("OPSCONSOLE_TEST_MARK") == marker and proc.info["status"] != "zombie":
+            found.append(proc)
+    return found
+
+
+def wait_for_tree(state, marker: str):
+    return eventually(
+        lambda: take_snapshot(state.paths),
+        lambda s: len(s.sessions) == 1 and len(marked(marker)) >= 8,
+        timeout=20,
+    )
+
+
+def cleanup(marker: str) -> None:
+    for proc in marked(marker):
+        proc.kill()
+
+
+def test_stop_kills_the_whole_tree_even_children_born_after_term(console_state, fake_claude, tools):
+    marker = str(uuid.uuid4())
+    tree_job = job(scheduler="cron", label="tree", tags=["tree"])
+    bystander = subprocess.Popen(["sleep", "300"])
+    proc = start_tree(console_state, "tree", marker)
+    try:
+        snapshot = wait_for_tree(console_state, marker)
+        session_id = snapshot.sessions[0].session_id
+
+        began = time.monotonic()
+        result = stop_job(tree_job, "alice", grace=1.0)
+        elapsed = time.monotonic() - began
+
+        assert result.ok, result.message
+        assert result.detail["killed"], "the stubborn ones needed SIGKILL"
+        eventually(lambda: marked(marker), lambda alive: alive == [], timeout=10)
+        assert bystander.poll() is None, "a process outside the tree was touched"
+        assert elapsed < 10
+        proc.wait(timeout=10)
+        take_snapshot(console_state.paths)
+        row = Session.objects.get(session_id=session_id)
+        assert (row.status, row.end_reason, row.stopped_by) == (Status.KILLED, "stopped", "alice")
+        entry = AuditEntry.objects.get(action="stop")
+        assert entry.actor == "alice" and session_id in entry.target
+    finally:
+        bystander.kill()
+        cleanup(marker)
+
+
+def test_watchdog_dry_run_then_stop_with_its_reason(console_state, fake_claude, capsys):
+    marker = str(uuid.uuid4())
+    job(scheduler="cron", label="slow", tags=["slow"], max_runtime_minutes=0)
+    (console_state.active).mkdir(exist_ok=True, mode=0o700)
+    (console_state.active / "99999.json").write_text("{not json")  # a bad sidecar
+    proc = start_tree(console_state, "slow", marker)
+    try:
+        wait_for_tree(console_state, marker)
+
+        call_command("watchdog", "--dry-run")
+        dry = capsys.readouterr()
+        assert "would stop: slow" in dry.out and "skipped sidecar 99999.json" in dry.err
+        assert len(marked(marker)) >= 8, "a dry run stops nothing"
+
+        call_command("watchdog", "--grace", "1")
+        assert "stopped: slow" in capsys.readouterr().out
+        eventually(lambda: marked(marker), lambda alive: alive == [], timeout=10)
+        proc.wait(timeout=10)
+        take_snapshot(console_state.paths)
+        row = Session.objects.get(script_tag="slow")
+        assert (row.status, row.end_reason, row.stopped_by) == (
+            Status.KILLED,
+            "watchdog",
+            "watchdog",
+        )
+        entry = AuditEntry.objects.get(action="watchdog")
+        assert entry.detail["runtime_seconds"] >= 0 and entry.detail["limit_seconds"] == 0
+    finally:
+        cleanup(marker)
+
+
+def test_watchdog_stops_an_orphan_past_its_limit(console_state, fake_claude, settings):
+    settings.OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = 0  # no job: the default limit applies
+    marker = str(uuid.uuid4())
+    proc = start_tree(console_state, "orphan", marker)
+    try:
+        wait_for_tree(console_state, marker)
+        proc.kill()  # the wrapper alone
+        proc.wait(timeout=10)
+        assert take_snapshot(console_state.paths).sessions[0].state == Status.ORPHANED
+
+        call_command("watchdog", "--grace", "1")
+
+        eventually(lambda: marked(marker), lambda alive: alive == [], timeout=10)
+    finally:
+        cleanup(marker)
+
+
+# ----------------------------------------------------------------------------- permissions
+
+
+def test_only_admins_may_act(console_state, tools, client):
+    target = job()
+    viewer = get_user_model().objects.create_user("viewer")
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+
+    client.force_login(viewer)
+    assert client.post(f"/jobs/{target.pk}/run").status_code == 403
+    viewer_token = ApiToken.issue(viewer)[1]
+    denied = client.post(f"/api/jobs/{target.pk}/run", HTTP_AUTHORIZATION=f"Bearer {viewer_token}")
+    assert denied.status_code == 403
+    assert calls(tools) == [] and AuditEntry.objects.count() == 0
+    assert b"Actions need admin rights" in client.get(f"/jobs/{target.pk}/").content
+
+    client.force_login(admin)
+    page = client.post(f"/jobs/{target.pk}/run", follow=True)
+    assert b"kickstart" in page.content  # the outcome, shown to the person
+    token = ApiToken.issue(admin)[1]
+    api = client.post(f"/api/jobs/{target.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.status_code == 200 and api.json()["ok"] is True
+    assert [e.actor for e in AuditEntry.objects.all()] == ["admin", "admin"]
+    assert (
+        client.post(
+            f"/api/jobs/{target.pk}/explode", HTTP_AUTHORIZATION=f"Bearer {token}"
+        ).status_code
+        == 400
+    )
+
+
+def test_people_need_a_csrf_token(console_state, tools):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(get_user_model().objects.create_user("admin", is_staff=True))
+    assert strict.post(f"/jobs/{job().pk}/run").status_code == 403
+    assert calls(tools) == []
