@@ -35,7 +35,7 @@ class State:
 
 
 @pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> State:
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     config_dir = tmp_path / "claude-config"
@@ -54,7 +54,22 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> State:
     for key in ("OPSCONSOLE_HOME", "OPSCONSOLE_ACTIVE_DIR", "CLAUDE_CONFIG_DIR"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.delenv("CLAUDE_SESSION_ID", raising=False)
-    return State(paths=paths, config_dir=config_dir, workdir=workdir, env=env)
+    yield State(paths=paths, config_dir=config_dir, workdir=workdir, env=env)
+    kill_leftovers(config_dir)
+
+
+def kill_leftovers(config_dir: Path) -> None:
+    """Kill what a test's agents left running (tools outlive a killed agent: the real CLI
+    starts them in sessions of their own). Every such process carries this test's
+    CLAUDE_CONFIG_DIR in its environment, and nothing else does."""
+    import psutil
+
+    for proc in psutil.process_iter(["environ"]):
+        try:
+            if (proc.info.get("environ") or {}).get("CLAUDE_CONFIG_DIR") == str(config_dir):
+                proc.kill()
+        except psutil.Error:
+            continue
 
 
 @pytest.fixture
