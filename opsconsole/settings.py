@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "opsconsole",
     "sessions_app",
     "jobs_app",
+    "monitor_app",
 ]
 
 MIDDLEWARE = [

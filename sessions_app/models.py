@@ -13,11 +13,18 @@ class Status(models.TextChoices):
     REFUSED = "refused", "refused"
     QUOTA_SKIP = "quota_skip", "quota skip"
     KILLED = "killed", "killed"
+    # A Claude Code session no wrapper started (a terminal, an IDE, CI), seen live in
+    # Claude Code's own registry; "exited" once it is gone with no registry file left.
+    UNWRAPPED = "unwrapped", "unwrapped"
+    EXITED = "exited", "exited"
+    # The console lost sight of a run without evidence of how it ended (its sidecar went
+    # and no completion record came): not called killed on a guess.
+    UNKNOWN = "unknown", "unknown"
     # Backfilled from a transcript on disk: how it ended was never recorded.
     IMPORTED = "imported", "imported"
 
 
-LIVE_STATUSES = (Status.LIVE, Status.ORPHANED)
+LIVE_STATUSES = (Status.LIVE, Status.ORPHANED, Status.UNWRAPPED)
 
 
 class Session(models.Model):
@@ -59,11 +66,16 @@ class Session(models.Model):
     stopped_by = models.CharField(
         max_length=150, blank=True, default="", help_text="who stopped it: a user, or watchdog"
     )
+    wrapped = models.BooleanField(
+        default=True, help_text="started by opsconsole-run (False: seen in Claude Code's registry)"
+    )
+    # Processes of this run's tree that outlived its agent: [{pid, started, cmdline}].
+    leftovers = models.JSONField(default=list, blank=True)
     recorded_from = models.CharField(
         max_length=16,
         blank=True,
         default="",
-        help_text="spool (completion record), sidecar (seen live or vanished), or backfill",
+        help_text="spool (completion record), sidecar (seen live or vanished), registry, or backfill",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
