@@ -78,6 +78,11 @@ class Job(models.Model):
     max_runtime_minutes = models.PositiveIntegerField(
         default=45, help_text="A run past this is hung (and the watchdog's to stop)"
     )
+    kill_leftovers = models.BooleanField(
+        default=True,
+        help_text="Let the watchdog kill processes a run left behind (after "
+        "OPSCONSOLE_LEFTOVER_GRACE_SECONDS)",
+    )
     notes = models.TextField(blank=True, default="")
 
     class Meta:

@@ -82,13 +82,23 @@ def run_watchdog(*, dry_run: bool, grace: float, now: datetime | None = None) ->
         return report
     if dry_run:
         return report
-    for item in report.overdue:
+    stopped, skipped = stop_overdue(report.overdue, grace=grace)
+    report.stopped += stopped
+    report.skipped += skipped
+    return report
+
+
+def stop_overdue(overdue: list[Overdue], *, grace: float) -> tuple[list[StopOutcome], list[str]]:
+    """Stop each overdue run's tree and audit it; returns (stopped, skipped)."""
+    stopped: list[StopOutcome] = []
+    skipped: list[str] = []
+    for item in overdue:
         try:
             outcome = stop_session(item.live, actor="watchdog", reason="watchdog", grace=grace)
         except (psutil.Error, OSError, DatabaseError) as exc:
-            report.skipped.append(f"{item.live.session_id}: could not stop ({exc})")
+            skipped.append(f"{item.live.session_id}: could not stop ({exc})")
             continue
-        report.stopped.append(outcome)
+        stopped.append(outcome)
         AuditEntry.objects.create(
             actor="watchdog",
             action="watchdog",
@@ -104,4 +114,4 @@ def run_watchdog(*, dry_run: bool, grace: float, now: datetime | None = None) ->
                 "killed": outcome.killed,
             },
         )
-    return report
+    return stopped, skipped

@@ -1,4 +1,5 @@
-"""`opsconsole serve`: migrate, make sure someone can log in, then serve.
+"""`opsconsole serve`: migrate, make sure someone can log in, then serve the console
+and run the monitor beside it, restarting the monitor if it dies or falls silent.
 
 Any other arguments are passed to Django's manage.py, so `opsconsole
 create_api_token alice` works from anywhere without knowing where manage.py is.
@@ -27,38 +28,48 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("OPSCONSOLE_BIND", "127.0.0.1:8000"),
         help="address:port to listen on (default 127.0.0.1:8000, or $OPSCONSOLE_BIND)",
     )
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="web server processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per web process")
+    parser.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="do not start the monitor here (it runs as a service of its own)",
+    )
     args = parser.parse_args(argv[1:])
 
     import django
+    from django.conf import settings
     from django.core.management import call_command
 
     django.setup()
     call_command("migrate", interactive=False, verbosity=0)
     refresh_planner_statistics()
     ensure_first_user()
-    print(f"opsconsole: serving on http://{args.bind}/", flush=True)
-    # One worker so the snapshot cache is shared by every request; threads for concurrency.
-    os.execvp(  # noqa: S606 - replace this process with the server, by design
+    web = [
         sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "opsconsole.wsgi:application",
-            "--bind",
-            args.bind,
-            "--workers",
-            "1",
-            "--threads",
-            str(args.threads),
-            "--access-logfile",
-            "-",
-            "--timeout",
-            "60",
-        ],
-    )
-    return 0  # not reached
+        "-m",
+        "gunicorn",
+        "opsconsole.wsgi:application",
+        "--bind",
+        args.bind,
+        "--workers",
+        str(args.workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(args.threads),
+        "--access-logfile",
+        "-",
+        "--timeout",
+        "60",
+    ]
+    monitor = None
+    if settings.OPSCONSOLE_SERVE_MONITOR and not args.no_monitor:
+        monitor = [sys.executable, "-m", "opsconsole.cli", "monitor"]
+    print(f"opsconsole: serving on http://{args.bind}/", flush=True)
+    from opsconsole.supervise import Supervisor
+
+    return Supervisor(web=web, monitor=monitor).run()
 
 
 def refresh_planner_statistics() -> None:

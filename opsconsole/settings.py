@@ -205,3 +205,17 @@ OPSCONSOLE_LATE_GRACE_SECONDS = env_int("OPSCONSOLE_LATE_GRACE_SECONDS", 600)
 OPSCONSOLE_STOP_GRACE_SECONDS = env_float("OPSCONSOLE_STOP_GRACE_SECONDS", 5.0)
 # The watchdog's limit for runs whose job sets none (a job's own limit is edited in the admin).
 OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = env_int("OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES", 45)
+
+# ----------------------------------------------------------------------------- the monitor
+# One sample of the host (sidecars, registry, process table, spool, GC) this often.
+OPSCONSOLE_SAMPLE_SECONDS = env_float("OPSCONSOLE_SAMPLE_SECONDS", 2.0)
+# Scheduler collectors and the watchdog run inside the monitor on their own cadences.
+OPSCONSOLE_COLLECT_SECONDS = env_float("OPSCONSOLE_COLLECT_SECONDS", 30.0)
+OPSCONSOLE_WATCHDOG_SECONDS = env_float("OPSCONSOLE_WATCHDOG_SECONDS", 30.0)
+# Processes a run left behind are killed this long after it ended (jobs can opt out).
+OPSCONSOLE_LEFTOVER_GRACE_SECONDS = env_float("OPSCONSOLE_LEFTOVER_GRACE_SECONDS", 120.0)
+# The leftover rule for runs that belong to no job (unwrapped sessions included).
+OPSCONSOLE_KILL_LEFTOVERS = env_bool("OPSCONSOLE_KILL_LEFTOVERS", True)
+OPSCONSOLE_EVENT_RETENTION_DAYS = env_int("OPSCONSOLE_EVENT_RETENTION_DAYS", 90)
+# `opsconsole serve` runs the monitor beside the web server (0: run it yourself).
+OPSCONSOLE_SERVE_MONITOR = env_bool("OPSCONSOLE_SERVE_MONITOR", True)

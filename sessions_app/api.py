@@ -5,16 +5,22 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.paginator import EmptyPage, Paginator
 from django.db import DatabaseError
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    HttpResponse,
+    HttpResponseNotModified,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.decorators.http import require_GET
 
+from monitor_app import published
 from opsconsole.auth import api_view, json_error
 from sessions_app import transcript_store
 from sessions_app.export import json_chunks
 from sessions_app.history import HistoryFilters
-from sessions_app.live import get_snapshot
+from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
-from sessions_app.runs import find_run, live_runs, run_from_record, run_payload
+from sessions_app.runs import find_run, run_from_record, run_payload
 from sessions_app.transcripts.tail import (
     OffsetBeyondEnd,
     parse_range_header,
@@ -27,16 +33,26 @@ from wrapper.formats import is_session_id
 @api_view
 @require_GET
 def claude_active(request):
-    snapshot = get_snapshot()
-    return JsonResponse(
-        {
-            "sessions": [run_payload(run) for run in live_runs(snapshot)],
-            "skipped_sidecars": [{"name": s.name, "reason": s.reason} for s in snapshot.skipped],
-            "active_dir_error": snapshot.active_dir_error,
-            "database_error": snapshot.database_error,
-            "taken_at": snapshot.taken_at.isoformat(),
-        }
-    )
+    """The monitor's latest sample, byte for byte as it published it; 304 if unchanged."""
+    item, source = published.reader.published(settings.OPSCONSOLE_HOST)
+    if item is None or not published.is_fresh(item):
+        # No monitor publishing: sample on demand and say so.
+        snapshot = get_snapshot()
+        item = published.build(snapshot, settings.OPSCONSOLE_HOST, snapshot.seq, None)
+        source = snapshot.source
+    if item.etag in _etags(request.headers.get("If-None-Match", "")):
+        response = HttpResponseNotModified()
+    else:
+        response = HttpResponse(item.api_document, content_type="application/json")
+    response["ETag"] = item.etag
+    response["Cache-Control"] = "private, no-cache"
+    response["X-Sample-Source"] = source
+    response["X-Sample-Taken-At"] = item.taken_at.isoformat()
+    return response
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
 @api_view
@@ -53,7 +69,7 @@ def session_detail(request, session_id: str):
 @api_view
 @require_GET
 def session_list(request):
-    get_snapshot()  # ingests completion records first
+    ensure_history_current()
     rows = Session.objects.all()
     for name in ("tag", "platform", "host", "status"):
         value = request.GET.get(name)
@@ -139,7 +155,7 @@ def transcript_tail(request, session_id: str):
 @api_view
 @require_GET
 def history_json(request):
-    get_snapshot()
+    ensure_history_current()
     filters = HistoryFilters.from_query(request.GET)
     if filters.errors:
         return json_error("; ".join(filters.errors), 400)

@@ -51,6 +51,7 @@ USAGE_FIELDS = {
 @dataclass
 class IngestResult:
     recorded: int = 0
+    sessions: list[Session] = field(default_factory=list)  # the rows just completed
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
 
 
@@ -86,7 +87,7 @@ def ingest_spool_file(path: Path, paths: StatePaths, result: IngestResult) -> bo
         result.rejected.append((path.name, str(exc)))
         _move_aside(path, paths.spool / "rejected")
         return False
-    record_completion(record)
+    result.sessions.append(record_completion(record))
     result.recorded += 1
     day = record.started_at[:10] if record.started_at[:4].isdigit() else "undated"
     _move_aside(path, paths.spool / "ingested" / day)
@@ -171,38 +172,77 @@ def sidecar_values(sidecar: Sidecar, status: str) -> dict:
     }
 
 
-def record_live(sidecars_by_state: dict[str, list[Sidecar]]) -> None:
-    """Make sure every live or orphaned session has a row, and that its status is current.
+def record_live(sessions: list) -> dict[str, str]:
+    """Make sure every live session has a row, and that its status is current.
 
-    One SELECT for all of them; writes only for what is new or changed. A row that
-    already ended (its completion record came first) is never turned back to live.
+    `sessions` are live sessions (sessions_app.live.LiveSession). One SELECT for all
+    of them; writes only for what is new or changed. A row that already ended (its
+    completion record came first) is never turned back to live. Returns each
+    session's status on record afterwards.
     """
-    all_sidecars = [s for group in sidecars_by_state.values() for s in group]
-    if not all_sidecars:
-        return
-    known = dict(
-        Session.objects.filter(session_id__in=[s.session_id for s in all_sidecars]).values_list(
-            "session_id", "status"
-        )
-    )
-    known = {str(k): v for k, v in known.items()}
+    if not sessions:
+        return {}
+    known = {
+        str(k): v
+        for k, v in Session.objects.filter(
+            session_id__in=[s.session_id for s in sessions]
+        ).values_list("session_id", "status")
+    }
     new_rows = []
-    for status, sidecars in sidecars_by_state.items():
-        for sidecar in sidecars:
-            current = known.get(sidecar.session_id)
-            if current is None:
-                new_rows.append(
-                    Session(session_id=sidecar.session_id, **sidecar_values(sidecar, status))
-                )
-            elif current != status and current in LIVE_STATUSES:
-                Session.objects.filter(session_id=sidecar.session_id).update(
-                    status=status, claude_pid=sidecar.claude_pid
-                )
+    for live in sessions:
+        sidecar, status = live.sidecar, live.state
+        current = known.get(sidecar.session_id)
+        if current is None:
+            values = sidecar_values(sidecar, status)
+            if not live.wrapped:
+                values.update(wrapped=False, recorded_from="registry")
+            new_rows.append(Session(session_id=sidecar.session_id, **values))
+            known[sidecar.session_id] = status
+        elif current != status and current in (*LIVE_STATUSES, Status.UNKNOWN):
+            Session.objects.filter(session_id=sidecar.session_id).update(
+                status=status, claude_pid=sidecar.claude_pid, end_reason="", ended_at=None
+            )
+            known[sidecar.session_id] = status
     if new_rows:
         Session.objects.bulk_create(new_rows, ignore_conflicts=True)
+    return known
 
 
-def record_vanished(sidecar: Sidecar, paths: StatePaths, transcript: Path | None) -> Session:
+def record_unwrapped_end(
+    sidecar: Sidecar, status: str, ended_at: datetime, paths: StatePaths, transcript: Path | None
+) -> Session:
+    """An unwrapped session is gone: "exited" when Claude Code removed its registry file
+    (a normal exit), "killed" when the file was left behind. Its transcript is archived."""
+    error = (
+        "Claude Code's registry file was left behind: the session was killed "
+        "(SIGKILL, OOM or a crash)."
+        if status == Status.KILLED
+        else "The session exited (not wrapped: no exit code or result is known)."
+    )
+    return record_vanished(
+        sidecar,
+        paths,
+        transcript,
+        status=status,
+        end_reason="vanished" if status == Status.KILLED else "exited",
+        error=error,
+        now=ended_at,
+        wrapped=False,
+    )
+
+
+def record_vanished(
+    sidecar: Sidecar,
+    paths: StatePaths,
+    transcript: Path | None,
+    *,
+    status: str = Status.KILLED,
+    end_reason: str = "vanished",
+    error: str = "The wrapper and the agent exited without a completion record "
+    "(killed, crashed, or the host went down).",
+    now: datetime | None = None,
+    wrapped: bool = True,
+) -> Session:
     """A session whose wrapper and agent are both gone, with no completion record: killed.
 
     The transcript is copied into the archive first, so the run stays readable after
@@ -216,23 +256,25 @@ def record_vanished(sidecar: Sidecar, paths: StatePaths, transcript: Path | None
             archive_path = str(dest)
         except OSError as exc:
             log.warning("could not archive transcript of %s: %s", sidecar.session_id, exc)
-    now = datetime.now(UTC)
-    values = sidecar_values(sidecar, Status.KILLED)
+    now = now or datetime.now(UTC)
+    values = sidecar_values(sidecar, status)
     values.update(
-        end_reason="vanished",
+        end_reason=end_reason,
         ended_at=now,
         duration_ms=max(0, int((now - values["started_at"]).total_seconds() * 1000)),
-        error="The wrapper and the agent exited without a completion record "
-        "(killed, crashed, or the host went down).",
+        error=error,
         archive_path=archive_path,
     )
+    if not wrapped:
+        values.update(wrapped=False, recorded_from="registry")
     with transaction.atomic():
         session, created = Session.objects.select_for_update().get_or_create(
             session_id=sidecar.session_id, defaults=values
         )
-        if not created and session.status in LIVE_STATUSES:
+        if not created and session.status in (*LIVE_STATUSES, Status.UNKNOWN):
             if session.stopped_by:
                 values.pop("end_reason")  # keep the reason it was stopped for
+                values["status"] = Status.KILLED
                 values["error"] = f"Stopped by {session.stopped_by} ({session.end_reason})."
             for name, value in values.items():
                 setattr(session, name, value)

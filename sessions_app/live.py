@@ -1,58 +1,38 @@
-"""The live snapshot: sidecars + one process-table scan, with GC on read.
+"""The live snapshot: what is running on this host now, as the monitor last saw it.
 
-`get_snapshot()` is what every page, API call and command asks. It is computed
-at most once per OPSCONSOLE_SNAPSHOT_SECONDS however many tabs poll, and each
-computation also brings history up to date: it ingests the wrapper's spool and
-records runs that vanished without a completion record (as killed).
+`get_snapshot()` is what every page, API call and command asks. It reads the
+sample the monitor (monitor_app) published; requests never scan /proc, read
+sidecars or write history themselves, except when no monitor is publishing:
+then one request per OPSCONSOLE_SNAPSHOT_SECONDS samples on demand (and pages
+say so with a banner).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import DatabaseError
 
-from sessions_app import ingest, transcript_store
-from sessions_app.models import LIVE_STATUSES, Session, Status
-from sessions_app.proctree import (
-    ProcessDetail,
-    TreeFigures,
-    describe,
-    forget_exited,
-    scan_process_table,
-)
-from wrapper.formats import (
-    FormatError,
-    Sidecar,
-    StatePaths,
-    UnsafeDirectory,
-    check_private_dir,
-    parse_iso,
-    read_sidecar,
-)
-
-log = logging.getLogger(__name__)
-
-CACHE_KEY = "opsconsole:live-snapshot"
-# A live row with neither a sidecar nor a completion record this long after it started
-# was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
-STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
+from sessions_app.proctree import ProcessDetail, TreeFigures
+from wrapper.formats import Sidecar, StatePaths, parse_iso
 
 
 @dataclass
 class LiveSession(TreeFigures):
+    # For an unwrapped session, a sidecar made from its registry entry: the agent is
+    # both "wrapper" and agent, its tag is "unwrapped" and its platform the entrypoint.
     sidecar: Sidecar
-    state: str  # "live" or "orphaned"
+    state: str  # "live", "orphaned" or "unwrapped"
     processes: list[ProcessDetail]
     last_tool_call: str | None = None
+    wrapped: bool = True
+    # When the transcript last grew or the tree last used CPU, if not in the latest sample.
+    idle_since: datetime | None = None
+    running_cost_usd: float | None = None
+    transcript_bytes: int | None = None
 
     @property
     def session_id(self) -> str:
@@ -74,9 +54,21 @@ class SkippedSidecar:
 
 
 @dataclass
+class LeftoverRun(TreeFigures):
+    """A run that ended while processes of its tree lived on (reparented to PID 1)."""
+
+    session_id: str
+    script_tag: str
+    host: str
+    ended_at: datetime
+    processes: list[ProcessDetail]
+
+
+@dataclass
 class Snapshot:
     taken_at: datetime
     sessions: list[LiveSession] = field(default_factory=list)
+    leftovers: list[LeftoverRun] = field(default_factory=list)
     skipped: list[SkippedSidecar] = field(default_factory=list)
     # Every ancestor PID of a session's wrapper -> the sessions under it: how a
     # scheduler's job PID finds its live session in O(1).
@@ -85,6 +77,27 @@ class Snapshot:
     database_error: str | None = None
     rejected_spool_files: int = 0
     scan_ms: float = 0.0
+    # Where this snapshot came from: "monitor" (published), "local" (the monitor's file,
+    # the database being unreadable), or "on-demand" (no monitor: this process sampled).
+    source: str = "on-demand"
+    seq: int = 0
+    interval_seconds: float = 2.0
+    quota_until: str | None = None
+    quota_reason: str | None = None
+    # For an on-demand snapshot: when the monitor last published, if it ever did.
+    monitor_last_seen: datetime | None = None
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, (datetime.now(UTC) - self.taken_at).total_seconds())
+
+    @property
+    def stale(self) -> bool:
+        """Older than three sample intervals: the monitor is silent."""
+        return self.age_seconds > 3 * self.interval_seconds
+
+    def leftover_run(self, session_id: str) -> LeftoverRun | None:
+        return next((r for r in self.leftovers if r.session_id == session_id), None)
 
     def get(self, session_id: str) -> LiveSession | None:
         return next((s for s in self.sessions if s.session_id == session_id), None)
@@ -95,165 +108,57 @@ class Snapshot:
         return [s for s in self.sessions if s.session_id in ids]
 
 
-_compute_lock = threading.Lock()
+_on_demand_lock = threading.Lock()
+# Per state root: the in-process monitor that samples when no monitor is publishing,
+# and its latest snapshot with the monotonic time it expires.
+_on_demand: dict[StatePaths, tuple[object, Snapshot | None, float]] = {}
 
 
 def get_snapshot(*, fresh: bool = False) -> Snapshot:
-    """The current snapshot, from the cache when it is younger than the window."""
-    if not fresh:
-        cached = cache.get(CACHE_KEY)
-        if cached is not None:
-            return cached
-    # Threads of one process that miss together compute once; the rest wait for it.
-    with _compute_lock:
-        cached = None if fresh else cache.get(CACHE_KEY)
-        if cached is not None:
-            return cached
-        snapshot = take_snapshot(settings.OPSCONSOLE_STATE)
-        cache.set(CACHE_KEY, snapshot, timeout=settings.OPSCONSOLE_SNAPSHOT_SECONDS)
-        return snapshot
+    """The host's live snapshot: the monitor's latest published sample.
 
+    When no monitor is publishing (its sample is missing or older than three
+    intervals), this process samples on demand, at most once per
+    OPSCONSOLE_SNAPSHOT_SECONDS, and the snapshot says so (`source`).
+    """
+    from monitor_app.published import reader
 
-def take_snapshot(paths: StatePaths) -> Snapshot:
-    began = time.perf_counter()
-    snapshot = Snapshot(taken_at=datetime.now(UTC))
-
-    try:
-        snapshot.rejected_spool_files = len(ingest.ingest_spool(paths).rejected)
-    except DatabaseError as exc:
-        snapshot.database_error = _one_line(exc)
-
-    sidecars = read_sidecars(paths, snapshot)
-    table = scan_process_table()
-    forget_exited(table)
-
-    by_state: dict[str, list[Sidecar]] = {Status.LIVE: [], Status.ORPHANED: []}
-    for sidecar in sidecars:
-        wrapper_alive = table.is_same_process(sidecar.wrapper_pid, sidecar.wrapper_started)
-        claude_alive = table.is_same_process(sidecar.claude_pid, sidecar.claude_started)
-        if wrapper_alive:
-            root = sidecar.wrapper_pid
-            state = Status.LIVE
-        elif claude_alive:
-            root = sidecar.claude_pid
-            state = Status.ORPHANED
-        else:
-            collect_vanished(sidecar, paths, snapshot)
-            continue
-        by_state[state].append(sidecar)
-        snapshot.sessions.append(
-            LiveSession(
-                sidecar=sidecar,
-                state=state,
-                processes=describe(table, table.subtree(root)),
-                last_tool_call=transcript_store.last_tool_call(sidecar),
-            )
-        )
-        for ancestor in table.ancestors(root):
-            snapshot.sessions_by_ancestor.setdefault(ancestor, []).append(sidecar.session_id)
-
-    snapshot.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
-    if snapshot.database_error is None:
-        try:
-            ingest.record_live(by_state)
-            close_lost_live_rows(snapshot, paths)
-        except DatabaseError as exc:
-            snapshot.database_error = _one_line(exc)
-    snapshot.scan_ms = round((time.perf_counter() - began) * 1000, 1)
+    published = reader.snapshot(settings.OPSCONSOLE_HOST)
+    if published is not None and not published.stale:
+        return published
+    snapshot = _sample_on_demand(settings.OPSCONSOLE_STATE, fresh=fresh)
+    snapshot.monitor_last_seen = published.taken_at if published is not None else None
     return snapshot
 
 
-def read_sidecars(paths: StatePaths, snapshot: Snapshot) -> list[Sidecar]:
-    """Every trustworthy sidecar; the others are skipped, counted and logged once."""
-    try:
-        check_private_dir(paths.active)
-    except UnsafeDirectory as exc:
-        if paths.active.exists() or paths.active.is_symlink():
-            snapshot.active_dir_error = str(exc)
-            _log_once(("active-dir", str(exc)), "not reading sidecars: %s", exc)
-        return []
-    sidecars = []
-    seen_sessions: set[str] = set()
-    for entry in sorted(paths.active.iterdir()):
-        if entry.name.startswith(".") or entry.suffix != ".json":
-            continue  # a wrapper's temp file mid-rename, or not ours
-        try:
-            sidecar = read_sidecar(entry)
-        except FormatError as exc:
-            _skip(snapshot, entry, str(exc))
-            continue
-        if sidecar.session_id in seen_sessions:
-            _skip(snapshot, entry, f"session {sidecar.session_id} is claimed by another sidecar")
-            continue
-        seen_sessions.add(sidecar.session_id)
-        sidecars.append(sidecar)
-    return sidecars
+def ensure_history_current() -> None:
+    """For pages that show history: with a monitor publishing, history is already
+    current (one small query says so); without one, sample on demand first."""
+    from monitor_app.published import reader
+
+    head = reader.head_or_none(settings.OPSCONSOLE_HOST)
+    if head is None or (datetime.now(UTC) - head[2]).total_seconds() > 3 * head[3]:
+        _sample_on_demand(settings.OPSCONSOLE_STATE, fresh=False)
 
 
-def _skip(snapshot: Snapshot, entry: Path, reason: str) -> None:
-    snapshot.skipped.append(SkippedSidecar(name=entry.name, reason=reason))
-    try:
-        mtime = entry.lstat().st_mtime
-    except OSError:
-        mtime = 0
-    _log_once((entry.name, mtime, reason), "sidecar %s skipped: %s", entry.name, reason)
+def take_snapshot(paths: StatePaths) -> Snapshot:
+    """Sample now, in this process (commands and tests; pages use get_snapshot)."""
+    return _sample_on_demand(paths, fresh=True)
 
 
-def collect_vanished(sidecar: Sidecar, paths: StatePaths, snapshot: Snapshot) -> None:
-    """GC on read: the owner is gone. Put the run on record, then remove its sidecar.
+def _sample_on_demand(paths: StatePaths, *, fresh: bool) -> Snapshot:
+    from monitor_app.monitor import Monitor
 
-    With the database down the sidecar stays, so the run is recorded on a later read.
-    """
-    if snapshot.database_error is not None:
-        return
-    try:
-        if not ingest.has_completion_record(sidecar.session_id, paths):
-            ingest.record_vanished(sidecar, paths, transcript_store.find_live_transcript(sidecar))
-            log.info(
-                "session %s (%s) vanished without a completion record; recorded as killed",
-                sidecar.session_id,
-                sidecar.script_tag,
-            )
-    except DatabaseError as exc:
-        snapshot.database_error = _one_line(exc)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        paths.sidecar_path(sidecar.wrapper_pid).unlink()
-
-
-def close_lost_live_rows(snapshot: Snapshot, paths: StatePaths) -> None:
-    """Rows of this host still marked live whose session no sidecar names any more."""
-    live_ids = {s.session_id for s in snapshot.sessions}
-    cutoff = snapshot.taken_at - STALE_LIVE_ROW_GRACE
-    lost = (
-        Session.objects.filter(
-            status__in=LIVE_STATUSES, host=settings.OPSCONSOLE_HOST, started_at__lt=cutoff
-        )
-        .exclude(session_id__in=live_ids)
-        .only("session_id")
-    )
-    for row in lost:
-        if not ingest.has_completion_record(str(row.session_id), paths):
-            Session.objects.filter(pk=row.pk, status__in=LIVE_STATUSES).update(
-                status=Status.KILLED,
-                end_reason="vanished",
-                ended_at=snapshot.taken_at,
-                error="No sidecar and no completion record remain for this run.",
-            )
-
-
-_logged: set = set()
-
-
-def _log_once(key, message: str, *args) -> None:
-    if key in _logged:
-        return
-    if len(_logged) > 10_000:
-        _logged.clear()
-    _logged.add(key)
-    log.warning(message, *args)
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    with _on_demand_lock:
+        monitor, snapshot, expires = _on_demand.get(paths, (None, None, 0.0))
+        if not fresh and snapshot is not None and time.monotonic() < expires:
+            return snapshot
+        if monitor is None or monitor.config_dirs != list(settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS):
+            monitor = Monitor(paths=paths, publish=False, cadences=False)
+        snapshot = monitor.tick()
+        snapshot.source = "on-demand"
+        expires = time.monotonic() + settings.OPSCONSOLE_SNAPSHOT_SECONDS
+        if len(_on_demand) > 32:
+            _on_demand.clear()
+        _on_demand[paths] = (monitor, snapshot, expires)
+        return snapshot

@@ -75,7 +75,8 @@ class Session(models.Model):
         max_length=16,
         blank=True,
         default="",
-        help_text="spool (completion record), sidecar (seen live or vanished), registry, or backfill",
+        help_text="spool (completion record), sidecar (seen live or vanished), registry, "
+        "or backfill",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

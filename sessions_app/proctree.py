@@ -7,6 +7,8 @@ processes that belong to a session.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,6 +26,10 @@ class ProcessEntry:
     ppid: int
     started: float  # epoch seconds (psutil create_time)
     name: str
+    # Read in the same pass where the platform allows (Linux: /proc/<pid>/stat), so a
+    # session's CPU and memory cost no second read per process. None: ask psutil.
+    cpu_seconds: float | None = None
+    rss: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,13 +126,58 @@ class ProcessTable:
 
 
 def scan_process_table() -> ProcessTable:
+    if _PROC_STAT_READABLE:
+        return ProcessTable.from_entries(_scan_proc())
+    return ProcessTable.from_entries(_scan_psutil())
+
+
+_PROC_STAT_READABLE = os.path.exists("/proc/self/stat")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _scan_proc() -> list[ProcessEntry]:
+    """One read of /proc/<pid>/stat per process: parent, start, state, CPU time, RSS.
+
+    The same arithmetic as psutil's create_time (boot time + start ticks / CLK_TCK),
+    so start times compare equal with the wrapper's and with psutil's.
+    """
+    boot = boot_time()
+    entries = []
+    with os.scandir("/proc") as listing:
+        for item in listing:
+            if not item.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{item.name}/stat", "rb") as handle:
+                    raw = handle.read()
+            except OSError:
+                continue  # exited between the listing and the read
+            close = raw.rfind(b")")
+            fields = raw[close + 2 :].split()
+            if len(fields) < 22 or fields[0] in (b"Z", b"X"):
+                continue  # a zombie: exited, not yet reaped, dead for every question here
+            entries.append(
+                ProcessEntry(
+                    pid=int(item.name),
+                    ppid=int(fields[1]),
+                    started=boot + int(fields[19]) / _CLOCK_TICKS,
+                    name=raw[raw.find(b"(") + 1 : close].decode("utf-8", "replace"),
+                    cpu_seconds=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+                    rss=int(fields[21]) * _PAGE_SIZE,
+                )
+            )
+    return entries
+
+
+def _scan_psutil() -> list[ProcessEntry]:
     entries = []
     for proc in psutil.process_iter(["pid", "ppid", "create_time", "name", "status"]):
         info = proc.info
         if info.get("create_time") is None or info.get("ppid") is None:
             continue
         if info.get("status") == psutil.STATUS_ZOMBIE:
-            continue  # exited, not yet reaped: dead for every question asked here
+            continue
         entries.append(
             ProcessEntry(
                 pid=info["pid"],
@@ -135,35 +186,67 @@ def scan_process_table() -> ProcessTable:
                 name=info.get("name") or "",
             )
         )
-    return ProcessTable.from_entries(entries)
+    return entries
 
 
-# psutil measures CPU between two calls on the same Process object; keep them per PID.
-_cpu_samplers: dict[tuple[int, float], psutil.Process] = {}
+def boot_time() -> float:
+    return psutil.boot_time()
 
 
-def describe(table: ProcessTable, pids_with_depth: list[tuple[int, int]]) -> list[ProcessDetail]:
+# What never changes for a process is read once per (pid, start time): its command line.
+_cmdlines: dict[tuple[int, float], str] = {}
+# CPU % is CPU time used between two samples over the wall time between them.
+_cpu_seen: dict[tuple[int, float], tuple[float, float]] = {}  # key -> (cpu seconds, at)
+# Where the table gives no CPU or memory (macOS): psutil keeps its own sampling state.
+_psutil_procs: dict[tuple[int, float], psutil.Process] = {}
+
+
+def command_line(pid: int, entry: ProcessEntry) -> str | None:
+    """The command line of a process, read once; None if it is gone or not ours."""
+    key = (pid, entry.started)
+    cached = _cmdlines.get(key)
+    if cached is not None:
+        return cached
+    try:
+        if _PROC_STAT_READABLE:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                raw = handle.read(64 * 1024)
+            text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+        else:
+            text = " ".join(psutil.Process(pid).cmdline())
+    except FileNotFoundError:
+        return None
+    except (OSError, psutil.Error):
+        text = ""
+    text = text or f"[{entry.name}]"
+    _cmdlines[key] = text
+    return text
+
+
+def describe(
+    table: ProcessTable, pids_with_depth: list[tuple[int, int]], now: float | None = None
+) -> list[ProcessDetail]:
     """Command line, CPU % and RSS for the given processes; vanished ones are dropped."""
+    now = time.monotonic() if now is None else now
     details = []
     for pid, depth in pids_with_depth:
         entry = table.entries[pid]
         key = (pid, entry.started)
-        proc = _cpu_samplers.get(key)
-        try:
-            if proc is None:
-                proc = psutil.Process(pid)
-                if not same_start_time(proc.create_time(), entry.started):
-                    continue
-                _cpu_samplers[key] = proc
-            with proc.oneshot():
-                cmdline = " ".join(proc.cmdline()) or f"[{entry.name}]"
-                cpu = proc.cpu_percent(interval=None)
-                rss = proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            _cpu_samplers.pop(key, None)
+        cmdline = command_line(pid, entry)
+        if cmdline is None:
             continue
-        except psutil.AccessDenied:
-            cmdline, cpu, rss = f"[{entry.name}]", 0.0, 0
+        if entry.cpu_seconds is not None:
+            before = _cpu_seen.get(key)
+            _cpu_seen[key] = (entry.cpu_seconds, now)
+            cpu = 0.0
+            if before is not None and now > before[1]:
+                cpu = 100.0 * (entry.cpu_seconds - before[0]) / (now - before[1])
+            rss = entry.rss or 0
+        else:
+            sampled = _psutil_sample(pid, entry)
+            if sampled is None:
+                continue
+            cpu, rss = sampled
         details.append(
             ProcessDetail(
                 pid=pid,
@@ -171,7 +254,7 @@ def describe(table: ProcessTable, pids_with_depth: list[tuple[int, int]]) -> lis
                 depth=depth,
                 name=entry.name,
                 cmdline=cmdline,
-                cpu_percent=round(cpu, 1),
+                cpu_percent=round(max(cpu, 0.0), 1),
                 rss=rss,
                 started=entry.started,
             )
@@ -179,9 +262,26 @@ def describe(table: ProcessTable, pids_with_depth: list[tuple[int, int]]) -> lis
     return details
 
 
+def _psutil_sample(pid: int, entry: ProcessEntry) -> tuple[float, int] | None:
+    key = (pid, entry.started)
+    proc = _psutil_procs.get(key)
+    try:
+        if proc is None:
+            proc = psutil.Process(pid)
+            if not same_start_time(proc.create_time(), entry.started):
+                return None
+            _psutil_procs[key] = proc
+        with proc.oneshot():
+            return proc.cpu_percent(interval=None), proc.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        _psutil_procs.pop(key, None)
+        return None
+    except psutil.AccessDenied:
+        return 0.0, 0
+
+
 def forget_exited(table: ProcessTable) -> None:
-    """Drop CPU samplers of processes that are gone, so the cache cannot grow forever."""
-    for key in list(_cpu_samplers):
-        pid, started = key
-        if not table.is_same_process(pid, started):
-            del _cpu_samplers[key]
+    """Drop what was kept for processes that are gone, so the caches cannot grow forever."""
+    for cache in (_cmdlines, _cpu_seen, _psutil_procs):
+        for key in [k for k in cache if not table.is_same_process(*k)]:
+            del cache[key]

@@ -185,7 +185,7 @@ def retry_chain(run: Run) -> list[Run]:
     return chain
 
 
-def run_payload(run: Run, *, with_processes: bool = False) -> dict:
+def run_payload(run: Run, *, with_processes: bool = False, urls: bool = True) -> dict:
     """The JSON shape of a run (field names kept from the seed's API)."""
     payload = {
         "session_id": run.session_id,
@@ -215,7 +215,7 @@ def run_payload(run: Run, *, with_processes: bool = False) -> dict:
         "wrapper_pid": run.wrapper_pid,
         "claude_pid": run.claude_pid,
         "live": run.live,
-        **run.urls(),
+        **(run.urls() if urls else {}),
     }
     if run.live:
         payload["last_tool_call"] = run.last_tool_call

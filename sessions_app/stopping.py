@@ -121,3 +121,44 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def kill_leftover_processes(members: list[tuple[int, float]], signum: int) -> StopOutcome:
+    """Signal processes an ended run left behind, each checked by PID *and* start time."""
+    outcome = StopOutcome(session_id="")
+    for pid, started in members:
+        try:
+            proc = psutil.Process(pid)
+            if not same_start_time(proc.create_time(), started):
+                continue  # the PID now belongs to another process
+        except psutil.Error:
+            continue
+        if _signal(proc, signum, outcome):
+            (outcome.killed if signum == signal.SIGKILL else outcome.terminated).append(pid)
+    return outcome
+
+
+def stop_leftovers(
+    session_id: str, members: list[dict], *, actor: str, grace: float
+) -> StopOutcome:
+    """Staff's "kill leftovers": TERM, wait the grace period, KILL what is left."""
+    targets = []
+    for member in members:
+        try:
+            targets.append((int(member["pid"]), float(member["started"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    outcome = kill_leftover_processes(targets, signal.SIGTERM)
+    outcome.session_id = session_id
+    procs = []
+    for pid in outcome.terminated:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    psutil.wait_procs(procs, timeout=grace)
+    for proc in procs:
+        if _alive(proc) and _signal(proc, signal.SIGKILL, outcome):
+            outcome.killed.append(proc.pid)
+    log.info("leftovers of %s stopped for %s: %s", session_id, actor, outcome.summary)
+    return outcome

@@ -14,7 +14,7 @@ from sessions_app.charts import cost_chart
 from sessions_app.costs import cost_report
 from sessions_app.export import csv_lines
 from sessions_app.history import HistoryFilters, history_page
-from sessions_app.live import get_snapshot
+from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Status
 from sessions_app.runs import find_run, live_runs, retry_chain
 from sessions_app.transcripts.tail import open_transcript
@@ -101,7 +101,7 @@ def transcript_follow(request, session_id):
 
 @require_GET
 def history(request):
-    get_snapshot()  # ingests completion records: history is current without a cron entry
+    ensure_history_current()
     filters = HistoryFilters.from_query(request.GET)
     page = history_page(filters, before=request.GET.get("before") or None)
     return render(
@@ -119,7 +119,7 @@ def history(request):
 
 @require_GET
 def history_csv(request):
-    get_snapshot()
+    ensure_history_current()
     filters = HistoryFilters.from_query(request.GET)
     response = StreamingHttpResponse(csv_lines(filters), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="opsconsole-history.csv"'
@@ -136,7 +136,7 @@ def costs(request):
     except ValueError:
         days = 30
     days = days if days in COST_RANGES else 30
-    get_snapshot()
+    ensure_history_current()
     report = cost_report(days)
     return render(
         request,

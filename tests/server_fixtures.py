@@ -73,6 +73,7 @@ def console_server(state: State, tmp_path: Path):
         DATABASE_URL=f"sqlite:///{tmp_path / 'console.sqlite3'}",
         OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir),
         OPSCONSOLE_SNAPSHOT_SECONDS="1",
+        OPSCONSOLE_SAMPLE_SECONDS="1",
         OPSCONSOLE_POLL_SECONDS="1",
         OPSCONSOLE_SCHEDULERS="cron",
         DJANGO_SETTINGS_MODULE="opsconsole.settings",

@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from jobs_app.models import Job
+from monitor_app.monitor import Monitor
 from sessions_app.costs import cost_report
 from sessions_app.history import HistoryFilters, history_page
 from sessions_app.models import Session, Status
@@ -46,13 +47,17 @@ def test_history_needs_login(client):
     assert client.get("/api/history/export.json").status_code == 401
 
 
-def test_history_query_count_does_not_grow_with_rows(logged_in, django_assert_max_num_queries):
+def test_history_query_count_does_not_grow_with_rows(
+    logged_in, console_state, django_assert_max_num_queries
+):
     job = Job.objects.create(scheduler="cron", label="nightly-job", host="h1", tags=["nightly"])
     for index in range(150):  # 300 runs: 150 refused first attempts, each retried
         first = make(minutes_ago=1000 - index, status=Status.REFUSED, job=job)
         make(minutes_ago=1000 - index, attempt=2, retry_of=first.session_id, job=job)
+    Monitor(paths=console_state.paths).tick()  # a monitor is publishing, as under `serve`
 
-    # session + user lookups, the jobs for the filter, one page of sessions with their job
+    # session + user lookups, the published sample's head, the jobs for the filter, one
+    # page of sessions with their job
     with django_assert_max_num_queries(5) as captured:
         response = logged_in.get("/history/")
     assert response.status_code == 200

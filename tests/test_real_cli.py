@@ -120,10 +120,11 @@ def test_a_live_run_is_seen_with_its_tool_children_then_on_record(
         )
 
         def live_with_tool():
+            # The CLI starts the tool and appends the call to its transcript in no
+            # set order: wait for both.
             live = take_snapshot(state.paths).get(sidecar.session_id)
-            if live and any("sleep 4" in p.cmdline for p in live.processes):
-                return live
-            return None
+            tool_seen = live and any("sleep 4" in p.cmdline for p in live.processes)
+            return live if tool_seen and live.last_tool_call else None
 
         live = wait_until(live_with_tool)
         assert live.state == Status.LIVE

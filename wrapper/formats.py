@@ -520,3 +520,95 @@ def copy_into_archive(source: Path, dest: Path) -> None:
             raise OSError(f"{source} is not a regular file")
         with atomic_file(dest) as out:
             shutil.copyfileobj(src, out, 1024 * 1024)
+
+
+# --------------------------------------------------------------------------- Claude Code's registry
+
+
+@dataclass
+class RegistryEntry:
+    """Claude Code's own record of a live session: $CLAUDE_CONFIG_DIR/sessions/<pid>.json.
+
+    Every session on the host has one, wrapped or not. Removed on a normal exit and
+    left behind after SIGKILL, so a stale file is evidence that the session was killed.
+    Unknown keys are ignored; only what we use is checked.
+    """
+
+    pid: int
+    session_id: str
+    cwd: str
+    started_at_ms: int | None = None  # startedAt: epoch milliseconds
+    proc_start_ticks: int | None = None  # procStart: field 22 of /proc/<pid>/stat
+    version: str = ""
+    kind: str = ""
+    entrypoint: str = ""
+    name: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
+        def text(key: str, limit: int = 200) -> str:
+            value = data.get(key)
+            if value is None:
+                return ""
+            if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+                raise FormatError(f"field {key!r} is not a short string")
+            return value
+
+        pid = data.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 1 < pid < 2**31:
+            raise FormatError("pid is not a process id")
+        session_id = data.get("sessionId")
+        if not is_session_id(session_id):
+            raise FormatError("sessionId is not a lowercase UUID")
+        cwd = text("cwd", 4096)
+        if not cwd.startswith("/"):
+            raise FormatError("cwd is not an absolute path")
+        started = data.get("startedAt")
+        if started is not None and (
+            not isinstance(started, int) or isinstance(started, bool) or not 0 < started < 2**53
+        ):
+            raise FormatError("startedAt is not epoch milliseconds")
+        ticks = data.get("procStart")
+        if ticks is not None:
+            if isinstance(ticks, int) and not isinstance(ticks, bool):
+                ticks = str(ticks)
+            if not isinstance(ticks, str) or not ticks.isascii() or not ticks.isdigit():
+                raise FormatError("procStart is not a number of clock ticks")
+            if len(ticks) > 18:
+                raise FormatError("procStart is out of range")
+            ticks = int(ticks)
+        return cls(
+            pid=pid,
+            session_id=session_id,
+            cwd=cwd,
+            started_at_ms=started,
+            proc_start_ticks=ticks,
+            version=text("version", 64),
+            kind=text("kind", 64),
+            entrypoint=text("entrypoint", 64),
+            name=text("name"),
+        )
+
+    def process_started(self) -> float | None:
+        """The start time as epoch seconds, comparable with `process_start_time`."""
+        if self.proc_start_ticks is not None and Path("/proc/self/stat").exists():
+            return _boot_time() + self.proc_start_ticks / os.sysconf("SC_CLK_TCK")
+        return None
+
+    def started_at_iso(self) -> str:
+        if self.started_at_ms is None:
+            return utc_now_iso()
+        moment = datetime.fromtimestamp(self.started_at_ms / 1000, UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def registry_dir(config_dir: Path) -> Path:
+    return config_dir / "sessions"
+
+
+def read_registry_entry(path: Path) -> RegistryEntry:
+    """Parse one registry file as strictly as a sidecar (owner, size, no links, types)."""
+    entry = RegistryEntry.from_dict(read_json_record(path))
+    if path.name != f"{entry.pid}.json":
+        raise FormatError(f"file name does not match pid {entry.pid}")
+    return entry

@@ -30,7 +30,8 @@ def _within(path: Path, root: Path) -> bool:
     return os.path.commonpath([real, real_root]) == real_root
 
 
-def _regular_file_within(path: Path, roots: list[Path]) -> bool:
+def regular_file_within(path: Path, roots: list[Path]) -> bool:
+    """True for a regular file that resolves inside one of the roots."""
     if not any(_within(path, root) for root in roots):
         return False
     try:
@@ -82,7 +83,7 @@ def locate_transcript(
         ordered = matching + [r for r in roots if r not in matching]
     for config_dir in ordered:
         for candidate in _live_candidates(session_id, config_dir, cwd_hint):
-            if _regular_file_within(candidate, [config_dir]):
+            if regular_file_within(candidate, [config_dir]):
                 return Located(candidate, "live")
     return locate_archived(session_id, archive_root=archive_root, archive_hint=archive_hint)
 
@@ -94,7 +95,7 @@ def locate_archived(
         raise ValueError("a session id is a lowercase UUID")
     if archive_hint:
         hinted = Path(archive_hint)
-        if hinted.name.endswith(f"_{session_id}.jsonl") and _regular_file_within(
+        if hinted.name.endswith(f"_{session_id}.jsonl") and regular_file_within(
             hinted, [archive_root]
         ):
             return Located(hinted, "archive")
@@ -108,7 +109,7 @@ def locate_archived(
             continue
         try:
             for entry in os.scandir(day.path):
-                if entry.name.endswith(suffix) and _regular_file_within(
+                if entry.name.endswith(suffix) and regular_file_within(
                     Path(entry.path), [archive_root]
                 ):
                     return Located(Path(entry.path), "archive")
@@ -129,5 +130,5 @@ def find_subagent_transcripts(main: Path, roots: list[Path]) -> list[Path]:
         for entry in entries
         if entry.name.startswith("agent-")
         and entry.name.endswith(".jsonl")
-        and _regular_file_within(Path(entry.path), roots)
+        and regular_file_within(Path(entry.path), roots)
     ]

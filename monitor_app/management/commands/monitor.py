@@ -1,0 +1,58 @@
+"""`opsconsole monitor`: sample this host every OPSCONSOLE_SAMPLE_SECONDS until stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import connections
+
+from monitor_app.monitor import Monitor
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the monitor: every OPSCONSOLE_SAMPLE_SECONDS one sample of this host (sidecars, "
+        "Claude Code's session registry, one process-table scan, the spool, GC), published "
+        "for every web process; state changes recorded as events; jobs collected and the "
+        "watchdog run on their own cadences. `opsconsole serve` starts and supervises it."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--interval", type=float, default=None, help="seconds between samples")
+        parser.add_argument(
+            "--once", action="store_true", help="take and publish one sample, then exit"
+        )
+
+    def handle(self, *args, interval, once, **options):
+        shorten_database_timeouts()
+        monitor = Monitor(interval=interval or settings.OPSCONSOLE_SAMPLE_SECONDS)
+        if once:
+            snapshot = monitor.tick()
+            self.stdout.write(
+                f"sample {monitor.seq - 1}: {len(snapshot.sessions)} live, "
+                f"{len(snapshot.leftovers)} with leftovers, {snapshot.scan_ms} ms"
+                + (f"; database: {snapshot.database_error}" if snapshot.database_error else "")
+            )
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stop.set())
+        self.stdout.write(
+            f"opsconsole monitor: sampling {monitor.host} every {monitor.interval:g} s",
+        )
+        self.stdout.flush()
+        monitor.run_forever(stop)
+
+
+def shorten_database_timeouts() -> None:
+    """A database that is locked or silent must not stall sampling: fail fast, retry later."""
+    options = connections["default"].settings_dict.setdefault("OPTIONS", {})
+    vendor = connections["default"].vendor
+    if vendor == "sqlite":
+        options["timeout"] = min(float(options.get("timeout", 2)), 2.0)
+    elif vendor == "postgresql":
+        options.setdefault("connect_timeout", 3)
+        options["options"] = (options.get("options", "") + " -c statement_timeout=5000").strip()

@@ -1,0 +1,713 @@
+"""The monitor: one always-on sampler per host, and what it makes of two samples in a row.
+
+Every interval `tick()` takes a sample (sidecars, Claude Code's registry, one
+process-table scan, transcript growth), compares it with the previous one, and
+turns the difference into history: completion records ingested, vanished runs
+recorded, unwrapped sessions recorded as they end, leftover processes tracked,
+events written. Then it publishes the sample for every web process. Jobs are
+collected and the watchdog runs on their own cadences inside the same loop.
+With the database down it keeps sampling and publishing to its local file;
+what it could not write waits (spool, sidecars, pending events) and is written
+when the database is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+
+from monitor_app import published
+from monitor_app.events import EventOutbox, prune_events
+from monitor_app.models import EventKind
+from monitor_app.sampler import Sampler, sidecar_for_unwrapped
+from sessions_app import ingest, transcript_store
+from sessions_app.live import LeftoverRun, LiveSession, Snapshot
+from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_process_table
+from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
+
+log = logging.getLogger(__name__)
+
+# A process using less CPU than this over a sample is idle, for the stall question.
+ACTIVE_CPU_PERCENT = 1.0
+# A live row with neither a sidecar nor a completion record this long after it started
+# was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
+STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
+PRUNE_EVERY = timedelta(hours=1)
+
+
+@dataclass
+class Tree:
+    """A live session's roots and every process seen in its tree, for leftovers later."""
+
+    sidecar: Sidecar
+    roots: set[tuple[int, float]]
+    members: set[tuple[int, float]] = field(default_factory=set)
+
+
+@dataclass
+class Leftovers:
+    """Processes of an ended run that live on: tracked until they exit or are killed."""
+
+    session_id: str
+    script_tag: str
+    host: str
+    ended_at: datetime
+    members: dict[tuple[int, float], str]  # (pid, start) -> command line
+    term_sent_at: datetime | None = None
+    killed_by: str = ""
+
+    def as_record(self) -> list[dict]:
+        return [
+            {"pid": pid, "started": started, "cmdline": cmdline}
+            for (pid, started), cmdline in self.members.items()
+        ]
+
+
+@dataclass
+class Ending:
+    """An unwrapped session seen to end, waiting to be written."""
+
+    sidecar: Sidecar
+    status: str  # exited or killed
+    ended_at: datetime
+
+
+class Monitor:
+    def __init__(
+        self,
+        *,
+        paths: StatePaths | None = None,
+        config_dirs: list[Path] | None = None,
+        host: str | None = None,
+        interval: float | None = None,
+        publish: bool = True,
+        cadences: bool = True,
+    ) -> None:
+        self.paths = paths or settings.OPSCONSOLE_STATE
+        self.host = host or settings.OPSCONSOLE_HOST
+        self.interval = interval or settings.OPSCONSOLE_SAMPLE_SECONDS
+        self.publish = publish
+        # On-demand sampling inside a web request collects no jobs and stops nothing.
+        self.cadences = cadences
+        self.config_dirs = list(config_dirs or settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS)
+        self.sampler = Sampler(self.paths, self.config_dirs)
+        self.events = EventOutbox(self.host, self.paths.home / "monitor" / "pending-events.json")
+        # Milliseconds since the epoch: increases across restarts without asking anyone.
+        self.seq = int(time.time() * 1000)
+        self.previous: Snapshot | None = None
+        self.trees: dict[str, Tree] = {}
+        self.leftovers: dict[str, Leftovers] = {}
+        self.leftovers_loaded = False
+        self.leftover_writes: dict[str, list[dict]] = {}
+        self.on_record: dict[str, str] = {}  # session id -> status the database has
+        self.unwrapped_live: dict[str, Sidecar] = {}
+        self.stale_handled: set[str] = set()
+        self.endings: list[Ending] = []
+        self.activity: dict[str, datetime] = {}
+        self.quota: QuotaStamp | None = None
+        self.quota_known = False
+        self.next_collect = 0.0
+        self.next_watchdog = 0.0
+        self.next_prune: datetime | None = None
+        self.database_ok = True
+        self.watchdog_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ one round
+
+    def tick(self, now: datetime | None = None) -> Snapshot:
+        now = now or datetime.now(UTC)
+        began = time.perf_counter()
+        snapshot = Snapshot(
+            taken_at=now, source="monitor", seq=self.seq, interval_seconds=self.interval
+        )
+        table = scan_process_table()
+        forget_exited(table)
+        gone = self.sample_sessions(snapshot, table, now)
+        self.follow_leftovers(snapshot, table, now)
+        self.check_quota(snapshot, now)
+        self.sync(snapshot, gone, now)
+        self.run_cadences(snapshot, now)
+        snapshot.scan_ms = round((time.perf_counter() - began) * 1000, 1)
+        if self.publish:
+            self.publish_sample(snapshot)
+        self.previous = snapshot
+        self.seq += 1
+        return snapshot
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_sessions(self, snapshot: Snapshot, table: ProcessTable, now: datetime):
+        """Live sessions into the snapshot; returns the sidecars whose owners are gone."""
+        self.sampler.new_sample()
+        sidecars = self.sampler.read_sidecars(snapshot)
+        registry = self.sampler.read_registry(snapshot)
+        gone: list[Sidecar] = []
+        roots: list[tuple[LiveSession, int]] = []
+        for sidecar in sidecars:
+            if table.is_same_process(sidecar.wrapper_pid, sidecar.wrapper_started):
+                roots.append((LiveSession(sidecar, Status.LIVE, []), sidecar.wrapper_pid))
+            elif table.is_same_process(sidecar.claude_pid, sidecar.claude_started):
+                roots.append((LiveSession(sidecar, Status.ORPHANED, []), sidecar.claude_pid))
+            else:
+                gone.append(sidecar)
+        claimed = {s.session_id for s in sidecars}
+        unwrapped_now: dict[str, Sidecar] = {}
+        for config_dir, _path, entry in registry:
+            if entry.session_id in claimed:
+                continue  # a wrapped run: its sidecar speaks for it, never shown twice
+            claimed.add(entry.session_id)
+            started = entry.process_started()
+            process = table.entries.get(entry.pid)
+            alive = (
+                table.is_same_process(entry.pid, started)
+                if started is not None
+                else process is not None
+            )
+            if alive:
+                sidecar = sidecar_for_unwrapped(
+                    config_dir, entry, started or process.started, self.host
+                )
+                unwrapped_now[entry.session_id] = sidecar
+                roots.append((LiveSession(sidecar, Status.UNWRAPPED, [], wrapped=False), entry.pid))
+            elif entry.session_id not in self.stale_handled:
+                # Left behind: Claude Code removes it on every normal exit. Killed.
+                sidecar = self.unwrapped_live.get(entry.session_id) or sidecar_for_unwrapped(
+                    config_dir, entry, started or 0.0, self.host
+                )
+                self.endings.append(Ending(sidecar, Status.KILLED, now))
+                self.stale_handled.add(entry.session_id)
+        for session_id, sidecar in self.unwrapped_live.items():
+            if session_id not in unwrapped_now and session_id not in self.stale_handled:
+                self.endings.append(Ending(sidecar, Status.EXITED, now))
+                self.stale_handled.add(session_id)
+        self.unwrapped_live = unwrapped_now
+
+        mono = time.monotonic()
+        for live, root in roots:
+            pids = table.subtree(root)
+            live.processes = describe(table, pids, mono)
+            watch, grew = self.sampler.watch_transcript(live.sidecar)
+            live.last_tool_call = watch.last_tool_call
+            live.transcript_bytes = watch.size if watch.path else None
+            if (
+                grew
+                or live.cpu_percent >= ACTIVE_CPU_PERCENT
+                or live.session_id not in self.activity
+            ):
+                self.activity[live.session_id] = now
+            else:
+                live.idle_since = self.activity[live.session_id]
+            snapshot.sessions.append(live)
+            for ancestor in table.ancestors(root):
+                snapshot.sessions_by_ancestor.setdefault(ancestor, []).append(live.session_id)
+            tree = self.trees.get(live.session_id)
+            if tree is None:
+                tree = self.trees[live.session_id] = Tree(live.sidecar, set())
+            tree.sidecar = live.sidecar
+            tree.roots = {
+                (pid, started)
+                for pid, started in (
+                    (live.sidecar.wrapper_pid, live.sidecar.wrapper_started),
+                    (live.sidecar.claude_pid, live.sidecar.claude_started),
+                )
+                if pid
+            }
+            tree.members.update((pid, table.entries[pid].started) for pid, _ in pids)
+        snapshot.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
+
+        live_ids = {s.session_id for s in snapshot.sessions}
+        self.sampler.forget_transcripts(live_ids)
+        for session_id in [s for s in self.activity if s not in live_ids]:
+            del self.activity[session_id]
+        self.end_trees(snapshot, table, live_ids, now)
+        return gone
+
+    def end_trees(
+        self, snapshot: Snapshot, table: ProcessTable, live_ids: set[str], now: datetime
+    ) -> None:
+        """Runs that left the live list: whatever of their tree still runs is a leftover."""
+        for session_id in [s for s in self.trees if s not in live_ids]:
+            tree = self.trees[session_id]
+            if any(table.is_same_process(pid, started) for pid, started in tree.roots):
+                continue  # its agent still runs: not ended, whatever its files say
+            del self.trees[session_id]
+            survivors = {
+                (pid, started): table.entries[pid].name
+                for pid, started in tree.members - tree.roots
+                if table.is_same_process(pid, started) and pid != os.getpid()
+            }
+            if not survivors:
+                continue
+            detail = describe(table, [(pid, 0) for pid, _ in survivors])
+            members = {(p.pid, p.started): p.cmdline for p in detail}
+            if not members:
+                continue
+            leftovers = Leftovers(
+                session_id=session_id,
+                script_tag=tree.sidecar.script_tag,
+                host=tree.sidecar.host,
+                ended_at=now,
+                members=members,
+            )
+            self.leftovers[session_id] = leftovers
+            self.leftover_writes[session_id] = leftovers.as_record()
+            self.events.add(
+                EventKind.LEFTOVERS_SEEN,
+                f"{len(members)} process(es) of {tree.sidecar.script_tag} outlived its agent: "
+                + ", ".join(f"{pid} {cmd[:60]}" for (pid, _), cmd in list(members.items())[:5]),
+                key=f"leftovers_seen:{session_id}",
+                at=now,
+                session_id=session_id,
+                script_tag=tree.sidecar.script_tag,
+                detail={"pids": [pid for pid, _ in members]},
+            )
+
+    def follow_leftovers(self, snapshot: Snapshot, table: ProcessTable, now: datetime) -> None:
+        if not self.leftovers_loaded:
+            self.load_leftovers()
+        mono = time.monotonic()
+        for session_id in list(self.leftovers):
+            leftovers = self.leftovers[session_id]
+            alive = [
+                (pid, 0)
+                for pid, started in leftovers.members
+                if table.is_same_process(pid, started)
+            ]
+            if alive:
+                snapshot.leftovers.append(
+                    LeftoverRun(
+                        session_id=session_id,
+                        script_tag=leftovers.script_tag,
+                        host=leftovers.host,
+                        ended_at=leftovers.ended_at,
+                        processes=describe(table, alive, mono),
+                    )
+                )
+                continue
+            del self.leftovers[session_id]
+            self.leftover_writes[session_id] = []
+            killed = leftovers.term_sent_at is not None
+            self.events.add(
+                EventKind.LEFTOVERS_KILLED if killed else EventKind.LEFTOVERS_GONE,
+                f"leftover processes of {leftovers.script_tag} "
+                + (f"killed ({leftovers.killed_by})" if killed else "exited"),
+                key=f"leftovers_gone:{session_id}",
+                at=now,
+                session_id=session_id,
+                script_tag=leftovers.script_tag,
+                detail={"killed_by": leftovers.killed_by} if killed else {},
+            )
+
+    def load_leftovers(self) -> None:
+        """Leftovers on record from before a restart are followed again."""
+        try:
+            rows = (
+                Session.objects.filter(host=self.host)
+                .exclude(leftovers=[])
+                .values_list("session_id", "script_tag", "host", "ended_at", "leftovers")
+            )
+            for session_id, tag, host, ended_at, members in rows:
+                parsed = {
+                    (int(m["pid"]), float(m["started"])): str(m.get("cmdline", ""))
+                    for m in members
+                    if isinstance(m, dict) and "pid" in m and "started" in m
+                }
+                if parsed:
+                    self.leftovers.setdefault(
+                        str(session_id),
+                        Leftovers(
+                            str(session_id), tag, host, ended_at or datetime.now(UTC), parsed
+                        ),
+                    )
+        except DatabaseError as exc:
+            log.warning("leftovers on record not loaded yet: %s", exc)
+            return
+        self.leftovers_loaded = True
+
+    def check_quota(self, snapshot: Snapshot, now: datetime) -> None:
+        stamp = read_quota_stamp(self.paths)
+        if stamp is not None:
+            snapshot.quota_until, snapshot.quota_reason = stamp.until, stamp.reason
+        previous, self.quota = self.quota, stamp
+        if not self.quota_known:
+            self.quota_known = True
+            if stamp is None:
+                return
+        if stamp is not None and (previous is None or previous.set_at != stamp.set_at):
+            self.events.add(
+                EventKind.QUOTA_SET,
+                f"quota stamp set until {stamp.until}: {stamp.reason}",
+                key=f"quota_set:{stamp.set_at}",
+                at=now,
+                session_id=stamp.session_id,
+                script_tag=stamp.script_tag or "",
+                detail={"until": stamp.until, "reason": stamp.reason, "set_at": stamp.set_at},
+            )
+        elif stamp is None and previous is not None:
+            self.events.add(
+                EventKind.QUOTA_CLEARED,
+                "quota stamp cleared: runs start again",
+                key=f"quota_cleared:{previous.set_at}",
+                at=now,
+                detail={"set_at": previous.set_at, "until": previous.until},
+            )
+
+    # ------------------------------------------------------------------ history
+
+    def sync(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None:
+        """Everything the database must learn from this sample; kept for later if it can't."""
+        try:
+            self.record_completions(now)
+            self.record_live(snapshot, now)
+            for sidecar in gone:
+                self.record_gone_sidecar(sidecar, now)
+            self.record_endings()
+            self.write_leftovers()
+            if snapshot.active_dir_error is None:
+                self.close_lost_rows(snapshot, now)
+            self.events.flush()
+            if not self.database_ok:
+                log.info("database reachable again: pending history written")
+            self.database_ok = True
+        except DatabaseError as exc:
+            text = str(exc).strip().splitlines()
+            snapshot.database_error = f"{type(exc).__name__}: {text[0] if text else ''}"
+            if self.database_ok:
+                log.warning("database unavailable, sampling on: %s", snapshot.database_error)
+            self.database_ok = False
+            close_old_connections()
+
+    def record_completions(self, now: datetime) -> None:
+        result = ingest.ingest_spool(self.paths)
+        for session in result.sessions:
+            self.on_record[str(session.session_id)] = session.status
+            self.event_for_end(session, now)
+        self.rejected = len(result.rejected)
+
+    def event_for_end(self, session: Session, now: datetime) -> None:
+        words = session.get_status_display()
+        if session.status == Status.FAILED and session.exit_code is not None:
+            words = f"failed (exit {session.exit_code})"
+        reason = f": {session.error.splitlines()[0][:300]}" if session.error else ""
+        vanished = session.end_reason == "vanished"
+        self.events.add(
+            EventKind.RUN_VANISHED if vanished else EventKind.RUN_ENDED,
+            f"{session.script_tag} {words}{reason}",
+            key=f"run_ended:{session.session_id}",
+            at=now,
+            session_id=str(session.session_id),
+            script_tag=session.script_tag,
+            status=session.status,
+            detail={
+                "exit_code": session.exit_code,
+                "end_reason": session.end_reason,
+                "is_error": session.is_error,
+                "api_error_status": session.api_error_status,
+                "stop_reason": session.stop_reason,
+                "duration_ms": session.duration_ms,
+                "cost_usd": float(session.cost_usd) if session.cost_usd is not None else None,
+                "error": session.error[:2000],
+                "attempt": session.attempt,
+                "retry_of": str(session.retry_of) if session.retry_of else None,
+                "wrapped": session.wrapped,
+                "stopped_by": session.stopped_by,
+            },
+        )
+
+    def record_live(self, snapshot: Snapshot, now: datetime) -> None:
+        """Rows for new live sessions and changed states; nothing for what is unchanged."""
+        changed = [
+            live for live in snapshot.sessions if self.on_record.get(live.session_id) != live.state
+        ]
+        if not changed:
+            return
+        statuses = ingest.record_live(changed)
+        for live in changed:
+            status = statuses.get(live.session_id)
+            before = self.on_record.get(live.session_id)
+            self.on_record[live.session_id] = status
+            if status != live.state:
+                continue  # already ended on record (its completion came first)
+            sidecar = live.sidecar
+            if live.state == Status.ORPHANED:
+                kind, verb = EventKind.RUN_ORPHANED, "orphaned: its wrapper is gone"
+                key = f"run_orphaned:{live.session_id}"
+            elif before is None and sidecar.attempt > 1:
+                kind, verb = EventKind.RUN_RETRIED, f"retried (attempt {sidecar.attempt})"
+                key = f"run_started:{live.session_id}"
+            elif before is None:
+                kind = EventKind.RUN_STARTED
+                verb = "started" if live.wrapped else f"started without the wrapper ({sidecar.cwd})"
+                key = f"run_started:{live.session_id}"
+            else:
+                continue
+            self.events.add(
+                kind,
+                f"{sidecar.script_tag} {verb}",
+                key=key,
+                at=now,
+                session_id=live.session_id,
+                script_tag=sidecar.script_tag,
+                status=live.state,
+                detail={
+                    "attempt": sidecar.attempt,
+                    "retry_of": sidecar.retry_of,
+                    "wrapped": live.wrapped,
+                    "platform": sidecar.platform,
+                },
+            )
+
+    def record_gone_sidecar(self, sidecar: Sidecar, now: datetime) -> None:
+        """GC: the wrapper and the agent are both gone (checked by PID and start time)."""
+        if not ingest.has_completion_record(sidecar.session_id, self.paths):
+            session = ingest.record_vanished(
+                sidecar, self.paths, transcript_store.find_live_transcript(sidecar)
+            )
+            log.info(
+                "session %s (%s) vanished; recorded as killed",
+                sidecar.session_id,
+                sidecar.script_tag,
+            )
+        else:
+            session = Session.objects.get(session_id=sidecar.session_id)
+        self.on_record[sidecar.session_id] = session.status
+        self.event_for_end(session, now)
+        self.paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
+
+    def record_endings(self) -> None:
+        while self.endings:
+            ending = self.endings[0]
+            session = ingest.record_unwrapped_end(
+                ending.sidecar,
+                ending.status,
+                ending.ended_at,
+                self.paths,
+                transcript_store.find_live_transcript(ending.sidecar),
+            )
+            self.on_record[ending.sidecar.session_id] = session.status
+            if session.status == ending.status:
+                self.event_for_end(session, ending.ended_at)
+            self.endings.pop(0)
+
+    def write_leftovers(self) -> None:
+        for session_id in list(self.leftover_writes):
+            Session.objects.filter(session_id=session_id).update(
+                leftovers=self.leftover_writes[session_id]
+            )
+            del self.leftover_writes[session_id]
+
+    def close_lost_rows(self, snapshot: Snapshot, now: datetime) -> None:
+        """Rows of this host still marked live whose session no sidecar or registry names.
+
+        Without evidence of how it ended, the run is "unknown", not killed: the
+        console lost sight of it. A completion record arriving later still wins.
+        """
+        live_ids = {s.session_id for s in snapshot.sessions}
+        lost = (
+            Session.objects.filter(
+                status__in=LIVE_STATUSES, host=self.host, started_at__lt=now - STALE_LIVE_ROW_GRACE
+            )
+            .exclude(session_id__in=live_ids)
+            .only("session_id", "started_at")
+        )
+        for row in lost:
+            session_id = str(row.session_id)
+            if ingest.has_completion_record(session_id, self.paths):
+                continue
+            updated = Session.objects.filter(pk=row.pk, status__in=LIVE_STATUSES).update(
+                status=Status.UNKNOWN,
+                end_reason="lost",
+                ended_at=now,
+                error="The console lost sight of this run: no sidecar and no completion record "
+                "remain, and nothing says how it ended.",
+            )
+            self.on_record.pop(session_id, None)
+            if updated:
+                session = Session.objects.get(pk=row.pk)
+                self.event_for_end(session, now)
+
+    # ------------------------------------------------------------------ cadences
+
+    def run_cadences(self, snapshot: Snapshot, now: datetime) -> None:
+        if not self.database_ok or not self.cadences:
+            return
+        mono = time.monotonic()
+        if mono >= self.next_collect:
+            self.next_collect = mono + settings.OPSCONSOLE_COLLECT_SECONDS
+            self.collect_jobs(snapshot, now)
+        if mono >= self.next_watchdog:
+            self.next_watchdog = mono + settings.OPSCONSOLE_WATCHDOG_SECONDS
+            self.watchdog(snapshot, now)
+        self.kill_due_leftovers(now)
+        if self.next_prune is None or now >= self.next_prune:
+            self.next_prune = now + PRUNE_EVERY
+            try:
+                prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
+            except DatabaseError as exc:
+                log.warning("event retention skipped: %s", exc)
+
+    def collect_jobs(self, snapshot: Snapshot, now: datetime) -> None:
+        from jobs_app.status import collect_and_record, job_statuses
+
+        try:
+            report = collect_and_record(now)
+            for scheduler, errors in report.errors.items():
+                self.events.add(
+                    EventKind.COLLECTOR_ERROR,
+                    f"{scheduler} collector: {'; '.join(errors)[:500]}",
+                    key=f"collector_error:{scheduler}:{hash(tuple(errors)) & 0xFFFFFFFF:x}"
+                    f":{now:%Y-%m-%d}",
+                    at=now,
+                    detail={"scheduler": scheduler, "errors": errors},
+                )
+            for status in job_statuses(snapshot, now):
+                if any(b.kind == "late" for b in status.badges) and status.expected_run_at:
+                    job = status.job
+                    self.events.add(
+                        EventKind.JOB_LATE,
+                        f"{job.label} did not run at {status.expected_run_at:%Y-%m-%d %H:%M} UTC",
+                        key=f"job_late:{job.pk}:{status.expected_run_at.isoformat()}",
+                        at=now,
+                        script_tag=(job.tags or [""])[0],
+                        detail={
+                            "job_id": job.pk,
+                            "expected_at": status.expected_run_at.isoformat(),
+                        },
+                    )
+        except DatabaseError:
+            raise
+        except Exception:  # a collector bug must not stop sampling
+            log.exception("job collection failed")
+
+    def watchdog(self, snapshot: Snapshot, now: datetime) -> None:
+        """Runs past their limit are stopped in a thread: a stop waits its grace period."""
+        from jobs_app.watchdog import find_overdue
+
+        if self.watchdog_thread is not None and self.watchdog_thread.is_alive():
+            return
+        overdue = find_overdue(snapshot, now)
+        if not overdue:
+            return
+
+        def stop_all():
+            from jobs_app.watchdog import stop_overdue
+
+            try:
+                stop_overdue(overdue, grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
+            finally:
+                close_old_connections()
+
+        self.watchdog_thread = threading.Thread(target=stop_all, name="watchdog", daemon=True)
+        self.watchdog_thread.start()
+
+    def kill_due_leftovers(self, now: datetime) -> None:
+        """The leftover rule: TERM after the grace period, KILL a stop-grace later."""
+        from jobs_app.linking import job_index
+        from jobs_app.models import AuditEntry, Job
+        from sessions_app.stopping import kill_leftover_processes
+
+        grace = timedelta(seconds=settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS)
+        due = [
+            item
+            for item in self.leftovers.values()
+            if now - item.ended_at >= grace
+            and (
+                item.term_sent_at is None
+                or now - item.term_sent_at
+                >= timedelta(seconds=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
+            )
+        ]
+        if not due:
+            return
+        index = job_index()
+        jobs = Job.objects.in_bulk(
+            {index[(i.host, i.script_tag)] for i in due if (i.host, i.script_tag) in index}
+        )
+        for item in due:
+            job = jobs.get(index.get((item.host, item.script_tag)))
+            allowed = job.kill_leftovers if job else settings.OPSCONSOLE_KILL_LEFTOVERS
+            if not allowed:
+                continue
+            final = item.term_sent_at is not None
+            outcome = kill_leftover_processes(
+                list(item.members), signal.SIGKILL if final else signal.SIGTERM
+            )
+            item.term_sent_at = item.term_sent_at or now
+            item.killed_by = "watchdog (leftover rule)"
+            AuditEntry.objects.create(
+                actor="watchdog",
+                action="kill_leftovers",
+                job=job,
+                target=item.session_id,
+                ok=not outcome.errors,
+                output="\n".join(outcome.errors),
+                detail={
+                    "signal": "KILL" if final else "TERM",
+                    "signalled": outcome.terminated,
+                    "grace_seconds": grace.total_seconds(),
+                },
+            )
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish_sample(self, snapshot: Snapshot) -> None:
+        snapshot.rejected_spool_files = getattr(self, "rejected", 0)
+        document = published.build(snapshot, self.host, self.seq, os.getpid())
+        try:
+            published.write_local(document)
+        except OSError as exc:
+            log.warning("local copy of the sample not written: %s", exc)
+        if self.database_ok:
+            try:
+                published.write_database(document)
+            except DatabaseError as exc:
+                log.warning("sample not published to the database: %s", exc)
+                self.database_ok = False
+                close_old_connections()
+
+    def started(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        self.events.add(
+            EventKind.MONITOR_STARTED,
+            f"monitor started on {self.host} (pid {os.getpid()}, every {self.interval:g} s)",
+            key=f"monitor_started:{os.getpid()}:{now.isoformat()}",
+            at=now,
+        )
+
+    def stopped(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        self.events.add(
+            EventKind.MONITOR_STOPPED,
+            f"monitor stopped on {self.host} (pid {os.getpid()})",
+            key=f"monitor_stopped:{os.getpid()}:{now.isoformat()}",
+            at=now,
+        )
+        try:
+            self.events.flush()
+        except DatabaseError as exc:
+            log.warning("monitor stop event kept for later: %s", exc)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Sample every interval until `stop` is set (SIGTERM/SIGINT in the command)."""
+        self.started()
+        try:
+            while not stop.is_set():
+                began = time.monotonic()
+                try:
+                    self.tick()
+                except Exception:  # one bad round must not end the monitor
+                    log.exception("sample failed")
+                    close_old_connections()
+                stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+        finally:
+            self.stopped()

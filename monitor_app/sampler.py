@@ -1,0 +1,223 @@
+"""Reading the host for one sample: sidecars, Claude Code's registry, the process table.
+
+Nothing here touches the database. What does not change between samples is
+kept: a sidecar or registry file is re-parsed only when its size or mtime moved,
+a transcript is re-read only when it grew, a command line is read once per
+process (proctree). The monitor turns two consecutive samples into history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sessions_app import transcript_store
+from sessions_app.live import SkippedSidecar, Snapshot
+from sessions_app.transcripts.locate import regular_file_within
+from sessions_app.transcripts.parse import iter_records
+from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
+from sessions_app.transcripts.tail import read_tail
+from wrapper.formats import (
+    FormatError,
+    RegistryEntry,
+    Sidecar,
+    StatePaths,
+    UnsafeDirectory,
+    check_private_dir,
+    read_registry_entry,
+    read_sidecar,
+    registry_dir,
+    transcript_path,
+)
+
+log = logging.getLogger(__name__)
+
+# Transcripts not found yet (claude has not written a line) are searched for each
+# sample, but at most this many per sample, so a thousand new runs cannot stall one.
+SEARCHES_PER_SAMPLE = 50
+
+
+@dataclass
+class FileCache:
+    """Parsed protocol files keyed by name, trusted again only while (size, mtime) hold."""
+
+    entries: dict[str, tuple[tuple[int, int, int], object]] = field(default_factory=dict)
+
+    def read(self, entry: os.DirEntry, parse):
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            return FormatError(f"unreadable: {exc.strerror or exc}")
+        key = (info.st_size, info.st_mtime_ns, info.st_ino)
+        cached = self.entries.get(entry.path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            value = parse(Path(entry.path))
+        except FormatError as exc:
+            value = exc
+        self.entries[entry.path] = (key, value)
+        return value
+
+    def keep_only(self, paths: set[str]) -> None:
+        for path in [p for p in self.entries if p not in paths]:
+            del self.entries[path]
+
+
+@dataclass
+class TranscriptWatch:
+    """What the monitor knows of one live session's transcript between samples."""
+
+    path: Path | None = None
+    size: int = -1
+    mtime_ns: int = 0
+    last_tool_call: str | None = None
+
+
+class Sampler:
+    def __init__(self, paths: StatePaths, config_dirs: list[Path]) -> None:
+        self.paths = paths
+        self.config_dirs = list(config_dirs)
+        self.sidecar_files = FileCache()
+        self.registry_files = FileCache()
+        self.transcripts: dict[str, TranscriptWatch] = {}
+        self.searches_left = SEARCHES_PER_SAMPLE
+
+    def new_sample(self) -> None:
+        self.searches_left = SEARCHES_PER_SAMPLE
+
+    # ------------------------------------------------------------------ sidecars
+
+    def read_sidecars(self, snapshot: Snapshot) -> list[Sidecar]:
+        """Every trustworthy sidecar; the others are skipped and counted."""
+        active = self.paths.active
+        try:
+            check_private_dir(active)
+        except UnsafeDirectory as exc:
+            if active.exists() or active.is_symlink():
+                snapshot.active_dir_error = str(exc)
+            return []
+        sidecars: list[Sidecar] = []
+        seen_sessions: set[str] = set()
+        seen_paths: set[str] = set()
+        try:
+            listing = sorted(os.scandir(active), key=lambda e: e.name)
+        except OSError as exc:
+            snapshot.active_dir_error = f"{active}: {exc.strerror or exc}"
+            return []
+        for entry in listing:
+            if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                continue  # a wrapper's temp file mid-rename, or not ours
+            seen_paths.add(entry.path)
+            parsed = self.sidecar_files.read(entry, read_sidecar)
+            if isinstance(parsed, FormatError):
+                snapshot.skipped.append(SkippedSidecar(entry.name, str(parsed)))
+                continue
+            if parsed.session_id in seen_sessions:
+                snapshot.skipped.append(
+                    SkippedSidecar(
+                        entry.name, f"session {parsed.session_id} is claimed by another sidecar"
+                    )
+                )
+                continue
+            seen_sessions.add(parsed.session_id)
+            sidecars.append(parsed)
+        self.sidecar_files.keep_only(seen_paths)
+        return sidecars
+
+    # ------------------------------------------------------------------ registry
+
+    def read_registry(self, snapshot: Snapshot) -> list[tuple[Path, Path, RegistryEntry]]:
+        """(config dir, file, entry) for every trustworthy registry file of every config dir."""
+        found = []
+        seen_paths: set[str] = set()
+        for config_dir in self.config_dirs:
+            folder = registry_dir(config_dir)
+            try:
+                listing = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                log.debug("cannot list %s: %s", folder, exc)
+                continue
+            for entry in listing:
+                if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                    continue
+                seen_paths.add(entry.path)
+                parsed = self.registry_files.read(entry, read_registry_entry)
+                if isinstance(parsed, FormatError):
+                    snapshot.skipped.append(
+                        SkippedSidecar(f"{folder.name}/{entry.name} ({config_dir})", str(parsed))
+                    )
+                    continue
+                found.append((config_dir, Path(entry.path), parsed))
+        self.registry_files.keep_only(seen_paths)
+        return found
+
+    # ------------------------------------------------------------------ transcripts
+
+    def watch_transcript(self, sidecar: Sidecar) -> tuple[TranscriptWatch, bool]:
+        """The session's transcript watch, and whether the transcript grew since last time.
+
+        The tail is re-read (for the latest tool call) only when the file changed.
+        """
+        watch = self.transcripts.setdefault(sidecar.session_id, TranscriptWatch())
+        if watch.path is None:
+            # Where Claude Code should write it (one stat), else the wider search.
+            expected = transcript_path(
+                Path(sidecar.claude_config_dir), sidecar.cwd, sidecar.session_id
+            )
+            if regular_file_within(expected, self.config_dirs):
+                watch.path = expected
+            elif self.searches_left > 0:
+                self.searches_left -= 1
+                watch.path = transcript_store.find_live_transcript(sidecar)
+        if watch.path is None:
+            return watch, False
+        try:
+            info = os.stat(watch.path)
+        except OSError:
+            watch.path = None
+            return watch, False
+        if info.st_size == watch.size and info.st_mtime_ns == watch.mtime_ns:
+            return watch, False
+        watch.size, watch.mtime_ns = info.st_size, info.st_mtime_ns
+        try:
+            chunk = read_tail(watch.path, transcript_store.LAST_TOOL_CALL_WINDOW)
+            watch.last_tool_call = last_tool_call_in(
+                iter_records(chunk.data, base_offset=chunk.start)
+            )
+        except OSError as exc:
+            log.debug("cannot read %s: %s", watch.path, exc)
+        return watch, True
+
+    def forget_transcripts(self, live_ids: set[str]) -> None:
+        for session_id in [s for s in self.transcripts if s not in live_ids]:
+            del self.transcripts[session_id]
+
+
+def sidecar_for_unwrapped(
+    config_dir: Path, entry: RegistryEntry, started: float, host: str
+) -> Sidecar:
+    """A session no wrapper started, in the shape every live reader already knows.
+
+    The agent is its own root (there is no wrapper), so stop, the tree and the
+    transcript lookup work on it unchanged.
+    """
+    return Sidecar(
+        session_id=entry.session_id,
+        script_tag="unwrapped",
+        wrapper_pid=entry.pid,
+        wrapper_started=started,
+        started_at=entry.started_at_iso(),
+        attempt=1,
+        platform=(entry.entrypoint or entry.kind)[:100],
+        host=host,
+        cwd=entry.cwd,
+        claude_config_dir=str(config_dir),
+        transcript_path=str(transcript_path(config_dir, entry.cwd, entry.session_id)),
+        claude_pid=entry.pid,
+        claude_started=started,
+    )

@@ -1,0 +1,130 @@
+"""What `opsconsole serve` runs: the web server and the monitor, kept alive together.
+
+The web server is the product's front: if it exits, everything stops with its
+exit code. The monitor is restarted when it dies, and also when it is alive but
+silent (no sample for three intervals: stuck), with a back-off so a monitor that
+cannot start does not spin. SIGTERM, SIGINT and SIGHUP stop both.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+from django.conf import settings
+
+log = logging.getLogger("opsconsole.supervise")
+
+# A monitor that dies sooner than this after starting counts towards the back-off.
+QUICK_DEATH_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 60.0
+# A freshly started monitor gets this long before silence counts against it.
+STARTUP_GRACE_SECONDS = 20.0
+
+
+class Supervisor:
+    def __init__(self, *, web: list[str], monitor: list[str] | None) -> None:
+        self.web_argv = web
+        self.monitor_argv = monitor
+        self.stop = threading.Event()
+        self.monitor: subprocess.Popen | None = None
+        self.monitor_started = 0.0
+        self.backoff = 1.0
+        self.restarts = 0
+        self.silent_reported = False
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: self.stop.set())
+        web = subprocess.Popen(self.web_argv)
+        if self.monitor_argv:
+            self.start_monitor()
+        try:
+            while not self.stop.wait(1.0):
+                if web.poll() is not None:
+                    log.error("web server exited with %s; stopping", web.returncode)
+                    return web.returncode or 1
+                if self.monitor_argv:
+                    self.check_monitor()
+            return 0
+        finally:
+            self.terminate(web)
+            if self.monitor is not None:
+                self.terminate(self.monitor)
+
+    def start_monitor(self) -> None:
+        self.monitor = subprocess.Popen(self.monitor_argv)
+        self.monitor_started = time.monotonic()
+        print(f"opsconsole: monitor started (pid {self.monitor.pid})", flush=True)
+
+    def check_monitor(self) -> None:
+        assert self.monitor is not None
+        now = time.monotonic()
+        code = self.monitor.poll()
+        if code is None:
+            if now - self.monitor_started > STARTUP_GRACE_SECONDS and self.silent():
+                log.error("monitor (pid %s) alive but silent; restarting it", self.monitor.pid)
+                self.report_silent()
+                self.terminate(self.monitor)
+                code = self.monitor.returncode
+            else:
+                if now - self.monitor_started > QUICK_DEATH_SECONDS:
+                    self.backoff = 1.0
+                return
+        if now - self.monitor_started < QUICK_DEATH_SECONDS:
+            time.sleep(min(self.backoff, MAX_BACKOFF_SECONDS))
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        self.restarts += 1
+        log.error("monitor exited (%s); restart #%d", code, self.restarts)
+        self.start_monitor()
+
+    def silent(self) -> bool:
+        """No sample in the monitor's local file for three intervals."""
+        from monitor_app.published import read_local_sample
+
+        sample = read_local_sample()
+        if sample is None:
+            return True
+        age = (datetime.now(UTC) - sample.taken_at).total_seconds()
+        silent = age > 3 * settings.OPSCONSOLE_SAMPLE_SECONDS
+        if not silent:
+            self.silent_reported = False
+        return silent
+
+    def report_silent(self) -> None:
+        if self.silent_reported:
+            return
+        self.silent_reported = True
+        try:
+            from alerts_app.engine import monitor_silent  # the alerts app, when installed
+        except ImportError:
+            return
+        try:
+            from monitor_app.published import read_local_sample
+
+            sample = read_local_sample()
+            monitor_silent(
+                settings.OPSCONSOLE_HOST, sample.taken_at if sample else None, datetime.now(UTC)
+            )
+        except Exception:
+            log.exception("could not report the silent monitor")
+
+    @staticmethod
+    def terminate(process: subprocess.Popen, grace: float = 10.0) -> None:
+        if process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run `opsconsole serve`")
