@@ -11,13 +11,14 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from monitor_app import published
 from opsconsole.auth import api_view, json_error
 from sessions_app import transcript_store
 from sessions_app.export import json_chunks
 from sessions_app.history import HistoryFilters
+from sessions_app.leftovers import kill_leftovers, leftover_payload, leftovers_of
 from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.runs import find_run, run_from_record, run_payload
@@ -63,7 +64,32 @@ def session_detail(request, session_id: str):
     run = find_run(session_id)
     if run is None:
         return json_error(f"No session {session_id} is live or on record.", 404)
-    return JsonResponse(run_payload(run, with_processes=True))
+    payload = run_payload(run, with_processes=True)
+    payload["leftovers"] = leftover_payload(leftovers_of(session_id, get_snapshot()))
+    return JsonResponse(payload)
+
+
+@api_view
+@require_POST
+def session_kill_leftovers(request, session_id: str):
+    if not is_session_id(session_id):
+        return json_error("Not a session id (a lowercase UUID).", 400)
+    if not request.user.is_staff:
+        return json_error("Operator actions need admin rights (staff status).", 403)
+    session = Session.objects.filter(session_id=session_id).first()
+    if session is None:
+        return json_error(f"No session {session_id} on record.", 404)
+    result = kill_leftovers(session, request.user.get_username())
+    return JsonResponse(
+        {
+            "ok": not result.outcome.errors,
+            "message": result.message,
+            "terminated": result.outcome.terminated,
+            "killed": result.outcome.killed,
+            "errors": result.outcome.errors,
+        },
+        status=200 if not result.outcome.errors else 502,
+    )
 
 
 @api_view

@@ -16,6 +16,11 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/", views.session_page, name="session"),
     path("sessions/<uuid:session_id>/header/", views.session_header, name="session-header"),
     path(
+        "sessions/<uuid:session_id>/kill-leftovers/",
+        views.kill_leftovers_view,
+        name="session-kill-leftovers",
+    ),
+    path(
         "sessions/<uuid:session_id>/transcript/",
         views.transcript_follow,
         name="session-transcript",
@@ -26,4 +31,9 @@ urlpatterns = [
     path("api/sessions", api.session_list, name="api-sessions"),
     path("api/history/export.json", api.history_json, name="api-history-json"),
     path("api/sessions/<str:session_id>", api.session_detail, name="api-session"),
+    path(
+        "api/sessions/<str:session_id>/kill-leftovers",
+        api.session_kill_leftovers,
+        name="api-session-kill-leftovers",
+    ),
 ]

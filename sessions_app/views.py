@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from django.http import FileResponse, Http404, StreamingHttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.contrib import messages
+from django.http import FileResponse, Http404, HttpResponseForbidden, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
 from jobs_app.models import Job
 from sessions_app import transcript_store
@@ -14,8 +15,9 @@ from sessions_app.charts import cost_chart
 from sessions_app.costs import cost_report
 from sessions_app.export import csv_lines
 from sessions_app.history import HistoryFilters, history_page
+from sessions_app.leftovers import kill_leftovers, leftovers_of
 from sessions_app.live import ensure_history_current, get_snapshot
-from sessions_app.models import Status
+from sessions_app.models import Session, Status
 from sessions_app.runs import find_run, live_runs, retry_chain
 from sessions_app.transcripts.tail import open_transcript
 
@@ -58,11 +60,14 @@ def session_page(request, session_id):
     page = transcript_store.read_page(
         session_id, sidecar=_sidecar_of(session_id), session=run.record, before=before
     )
+    snapshot = get_snapshot()
     return render(
         request,
         "sessions_app/session.html",
         {
             "run": run,
+            "leftovers": leftovers_of(session_id, snapshot),
+            "can_act": request.user.is_staff,
             "chain": retry_chain(run),
             "page": page,
             "paging_back": before is not None,
@@ -162,3 +167,17 @@ def transcript_download(request, session_id):
         filename=f"{run.script_tag}_{session_id}.jsonl",
     )
     return response
+
+
+@require_POST
+def kill_leftovers_view(request, session_id):
+    """Staff: stop the processes an ended run left behind."""
+    if not request.user.is_staff:
+        return HttpResponseForbidden("Operator actions need admin rights (staff status).")
+    session = get_object_or_404(Session, session_id=session_id)
+    result = kill_leftovers(session, request.user.get_username())
+    if result.outcome.errors:
+        messages.error(request, f"kill leftovers: {result.message}; {result.outcome.errors}")
+    else:
+        messages.success(request, f"kill leftovers: {result.message}")
+    return redirect("session", session_id=session_id)
