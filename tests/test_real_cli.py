@@ -25,6 +25,7 @@ from sessions_app.transcripts.parse import iter_records, summarize_file
 from tests.conftest import wrapper_command
 from wrapper.formats import (
     EXIT_QUOTA_SKIP,
+    new_session_id,
     read_sidecar,
     read_spool_record,
     transcript_path,
@@ -248,3 +249,79 @@ def test_only_the_wrapper_killed_leaves_an_orphan(state, console_state, real_cla
         for child in psutil.Process(sidecar.claude_pid).children(recursive=True):
             child.kill()
         psutil.Process(sidecar.claude_pid).kill()
+
+
+def test_an_unwrapped_real_claude_is_listed_then_killed_leaving_a_leftover_the_rule_kills(
+    state, console_state, real_claude, settings
+):
+    """The monitor issue's proof: a real `claude -p` no wrapper started, with the console's
+    config dir, is listed as unwrapped; SIGKILLed, it is on record as killed and its Bash
+    tool's `sleep` is a leftover until the leftover rule kills it."""
+    from monitor_app.models import Event, EventKind
+    from monitor_app.monitor import Monitor
+
+    settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS = 0
+    settings.OPSCONSOLE_STOP_GRACE_SECONDS = 0
+    real_claude.script(
+        "tidy up", {"kind": "bash", "command": "sleep 45; echo tidied", "text": "Tidied."}
+    )
+    monitor = Monitor(paths=console_state.paths, cadences=False)
+    session_id = new_session_id()
+    agent = subprocess.Popen(
+        [
+            str(state.env["OPSCONSOLE_CLAUDE_BIN"]),
+            "-p",
+            "tidy up please",
+            "--session-id",
+            session_id,
+            *STREAM,
+        ],
+        env=state.env,
+        cwd=state.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def listed_with_tool():
+            live = monitor.tick().get(session_id)
+            tool_seen = live and any("sleep 45" in p.cmdline for p in live.processes)
+            return live if tool_seen else None
+
+        live = wait_until(listed_with_tool)
+        assert (live.state, live.wrapped, live.sidecar.claude_pid) == (
+            "unwrapped",
+            False,
+            agent.pid,
+        )
+        tool = next(p for p in live.processes if p.cmdline.startswith("sleep 45"))
+
+        agent.kill()  # SIGKILL: Claude Code's registry file is left behind
+        agent.wait(timeout=10)
+        snapshot = monitor.tick()
+        assert snapshot.get(session_id) is None
+        row = Session.objects.get(session_id=session_id)
+        assert (row.status, row.wrapped) == (Status.KILLED, False)
+        (left,) = snapshot.leftovers
+        assert tool.pid in [p.pid for p in left.processes]
+        assert psutil.pid_exists(tool.pid)
+
+        monitor.cadences = True
+        monitor.tick()  # the leftover rule
+        wait_until(
+            lambda: (
+                not psutil.pid_exists(tool.pid)
+                or psutil.Process(tool.pid).status() == psutil.STATUS_ZOMBIE
+            )
+        )
+        monitor.tick()
+        kinds = set(Event.objects.filter(session_id=session_id).values_list("kind", flat=True))
+        assert {
+            EventKind.RUN_STARTED,
+            EventKind.RUN_VANISHED,
+            EventKind.LEFTOVERS_SEEN,
+            EventKind.LEFTOVERS_KILLED,
+        } <= kinds
+    finally:
+        if agent.poll() is None:
+            agent.kill()
