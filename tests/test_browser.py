@@ -241,3 +241,39 @@ def test_keyboard_reaches_the_content(page):
     assert focused.strip() == "Skip to content"
     page.keyboard.press("Enter")
     assert page.evaluate("location.hash") == "#main"
+
+
+def test_live_page_shows_an_unwrapped_session_and_a_leftovers_row(page, console_server, state):
+    """The monitor behind `serve` lists a session no wrapper started and the processes a
+    killed run left behind, on the live page, within a sample or two."""
+    import signal
+
+    import psutil
+
+    from tests.test_monitor import registry_file_for
+    from wrapper.formats import new_session_id
+
+    terminal = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    unwrapped_id = new_session_id()
+    registry_file_for(state.config_dir, terminal.pid, unwrapped_id, "/home/dev/ide-project")
+    doomed = start_fake_run(state, tag="leaves-a-tool-behind", with_agent=False)
+    try:
+        eventually(lambda: psutil.Process(doomed.wrapper.pid).children(), bool)
+        eventually(
+            lambda: console_server.json("/api/claude-active")["sessions"],
+            lambda sessions: doomed.session_id in {s["session_id"] for s in sessions},
+        )
+        os.kill(doomed.wrapper.pid, signal.SIGKILL)
+        doomed.wrapper.wait()
+        page.goto(console_server.url + "/")
+        page.wait_for_selector(f"tr[data-session-id='{unwrapped_id}'] .badge--unwrapped")
+        page.wait_for_selector(f"tr.leftover-row[data-session-id='{doomed.session_id}']")
+        assert "1 process left: sleep 300" in page.inner_text(".leftover-row")
+        assert "Monitor sample at" in page.inner_text("#sample-info")
+        shot(page, "live-unwrapped-and-leftovers")
+        page.click(f"tr.leftover-row[data-session-id='{doomed.session_id}'] a")
+        page.wait_for_selector("#leftovers")
+        shot(page, "session-leftovers")
+    finally:
+        terminal.kill()
+        doomed.kill_all()

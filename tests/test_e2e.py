@@ -3,6 +3,7 @@ console's HTTP API (a separate gunicorn process), as an operator's script would.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,3 +109,34 @@ def test_a_sigkilled_run_leaves_the_live_list_and_is_on_record(state, real_claud
     assert status == 200 and b"sleep 120" in body
     assert gone_after < 3.0  # one cache window (1 s here) plus a poll
     print(f"killed run left the live list {gone_after:.2f} s after SIGKILL")
+
+
+def test_serve_runs_the_monitor_and_restarts_it_when_it_dies(console_server):
+    """`opsconsole serve` is the whole product: the web server and a supervised monitor."""
+    import psutil
+
+    def monitor_pids():
+        found = []
+        for child in psutil.Process(console_server.process.pid).children(recursive=True):
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "monitor" in child.cmdline():
+                    found.append(child.pid)
+            except psutil.Error:
+                continue  # exited (or not yet reaped) between the listing and the look
+        return found
+
+    first = eventually(monitor_pids, bool)
+    sample = eventually(
+        lambda: console_server.get("/api/claude-active"),
+        lambda r: r[0] == 200 and r[1].get("X-Sample-Source") == "monitor",
+    )
+    seq = json.loads(sample[2])["seq"]
+    os.kill(first[0], signal.SIGKILL)
+    restarted = eventually(monitor_pids, lambda pids: pids and pids != first, timeout=30)
+    assert restarted[0] != first[0]
+    eventually(
+        lambda: console_server.get("/api/claude-active"),
+        lambda r: r[0] == 200 and json.loads(r[2])["seq"] > seq + 1,
+        timeout=30,
+    )
+    assert "monitor exited" in console_server.log.read_text()

@@ -117,7 +117,7 @@ def test_live_page_says_when_the_sample_was_taken_and_when_the_monitor_is_silent
     monitor = Monitor(paths=console_state.paths, interval=2.0)
     monitor.tick()
     page = logged_in.get("/live/rows/").content.decode()
-    assert "Monitor sample #" in page and "monitor-banner" not in page
+    assert "Monitor sample at" in page and "monitor-banner" not in page
 
     HostSample.objects.update(taken_at=datetime.now(UTC) - timedelta(seconds=7))
     assert "The monitor is not running" in logged_in.get("/live/rows/").content.decode()
