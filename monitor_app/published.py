@@ -26,12 +26,14 @@ from django.urls import reverse
 from monitor_app.models import HostSample
 from sessions_app.live import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from sessions_app.proctree import ProcessDetail
-from wrapper.formats import FormatError, Sidecar, ensure_private_dir, parse_iso, write_json_atomic
+from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 
 log = logging.getLogger(__name__)
 
 MONITOR_VERSION = "1"
 STATE_FORMAT = 1
+LOCAL_FORMAT = 1
+MAX_LOCAL_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -146,18 +148,36 @@ def snapshot_from_state(state: dict, *, seq: int, source: str) -> Snapshot:
 
 def api_dict(snapshot: Snapshot, host: str, seq: int) -> dict:
     """The /api/claude-active body. Field names kept from the seed's API."""
-    from sessions_app.runs import run_from_live, run_payload
-
     html, jsonl = session_url_templates()
     sessions = []
     for live in snapshot.sessions:
-        payload = run_payload(run_from_live(live), urls=False)
-        payload["html_url"] = html.format(live.session_id)
-        payload["jsonl_url"] = jsonl.format(live.session_id)
-        payload["wrapped"] = live.wrapped
-        payload["idle_since"] = live.idle_since.isoformat() if live.idle_since else None
-        payload["running_cost_usd"] = live.running_cost_usd
-        sessions.append(payload)
+        sidecar = live.sidecar
+        # A live run has no outcome yet: only what is true of it now (the fields a
+        # finished run adds are in /api/sessions/<id>).
+        sessions.append(
+            {
+                "session_id": sidecar.session_id,
+                "script_tag": sidecar.script_tag,
+                "platform": sidecar.platform,
+                "host": sidecar.host,
+                "attempt": sidecar.attempt,
+                "retry_of": sidecar.retry_of,
+                "state": live.state,
+                "status": live.state,
+                "wrapped": live.wrapped,
+                "started_at": sidecar.started_at,
+                "wrapper_pid": sidecar.wrapper_pid,
+                "claude_pid": sidecar.claude_pid,
+                "live": True,
+                "last_tool_call": live.last_tool_call,
+                "cpu_percent": live.cpu_percent,
+                "rss": live.rss,
+                "idle_since": live.idle_since.isoformat() if live.idle_since else None,
+                "running_cost_usd": live.running_cost_usd,
+                "html_url": html.format(sidecar.session_id),
+                "jsonl_url": jsonl.format(sidecar.session_id),
+            }
+        )
     return {
         "host": host,
         "seq": seq,
@@ -214,23 +234,27 @@ def local_sample_path() -> Path:
 
 
 def write_local(published: Published) -> None:
-    """The copy the live view falls back on when the database cannot be read."""
+    """The copy this host's web processes read (and fall back on without a database).
+
+    Three lines: a JSON header, the API document, the state document. JSON never
+    holds a raw newline, so a reader serving the API parses only the header.
+    """
     path = local_sample_path()
     ensure_private_dir(path.parent)
-    write_json_atomic(
-        path,
-        {
-            "host": published.host,
-            "seq": published.seq,
-            "taken_at": published.taken_at.isoformat(),
-            "interval_seconds": published.interval_seconds,
-            "sample_ms": published.sample_ms,
-            "etag": published.etag,
-            "monitor_pid": published.monitor_pid,
-            "api_document": published.api_document,
-            "state_document": published.state_document,
-        },
-    )
+    header = {
+        "format": LOCAL_FORMAT,
+        "host": published.host,
+        "seq": published.seq,
+        "taken_at": published.taken_at.isoformat(),
+        "interval_seconds": published.interval_seconds,
+        "sample_ms": published.sample_ms,
+        "etag": published.etag,
+        "monitor_pid": published.monitor_pid,
+    }
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(header).encode() + b"\n")
+        handle.write(published.api_document.encode() + b"\n")
+        handle.write(published.state_document.encode() + b"\n")
 
 
 def write_database(published: Published) -> None:
@@ -263,36 +287,34 @@ def read_local_sample() -> Published | None:
     """The monitor's local copy of its latest sample, or None if there is none to trust."""
     path = local_sample_path()
     try:
-        data = _read_large_record(path)
-    except (FormatError, OSError):
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(path, flags), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                return None  # not ours: never trusted
+            raw = handle.read(MAX_LOCAL_BYTES)
+    except OSError:
+        return None
+    parts = raw.split(b"\n")
+    if len(parts) < 3:
         return None
     try:
+        header = json.loads(parts[0])
+        if header.get("format") != LOCAL_FORMAT:
+            return None
         return Published(
-            host=str(data["host"]),
-            seq=int(data["seq"]),
-            taken_at=parse_iso(data["taken_at"]),
-            interval_seconds=float(data["interval_seconds"]),
-            sample_ms=float(data.get("sample_ms") or 0.0),
-            etag=str(data["etag"]),
-            api_document=str(data["api_document"]),
-            state_document=str(data["state_document"]),
-            monitor_pid=data.get("monitor_pid"),
+            host=str(header["host"]),
+            seq=int(header["seq"]),
+            taken_at=parse_iso(header["taken_at"]),
+            interval_seconds=float(header["interval_seconds"]),
+            sample_ms=float(header.get("sample_ms") or 0.0),
+            etag=str(header["etag"]),
+            api_document=parts[1].decode(),
+            state_document=parts[2].decode(),
+            monitor_pid=header.get("monitor_pid"),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-
-
-def _read_large_record(path: Path) -> dict:
-    """Like the protocol's record reader (no links, ours only), without its 64 KB cap."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(path, flags), "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise FormatError("not a regular file of ours")
-        data = json.loads(handle.read(256 * 1024 * 1024))
-    if not isinstance(data, dict):
-        raise FormatError("not a JSON object")
-    return data
 
 
 _HEAD_FIELDS = ("seq", "etag", "taken_at", "interval_seconds")
@@ -305,21 +327,24 @@ class PublishedReader:
         self._lock = threading.Lock()
         self._published: Published | None = None
         self._snapshot: Snapshot | None = None
+        self._local_key: tuple[int, int, int] | None = None
 
     def head(self, host: str) -> tuple[int, str, datetime, float] | None:
         """(seq, etag, taken_at, interval) of the host's row: one small indexed query."""
         row = HostSample.objects.filter(host=host).values_list(*_HEAD_FIELDS).first()
         return row
 
-    def head_or_none(self, host: str) -> tuple[int, str, datetime, float] | None:
-        """The head, or None when there is none or the database cannot say."""
-        try:
-            return self.head(host)
-        except DatabaseError:
-            return None
-
     def published(self, host: str) -> tuple[Published | None, str]:
-        """The latest sample and where it came from ("monitor" or "local")."""
+        """The latest sample and where it came from ("monitor" or "local").
+
+        For this host, the monitor's local file is the fast path: one stat per
+        request, one parse per sample. The database row serves other hosts, and
+        this one when the file is missing or stale.
+        """
+        if host == settings.OPSCONSOLE_HOST:
+            local = self._local_if_fresh(host)
+            if local is not None:
+                return local, "monitor"
         try:
             head = self.head(host)
         except DatabaseError:
@@ -329,7 +354,6 @@ class PublishedReader:
         seq = head[0]
         current = self._published
         if current is not None and current.host == host and current.seq == seq:
-            current.taken_at = head[2]
             return current, "monitor"
         try:
             row = HostSample.objects.filter(host=host).first()
@@ -351,6 +375,23 @@ class PublishedReader:
         with self._lock:
             self._published, self._snapshot = published, None
         return published, "monitor"
+
+    def _local_if_fresh(self, host: str) -> Published | None:
+        path = local_sample_path()
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        current = self._published
+        if current is None or self._local_key != key or current.host != host:
+            local = read_local_sample()
+            if local is None or local.host != host:
+                return None
+            with self._lock:
+                self._published, self._snapshot, self._local_key = local, None, key
+            current = local
+        return current if is_fresh(current) else None
 
     def _from_local(self, host: str) -> Published | None:
         local = read_local_sample()

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         "-",
         "--timeout",
         "60",
+        # Pages and scripts poll every second or two: keep their connections open.
+        "--keep-alive",
+        "10",
     ]
     monitor = None
     if settings.OPSCONSOLE_SERVE_MONITOR and not args.no_monitor:

@@ -134,10 +134,10 @@ def get_snapshot(*, fresh: bool = False) -> Snapshot:
 def ensure_history_current() -> None:
     """For pages that show history: with a monitor publishing, history is already
     current (one small query says so); without one, sample on demand first."""
-    from monitor_app.published import reader
+    from monitor_app.published import is_fresh, reader
 
-    head = reader.head_or_none(settings.OPSCONSOLE_HOST)
-    if head is None or (datetime.now(UTC) - head[2]).total_seconds() > 3 * head[3]:
+    item, _ = reader.published(settings.OPSCONSOLE_HOST)
+    if item is None or not is_fresh(item):
         _sample_on_demand(settings.OPSCONSOLE_STATE, fresh=False)
 
 

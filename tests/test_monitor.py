@@ -119,7 +119,7 @@ def test_live_page_says_when_the_sample_was_taken_and_when_the_monitor_is_silent
     page = logged_in.get("/live/rows/").content.decode()
     assert "Monitor sample at" in page and "monitor-banner" not in page
 
-    HostSample.objects.update(taken_at=datetime.now(UTC) - timedelta(seconds=7))
+    monitor.tick(now=datetime.now(UTC) - timedelta(seconds=7))  # then it fell silent
     assert "The monitor is not running" in logged_in.get("/live/rows/").content.decode()
     # A stale sample is not served as current: the page sampled on demand instead.
     assert get_snapshot().source == "on-demand"
@@ -370,14 +370,11 @@ def test_the_monitor_keeps_sampling_through_a_locked_database_and_loses_nothing(
     runs.append(doomed)
     lock = None
     try:
-        local = console_state.home / "monitor" / "sample.json"
-
         def published_ids():
-            try:
-                data = json.loads(json.loads(local.read_text())["api_document"])
-            except (OSError, ValueError, KeyError):
+            local = read_local_sample()
+            if local is None:
                 return set()
-            return {s["session_id"] for s in data["sessions"]}
+            return {s["session_id"] for s in json.loads(local.api_document)["sessions"]}
 
         wait_until(lambda: doomed.session_id in published_ids())
         lock = subprocess.Popen(
@@ -393,8 +390,7 @@ def test_the_monitor_keeps_sampling_through_a_locked_database_and_loses_nothing(
         runs.append(born)
         # The live view goes on from the local copy while nothing can be written.
         wait_until(lambda: published_ids() == {born.session_id}, timeout=20)
-        sample = json.loads(local.read_text())
-        assert "locked" in json.loads(sample["api_document"])["database_error"]
+        assert "locked" in json.loads(read_local_sample().api_document)["database_error"]
         assert doomed.sidecar_file.exists(), "kept until the run can be recorded"
 
         lock.stdin.write("\n")
