@@ -82,7 +82,11 @@ def collect_and_record(now: datetime | None = None) -> CollectionReport:
 
 
 def current_report() -> CollectionReport:
-    """The latest collection, re-read at most once per snapshot window."""
+    """The latest collection. The monitor collects on its own cadence; without one,
+    the collectors run here, at most once per snapshot window."""
+    snapshot = get_snapshot()
+    if snapshot.source != "on-demand":
+        return recorded_report()
     report = cache.get(CACHE_KEY)
     if report is None:
         try:
@@ -91,6 +95,23 @@ def current_report() -> CollectionReport:
             report = CollectionReport(timezone.now(), {"database": [str(exc)]})
         cache.set(CACHE_KEY, report, timeout=settings.OPSCONSOLE_SNAPSHOT_SECONDS)
     return report
+
+
+def recorded_report() -> CollectionReport:
+    """What the monitor's latest collection left on record, without collecting again."""
+    jobs = Job.objects.filter(host=settings.OPSCONSOLE_HOST, present=True).only(
+        "scheduler", "collector_error", "collected_at"
+    )
+    errors: dict[str, list[str]] = {}
+    schedulers: set[str] = set()
+    taken_at = None
+    for job in jobs:
+        schedulers.add(job.scheduler)
+        if job.collector_error:
+            errors.setdefault(job.scheduler, []).append(job.collector_error)
+        if job.collected_at and (taken_at is None or job.collected_at > taken_at):
+            taken_at = job.collected_at
+    return CollectionReport(taken_at or timezone.now(), errors, sorted(schedulers))
 
 
 def _collected_values(found: CollectedJob, now: datetime) -> dict:
@@ -172,14 +193,18 @@ def link_earlier_sessions(job: Job) -> None:
 # ----------------------------------------------------------------------------- status
 
 
-def live_runs_of(job: Job, snapshot: Snapshot) -> list[Run]:
+def live_runs_of(job: Job, snapshot: Snapshot, *, record_links: bool | None = None) -> list[Run]:
     """Joined by process ancestry (the job's PIDs) and by the wrapper tag it runs."""
     found = {}
     for pid in job.pids or []:
         for live in snapshot.sessions_for_pid(pid):
             found[live.session_id] = live
-    if found:
+    if record_links is None:
+        record_links = snapshot.source == "on-demand"
+    if found and record_links:
         # Joined by ancestry alone (its tag is not the job's): put the link on record.
+        # (The monitor does this for every job on its collection cadence; a page that
+        # reads the monitor's sample writes nothing.)
         Session.objects.filter(session_id__in=list(found), job__isnull=True).update(job=job)
     for live in snapshot.sessions:
         if live.sidecar.script_tag in (job.tags or []) and live.sidecar.host == job.host:
@@ -256,12 +281,21 @@ def outcome_badges(job: Job, last: Session | None) -> list[Badge]:
     return [Badge("succeeded", "succeeded")]
 
 
-def job_statuses(snapshot: Snapshot | None = None, now: datetime | None = None) -> list[JobStatus]:
+def job_statuses(
+    snapshot: Snapshot | None = None,
+    now: datetime | None = None,
+    *,
+    record_links: bool | None = None,
+) -> list[JobStatus]:
     snapshot = snapshot or get_snapshot()
     now = now or timezone.now()
     statuses = []
     for job in Job.objects.all().order_by("platform", "label"):
-        live = live_runs_of(job, snapshot) if job.host == settings.OPSCONSOLE_HOST else []
+        live = (
+            live_runs_of(job, snapshot, record_links=record_links)
+            if job.host == settings.OPSCONSOLE_HOST
+            else []
+        )
         last = last_finished_session(job)
         expected = expected_run(job, last, now)
         statuses.append(

@@ -570,7 +570,7 @@ class Monitor:
                     at=now,
                     detail={"scheduler": scheduler, "errors": errors},
                 )
-            for status in job_statuses(snapshot, now):
+            for status in job_statuses(snapshot, now, record_links=True):
                 if any(b.kind == "late" for b in status.badges) and status.expected_run_at:
                     job = status.job
                     self.events.add(

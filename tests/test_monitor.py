@@ -370,6 +370,7 @@ def test_the_monitor_keeps_sampling_through_a_locked_database_and_loses_nothing(
     runs.append(doomed)
     lock = None
     try:
+
         def published_ids():
             local = read_local_sample()
             if local is None:
@@ -433,3 +434,57 @@ def test_the_local_sample_is_what_pages_read_when_the_database_cannot_be(console
     local = read_local_sample()
     assert local is not None and local.host
     assert oct(Path(console_state.home / "monitor" / "sample.json").stat().st_mode)[-3:] == "600"
+
+
+def test_the_event_stream_is_followed_by_id_without_gaps_or_repeats(console_state, client, runs):
+    from opsconsole.models import ApiToken
+
+    token = ApiToken.issue(get_user_model().objects.create_user("script"))[1]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    assert client.get("/api/events").status_code == 401
+    monitor = Monitor(paths=console_state.paths)
+    monitor.started()
+    run = start_fake_run(console_state, tag="followed", with_agent=False)
+    runs.append(run)
+    monitor.tick()
+    first = json.loads(client.get("/api/events?limit=1", **auth).content)
+    assert [e["kind"] for e in first["events"]] == [EventKind.MONITOR_STARTED]
+    rest = json.loads(client.get(f"/api/events?after={first['next_after']}", **auth).content)
+    assert [e["kind"] for e in rest["events"]] == [EventKind.RUN_STARTED]
+    assert rest["events"][0]["session_id"] == run.session_id
+    assert client.get("/api/events?after=x", **auth).status_code == 400
+    assert client.get("/api/events?kind=nope", **auth).status_code == 400
+
+
+def test_runs_are_not_recorded_killed_while_the_sidecar_directory_is_untrusted(console_state, runs):
+    """Hardening: a chmod 777 by mistake must not write every live run into history
+    as killed; the runs stay live on record until the directory is trusted again."""
+    monitor = Monitor(paths=console_state.paths)
+    run = start_fake_run(console_state, tag="still-alive")
+    runs.append(run)
+    monitor.tick()
+    console_state.active.chmod(0o777)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    snapshot = monitor.tick(now=later)
+    assert snapshot.active_dir_error and "world-writable" in snapshot.active_dir_error
+    assert snapshot.leftovers == []  # its tree is alive: nothing "left over" either
+    assert Session.objects.get(session_id=run.session_id).status == Status.LIVE
+    console_state.active.chmod(0o700)
+    assert monitor.tick().get(run.session_id) is not None
+
+
+def test_a_live_row_nobody_accounts_for_is_unknown_not_killed(console_state):
+    """No sidecar, no registry entry, no completion record: the console lost sight of
+    the run; it says so instead of guessing "killed"."""
+    session_id = new_session_id()
+    Session.objects.create(
+        session_id=session_id,
+        script_tag="lost",
+        status=Status.LIVE,
+        host=Monitor(paths=console_state.paths).host,
+        started_at=datetime.now(UTC) - timedelta(minutes=10),
+    )
+    Monitor(paths=console_state.paths).tick()
+    row = Session.objects.get(session_id=session_id)
+    assert (row.status, row.end_reason) == (Status.UNKNOWN, "lost")
+    assert events(EventKind.RUN_ENDED, session_id)[0].status == Status.UNKNOWN
