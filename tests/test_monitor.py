@@ -488,3 +488,62 @@ def test_a_live_row_nobody_accounts_for_is_unknown_not_killed(console_state):
     row = Session.objects.get(session_id=session_id)
     assert (row.status, row.end_reason) == (Status.UNKNOWN, "lost")
     assert events(EventKind.RUN_ENDED, session_id)[0].status == Status.UNKNOWN
+
+
+def test_the_monitor_samples_on_when_the_database_accepts_but_never_answers(console_state, runs):
+    """A PostgreSQL address that accepts TCP and then says nothing: connect timeouts keep
+    every sample short, and the live view goes on from the local file."""
+    import socket
+    import threading
+
+    from tests.conftest import REPO_ROOT
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    port = silent.getsockname()[1]
+    env = dict(
+        console_state.env,
+        DATABASE_URL=f"postgres://nobody@127.0.0.1:{port}/silent",
+        OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(console_state.config_dir),
+        OPSCONSOLE_SAMPLE_SECONDS="0.5",
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+    )
+    run = start_fake_run(console_state, tag="seen-without-a-database", with_agent=False)
+    runs.append(run)
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "opsconsole.cli", "monitor"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        first = wait_until(read_local_sample, timeout=30)
+        later = wait_until(
+            lambda: (s := read_local_sample()) and s.seq >= first.seq + 2 and s, timeout=30
+        )
+        document = json.loads(later.api_document)
+        assert [s["session_id"] for s in document["sessions"]] == [run.session_id]
+        assert "timeout" in document["database_error"].lower()
+        # Each sample waited at most the connect timeout, not forever.
+        assert (later.taken_at - first.taken_at).total_seconds() < 15
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=30)
+        stop.set()
+        silent.close()
+        for conn in held:
+            conn.close()
