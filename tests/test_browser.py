@@ -109,7 +109,11 @@ def test_live_page_shows_a_run_appear_and_leave_without_a_reload(page, state, fa
         )
         shot(page, "live-running")
         assert proc.wait(timeout=30) == 0
-        page.locator(".empty").wait_for()
+        # The stand-in agent exits without waiting for the `sleep 300` its tool started in
+        # the background: the run leaves the list and its tool stays, as a leftovers row.
+        page.locator("#live-table tbody tr.leftover-row").wait_for()
+        assert "sleep 300" in page.inner_text("#live-table tbody tr.leftover-row")
+        assert page.locator("#live-table tbody tr:not(.leftover-row)").count() == 0
         assert navigations == [], "the page must update in place"
     finally:
         if proc.poll() is None:
