@@ -52,6 +52,7 @@ class Tree:
     sidecar: Sidecar
     roots: set[tuple[int, float]]
     members: set[tuple[int, float]] = field(default_factory=set)
+    wrapped: bool = True
 
 
 @dataclass
@@ -65,6 +66,9 @@ class Leftovers:
     members: dict[tuple[int, float], str]  # (pid, start) -> command line
     term_sent_at: datetime | None = None
     killed_by: str = ""
+    # What a person's own session (unwrapped, ended normally) left running is theirs: a
+    # dev server started from a terminal session is not an orphan to clean up.
+    persons_own: bool = False
 
     def as_record(self) -> list[dict]:
         return [
@@ -212,7 +216,7 @@ class Monitor:
                 snapshot.sessions_by_ancestor.setdefault(ancestor, []).append(live.session_id)
             tree = self.trees.get(live.session_id)
             if tree is None:
-                tree = self.trees[live.session_id] = Tree(live.sidecar, set())
+                tree = self.trees[live.session_id] = Tree(live.sidecar, set(), wrapped=live.wrapped)
             tree.sidecar = live.sidecar
             tree.roots = {
                 (pid, started)
@@ -252,12 +256,17 @@ class Monitor:
             members = {(p.pid, p.started): p.cmdline for p in detail}
             if not members:
                 continue
+            killed = any(
+                e.sidecar.session_id == session_id and e.status == Status.KILLED
+                for e in self.endings
+            )
             leftovers = Leftovers(
                 session_id=session_id,
                 script_tag=tree.sidecar.script_tag,
                 host=tree.sidecar.host,
                 ended_at=now,
                 members=members,
+                persons_own=not tree.wrapped and not killed,
             )
             self.leftovers[session_id] = leftovers
             self.leftover_writes[session_id] = leftovers.as_record()
@@ -314,9 +323,11 @@ class Monitor:
             rows = (
                 Session.objects.filter(host=self.host)
                 .exclude(leftovers=[])
-                .values_list("session_id", "script_tag", "host", "ended_at", "leftovers")
+                .values_list(
+                    "session_id", "script_tag", "host", "ended_at", "leftovers", "wrapped", "status"
+                )
             )
-            for session_id, tag, host, ended_at, members in rows:
+            for session_id, tag, host, ended_at, members, wrapped, status in rows:
                 parsed = {
                     (int(m["pid"]), float(m["started"])): str(m.get("cmdline", ""))
                     for m in members
@@ -326,7 +337,12 @@ class Monitor:
                     self.leftovers.setdefault(
                         str(session_id),
                         Leftovers(
-                            str(session_id), tag, host, ended_at or datetime.now(UTC), parsed
+                            str(session_id),
+                            tag,
+                            host,
+                            ended_at or datetime.now(UTC),
+                            parsed,
+                            persons_own=not wrapped and status != Status.KILLED,
                         ),
                     )
         except DatabaseError as exc:
@@ -636,7 +652,7 @@ class Monitor:
         for item in due:
             job = jobs.get(index.get((item.host, item.script_tag)))
             allowed = job.kill_leftovers if job else settings.OPSCONSOLE_KILL_LEFTOVERS
-            if not allowed:
+            if not allowed or item.persons_own:
                 continue
             final = item.term_sent_at is not None
             outcome = kill_leftover_processes(

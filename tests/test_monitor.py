@@ -547,3 +547,36 @@ def test_the_monitor_samples_on_when_the_database_accepts_but_never_answers(cons
         silent.close()
         for conn in held:
             conn.close()
+
+
+def test_what_a_persons_own_session_left_running_is_not_killed(console_state, settings):
+    """A terminal session that exited normally and left a dev server running: listed as
+    leftovers, but the rule does not kill what a person started on purpose."""
+    settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS = 0
+    monitor = Monitor(paths=console_state.paths)
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,time; subprocess.Popen(['sleep','300']); time.sleep(300)",
+        ],
+        start_new_session=True,
+    )
+    session_id = new_session_id()
+    try:
+        server = wait_until(lambda: psutil.Process(agent.pid).children())[0]
+        registry = registry_file_for(
+            console_state.config_dir, agent.pid, session_id, str(console_state.workdir)
+        )
+        monitor.tick()
+        registry.unlink()  # a normal exit
+        agent.kill()
+        agent.wait()
+        assert monitor.tick().leftover_run(session_id) is not None
+        monitor.tick()
+        monitor.tick()
+        assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
+        assert not AuditEntry.objects.filter(action="kill_leftovers").exists()
+    finally:
+        agent.kill()
+        psutil.Process(server.pid).kill() if psutil.pid_exists(server.pid) else None
