@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import plistlib
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -76,17 +77,100 @@ def job(**fields) -> Job:
 def test_run_now_for_each_scheduler(console_state, tools):
     assert run_now(job(), "alice").ok
     assert run_now(job(scheduler="systemd", label="report.service", scope="user"), "alice").ok
-    marker = tools["dir"] / "ran"
-    cron_job = job(scheduler="cron", label="nightly", command=f"touch {marker}")
-    result = run_now(cron_job, "alice")
 
-    assert result.ok
     assert calls(tools)[:2] == [
         f"launchctl kickstart gui/{os.getuid()}/com.acme.report",
         "systemctl --user start report.service",
     ]
-    eventually(marker.exists, bool, timeout=5)
-    assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 3
+    assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 2
+
+
+def cron_job(tools, crontab_text: str, label: str = "nightly", tags=("nightly",)) -> Job:
+    tools["crontab"].write_text(crontab_text)
+    return job(scheduler="cron", label=label, tags=list(tags), source="crontab -l", scope="")
+
+
+def test_run_now_on_a_cron_entry_whose_command_cannot_start_reports_failure(
+    console_state, tools, client
+):
+    # The demo's mistake: a bare opsconsole-run, which cron's PATH (/usr/bin:/bin) lacks.
+    entry = cron_job(
+        tools, "# opsconsole: nightly\n15 2 * * * opsconsole-run --tag nightly -- -p x\n"
+    )
+
+    result = run_now(entry, "alice")
+
+    assert not result.ok
+    assert result.exit_code == 127
+    assert "not found" in result.output and "no run was seen" in result.message
+    audit = AuditEntry.objects.get(action="run")
+    assert (audit.ok, audit.exit_code) == (False, 127)
+    assert "opsconsole-run" in audit.output and "not found" in audit.output
+    assert audit.detail["path"] == "/usr/bin:/bin"
+
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+    answer = client.post(f"/api/jobs/{entry.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert answer.status_code == 502
+    assert answer.json()["ok"] is False and "not found" in answer.json()["output"]
+
+
+def test_run_now_on_a_cron_entry_that_starts_but_never_runs_the_agent_reports_failure(
+    console_state, tools
+):
+    command = "true || opsconsole-run --tag nightly -- -p x; echo pretending"
+    entry = cron_job(tools, f"# opsconsole: nightly\n* * * * * {command}\n")
+
+    result = run_now(entry, "alice")
+
+    assert not result.ok and result.exit_code == 0
+    assert "pretending" in result.output
+
+
+def test_run_now_runs_a_cron_entry_with_its_environment_and_sees_the_run(
+    console_state, tools, fake_claude
+):
+    bin_dir = tools["dir"] / "job-bin"
+    wrapper = stand_in(bin_dir, "opsconsole-run", f'exec "{sys.executable}" -m wrapper "$@"\n')
+    env = console_state.env
+    lines = [
+        "SHELL=/bin/sh",
+        f"PATH={bin_dir}:/usr/bin:/bin",
+        f"PYTHONPATH={env['PYTHONPATH']}",
+        f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+        f"CLAUDE_CONFIG_DIR={env['CLAUDE_CONFIG_DIR']}",
+        f"OPSCONSOLE_CLAUDE_BIN={env['OPSCONSOLE_CLAUDE_BIN']}",
+        f"FAKE_CLAUDE_STATE={env['FAKE_CLAUDE_STATE']}",
+        "FAKE_CLAUDE_BEHAVIOUR=sleep:3",
+        "# opsconsole: nightly",
+        "15 2 * * * opsconsole-run --tag nightly -- -p x --output-format json",
+    ]
+    entry = cron_job(tools, "\n".join(lines) + "\n")
+
+    result = run_now(entry, "alice")
+
+    assert result.ok, (result.message, result.output)
+    assert result.detail["seen"].startswith(("sidecar", "spool"))
+    assert Path(wrapper).parent == bin_dir
+    audit = AuditEntry.objects.get(action="run")
+    assert audit.ok and audit.detail["log"].endswith(".log")
+    eventually(lambda: list(console_state.paths.spool.glob("*.json")), bool, timeout=20)
+
+
+def test_schedule_of_a_cron_job_is_refused_with_a_4xx(console_state, tools, client):
+    entry = cron_job(tools, "# opsconsole: nightly\n15 2 * * * opsconsole-run --tag n -- -p x\n")
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+
+    answer = client.post(
+        f"/api/jobs/{entry.pk}/schedule",
+        {"schedule": "0 3 * * *"},
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+
+    assert answer.status_code == 400
+    assert answer.json()["ok"] is False and "crontab" in answer.json()["error"]
+    assert AuditEntry.objects.get(action="schedule").ok is False
 
 
 def test_a_failing_scheduler_command_is_reported_and_audited(console_state, tools):
