@@ -19,7 +19,7 @@ from sessions_app.models import Session
 from sessions_app.outcome import outcome_of
 
 WIDTH, HEIGHT = 600, 160
-MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 52, 22, 10
+MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 62, 24, 12
 
 
 def run_title(run: Session) -> str:

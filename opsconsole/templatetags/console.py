@@ -118,7 +118,7 @@ STATUS_GLYPHS = {
     "killed": "!",
     "refused": "R",
     "quota_skip": "Q",
-    "rate_limited": "⏱",
+    "rate_limited": "L",
     "live": "●",
     "orphaned": "◌",
     "imported": "·",
