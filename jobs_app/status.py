@@ -306,6 +306,8 @@ def status_payload(status: JobStatus) -> dict:
     job = status.job
     last = status.last_session
     return {
+        "id": job.pk,
+        "html_url": reverse("job", args=[job.pk]),
         "label": job.label,
         "scheduler": job.scheduler,
         "host": job.host,
