@@ -169,13 +169,18 @@ def start_cron_entry(job: Job) -> ActionResult:
     detail = {"pid": watched.pid, "log": str(log_path), "path": env.get("PATH", "")}
     if watched.seen:
         detail["seen"] = watched.seen
-        return ActionResult(
-            True,
-            f"started as cron would (pid {watched.pid}); run seen: {watched.seen}",
-            watched.exit_code,
-            watched.output,
-            detail,
-        )
+        record = watched.record
+        session_id = record.get("session_id") or record.get("sessionId")
+        if session_id:
+            detail["session_id"] = session_id
+        message = f"started as cron would (pid {watched.pid}); run seen: {watched.seen}"
+        if watched.seen.startswith("spool") and record.get("end_reason"):
+            # It already ended: say how, so a run that failed at once is not news later.
+            ended = f"{record['end_reason']}, exit {record.get('exit_code')}"
+            message += f"; it has already ended ({ended})"
+            if record.get("error"):
+                message += f": {record['error']}"
+        return ActionResult(True, message, watched.exit_code, watched.output, detail)
     first = watched.output.splitlines()[-1] if watched.output else "(no output)"
     if watched.exit_code is None:
         message = (

@@ -27,7 +27,7 @@ import psutil
 from crontab import CronTab
 
 from jobs_app.collectors.cron import find_entry
-from wrapper.formats import FormatError, StatePaths, read_json_record, read_sidecar
+from wrapper.formats import FormatError, StatePaths, read_json_record
 
 CRON_DEFAULT_PATH = "/usr/bin:/bin"
 CRON_DEFAULT_SHELL = "/bin/sh"
@@ -100,6 +100,7 @@ class Watched:
 
     pid: int
     seen: str = ""  # how the run was seen: "sidecar <file>", "spool <file>", "registry <file>"
+    record: dict = field(default_factory=dict)  # what that file says
     exit_code: int | None = None  # None: still running
     output: str = ""
     pids: set[int] = field(default_factory=set)
@@ -117,29 +118,6 @@ def _tree(proc: psutil.Process) -> set[int]:
         return {proc.pid, *(child.pid for child in proc.children(recursive=True))}
     except psutil.Error:
         return set()
-
-
-def _wrapper_pid(path: Path) -> int | None:
-    try:
-        return read_sidecar(path).wrapper_pid
-    except (OSError, FormatError, ValueError):
-        return None
-
-
-def _spool_pid(path: Path) -> int | None:
-    try:
-        return read_json_record(path).get("wrapper_pid")
-    except (OSError, FormatError, ValueError):
-        return None
-
-
-def _registry_pid(path: Path) -> int | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("pid") if isinstance(data, dict) else None
-    return pid if isinstance(pid, int) else int(path.stem) if path.stem.isdigit() else None
 
 
 def start_and_watch(
@@ -189,12 +167,12 @@ def start_and_watch(
     while True:
         if handle is not None:
             watched.pids |= _tree(handle)
-        watched.seen = _seen(folders, before, watched.pids, tags)
+        watched.seen, watched.record = _seen(folders, before, watched.pids, tags)
         exit_code = proc.poll()
         if watched.seen or exit_code is not None or time.monotonic() >= deadline:
             if not watched.seen and exit_code is not None:
                 # It ended: its records, if any, are written by now.
-                watched.seen = _seen(folders, before, watched.pids, tags)
+                watched.seen, watched.record = _seen(folders, before, watched.pids, tags)
             watched.exit_code = exit_code
             break
         time.sleep(POLL_SECONDS)
@@ -202,23 +180,27 @@ def start_and_watch(
     return watched
 
 
-def _seen(folders, before, pids: set[int], tags: list[str]) -> str:
-    readers = {"sidecar": _wrapper_pid, "spool": _spool_pid, "registry": _registry_pid}
+def _seen(folders, before, pids: set[int], tags: list[str]) -> tuple[str, dict]:
     for kind, dirs in folders.items():
         for folder in dirs:
             for name in sorted(_listing(folder) - before[(kind, folder)]):
                 path = folder / name
-                pid = readers[kind](path)
-                if pid in pids or (kind != "registry" and _tag_of(path) in tags):
-                    return f"{kind} {path}"
-    return ""
+                data = _read(path, trusted=kind != "registry")
+                pid = data.get("pid") if kind == "registry" else data.get("wrapper_pid")
+                if kind == "registry" and pid is None and path.stem.isdigit():
+                    pid = int(path.stem)
+                if pid in pids or (kind != "registry" and data.get("script_tag") in tags):
+                    return f"{kind} {path}", data
+    return "", {}
 
 
-def _tag_of(path: Path) -> str | None:
+def _read(path: Path, *, trusted: bool) -> dict:
+    """A protocol file (owner-checked, size-bounded) or Claude Code's registry file."""
     try:
-        return read_json_record(path).get("script_tag")
+        data = read_json_record(path) if trusted else json.loads(path.read_text()[:65536])
     except (OSError, FormatError, ValueError):
-        return None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_output(path: Path) -> str:

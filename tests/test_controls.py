@@ -151,10 +151,33 @@ def test_run_now_runs_a_cron_entry_with_its_environment_and_sees_the_run(
 
     assert result.ok, (result.message, result.output)
     assert result.detail["seen"].startswith(("sidecar", "spool"))
+    assert len(result.detail["session_id"]) == 36
     assert Path(wrapper).parent == bin_dir
     audit = AuditEntry.objects.get(action="run")
     assert audit.ok and audit.detail["log"].endswith(".log")
     eventually(lambda: list(console_state.paths.spool.glob("*.json")), bool, timeout=20)
+
+
+def test_run_now_that_starts_a_run_which_fails_at_once_says_so(console_state, tools, fake_claude):
+    # The wrapper runs (the run is on record), but claude is not where the entry says.
+    env = console_state.env
+    lines = [
+        f"PYTHONPATH={env['PYTHONPATH']}",
+        f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+        "OPSCONSOLE_CLAUDE_BIN=/nonexistent/claude",
+        "# opsconsole: nightly",
+        # `python -m wrapper` is what opsconsole-run runs; the trailing bare name (not on
+        # cron's PATH, so it never runs) is how the collector knows the entry for ours.
+        f"15 2 * * * {sys.executable} -m wrapper --tag nightly -- -p x || opsconsole-run -h",
+    ]
+    entry = cron_job(tools, "\n".join(lines) + "\n")
+
+    result = run_now(entry, "alice")
+
+    assert result.ok, result.message
+    assert result.detail["seen"].startswith("spool")
+    assert "already ended (failed, exit 127)" in result.message
+    assert "OPSCONSOLE_CLAUDE_BIN" in result.message
 
 
 def test_schedule_of_a_cron_job_is_refused_with_a_4xx(console_state, tools, client):
