@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.browser_fixtures import ARTIFACTS
 from tests.conftest import wrapper_command
 from tests.live_helpers import start_fake_run
-from tests.test_browser import ARTIFACTS, browser, scheduled_jobs  # noqa: F401 - fixtures
+from tests.test_browser import scheduled_jobs  # noqa: F401 - a fixture
 from wrapper.formats import (
     SpoolRecord,
     ensure_private_dir,
@@ -144,7 +145,7 @@ def job_id(tab, console, label: str) -> str:
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_every_page_fits_desktop_and_phone_with_status_visible(
     scheduled_jobs,  # noqa: F811 - first: the console must start with the crontab on PATH
-    browser,  # noqa: F811
+    browser,
     console_server,
     populated,
     scheme,
@@ -196,7 +197,7 @@ def test_every_page_fits_desktop_and_phone_with_status_visible(
 
 def test_a_job_page_with_50_runs_leads_to_its_runs_and_back(
     scheduled_jobs,  # noqa: F811 - first: the console must start with the crontab on PATH
-    browser,  # noqa: F811
+    browser,
     console_server,
     populated,
 ):
