@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 
+from django.db.models import Q
 from django.utils import timezone
 
 # The wrapper's own sentence (wrapper/run.py set_quota_stamp): "... until 2026-11-24T14:05:00Z"
-_UNTIL_RE = re.compile(r"skips \(exit 79\) until (\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2})?Z?)")
+RESET_MARKER = "skips (exit 79) until "
+_UNTIL_RE = re.compile(re.escape(RESET_MARKER) + r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2})?Z?)")
 
 RATE_LIMITED = "rate_limited"
 
@@ -35,6 +37,11 @@ def reset_time(error: str) -> datetime | None:
         return datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def rate_limited_q() -> Q:
+    """The same rule as is_rate_limited, for a query."""
+    return Q(status="failed") & (Q(api_error_status=429) | Q(error__contains=RESET_MARKER))
 
 
 def is_rate_limited(status: str, api_error_status: int | None, error: str) -> bool:

@@ -150,6 +150,11 @@ def test_a_429_is_rate_limited_with_its_reset_time_in_history_jobs_and_exports(l
     assert rows[0]["error"] == LIMIT_ERROR
     exported = b"".join(logged_in.get("/api/history/export.json").streaming_content)
     assert b'"outcome": "rate_limited"' in exported
+    run(job, status=Status.FAILED, exit_code=2, minutes_ago=30)
+    filtered = logged_in.get("/history/?status=rate_limited").content.decode()
+    assert "rate-limited until" in filtered and "failed (exit 2)" not in filtered
+    unfiltered = logged_in.get("/history/").content.decode()
+    assert "failed (exit 2)" in unfiltered
     detail = logged_in.get(f"/api/sessions/{limited.session_id}").json()
     assert detail["outcome"] == "rate_limited" and detail["rate_limit_reset_at"]
 
