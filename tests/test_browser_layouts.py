@@ -176,6 +176,9 @@ def test_every_page_fits_desktop_and_phone_with_status_visible(
                 tab.wait_for_load_state("load")
                 if name == "live":
                     tab.locator("#live-table tbody tr").first.wait_for()
+                if name == "session-live":  # a PID is one word: "31885", never "3188 / 5"
+                    pid_cell = tab.locator(".proctable tbody td.num").first
+                    assert pid_cell.evaluate("c => getComputedStyle(c).whiteSpace") == "nowrap"
                 assert_fits(tab, f"{name} {size} {scheme}", STATUS_SELECTORS.get(name))
                 tab.screenshot(path=str(ARTIFACTS / f"{name}-{size}-{scheme}.png"), full_page=True)
             if scheme == "dark":
