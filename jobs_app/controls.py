@@ -25,7 +25,7 @@ from jobs_app.models import AuditEntry, Job
 from jobs_app.status import live_runs_of
 from sessions_app.live import get_snapshot
 from sessions_app.stopping import stop_session
-from wrapper.formats import StatePaths, atomic_file, claude_config_dir, ensure_private_dir
+from wrapper.formats import atomic_file, ensure_private_dir
 
 COMMAND_TIMEOUT_SECONDS = 30
 ACTIONS = ("run", "stop", "enable", "disable", "schedule")
@@ -142,12 +142,12 @@ def start_cron_entry(job: Job) -> ActionResult:
             False, f"not started: the entry runs as {entry.user}, the console as {me}", refused=True
         )
     env = cronrun.cron_environment(entry.env)
-    job_state = StatePaths.from_env(env)
+    job_state = cronrun.state_paths_for(env)
     state_dirs = [settings.OPSCONSOLE_STATE]
     if job_state != settings.OPSCONSOLE_STATE:
         state_dirs.append(job_state)
     config_dirs = list(
-        dict.fromkeys([claude_config_dir(env), *settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS])
+        dict.fromkeys([cronrun.config_dir_for(env), *settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS])
     )
     stamp = f"{timezone.now():%Y%m%dT%H%M%S%f}"
     log_path = settings.OPSCONSOLE_STATE.home / "run-now" / f"{job.pk}-{stamp}.log"

@@ -94,6 +94,20 @@ def cron_environment(entry_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def state_paths_for(env: dict[str, str]) -> StatePaths:
+    """Where a wrapper started with `env` keeps its state (its HOME, not ours)."""
+    if not env.get("OPSCONSOLE_HOME") and env.get("HOME"):
+        env = {**env, "OPSCONSOLE_HOME": f"{env['HOME']}/.local/state/opsconsole"}
+    return StatePaths.from_env(env)
+
+
+def config_dir_for(env: dict[str, str]) -> Path:
+    """The Claude config dir a claude started with `env` uses."""
+    if env.get("CLAUDE_CONFIG_DIR"):
+        return Path(env["CLAUDE_CONFIG_DIR"]).expanduser()
+    return Path(env.get("HOME") or os.path.expanduser("~")) / ".claude"
+
+
 @dataclass
 class Watched:
     """What became of a started command within the wait."""

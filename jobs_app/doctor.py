@@ -272,9 +272,9 @@ def diagnose_job(job: Job) -> Report:
             "in the job's environment",
         )
     check_claude(report, env)
-    paths = StatePaths.from_env(env)
+    paths = cronrun.state_paths_for(env)
     check_state(report, paths)
-    check_config_dir(report, claude_config_dir(env))
+    check_config_dir(report, cronrun.config_dir_for(env))
     check_quota(report, paths)
     return report
 
