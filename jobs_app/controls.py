@@ -152,6 +152,7 @@ def start_cron_entry(job: Job) -> ActionResult:
     stamp = f"{timezone.now():%Y%m%dT%H%M%S%f}"
     log_path = settings.OPSCONSOLE_STATE.home / "run-now" / f"{job.pk}-{stamp}.log"
     ensure_private_dir(log_path.parent)
+    prune_run_logs(log_path.parent)
     wait = run_now_wait_seconds()
     try:
         watched = cronrun.start_and_watch(
@@ -190,6 +191,19 @@ def start_cron_entry(job: Job) -> ActionResult:
     else:
         message = f"the entry's command exited {watched.exit_code} and no run was seen: {first}"
     return ActionResult(False, message, watched.exit_code, watched.output, detail)
+
+
+RUN_LOGS_KEPT = 200
+
+
+def prune_run_logs(folder: Path, keep: int = RUN_LOGS_KEPT) -> None:
+    """Each run-now output is in the audit log too: keep only the newest files."""
+    try:
+        logs = sorted(folder.glob("*.log"), key=lambda path: path.stat().st_mtime)
+    except OSError:
+        return
+    for old in logs[: max(0, len(logs) - keep + 1)]:
+        old.unlink(missing_ok=True)
 
 
 def stop_job(job: Job, actor: str, grace: float | None = None) -> ActionResult:
