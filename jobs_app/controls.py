@@ -25,7 +25,7 @@ from jobs_app.models import AuditEntry, Job
 from jobs_app.status import live_runs_of
 from sessions_app.live import get_snapshot
 from sessions_app.stopping import stop_session
-from wrapper.formats import atomic_file, ensure_private_dir
+from wrapper.formats import StatePaths, atomic_file, ensure_private_dir
 
 COMMAND_TIMEOUT_SECONDS = 30
 ACTIONS = ("run", "stop", "enable", "disable", "schedule")
@@ -114,12 +114,45 @@ def systemd_timer(job: Job) -> str:
 
 def run_now(job: Job, actor: str) -> ActionResult:
     if job.scheduler == "launchd":
-        result = run_command(["launchctl", "kickstart", f"{launchd_domain(job)}/{job.label}"])
+        argv = ["launchctl", "kickstart", f"{launchd_domain(job)}/{job.label}"]
+        result = start_and_see(job, argv)
     elif job.scheduler == "systemd":
-        result = run_command(["systemctl", systemd_scope(job), "start", job.label])
+        result = start_and_see(job, ["systemctl", systemd_scope(job), "start", job.label])
     else:
         result = start_cron_entry(job)
     return audited("run", job, actor, job.label, result)
+
+
+def _watcher(job: Job, extra_state: StatePaths | None = None, extra_config=None):
+    state_dirs = [settings.OPSCONSOLE_STATE]
+    if extra_state is not None and extra_state != settings.OPSCONSOLE_STATE:
+        state_dirs.append(extra_state)
+    configs = [extra_config] if extra_config else []
+    config_dirs = list(dict.fromkeys([*configs, *settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS]))
+    return cronrun.RunWatcher(state_dirs, config_dirs, list(job.tags or []))
+
+
+def start_and_see(job: Job, argv: list[str]) -> ActionResult:
+    """The scheduler starts the job; that it answered is not enough: the run must appear."""
+    watcher = _watcher(job)
+    result = run_command(argv)
+    if not result.ok:
+        return result
+    wait = run_now_wait_seconds()
+    seen, record = watcher.wait(wait)
+    if seen:
+        result.message = f"{' '.join(argv)}; run seen: {seen}"
+        result.detail["seen"] = seen
+        if record.get("session_id"):
+            result.detail["session_id"] = record["session_id"]
+        return result
+    result.ok = False
+    result.message = (
+        f"{' '.join(argv)} answered, but no run of {', '.join(job.tags) or 'this job'} "
+        f"appeared within {wait:g} s: see the job's own log, or `opsconsole doctor --job "
+        f"{job.label}`"
+    )
+    return result
 
 
 def run_now_wait_seconds() -> float:
@@ -142,13 +175,7 @@ def start_cron_entry(job: Job) -> ActionResult:
             False, f"not started: the entry runs as {entry.user}, the console as {me}", refused=True
         )
     env = cronrun.cron_environment(entry.env)
-    job_state = cronrun.state_paths_for(env)
-    state_dirs = [settings.OPSCONSOLE_STATE]
-    if job_state != settings.OPSCONSOLE_STATE:
-        state_dirs.append(job_state)
-    config_dirs = list(
-        dict.fromkeys([cronrun.config_dir_for(env), *settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS])
-    )
+    watcher = _watcher(job, cronrun.state_paths_for(env), cronrun.config_dir_for(env))
     stamp = f"{timezone.now():%Y%m%dT%H%M%S%f}"
     log_path = settings.OPSCONSOLE_STATE.home / "run-now" / f"{job.pk}-{stamp}.log"
     ensure_private_dir(log_path.parent)
@@ -160,9 +187,7 @@ def start_cron_entry(job: Job) -> ActionResult:
             stdin=entry.stdin,
             env=env,
             log_path=log_path,
-            state_dirs=state_dirs,
-            config_dirs=config_dirs,
-            tags=list(job.tags or []),
+            watcher=watcher,
             wait_seconds=wait,
         )
     except OSError as exc:

@@ -134,25 +134,59 @@ def _tree(proc: psutil.Process) -> set[int]:
         return set()
 
 
+class RunWatcher:
+    """New sidecars, completion records and registry files since it was made: the signs
+    that a run started. One is ours when its PID is among `pids` (the started command's
+    tree) or, for our own files, when it carries one of the job's tags."""
+
+    def __init__(self, state_dirs: list[StatePaths], config_dirs: list[Path], tags: list[str]):
+        self.tags = list(tags)
+        self.folders = {
+            "sidecar": [paths.active for paths in state_dirs],
+            "spool": [paths.spool for paths in state_dirs],
+            "registry": [config / "sessions" for config in config_dirs],
+        }
+        self.before = {
+            (kind, folder): _listing(folder)
+            for kind, dirs in self.folders.items()
+            for folder in dirs
+        }
+
+    def seen(self, pids: set[int] = frozenset()) -> tuple[str, dict]:
+        for kind, dirs in self.folders.items():
+            for folder in dirs:
+                for name in sorted(_listing(folder) - self.before[(kind, folder)]):
+                    path = folder / name
+                    data = _read(path, trusted=kind != "registry")
+                    pid = data.get("pid") if kind == "registry" else data.get("wrapper_pid")
+                    if kind == "registry" and pid is None and path.stem.isdigit():
+                        pid = int(path.stem)
+                    ours = kind != "registry" and data.get("script_tag") in self.tags
+                    if pid in pids or ours:
+                        return f"{kind} {path}", data
+        return "", {}
+
+    def wait(self, seconds: float) -> tuple[str, dict]:
+        """For a run started by someone else (launchd, systemd): seen by its tag, or not."""
+        deadline = time.monotonic() + seconds
+        while True:
+            found = self.seen()
+            if found[0] or time.monotonic() >= deadline:
+                return found
+            time.sleep(POLL_SECONDS)
+
+
 def start_and_watch(
     command: str,
     *,
     stdin: str,
     env: dict[str, str],
     log_path: Path,
-    state_dirs: list[StatePaths],
-    config_dirs: list[Path],
-    tags: list[str],
+    watcher: RunWatcher,
     wait_seconds: float,
 ) -> Watched:
     """Start `SHELL -c command` detached, its output into `log_path`, and wait until its run
     is seen, it exits, or the wait is over. Raises OSError when the shell cannot start."""
-    folders = {
-        "sidecar": [paths.active for paths in state_dirs],
-        "spool": [paths.spool for paths in state_dirs],
-        "registry": [config / "sessions" for config in config_dirs],
-    }
-    before = {(kind, folder): _listing(folder) for kind, dirs in folders.items() for folder in dirs}
     home = env.get("HOME", "/")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -181,31 +215,17 @@ def start_and_watch(
     while True:
         if handle is not None:
             watched.pids |= _tree(handle)
-        watched.seen, watched.record = _seen(folders, before, watched.pids, tags)
+        watched.seen, watched.record = watcher.seen(watched.pids)
         exit_code = proc.poll()
         if watched.seen or exit_code is not None or time.monotonic() >= deadline:
             if not watched.seen and exit_code is not None:
                 # It ended: its records, if any, are written by now.
-                watched.seen, watched.record = _seen(folders, before, watched.pids, tags)
+                watched.seen, watched.record = watcher.seen(watched.pids)
             watched.exit_code = exit_code
             break
         time.sleep(POLL_SECONDS)
     watched.output = read_output(log_path)
     return watched
-
-
-def _seen(folders, before, pids: set[int], tags: list[str]) -> tuple[str, dict]:
-    for kind, dirs in folders.items():
-        for folder in dirs:
-            for name in sorted(_listing(folder) - before[(kind, folder)]):
-                path = folder / name
-                data = _read(path, trusted=kind != "registry")
-                pid = data.get("pid") if kind == "registry" else data.get("wrapper_pid")
-                if kind == "registry" and pid is None and path.stem.isdigit():
-                    pid = int(path.stem)
-                if pid in pids or (kind != "registry" and data.get("script_tag") in tags):
-                    return f"{kind} {path}", data
-    return "", {}
 
 
 def _read(path: Path, *, trusted: bool) -> dict:

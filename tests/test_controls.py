@@ -74,15 +74,47 @@ def job(**fields) -> Job:
     return Job.objects.create(**values)
 
 
-def test_run_now_for_each_scheduler(console_state, tools):
-    assert run_now(job(), "alice").ok
-    assert run_now(job(scheduler="systemd", label="report.service", scope="user"), "alice").ok
+def test_run_now_for_each_scheduler(console_state, tools, fake_claude, monkeypatch):
+    # Stand-ins that do what the real ones do on kickstart / start: run the job.
+    starts_the_job = (
+        f'echo "$(basename "$0") $*" >> {tools["calls"]}\n'
+        'case "$*" in *kickstart*|*" start "*) '
+        f'"{sys.executable}" -m wrapper --tag report -- -p x >/dev/null 2>&1 & ;; esac\n'
+    )
+    stand_in(tools["dir"] / "tools", "launchctl", starts_the_job)
+    stand_in(tools["dir"] / "tools", "systemctl", starts_the_job)
+    for key in ("OPSCONSOLE_CLAUDE_BIN", "FAKE_CLAUDE_STATE", "PYTHONPATH"):
+        monkeypatch.setenv(key, console_state.env[key])
 
+    launchd = run_now(job(), "alice")
+    systemd = run_now(job(scheduler="systemd", label="report.service", scope="user"), "alice")
+
+    assert launchd.ok, launchd.message
+    assert systemd.ok, systemd.message
+    assert "run seen" in launchd.message and launchd.detail["seen"]
     assert calls(tools)[:2] == [
         f"launchctl kickstart gui/{os.getuid()}/com.acme.report",
         "systemctl --user start report.service",
     ]
     assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 2
+
+
+def test_run_now_the_scheduler_accepts_but_that_never_runs_reports_failure(
+    console_state, tools, settings, client
+):
+    settings.OPSCONSOLE_RUN_NOW_WAIT_SECONDS = 1
+    agent = job()
+
+    result = run_now(agent, "alice")  # launchctl answers 0, and nothing runs
+
+    assert not result.ok
+    assert "answered, but no run of report appeared within 1 s" in result.message
+    assert "opsconsole doctor --job com.acme.report" in result.message
+    assert AuditEntry.objects.get(action="run").ok is False
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+    answer = client.post(f"/api/jobs/{agent.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert answer.status_code == 502 and answer.json()["ok"] is False
 
 
 def cron_job(tools, crontab_text: str, label: str = "nightly", tags=("nightly",)) -> Job:
@@ -416,7 +448,7 @@ def test_watchdog_stops_an_orphan_past_its_limit(console_state, fake_claude, set
 
 
 def test_only_admins_may_act(console_state, tools, client):
-    target = job()
+    target = job(source="/Users/me/Library/LaunchAgents/com.acme.report.plist")
     viewer = get_user_model().objects.create_user("viewer")
     admin = get_user_model().objects.create_user("admin", is_staff=True)
 
@@ -429,10 +461,10 @@ def test_only_admins_may_act(console_state, tools, client):
     assert b"Actions need admin rights" in client.get(f"/jobs/{target.pk}/").content
 
     client.force_login(admin)
-    page = client.post(f"/jobs/{target.pk}/run", follow=True)
-    assert b"kickstart" in page.content  # the outcome, shown to the person
+    page = client.post(f"/jobs/{target.pk}/disable", follow=True)
+    assert b"bootout" in page.content  # the outcome, shown to the person
     token = ApiToken.issue(admin)[1]
-    api = client.post(f"/api/jobs/{target.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    api = client.post(f"/api/jobs/{target.pk}/enable", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert api.status_code == 200 and api.json()["ok"] is True
     assert [e.actor for e in AuditEntry.objects.all()] == ["admin", "admin"]
     assert (
