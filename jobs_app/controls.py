@@ -215,6 +215,7 @@ def start_cron_entry(job: Job) -> ActionResult:
         )
     else:
         message = f"the entry's command exited {watched.exit_code} and no run was seen: {first}"
+    message += f" (`opsconsole doctor --job {job.label}` says what to fix)"
     return ActionResult(False, message, watched.exit_code, watched.output, detail)
 
 

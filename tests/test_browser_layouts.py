@@ -239,6 +239,17 @@ def test_a_job_page_with_50_runs_leads_to_its_runs_and_back(
         assert questions and questions[0].startswith("Disable nightly report?")
         assert tab.locator(".banner").count() == 0
         assert tab.locator("#audit-log td", has_text="No actions yet.").count() == 1
+        # The "run now": the entry calls a bare opsconsole-run, which cron's PATH
+        # (/usr/bin:/bin) does not have. The page says so instead of "started".
+        tab.get_by_role("button", name="Run now").click()
+        banner = tab.locator(".banner--error")
+        banner.wait_for()
+        assert "run failed" in banner.inner_text() and "not found" in banner.inner_text()
+        entry = tab.locator("#audit-log tbody tr").first
+        assert "failed" in entry.inner_text() and "exit 127" in entry.inner_text()
+        entry.locator("summary").click()
+        assert "opsconsole-run" in entry.locator("pre").inner_text()
+        tab.screenshot(path=str(ARTIFACTS / "job-run-now-fails-desktop.png"), full_page=True)
     finally:
         context.close()
     phone = browser.new_context(viewport={"width": 390, "height": 844})
