@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import pwd
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from crontab import CronTab
 from django.conf import settings
 from django.utils import timezone
 
+from jobs_app import cronrun
 from jobs_app.collectors.cron import find_entry
 from jobs_app.models import AuditEntry, Job
 from jobs_app.status import live_runs_of
 from sessions_app.live import get_snapshot
 from sessions_app.stopping import stop_session
-from wrapper.formats import atomic_file, ensure_private_dir
+from wrapper.formats import StatePaths, atomic_file, ensure_private_dir
 
 COMMAND_TIMEOUT_SECONDS = 30
 ACTIONS = ("run", "stop", "enable", "disable", "schedule")
@@ -47,6 +49,8 @@ class ActionResult:
     exit_code: int | None = None
     output: str = ""
     detail: dict = field(default_factory=dict)
+    # True when the request cannot be carried out as asked (nothing was tried): a 4xx.
+    refused: bool = False
 
 
 def audited(action: str, job: Job | None, actor: str, target: str, result: ActionResult):
@@ -110,44 +114,122 @@ def systemd_timer(job: Job) -> str:
 
 def run_now(job: Job, actor: str) -> ActionResult:
     if job.scheduler == "launchd":
-        result = run_command(["launchctl", "kickstart", f"{launchd_domain(job)}/{job.label}"])
+        argv = ["launchctl", "kickstart", f"{launchd_domain(job)}/{job.label}"]
+        result = start_and_see(job, argv)
     elif job.scheduler == "systemd":
-        result = run_command(["systemctl", systemd_scope(job), "start", job.label])
+        result = start_and_see(job, ["systemctl", systemd_scope(job), "start", job.label])
     else:
         result = start_cron_entry(job)
     return audited("run", job, actor, job.label, result)
 
 
+def _watcher(job: Job, extra_state: StatePaths | None = None, extra_config=None):
+    state_dirs = [settings.OPSCONSOLE_STATE]
+    if extra_state is not None and extra_state != settings.OPSCONSOLE_STATE:
+        state_dirs.append(extra_state)
+    configs = [extra_config] if extra_config else []
+    config_dirs = list(dict.fromkeys([*configs, *settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS]))
+    return cronrun.RunWatcher(state_dirs, config_dirs, list(job.tags or []))
+
+
+def start_and_see(job: Job, argv: list[str]) -> ActionResult:
+    """The scheduler starts the job; that it answered is not enough: the run must appear."""
+    watcher = _watcher(job)
+    result = run_command(argv)
+    if not result.ok:
+        return result
+    wait = run_now_wait_seconds()
+    seen, record = watcher.wait(wait)
+    if seen:
+        result.message = f"{' '.join(argv)}; run seen: {seen}"
+        result.detail["seen"] = seen
+        if record.get("session_id"):
+            result.detail["session_id"] = record["session_id"]
+        return result
+    result.ok = False
+    result.message = (
+        f"{' '.join(argv)} answered, but no run of {', '.join(job.tags) or 'this job'} "
+        f"appeared within {wait:g} s: see the job's own log, or `opsconsole doctor --job "
+        f"{job.label}`"
+    )
+    return result
+
+
+def run_now_wait_seconds() -> float:
+    return float(getattr(settings, "OPSCONSOLE_RUN_NOW_WAIT_SECONDS", 0) or 0) or float(
+        os.environ.get("OPSCONSOLE_RUN_NOW_WAIT_SECONDS", "5")
+    )
+
+
 def start_cron_entry(job: Job) -> ActionResult:
-    """The entry's command, detached, as cron would run it: sh -c, HOME as cwd, cron's PATH."""
-    home = os.path.expanduser("~")
-    env = {
-        "HOME": home,
-        "LOGNAME": os.environ.get("USER", ""),
-        "USER": os.environ.get("USER", ""),
-        "SHELL": "/bin/sh",
-        "PATH": "/usr/bin:/bin",
-    }
+    """The entry's command as cron would run it, reported as started only once its run is
+    seen (sidecar, completion record, or Claude Code's registry file); otherwise a failure
+    with what the command printed. The output is kept in the audit log either way."""
     try:
-        tab, _ = _user_crontab()
-        env.update({str(k): str(v) for k, v in tab.env.items()})
-    except ControlError:
-        pass
+        entry = cronrun.entry_for(job.label, job.source)
+    except cronrun.CronEntryError as exc:
+        return ActionResult(False, f"not started: {exc}", refused=True)
+    me = pwd.getpwuid(os.getuid()).pw_name
+    if entry.user and entry.user != me:
+        return ActionResult(
+            False, f"not started: the entry runs as {entry.user}, the console as {me}", refused=True
+        )
+    env = cronrun.cron_environment(entry.env)
+    watcher = _watcher(job, cronrun.state_paths_for(env), cronrun.config_dir_for(env))
+    stamp = f"{timezone.now():%Y%m%dT%H%M%S%f}"
+    log_path = settings.OPSCONSOLE_STATE.home / "run-now" / f"{job.pk}-{stamp}.log"
+    ensure_private_dir(log_path.parent)
+    prune_run_logs(log_path.parent)
+    wait = run_now_wait_seconds()
     try:
-        proc = subprocess.Popen(
-            [env.get("SHELL", "/bin/sh"), "-c", job.command],
-            cwd=home if os.path.isdir(home) else "/",
+        watched = cronrun.start_and_watch(
+            entry.command,
+            stdin=entry.stdin,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            log_path=log_path,
+            watcher=watcher,
+            wait_seconds=wait,
         )
     except OSError as exc:
         return ActionResult(False, f"could not start the entry's command: {exc}")
-    return ActionResult(
-        True, f"started the entry's command (pid {proc.pid})", detail={"pid": proc.pid}
-    )
+    detail = {"pid": watched.pid, "log": str(log_path), "path": env.get("PATH", "")}
+    if watched.seen:
+        detail["seen"] = watched.seen
+        record = watched.record
+        session_id = record.get("session_id") or record.get("sessionId")
+        if session_id:
+            detail["session_id"] = session_id
+        message = f"started as cron would (pid {watched.pid}); run seen: {watched.seen}"
+        if watched.seen.startswith("spool") and record.get("end_reason"):
+            # It already ended: say how, so a run that failed at once is not news later.
+            ended = f"{record['end_reason']}, exit {record.get('exit_code')}"
+            message += f"; it has already ended ({ended})"
+            if record.get("error"):
+                message += f": {record['error']}"
+        return ActionResult(True, message, watched.exit_code, watched.output, detail)
+    first = watched.output.splitlines()[-1] if watched.output else "(no output)"
+    if watched.exit_code is None:
+        message = (
+            f"no run seen within {wait:g} s (pid {watched.pid} still running, output in "
+            f"{log_path}): {first}"
+        )
+    else:
+        message = f"the entry's command exited {watched.exit_code} and no run was seen: {first}"
+    message += f" (`opsconsole doctor --job {job.label}` says what to fix)"
+    return ActionResult(False, message, watched.exit_code, watched.output, detail)
+
+
+RUN_LOGS_KEPT = 200
+
+
+def prune_run_logs(folder: Path, keep: int = RUN_LOGS_KEPT) -> None:
+    """Each run-now output is in the audit log too: keep only the newest files."""
+    try:
+        logs = sorted(folder.glob("*.log"), key=lambda path: path.stat().st_mtime)
+    except OSError:
+        return
+    for old in logs[: max(0, len(logs) - keep + 1)]:
+        old.unlink(missing_ok=True)
 
 
 def stop_job(job: Job, actor: str, grace: float | None = None) -> ActionResult:
@@ -179,7 +261,9 @@ def set_enabled(job: Job, enabled: bool, actor: str) -> ActionResult:
     if job.scheduler == "launchd":
         if enabled:
             if not job.source:
-                result = ActionResult(False, "no plist is known for this job: cannot bootstrap")
+                result = ActionResult(
+                    False, "no plist is known for this job: cannot bootstrap", refused=True
+                )
             else:
                 result = run_command(["launchctl", "bootstrap", launchd_domain(job), job.source])
         else:
@@ -206,14 +290,16 @@ def _user_crontab() -> tuple[CronTab, str]:
 
 def toggle_cron_entry(job: Job, enabled: bool) -> ActionResult:
     if job.source != "crontab -l":
-        return ActionResult(False, f"only the user's crontab is edited; {job.source} is not")
+        return ActionResult(
+            False, f"only the user's crontab is edited; {job.source} is not", refused=True
+        )
     try:
         tab, text = _user_crontab()
     except ControlError as exc:
         return ActionResult(False, str(exc))
     entry = find_entry(tab, job.label)
     if entry is None:
-        return ActionResult(False, f"no crontab entry named {job.label!r}")
+        return ActionResult(False, f"no crontab entry named {job.label!r}", refused=True)
     backup = backup_crontab(text)
     entry.enable(enabled)
     try:
@@ -283,9 +369,13 @@ def change_schedule(job: Job, schedule: str, actor: str) -> ActionResult:
         elif job.scheduler == "systemd":
             result = change_systemd_schedule(job, schedule)
         else:
-            result = ActionResult(False, "cron schedules are edited in the crontab itself")
+            result = ActionResult(
+                False,
+                "not changed: a cron job's schedule is edited in its crontab (crontab -e)",
+                refused=True,
+            )
     except ControlError as exc:
-        result = ActionResult(False, f"not changed: {exc}")
+        result = ActionResult(False, f"not changed: {exc}", refused=True)
     result.detail["schedule"] = schedule
     return audited("schedule", job, actor, job.label, result)
 

@@ -22,7 +22,8 @@ from jobs_app.collectors.base import CollectedJob, Collection
 from jobs_app.linking import forget_index
 from jobs_app.models import Job
 from sessions_app.live import Snapshot, get_snapshot
-from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.models import LIVE_STATUSES, Session
+from sessions_app.outcome import outcome_of
 from sessions_app.runs import Run, run_from_live
 from wrapper.formats import EXIT_QUOTA_SKIP
 
@@ -54,6 +55,32 @@ class JobStatus:
     last_session: Session | None
     badges: list[Badge]
     expected_run_at: datetime | None
+
+    @property
+    def platform(self) -> str:
+        """The admin's platform; else the one its runs pass with --platform."""
+        if self.job.platform:
+            return self.job.platform
+        for run in self.live:
+            if run.platform:
+                return run.platform
+        return self.last_session.platform if self.last_session else ""
+
+    @property
+    def enabled(self) -> bool:
+        job = self.job
+        return job.enabled and job.scheduler_enabled and job.present
+
+    @property
+    def next_run_at(self) -> datetime | None:
+        """None for a disabled job: it has no next run."""
+        return self.job.next_run_at if self.enabled else None
+
+    @property
+    def schedule_raw_if_different(self) -> str:
+        """The scheduler's own words, when they add something to the description."""
+        raw = self.job.schedule_raw
+        return "" if raw.strip() == self.job.schedule_text.strip() else raw
 
     @property
     def state(self) -> str:
@@ -265,10 +292,8 @@ def badges_for(
 def outcome_badges(job: Job, last: Session | None) -> list[Badge]:
     """How the last run ended, from its record; else from the scheduler's exit status."""
     if last is not None:
-        url = reverse("session", args=[last.session_id])
-        if last.status == Status.FAILED and last.exit_code is not None:
-            return [Badge("failed", f"failed (exit {last.exit_code})", url)]
-        return [Badge(last.status, last.get_status_display(), url)]
+        outcome = outcome_of(last)
+        return [Badge(outcome.kind, outcome.label, reverse("session", args=[last.session_id]))]
     status = job.last_exit_status
     if status is None:
         return []
@@ -290,7 +315,7 @@ def job_statuses(
     snapshot = snapshot or get_snapshot()
     now = now or timezone.now()
     statuses = []
-    for job in Job.objects.all().order_by("platform", "label"):
+    for job in Job.objects.all().order_by("label"):
         live = (
             live_runs_of(job, snapshot, record_links=record_links)
             if job.host == settings.OPSCONSOLE_HOST
@@ -307,6 +332,7 @@ def job_statuses(
                 expected_run_at=expected,
             )
         )
+    statuses.sort(key=lambda status: (status.platform, status.job.label))
     return statuses
 
 
@@ -314,19 +340,21 @@ def status_payload(status: JobStatus) -> dict:
     job = status.job
     last = status.last_session
     return {
+        "id": job.pk,
+        "html_url": reverse("job", args=[job.pk]),
         "label": job.label,
         "scheduler": job.scheduler,
         "host": job.host,
-        "platform": job.platform,
+        "platform": status.platform,
         "tags": job.tags,
         "pids": job.pids,
         "last_exit_status": job.last_exit_status,
         "state": status.state,
-        "enabled": job.enabled and job.scheduler_enabled,
+        "enabled": status.enabled,
         "badges": [{"kind": b.kind, "label": b.label, "url": b.url or None} for b in status.badges],
         "schedule": job.schedule_text or job.schedule_raw,
         "schedule_raw": job.schedule_raw,
-        "next_run": job.next_run_at.isoformat() if job.next_run_at else None,
+        "next_run": status.next_run_at.isoformat() if status.next_run_at else None,
         "expected_run": status.expected_run_at.isoformat() if status.expected_run_at else None,
         "live_sessions": [
             {
@@ -343,6 +371,7 @@ def status_payload(status: JobStatus) -> dict:
         else {
             "session_id": str(last.session_id),
             "status": last.status,
+            "outcome": outcome_of(last).kind,
             "exit_code": last.exit_code,
             "started_at": last.started_at.isoformat(),
             "ended_at": last.ended_at.isoformat() if last.ended_at else None,

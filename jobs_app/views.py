@@ -9,8 +9,10 @@ from django.http import HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from jobs_app.charts import cost_chart, duration_chart
 from jobs_app.controls import ControlError, perform
 from jobs_app.models import Job
+from jobs_app.runs import recent_runs
 from jobs_app.status import current_report, job_statuses, status_payload
 from opsconsole.auth import api_view, json_error
 
@@ -20,7 +22,7 @@ def _dashboard_context() -> dict:
     statuses = job_statuses()
     groups = [
         (platform or "(no platform)", list(rows))
-        for platform, rows in groupby(statuses, key=lambda s: s.job.platform)
+        for platform, rows in groupby(statuses, key=lambda s: s.platform)
     ]
     return {"report": report, "groups": groups, "count": len(statuses)}
 
@@ -53,12 +55,17 @@ def status(request):
 def job_page(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
     status = next(s for s in job_statuses() if s.job.pk == job.pk)
+    runs = recent_runs(job)
     return render(
         request,
         "jobs_app/job.html",
         {
             "row": status,
             "job": job,
+            "runs": runs,
+            "newest_first": runs[::-1][:10],
+            "duration_chart": duration_chart(runs),
+            "cost_chart": cost_chart(runs),
             "audit": job.audit.all()[:50],
             "can_act": request.user.is_staff,
         },
@@ -94,12 +101,17 @@ def api_job_action(request, pk: int, action: str):
         result = perform(job, action, request.user.get_username(), request.POST.get("schedule", ""))
     except ControlError as exc:
         return json_error(str(exc), 400)
+    # 200 only for what was done; 400 for what cannot be done as asked (the reason says
+    # why); 502 when the scheduler or the command was tried and failed.
+    status = 200 if result.ok else 400 if result.refused else 502
     return JsonResponse(
         {
             "ok": result.ok,
             "message": result.message,
+            "error": None if result.ok else result.message,
             "exit_code": result.exit_code,
             "output": result.output,
             "detail": result.detail,
-        }
+        },
+        status=status,
     )

@@ -14,6 +14,7 @@ under ./.demo (deleted at start); nothing touches your real crontab or ~/.claude
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
@@ -30,7 +31,7 @@ PYTHON = sys.executable
 CYCLE_SECONDS = 60
 
 # The demo's "scheduled jobs": what the cron collector will find (a stand-in crontab).
-CRONTAB = """\
+CRONTAB_ENTRIES = """\
 # opsconsole: inbox triage
 */15 * * * * opsconsole-run --tag inbox-triage --platform demo -- -p "triage the inbox"
 # opsconsole: nightly report
@@ -52,9 +53,11 @@ def prepare(stand_in: bool) -> tuple[dict[str, str], object | None]:
     shutil.rmtree(DEMO, ignore_errors=True)
     for folder in ("home", "claude", "work", "bin", "user-home"):
         (DEMO / folder).mkdir(parents=True, mode=0o700)
-    (DEMO / "crontab.txt").write_text(CRONTAB)
     crontab = DEMO / "bin" / "crontab"
-    crontab.write_text(f"#!/bin/sh\nexec cat {DEMO / 'crontab.txt'}\n")
+    crontab.write_text(  # `crontab -l` reads it; `crontab -` (Disable, Enable) writes it
+        f'#!/bin/sh\nif [ "$1" = "-l" ]; then cat {DEMO / "crontab.txt"}; '
+        f"else cat > {DEMO / 'crontab.txt'}; fi\n"
+    )
     crontab.chmod(0o755)
     env = dict(
         os.environ,
@@ -110,7 +113,31 @@ def prepare(stand_in: bool) -> tuple[dict[str, str], object | None]:
         launcher.chmod(0o755)
         env["OPSCONSOLE_CLAUDE_BIN"] = str(launcher)
         say("agents run the stand-in claude (tests/fake_claude.py)")
+    write_crontab(env)
     return env, api
+
+
+# What a job needs under cron, which starts it with PATH=/usr/bin:/bin and little else:
+# the lines a real crontab needs too (see the README), so "Run now" works in the demo.
+CRON_ENV_KEYS = (
+    "OPSCONSOLE_HOME",
+    "CLAUDE_CONFIG_DIR",
+    "OPSCONSOLE_CLAUDE_BIN",
+    "OPSCONSOLE_QUOTA_COOLDOWN_SECONDS",
+    "PYTHONPATH",
+    "HOME",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "DISABLE_TELEMETRY",
+    "DISABLE_AUTOUPDATER",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+)
+
+
+def write_crontab(env: dict) -> None:
+    lines = [f"PATH={Path(PYTHON).parent}:/usr/bin:/bin"]
+    lines += [f"{key}={env[key]}" for key in CRON_ENV_KEYS if env.get(key)]
+    (DEMO / "crontab.txt").write_text("\n".join(lines) + "\n" + CRONTAB_ENTRIES)
 
 
 def install_real_cli() -> str | None:
@@ -125,8 +152,11 @@ def install_real_cli() -> str | None:
     return result.stdout.strip().splitlines()[-1]
 
 
+STARTED: list[subprocess.Popen] = []  # every agent the demo started, stopped by PID at the end
+
+
 def start_agent(env: dict, tag: str, prompt: str, behaviour: str = "succeed"):
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             PYTHON,
             "-m",
@@ -149,6 +179,65 @@ def start_agent(env: dict, tag: str, prompt: str, behaviour: str = "succeed"):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+    )
+    STARTED.append(proc)
+    return proc
+
+
+def stop_started(server: subprocess.Popen) -> None:
+    """Stop what the demo started, by the PIDs it holds: the server's and each agent's
+    process group (each began a session of its own), then anything left that carries the
+    demo's own CLAUDE_CONFIG_DIR (tools the real CLI starts in sessions of their own)."""
+    import psutil
+
+    running = sum(proc.poll() is None for proc in STARTED)
+    # Every group, even one whose leader ended: its tools may still be in it.
+    groups = [server.pid] + [proc.pid for proc in STARTED]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        if sig == signal.SIGTERM:
+            psutil.wait_procs([p for p in map(_process, groups) if p is not None], timeout=3)
+    marker = str(DEMO / "claude")
+    for proc in psutil.process_iter(["environ"]):
+        try:
+            if (proc.info.get("environ") or {}).get("CLAUDE_CONFIG_DIR") == marker:
+                proc.kill()
+        except psutil.Error:
+            continue
+    say(f"stopped the console and {running} running agent(s)")
+
+
+def _process(pid: int):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def print_api_access(manage: list[str], env: dict, port: int) -> None:
+    """The demo has its own database: a token made here, and the environment for commands."""
+    made = subprocess.run(
+        [*manage, "create_api_token", "demo", "--name", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = made.stdout.strip().splitlines()[-1]
+    say("API (a token for user demo, in the demo's own database):")
+    print(f"    export TOKEN={token}")
+    print(
+        f'    curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:{port}/api/claude-active'
+    )
+    print("  other commands against the demo's state and database need its environment:")
+    print(
+        f"    export OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']} CLAUDE_CONFIG_DIR="
+        f"{env['CLAUDE_CONFIG_DIR']} DATABASE_URL={env['DATABASE_URL']}",
+        flush=True,
     )
 
 
@@ -204,14 +293,14 @@ def main() -> int:
     stop = threading.Event()
     threading.Thread(target=scheduler, args=(env, api, stop), daemon=True).start()
     say(f"console at http://127.0.0.1:{args.port}/  (user demo, password demo); Ctrl-C stops")
+    print_api_access(manage, env, args.port)
     try:
         server.wait()
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
-        os.killpg(server.pid, signal.SIGTERM)
-        subprocess.run(["pkill", "-f", "--platform demo"], check=False)
+        stop_started(server)
         if api is not None:
             api.stop()
     return 0

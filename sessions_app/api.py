@@ -21,6 +21,7 @@ from sessions_app.history import HistoryFilters
 from sessions_app.leftovers import kill_leftovers, leftover_payload, leftovers_of
 from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
+from sessions_app.outcome import outcome_of
 from sessions_app.runs import find_run, run_from_record, run_payload
 from sessions_app.transcripts.tail import (
     OffsetBeyondEnd,
@@ -64,7 +65,7 @@ def session_detail(request, session_id: str):
     run = find_run(session_id)
     if run is None:
         return json_error(f"No session {session_id} is live or on record.", 404)
-    payload = run_payload(run, with_processes=True)
+    payload = with_record_fields(run_payload(run, with_processes=True), run.record)
     payload["leftovers"] = leftover_payload(leftovers_of(session_id, get_snapshot()))
     return JsonResponse(payload)
 
@@ -92,6 +93,18 @@ def session_kill_leftovers(request, session_id: str):
     )
 
 
+def with_record_fields(payload: dict, record: Session | None) -> dict:
+    """Who stopped the run, and how it ended in words (rate-limited, with the reset time)."""
+    outcome = outcome_of(record) if record is not None else None
+    payload["stopped_by"] = (record.stopped_by or None) if record is not None else None
+    payload["outcome"] = outcome.kind if outcome else payload.get("status")
+    payload["outcome_label"] = outcome.label if outcome else payload.get("status")
+    payload["rate_limit_reset_at"] = (
+        outcome.reset_at.isoformat() if outcome and outcome.reset_at else None
+    )
+    return payload
+
+
 @api_view
 @require_GET
 def session_list(request):
@@ -112,7 +125,9 @@ def session_list(request):
     except ValueError:
         return json_error("page must be a whole number.", 400)
     try:
-        sessions = [run_payload(run_from_record(row)) for row in page.object_list]
+        sessions = [
+            with_record_fields(run_payload(run_from_record(row)), row) for row in page.object_list
+        ]
     except DatabaseError as exc:
         return json_error(f"Database unavailable: {exc}", 503)
     return JsonResponse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 
 from django.utils.html import format_html
@@ -9,34 +10,72 @@ from django.utils.safestring import SafeString, mark_safe
 
 from sessions_app.costs import CostReport
 
-# Colour-blind-safe (Okabe-Ito), then grey for everything else.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00"]
+# Colour-blind-safe (Okabe-Ito, then Tol's), more colours than series so two jobs
+# rarely share one; grey for everything else.
+PALETTE = [
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#882255",
+    "#44AA99",
+    "#999933",
+    "#332288",
+]
 OTHER_COLOUR = "#9ca3af"
+MAX_SERIES = 6
 WIDTH, HEIGHT = 900, 240
+NARROW_WIDTH = 420
 MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 56, 28, 12
+
+
+def colour_of(tag: str) -> str:
+    """One colour per job, the same on every load and in every range (a hash of its tag)."""
+    return PALETTE[int(hashlib.sha256(tag.encode()).hexdigest(), 16) % len(PALETTE)]
 
 
 def series_colours(report: CostReport) -> list[tuple[str, str]]:
     """(tag, colour) for the costliest tags; the rest are drawn as 'other'."""
-    top = [line.key for line in report.by_tag if line.cost_usd > 0][: len(PALETTE)]
-    return list(zip(top, PALETTE, strict=False))
+    top = [line.key for line in report.by_tag if line.cost_usd > 0][:MAX_SERIES]
+    return [(tag, colour_of(tag)) for tag in top]
 
 
 def cost_chart(report: CostReport) -> SafeString:
+    """Two drawings of one chart: wide for screens, narrow (fewer, larger labels) for phones;
+    CSS shows one."""
+    wide = _cost_svg(report, WIDTH, "chart--wide", "chart-title", 10)
+    if not wide.startswith("<svg"):
+        return wide
+    narrow = _cost_svg(report, NARROW_WIDTH, "chart--narrow", "chart-title-narrow", 4)
+    legend = [
+        format_html('<li><span class="swatch" style="background:{}"></span>{}</li>', colour, tag)
+        for tag, colour in [*series_colours(report), ("other", OTHER_COLOUR)]
+    ]
+    return mark_safe(  # noqa: S308 - every part was built with format_html
+        wide + narrow + '<ul class="legend">' + "".join(legend) + "</ul>"
+    )
+
+
+def _cost_svg(report: CostReport, width: int, css: str, title_id: str, labels: int) -> str:
     colours = series_colours(report)
     named = {tag for tag, _ in colours}
     peak = max((line.cost_usd for line in report.by_day), default=Decimal("0"))
     if peak <= 0:
         return format_html('<p class="empty">No known cost in the last {} days.</p>', report.days)
     plot_height = HEIGHT - MARGIN_BOTTOM - MARGIN_TOP
-    slot = (WIDTH - MARGIN_LEFT) / max(1, len(report.by_day))
+    slot = (width - MARGIN_LEFT) / max(1, len(report.by_day))
     bar = max(2.0, slot * 0.7)
     parts = [
         format_html(
-            '<svg class="chart" viewBox="0 0 {} {}" role="img" aria-labelledby="chart-title">'
-            '<title id="chart-title">Cost per day, last {} days, highest ${}</title>',
-            WIDTH,
+            '<svg class="chart {}" viewBox="0 0 {} {}" role="img" aria-labelledby="{}">'
+            '<title id="{}">Cost per day, last {} days, highest ${}</title>',
+            css,
+            width,
             HEIGHT,
+            title_id,
+            title_id,
             report.days,
             f"{peak:.2f}",
         )
@@ -48,7 +87,7 @@ def cost_chart(report: CostReport) -> SafeString:
                 '<line x1="{}" x2="{}" y1="{}" y2="{}" class="grid"/>'
                 '<text x="{}" y="{}" class="axis" text-anchor="end">${}</text>',
                 MARGIN_LEFT,
-                WIDTH,
+                width,
                 f"{y:.1f}",
                 f"{y:.1f}",
                 MARGIN_LEFT - 6,
@@ -81,7 +120,8 @@ def cost_chart(report: CostReport) -> SafeString:
                     f"{cost:.4f}",
                 )
             )
-        if len(report.by_day) <= 31 and (index % max(1, len(report.by_day) // 10) == 0):
+        step = max(1, -(-len(report.by_day) // labels))
+        if index % step == 0:
             parts.append(
                 format_html(
                     '<text x="{}" y="{}" class="axis" text-anchor="middle">{}</text>',
@@ -91,10 +131,4 @@ def cost_chart(report: CostReport) -> SafeString:
                 )
             )
     parts.append(mark_safe("</svg>"))
-    legend = [
-        format_html('<li><span class="swatch" style="background:{}"></span>{}</li>', colour, tag)
-        for tag, colour in [*colours, ("other", OTHER_COLOUR)]
-    ]
-    return mark_safe(  # noqa: S308 - every part above was built with format_html
-        "".join(parts) + '<ul class="legend">' + "".join(legend) + "</ul>"
-    )
+    return "".join(parts)

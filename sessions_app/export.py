@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 
 from sessions_app.history import HistoryFilters, filtered_sessions
+from sessions_app.outcome import outcome_of_row
 
 COLUMNS = (
     "session_id",
@@ -17,8 +18,12 @@ COLUMNS = (
     "attempt",
     "retry_of",
     "status",
+    "outcome",  # status in words for people and filters: rate_limited is its own
+    "rate_limit_reset_at",
     "end_reason",
     "exit_code",
+    "error",
+    "stopped_by",
     "started_at",
     "ended_at",
     "duration_ms",
@@ -36,12 +41,18 @@ COLUMNS = (
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
+COMPUTED = ("outcome", "rate_limit_reset_at")
+
+
 def _rows(filters: HistoryFilters) -> Iterator[dict]:
     queryset = filtered_sessions(filters).order_by("-started_at", "-id")
-    values = queryset.values(*[c if c != "job" else "job__label" for c in COLUMNS])
-    for row in values.iterator(chunk_size=2000):
+    stored = [c if c != "job" else "job__label" for c in COLUMNS if c not in COMPUTED]
+    for row in queryset.values(*stored).iterator(chunk_size=2000):
         row["job"] = row.pop("job__label")
-        yield row
+        outcome = outcome_of_row(row)
+        row["outcome"] = outcome.kind
+        row["rate_limit_reset_at"] = outcome.reset_at
+        yield {column: row[column] for column in COLUMNS}
 
 
 def _cell(value) -> str:

@@ -14,8 +14,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.db.models import Q, QuerySet
 
 from sessions_app.models import Session, Status
+from sessions_app.outcome import RATE_LIMITED, rate_limited_q
 
 PAGE_SIZE = 50
+# Stored statuses, and "rate_limited": failed runs that hit a 429 or the usage limit.
+STATUS_FILTERS = (*Status.values, RATE_LIMITED)
 _HEX_PREFIX_RE = re.compile(r"^[0-9a-f-]{4,36}$")
 
 
@@ -43,8 +46,8 @@ class HistoryFilters:
         return filters
 
     def validate(self) -> None:
-        if self.status and self.status not in Status.values:
-            self.errors.append(f"status must be one of {', '.join(Status.values)}")
+        if self.status and self.status not in STATUS_FILTERS:
+            self.errors.append(f"status must be one of {', '.join(STATUS_FILTERS)}")
             self.status = ""
         for name in ("date_from", "date_to"):
             value = getattr(self, name)
@@ -92,7 +95,9 @@ def filtered_sessions(filters: HistoryFilters) -> QuerySet[Session]:
         rows = rows.filter(platform=filters.platform)
     if filters.host:
         rows = rows.filter(host=filters.host)
-    if filters.status:
+    if filters.status == RATE_LIMITED:
+        rows = rows.filter(rate_limited_q())
+    elif filters.status:
         rows = rows.filter(status=filters.status)
     if filters.job:
         rows = rows.filter(job_id=int(filters.job))

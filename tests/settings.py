@@ -1,9 +1,15 @@
 """Test settings: the real settings, with state kept out of the user's home."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("OPSCONSOLE_HOME", tempfile.mkdtemp(prefix="opsconsole-test-home-"))
+if not os.environ.get("OPSCONSOLE_HOME"):
+    # Made here, removed when the test process ends: no opsconsole-test-home-* left behind.
+    _test_home = tempfile.mkdtemp(prefix="opsconsole-test-home-")
+    os.environ["OPSCONSOLE_HOME"] = _test_home
+    atexit.register(shutil.rmtree, _test_home, ignore_errors=True)
 
 from opsconsole.settings import *  # noqa: F403
 

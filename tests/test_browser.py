@@ -6,49 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, wrapper_command
+from tests.browser_fixtures import ARTIFACTS
+from tests.conftest import wrapper_command
 from tests.live_helpers import start_fake_run
 from tests.test_collectors import stand_in
 from tests.test_e2e import eventually
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO_ROOT / "test-artifacts"
-# Without these, chromium keeps trying to reach Google's services from a closed network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="session")
-def browser():
-    required = os.environ.get("OPSCONSOLE_REQUIRE_BROWSER") == "1"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("playwright is not installed (scripts/install-browser)")
-        pytest.skip("playwright is not installed (scripts/install-browser)")
-    if not Path(CHROMIUM).exists():
-        if required:
-            pytest.fail(f"{CHROMIUM} is missing (scripts/install-browser)")
-        pytest.skip(f"{CHROMIUM} is missing (scripts/install-browser)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
 
 
 @pytest.fixture
@@ -235,7 +202,7 @@ def test_history_and_costs_pages(page, console_server, state, fake_claude):
     assert page.locator(".badge--refused").count() == 1
     shot(page, "history")
     page.goto(console_server.url + "/costs/?days=7")
-    page.locator("svg.chart").wait_for()
+    page.locator("svg.chart").first.wait_for()
     shot(page, "costs")
 
 

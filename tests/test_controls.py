@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import plistlib
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -73,20 +74,158 @@ def job(**fields) -> Job:
     return Job.objects.create(**values)
 
 
-def test_run_now_for_each_scheduler(console_state, tools):
-    assert run_now(job(), "alice").ok
-    assert run_now(job(scheduler="systemd", label="report.service", scope="user"), "alice").ok
-    marker = tools["dir"] / "ran"
-    cron_job = job(scheduler="cron", label="nightly", command=f"touch {marker}")
-    result = run_now(cron_job, "alice")
+def test_run_now_for_each_scheduler(console_state, tools, fake_claude, monkeypatch):
+    # Stand-ins that do what the real ones do on kickstart / start: run the job.
+    starts_the_job = (
+        f'echo "$(basename "$0") $*" >> {tools["calls"]}\n'
+        'case "$*" in *kickstart*|*" start "*) '
+        f'"{sys.executable}" -m wrapper --tag report -- -p x >/dev/null 2>&1 & ;; esac\n'
+    )
+    stand_in(tools["dir"] / "tools", "launchctl", starts_the_job)
+    stand_in(tools["dir"] / "tools", "systemctl", starts_the_job)
+    for key in ("OPSCONSOLE_CLAUDE_BIN", "FAKE_CLAUDE_STATE", "PYTHONPATH"):
+        monkeypatch.setenv(key, console_state.env[key])
 
-    assert result.ok
+    launchd = run_now(job(), "alice")
+    systemd = run_now(job(scheduler="systemd", label="report.service", scope="user"), "alice")
+
+    assert launchd.ok, launchd.message
+    assert systemd.ok, systemd.message
+    assert "run seen" in launchd.message and launchd.detail["seen"]
     assert calls(tools)[:2] == [
         f"launchctl kickstart gui/{os.getuid()}/com.acme.report",
         "systemctl --user start report.service",
     ]
-    eventually(marker.exists, bool, timeout=5)
-    assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 3
+    assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 2
+
+
+def test_run_now_the_scheduler_accepts_but_that_never_runs_reports_failure(
+    console_state, tools, settings, client
+):
+    settings.OPSCONSOLE_RUN_NOW_WAIT_SECONDS = 1
+    agent = job()
+
+    result = run_now(agent, "alice")  # launchctl answers 0, and nothing runs
+
+    assert not result.ok
+    assert "answered, but no run of report appeared within 1 s" in result.message
+    assert "opsconsole doctor --job com.acme.report" in result.message
+    assert AuditEntry.objects.get(action="run").ok is False
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+    answer = client.post(f"/api/jobs/{agent.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert answer.status_code == 502 and answer.json()["ok"] is False
+
+
+def cron_job(tools, crontab_text: str, label: str = "nightly", tags=("nightly",)) -> Job:
+    tools["crontab"].write_text(crontab_text)
+    return job(scheduler="cron", label=label, tags=list(tags), source="crontab -l", scope="")
+
+
+def test_run_now_on_a_cron_entry_whose_command_cannot_start_reports_failure(
+    console_state, tools, client
+):
+    # The demo's mistake: a bare opsconsole-run, which cron's PATH (/usr/bin:/bin) lacks.
+    entry = cron_job(
+        tools, "# opsconsole: nightly\n15 2 * * * opsconsole-run --tag nightly -- -p x\n"
+    )
+
+    result = run_now(entry, "alice")
+
+    assert not result.ok
+    assert result.exit_code == 127
+    assert "not found" in result.output and "no run was seen" in result.message
+    audit = AuditEntry.objects.get(action="run")
+    assert (audit.ok, audit.exit_code) == (False, 127)
+    assert "opsconsole-run" in audit.output and "not found" in audit.output
+    assert audit.detail["path"] == "/usr/bin:/bin"
+
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+    answer = client.post(f"/api/jobs/{entry.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert answer.status_code == 502
+    assert answer.json()["ok"] is False and "not found" in answer.json()["output"]
+
+
+def test_run_now_on_a_cron_entry_that_starts_but_never_runs_the_agent_reports_failure(
+    console_state, tools
+):
+    command = "true || opsconsole-run --tag nightly -- -p x; echo pretending"
+    entry = cron_job(tools, f"# opsconsole: nightly\n* * * * * {command}\n")
+
+    result = run_now(entry, "alice")
+
+    assert not result.ok and result.exit_code == 0
+    assert "pretending" in result.output
+
+
+def test_run_now_runs_a_cron_entry_with_its_environment_and_sees_the_run(
+    console_state, tools, fake_claude
+):
+    bin_dir = tools["dir"] / "job-bin"
+    wrapper = stand_in(bin_dir, "opsconsole-run", f'exec "{sys.executable}" -m wrapper "$@"\n')
+    env = console_state.env
+    lines = [
+        "SHELL=/bin/sh",
+        f"PATH={bin_dir}:/usr/bin:/bin",
+        f"PYTHONPATH={env['PYTHONPATH']}",
+        f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+        f"CLAUDE_CONFIG_DIR={env['CLAUDE_CONFIG_DIR']}",
+        f"OPSCONSOLE_CLAUDE_BIN={env['OPSCONSOLE_CLAUDE_BIN']}",
+        f"FAKE_CLAUDE_STATE={env['FAKE_CLAUDE_STATE']}",
+        "FAKE_CLAUDE_BEHAVIOUR=sleep:3",
+        "# opsconsole: nightly",
+        "15 2 * * * opsconsole-run --tag nightly -- -p x --output-format json",
+    ]
+    entry = cron_job(tools, "\n".join(lines) + "\n")
+
+    result = run_now(entry, "alice")
+
+    assert result.ok, (result.message, result.output)
+    assert result.detail["seen"].startswith(("sidecar", "spool"))
+    assert len(result.detail["session_id"]) == 36
+    assert Path(wrapper).parent == bin_dir
+    audit = AuditEntry.objects.get(action="run")
+    assert audit.ok and audit.detail["log"].endswith(".log")
+    eventually(lambda: list(console_state.paths.spool.glob("*.json")), bool, timeout=20)
+
+
+def test_run_now_that_starts_a_run_which_fails_at_once_says_so(console_state, tools, fake_claude):
+    # The wrapper runs (the run is on record), but claude is not where the entry says.
+    env = console_state.env
+    lines = [
+        f"PYTHONPATH={env['PYTHONPATH']}",
+        f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+        "OPSCONSOLE_CLAUDE_BIN=/nonexistent/claude",
+        "# opsconsole: nightly",
+        # `python -m wrapper` is what opsconsole-run runs; the trailing bare name (not on
+        # cron's PATH, so it never runs) is how the collector knows the entry for ours.
+        f"15 2 * * * {sys.executable} -m wrapper --tag nightly -- -p x || opsconsole-run -h",
+    ]
+    entry = cron_job(tools, "\n".join(lines) + "\n")
+
+    result = run_now(entry, "alice")
+
+    assert result.ok, result.message
+    assert result.detail["seen"].startswith("spool")
+    assert "already ended (failed, exit 127)" in result.message
+    assert "OPSCONSOLE_CLAUDE_BIN" in result.message
+
+
+def test_schedule_of_a_cron_job_is_refused_with_a_4xx(console_state, tools, client):
+    entry = cron_job(tools, "# opsconsole: nightly\n15 2 * * * opsconsole-run --tag n -- -p x\n")
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+
+    answer = client.post(
+        f"/api/jobs/{entry.pk}/schedule",
+        {"schedule": "0 3 * * *"},
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+
+    assert answer.status_code == 400
+    assert answer.json()["ok"] is False and "crontab" in answer.json()["error"]
+    assert AuditEntry.objects.get(action="schedule").ok is False
 
 
 def test_a_failing_scheduler_command_is_reported_and_audited(console_state, tools):
@@ -309,7 +448,7 @@ def test_watchdog_stops_an_orphan_past_its_limit(console_state, fake_claude, set
 
 
 def test_only_admins_may_act(console_state, tools, client):
-    target = job()
+    target = job(source="/Users/me/Library/LaunchAgents/com.acme.report.plist")
     viewer = get_user_model().objects.create_user("viewer")
     admin = get_user_model().objects.create_user("admin", is_staff=True)
 
@@ -322,10 +461,10 @@ def test_only_admins_may_act(console_state, tools, client):
     assert b"Actions need admin rights" in client.get(f"/jobs/{target.pk}/").content
 
     client.force_login(admin)
-    page = client.post(f"/jobs/{target.pk}/run", follow=True)
-    assert b"kickstart" in page.content  # the outcome, shown to the person
+    page = client.post(f"/jobs/{target.pk}/disable", follow=True)
+    assert b"bootout" in page.content  # the outcome, shown to the person
     token = ApiToken.issue(admin)[1]
-    api = client.post(f"/api/jobs/{target.pk}/run", HTTP_AUTHORIZATION=f"Bearer {token}")
+    api = client.post(f"/api/jobs/{target.pk}/enable", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert api.status_code == 200 and api.json()["ok"] is True
     assert [e.actor for e in AuditEntry.objects.all()] == ["admin", "admin"]
     assert (

@@ -141,8 +141,26 @@ def cron_times(expression: str, now: datetime) -> tuple[datetime | None, datetim
     return previous, following
 
 
+CRON_MACROS = {
+    "@reboot": "at boot",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
 def describe_cron(expression: str) -> str:
+    """In words; a macro (@hourly) is described as what it stands for, not echoed."""
     from cron_descriptor import ExpressionDescriptor, Options
+
+    macro = CRON_MACROS.get(expression.strip().lower())
+    if macro == "at boot":
+        return "At boot"
+    expression = macro or expression
 
     options = Options()
     options.use_24hour_time_format = True

@@ -9,6 +9,8 @@ from decimal import Decimal
 from django import template
 from django.utils import timezone
 
+from sessions_app.outcome import outcome_of
+
 register = template.Library()
 
 STATUS_LABELS = {
@@ -99,12 +101,51 @@ def shortid(value) -> str:
 
 @register.filter
 def outcome_label(run) -> str:
-    """How a run ended, in words: 'failed (exit 2)', 'quota skip', 'killed'."""
-    status = str(getattr(run, "status", run))
-    exit_code = getattr(run, "exit_code", None)
-    if status == "failed" and exit_code is not None:
-        return f"failed (exit {exit_code})"
-    return status_label(status)
+    """How a run ended, in words: 'failed (exit 2)', 'quota skip', 'rate-limited until 14:05'."""
+    return outcome_of(run).label
+
+
+@register.filter
+def outcome_kind(run) -> str:
+    """The badge class for how a run ended: its status, or 'rate_limited'."""
+    return outcome_of(run).kind
+
+
+# A shape per outcome, so the run strip does not speak in colour alone.
+STATUS_GLYPHS = {
+    "succeeded": "✓",
+    "failed": "✕",
+    "killed": "!",
+    "refused": "R",
+    "quota_skip": "Q",
+    "rate_limited": "L",
+    "live": "●",
+    "orphaned": "◌",
+    "imported": "·",
+}
+
+
+@register.filter
+def status_glyph(kind) -> str:
+    return STATUS_GLYPHS.get(str(kind), "?")
+
+
+@register.filter
+def stopped_by_label(record) -> str:
+    """Who stopped a run, said as what they are: a person, the watchdog, a leftover rule."""
+    return describe_stopper(getattr(record, "stopped_by", ""), getattr(record, "end_reason", ""))
+
+
+def describe_stopper(stopped_by: str, end_reason: str = "") -> str:
+    if not stopped_by:
+        return ""
+    if stopped_by == "watchdog":
+        return "the watchdog (past the job's time limit)"
+    if stopped_by == "cost-cap":
+        return "the cost cap (its running cost passed the job's cap)"
+    if stopped_by.startswith(("rule", "leftover", "monitor")) or "leftover" in end_reason:
+        return f"a leftover rule ({stopped_by})"
+    return f"{stopped_by} (a person, from the console)"
 
 
 @register.filter

@@ -1,0 +1,31 @@
+"""What a newcomer types first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.conftest import PYTHON, REPO_ROOT
+
+
+def test_opsconsole_help_lists_serve(tmp_path):
+    env = dict(os.environ, OPSCONSOLE_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO_ROOT))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    listing = subprocess.run(
+        [PYTHON, "-m", "opsconsole.cli", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "[opsconsole]\n    serve" in listing.stdout
+    assert "doctor" in listing.stdout
+    detail = subprocess.run(
+        [PYTHON, "-m", "opsconsole.cli", "help", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "--bind" in detail.stdout and "gunicorn" in detail.stdout
