@@ -23,14 +23,21 @@ from wrapper.formats import (
     EXIT_NO_CLAUDE,
     EXIT_QUOTA_SKIP,
     EXIT_UNSAFE_STATE_DIR,
+    FormatError,
     QuotaStamp,
     Sidecar,
     SpoolRecord,
     StatePaths,
     UnsafeDirectory,
+    check_record,
     claude_config_dir,
     copy_into_archive,
     ensure_private_dir,
+    field_problem,
+    fit_name,
+    fit_number,
+    fit_text,
+    fit_usage,
     host_name,
     is_session_id,
     new_session_id,
@@ -95,6 +102,10 @@ class Wrapper:
         if first_session_id and not is_session_id(first_session_id):
             say(f"CLAUDE_SESSION_ID={first_session_id!r} is not a lowercase UUID")
             return 2
+        problem = self.identity_problem()
+        if problem:
+            say(f"{problem}; claude not started")
+            return 2
         session_id = first_session_id or new_session_id()
 
         stamp = read_quota_stamp(self.paths)
@@ -119,6 +130,21 @@ class Wrapper:
             self.remove_sidecar()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
+
+    def identity_problem(self) -> str | None:
+        """Why the names this run would be recorded under cannot be (too long, a NUL...):
+        refused before anything is written, rather than a record the console rejects."""
+        for name, value, origin in (
+            ("script_tag", self.options.tag, "--tag"),
+            ("platform", self.options.platform, "--platform (or $OPSCONSOLE_PLATFORM)"),
+            ("host", self.host, "the host name ($OPSCONSOLE_HOST_NAME)"),
+            ("cwd", self.cwd, "the working directory"),
+            ("claude_config_dir", str(self.config_dir), "$CLAUDE_CONFIG_DIR"),
+        ):
+            problem = field_problem(name, value)
+            if problem:
+                return f"{origin}: {problem}"
+        return None
 
     def attempts(self, claude: str, session_id: str) -> int:
         retry_of: str | None = None
@@ -161,7 +187,7 @@ class Wrapper:
             claude_config_dir=str(self.config_dir),
             transcript_path=str(transcript_path(self.config_dir, self.cwd, session_id)),
             retry_of=retry_of,
-            orchestrator_cost_usd=earlier_cost,
+            orchestrator_cost_usd=fit_number("orchestrator_cost_usd", earlier_cost),
         )
         self.write_sidecar(sidecar)
         child_env = dict(self.env, CLAUDE_SESSION_ID=session_id)
@@ -266,6 +292,11 @@ class Wrapper:
 
     def write_sidecar(self, sidecar: Sidecar) -> None:
         try:
+            check_record(sidecar)
+        except FormatError as exc:  # identity_problem() ran first: this is a bug of ours
+            say(f"sidecar not written, it would be rejected: {exc}")
+            return
+        try:
             write_json_atomic(self.paths.sidecar_path(self.pid), sidecar.to_dict())
             self.sidecar_written = True
         except OSError as exc:
@@ -306,22 +337,29 @@ class Wrapper:
             claude_config_dir=sidecar.claude_config_dir,
             transcript_path=sidecar.transcript_path,
             signal=signal_number,
-            error=error,
+            error=fit_text("error", error),
+            # What claude printed is made to fit the record's limits (formats.FIELD_LIMITS):
+            # a value that does not fit is unknown, not a record the console rejects.
             is_error=_typed(result.get("is_error"), bool),
-            subtype=_typed(result.get("subtype"), str),
-            stop_reason=_typed(result.get("stop_reason"), str),
-            api_error_status=_typed(result.get("api_error_status"), int),
-            num_turns=_typed(result.get("num_turns"), int),
-            duration_ms=_typed(result.get("duration_ms"), int),
-            cost_usd=float(cost) if isinstance(cost, int | float) and cost is not True else None,
-            usage=observed.usage(),
-            model=observed.model,
+            subtype=fit_name("subtype", result.get("subtype")),
+            stop_reason=fit_name("stop_reason", result.get("stop_reason")),
+            api_error_status=fit_number("api_error_status", result.get("api_error_status")),
+            num_turns=fit_number("num_turns", result.get("num_turns")),
+            duration_ms=fit_number("duration_ms", result.get("duration_ms")),
+            cost_usd=fit_number("cost_usd", cost),
+            usage=fit_usage(result.get("usage")),
+            model=fit_name("model", observed.model),
         )
         record.archive_path = self.archive_transcript(sidecar)
         self.write_spool(record)
         return record
 
     def write_spool(self, record: SpoolRecord) -> None:
+        try:
+            check_record(record)
+        except FormatError as exc:
+            # Still written: the console quarantines it with this reason, nothing is lost.
+            say(f"the completion record does not fit its format: {exc}")
         try:
             write_json_atomic(self.paths.spool_path(record.session_id), record.to_dict())
         except OSError as exc:
@@ -390,7 +428,7 @@ class Wrapper:
                 wrapper_pid=self.pid,
                 cwd=self.cwd,
                 claude_config_dir=str(self.config_dir),
-                error=error,
+                error=fit_text("error", error),
             )
         )
 
@@ -406,7 +444,7 @@ class Wrapper:
         stamp = QuotaStamp(
             until=until.isoformat(timespec="seconds").replace("+00:00", "Z"),
             set_at=utc_now_iso(),
-            reason=reason,
+            reason=fit_text("reason", reason) or "usage limit",
             session_id=session_id,
             script_tag=self.options.tag,
         )
