@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -74,6 +75,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "axes",
     "opsconsole",
     "sessions_app",
     "jobs_app",
@@ -91,6 +93,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: answers 429 to a locked-out address or account.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "opsconsole.urls"
@@ -142,6 +146,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # Refuses a locked-out address or account before any password is hashed.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling (django-axes): after OPSCONSOLE_LOGIN_FAILURE_LIMIT wrong passwords an
+# account is locked, and so is the address they came from, each on its own, for
+# OPSCONSOLE_LOGIN_COOLOFF_MINUTES. Unlock early with `opsconsole axes_reset`.
+AXES_ENABLED = env_bool("OPSCONSOLE_LOGIN_THROTTLING", True)
+AXES_FAILURE_LIMIT = env_int("OPSCONSOLE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("OPSCONSOLE_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "opsconsole/locked_out.html"
+AXES_VERBOSE = False
+# Password checks (PBKDF2, ~0.3 s of CPU each) that may run at once; a login that finds
+# no free slot within OPSCONSOLE_LOGIN_WAIT_SECONDS is answered 503 at once, so logins
+# can never take every server thread from the pages and the API.
+OPSCONSOLE_LOGIN_CONCURRENCY = env_int("OPSCONSOLE_LOGIN_CONCURRENCY", 1)
+OPSCONSOLE_LOGIN_WAIT_SECONDS = env_float("OPSCONSOLE_LOGIN_WAIT_SECONDS", 0.25)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "live"
 LOGOUT_REDIRECT_URL = "login"
