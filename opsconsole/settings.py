@@ -226,5 +226,11 @@ OPSCONSOLE_LAUNCHD_PLIST_DIRS = env_list(
 OPSCONSOLE_LATE_GRACE_SECONDS = env_int("OPSCONSOLE_LATE_GRACE_SECONDS", 600)
 # Stop: how long a run's tree gets after SIGTERM before what is left is killed.
 OPSCONSOLE_STOP_GRACE_SECONDS = env_float("OPSCONSOLE_STOP_GRACE_SECONDS", 5.0)
+# Stop and the watchdog never signal a process of another user unless this is set.
+OPSCONSOLE_SIGNAL_OTHER_USERS = env_bool("OPSCONSOLE_SIGNAL_OTHER_USERS", False)
+# The users whose sidecars the console believes (sessions_app.trust); default: its own.
+OPSCONSOLE_TRUSTED_UIDS = [
+    int(uid) for uid in env_list("OPSCONSOLE_TRUSTED_UIDS", [str(os.geteuid())])
+]
 # The watchdog's limit for runs whose job sets none (a job's own limit is edited in the admin).
 OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = env_int("OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES", 45)

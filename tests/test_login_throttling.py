@@ -21,9 +21,7 @@ def ops():
 
 
 def login(client, username: str, password: str, address: str = "127.0.0.1"):
-    return client.post(
-        "/login/", {"username": username, "password": password}, REMOTE_ADDR=address
-    )
+    return client.post("/login/", {"username": username, "password": password}, REMOTE_ADDR=address)
 
 
 def test_no_login_throttling_wrong_passwords_lock_the_account(client, ops, settings):
