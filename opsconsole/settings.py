@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
 from wrapper.formats import StatePaths, claude_config_dir, ensure_private_dir, host_name
 
@@ -82,6 +83,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: sessions and tokens are read from the database before any view runs.
+    "opsconsole.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -90,6 +93,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Every page needs a login; API views opt out and answer 401 themselves.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "opsconsole.middleware.PrivateCacheMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -123,14 +128,50 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# A database that refuses, or accepts and never answers, must cost a request seconds,
+# not a thread forever: connect and statement timeouts (PostgreSQL), lock wait (SQLite).
+OPSCONSOLE_DB_CONNECT_TIMEOUT = env_float("OPSCONSOLE_DB_CONNECT_TIMEOUT", 3.0)
+OPSCONSOLE_DB_STATEMENT_TIMEOUT = env_float("OPSCONSOLE_DB_STATEMENT_TIMEOUT", 15.0)
+# After the database was found unreachable, requests answer 503 at once for this long
+# before the next connection attempt.
+OPSCONSOLE_DB_RETRY_SECONDS = env_float("OPSCONSOLE_DB_RETRY_SECONDS", 5.0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the page read while an ingest writes; wait rather than fail on a lock.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        "timeout": 5,
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("connect_timeout", max(1, round(OPSCONSOLE_DB_CONNECT_TIMEOUT)))
+    _statement_ms = int(OPSCONSOLE_DB_STATEMENT_TIMEOUT * 1000)
+    _options["options"] = (
+        f"{_options.get('options', '')} -c statement_timeout={_statement_ms}".strip()
+    )
+
+
+def _private_sqlite_file(name: str) -> None:
+    """The SQLite file holds users, token hashes and every run: 0600 (SQLite gives its
+    -wal and -shm files the database file's mode), in a 0700 directory when it is ours."""
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = Path(f"{name}{suffix}")
+        if companion.exists() and not companion.is_symlink():
+            companion.chmod(0o600)
+
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _private_sqlite_file(str(DATABASES["default"].get("NAME") or ""))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -193,6 +234,22 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env_bool("OPSCONSOLE_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Content-Security-Policy (django-csp): scripts and styles from our own static files only,
+# no inline script, no inline style, nothing from another origin.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 # ----------------------------------------------------------------------------- opsconsole
 # Where Claude Code keeps transcripts; the console reads nothing outside these and the archive.

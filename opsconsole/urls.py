@@ -11,3 +11,6 @@ urlpatterns = [
     path("", include("sessions_app.urls")),
     path("", include("jobs_app.urls")),
 ]
+
+# A database outage met outside a view (session or token lookup) is a 503, not a 500.
+handler500 = "opsconsole.middleware.server_error"

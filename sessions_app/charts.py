@@ -91,10 +91,12 @@ def cost_chart(report: CostReport) -> SafeString:
                 )
             )
     parts.append(mark_safe("</svg>"))
+    # Classes, not style attributes (the CSP forbids those): console.css has the palette.
     legend = [
-        format_html('<li><span class="swatch" style="background:{}"></span>{}</li>', colour, tag)
-        for tag, colour in [*colours, ("other", OTHER_COLOUR)]
+        format_html('<li><span class="swatch swatch-{}"></span>{}</li>', index, tag)
+        for index, (tag, _) in enumerate(colours)
     ]
+    legend.append(format_html('<li><span class="swatch swatch-other"></span>{}</li>', "other"))
     return mark_safe(  # noqa: S308 - every part above was built with format_html
         "".join(parts) + '<ul class="legend">' + "".join(legend) + "</ul>"
     )
