@@ -226,7 +226,8 @@ def record_live(sidecars_by_state: dict[str, list[Sidecar]]) -> None:
 
 
 def record_vanished(sidecar: Sidecar, paths: StatePaths, transcript: Path | None) -> Session:
-    """A session whose wrapper and agent are both gone, with no completion record: killed.
+    """A session whose wrapper and agent are both gone, with no completion record: killed,
+    unless the wrapper wrote into its sidecar how the run ended.
 
     The transcript is copied into the archive first, so the run stays readable after
     Claude Code's own cleanup.
@@ -249,6 +250,19 @@ def record_vanished(sidecar: Sidecar, paths: StatePaths, transcript: Path | None
         "(killed, crashed, or the host went down).",
         archive_path=archive_path,
     )
+    if sidecar.end_reason in END_REASON_STATUS and sidecar.ended_at:
+        # The wrapper saw the run end but could not write its completion record (disk
+        # full): it left its outcome in the sidecar. Not killed.
+        ended = parse_iso(sidecar.ended_at)
+        values.update(
+            status=END_REASON_STATUS[sidecar.end_reason],
+            end_reason=sidecar.end_reason,
+            exit_code=sidecar.exit_code,
+            ended_at=ended,
+            duration_ms=max(0, int((ended - values["started_at"]).total_seconds() * 1000)),
+            error="The completion record could not be written (disk full?); this outcome "
+            "is from the wrapper's sidecar (no cost or tokens).",
+        )
     with transaction.atomic():
         session, created = Session.objects.select_for_update().get_or_create(
             session_id=sidecar.session_id, defaults=values

@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 EXIT_QUOTA_SKIP = 79
 EXIT_UNSAFE_STATE_DIR = 78  # sysexits EX_CONFIG
 EXIT_NO_CLAUDE = 127
+EXIT_SESSION_ID_IN_USE = 75  # sysexits EX_TEMPFAIL: CLAUDE_SESSION_ID is another run's
 
 # Sidecars and spool records are small; anything bigger is not ours.
 MAX_RECORD_BYTES = 64 * 1024
@@ -291,6 +292,22 @@ def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> No
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number")
+
+
+def overwrite_json_in_place(path: Path, data: dict[str, Any]) -> None:
+    """Rewrite a small JSON file in its own blocks, for when the disk is full and a temp
+    file cannot be made: not atomic (a reader may see it half-written for an instant and
+    skip it), so only a last resort. Compact JSON, so it fits where the indented one was."""
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.pwrite(fd, payload, 0)
+        os.ftruncate(fd, len(payload))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_json_record(

@@ -22,6 +22,7 @@ from pathlib import Path
 from wrapper.formats import (
     EXIT_NO_CLAUDE,
     EXIT_QUOTA_SKIP,
+    EXIT_SESSION_ID_IN_USE,
     EXIT_UNSAFE_STATE_DIR,
     FormatError,
     QuotaStamp,
@@ -41,8 +42,11 @@ from wrapper.formats import (
     host_name,
     is_session_id,
     new_session_id,
+    overwrite_json_in_place,
     process_start_time,
     read_quota_stamp,
+    read_sidecar,
+    same_start_time,
     transcript_path,
     utc_now_iso,
     write_json_atomic,
@@ -94,6 +98,10 @@ class Wrapper:
         self.received_signal: int | None = None
         self.kill_timer: threading.Timer | None = None
         self.sidecar_written = False
+        # The completion record could not be written (disk full): the sidecar, marked
+        # with how the run ended, stays behind for the console instead.
+        self.keep_sidecar = False
+        self.claim: Path | None = None
 
     # ------------------------------------------------------------------ the run
 
@@ -119,17 +127,80 @@ class Wrapper:
             say(f"state directory not usable, claude not started: {exc}")
             return EXIT_UNSAFE_STATE_DIR
 
-        claude = self.find_claude()
-        if claude is None:
-            return self.record_missing_claude(session_id)
+        if first_session_id:
+            in_use = self.claim_session_id(first_session_id)
+            if in_use:
+                # As claude itself refuses a used id; and no record is written, so the run
+                # that has this id keeps its outcome.
+                say(
+                    f"session id {first_session_id} is already in use ({in_use}); "
+                    "claude not started. Unset CLAUDE_SESSION_ID for a fresh one."
+                )
+                return EXIT_SESSION_ID_IN_USE
 
-        previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS}
         try:
-            return self.attempts(claude, session_id)
+            claude = self.find_claude()
+            if claude is None:
+                return self.record_missing_claude(session_id)
+
+            previous_handlers = {
+                sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS
+            }
+            try:
+                return self.attempts(claude, session_id)
+            finally:
+                if not self.keep_sidecar:
+                    self.remove_sidecar()
+                for sig, handler in previous_handlers.items():
+                    signal.signal(sig, handler)
         finally:
-            self.remove_sidecar()
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
+            self.release_claim()
+
+    # ------------------------------------------------------------------ one id, one run
+
+    def claim_session_id(self, session_id: str) -> str | None:
+        """Why `session_id` is already someone's (None when it is now ours).
+
+        A transcript, a completion record or a live wrapper's sidecar with the id means it
+        was used; the claim file (made with O_EXCL) settles two wrappers starting at once.
+        """
+        found = list(self.config_dir.glob(f"projects/*/{session_id}.jsonl"))
+        if found:
+            return f"its transcript exists: {found[0]}"
+        spool = self.paths.spool
+        records = [spool / f"{session_id}.json", spool / "rejected" / f"{session_id}.json"]
+        if any(os.path.lexists(path) for path in records) or any(
+            spool.glob(f"ingested/*/{session_id}.json")
+        ):
+            return "a completion record for it exists"
+        for entry in self.paths.active.glob("*.json"):
+            try:
+                sidecar = read_sidecar(entry)
+            except FormatError:
+                continue
+            if sidecar.session_id == session_id and same_start_time(
+                process_start_time(sidecar.wrapper_pid), sidecar.wrapper_started
+            ):
+                return f"wrapper pid {sidecar.wrapper_pid} is running it"
+        claims = self.paths.home / "claims"
+        try:
+            ensure_private_dir(claims)
+            fd = os.open(claims / session_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return "another wrapper has claimed it"
+        except (UnsafeDirectory, OSError) as exc:
+            say(f"could not claim the session id ({exc}); going on without the claim")
+            return None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{self.pid}\n")
+        self.claim = claims / session_id
+        return None
+
+    def release_claim(self) -> None:
+        if self.claim is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.claim.unlink()
+            self.claim = None
 
     def identity_problem(self) -> str | None:
         """Why the names this run would be recorded under cannot be (too long, a NUL...):
@@ -174,6 +245,7 @@ class Wrapper:
         earlier_cost: float | None,
     ) -> AttemptOutcome:
         started_at = utc_now_iso()
+        self.keep_sidecar = False  # a fresh sidecar for this attempt
         sidecar = Sidecar(
             session_id=session_id,
             script_tag=self.options.tag,
@@ -351,10 +423,11 @@ class Wrapper:
             model=fit_name("model", observed.model),
         )
         record.archive_path = self.archive_transcript(sidecar)
-        self.write_spool(record)
+        if not self.write_spool(record) and self.sidecar_written:
+            self.mark_sidecar_ended(sidecar, record)
         return record
 
-    def write_spool(self, record: SpoolRecord) -> None:
+    def write_spool(self, record: SpoolRecord) -> bool:
         try:
             check_record(record)
         except FormatError as exc:
@@ -364,6 +437,26 @@ class Wrapper:
             write_json_atomic(self.paths.spool_path(record.session_id), record.to_dict())
         except OSError as exc:
             say(f"could not write the completion record: {exc}")
+            return False
+        return True
+
+    def mark_sidecar_ended(self, sidecar: Sidecar, record: SpoolRecord) -> None:
+        """No completion record (disk full?): say in the sidecar how the run ended and leave
+        it behind, so the console records that outcome instead of concluding 'killed'."""
+        sidecar.ended_at = record.ended_at
+        sidecar.end_reason = record.end_reason
+        sidecar.exit_code = record.exit_code
+        path = self.paths.sidecar_path(self.pid)
+        try:
+            write_json_atomic(path, sidecar.to_dict())
+        except OSError:
+            try:  # no room for a temp file: rewrite it in its own blocks
+                overwrite_json_in_place(path, sidecar.to_dict())
+            except OSError as exc:
+                say(f"could not mark the sidecar either ({exc}): the run may show as killed")
+                return
+        self.keep_sidecar = True
+        say(f"the sidecar {path} keeps this run's outcome ({record.end_reason}) for the console")
 
     def archive_transcript(self, sidecar: Sidecar) -> str | None:
         source = Path(sidecar.transcript_path)
