@@ -241,3 +241,37 @@ def test_keyboard_reaches_the_content(page):
     assert focused.strip() == "Skip to content"
     page.keyboard.press("Enter")
     assert page.evaluate("location.hash") == "#main"
+
+
+def test_pages_run_under_the_csp_without_a_violation(page, console_server, state, fake_claude):
+    """The Content-Security-Policy forbids inline script and style: a page that needed
+    either would log a violation here (and lose that behaviour for real users)."""
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text)
+            if "Content Security Policy" in message.text
+            or "Content-Security-Policy" in message.text
+            else None
+        ),
+    )
+    result = subprocess.run(
+        wrapper_command("digest", "-p", "x", "--output-format", "json"),
+        env=dict(state.env, FAKE_CLAUDE_BEHAVIOUR="succeed"),
+        cwd=state.workdir,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    run = start_fake_run(state, tag="csp-check")
+    try:
+        eventually(lambda: console_server.json("/api/sessions")["count"], lambda n: n >= 2)
+        for path in ("/", "/history/", "/costs/?days=7", "/jobs/", f"/sessions/{run.session_id}/"):
+            page.goto(console_server.url + path)
+            page.wait_for_load_state("networkidle")
+        page.goto(console_server.url + "/")
+        page.wait_for_timeout(2500)  # at least one htmx refresh of the live list
+    finally:
+        run.kill_all()
+    assert violations == []
