@@ -78,6 +78,8 @@ def test_login_is_required_and_works(browser, console_server):
     tab.fill("#id_username", console_server.username)
     tab.fill("#id_password", "wrong password")
     tab.click("button[type=submit]")
+    # Wait for the answer: a wrong password costs a PBKDF2 hash and a throttling record.
+    tab.locator("[role=alert]").wait_for()
     assert tab.locator("[role=alert]").is_visible()
     tab.fill("#id_username", console_server.username)
     tab.fill("#id_password", console_server.password)
