@@ -82,6 +82,17 @@ def test_a_used_session_id_is_refused_after_its_run_ended(state, fake_claude):
     assert not any((state.paths.home / "claims").iterdir())  # claims go with their run
 
 
+def test_a_used_session_id_is_refused_even_while_a_quota_stamp_holds(state, fake_claude):
+    """The quota skip writes a record under the id: for a used id it would overwrite the
+    run's outcome, so the id is checked first."""
+    session_id = str(uuid.uuid4())
+    assert wrapper(state, session_id, "succeed").returncode == 0
+    assert wrapper(state, str(uuid.uuid4()), "429").returncode == 1  # sets the stamp
+    again = wrapper(state, session_id, "succeed")
+    assert again.returncode == EXIT_SESSION_ID_IN_USE
+    assert read_spool_record(state.paths.spool_path(session_id)).end_reason == "succeeded"
+
+
 @contextlib.contextmanager
 def small_disk(path, size: str = "256k"):
     path.mkdir(parents=True, exist_ok=True)

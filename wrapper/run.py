@@ -115,6 +115,10 @@ class Wrapper:
             say(f"{problem}; claude not started")
             return 2
         session_id = first_session_id or new_session_id()
+        if first_session_id:
+            in_use = self.session_id_in_use(first_session_id)
+            if in_use:  # before the quota skip too: its record would overwrite the run's
+                return self.refuse_session_id(first_session_id, in_use)
 
         stamp = read_quota_stamp(self.paths)
         if stamp is not None:
@@ -130,13 +134,7 @@ class Wrapper:
         if first_session_id:
             in_use = self.claim_session_id(first_session_id)
             if in_use:
-                # As claude itself refuses a used id; and no record is written, so the run
-                # that has this id keeps its outcome.
-                say(
-                    f"session id {first_session_id} is already in use ({in_use}); "
-                    "claude not started. Unset CLAUDE_SESSION_ID for a fresh one."
-                )
-                return EXIT_SESSION_ID_IN_USE
+                return self.refuse_session_id(first_session_id, in_use)
 
         try:
             claude = self.find_claude()
@@ -158,12 +156,18 @@ class Wrapper:
 
     # ------------------------------------------------------------------ one id, one run
 
-    def claim_session_id(self, session_id: str) -> str | None:
-        """Why `session_id` is already someone's (None when it is now ours).
+    def refuse_session_id(self, session_id: str, why: str) -> int:
+        # As claude itself refuses a used id; and no record is written, so the run that
+        # has this id keeps its outcome.
+        say(
+            f"session id {session_id} is already in use ({why}); claude not started. "
+            "Unset CLAUDE_SESSION_ID for a fresh one."
+        )
+        return EXIT_SESSION_ID_IN_USE
 
-        A transcript, a completion record or a live wrapper's sidecar with the id means it
-        was used; the claim file (made with O_EXCL) settles two wrappers starting at once.
-        """
+    def session_id_in_use(self, session_id: str) -> str | None:
+        """Why `session_id` was already used: its transcript, a completion record, or a
+        live wrapper's sidecar; None when none of them exists."""
         found = list(self.config_dir.glob(f"projects/*/{session_id}.jsonl"))
         if found:
             return f"its transcript exists: {found[0]}"
@@ -182,6 +186,14 @@ class Wrapper:
                 process_start_time(sidecar.wrapper_pid), sidecar.wrapper_started
             ):
                 return f"wrapper pid {sidecar.wrapper_pid} is running it"
+        return None
+
+    def claim_session_id(self, session_id: str) -> str | None:
+        """Make `session_id` ours with an O_EXCL claim file (two wrappers starting at once
+        both pass session_id_in_use); why not, or None once claimed."""
+        in_use = self.session_id_in_use(session_id)
+        if in_use:
+            return in_use
         claims = self.paths.home / "claims"
         try:
             ensure_private_dir(claims)
