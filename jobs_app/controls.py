@@ -1,12 +1,15 @@
 """Operator controls: run now, stop, enable/disable, change the schedule.
 
 Every call is audited (who, what, target, outcome, the scheduler's own output),
-whether it worked or not; a scheduler command that fails comes back with its
-exit code and stderr. Permission checks belong to the caller (views, API).
+whether it worked or not, and whatever went wrong; a scheduler command that fails
+comes back with its exit code and stderr. Input is checked before anything runs:
+a value that reaches an argv always comes after `--`, so it is never an option.
+Permission checks belong to the caller (views, API).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import plistlib
 import pwd
@@ -27,7 +30,15 @@ from sessions_app.live import get_snapshot
 from sessions_app.stopping import stop_session
 from wrapper.formats import StatePaths, atomic_file, ensure_private_dir
 
+log = logging.getLogger(__name__)
+
 COMMAND_TIMEOUT_SECONDS = 30
+MAX_SCHEDULE_CHARS = 256
+# launchd's StartInterval: whole seconds launchd can hold (a signed 32-bit integer).
+MAX_INTERVAL_SECONDS = 2**31 - 1
+_INTERVAL_RE = re.compile(r"[0-9]{1,10}")
+_FIELD_RE = re.compile(r"[0-9]{1,2}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 ACTIONS = ("run", "stop", "enable", "disable", "schedule")
 _LAUNCHD_FIELDS = (
     ("Minute", 0, 59),
@@ -53,18 +64,36 @@ class ActionResult:
     refused: bool = False
 
 
+def _storable(value):
+    """Text any database column takes: no NUL (PostgreSQL refuses it in text and jsonb)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {str(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
 def audited(action: str, job: Job | None, actor: str, target: str, result: ActionResult):
     AuditEntry.objects.create(
-        actor=actor,
-        action=action,
+        actor=actor[:150],
+        action=_storable(action[:32]),
         job=job,
-        target=target,
+        target=_storable(target[:1000]),
         ok=result.ok,
         exit_code=result.exit_code,
-        output=result.output[-20_000:],
-        detail={"message": result.message, **result.detail},
+        output=_storable(result.output[-20_000:]),
+        detail=_storable({"message": result.message[:2000], **result.detail}),
     )
     return result
+
+
+def refuse_option_like(*values: str) -> None:
+    """A value that would reach an argv where `--` cannot protect it (launchctl)."""
+    for value in values:
+        if value.startswith("-"):
+            raise ControlError(f"{value[:60]!r} starts with '-' and would be read as an option")
 
 
 def run_command(argv: list[str]) -> ActionResult:
@@ -117,7 +146,7 @@ def run_now(job: Job, actor: str) -> ActionResult:
         argv = ["launchctl", "kickstart", f"{launchd_domain(job)}/{job.label}"]
         result = start_and_see(job, argv)
     elif job.scheduler == "systemd":
-        result = start_and_see(job, ["systemctl", systemd_scope(job), "start", job.label])
+        result = start_and_see(job, ["systemctl", systemd_scope(job), "start", "--", job.label])
     else:
         result = start_cron_entry(job)
     return audited("run", job, actor, job.label, result)
@@ -264,12 +293,18 @@ def set_enabled(job: Job, enabled: bool, actor: str) -> ActionResult:
                 result = ActionResult(
                     False, "no plist is known for this job: cannot bootstrap", refused=True
                 )
+            elif job.source.startswith("-"):
+                result = ActionResult(
+                    False, f"plist path {job.source[:60]!r} starts with '-'", refused=True
+                )
             else:
                 result = run_command(["launchctl", "bootstrap", launchd_domain(job), job.source])
         else:
             result = run_command(["launchctl", "bootout", f"{launchd_domain(job)}/{job.label}"])
     elif job.scheduler == "systemd":
-        result = run_command(["systemctl", systemd_scope(job), action, "--now", systemd_timer(job)])
+        result = run_command(
+            ["systemctl", systemd_scope(job), action, "--now", "--", systemd_timer(job)]
+        )
     else:
         result = toggle_cron_entry(job, enabled)
     if result.ok:
@@ -338,14 +373,33 @@ def backup_crontab(text: str) -> Path:
 # ----------------------------------------------------------------------------- schedules
 
 
-def parse_launchd_schedule(text: str) -> dict:
-    """'900' -> StartInterval; 'M H D Mon W' (numbers or *) -> StartCalendarInterval."""
+def check_schedule_text(text: str) -> str:
+    """One line of printable text of sane length, stripped; ControlError says why not."""
+    if len(text) > MAX_SCHEDULE_CHARS:
+        raise ControlError(f"a schedule is at most {MAX_SCHEDULE_CHARS} characters")
     text = text.strip()
-    if text.isdigit():
+    if not text:
+        raise ControlError("give a schedule")
+    if _CONTROL_RE.search(text):
+        raise ControlError("a schedule is one line with no control characters (no NUL)")
+    return text
+
+
+def parse_launchd_schedule(text: str) -> dict:
+    """'900' -> StartInterval; 'M H D Mon W' (numbers or *) -> StartCalendarInterval.
+
+    ASCII digits only: '²'.isdigit() is True, and int() of 5,000 digits raises.
+    """
+    text = check_schedule_text(text)
+    if _INTERVAL_RE.fullmatch(text):
         seconds = int(text)
-        if seconds < 1:
-            raise ControlError("an interval must be at least 1 second")
+        if not 1 <= seconds <= MAX_INTERVAL_SECONDS:
+            raise ControlError(
+                f"an interval is from 1 to {MAX_INTERVAL_SECONDS} seconds, not {text}"
+            )
         return {"StartInterval": seconds}
+    if text.isdigit() or text.isdecimal():
+        raise ControlError(f"an interval is from 1 to {MAX_INTERVAL_SECONDS} seconds (digits 0-9)")
     parts = text.split()
     if len(parts) != 5:
         raise ControlError(
@@ -356,7 +410,7 @@ def parse_launchd_schedule(text: str) -> dict:
     for value, (name, low, high) in zip(parts, _LAUNCHD_FIELDS, strict=True):
         if value == "*":
             continue
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not _FIELD_RE.fullmatch(value) or not low <= int(value) <= high:
             raise ControlError(f"{name} must be * or a number from {low} to {high}")
         calendar[name] = int(value)
     return {"StartCalendarInterval": calendar}
@@ -376,7 +430,7 @@ def change_schedule(job: Job, schedule: str, actor: str) -> ActionResult:
             )
     except ControlError as exc:
         result = ActionResult(False, f"not changed: {exc}", refused=True)
-    result.detail["schedule"] = schedule
+    result.detail["schedule"] = schedule[: MAX_SCHEDULE_CHARS + 1]
     return audited("schedule", job, actor, job.label, result)
 
 
@@ -405,11 +459,21 @@ def change_launchd_schedule(job: Job, schedule: str) -> ActionResult:
     return result
 
 
+def check_systemd_schedule(schedule: str) -> str:
+    try:
+        schedule = check_schedule_text(schedule)
+    except ControlError as exc:
+        raise ControlError(
+            f"{exc}: give one OnCalendar expression, e.g. '*-*-* 02:15:00' or 'hourly'"
+        ) from exc
+    if schedule.startswith("-"):  # '--help' once cleared the timer: OnCalendar=--help
+        raise ControlError("an OnCalendar expression does not start with '-'")
+    return schedule
+
+
 def change_systemd_schedule(job: Job, schedule: str) -> ActionResult:
-    schedule = schedule.strip()
-    if not schedule or "\n" in schedule:
-        raise ControlError("give one OnCalendar expression, e.g. '*-*-* 02:15:00' or 'hourly'")
-    check = run_command(["systemd-analyze", "calendar", schedule])
+    schedule = check_systemd_schedule(schedule)
+    check = run_command(["systemd-analyze", "calendar", "--", schedule])
     if not check.ok:
         raise ControlError(f"systemd-analyze rejects {schedule!r}: {check.output[:200]}")
     timer = systemd_timer(job)
@@ -426,7 +490,7 @@ def change_systemd_schedule(job: Job, schedule: str) -> ActionResult:
         handle.write(f"[Timer]\nOnCalendar=\nOnCalendar={schedule}\n".encode())
     scope = systemd_scope(job)
     result = run_all(
-        [["systemctl", scope, "daemon-reload"], ["systemctl", scope, "restart", timer]]
+        [["systemctl", scope, "daemon-reload"], ["systemctl", scope, "restart", "--", timer]]
     )
     if result.ok:
         result.message = f"drop-in {dropin} written and {timer} restarted"
@@ -435,13 +499,26 @@ def change_systemd_schedule(job: Job, schedule: str) -> ActionResult:
 
 
 def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResult:
-    """One entry point for views, the API and scripts."""
-    if action == "run":
-        return run_now(job, actor)
-    if action == "stop":
-        return stop_job(job, actor)
-    if action in ("enable", "disable"):
-        return set_enabled(job, action == "enable", actor)
-    if action == "schedule":
-        return change_schedule(job, schedule, actor)
-    raise ControlError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    """One entry point for views, the API and scripts. Every call is audited, whatever
+    happens. An unknown action raises ControlError; input that cannot be acted on comes
+    back `refused` (a 400), with its reason."""
+    if action not in ACTIONS:
+        message = f"unknown action {action[:32]!r}; one of {', '.join(ACTIONS)}"
+        audited(action, job, actor, job.label, ActionResult(False, message, refused=True))
+        raise ControlError(message)
+    try:
+        if action == "run":
+            result = run_now(job, actor)
+        elif action == "stop":
+            result = stop_job(job, actor)
+        elif action in ("enable", "disable"):
+            result = set_enabled(job, action == "enable", actor)
+        else:
+            result = change_schedule(job, schedule, actor)
+    except Exception as exc:
+        # Each action audits itself as its last step: reaching here means it did not.
+        log.exception("%s of job %s failed", action, job.pk)
+        result = ActionResult(False, f"{action} failed: {type(exc).__name__}: {exc}")
+        audited(action, job, actor, job.label, result)
+        return result
+    return result

@@ -104,7 +104,7 @@ class Monitor:
         # On-demand sampling inside a web request collects no jobs and stops nothing.
         self.cadences = cadences
         self.config_dirs = list(config_dirs or settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS)
-        self.sampler = Sampler(self.paths, self.config_dirs)
+        self.sampler = Sampler(self.paths, self.config_dirs, settings.OPSCONSOLE_TRUSTED_UIDS)
         self.events = EventOutbox(self.host, self.paths.home / "monitor" / "pending-events.json")
         # Milliseconds since the epoch: increases across restarts without asking anyone.
         self.seq = int(time.time() * 1000)
@@ -170,7 +170,7 @@ class Monitor:
             if entry.session_id in claimed:
                 continue  # a wrapped run: its sidecar speaks for it, never shown twice
             claimed.add(entry.session_id)
-            started = entry.process_started()
+            started = entry.process_started
             process = table.entries.get(entry.pid)
             alive = (
                 table.is_same_process(entry.pid, started)

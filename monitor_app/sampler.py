@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sessions_app import transcript_store
 from sessions_app.live import SkippedSidecar, Snapshot
+from sessions_app.trust import sidecar_trust_problem
 from sessions_app.transcripts.locate import regular_file_within
 from sessions_app.transcripts.parse import iter_records
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
@@ -77,8 +79,14 @@ class TranscriptWatch:
 
 
 class Sampler:
-    def __init__(self, paths: StatePaths, config_dirs: list[Path]) -> None:
+    def __init__(
+        self,
+        paths: StatePaths,
+        config_dirs: list[Path],
+        trusted_uids: list[int] | None = None,
+    ) -> None:
         self.paths = paths
+        self.trusted_uids = trusted_uids
         self.config_dirs = list(config_dirs)
         self.sidecar_files = FileCache()
         self.registry_files = FileCache()
@@ -111,7 +119,7 @@ class Sampler:
             if entry.name.startswith(".") or not entry.name.endswith(".json"):
                 continue  # a wrapper's temp file mid-rename, or not ours
             seen_paths.add(entry.path)
-            parsed = self.sidecar_files.read(entry, read_sidecar)
+            parsed = self.sidecar_files.read(entry, self.read_trusted_sidecar)
             if isinstance(parsed, FormatError):
                 snapshot.skipped.append(SkippedSidecar(entry.name, str(parsed)))
                 continue
@@ -126,6 +134,16 @@ class Sampler:
             sidecars.append(parsed)
         self.sidecar_files.keep_only(seen_paths)
         return sidecars
+
+    def read_trusted_sidecar(self, path: Path) -> Sidecar:
+        """A sidecar that parses *and* names processes of its file's owner, a watched
+        user: otherwise Stop or the watchdog could be pointed at anyone's process. Checked
+        once per version of the file (the cache), not every sample."""
+        sidecar = read_sidecar(path)
+        problem = sidecar_trust_problem(sidecar, path, allowed_uids=self.trusted_uids)
+        if problem:
+            raise FormatError(f"not trusted: {problem}")
+        return sidecar
 
     # ------------------------------------------------------------------ registry
 
@@ -211,9 +229,11 @@ def sidecar_for_unwrapped(
         script_tag="unwrapped",
         wrapper_pid=entry.pid,
         wrapper_started=started,
-        started_at=entry.started_at_iso(),
+        started_at=datetime.fromtimestamp(entry.started_at, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
         attempt=1,
-        platform=(entry.entrypoint or entry.kind)[:100],
+        platform=(entry.entrypoint or entry.kind or "")[:100],
         host=host,
         cwd=entry.cwd,
         claude_config_dir=str(config_dir),

@@ -5,8 +5,25 @@ from opsconsole.models import ApiToken
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("key_prefix", "name", "user", "created_at", "last_used_at", "revoked_at")
-    list_filter = ("revoked_at",)
+    list_display = (
+        "key_prefix",
+        "name",
+        "user",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
+    list_filter = ("revoked_at", "expires_at")
+    fields = (
+        "key_prefix",
+        "name",
+        "user",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
     search_fields = ("key_prefix", "name", "user__username")
     readonly_fields = ("key_prefix", "user", "created_at", "last_used_at", "revoked_at")
     actions = ["revoke"]

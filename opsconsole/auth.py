@@ -11,10 +11,12 @@ import threading
 import time
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.views import LoginView
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
@@ -96,3 +98,54 @@ def csrf_rejects(request) -> bool:
     check = CsrfViewMiddleware(lambda _request: None)
     check.process_request(request)
     return check.process_view(request, None, (), {}) is not None
+
+
+# --------------------------------------------------------------------------- login
+
+
+class LoginSlots:
+    """At most `size` password checks at once, in this process. PBKDF2 takes a core for
+    ~0.3 s: unbounded, 16 guessers hold every server thread and the API waits behind them."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._semaphore = threading.BoundedSemaphore(size)
+
+    def acquire(self, wait: float) -> bool:
+        return self._semaphore.acquire(timeout=wait) if wait > 0 else self._semaphore.acquire(False)
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+
+_login_slots: LoginSlots | None = None
+_login_slots_lock = threading.Lock()
+
+
+def login_slots() -> LoginSlots:
+    global _login_slots
+    with _login_slots_lock:
+        size = max(1, settings.OPSCONSOLE_LOGIN_CONCURRENCY)
+        if _login_slots is None or _login_slots.size != size:
+            _login_slots = LoginSlots(size)
+        return _login_slots
+
+
+class ThrottledLoginView(LoginView):
+    """Django's login, with the password check bounded (login_slots) and throttled per
+    account and per address by django-axes (its backend refuses a locked-out one)."""
+
+    def post(self, request, *args, **kwargs):
+        slots = login_slots()
+        if not slots.acquire(settings.OPSCONSOLE_LOGIN_WAIT_SECONDS):
+            response = HttpResponse(
+                "Too many logins at once: try again in a few seconds.",
+                status=503,
+                content_type="text/plain; charset=utf-8",
+            )
+            response["Retry-After"] = "2"
+            return response
+        try:
+            return super().post(request, *args, **kwargs)
+        finally:
+            slots.release()

@@ -19,7 +19,12 @@ def hash_token(token: str) -> str:
 
 class ApiTokenQuerySet(models.QuerySet):
     def active(self):
-        return self.filter(revoked_at__isnull=True, user__is_active=True)
+        """Not revoked, not expired, of an active user."""
+        return self.filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=timezone.now()),
+            revoked_at__isnull=True,
+            user__is_active=True,
+        )
 
 
 class ApiToken(models.Model):
@@ -30,6 +35,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="After this the token is refused; empty: never expires"
+    )
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -41,18 +49,26 @@ class ApiToken(models.Model):
         return f"{self.key_prefix}… ({self.user})"
 
     @classmethod
-    def issue(cls, user, name: str = "") -> tuple[ApiToken, str]:
+    def issue(cls, user, name: str = "", expires_at=None) -> tuple[ApiToken, str]:
         """Create a token; return the row and the plain token, which is never stored."""
         plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(
-            user=user, name=name, key_prefix=plain[:10], token_hash=hash_token(plain)
+            user=user,
+            name=name,
+            key_prefix=plain[:10],
+            token_hash=hash_token(plain),
+            expires_at=expires_at,
         )
         return token, plain
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     @classmethod
     def authenticate(cls, plain: str):
         """The active user a plain token belongs to, or None."""
-        if not plain.startswith(TOKEN_PREFIX):
+        if not plain.startswith(TOKEN_PREFIX) or len(plain) > 200:
             return None
         token = cls.objects.active().select_related("user").filter(token_hash=hash_token(plain))
         row = token.first()

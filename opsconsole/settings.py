@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
 from wrapper.formats import StatePaths, claude_config_dir, ensure_private_dir, host_name
 
@@ -74,6 +76,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "axes",
     "opsconsole",
     "sessions_app",
     "jobs_app",
@@ -81,6 +84,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: sessions and tokens are read from the database before any view runs.
+    "opsconsole.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -89,9 +94,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Every page needs a login; API views opt out and answer 401 themselves.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "opsconsole.middleware.PrivateCacheMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: answers 429 to a locked-out address or account.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "opsconsole.urls"
@@ -120,14 +129,50 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# A database that refuses, or accepts and never answers, must cost a request seconds,
+# not a thread forever: connect and statement timeouts (PostgreSQL), lock wait (SQLite).
+OPSCONSOLE_DB_CONNECT_TIMEOUT = env_float("OPSCONSOLE_DB_CONNECT_TIMEOUT", 3.0)
+OPSCONSOLE_DB_STATEMENT_TIMEOUT = env_float("OPSCONSOLE_DB_STATEMENT_TIMEOUT", 15.0)
+# After the database was found unreachable, requests answer 503 at once for this long
+# before the next connection attempt.
+OPSCONSOLE_DB_RETRY_SECONDS = env_float("OPSCONSOLE_DB_RETRY_SECONDS", 5.0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the page read while an ingest writes; wait rather than fail on a lock.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        "timeout": 5,
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("connect_timeout", max(1, round(OPSCONSOLE_DB_CONNECT_TIMEOUT)))
+    _statement_ms = int(OPSCONSOLE_DB_STATEMENT_TIMEOUT * 1000)
+    _options["options"] = (
+        f"{_options.get('options', '')} -c statement_timeout={_statement_ms}".strip()
+    )
+
+
+def _private_sqlite_file(name: str) -> None:
+    """The SQLite file holds users, token hashes and every run: 0600 (SQLite gives its
+    -wal and -shm files the database file's mode), in a 0700 directory when it is ours."""
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = Path(f"{name}{suffix}")
+        if companion.exists() and not companion.is_symlink():
+            companion.chmod(0o600)
+
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _private_sqlite_file(str(DATABASES["default"].get("NAME") or ""))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -143,6 +188,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # Refuses a locked-out address or account before any password is hashed.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling (django-axes): after OPSCONSOLE_LOGIN_FAILURE_LIMIT wrong passwords an
+# account is locked, and so is the address they came from, each on its own, for
+# OPSCONSOLE_LOGIN_COOLOFF_MINUTES. Unlock early with `opsconsole axes_reset`.
+AXES_ENABLED = env_bool("OPSCONSOLE_LOGIN_THROTTLING", True)
+AXES_FAILURE_LIMIT = env_int("OPSCONSOLE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("OPSCONSOLE_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "opsconsole/locked_out.html"
+AXES_VERBOSE = False
+# Password checks (PBKDF2, ~0.3 s of CPU each) that may run at once; a login that finds
+# no free slot within OPSCONSOLE_LOGIN_WAIT_SECONDS is answered 503 at once, so logins
+# can never take every server thread from the pages and the API.
+OPSCONSOLE_LOGIN_CONCURRENCY = env_int("OPSCONSOLE_LOGIN_CONCURRENCY", 1)
+OPSCONSOLE_LOGIN_WAIT_SECONDS = env_float("OPSCONSOLE_LOGIN_WAIT_SECONDS", 0.25)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "live"
 LOGOUT_REDIRECT_URL = "login"
@@ -170,6 +235,22 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env_bool("OPSCONSOLE_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Content-Security-Policy (django-csp): scripts and styles from our own static files only,
+# no inline script, no inline style, nothing from another origin.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 # ----------------------------------------------------------------------------- opsconsole
 # Where Claude Code keeps transcripts; the console reads nothing outside these and the archive.
@@ -203,6 +284,12 @@ OPSCONSOLE_LAUNCHD_PLIST_DIRS = env_list(
 OPSCONSOLE_LATE_GRACE_SECONDS = env_int("OPSCONSOLE_LATE_GRACE_SECONDS", 600)
 # Stop: how long a run's tree gets after SIGTERM before what is left is killed.
 OPSCONSOLE_STOP_GRACE_SECONDS = env_float("OPSCONSOLE_STOP_GRACE_SECONDS", 5.0)
+# Stop and the watchdog never signal a process of another user unless this is set.
+OPSCONSOLE_SIGNAL_OTHER_USERS = env_bool("OPSCONSOLE_SIGNAL_OTHER_USERS", False)
+# The users whose sidecars the console believes (sessions_app.trust); default: its own.
+OPSCONSOLE_TRUSTED_UIDS = [
+    int(uid) for uid in env_list("OPSCONSOLE_TRUSTED_UIDS", [str(os.geteuid())])
+]
 # The watchdog's limit for runs whose job sets none (a job's own limit is edited in the admin).
 OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = env_int("OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES", 45)
 

@@ -6,6 +6,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from monitor_app import api as monitor_api
+from opsconsole.auth import ThrottledLoginView
 
 # Browsers ask for /favicon.ico on their own (API responses, downloads): no 404 for it.
 favicon = login_not_required(
@@ -14,10 +15,13 @@ favicon = login_not_required(
 
 urlpatterns = [
     path("favicon.ico", favicon, name="favicon"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/events", monitor_api.events, name="api-events"),
     path("", include("sessions_app.urls")),
     path("", include("jobs_app.urls")),
 ]
+
+# A database outage met outside a view (session or token lookup) is a 503, not a 500.
+handler500 = "opsconsole.middleware.server_error"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
-from django.core.paginator import EmptyPage, Paginator
+from django.core.paginator import EmptyPage, InvalidPage, Paginator
 from django.db import DatabaseError
 from django.http import (
     HttpResponse,
@@ -29,7 +31,10 @@ from sessions_app.transcripts.tail import (
     read_from,
     read_tail,
 )
-from wrapper.formats import is_session_id
+from wrapper.formats import field_problem, is_session_id
+
+# A page number: a few digits, no more ("1e9", "abc" and 5,000 digits are not pages).
+_PAGE_RE = re.compile(r"[0-9]{1,9}")
 
 
 @api_view
@@ -114,15 +119,20 @@ def session_list(request):
         value = request.GET.get(name)
         if value:
             column = "script_tag" if name == "tag" else name
+            if field_problem(column, value):
+                return json_error(f"{name} is not a name a run can have.", 400)
             rows = rows.filter(**{column: value})
     if request.GET.get("status") and request.GET["status"] not in Status.values:
         return json_error(f"status must be one of {', '.join(Status.values)}.", 400)
+    number = request.GET.get("page") or "1"
+    if not _PAGE_RE.fullmatch(number):
+        return json_error("page must be a whole number.", 400)
     paginator = Paginator(rows, settings.OPSCONSOLE_API_PAGE_SIZE)
     try:
-        page = paginator.page(request.GET.get("page") or 1)
+        page = paginator.page(int(number))
     except EmptyPage:
         return json_error("No such page.", 404)
-    except ValueError:
+    except InvalidPage:
         return json_error("page must be a whole number.", 400)
     try:
         sessions = [

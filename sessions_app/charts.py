@@ -49,8 +49,15 @@ def cost_chart(report: CostReport) -> SafeString:
     if not wide.startswith("<svg"):
         return wide
     narrow = _cost_svg(report, NARROW_WIDTH, "chart--narrow", "chart-title-narrow", 4)
+    # The swatch is a tiny SVG: a fill attribute, not a style attribute (the CSP forbids
+    # those), so one colour per job needs no stylesheet rule per job.
     legend = [
-        format_html('<li><span class="swatch" style="background:{}"></span>{}</li>', colour, tag)
+        format_html(
+            '<li><svg class="swatch" viewBox="0 0 10 10" aria-hidden="true">'
+            '<rect width="10" height="10" rx="2" fill="{}"></rect></svg>{}</li>',
+            colour,
+            tag,
+        )
         for tag, colour in [*series_colours(report), ("other", OTHER_COLOUR)]
     ]
     return mark_safe(  # noqa: S308 - every part was built with format_html

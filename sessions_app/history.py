@@ -15,11 +15,16 @@ from django.db.models import Q, QuerySet
 
 from sessions_app.models import Session, Status
 from sessions_app.outcome import RATE_LIMITED, rate_limited_q
+from wrapper.formats import field_problem
 
 PAGE_SIZE = 50
 # Stored statuses, and "rate_limited": failed runs that hit a 429 or the usage limit.
 STATUS_FILTERS = (*Status.values, RATE_LIMITED)
-_HEX_PREFIX_RE = re.compile(r"^[0-9a-f-]{4,36}$")
+_HEX_PREFIX_RE = re.compile(r"[0-9a-f-]{4,36}")
+# A Job id the database can hold (BigAutoField); ASCII digits only ("²".isdigit() is True).
+_JOB_ID_RE = re.compile(r"[0-9]{1,18}")
+# Dates whose day boundaries (and the day after) exist in every time zone.
+_YEARS = range(1970, 9000)
 
 
 @dataclass
@@ -46,6 +51,10 @@ class HistoryFilters:
         return filters
 
     def validate(self) -> None:
+        for name in ("tag", "platform", "host"):
+            if field_problem(name if name != "tag" else "script_tag", getattr(self, name)):
+                self.errors.append(f"{name} is not a name a run can have")
+                setattr(self, name, "")
         if self.status and self.status not in STATUS_FILTERS:
             self.errors.append(f"status must be one of {', '.join(STATUS_FILTERS)}")
             self.status = ""
@@ -53,14 +62,15 @@ class HistoryFilters:
             value = getattr(self, name)
             if value:
                 try:
-                    date.fromisoformat(value)
+                    if date.fromisoformat(value).year not in _YEARS:
+                        raise ValueError(value)
                 except ValueError:
                     self.errors.append(f"{name} must be a date (YYYY-MM-DD)")
                     setattr(self, name, "")
-        if self.job and not self.job.isdigit():
+        if self.job and not _JOB_ID_RE.fullmatch(self.job):
             self.errors.append("job must be a job id")
             self.job = ""
-        if self.q and not _HEX_PREFIX_RE.match(self.q.lower()):
+        if self.q and not _HEX_PREFIX_RE.fullmatch(self.q.lower()):
             self.errors.append("search takes a session id or its first characters (hex)")
             self.q = ""
 
@@ -126,11 +136,19 @@ def encode_cursor(row: Session) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """The position a `before` cursor names; None for anything that is not one."""
     stamp, _, pk = cursor.partition("~")
-    try:
-        return datetime.fromisoformat(stamp), int(pk)
-    except ValueError:
+    if not _JOB_ID_RE.fullmatch(pk):  # a row id: digits a BigAutoField holds
         return None
+    try:
+        started = datetime.fromisoformat(stamp)
+        started = started.replace(tzinfo=UTC) if started.tzinfo is None else started
+        started = started.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    if started.year not in _YEARS:
+        return None
+    return started, int(pk)
 
 
 def history_page(

@@ -1,8 +1,10 @@
 """Getting runs on record: the wrapper's spool, and runs that vanished without one.
 
 Idempotent by session id. A spool file is moved aside once recorded (into
-spool/ingested/<day>/), a malformed one into spool/rejected/: nothing is deleted,
-so nothing is lost, and the next pass only looks at what is new.
+spool/ingested/<day>/), a malformed one into spool/rejected/ with a
+<name>.reason.txt beside it: nothing is deleted, so nothing is lost, and the next
+pass only looks at what is new. One record that cannot be saved is quarantined
+alone; only a database that cannot be reached stops the pass.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 from jobs_app.linking import job_id_for
 from sessions_app.models import LIVE_STATUSES, Session, Status
@@ -83,15 +85,35 @@ def ingest_spool_file(path: Path, paths: StatePaths, result: IngestResult) -> bo
     try:
         record = read_spool_record(path)
     except FormatError as exc:
-        log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path.name, exc)
-        result.rejected.append((path.name, str(exc)))
-        _move_aside(path, paths.spool / "rejected")
+        _quarantine(path, paths, result, str(exc))
         return False
-    result.sessions.append(record_completion(record))
+    try:
+        with transaction.atomic():  # a savepoint: a failed row leaves the connection usable
+            session = record_completion(record)
+    except (OperationalError, InterfaceError):
+        raise  # the database is down, not this record: keep it for the next pass
+    except Exception as exc:  # DataError, IntegrityError, ValueError, OverflowError...
+        _quarantine(path, paths, result, f"could not be recorded: {type(exc).__name__}: {exc}")
+        return False
+    result.sessions.append(session)
     result.recorded += 1
     day = record.started_at[:10] if record.started_at[:4].isdigit() else "undated"
     _move_aside(path, paths.spool / "ingested" / day)
     return True
+
+
+def _quarantine(path: Path, paths: StatePaths, result: IngestResult, reason: str) -> None:
+    reason = reason[:2000]
+    log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path.name, reason)
+    result.rejected.append((path.name, reason))
+    folder = paths.spool / "rejected"
+    _move_aside(path, folder)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        with os.fdopen(os.open(folder / f"{path.name}.reason.txt", flags, 0o600), "w") as handle:
+            handle.write(reason + "\n")
+    except OSError as exc:
+        log.warning("could not write why %s was rejected: %s", path.name, exc)
 
 
 def _move_aside(path: Path, folder: Path) -> None:
@@ -101,6 +123,8 @@ def _move_aside(path: Path, folder: Path) -> None:
         os.replace(path, folder / path.name)
     except FileNotFoundError:
         pass  # another console process took it first
+    except OSError as exc:  # UnsafeDirectory too: say so, never take the pages down for it
+        log.warning("could not move spool record %s into %s: %s", path.name, folder, exc)
 
 
 def record_completion(record: SpoolRecord) -> Session:
@@ -243,7 +267,8 @@ def record_vanished(
     now: datetime | None = None,
     wrapped: bool = True,
 ) -> Session:
-    """A session whose wrapper and agent are both gone, with no completion record: killed.
+    """A session whose wrapper and agent are both gone, with no completion record: killed,
+    unless the wrapper wrote into its sidecar how the run ended.
 
     The transcript is copied into the archive first, so the run stays readable after
     Claude Code's own cleanup.
@@ -267,6 +292,19 @@ def record_vanished(
     )
     if not wrapped:
         values.update(wrapped=False, recorded_from="registry")
+    if sidecar.end_reason in END_REASON_STATUS and sidecar.ended_at:
+        # The wrapper saw the run end but could not write its completion record (disk
+        # full): it left its outcome in the sidecar. Not killed.
+        ended = parse_iso(sidecar.ended_at)
+        values.update(
+            status=END_REASON_STATUS[sidecar.end_reason],
+            end_reason=sidecar.end_reason,
+            exit_code=sidecar.exit_code,
+            ended_at=ended,
+            duration_ms=max(0, int((ended - values["started_at"]).total_seconds() * 1000)),
+            error="The completion record could not be written (disk full?); this outcome "
+            "is from the wrapper's sidecar (no cost or tokens).",
+        )
     with transaction.atomic():
         session, created = Session.objects.select_for_update().get_or_create(
             session_id=sidecar.session_id, defaults=values

@@ -3,16 +3,19 @@
 SIGTERM goes deepest-first (tools before the agent before the wrapper); after a
 grace period the tree is walked again, because a process may start children
 after the first TERM, and everything still alive gets SIGKILL. Identity is
-checked by PID *and* start time, so a reused PID is never signalled.
+checked by PID *and* start time, so a reused PID is never signalled; and a process
+of another user is never signalled unless OPSCONSOLE_SIGNAL_OTHER_USERS=1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 
 import psutil
+from django.conf import settings
 
 from sessions_app.live import LiveSession
 from sessions_app.models import LIVE_STATUSES, Session
@@ -83,8 +86,24 @@ def _depth_below(proc: psutil.Process, root: psutil.Process) -> int:
     return depth
 
 
+def _of_another_user(proc: psutil.Process) -> bool:
+    if getattr(settings, "OPSCONSOLE_SIGNAL_OTHER_USERS", False):
+        return False
+    uid = os.geteuid()
+    uids = proc.uids()
+    return (uids.real, uids.effective) != (uid, uid)
+
+
 def _signal(proc: psutil.Process, signum: int, outcome: StopOutcome) -> bool:
     try:
+        if _of_another_user(proc):
+            message = (
+                f"pid {proc.pid} runs as another user: not signalled "
+                "(OPSCONSOLE_SIGNAL_OTHER_USERS=1 allows it)"
+            )
+            if message not in outcome.errors:
+                outcome.errors.append(message)
+            return False
         proc.send_signal(signum)  # psutil refuses a PID that now belongs to another process
         return True
     except psutil.NoSuchProcess:

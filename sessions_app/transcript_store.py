@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 # Enough of the end of a transcript to find the latest tool call without reading it all.
 LAST_TOOL_CALL_WINDOW = 64 * 1024
+# Bounds on one page's work whatever the transcript holds: a line longer than the window
+# (a base64 image) is read to its end up to this, and at most this many subagents are shown.
+PAGE_MAX_LINE = 8 * 1024 * 1024
+MAX_SUBAGENTS_SHOWN = 20
 
 
 def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> Located | None:
@@ -54,7 +58,7 @@ def subagents(located: Located | None, max_bytes: int = 64 * 1024) -> list[Subag
         return []
     roots = [*settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS, settings.OPSCONSOLE_STATE.archive]
     found = []
-    for path in find_subagent_transcripts(located.path, roots):
+    for path in find_subagent_transcripts(located.path, roots)[-MAX_SUBAGENTS_SHOWN:]:
         try:
             chunk = read_tail(path, max_bytes)
         except OSError:
@@ -114,9 +118,9 @@ def read_page(
     limit = max_bytes or settings.OPSCONSOLE_TAIL_BYTES
     try:
         if after is not None:
-            chunk = read_from(located.path, after, limit)
+            chunk = read_from(located.path, max(0, after), limit, max_line=PAGE_MAX_LINE)
         elif before is not None:
-            chunk = read_before(located.path, before, limit)
+            chunk = read_before(located.path, max(0, before), limit)
         else:
             chunk = read_tail(located.path, limit)
     except OffsetBeyondEnd as exc:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpResponseForbidden, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponseBadRequest,
+    HttpResponseForbidden,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -19,7 +25,7 @@ from sessions_app.leftovers import kill_leftovers, leftovers_of
 from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.runs import find_run, live_runs, retry_chain
-from sessions_app.transcripts.tail import open_transcript
+from sessions_app.transcripts.tail import open_transcript, parse_offset
 
 
 def _live_context() -> dict:
@@ -54,9 +60,9 @@ def session_page(request, session_id):
     session_id = str(session_id)
     run = _run_or_404(session_id)
     try:
-        before = int(request.GET["before"]) if "before" in request.GET else None
+        before = parse_offset(request.GET.get("before"))
     except ValueError:
-        before = None
+        return HttpResponseBadRequest("before must be a byte offset (a whole number >= 0).")
     page = transcript_store.read_page(
         session_id, sidecar=_sidecar_of(session_id), session=run.record, before=before
     )
@@ -89,9 +95,9 @@ def transcript_follow(request, session_id):
     session_id = str(session_id)
     run = _run_or_404(session_id)
     try:
-        after = max(0, int(request.GET.get("after", "0")))
+        after = parse_offset(request.GET.get("after")) or 0
     except ValueError:
-        after = 0
+        return HttpResponseBadRequest("after must be a byte offset (a whole number >= 0).")
     page = transcript_store.read_page(
         session_id, sidecar=_sidecar_of(session_id), session=run.record, after=after
     )
@@ -160,8 +166,13 @@ def transcript_download(request, session_id):
     )
     if located is None:
         raise Http404("No transcript for this session.")
+    try:
+        # Never through a symlink (O_NOFOLLOW), like every other transcript read.
+        handle = open_transcript(located.path)
+    except OSError as exc:
+        raise Http404("The transcript is a symlink or not a regular file.") from exc
     response = FileResponse(
-        open_transcript(located.path),
+        handle,
         content_type="application/x-ndjson",
         as_attachment=True,
         filename=f"{run.script_tag}_{session_id}.jsonl",

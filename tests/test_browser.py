@@ -45,6 +45,8 @@ def test_login_is_required_and_works(browser, console_server):
     tab.fill("#id_username", console_server.username)
     tab.fill("#id_password", "wrong password")
     tab.click("button[type=submit]")
+    # Wait for the answer: a wrong password costs a PBKDF2 hash and a throttling record.
+    tab.locator("[role=alert]").wait_for()
     assert tab.locator("[role=alert]").is_visible()
     tab.fill("#id_username", console_server.username)
     tab.fill("#id_password", console_server.password)
@@ -248,3 +250,37 @@ def test_live_page_shows_an_unwrapped_session_and_a_leftovers_row(page, console_
     finally:
         terminal.kill()
         doomed.kill_all()
+
+
+def test_pages_run_under_the_csp_without_a_violation(page, console_server, state, fake_claude):
+    """The Content-Security-Policy forbids inline script and style: a page that needed
+    either would log a violation here (and lose that behaviour for real users)."""
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text)
+            if "Content Security Policy" in message.text
+            or "Content-Security-Policy" in message.text
+            else None
+        ),
+    )
+    result = subprocess.run(
+        wrapper_command("digest", "-p", "x", "--output-format", "json"),
+        env=dict(state.env, FAKE_CLAUDE_BEHAVIOUR="succeed"),
+        cwd=state.workdir,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    run = start_fake_run(state, tag="csp-check")
+    try:
+        eventually(lambda: console_server.json("/api/sessions")["count"], lambda n: n >= 2)
+        for path in ("/", "/history/", "/costs/?days=7", "/jobs/", f"/sessions/{run.session_id}/"):
+            page.goto(console_server.url + path)
+            page.wait_for_load_state("networkidle")
+        page.goto(console_server.url + "/")
+        page.wait_for_timeout(2500)  # at least one htmx refresh of the live list
+    finally:
+        run.kill_all()
+    assert violations == []

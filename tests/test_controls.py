@@ -45,7 +45,10 @@ def tools(tmp_path, monkeypatch):
     stand_in(
         bin_dir,
         "systemd-analyze",
-        recorder + 'case "$2" in garbage*) echo "Failed to parse" >&2; exit 1;; esac\n',
+        recorder
+        + 'case "$3" in garbage*) echo "Failed to parse" >&2; exit 1;; esac\n'
+        # As the real one: without `--`, an option-like value is taken as an option.
+        + 'case "$2" in -*) echo "systemd-analyze 257"; exit 0;; esac\n',
     )
     stand_in(
         bin_dir,
@@ -94,7 +97,7 @@ def test_run_now_for_each_scheduler(console_state, tools, fake_claude, monkeypat
     assert "run seen" in launchd.message and launchd.detail["seen"]
     assert calls(tools)[:2] == [
         f"launchctl kickstart gui/{os.getuid()}/com.acme.report",
-        "systemctl --user start report.service",
+        "systemctl --user start -- report.service",
     ]
     assert AuditEntry.objects.filter(actor="alice", action="run", ok=True).count() == 2
 
@@ -252,7 +255,7 @@ def test_enable_disable_launchd_and_systemd(console_state, tools):
     assert calls(tools) == [
         f"launchctl bootout gui/{os.getuid()}/com.acme.report",
         f"launchctl bootstrap gui/{os.getuid()} {agent.source}",
-        "systemctl --system disable --now report.timer",
+        "systemctl --system disable --now -- report.timer",
     ]
 
 
@@ -320,7 +323,7 @@ def test_systemd_schedule_goes_into_a_drop_in(console_state, tools):
     assert dropin.read_text() == "[Timer]\nOnCalendar=\nOnCalendar=*-*-* 03:30:00\n"
     assert calls(tools)[-2:] == [
         "systemctl --user daemon-reload",
-        "systemctl --user restart report.timer",
+        "systemctl --user restart -- report.timer",
     ]
 
 
@@ -482,3 +485,112 @@ def test_people_need_a_csrf_token(console_state, tools):
     strict.force_login(get_user_model().objects.create_user("admin", is_staff=True))
     assert strict.post(f"/jobs/{job().pk}/run").status_code == 403
     assert calls(tools) == []
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+@pytest.fixture
+def admin_api(client):
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    token = ApiToken.issue(admin)[1]
+
+    def post(job_id: int, action: str, **data):
+        return client.post(
+            f"/api/jobs/{job_id}/{action}", data, HTTP_AUTHORIZATION=f"Bearer {token}"
+        )
+
+    return post
+
+
+@pytest.mark.parametrize("schedule", ["--help", "--version", "-h", " --help"])
+def test_systemd_schedule_that_looks_like_an_option_is_refused(
+    console_state, tools, admin_api, schedule
+):
+    """Before: `--help` reached `systemd-analyze calendar` as an option, was accepted,
+    audited as a success and written as OnCalendar=--help, clearing the timer."""
+    timer_job = job(scheduler="systemd", label="report.service", scope="user")
+
+    response = admin_api(timer_job.pk, "schedule", schedule=schedule)
+
+    assert response.status_code == 400
+    assert "'-'" in response.json()["error"]
+    assert calls(tools) == []  # nothing ran, nothing was written
+    assert not (tools["dir"] / "home-dir/.config/systemd/user/report.timer.d").exists()
+    (entry,) = AuditEntry.objects.all()
+    assert (entry.action, entry.ok) == ("schedule", False)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["a\x00b", "x" * 1_000_000, "daily\nOnCalendar=hourly", ""],
+    ids=["nul", "1MB", "newline", "empty"],
+)
+def test_systemd_schedule_with_nul_or_too_long_is_400_and_audited(
+    console_state, tools, admin_api, schedule
+):
+    """Before: a NUL byte or 1 MB answered 500 and left no audit entry."""
+    timer_job = job(scheduler="systemd", label="report.service", scope="user")
+
+    response = admin_api(timer_job.pk, "schedule", schedule=schedule)
+
+    assert response.status_code == 400
+    assert response.json()["error"]
+    assert calls(tools) == []
+    (entry,) = AuditEntry.objects.all()
+    assert entry.ok is False and len(entry.detail["schedule"]) <= 257
+
+
+def test_systemd_schedule_reaches_the_real_systemd_analyze_after_a_double_dash(console_state):
+    """The real tool: `--` makes an option-like value an expression it rejects."""
+    from jobs_app.controls import run_command
+
+    checked = run_command(["systemd-analyze", "calendar", "--", "--help"])
+    assert not checked.ok and "Failed to parse" in checked.output
+
+
+def test_every_value_reaches_an_argv_after_a_double_dash(console_state, tools):
+    timer_job = job(scheduler="systemd", label="report.service", scope="user")
+    assert change_schedule(timer_job, "*-*-* 03:30:00", "alice").ok
+    assert calls(tools)[0] == "systemd-analyze calendar -- *-*-* 03:30:00"
+    for line in calls(tools):
+        if line.startswith("systemctl") and "daemon-reload" not in line:
+            assert " -- " in line, line
+
+
+@pytest.mark.parametrize(
+    "schedule", ["²", "9" * 5000, str(2**70), "0", "¹ 2 * * *", "15 2 * * 1\x00"]
+)
+def test_launchd_schedule_out_of_range_is_400_and_audited(
+    console_state, tools, admin_api, schedule
+):
+    """Before: '²', 5,000 digits or 2**70 answered 500 (int() of a superscript, the digit
+    limit, a plist integer overflow) and were not audited."""
+    plist = tools["dir"] / "com.acme.report.plist"
+    plist.write_bytes(plistlib.dumps({"Label": "com.acme.report", "StartInterval": 600}))
+    agent = job(source=str(plist))
+
+    response = admin_api(agent.pk, "schedule", schedule=schedule)
+
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["error"].startswith("not changed")
+    assert plistlib.loads(plist.read_bytes())["StartInterval"] == 600
+    assert calls(tools) == []
+    assert [(e.action, e.ok) for e in AuditEntry.objects.all()] == [("schedule", False)]
+
+
+def test_an_action_that_fails_unexpectedly_is_still_audited(console_state, tools, admin_api):
+    plist = tools["dir"] / "com.acme.report.plist"
+    plist.write_bytes(b"this is not a plist")
+    agent = job(source=str(plist))
+
+    response = admin_api(agent.pk, "schedule", schedule="900")
+
+    assert response.status_code == 200 and response.json()["ok"] is False
+    (entry,) = AuditEntry.objects.all()
+    assert entry.ok is False and "failed" in entry.detail["message"]
+
+
+def test_an_unknown_action_is_audited(console_state, tools, admin_api):
+    assert admin_api(job().pk, "explode").status_code == 400
+    assert [(e.action, e.ok) for e in AuditEntry.objects.all()] == [("explode", False)]

@@ -63,3 +63,143 @@ def test_database_down_keeps_live_view_and_loses_nothing(console_state):
     finally:
         alive.kill_all()
         vanished.kill_all()
+
+
+# ----------------------------------------------------------------------------- through gunicorn
+
+
+@pytest.fixture
+def silent_database():
+    """A TCP listener that accepts every connection and never answers: a database host
+    whose server process hangs."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def closed_port() -> int:
+    from tests.server_fixtures import free_port
+
+    return free_port()  # bound and released: nothing listens there
+
+
+@pytest.fixture
+def console_on(state, tmp_path):
+    """Start gunicorn (as `opsconsole serve` runs it, without its migrate step) on a
+    database URL; yields a function that returns the base URL."""
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from tests.server_fixtures import free_port
+
+    started = []
+
+    def start(database_url: str) -> str:
+        port = free_port()
+        env = dict(
+            state.env,
+            DATABASE_URL=database_url,
+            DJANGO_SETTINGS_MODULE="opsconsole.settings",
+            OPSCONSOLE_SCHEDULERS="cron",
+        )
+        log = (tmp_path / f"gunicorn-{port}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "opsconsole.wsgi:application",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
+             "--timeout", "60"],
+            env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url + "/login/", timeout=5).read()
+                return url
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail((tmp_path / f"gunicorn-{port}.log").read_text()[-3000:])
+
+    yield start
+    for process in started:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+
+
+def fetch(url: str, headers: dict | None = None) -> tuple[int, str, bytes, float]:
+    import time
+    import urllib.error
+    import urllib.request
+
+    started = time.monotonic()
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, content_type, body = response.status, response.headers["Content-Type"], b""
+            body = response.read()
+    except urllib.error.HTTPError as error:
+        status, content_type, body = error.code, error.headers["Content-Type"], error.read()
+    return status, content_type or "", body, time.monotonic() - started
+
+
+def assert_clear_503s_and_login_answers(base: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = {"Cookie": "sessionid=abcdefghijklmnopqrstuvwxyz012345"}
+    token = {"Authorization": "Bearer oc_not-a-real-token"}
+    requests = [(base + "/", session), (base + "/history/", session)] * 6 + [
+        (base + "/api/sessions", token),
+        (base + "/api/claude-active", session),
+    ] * 6
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(lambda args: fetch(*args), requests))
+    for (url, _), (status, content_type, body, seconds) in zip(requests, answers, strict=True):
+        assert status == 503, (url, status, body[:300])
+        assert seconds < 10, (url, seconds)
+        if "/api/" in url:
+            assert content_type.startswith("application/json")
+            assert json.loads(body)["error"].startswith("Database unreachable")
+        else:
+            assert b"Database unreachable" in body
+    status, _, body, seconds = fetch(base + "/login/")
+    assert status == 200 and b"Log in" in body and seconds < 5
+
+
+@pytest.mark.django_db
+def test_database_refusing_connections_gives_a_clear_503_not_a_bare_500(console_on):
+    """Before: every logged-in page and API answered a bare HTML 500 (sessions and tokens
+    are read before any view can fall back)."""
+    base = console_on(f"postgres://nobody@127.0.0.1:{closed_port()}/opsconsole")
+    assert_clear_503s_and_login_answers(base)
+
+
+@pytest.mark.django_db
+def test_database_accepting_but_silent_answers_503_within_seconds(console_on, silent_database):
+    """Before: requests hung past 45 s, and 8 stuck threads froze even /login/."""
+    base = console_on(f"postgres://nobody@127.0.0.1:{silent_database}/opsconsole")
+    assert_clear_503s_and_login_answers(base)

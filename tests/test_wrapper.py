@@ -15,6 +15,7 @@ from tests.conftest import wrapper_command
 from wrapper.formats import (
     EXIT_NO_CLAUDE,
     EXIT_QUOTA_SKIP,
+    EXIT_SESSION_ID_IN_USE,
     EXIT_UNSAFE_STATE_DIR,
     encode_project_dir,
     read_sidecar,
@@ -235,11 +236,15 @@ def test_session_id_from_the_environment_is_used_first(state, fake_claude):
 
 
 def test_reused_session_id_fails_like_the_real_cli(state, fake_claude):
+    """Refused before claude starts (exit 75), and no record overwrites the first run's."""
     wanted = "0b7d5c1e-3f1a-4c2b-9d8e-7a6b5c4d3e2f"
     assert run(state, *STREAM, CLAUDE_SESSION_ID=wanted).returncode == 0
     again = run(state, *STREAM, CLAUDE_SESSION_ID=wanted)
-    assert again.returncode == 1
+    assert again.returncode == EXIT_SESSION_ID_IN_USE
     assert b"already in use" in again.stderr
+    assert calls(fake_claude) == [wanted]
+    (record,) = spool_records(state)
+    assert record.end_reason == "succeeded"
 
 
 def hostile(state, how, tmp_path):

@@ -6,7 +6,15 @@ import argparse
 import os
 import sys
 
-from wrapper.formats import StatePaths, clear_quota_stamp, is_valid_tag, read_quota_stamp
+from wrapper.formats import (
+    INT_RANGES,
+    NAME_LIMITS,
+    StatePaths,
+    clear_quota_stamp,
+    field_problem,
+    is_valid_tag,
+    read_quota_stamp,
+)
 from wrapper.run import Options, Wrapper, say
 
 USAGE = "opsconsole-run --tag TAG [--platform NAME] [--max-attempts N] -- CLAUDE_ARGS..."
@@ -65,8 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         say("--tag is required: 1-100 characters of letters, digits, '.', '_' or '-'")
         return 2
-    if args.max_attempts < 1:
-        say("--max-attempts must be at least 1")
+    platform_problem = field_problem("platform", args.platform)
+    if platform_problem:
+        say(
+            f"--platform (or $OPSCONSOLE_PLATFORM): {platform_problem}; use at most "
+            f"{NAME_LIMITS['platform']} characters, no control characters"
+        )
+        return 2
+    low, high = INT_RANGES["attempt"]
+    if not low <= args.max_attempts <= high:
+        say(f"--max-attempts must be between {low} and {high}")
         return 2
     if not claude_args:
         say("no claude arguments after '--' (e.g. -- -p 'do the thing')")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -30,14 +31,17 @@ FORMAT_VERSION = 1
 EXIT_QUOTA_SKIP = 79
 EXIT_UNSAFE_STATE_DIR = 78  # sysexits EX_CONFIG
 EXIT_NO_CLAUDE = 127
+EXIT_SESSION_ID_IN_USE = 75  # sysexits EX_TEMPFAIL: CLAUDE_SESSION_ID is another run's
 
 # Sidecars and spool records are small; anything bigger is not ours.
 MAX_RECORD_BYTES = 64 * 1024
 
 END_REASONS = ("succeeded", "failed", "refused", "quota_skip", "signalled")
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Always fullmatch: `$` also matches before a final newline, and "<uuid>\n" is not an id.
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class FormatError(ValueError):
@@ -128,7 +132,7 @@ def transcript_path(config_dir: Path, cwd: str, session_id: str) -> Path:
 
 
 def is_session_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_UUID_RE.match(value))
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
 
 
 def new_session_id() -> str:
@@ -141,8 +145,8 @@ def safe_tag(tag: str) -> str:
     return cleaned[:100] or "untagged"
 
 
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))
+def is_valid_tag(tag: object) -> bool:
+    return isinstance(tag, str) and _TAG_RE.fullmatch(tag) is not None
 
 
 def utc_now_iso() -> str:
@@ -150,11 +154,14 @@ def utc_now_iso() -> str:
 
 
 def parse_iso(value: str) -> datetime:
-    """Parse our ISO 8601 UTC timestamps ('Z' suffix accepted)."""
+    """Parse our ISO 8601 UTC timestamps ('Z' suffix accepted), as UTC.
+
+    ValueError (or OverflowError, for year 1 or 9999 with an offset) when it is not one.
+    """
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 # --------------------------------------------------------------------------- process identity
@@ -175,9 +182,14 @@ def process_start_time(pid: int) -> float | None:
             return None
         # comm may hold spaces and parentheses: split after the last ')'.
         fields = raw[raw.rfind(")") + 2 :].split()
-        start_ticks = int(fields[19])
-        return _boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
+        return ticks_to_epoch(int(fields[19]))
     return _ps_start_time(pid)
+
+
+def ticks_to_epoch(start_ticks: int) -> float:
+    """A process start time in clock ticks after boot (field 22 of /proc/<pid>/stat, Claude
+    Code's `procStart`) as epoch seconds, the way process_start_time() computes it."""
+    return _boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 _BOOT_TIME: float | None = None
@@ -278,40 +290,253 @@ def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o600) -> No
         handle.write(json.dumps(data, sort_keys=True, indent=1).encode("utf-8") + b"\n")
 
 
-def read_json_record(path: Path, *, require_owner: bool = True) -> dict[str, Any]:
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def overwrite_json_in_place(path: Path, data: dict[str, Any]) -> None:
+    """Rewrite a small JSON file in its own blocks, for when the disk is full and a temp
+    file cannot be made: not atomic (a reader may see it half-written for an instant and
+    skip it), so only a last resort. Compact JSON, so it fits where the indented one was."""
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.pwrite(fd, payload, 0)
+        os.ftruncate(fd, len(payload))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json_record(
+    path: Path, *, require_owner: bool = True, max_bytes: int = MAX_RECORD_BYTES
+) -> dict[str, Any]:
     """Read a small JSON object without following links or trusting its size."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
-    except OSError as exc:
-        if os.path.islink(path):
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        if isinstance(exc, OSError) and os.path.islink(path):
             raise FormatError("is a symlink") from exc
-        raise FormatError(f"unreadable: {exc.strerror or exc}") from exc
+        raise FormatError(f"unreadable: {getattr(exc, 'strerror', None) or exc}") from exc
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise FormatError("not a regular file")
         if require_owner and info.st_uid != os.geteuid():
             raise FormatError(f"owned by uid {info.st_uid}, not {os.geteuid()}")
-        if info.st_size > MAX_RECORD_BYTES:
-            raise FormatError(f"too large ({info.st_size} bytes > {MAX_RECORD_BYTES})")
-        raw = handle.read(MAX_RECORD_BYTES + 1)
-    if len(raw) > MAX_RECORD_BYTES:
+        if info.st_size > max_bytes:
+            raise FormatError(f"too large ({info.st_size} bytes > {max_bytes})")
+        try:
+            raw = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise FormatError(f"unreadable: {exc.strerror or exc}") from exc
+    if len(raw) > max_bytes:
         raise FormatError("too large")
+    return parse_json_record(raw)
+
+
+def parse_json_record(raw: bytes) -> dict[str, Any]:
+    """A JSON object from bytes, or FormatError: never another exception, whatever the bytes.
+
+    NaN and Infinity are refused (not JSON, and no column holds them); so are integers
+    past Python's digit limit (ValueError) and nesting past the recursion limit.
+    """
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"not valid JSON ({exc})") from exc
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError too
+        raise FormatError(f"not valid JSON ({str(exc)[:200]})") from exc
     if not isinstance(data, dict):
         raise FormatError("not a JSON object")
     return data
+
+
+# --------------------------------------------------------------------------- field limits
+
+# What every field of every file may hold. The text limits and integer ranges are the
+# console's columns (sessions_app.models.Session: CharField max_length,
+# PositiveSmallIntegerField, IntegerField, BigIntegerField, DecimalField(12, 6)), so a
+# record that passes here fits the row it becomes; the rest are sane bounds. The
+# wrapper checks before it writes, the console before it ingests (tests check the
+# model still agrees).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+MAX_PATH_CHARS = 4096
+MAX_COST_USD = 10**6  # DecimalField(max_digits=12, decimal_places=6) holds less than this
+MAX_ERROR_CHARS = 4000
+# Epoch seconds a start time may be: after 1970, before 2514 (2**34).
+MAX_EPOCH_SECONDS = float(2**34)
+MIN_YEAR, MAX_YEAR = 1970, 9000
+
+# Names: one line, no control characters.
+NAME_LIMITS: dict[str, int] = {
+    "script_tag": 100,
+    "platform": 100,
+    "host": 255,
+    "model": 100,
+    "stop_reason": 64,
+    "end_reason": 32,
+    "subtype": 64,
+    "session_id": 36,
+    "retry_of": 36,
+    "started_at": 40,
+    "ended_at": 40,
+    "until": 40,
+    "set_at": 40,
+}
+# Free text and paths: anything but NUL (no database text column holds one).
+TEXT_LIMITS: dict[str, int] = {
+    "cwd": MAX_PATH_CHARS,
+    "claude_config_dir": MAX_PATH_CHARS,
+    "transcript_path": MAX_PATH_CHARS,
+    "archive_path": MAX_PATH_CHARS,
+    "error": MAX_ERROR_CHARS,
+    "reason": MAX_ERROR_CHARS,
+}
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "attempt": (1, 32767),  # PositiveSmallIntegerField
+    "wrapper_pid": (2, INT32_MAX),  # 0 and 1 are never a wrapper or an agent
+    "claude_pid": (2, INT32_MAX),
+    "exit_code": (0, 255),
+    "signal": (1, 255),
+    "api_error_status": (0, 999),
+    "num_turns": (0, INT32_MAX),
+    "duration_ms": (0, INT64_MAX),
+    "version": (0, 1000),
+}
+TOKEN_RANGE = (0, INT64_MAX)  # every usage count (BigIntegerField)
+MAX_USAGE_KEYS = 32
+# (low, high): low <= value < high, and finite.
+FLOAT_RANGES: dict[str, tuple[float, float]] = {
+    "wrapper_started": (0.0, MAX_EPOCH_SECONDS),
+    "claude_started": (0.0, MAX_EPOCH_SECONDS),
+    "cost_usd": (0.0, MAX_COST_USD),
+    "orchestrator_cost_usd": (0.0, MAX_COST_USD),
+}
+TIME_FIELDS = ("started_at", "ended_at", "until", "set_at")
+
+
+def field_problem(name: str, value: object) -> str | None:
+    """Why `value` cannot be field `name` of a protocol file, or None when it can."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{name} holds a NUL byte"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name} is not valid UTF-8 (a lone surrogate)"
+        limit = NAME_LIMITS.get(name) or TEXT_LIMITS.get(name)
+        if limit is not None and len(value) > limit:
+            return f"{name} is {len(value)} characters long (at most {limit})"
+        if name in NAME_LIMITS and _CONTROL_RE.search(value):
+            return f"{name} holds a control character"
+        if name in TIME_FIELDS:
+            return _time_problem(name, value)
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        if name.endswith("_pid") and value <= 1:
+            return f"{name} {value} cannot be a wrapper or an agent"
+        if not low <= value <= high:
+            return f"{name} {_short(value)} is out of range ({low}..{high})"
+        return None
+    if isinstance(value, int | float) and name in FLOAT_RANGES:
+        low, high = FLOAT_RANGES[name]
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} is {value}"
+        if not low <= value < high:
+            return f"{name} {_short(value)} is out of range ({low:g} <= value < {high:g})"
+        return None
+    return None
+
+
+def _short(value: int | float) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _time_problem(name: str, value: str) -> str | None:
+    try:
+        parsed = parse_iso(value)
+    except (ValueError, OverflowError):
+        return f"{name} is not an ISO 8601 time"
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        return f"{name} is outside the years {MIN_YEAR}..{MAX_YEAR}"
+    return None
+
+
+def usage_problem(usage: dict[str, Any]) -> str | None:
+    if len(usage) > MAX_USAGE_KEYS:
+        return f"usage has {len(usage)} keys (at most {MAX_USAGE_KEYS})"
+    for key, count in usage.items():
+        if len(key) > 100 or "\x00" in key:
+            return "usage has a key that is not a name"
+        if isinstance(count, int) and not isinstance(count, bool):
+            low, high = TOKEN_RANGE
+            if not low <= count <= high:
+                return f"usage[{key[:40]!r}] {_short(count)} is out of range ({low}..{high})"
+    return None
+
+
+def fit_name(name: str, value: object) -> str | None:
+    """A name taken from claude's output, made to fit field `name`: control characters
+    dropped, clipped to its limit; None when nothing usable is left."""
+    if not isinstance(value, str):
+        return None
+    cleaned = _CONTROL_RE.sub("", value).encode("utf-8", "replace").decode("utf-8")
+    limit = NAME_LIMITS.get(name) or TEXT_LIMITS.get(name) or MAX_ERROR_CHARS
+    return cleaned[:limit] or None
+
+
+def fit_text(name: str, value: str | None) -> str | None:
+    """Free text (an error line) made to fit field `name`: no NUL, clipped."""
+    if value is None:
+        return None
+    cleaned = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return cleaned[: TEXT_LIMITS.get(name, MAX_ERROR_CHARS)]
+
+
+def fit_number(name: str, value: object) -> int | float | None:
+    """A number taken from claude's output, or None when it is not one field `name` holds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if name in FLOAT_RANGES:
+        return float(value) if field_problem(name, value) is None else None
+    if not isinstance(value, int):
+        return None
+    return value if field_problem(name, value) is None else None
+
+
+def fit_usage(usage: object) -> dict[str, int] | None:
+    """Token counts from claude's `result` event, kept only where they fit a column."""
+    if not isinstance(usage, dict):
+        return None
+    low, high = TOKEN_RANGE
+    kept: dict[str, int] = {}
+    for key, count in usage.items():
+        if not isinstance(key, str) or len(key) > 100 or "\x00" in key:
+            continue
+        if isinstance(count, float) and math.isfinite(count):
+            count = int(count)
+        if isinstance(count, int) and not isinstance(count, bool) and low <= count <= high:
+            kept[key] = count
+        if len(kept) >= MAX_USAGE_KEYS:
+            break
+    return kept
 
 
 # --------------------------------------------------------------------------- typed records
 
 
 def _check_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """Keep known fields, check each against its declared type; unknown keys are ignored."""
+    """Keep known fields, check each against its declared type and its limits; unknown keys
+    are ignored."""
     values: dict[str, Any] = {}
     for spec in dataclasses.fields(cls):
         if spec.name not in data:
@@ -328,10 +553,34 @@ def _check_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
             raise FormatError(f"field {spec.name!r} has the wrong type (bool)")
         if not isinstance(value, allowed):
             raise FormatError(f"field {spec.name!r} has the wrong type ({type(value).__name__})")
+        problem = field_problem(spec.name, value)
+        if problem:
+            raise FormatError(problem)
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = float(value)  # in range, so this cannot overflow
         values[spec.name] = value
     return values
+
+
+def check_record(record: Any) -> None:
+    """Raise FormatError unless every field of `record` (a dataclass below) is within its
+    limits: what the wrapper calls before it writes a file."""
+    for spec in dataclasses.fields(record):
+        problem = field_problem(spec.name, getattr(record, spec.name))
+        if problem:
+            raise FormatError(problem)
+    for name in ("session_id", "retry_of"):
+        value = getattr(record, name, None)
+        if value is not None and not is_session_id(value):
+            raise FormatError(f"{name} is not a lowercase UUID")
+    tag = getattr(record, "script_tag", None)
+    if tag is not None and not is_valid_tag(tag):
+        raise FormatError("script_tag is not 1-100 characters of [A-Za-z0-9._-]")
+    usage = getattr(record, "usage", None)
+    if usage is not None:
+        problem = usage_problem(usage)
+        if problem:
+            raise FormatError(problem)
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -366,6 +615,12 @@ class Sidecar:
     claude_started: float | None = None
     retry_of: str | None = None
     orchestrator_cost_usd: float | None = None
+    # Set by the wrapper when claude has exited but the completion record could not be
+    # written (disk full): the run ended with this end reason and exit code, it was not
+    # killed. ISO 8601 UTC.
+    ended_at: str | None = None
+    end_reason: str | None = None
+    exit_code: int | None = None
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -374,20 +629,9 @@ class Sidecar:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sidecar:
         sidecar = cls(**_check_fields(cls, data))
-        if not is_session_id(sidecar.session_id):
-            raise FormatError("session_id is not a lowercase UUID")
-        if sidecar.retry_of is not None and not is_session_id(sidecar.retry_of):
-            raise FormatError("retry_of is not a UUID")
-        for name in ("wrapper_pid", "claude_pid"):
-            pid = getattr(sidecar, name)
-            if pid is not None and pid <= 1:
-                raise FormatError(f"{name} {pid} cannot be a wrapper or an agent")
-        if sidecar.attempt < 1:
-            raise FormatError("attempt must be >= 1")
-        try:
-            parse_iso(sidecar.started_at)
-        except ValueError as exc:
-            raise FormatError("started_at is not an ISO 8601 time") from exc
+        check_record(sidecar)
+        if sidecar.end_reason is not None and sidecar.end_reason not in END_REASONS:
+            raise FormatError(f"end_reason {sidecar.end_reason!r} is not one of {END_REASONS}")
         return sidecar
 
 
@@ -438,21 +682,15 @@ class SpoolRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolRecord:
         record = cls(**_check_fields(cls, data))
-        if not is_session_id(record.session_id):
-            raise FormatError("session_id is not a lowercase UUID")
-        if record.end_reason not in END_REASONS:
-            raise FormatError(f"end_reason {record.end_reason!r} is not one of {END_REASONS}")
         if record.usage is not None:
             record.usage = {
-                str(k): int(v)
+                str(k): v
                 for k, v in record.usage.items()
                 if isinstance(v, int) and not isinstance(v, bool)
             }
-        for name in ("started_at", "ended_at"):
-            try:
-                parse_iso(getattr(record, name))
-            except ValueError as exc:
-                raise FormatError(f"{name} is not an ISO 8601 time") from exc
+        check_record(record)
+        if record.end_reason not in END_REASONS:
+            raise FormatError(f"end_reason {record.end_reason!r} is not one of {END_REASONS}")
         return record
 
 
@@ -477,10 +715,7 @@ class QuotaStamp:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuotaStamp:
         stamp = cls(**_check_fields(cls, data))
-        try:
-            parse_iso(stamp.until)
-        except ValueError as exc:
-            raise FormatError("until is not an ISO 8601 time") from exc
+        check_record(stamp)
         return stamp
 
     def holds(self, now: datetime | None = None) -> bool:
@@ -506,6 +741,135 @@ def clear_quota_stamp(paths: StatePaths) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- Claude Code's registry
+
+# While a Claude Code session runs (any session: wrapped or not, terminal, IDE, CI), the
+# CLI keeps $CLAUDE_CONFIG_DIR/sessions/<pid>.json (mode 0644 in a 0700 directory):
+# {"pid", "sessionId", "cwd", "startedAt" (epoch ms), "procStart" (field 22 of
+# /proc/<pid>/stat, a string of clock ticks), "version", "kind", "entrypoint", "name",
+# ...}. It is removed on a normal exit and left behind after SIGKILL: compare procStart
+# with the live process's start time before believing it.
+MAX_REGISTRY_BYTES = 16 * 1024
+REGISTRY_TEXT_LIMITS = {"version": 64, "kind": 32, "entrypoint": 64, "name": 255, "status": 32}
+_PROC_START_RE = re.compile(r"[0-9]{1,20}")
+# startedAt in epoch milliseconds: after 1970, before 2514.
+MAX_EPOCH_MS = 2**34 * 1000
+
+
+def registry_dir(config_dir: Path) -> Path:
+    return config_dir / "sessions"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One live (or left-behind) Claude Code session, from the CLI's own registry file."""
+
+    pid: int
+    session_id: str
+    cwd: str
+    started_at: float  # epoch seconds (the file's startedAt is in milliseconds)
+    proc_start_ticks: int | None  # procStart: clock ticks after boot; None if absent
+    version: str | None = None
+    kind: str | None = None  # "interactive", ...
+    entrypoint: str | None = None  # "cli", "sdk-cli", ...
+    name: str | None = None
+    status: str | None = None  # "busy" | "idle" in builds that write it
+
+    @property
+    def process_started(self) -> float | None:
+        """procStart as epoch seconds, comparable with process_start_time(pid); None when
+        the file gave none or this is not Linux (no /proc to anchor the ticks to)."""
+        if self.proc_start_ticks is None or not Path("/proc/stat").exists():
+            return None
+        return ticks_to_epoch(self.proc_start_ticks)
+
+    def is_running(self) -> bool:
+        """True when `pid` is alive and is still the process that wrote the file."""
+        started = self.process_started
+        return started is not None and same_start_time(started, process_start_time(self.pid))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
+        pid = data.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 2 <= pid <= INT32_MAX:
+            raise FormatError("pid is not a process id > 1")
+        session_id = data.get("sessionId")
+        if not is_session_id(session_id):
+            raise FormatError("sessionId is not a lowercase UUID")
+        cwd = data.get("cwd")
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise FormatError("cwd is not an absolute path")
+        problem = field_problem("cwd", cwd)
+        if problem:
+            raise FormatError(problem)
+        started_ms = data.get("startedAt")
+        if (
+            isinstance(started_ms, bool)
+            or not isinstance(started_ms, int | float)
+            or not 0 < started_ms < MAX_EPOCH_MS  # NaN fails this too
+        ):
+            raise FormatError("startedAt is not epoch milliseconds")
+        proc_start = data.get("procStart")
+        if proc_start is not None and (
+            not isinstance(proc_start, str) or _PROC_START_RE.fullmatch(proc_start) is None
+        ):
+            raise FormatError("procStart is not a string of digits")
+        texts: dict[str, str | None] = {}
+        for key, limit in REGISTRY_TEXT_LIMITS.items():
+            value = data.get(key)
+            if value is not None and (
+                not isinstance(value, str)
+                or len(value) > limit
+                or "\x00" in value
+                or field_problem(key, value) is not None
+            ):
+                raise FormatError(f"{key} is not a string of at most {limit} characters")
+            texts[key] = value
+        return cls(
+            pid=pid,
+            session_id=session_id,
+            cwd=cwd,
+            started_at=started_ms / 1000,
+            proc_start_ticks=None if proc_start is None else int(proc_start),
+            **texts,
+        )
+
+
+def read_registry_entry(path: Path) -> RegistryEntry:
+    """Parse and validate one `sessions/<pid>.json`; FormatError says why it is not trusted.
+
+    Same strictness as a sidecar: no symlinks (O_NOFOLLOW), a regular file owned by this
+    user, at most MAX_REGISTRY_BYTES, every field typed and bounded, and the file name
+    must be the pid it holds.
+    """
+    entry = RegistryEntry.from_dict(read_json_record(path, max_bytes=MAX_REGISTRY_BYTES))
+    if path.name != f"{entry.pid}.json":
+        raise FormatError(f"file name does not match pid {entry.pid}")
+    return entry
+
+
+def scan_registry(config_dir: Path) -> tuple[list[RegistryEntry], list[tuple[str, str]]]:
+    """Every entry of `config_dir`'s registry that can be trusted, and (file name, why) for
+    every other *.json file there. A missing directory is an empty registry."""
+    entries: list[RegistryEntry] = []
+    skipped: list[tuple[str, str]] = []
+    folder = registry_dir(config_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return entries, skipped
+    except OSError as exc:
+        return entries, [(str(folder), f"unreadable: {exc.strerror or exc}")]
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            entries.append(read_registry_entry(folder / name))
+        except FormatError as exc:
+            skipped.append((name, str(exc)))
+    return entries, skipped
+
+
 def copy_into_archive(source: Path, dest: Path) -> None:
     """Stream a transcript into the archive (0600 in a 0700 dir), atomically.
 
@@ -520,95 +884,3 @@ def copy_into_archive(source: Path, dest: Path) -> None:
             raise OSError(f"{source} is not a regular file")
         with atomic_file(dest) as out:
             shutil.copyfileobj(src, out, 1024 * 1024)
-
-
-# --------------------------------------------------------------------------- Claude Code's registry
-
-
-@dataclass
-class RegistryEntry:
-    """Claude Code's own record of a live session: $CLAUDE_CONFIG_DIR/sessions/<pid>.json.
-
-    Every session on the host has one, wrapped or not. Removed on a normal exit and
-    left behind after SIGKILL, so a stale file is evidence that the session was killed.
-    Unknown keys are ignored; only what we use is checked.
-    """
-
-    pid: int
-    session_id: str
-    cwd: str
-    started_at_ms: int | None = None  # startedAt: epoch milliseconds
-    proc_start_ticks: int | None = None  # procStart: field 22 of /proc/<pid>/stat
-    version: str = ""
-    kind: str = ""
-    entrypoint: str = ""
-    name: str = ""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
-        def text(key: str, limit: int = 200) -> str:
-            value = data.get(key)
-            if value is None:
-                return ""
-            if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-                raise FormatError(f"field {key!r} is not a short string")
-            return value
-
-        pid = data.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool) or not 1 < pid < 2**31:
-            raise FormatError("pid is not a process id")
-        session_id = data.get("sessionId")
-        if not is_session_id(session_id):
-            raise FormatError("sessionId is not a lowercase UUID")
-        cwd = text("cwd", 4096)
-        if not cwd.startswith("/"):
-            raise FormatError("cwd is not an absolute path")
-        started = data.get("startedAt")
-        if started is not None and (
-            not isinstance(started, int) or isinstance(started, bool) or not 0 < started < 2**53
-        ):
-            raise FormatError("startedAt is not epoch milliseconds")
-        ticks = data.get("procStart")
-        if ticks is not None:
-            if isinstance(ticks, int) and not isinstance(ticks, bool):
-                ticks = str(ticks)
-            if not isinstance(ticks, str) or not ticks.isascii() or not ticks.isdigit():
-                raise FormatError("procStart is not a number of clock ticks")
-            if len(ticks) > 18:
-                raise FormatError("procStart is out of range")
-            ticks = int(ticks)
-        return cls(
-            pid=pid,
-            session_id=session_id,
-            cwd=cwd,
-            started_at_ms=started,
-            proc_start_ticks=ticks,
-            version=text("version", 64),
-            kind=text("kind", 64),
-            entrypoint=text("entrypoint", 64),
-            name=text("name"),
-        )
-
-    def process_started(self) -> float | None:
-        """The start time as epoch seconds, comparable with `process_start_time`."""
-        if self.proc_start_ticks is not None and Path("/proc/self/stat").exists():
-            return _boot_time() + self.proc_start_ticks / os.sysconf("SC_CLK_TCK")
-        return None
-
-    def started_at_iso(self) -> str:
-        if self.started_at_ms is None:
-            return utc_now_iso()
-        moment = datetime.fromtimestamp(self.started_at_ms / 1000, UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def registry_dir(config_dir: Path) -> Path:
-    return config_dir / "sessions"
-
-
-def read_registry_entry(path: Path) -> RegistryEntry:
-    """Parse one registry file as strictly as a sidecar (owner, size, no links, types)."""
-    entry = RegistryEntry.from_dict(read_json_record(path))
-    if path.name != f"{entry.pid}.json":
-        raise FormatError(f"file name does not match pid {entry.pid}")
-    return entry

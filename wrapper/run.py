@@ -22,20 +22,31 @@ from pathlib import Path
 from wrapper.formats import (
     EXIT_NO_CLAUDE,
     EXIT_QUOTA_SKIP,
+    EXIT_SESSION_ID_IN_USE,
     EXIT_UNSAFE_STATE_DIR,
+    FormatError,
     QuotaStamp,
     Sidecar,
     SpoolRecord,
     StatePaths,
     UnsafeDirectory,
+    check_record,
     claude_config_dir,
     copy_into_archive,
     ensure_private_dir,
+    field_problem,
+    fit_name,
+    fit_number,
+    fit_text,
+    fit_usage,
     host_name,
     is_session_id,
     new_session_id,
+    overwrite_json_in_place,
     process_start_time,
     read_quota_stamp,
+    read_sidecar,
+    same_start_time,
     transcript_path,
     utc_now_iso,
     write_json_atomic,
@@ -87,6 +98,10 @@ class Wrapper:
         self.received_signal: int | None = None
         self.kill_timer: threading.Timer | None = None
         self.sidecar_written = False
+        # The completion record could not be written (disk full): the sidecar, marked
+        # with how the run ended, stays behind for the console instead.
+        self.keep_sidecar = False
+        self.claim: Path | None = None
 
     # ------------------------------------------------------------------ the run
 
@@ -95,7 +110,15 @@ class Wrapper:
         if first_session_id and not is_session_id(first_session_id):
             say(f"CLAUDE_SESSION_ID={first_session_id!r} is not a lowercase UUID")
             return 2
+        problem = self.identity_problem()
+        if problem:
+            say(f"{problem}; claude not started")
+            return 2
         session_id = first_session_id or new_session_id()
+        if first_session_id:
+            in_use = self.session_id_in_use(first_session_id)
+            if in_use:  # before the quota skip too: its record would overwrite the run's
+                return self.refuse_session_id(first_session_id, in_use)
 
         stamp = read_quota_stamp(self.paths)
         if stamp is not None:
@@ -108,17 +131,103 @@ class Wrapper:
             say(f"state directory not usable, claude not started: {exc}")
             return EXIT_UNSAFE_STATE_DIR
 
-        claude = self.find_claude()
-        if claude is None:
-            return self.record_missing_claude(session_id)
+        if first_session_id:
+            in_use = self.claim_session_id(first_session_id)
+            if in_use:
+                return self.refuse_session_id(first_session_id, in_use)
 
-        previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS}
         try:
-            return self.attempts(claude, session_id)
+            claude = self.find_claude()
+            if claude is None:
+                return self.record_missing_claude(session_id)
+
+            previous_handlers = {
+                sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS
+            }
+            try:
+                return self.attempts(claude, session_id)
+            finally:
+                if not self.keep_sidecar:
+                    self.remove_sidecar()
+                for sig, handler in previous_handlers.items():
+                    signal.signal(sig, handler)
         finally:
-            self.remove_sidecar()
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
+            self.release_claim()
+
+    # ------------------------------------------------------------------ one id, one run
+
+    def refuse_session_id(self, session_id: str, why: str) -> int:
+        # As claude itself refuses a used id; and no record is written, so the run that
+        # has this id keeps its outcome.
+        say(
+            f"session id {session_id} is already in use ({why}); claude not started. "
+            "Unset CLAUDE_SESSION_ID for a fresh one."
+        )
+        return EXIT_SESSION_ID_IN_USE
+
+    def session_id_in_use(self, session_id: str) -> str | None:
+        """Why `session_id` was already used: its transcript, a completion record, or a
+        live wrapper's sidecar; None when none of them exists."""
+        found = list(self.config_dir.glob(f"projects/*/{session_id}.jsonl"))
+        if found:
+            return f"its transcript exists: {found[0]}"
+        spool = self.paths.spool
+        records = [spool / f"{session_id}.json", spool / "rejected" / f"{session_id}.json"]
+        if any(os.path.lexists(path) for path in records) or any(
+            spool.glob(f"ingested/*/{session_id}.json")
+        ):
+            return "a completion record for it exists"
+        for entry in self.paths.active.glob("*.json"):
+            try:
+                sidecar = read_sidecar(entry)
+            except FormatError:
+                continue
+            if sidecar.session_id == session_id and same_start_time(
+                process_start_time(sidecar.wrapper_pid), sidecar.wrapper_started
+            ):
+                return f"wrapper pid {sidecar.wrapper_pid} is running it"
+        return None
+
+    def claim_session_id(self, session_id: str) -> str | None:
+        """Make `session_id` ours with an O_EXCL claim file (two wrappers starting at once
+        both pass session_id_in_use); why not, or None once claimed."""
+        in_use = self.session_id_in_use(session_id)
+        if in_use:
+            return in_use
+        claims = self.paths.home / "claims"
+        try:
+            ensure_private_dir(claims)
+            fd = os.open(claims / session_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return "another wrapper has claimed it"
+        except (UnsafeDirectory, OSError) as exc:
+            say(f"could not claim the session id ({exc}); going on without the claim")
+            return None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{self.pid}\n")
+        self.claim = claims / session_id
+        return None
+
+    def release_claim(self) -> None:
+        if self.claim is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.claim.unlink()
+            self.claim = None
+
+    def identity_problem(self) -> str | None:
+        """Why the names this run would be recorded under cannot be (too long, a NUL...):
+        refused before anything is written, rather than a record the console rejects."""
+        for name, value, origin in (
+            ("script_tag", self.options.tag, "--tag"),
+            ("platform", self.options.platform, "--platform (or $OPSCONSOLE_PLATFORM)"),
+            ("host", self.host, "the host name ($OPSCONSOLE_HOST_NAME)"),
+            ("cwd", self.cwd, "the working directory"),
+            ("claude_config_dir", str(self.config_dir), "$CLAUDE_CONFIG_DIR"),
+        ):
+            problem = field_problem(name, value)
+            if problem:
+                return f"{origin}: {problem}"
+        return None
 
     def attempts(self, claude: str, session_id: str) -> int:
         retry_of: str | None = None
@@ -148,6 +257,7 @@ class Wrapper:
         earlier_cost: float | None,
     ) -> AttemptOutcome:
         started_at = utc_now_iso()
+        self.keep_sidecar = False  # a fresh sidecar for this attempt
         sidecar = Sidecar(
             session_id=session_id,
             script_tag=self.options.tag,
@@ -161,7 +271,7 @@ class Wrapper:
             claude_config_dir=str(self.config_dir),
             transcript_path=str(transcript_path(self.config_dir, self.cwd, session_id)),
             retry_of=retry_of,
-            orchestrator_cost_usd=earlier_cost,
+            orchestrator_cost_usd=fit_number("orchestrator_cost_usd", earlier_cost),
         )
         self.write_sidecar(sidecar)
         child_env = dict(self.env, CLAUDE_SESSION_ID=session_id)
@@ -266,6 +376,11 @@ class Wrapper:
 
     def write_sidecar(self, sidecar: Sidecar) -> None:
         try:
+            check_record(sidecar)
+        except FormatError as exc:  # identity_problem() ran first: this is a bug of ours
+            say(f"sidecar not written, it would be rejected: {exc}")
+            return
+        try:
             write_json_atomic(self.paths.sidecar_path(self.pid), sidecar.to_dict())
             self.sidecar_written = True
         except OSError as exc:
@@ -306,26 +421,54 @@ class Wrapper:
             claude_config_dir=sidecar.claude_config_dir,
             transcript_path=sidecar.transcript_path,
             signal=signal_number,
-            error=error,
+            error=fit_text("error", error),
+            # What claude printed is made to fit the record's limits (formats.FIELD_LIMITS):
+            # a value that does not fit is unknown, not a record the console rejects.
             is_error=_typed(result.get("is_error"), bool),
-            subtype=_typed(result.get("subtype"), str),
-            stop_reason=_typed(result.get("stop_reason"), str),
-            api_error_status=_typed(result.get("api_error_status"), int),
-            num_turns=_typed(result.get("num_turns"), int),
-            duration_ms=_typed(result.get("duration_ms"), int),
-            cost_usd=float(cost) if isinstance(cost, int | float) and cost is not True else None,
-            usage=observed.usage(),
-            model=observed.model,
+            subtype=fit_name("subtype", result.get("subtype")),
+            stop_reason=fit_name("stop_reason", result.get("stop_reason")),
+            api_error_status=fit_number("api_error_status", result.get("api_error_status")),
+            num_turns=fit_number("num_turns", result.get("num_turns")),
+            duration_ms=fit_number("duration_ms", result.get("duration_ms")),
+            cost_usd=fit_number("cost_usd", cost),
+            usage=fit_usage(result.get("usage")),
+            model=fit_name("model", observed.model),
         )
         record.archive_path = self.archive_transcript(sidecar)
-        self.write_spool(record)
+        if not self.write_spool(record) and self.sidecar_written:
+            self.mark_sidecar_ended(sidecar, record)
         return record
 
-    def write_spool(self, record: SpoolRecord) -> None:
+    def write_spool(self, record: SpoolRecord) -> bool:
+        try:
+            check_record(record)
+        except FormatError as exc:
+            # Still written: the console quarantines it with this reason, nothing is lost.
+            say(f"the completion record does not fit its format: {exc}")
         try:
             write_json_atomic(self.paths.spool_path(record.session_id), record.to_dict())
         except OSError as exc:
             say(f"could not write the completion record: {exc}")
+            return False
+        return True
+
+    def mark_sidecar_ended(self, sidecar: Sidecar, record: SpoolRecord) -> None:
+        """No completion record (disk full?): say in the sidecar how the run ended and leave
+        it behind, so the console records that outcome instead of concluding 'killed'."""
+        sidecar.ended_at = record.ended_at
+        sidecar.end_reason = record.end_reason
+        sidecar.exit_code = record.exit_code
+        path = self.paths.sidecar_path(self.pid)
+        try:
+            write_json_atomic(path, sidecar.to_dict())
+        except OSError:
+            try:  # no room for a temp file: rewrite it in its own blocks
+                overwrite_json_in_place(path, sidecar.to_dict())
+            except OSError as exc:
+                say(f"could not mark the sidecar either ({exc}): the run may show as killed")
+                return
+        self.keep_sidecar = True
+        say(f"the sidecar {path} keeps this run's outcome ({record.end_reason}) for the console")
 
     def archive_transcript(self, sidecar: Sidecar) -> str | None:
         source = Path(sidecar.transcript_path)
@@ -390,7 +533,7 @@ class Wrapper:
                 wrapper_pid=self.pid,
                 cwd=self.cwd,
                 claude_config_dir=str(self.config_dir),
-                error=error,
+                error=fit_text("error", error),
             )
         )
 
@@ -406,7 +549,7 @@ class Wrapper:
         stamp = QuotaStamp(
             until=until.isoformat(timespec="seconds").replace("+00:00", "Z"),
             set_at=utc_now_iso(),
-            reason=reason,
+            reason=fit_text("reason", reason) or "usage limit",
             session_id=session_id,
             script_tag=self.options.tag,
         )

@@ -17,7 +17,10 @@ from pathlib import Path
 # A single line may be several MB (base64 images); past this a capped read stops anyway.
 MAX_LINE_EXTENSION = 64 * 1024 * 1024
 _READ_STEP = 1024 * 1024
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d+)\s*-\s*$")
+# Offsets are file positions: at most 19 digits (2**63 - 1), or seek() overflows.
+MAX_OFFSET = 2**63 - 1
+_OFFSET_RE = re.compile(r"[0-9]{1,19}")
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*([0-9]{1,19})\s*-\s*")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,21 @@ def parse_range_header(value: str | None) -> int | None:
     """The N of `Range: bytes=N-`; None for anything else (then the whole tail is served)."""
     if not value:
         return None
-    match = _RANGE_RE.match(value)
-    return int(match.group(1)) if match else None
+    match = _RANGE_RE.fullmatch(value)
+    if match is None:
+        return None
+    offset = int(match.group(1))
+    return offset if offset <= MAX_OFFSET else None
+
+
+def parse_offset(value: str | None) -> int | None:
+    """A byte offset from a query string (`before`, `after`): None when absent, ValueError
+    when it is not a whole number of bytes a file can have (negative, 1e9, 5,000 digits)."""
+    if value is None:
+        return None
+    if _OFFSET_RE.fullmatch(value) is None or int(value) > MAX_OFFSET:
+        raise ValueError(f"not a byte offset: {value[:40]!r}")
+    return int(value)
 
 
 def open_transcript(path: Path):
@@ -64,7 +80,7 @@ def read_tail(path: Path, max_bytes: int) -> Chunk:
     """The last `max_bytes` (at most) of complete lines, starting at a line boundary."""
     handle, size = _open(path)
     with handle:
-        start = max(0, size - max_bytes)
+        start = max(0, size - max(0, max_bytes))
         handle.seek(start)
         data = handle.read(size - start)
     if start > 0:
@@ -81,7 +97,8 @@ def read_before(path: Path, end: int, max_bytes: int) -> Chunk:
     """Complete lines ending at byte `end` (a line boundary), about `max_bytes` of them:
     the page before one already shown."""
     handle, size = _open(path)
-    end = min(end, size)
+    end = max(0, min(end, size))  # a negative end once read the whole file
+    max_bytes = max(0, max_bytes)
     with handle:
         start = max(0, end - max_bytes)
         handle.seek(start)
@@ -93,8 +110,14 @@ def read_before(path: Path, end: int, max_bytes: int) -> Chunk:
     return Chunk(data, start, end, size)
 
 
-def read_from(path: Path, offset: int, max_bytes: int) -> Chunk:
-    """Complete lines from byte `offset` on, about `max_bytes` of them (HTTP Range: bytes=N-)."""
+def read_from(path: Path, offset: int, max_bytes: int, max_line: int = MAX_LINE_EXTENSION) -> Chunk:
+    """Complete lines from byte `offset` on, about `max_bytes` of them (HTTP Range: bytes=N-).
+
+    A line longer than the window is read on to its end, up to `max_line` bytes: the work
+    of one call is at most max_bytes + max_line, whatever the file holds.
+    """
+    offset = max(0, offset)
+    max_bytes = max(0, max_bytes)
     handle, size = _open(path)
     if offset > size:
         handle.close()
@@ -105,8 +128,8 @@ def read_from(path: Path, offset: int, max_bytes: int) -> Chunk:
         capped = offset + len(data) < size
         if capped and b"\n" not in data:
             # The window ends inside one long line: read on to its end, within reason.
-            while len(data) < MAX_LINE_EXTENSION and offset + len(data) < size:
-                step = handle.read(_READ_STEP)
+            while len(data) < max_line and offset + len(data) < size:
+                step = handle.read(min(_READ_STEP, max_line - len(data)))
                 data += step
                 if b"\n" in step:
                     break
