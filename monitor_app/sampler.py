@@ -16,11 +16,11 @@ from pathlib import Path
 
 from sessions_app import transcript_store
 from sessions_app.live import SkippedSidecar, Snapshot
-from sessions_app.trust import sidecar_trust_problem
 from sessions_app.transcripts.locate import regular_file_within
 from sessions_app.transcripts.parse import iter_records
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
 from sessions_app.transcripts.tail import read_tail
+from sessions_app.trust import sidecar_trust_problem
 from wrapper.formats import (
     FormatError,
     RegistryEntry,
