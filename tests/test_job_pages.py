@@ -179,7 +179,7 @@ def test_a_job_keeps_its_chart_colour_across_loads_and_ranges(logged_in):
     run(tag="gamma", cost="9.0")  # a new, costlier job must not repaint the others
     second = logged_in.get("/costs/?days=30").content.decode()
     for tag in ("alpha", "beta"):
-        swatch = f'<span class="swatch" style="background:{colour_of(tag)}"></span>{tag}'
+        swatch = f'fill="{colour_of(tag)}"></rect></svg>{tag}'
         assert swatch in first and swatch in second
 
 
