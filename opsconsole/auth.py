@@ -13,7 +13,9 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.signals import user_logged_in
 from django.contrib.auth.views import LoginView
+from django.db import DatabaseError
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpResponse, JsonResponse
@@ -67,14 +69,28 @@ _token_cache: dict[str, tuple[object, float]] = {}
 _token_cache_lock = threading.Lock()
 
 
+# During a database outage a token seen this recently still reads the live sample.
+TOKEN_OUTAGE_GRACE_SECONDS = 3600.0
+
+
 def authenticate_token(plain: str):
-    """The active user of a bearer token (ApiToken.authenticate), remembered briefly."""
+    """The active user of a bearer token (ApiToken.authenticate), remembered briefly.
+
+    With the database unreachable, a token that authenticated within the last
+    TOKEN_OUTAGE_GRACE_SECONDS is still believed, so a poller keeps the live view;
+    any other token raises the DatabaseError (a 503, not a 401).
+    """
     key = hash_token(plain)
     now = time.monotonic()
     cached = _token_cache.get(key)
     if cached is not None and cached[1] > now:
         return cached[0]
-    user = ApiToken.authenticate(plain)
+    try:
+        user = ApiToken.authenticate(plain)
+    except DatabaseError:
+        if cached is not None and now - cached[1] < TOKEN_OUTAGE_GRACE_SECONDS:
+            return cached[0]
+        raise
     with _token_cache_lock:
         if len(_token_cache) > 1000:
             _token_cache.clear()
@@ -91,6 +107,15 @@ def forget_tokens(**_kwargs) -> None:
     """A token saved (revoked) or deleted in this process is forgotten at once; other
     processes forget it within TOKEN_CACHE_SECONDS."""
     _token_cache.clear()
+
+
+@receiver(user_logged_in)
+def remember_username(sender, request, user, **_kwargs) -> None:
+    """The session says who is logged in, for the read-only live view during an outage."""
+    from opsconsole.middleware import OUTAGE_USERNAME_KEY
+
+    if request is not None and hasattr(request, "session"):
+        request.session[OUTAGE_USERNAME_KEY] = user.get_username()
 
 
 def csrf_rejects(request) -> bool:

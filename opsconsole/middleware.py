@@ -17,7 +17,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.utils.cache import patch_cache_control
@@ -66,8 +66,25 @@ def needs_no_database(request) -> bool:
     return path.startswith(static) or (path == "/login/" and request.method in ("GET", "HEAD"))
 
 
+# Pages a person already logged in still gets during an outage, from the monitor's sample.
+LIVE_PATHS = ("/", "/live/rows/")
+
+
+def polls_with_a_token(request) -> bool:
+    """/api/claude-active with a bearer token needs no database (the monitor's sample, a
+    token seen before the outage): it is tried even while an outage is current."""
+    return request.path_info == "/api/claude-active" and request.headers.get(
+        "Authorization", ""
+    ).lower().startswith("bearer ")
+
+
 def database_unavailable(request, reason: str) -> HttpResponse:
-    """The 503 a person or a script gets while the database cannot be reached."""
+    """The 503 a person or a script gets while the database cannot be reached; for a
+    person who was logged in, the live page from the monitor's sample instead."""
+    if request.method in ("GET", "HEAD") and request.path_info in LIVE_PATHS:
+        live = live_view_during_outage(request, reason)
+        if live is not None:
+            return live
     message = f"Database unreachable: {reason}"
     if request.path_info.startswith("/api/"):
         response = JsonResponse({"error": message, "database_error": reason}, status=503)
@@ -84,15 +101,13 @@ class DatabaseUnavailableMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        # No connection is made up front: the live view and the API's hot path need no
+        # database (the monitor's sample, remembered tokens), so they must not pay for
+        # one. The first query that fails records the outage; until it is retried,
+        # requests that would need the database are answered at once.
         if not needs_no_database(request):
             reason = outage.current()
-            if reason is None:
-                try:
-                    connections["default"].ensure_connection()
-                except DatabaseError as exc:
-                    reason = outage.record(exc)
-                    log.warning("database unreachable: %s", reason)
-            if reason is not None:
+            if reason is not None and not polls_with_a_token(request):
                 return database_unavailable(request, reason)
         return self.get_response(request)
 
@@ -100,6 +115,52 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, DatabaseError) and _is_outage(exception):
             return database_unavailable(request, outage.record(exception))
         return None
+
+
+def live_view_during_outage(request, reason: str) -> HttpResponse | None:
+    """The live page for a session that logged in before the outage (read from the
+    session cache, never the database), or None for anyone else."""
+    from django.core.cache import caches
+
+    from sessions_app import views
+
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    if not key or not hasattr(session, "cache_key"):
+        return None
+    # The session cache only: asking the database again would wait out its timeout.
+    data = caches[settings.SESSION_CACHE_ALIAS].get(session.cache_key) or {}
+    user_id, username = data.get("_auth_user_id"), data.get(OUTAGE_USERNAME_KEY)
+    if not user_id or not username:
+        return None
+    request.user = OutageUser(username)
+    response = views.render_live(request, outage_reason=reason)
+    patch_cache_control(response, no_store=True, private=True)
+    return response
+
+
+# Stored in the session at login so an outage page can say who is looking.
+OUTAGE_USERNAME_KEY = "opsconsole_username"
+
+
+class OutageUser:
+    """Who a session says is logged in, while the database cannot confirm it: enough to
+    show the read-only live view, never staff (no control works without the database)."""
+
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+    is_staff = False
+    is_superuser = False
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+
+    def get_username(self) -> str:
+        return self.username
+
+    def __str__(self) -> str:
+        return self.username
 
 
 def _is_outage(exc: DatabaseError) -> bool:

@@ -177,10 +177,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
+    # Sessions live in the database and in this private file cache (0700 dir, 0600
+    # files): a person already logged in keeps the live view through a database outage.
+    "sessions": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(OPSCONSOLE_HOME / "cache" / "sessions"),
+        "TIMEOUT": 14 * 24 * 3600,
+    },
     "default": {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
         "LOCATION": "opsconsole",
-    }
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -227,6 +234,8 @@ STORAGES = {
 # Serve straight from the apps when collectstatic has not run (tests, runserver).
 WHITENOISE_USE_FINDERS = True
 
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+SESSION_CACHE_ALIAS = "sessions"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -33,14 +33,23 @@ def _live_context() -> dict:
     return {"snapshot": snapshot, "runs": live_runs(snapshot)}
 
 
+def render_live(request, *, outage_reason: str | None = None):
+    """The live page, or its polled fragment; also what a logged-in person gets while the
+    database is unreachable (the monitor's sample needs none)."""
+    context = {**_live_context(), "outage_reason": outage_reason}
+    if request.path_info.rstrip("/").endswith("live/rows"):
+        return render(request, "sessions_app/_live_section.html", context)
+    return render(request, "sessions_app/live.html", context)
+
+
 @require_GET
 def live(request):
-    return render(request, "sessions_app/live.html", _live_context())
+    return render_live(request)
 
 
 @require_GET
 def live_rows(request):
-    return render(request, "sessions_app/_live_section.html", _live_context())
+    return render_live(request)
 
 
 def _run_or_404(session_id: str):

@@ -284,3 +284,38 @@ def test_pages_run_under_the_csp_without_a_violation(page, console_server, state
     finally:
         run.kill_all()
     assert violations == []
+
+
+def test_a_logged_in_person_keeps_the_live_view_through_a_database_outage(
+    page, console_server, state, tmp_path
+):
+    """The database file is replaced by a directory (nothing can open it): the live page
+    still shows the runs, from the monitor's own sample, with a banner; history is a
+    clear 503; when the database is back, so is everything else."""
+    database = tmp_path / "console.sqlite3"
+    run = start_fake_run(state, tag="runs-through-the-outage")
+    try:
+        eventually(
+            lambda: console_server.json("/api/claude-active")["sessions"],
+            lambda sessions: run.session_id in {s["session_id"] for s in sessions},
+        )
+        aside = tmp_path / "console.sqlite3.aside"
+        database.rename(aside)
+        database.mkdir()
+        try:
+            page.goto(console_server.url + "/")
+            page.wait_for_selector("#outage-banner")
+            assert page.locator(f"tr[data-session-id='{run.session_id}']").count() == 1
+            shot(page, "live-during-database-outage")
+            response = page.goto(console_server.url + "/history/")
+            assert response.status == 503
+            assert "Database unreachable" in page.inner_text("main")
+        finally:
+            database.rmdir()
+            aside.rename(database)
+        page.wait_for_timeout(5500)  # the outage is retried after OPSCONSOLE_DB_RETRY_SECONDS
+        assert page.goto(console_server.url + "/history/").status == 200
+        page.goto(console_server.url + "/")
+        assert page.locator("#outage-banner").count() == 0
+    finally:
+        run.kill_all()
