@@ -1,0 +1,179 @@
+"""Full-text search over every transcript on record: prompts, answers, tool calls, results.
+
+The index lives in its own table, `sessions_app_transcriptline`, made per database by
+migration 0005: an FTS5 virtual table on SQLite (the embedded default), a table with a
+generated `tsvector` column and a GIN index on PostgreSQL. One row per conversation
+entry (what the session page shows as one row), keyed by session, file and byte offset
+so a match links to its place. Files are indexed as a stream: a 1 GB transcript is
+never held in memory, only one chunk of it and one batch of rows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db import connection, transaction
+
+from sessions_app.transcripts.parse import iter_records, record_entries
+
+TABLE = "sessions_app_transcriptline"
+# Entries worth finding; progress, snapshots and other bookkeeping are left out.
+INDEXED_KINDS = {
+    "user_prompt",
+    "assistant_text",
+    "thinking",
+    "tool_call",
+    "tool_result",
+    "error",
+    "summary",
+    "compact_summary",
+    "system",
+}
+INDEXED_CHARS = 4000  # of each entry: as much as the page shows unfolded
+BATCH_ROWS = 500
+CHUNK_BYTES = 4 * 1024 * 1024
+RESULTS = 50
+HIT_START, HIT_END = "\x02", "\x03"  # marks around matched words in a snippet
+
+
+def supported() -> bool:
+    return connection.vendor in ("sqlite", "postgresql")
+
+
+# ----------------------------------------------------------------------------- indexing
+
+
+def _rows_of_file(session_id: str, part: str, path: Path):
+    """(session, part, offset, kind, text) for each conversation entry, streaming."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        carry, offset = b"", 0
+        while block := handle.read(CHUNK_BYTES):
+            data = carry + block
+            cut = data.rfind(b"\n") + 1
+            for record in iter_records(data[:cut], base_offset=offset):
+                for entry in record_entries(record):
+                    if entry.kind in INDEXED_KINDS and entry.text.strip():
+                        text = entry.text[:INDEXED_CHARS]
+                        if entry.label and entry.kind == "tool_call":
+                            text = f"{entry.label} {text}"
+                        yield (session_id, part, entry.offset, entry.kind, text)
+            carry = data[cut:]
+            offset += cut
+
+
+def index_session(session_id: str, files: list[tuple[str, Path]]) -> int:
+    """Replace a session's lines in the index with those of `files` ((part, path):
+    part is "" for the main transcript, the agent file's name for a subagent).
+    Returns the number of lines indexed."""
+    if not supported():
+        return 0
+    session_id = str(session_id)
+    count = 0
+    insert = (
+        f"INSERT INTO {TABLE} (session_id, part, byte_offset, kind, text) "
+        "VALUES (%s, %s, %s, %s, %s)"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {TABLE} WHERE session_id = %s", [session_id])
+        batch: list[tuple] = []
+        for part, path in files:
+            try:
+                for row in _rows_of_file(session_id, part, path):
+                    batch.append(row)
+                    if len(batch) >= BATCH_ROWS:
+                        cursor.executemany(insert, batch)
+                        count += len(batch)
+                        batch.clear()
+            except OSError:
+                continue
+        if batch:
+            cursor.executemany(insert, batch)
+            count += len(batch)
+    return count
+
+
+def forget_session(session_id: str) -> None:
+    if supported():
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {TABLE} WHERE session_id = %s", [str(session_id)])
+
+
+# ----------------------------------------------------------------------------- querying
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class Hit:
+    session_id: str
+    part: str  # "" for the main transcript, else the subagent file's name
+    offset: int
+    kind: str
+    snippet: list[tuple[str, bool]]  # (text, is a matched word): the template escapes both
+
+
+def _words(query: str) -> list[str]:
+    return _WORD_RE.findall(query)[:12]
+
+
+def _split_snippet(text: str) -> list[tuple[str, bool]]:
+    parts: list[tuple[str, bool]] = []
+    for piece in re.split(f"({HIT_START}[^{HIT_END}]*{HIT_END})", text or ""):
+        if piece.startswith(HIT_START):
+            parts.append((piece.strip(HIT_START + HIT_END), True))
+        elif piece:
+            parts.append((" ".join(piece.split()), False))
+    return parts
+
+
+def search(query: str, limit: int = RESULTS) -> list[Hit]:
+    """Lines matching every word of `query` (any order), most recently indexed first.
+    The query is reduced to plain words: no syntax of either engine reaches it."""
+    words = _words(query)
+    if not words or not supported():
+        return []
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            match = " ".join('"' + w.replace('"', "") + '"' for w in words)
+            cursor.execute(
+                f"SELECT session_id, part, byte_offset, kind, "
+                f"snippet({TABLE}, 0, %s, %s, '…', 24) FROM {TABLE} "
+                f"WHERE {TABLE} MATCH %s ORDER BY rowid DESC LIMIT %s",
+                [HIT_START, HIT_END, match, limit],
+            )
+        else:
+            cursor.execute(
+                f"SELECT line.session_id, line.part, line.byte_offset, line.kind, "
+                f"ts_headline('simple', line.text, q.query, %s) "
+                f"FROM (SELECT plainto_tsquery('simple', %s) AS query) q, "
+                f"LATERAL (SELECT * FROM {TABLE} WHERE tsv @@ q.query "
+                f"ORDER BY id DESC LIMIT %s) line",
+                [
+                    f"StartSel={HIT_START}, StopSel={HIT_END}, MaxWords=30, MinWords=12",
+                    " ".join(words),
+                    limit,
+                ],
+            )
+        rows = cursor.fetchall()
+    return [
+        Hit(
+            session_id=str(session_id),
+            part=part or "",
+            offset=int(offset),
+            kind=kind,
+            snippet=_split_snippet(snippet),
+        )
+        for session_id, part, offset, kind, snippet in rows
+    ]
+
+
+def indexed_lines() -> int:
+    if not supported():
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {TABLE}")
+        return int(cursor.fetchone()[0])
