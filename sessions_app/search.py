@@ -114,6 +114,7 @@ class Hit:
     offset: int
     kind: str
     snippet: list[tuple[str, bool]]  # (text, is a matched word): the template escapes both
+    session: object = None  # the Session row, when search_with_sessions found it
 
 
 def _words(query: str) -> list[str]:
@@ -177,3 +178,15 @@ def indexed_lines() -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {TABLE}")
         return int(cursor.fetchone()[0])
+
+
+def search_with_sessions(query: str, limit: int = RESULTS) -> list[Hit]:
+    """`search`, each hit carrying its Session row (tag, start) when there is one."""
+    from sessions_app.models import Session
+
+    hits = search(query, limit)
+    rows = Session.objects.in_bulk([hit.session_id for hit in hits], field_name="session_id")
+    by_id = {str(key): value for key, value in rows.items()}
+    for hit in hits:
+        hit.session = by_id.get(hit.session_id)
+    return hits

@@ -149,6 +149,30 @@ def index_transcripts(session, files: list[Path]) -> int:
     return count
 
 
+# Running costs of live sessions, kept between page polls so each poll reads only
+# what was appended. Process-local and bounded; the monitor keeps its own.
+_RUNNING: dict[str, RunningCost] = {}
+_RUNNING_LIMIT = 64
+
+
+def live_running_cost(session_id: str, *, sidecar: Sidecar | None = None, session=None):
+    """Tokens and cost so far of a live run (main + subagent files), or None when its
+    transcript is not found. See pricing.RunningCost."""
+    located = locate(session_id, sidecar=sidecar, session=session)
+    if located is None:
+        return None
+    running = _RUNNING.get(session_id)
+    if running is None or running.main != located.path:
+        if len(_RUNNING) >= _RUNNING_LIMIT:
+            _RUNNING.pop(next(iter(_RUNNING)))
+        running = _RUNNING[session_id] = RunningCost(located.path, roots())
+    try:
+        return running.update()
+    except OSError as exc:
+        log.debug("cannot read %s: %s", located.path, exc)
+        return None
+
+
 def find_live_transcript(sidecar: Sidecar) -> Path | None:
     located = locate(sidecar.session_id, sidecar=sidecar)
     return located.path if located and located.kind == "live" else None
@@ -189,6 +213,7 @@ def read_page(
     session=None,
     after: int | None = None,
     before: int | None = None,
+    at: int | None = None,
     max_bytes: int | None = None,
 ) -> TranscriptPage:
     """The tail of a transcript as display entries; or the bytes after `after` (a
@@ -198,7 +223,9 @@ def read_page(
         return TranscriptPage(located=None)
     limit = max_bytes or settings.OPSCONSOLE_TAIL_BYTES
     try:
-        if after is not None:
+        if at is not None:  # a search hit: the page that starts at that line
+            chunk = read_from(located.path, at, limit)
+        elif after is not None:
             chunk = read_from(located.path, after, limit)
         elif before is not None:
             chunk = read_before(located.path, before, limit)

@@ -17,6 +17,7 @@ from sessions_app.history import HistoryFilters, history_page
 from sessions_app.live import get_snapshot
 from sessions_app.models import Status
 from sessions_app.runs import find_run, live_runs, retry_chain
+from sessions_app.search import search_with_sessions as transcript_search
 from sessions_app.transcripts.tail import open_transcript
 
 
@@ -51,12 +52,11 @@ def _sidecar_of(session_id: str):
 def session_page(request, session_id):
     session_id = str(session_id)
     run = _run_or_404(session_id)
-    try:
-        before = int(request.GET["before"]) if "before" in request.GET else None
-    except ValueError:
-        before = None
+    before = _offset(request.GET.get("before"))
+    at = _offset(request.GET.get("at"))
+    sidecar = _sidecar_of(session_id)
     page = transcript_store.read_page(
-        session_id, sidecar=_sidecar_of(session_id), session=run.record, before=before
+        session_id, sidecar=sidecar, session=run.record, before=before, at=at
     )
     return render(
         request,
@@ -66,16 +66,36 @@ def session_page(request, session_id):
             "chain": retry_chain(run),
             "page": page,
             "paging_back": before is not None,
-            "following": run.live and before is None,
+            "reading_at": at is not None,
+            "following": run.live and before is None and at is None,
             "subagents": transcript_store.subagents(page.located),
+            "open_agent": request.GET.get("agent", ""),
+            "running_cost": _running_cost(run, sidecar),
         },
     )
+
+
+def _offset(value: str | None) -> int | None:
+    try:
+        return max(0, int(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _running_cost(run, sidecar):
+    if not run.live:
+        return None
+    return transcript_store.live_running_cost(run.session_id, sidecar=sidecar, session=run.record)
 
 
 @require_GET
 def session_header(request, session_id):
     run = _run_or_404(str(session_id))
-    return render(request, "sessions_app/_session_header.html", {"run": run})
+    return render(
+        request,
+        "sessions_app/_session_header.html",
+        {"run": run, "running_cost": _running_cost(run, _sidecar_of(run.session_id))},
+    )
 
 
 @require_GET
@@ -104,10 +124,13 @@ def history(request):
     get_snapshot()  # ingests completion records: history is current without a cron entry
     filters = HistoryFilters.from_query(request.GET)
     page = history_page(filters, before=request.GET.get("before") or None)
+    text = str(request.GET.get("text", "")).strip()[:200]
     return render(
         request,
         "sessions_app/history.html",
         {
+            "text": text,
+            "hits": transcript_search(text) if text else None,
             "filters": filters,
             "page": page,
             "statuses": Status.choices,
