@@ -189,4 +189,5 @@ def search_with_sessions(query: str, limit: int = RESULTS) -> list[Hit]:
     by_id = {str(key): value for key, value in rows.items()}
     for hit in hits:
         hit.session = by_id.get(hit.session_id)
-    return hits
+    # Lines of a run whose record was pruned lead nowhere: leave them out.
+    return [hit for hit in hits if hit.session is not None]
