@@ -127,7 +127,7 @@ def _split_snippet(text: str) -> list[tuple[str, bool]]:
         if piece.startswith(HIT_START):
             parts.append((piece.strip(HIT_START + HIT_END), True))
         elif piece:
-            parts.append((" ".join(piece.split()), False))
+            parts.append((re.sub(r"\s+", " ", piece), False))
     return parts
 
 
