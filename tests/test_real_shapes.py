@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 from sessions_app import search, transcript_store
 from sessions_app.backfill import backfill
@@ -63,8 +64,6 @@ MILLION = Decimal(1_000_000)
 @pytest.fixture(autouse=True)
 def empty_search_index(django_db_blocker):
     """The index is no model, so the test database's flush does not empty it."""
-    from django.db import connection
-
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {search.TABLE}")  # noqa: S608 (our constant)
     yield
@@ -269,7 +268,9 @@ def test_search_finds_lines_of_main_and_subagent_files_and_links_to_them(console
     hostile.user("<script>alert(1)</script> zebra")
     backfill(console_state.paths, [console_state.config_dir])
     page = logged_in.get("/history/", {"text": "zebra"}).content.decode()
-    assert "<script>alert" not in page and "&lt;script&gt;" in page
+    assert "<script>alert" not in page and "<mark>zebra</mark>" in page
+    if connection.vendor == "sqlite":  # PostgreSQL's ts_headline drops tag-like text itself
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     target = logged_in.get(f"/sessions/{written.session_id}/?at={offset}").content.decode()
     assert f'id="o-{offset}"' in target
     # Query syntax never reaches the engine.
