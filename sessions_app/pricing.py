@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from genai_prices import extract_usage
+from genai_prices.types import TieredPrices
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,15 @@ def price_response(response: ResponseUsage) -> Decimal | None:
     return _price(response)
 
 
-@functools.lru_cache(maxsize=65536)
-def _price(response: ResponseUsage) -> Decimal | None:
+def _when(day: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(day).replace(tzinfo=UTC) if day else None
+    except ValueError:
+        return None
+
+
+def price_with_table(response: ResponseUsage) -> Decimal | None:
+    """The price genai-prices computes for this one response (its own full path)."""
     usage: dict = {
         "input_tokens": response.input_tokens,
         "output_tokens": response.output_tokens,
@@ -97,17 +105,102 @@ def _price(response: ResponseUsage) -> Decimal | None:
             "ephemeral_1h_input_tokens": one,
         }
     try:
-        when = datetime.fromisoformat(response.day).replace(tzinfo=UTC) if response.day else None
-    except ValueError:
-        when = None
-    try:
         extracted = extract_usage({"model": response.model, "usage": usage}, provider_id=PROVIDER)
         if extracted.model is None:
             return None
-        return extracted.calc_price(genai_request_timestamp=when).total_price
+        return extracted.calc_price(genai_request_timestamp=_when(response.day)).total_price
     except (LookupError, ValueError) as exc:
         log.debug("no price for %s: %s", response.model, exc)
         return None
+
+
+# Backfilling thousands of transcripts prices millions of responses. Within one model,
+# day and price tier a price is linear in each token count, so the table is asked once
+# per (model, day, tier) for its per-token rates, and each response is a dot product.
+# tests/test_real_shapes.py checks this against price_with_table on varied responses.
+
+
+@functools.lru_cache(maxsize=4096)
+def _tier_starts(model: str, day: str) -> tuple[int, ...] | None:
+    """The input-token thresholds of the model's tiered prices; None: model unknown."""
+    try:
+        extracted = extract_usage(
+            {"model": model, "usage": {"input_tokens": 0, "output_tokens": 0}},
+            provider_id=PROVIDER,
+        )
+    except (LookupError, ValueError):
+        return None
+    if extracted.model is None:
+        return None
+    prices = extracted.model.get_prices(_when(day) or datetime.now(tz=UTC))
+    starts = {
+        tier.start
+        for value in vars(prices).values()
+        if isinstance(value, TieredPrices)
+        for tier in value.tiers
+    }
+    return tuple(sorted(starts))
+
+
+def _probe(model: str, day: str, prompt: int, **counts: int) -> Decimal | None:
+    five, one = counts.get("five", 0), counts.get("one", 0)
+    return price_with_table(
+        ResponseUsage(
+            model=model,
+            input_tokens=prompt,
+            output_tokens=counts.get("output", 0),
+            cache_read_tokens=counts.get("read", 0),
+            cache_write_tokens=five + one,
+            cache_write_5m_tokens=five,
+            cache_write_1h_tokens=one,
+            day=day,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _rates(model: str, day: str, tier: int) -> tuple[Decimal, ...] | None:
+    """USD per token (input, output, cache read, cache write 5m, cache write 1h) in one
+    tier: each measured by the table on a request whose input falls in that tier."""
+    starts = _tier_starts(model, day) or ()
+    size = starts[tier - 1] + 1 if tier else (min(1000, starts[0]) if starts else 1000)
+    size = max(size, 1)
+    base = _probe(model, day, size)
+    read = _probe(model, day, 0, read=size)
+    five = _probe(model, day, 0, five=size)
+    one = _probe(model, day, 0, one=size)
+    with_output = _probe(model, day, size, output=1000)
+    if None in (base, read, five, one, with_output):
+        return None
+    return (
+        base / size,
+        (with_output - base) / 1000,
+        read / size,
+        five / size,
+        one / size,
+    )
+
+
+def _price(response: ResponseUsage) -> Decimal | None:
+    starts = _tier_starts(response.model, response.day)
+    if starts is None:
+        return None
+    prompt = response.input_tokens + response.cache_read_tokens + response.cache_write_tokens
+    tier = sum(1 for start in starts if prompt > start)
+    rates = _rates(response.model, response.day, tier)
+    if rates is None:
+        return price_with_table(response)
+    five = response.cache_write_5m_tokens
+    one = response.cache_write_1h_tokens
+    if five is None or one is None or five + one != response.cache_write_tokens:
+        five, one = response.cache_write_tokens, 0  # no split recorded: the 5-minute price
+    return (
+        response.input_tokens * rates[0]
+        + response.output_tokens * rates[1]
+        + response.cache_read_tokens * rates[2]
+        + five * rates[3]
+        + one * rates[4]
+    )
 
 
 @dataclass

@@ -139,6 +139,28 @@ def test_the_one_hour_cache_write_split_changes_the_price(tmp_path):
     assert transcript_cost(flat, [tmp_path]).cost_usd == Decimal("0.375018")  # all at 5m
 
 
+def test_fast_pricing_agrees_with_the_table_on_varied_responses():
+    import random
+
+    from sessions_app.pricing import ResponseUsage, price_response, price_with_table
+
+    rng = random.Random(3)
+    models = [*RATES, "claude-opus-4-6", "claude-sonnet-4-6", "claude-3-5-haiku-20241022"]
+    for _ in range(300):
+        five, one = rng.choice([0, rng.randint(0, 90_000)]), rng.choice([0, rng.randint(0, 9000)])
+        response = ResponseUsage(
+            model=rng.choice(models),
+            input_tokens=rng.randint(0, 50),
+            output_tokens=rng.randint(0, 30_000),
+            cache_read_tokens=rng.choice([0, rng.randint(0, 400_000)]),
+            cache_write_tokens=five + one,
+            cache_write_5m_tokens=five,
+            cache_write_1h_tokens=one,
+            day=rng.choice(["2025-09-01", "2026-02-12", ""]),
+        )
+        assert price_response(response) == price_with_table(response), response
+
+
 def test_a_model_the_table_does_not_know_leaves_the_cost_unknown(tmp_path):
     path = tmp_path / "s.jsonl"
     Transcript(path, "s").assistant(Usage(input=5, output=5), [text("x")], model="mystery-9")
