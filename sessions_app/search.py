@@ -65,10 +65,11 @@ def _rows_of_file(session_id: str, part: str, path: Path):
             offset += cut
 
 
-def index_session(session_id: str, files: list[tuple[str, Path]]) -> int:
+def index_session(session_id: str, files: list[tuple[str, Path]], *, replace: bool = True) -> int:
     """Replace a session's lines in the index with those of `files` ((part, path):
     part is "" for the main transcript, the agent file's name for a subagent).
-    Returns the number of lines indexed."""
+    `replace=False` for a session never indexed: nothing to delete (on FTS5 a delete
+    by an unindexed column scans the table). Returns the number of lines indexed."""
     if not supported():
         return 0
     session_id = str(session_id)
@@ -78,7 +79,8 @@ def index_session(session_id: str, files: list[tuple[str, Path]]) -> int:
         "VALUES (%s, %s, %s, %s, %s)"
     )
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {TABLE} WHERE session_id = %s", [session_id])
+        if replace:
+            cursor.execute(f"DELETE FROM {TABLE} WHERE session_id = %s", [session_id])
         batch: list[tuple] = []
         for part, path in files:
             try:

@@ -140,7 +140,9 @@ def record_transcript_figures(session, main: Path | None = None, *, index: bool 
 def index_transcripts(session, files: list[Path]) -> int:
     """Put a session's transcripts in the full-text index (streaming, file by file)."""
     parts = [("", files[0])] + [(path.stem, path) for path in files[1:]]
-    count = search.index_session(str(session.session_id), parts)
+    count = search.index_session(
+        str(session.session_id), parts, replace=session.search_indexed_bytes is not None
+    )
     total = 0
     for path in files:
         with contextlib.suppress(OSError):
