@@ -297,3 +297,78 @@ def test_search_finds_lines_of_main_and_subagent_files_and_links_to_them(console
     assert f'id="o-{offset}"' in target
     # Query syntax never reaches the engine.
     assert search.search('"unbalanced AND ( OR') == []
+
+
+def test_a_completed_run_keeps_both_costs_and_is_indexed(console_state):
+    from sessions_app.ingest import record_completion
+    from wrapper.formats import SpoolRecord
+
+    written = session_2_1_with_subagents_and_compaction(console_state.config_dir)
+    session = record_completion(
+        SpoolRecord(
+            session_id=written.session_id,
+            script_tag="report",
+            platform="cron",
+            host="vm",
+            attempt=1,
+            started_at="2026-02-12T16:00:00Z",
+            ended_at="2026-02-12T16:05:00Z",
+            end_reason="succeeded",
+            exit_code=0,
+            cwd="/srv/agents/report",
+            claude_config_dir=str(console_state.config_dir),
+            transcript_path=str(written.main),
+            cost_usd=0.41,  # what the CLI's result event said
+            usage={"input_tokens": 11, "output_tokens": 530},  # the main loop's only
+        )
+    )
+    session.refresh_from_db()
+    assert session.cost_usd == Decimal("0.410000")
+    assert session.cost_computed_usd == by_hand(written.responses)
+    assert session.output_tokens == token_sums(written.responses)["output_tokens"]
+    assert session.subagent_files == 3
+    assert session.shown_cost_usd == Decimal("0.410000")  # the CLI's own figure first
+    assert [hit.session_id for hit in search.search("needle")] == [written.session_id] * 2
+
+
+def test_a_vanished_run_is_priced_from_its_transcript(console_state):
+    from sessions_app.ingest import record_vanished
+    from wrapper.formats import Sidecar
+
+    written = session_2_0_with_agent_files(console_state.config_dir)
+    sidecar = Sidecar(
+        session_id=written.session_id,
+        script_tag="nightly",
+        platform="cron",
+        host="vm",
+        attempt=1,
+        started_at="2026-02-12T16:00:00Z",
+        wrapper_pid=1,
+        wrapper_started=0.0,
+        claude_pid=2,
+        cwd="/srv/agents/nightly",
+        claude_config_dir=str(console_state.config_dir),
+        transcript_path=str(written.main),
+    )
+    session = record_vanished(sidecar, console_state.paths, written.main)
+    session.refresh_from_db()
+    assert session.status == Status.KILLED and session.cost_usd is None
+    assert session.cost_computed_usd == by_hand(written.responses)
+    archived = Path(session.archive_path).with_suffix("") / "subagents"
+    assert len(list(archived.iterdir())) == 2  # its 2.0.x agent files kept with it
+
+
+def test_costs_page_counts_computed_costs_and_says_so(console_state, logged_in):
+    from sessions_app.costs import cost_report
+
+    first = session_2_1_with_subagents_and_compaction(console_state.config_dir)
+    second = session_2_0_with_agent_files(console_state.config_dir)
+    backfill(console_state.paths, [console_state.config_dir])
+    from datetime import datetime
+
+    report = cost_report(days=30, now=datetime.fromisoformat("2026-02-20T00:00:00+00:00"))
+    assert report.total.unknown_cost_runs == 0
+    assert report.total.computed_cost_runs == 2
+    assert report.total.cost_usd == by_hand(first.responses) + by_hand(second.responses)
+    # The page covers the last 30 days of today's clock: the figures above are the test.
+    assert logged_in.get("/costs/").status_code == 200
