@@ -372,3 +372,18 @@ def test_costs_page_counts_computed_costs_and_says_so(console_state, logged_in):
     assert report.total.cost_usd == by_hand(first.responses) + by_hand(second.responses)
     # The page covers the last 30 days of today's clock: the figures above are the test.
     assert logged_in.get("/costs/").status_code == 200
+
+
+def test_pruning_records_takes_their_lines_out_of_the_index(console_state):
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    written = session_2_1_with_subagents_and_compaction(console_state.config_dir)
+    backfill(console_state.paths, [console_state.config_dir])
+    assert search.indexed_lines() > 0
+    Session.objects.update(ended_at=timezone.now() - timedelta(days=400))
+    call_command("prune_archive", "--older-than", "90", "--apply", "--records")
+    assert not Session.objects.filter(session_id=written.session_id).exists()
+    assert search.indexed_lines() == 0
