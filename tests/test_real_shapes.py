@@ -387,3 +387,18 @@ def test_pruning_records_takes_their_lines_out_of_the_index(console_state):
     call_command("prune_archive", "--older-than", "90", "--apply", "--records")
     assert not Session.objects.filter(session_id=written.session_id).exists()
     assert search.indexed_lines() == 0
+
+
+def test_a_live_run_shows_its_running_cost(console_state, logged_in, runs):
+    from tests.live_helpers import start_fake_run
+
+    run = start_fake_run(console_state)
+    runs.append(run)
+    live = Transcript(run.transcript, run.session_id)
+    live.user("go")
+    live.assistant(Usage(input=1000, output=1000), [text("working")])  # $0.018 on sonnet 4.5
+    header = logged_in.get(f"/sessions/{run.session_id}/header/").content.decode()
+    assert "$0.0180" in header and "so far" in header
+    live.assistant(Usage(input=1000, output=1000), [text("still working")])
+    header = logged_in.get(f"/sessions/{run.session_id}/header/").content.decode()
+    assert "$0.0360" in header and "2.0k out" in header
