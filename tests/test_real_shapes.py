@@ -402,3 +402,13 @@ def test_a_live_run_shows_its_running_cost(console_state, logged_in, runs):
     live.assistant(Usage(input=1000, output=1000), [text("still working")])
     header = logged_in.get(f"/sessions/{run.session_id}/header/").content.decode()
     assert "$0.0360" in header and "2.0k out" in header
+
+
+def test_nested_workflow_agents_count_with_their_session(tmp_path):
+    written = session_2_1_with_subagents_and_compaction(tmp_path / "claude")
+    nested = written.main.with_suffix("") / "subagents" / "workflows" / "wf_01"
+    agent = Transcript(nested / "agent-w1.jsonl", written.session_id, agent_id="w1")
+    agent.assistant(Usage(input=7, output=70), [text("workflow step")])
+    (nested / "journal.jsonl").write_text('{"type":"journal"}\n')  # not an agent's file
+    summary = transcript_cost(written.main, [tmp_path])
+    assert summary.output_tokens == token_sums(written.responses)["output_tokens"] + 70

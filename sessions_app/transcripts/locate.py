@@ -179,17 +179,18 @@ def find_subagent_transcripts(main: Path, roots: list[Path]) -> list[Path]:
     their session (2.0.x)."""
     found: list[Path] = []
     folder = main.with_suffix("") / "subagents"
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        entries = []
-    found.extend(
-        Path(entry.path)
-        for entry in entries
-        if entry.name.startswith("agent-")
-        and entry.name.endswith(".jsonl")
-        and _regular_file_within(Path(entry.path), roots)
-    )
+    # Newer builds nest some agents a level or two deeper (subagents/workflows/<id>/).
+    for directory, subdirs, names in os.walk(folder):
+        if directory.count(os.sep) - str(folder).count(os.sep) >= 3:
+            subdirs.clear()
+        subdirs.sort()
+        found.extend(
+            Path(directory) / name
+            for name in sorted(names)
+            if name.startswith("agent-")
+            and name.endswith(".jsonl")
+            and _regular_file_within(Path(directory) / name, roots)
+        )
     if is_session_id(main.stem):
         found.extend(
             path
