@@ -1,6 +1,6 @@
 """Backfill throughput on a generated ~/.claude, and transcript search latency.
 
-    .venv/bin/python benchmarks/bench_backfill_search.py --files 5000 --mb 800 --lines 1000000
+    .venv/bin/python benchmarks/bench_backfill_search.py --files 5000 --mb 5500 --lines 1000000
 
 1. Generates a Claude config dir of `--files` transcript files (main sessions in the
    2.1.x layout with `<id>/subagents/agent-*.jsonl`, 2.0.x sessions with
@@ -12,6 +12,7 @@
    rows) and times queries of common, rare and absent words.
 
 Everything runs under a temporary directory, removed at the end. Loopback only.
+`--database-url postgres://...` runs it on an empty PostgreSQL database instead.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def generate_home(config_dir: Path, files: int, megabytes: int, seed: int = 7) -
     return made, size
 
 
-def _env(root: Path) -> dict[str, str]:
+def _env(root: Path, database_url: str = "") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         OPSCONSOLE_HOME=str(root / "home"),
@@ -225,6 +226,8 @@ def _env(root: Path) -> dict[str, str]:
         PYTHONPATH=str(REPO),
     )
     env.pop("DATABASE_URL", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
     return env
 
 
@@ -307,6 +310,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--mb", type=int, default=800)
     parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="an EMPTY PostgreSQL database to use instead of SQLite (its tables are made)",
+    )
     parser.add_argument("--child", choices=["backfill", "search"])
     args = parser.parse_args()
     if args.child == "backfill":
@@ -319,7 +327,7 @@ def main() -> None:
         t0 = time.perf_counter()
         files, size = generate_home(root / "claude", args.files, args.mb)
         print(f"generated {files} files, {size / 2**20:.0f} MB in {time.perf_counter() - t0:.0f} s")
-        env = _env(root)
+        env = _env(root, args.database_url)
         subprocess.run(
             [sys.executable, str(REPO / "manage.py"), "migrate", "-v", "0"], env=env, check=True
         )
