@@ -30,7 +30,7 @@ PROVIDER = "anthropic"
 MICRO = Decimal("0.000001")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per API response of a session is kept
 class ResponseUsage:
     """The billable counts of one API response, as the transcript recorded them."""
 

@@ -497,7 +497,7 @@ class UsageAccumulator:
 
     def __init__(self) -> None:
         self.summary = UsageSummary()
-        self._best: dict[tuple[str, str], ResponseUsage] = {}
+        self._best: dict[str, ResponseUsage] = {}  # "<message id> <request id>"
 
     def add(self, record: Record) -> None:
         summary = self.summary
@@ -531,7 +531,7 @@ class UsageAccumulator:
         response = ResponseUsage.from_message(
             model, message["usage"], timestamp if isinstance(timestamp, str) else ""
         )
-        key = (str(message.get("id") or f"@{record.offset}"), str(request_id or ""))
+        key = f"{message.get('id') or f'@{record.offset}'} {request_id or ''}"
         best = self._best.get(key)
         if best is not None and response.total <= best.total:
             return
