@@ -4,6 +4,7 @@ full-text search."""
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -412,3 +413,45 @@ def test_nested_workflow_agents_count_with_their_session(tmp_path):
     (nested / "journal.jsonl").write_text('{"type":"journal"}\n')  # not an agent's file
     summary = transcript_cost(written.main, [tmp_path])
     assert summary.output_tokens == token_sums(written.responses)["output_tokens"] + 70
+
+
+@pytest.mark.skipif(
+    not os.environ.get("OPSCONSOLE_CCUSAGE"),
+    reason="set OPSCONSOLE_CCUSAGE to a ccusage binary (npm install ccusage@17) to compare",
+)
+def test_ccusage_agrees_on_our_fixtures(tmp_path):
+    """ccusage (17.x, offline prices) on the same files: the same four token counts for
+    every session (its "sessions" are folders: a 2.1.x session's subagents folder is
+    listed apart, so they are summed), and the same cost where both price alike."""
+    import json
+    import subprocess
+
+    config = tmp_path / "claude"
+    old = session_2_0_with_agent_files(config)
+    new = session_2_1_with_subagents_and_compaction(config)
+
+    def ccusage() -> dict:
+        out = subprocess.run(
+            [os.environ["OPSCONSOLE_CCUSAGE"], "session", "--offline", "--json"],
+            env={**os.environ, "CLAUDE_CONFIG_DIR": str(config)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return json.loads(out.stdout)
+
+    totals = ccusage()["totals"]
+    ours = [transcript_cost(w.main, [tmp_path]) for w in (old, new)]
+    assert totals["inputTokens"] == sum(s.input_tokens for s in ours)
+    assert totals["outputTokens"] == sum(s.output_tokens for s in ours)
+    assert totals["cacheReadTokens"] == sum(s.cache_read_input_tokens for s in ours)
+    assert totals["cacheCreationTokens"] == sum(s.cache_creation_input_tokens for s in ours)
+    # The 2.0.x session has no 1-hour cache writes and no request over 200k tokens,
+    # the two places ccusage 17 prices differently (1h writes at the 5m price; only
+    # the tokens past 200k at the long-context price): there the costs agree.
+    new.main.unlink()
+    for path in new.subagent_files:
+        path.unlink()
+    alone = ccusage()["totals"]["totalCost"]
+    assert abs(Decimal(str(alone)) - ours[0].cost_usd) <= ours[0].cost_usd * Decimal("0.03")
