@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 from django.conf import settings
 
 from sessions_app import transcript_store
 from sessions_app.models import Session, Status
-from sessions_app.transcripts.locate import find_subagent_transcripts
 from wrapper.formats import StatePaths, copy_into_archive, is_session_id, parse_iso, safe_tag
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,12 @@ def backfill(
 
 def import_one(path: Path, paths: StatePaths, *, on_record: bool) -> Session | None:
     """Record one transcript (with its subagent files) as a run, archive them, price it
-    and index it. None for a file with no conversation (empty, or only summaries, file
-    snapshots, queue operations): that is not a run, and a row backfill once made for
-    it is removed."""
-    summary = transcript_store.session_usage(path)
+    and index it, reading each file once. None for a file with no conversation (empty,
+    or only summaries, file snapshots, queue operations): that is not a run, and a row
+    backfill once made for it is removed."""
+    existing = Session.objects.filter(session_id=path.stem).first() if on_record else None
+    target = existing or SimpleNamespace(session_id=path.stem, search_indexed_bytes=None)
+    summary, files = transcript_store.read_session(path, index_for=target)
     if not summary.has_conversation:
         Session.objects.filter(
             session_id=path.stem, status=Status.IMPORTED, recorded_from="backfill"
@@ -108,14 +110,13 @@ def import_one(path: Path, paths: StatePaths, *, on_record: bool) -> Session | N
     dest = paths.archive_path(started.isoformat(), tag, path.stem)
     copy_into_archive(path, dest)
     transcript_store.archive_subagents(path, dest)
-    if on_record:
-        session = Session.objects.get(session_id=path.stem)
-        session.archive_path = str(dest)
-        session.save(update_fields=["archive_path", "updated_at"])
-        transcript_store.record_transcript_figures(session, path)
-        return session
+    if existing is not None:
+        existing.archive_path = str(dest)
+        fields = transcript_store.apply_summary(existing, summary, files)
+        existing.save(update_fields=[*fields, "archive_path", "search_indexed_bytes"])
+        return existing
     usage = summary.as_usage()
-    session = Session.objects.create(
+    return Session.objects.create(
         session_id=path.stem,
         script_tag=tag,
         host=settings.OPSCONSOLE_HOST,
@@ -139,9 +140,6 @@ def import_one(path: Path, paths: StatePaths, *, on_record: bool) -> Session | N
         transcript_path=str(path),
         archive_path=str(dest),
         recorded_from="backfill",
+        subagent_files=len(files) - 1,
+        search_indexed_bytes=target.search_indexed_bytes,
     )
-    files = [path, *find_subagent_transcripts(path, transcript_store.roots())]
-    session.subagent_files = len(files) - 1
-    transcript_store.index_transcripts(session, files)
-    session.save(update_fields=["subagent_files", "search_indexed_bytes"])
-    return session

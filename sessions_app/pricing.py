@@ -15,13 +15,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genai_prices import extract_usage
 from genai_prices.types import TieredPrices
+
+if TYPE_CHECKING:
+    from sessions_app.transcripts.parse import Record
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +264,18 @@ class RunningCost:
 
         return [self.main, *find_subagent_transcripts(self.main, self.roots)]
 
-    def update(self, chunk_size: int = 4 * 1024 * 1024, *, final: bool = False):
+    def update(
+        self,
+        chunk_size: int = 4 * 1024 * 1024,
+        *,
+        final: bool = False,
+        on_record: Callable[[Path, Record], None] | None = None,
+    ):
         """Read what is new in every file; return the UsageSummary (tokens + cost).
 
-        `final`: the run has ended, so a last line without its newline is complete."""
+        `final`: the run has ended, so a last line without its newline is complete.
+        `on_record(path, record)` sees every record read (the search index is built
+        in the same pass)."""
         from sessions_app.transcripts.parse import iter_records, parse_line
 
         for path in self.files():
@@ -285,12 +298,16 @@ class RunningCost:
                     cut = data.rfind(b"\n") + 1
                     for record in iter_records(data[:cut], base_offset=offset - len(carry)):
                         self.accumulator.add(record)
+                        if on_record:
+                            on_record(path, record)
                     offset += len(block)
                     carry = data[cut:]
                 if final and carry.strip():
                     record = parse_line(carry, offset - len(carry))
                     if record.data is not None:
                         self.accumulator.add(record)
+                        if on_record:
+                            on_record(path, record)
                         carry = b""
                 self._positions[path] = (inode, offset)
                 self._carry[path] = carry

@@ -10,14 +10,13 @@ never held in memory, only one chunk of it and one batch of rows.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.db import connection, transaction
 
-from sessions_app.transcripts.parse import iter_records, record_entries
+from sessions_app.transcripts.parse import record_entries
 
 TABLE = "sessions_app_transcriptline"
 # Entries worth finding; progress, snapshots and other bookkeeping are left out.
@@ -46,56 +45,63 @@ def supported() -> bool:
 # ----------------------------------------------------------------------------- indexing
 
 
-def _rows_of_file(session_id: str, part: str, path: Path):
-    """(session, part, offset, kind, text) for each conversation entry, streaming."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as handle:
-        carry, offset = b"", 0
-        while block := handle.read(CHUNK_BYTES):
-            data = carry + block
-            cut = data.rfind(b"\n") + 1
-            for record in iter_records(data[:cut], base_offset=offset):
-                for entry in record_entries(record):
-                    if entry.kind in INDEXED_KINDS and entry.text.strip():
-                        text = entry.text[:INDEXED_CHARS]
-                        if entry.label and entry.kind == "tool_call":
-                            text = f"{entry.label} {text}"
-                        yield (session_id, part, entry.offset, entry.kind, text)
-            carry = data[cut:]
-            offset += cut
+class Indexer:
+    """Puts one session's lines in the index as records stream past (fed by the same
+    read that counts its tokens): `with Indexer(id, main) as index: ... index.add(path,
+    record)`. Rows go in batches inside one transaction."""
 
-
-def index_session(session_id: str, files: list[tuple[str, Path]], *, replace: bool = True) -> int:
-    """Replace a session's lines in the index with those of `files` ((part, path):
-    part is "" for the main transcript, the agent file's name for a subagent).
-    `replace=False` for a session never indexed: nothing to delete (on FTS5 a delete
-    by an unindexed column scans the table). Returns the number of lines indexed."""
-    if not supported():
-        return 0
-    session_id = str(session_id)
-    count = 0
-    insert = (
+    INSERT = (
         f"INSERT INTO {TABLE} (session_id, part, byte_offset, kind, text) "
         "VALUES (%s, %s, %s, %s, %s)"
     )
-    with transaction.atomic(), connection.cursor() as cursor:
-        if replace:
-            cursor.execute(f"DELETE FROM {TABLE} WHERE session_id = %s", [session_id])
-        batch: list[tuple] = []
-        for part, path in files:
-            try:
-                for row in _rows_of_file(session_id, part, path):
-                    batch.append(row)
-                    if len(batch) >= BATCH_ROWS:
-                        cursor.executemany(insert, batch)
-                        count += len(batch)
-                        batch.clear()
-            except OSError:
-                continue
-        if batch:
-            cursor.executemany(insert, batch)
-            count += len(batch)
-    return count
+
+    def __init__(self, session_id: str, main: Path, *, replace: bool = True) -> None:
+        self.session_id = str(session_id)
+        self.main = main
+        self.replace = replace
+        self.count = 0
+        self._batch: list[tuple] = []
+        self._atomic = transaction.atomic()
+        self._cursor = None
+
+    def __enter__(self) -> Indexer:
+        if supported():
+            self._atomic.__enter__()
+            self._cursor = connection.cursor()
+            if self.replace:
+                self._cursor.execute(
+                    f"DELETE FROM {TABLE} WHERE session_id = %s", [self.session_id]
+                )
+        return self
+
+    def add(self, path: Path, record) -> None:
+        if self._cursor is None:
+            return
+        part = "" if path == self.main else path.stem
+        for entry in record_entries(record):
+            if entry.kind in INDEXED_KINDS and entry.text.strip():
+                text = entry.text[:INDEXED_CHARS]
+                if entry.label and entry.kind == "tool_call":
+                    text = f"{entry.label} {text}"
+                self._batch.append((self.session_id, part, entry.offset, entry.kind, text))
+        if len(self._batch) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._cursor.executemany(self.INSERT, self._batch)
+            self.count += len(self._batch)
+            self._batch.clear()
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self._cursor is None:
+            return
+        try:
+            if kind is None:
+                self._flush()
+        finally:
+            self._cursor.close()
+            self._atomic.__exit__(kind, value, traceback)
 
 
 def forget_sessions(session_ids) -> None:

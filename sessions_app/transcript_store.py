@@ -105,8 +105,9 @@ def archive_subagents(main: Path, archive_main: Path) -> int:
 
 def record_transcript_figures(session, main: Path | None = None, *, index: bool = True) -> bool:
     """Fill a Session row from its transcripts: tokens (main + subagents), the cost we
-    compute, the subagents' archive copies and the search index. Never raises for a
-    missing or unreadable transcript; returns whether one was read."""
+    compute, the subagents' archive copies and the search index, all in one read of
+    each file. Never raises for a missing or unreadable transcript; returns whether
+    one was read."""
     if main is None:
         located = locate(str(session.session_id), session=session)
         if located is None:
@@ -115,11 +116,19 @@ def record_transcript_figures(session, main: Path | None = None, *, index: bool 
     try:
         if session.archive_path and Path(session.archive_path) != main:
             archive_subagents(main, Path(session.archive_path))
-        summary = session_usage(main)
-        files = [main, *find_subagent_transcripts(main, roots())]
+        summary, files = read_session(main, session if index else None)
     except OSError as exc:
         log.warning("cannot read transcripts of %s: %s", session.session_id, exc)
         return False
+    fields = apply_summary(session, summary, files)
+    if index:
+        fields.append("search_indexed_bytes")
+    session.save(update_fields=fields)
+    return True
+
+
+def apply_summary(session, summary: UsageSummary, files: list[Path]) -> list[str]:
+    """Set a Session's figures from its transcripts' summary; returns the fields set."""
     fields = ["cost_computed_usd", "subagent_files", "updated_at"]
     session.cost_computed_usd = summary.cost_usd
     session.subagent_files = len(files) - 1
@@ -130,25 +139,26 @@ def record_transcript_figures(session, main: Path | None = None, *, index: bool 
         session.cache_read_tokens = usage["cache_read_input_tokens"]
         session.cache_creation_tokens = usage["cache_creation_input_tokens"]
         fields += ["input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"]
-    if index:
-        index_transcripts(session, files)
-        fields.append("search_indexed_bytes")
-    session.save(update_fields=fields)
-    return True
+    return fields
 
 
-def index_transcripts(session, files: list[Path]) -> int:
-    """Put a session's transcripts in the full-text index (streaming, file by file)."""
-    parts = [("", files[0])] + [(path.stem, path) for path in files[1:]]
-    count = search.index_session(
-        str(session.session_id), parts, replace=session.search_indexed_bytes is not None
-    )
+def read_session(main: Path, index_for=None) -> tuple[UsageSummary, list[Path]]:
+    """One streaming read of a session's files: its usage summary (tokens, computed
+    cost), the files read, and, given a Session (`index_for`), its lines in the search
+    index (`search_indexed_bytes` set on it, not saved)."""
+    running = RunningCost(main, roots())
+    files = running.files()
+    if index_for is None:
+        return running.update(final=True), files
+    replace = index_for.search_indexed_bytes is not None
+    with search.Indexer(str(index_for.session_id), main, replace=replace) as indexer:
+        summary = running.update(final=True, on_record=indexer.add)
     total = 0
     for path in files:
         with contextlib.suppress(OSError):
             total += path.stat().st_size
-    session.search_indexed_bytes = total
-    return count
+    index_for.search_indexed_bytes = total
+    return summary, files
 
 
 # Running costs of live sessions, kept between page polls so each poll reads only
