@@ -32,6 +32,7 @@ from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from sessions_app import ingest, transcript_store
 from sessions_app.live import LeftoverRun, LiveSession, Snapshot
 from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.pricing import RunningCost
 from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_process_table
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
 
@@ -43,6 +44,8 @@ ACTIVE_CPU_PERCENT = 1.0
 # was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
+# Transcripts priced per sample at most (each reads only what was appended since).
+COST_READS_PER_SAMPLE = 25
 
 
 @dataclass
@@ -118,6 +121,9 @@ class Monitor:
         self.stale_handled: set[str] = set()
         self.endings: list[Ending] = []
         self.activity: dict[str, datetime] = {}
+        # session id -> (incremental reader of its transcripts, the cost so far)
+        self.running: dict[str, tuple[RunningCost, float | None]] = {}
+        self.cost_reads_left = COST_READS_PER_SAMPLE
         self.quota: QuotaStamp | None = None
         self.quota_known = False
         self.next_collect = 0.0
@@ -153,6 +159,7 @@ class Monitor:
     def sample_sessions(self, snapshot: Snapshot, table: ProcessTable, now: datetime):
         """Live sessions into the snapshot; returns the sidecars whose owners are gone."""
         self.sampler.new_sample()
+        self.cost_reads_left = COST_READS_PER_SAMPLE
         sidecars = self.sampler.read_sidecars(snapshot)
         registry = self.sampler.read_registry(snapshot)
         gone: list[Sidecar] = []
@@ -202,6 +209,7 @@ class Monitor:
             live.processes = describe(table, pids, mono)
             watch, grew = self.sampler.watch_transcript(live.sidecar)
             live.last_tool_call = watch.last_tool_call
+            live.running_cost_usd = self.running_cost(live.session_id, watch.path, grew)
             live.transcript_bytes = watch.size if watch.path else None
             if (
                 grew
@@ -233,8 +241,33 @@ class Monitor:
         self.sampler.forget_transcripts(live_ids)
         for session_id in [s for s in self.activity if s not in live_ids]:
             del self.activity[session_id]
+        for session_id in [s for s in self.running if s not in live_ids]:
+            del self.running[session_id]
         self.end_trees(snapshot, table, live_ids, now)
         return gone
+
+    def running_cost(self, session_id: str, transcript: Path | None, grew: bool) -> float | None:
+        """The cost so far of a live run, priced from its transcripts' usage (main and
+        subagent files). Only what was appended is read, only when the transcript grew,
+        and at most COST_READS_PER_SAMPLE transcripts per sample (the rest wait a turn)."""
+        known = self.running.get(session_id)
+        if transcript is None:
+            return known[1] if known else None
+        if known is not None and known[0].main == transcript and not grew:
+            return known[1]
+        if self.cost_reads_left <= 0:
+            return known[1] if known else None
+        self.cost_reads_left -= 1
+        reader = known[0] if known is not None and known[0].main == transcript else None
+        reader = reader or RunningCost(transcript, transcript_store.roots())
+        try:
+            cost = reader.update().cost_usd
+        except (OSError, ValueError) as exc:
+            log.debug("running cost of %s not read: %s", session_id, exc)
+            return known[1] if known else None
+        value = float(cost) if cost is not None else None
+        self.running[session_id] = (reader, value)
+        return value
 
     def end_trees(
         self, snapshot: Snapshot, table: ProcessTable, live_ids: set[str], now: datetime

@@ -1,4 +1,6 @@
-"""Cost and tokens per job and per day. A run whose cost is unknown is counted as
+"""Cost and tokens per job and per day. A run's cost is the one the CLI reported (its
+`result` event) or, when it reported none (imported, killed, plain-text runs), the one
+computed from its transcript with the price table; a run with neither is counted as
 unknown, never added in as $0."""
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class CostLine:
     cost_usd: Decimal = Decimal("0")  # the sum over runs whose cost is known
     runs: int = 0
     unknown_cost_runs: int = 0
+    computed_cost_runs: int = 0  # priced from the transcript: the CLI reported no cost
     tokens: int = 0
     by_tag: dict[str, Decimal] = field(default_factory=dict)  # days only
 
@@ -45,9 +48,10 @@ def _aggregates() -> dict:
         Coalesce(Sum(TOKEN_COLUMNS[0]), 0),
     )
     return {
-        "cost": Sum("cost_usd"),
+        "cost": Sum(Coalesce("cost_usd", "cost_computed_usd")),
+        "computed": Count("id", filter=Q(cost_usd__isnull=True, cost_computed_usd__isnull=False)),
         "runs": Count("id"),
-        "unknown": Count("id", filter=Q(cost_usd__isnull=True)),
+        "unknown": Count("id", filter=Q(cost_usd__isnull=True, cost_computed_usd__isnull=True)),
         "tokens": tokens,
     }
 
@@ -58,6 +62,7 @@ def _line(key: str, row: dict) -> CostLine:
         cost_usd=row["cost"] or Decimal("0"),
         runs=row["runs"],
         unknown_cost_runs=row["unknown"],
+        computed_cost_runs=row["computed"],
         tokens=int(row["tokens"] or 0),
     )
 
@@ -66,6 +71,7 @@ def _add(line: CostLine, row: dict) -> None:
     line.cost_usd += row["cost"] or Decimal("0")
     line.runs += row["runs"]
     line.unknown_cost_runs += row["unknown"]
+    line.computed_cost_runs += row["computed"]
     line.tokens += int(row["tokens"] or 0)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from django.db import InterfaceError, OperationalError, transaction
 
 from jobs_app.linking import job_id_for
+from sessions_app import transcript_store
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from wrapper.formats import (
     FormatError,
@@ -170,6 +171,8 @@ def record_completion(record: SpoolRecord) -> Session:
     if stopped:  # an operator or the watchdog stopped it: that is why it ended
         values.update(status=Status.KILLED, end_reason=stopped)
     session, _ = Session.objects.update_or_create(session_id=record.session_id, defaults=values)
+    # Tokens with subagents, the cost computed from the transcript, the search index.
+    transcript_store.record_transcript_figures(session)
     return session
 
 
@@ -317,6 +320,7 @@ def record_vanished(
             for name, value in values.items():
                 setattr(session, name, value)
             session.save()
+    transcript_store.record_transcript_figures(session, transcript)
     return session
 
 

@@ -45,11 +45,20 @@ class Session(models.Model):
     duration_ms = models.BigIntegerField(null=True, blank=True)
     num_turns = models.IntegerField(null=True, blank=True)
     # Unknown cost stays NULL: a run we could not price is never shown as free.
+    # What the CLI reported in its `result` event, when there was one.
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    # Priced by us from the transcript's usage (main file + subagents) and the price
+    # table (sessions_app.pricing); NULL when some response's model has no price.
+    cost_computed_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)
     cache_read_tokens = models.BigIntegerField(null=True, blank=True)
     cache_creation_tokens = models.BigIntegerField(null=True, blank=True)
+    subagent_files = models.PositiveIntegerField(
+        default=0, help_text="subagent transcripts counted in its tokens and computed cost"
+    )
+    # Byte size of the transcripts when they were put in the search index; NULL: not yet.
+    search_indexed_bytes = models.BigIntegerField(null=True, blank=True)
     is_error = models.BooleanField(null=True, blank=True)
     stop_reason = models.CharField(max_length=64, blank=True, default="")
     api_error_status = models.IntegerField(null=True, blank=True)
@@ -98,3 +107,14 @@ class Session(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
+
+    @property
+    def shown_cost_usd(self):
+        """The CLI's own figure when it reported one, else ours: what pages show."""
+        return self.cost_usd if self.cost_usd is not None else self.cost_computed_usd
+
+    @property
+    def shown_cost_source(self) -> str:
+        if self.cost_usd is not None:
+            return "reported"
+        return "computed" if self.cost_computed_usd is not None else ""

@@ -7,17 +7,20 @@ only ever a hint: whatever a sidecar says, nothing outside the roots is read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
+from sessions_app import search
+from sessions_app.pricing import RunningCost
 from sessions_app.transcripts.locate import Located, find_subagent_transcripts, locate_transcript
-from sessions_app.transcripts.parse import iter_records, to_entries
+from sessions_app.transcripts.parse import UsageSummary, fold_noise, iter_records, to_entries
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
 from sessions_app.transcripts.tail import OffsetBeyondEnd, read_before, read_from, read_tail
-from wrapper.formats import Sidecar
+from wrapper.formats import Sidecar, copy_into_archive
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +48,145 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
     )
 
 
+def roots() -> list[Path]:
+    """Everything the console may read transcripts from."""
+    return [
+        *(Path(r) for r in settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS),
+        Path(settings.OPSCONSOLE_STATE.archive),
+    ]
+
+
 @dataclass
 class Subagent:
     name: str  # agent-<id>
     entries: list
     total: int
+    start: int = 0  # byte offset of the first entry shown (a tail of a long one)
 
 
 def subagents(located: Located | None, max_bytes: int = 64 * 1024) -> list[Subagent]:
     """Subagent (sidechain) transcripts of a session, each as the tail of its entries."""
     if located is None:
         return []
-    roots = [*settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS, settings.OPSCONSOLE_STATE.archive]
     found = []
-    for path in find_subagent_transcripts(located.path, roots)[-MAX_SUBAGENTS_SHOWN:]:
+    for path in find_subagent_transcripts(located.path, roots())[-MAX_SUBAGENTS_SHOWN:]:
         try:
             chunk = read_tail(path, max_bytes)
         except OSError:
             continue
-        entries = to_entries(iter_records(chunk.data, base_offset=chunk.start))
-        found.append(Subagent(name=path.stem, entries=entries, total=chunk.total))
+        entries = fold_noise(to_entries(iter_records(chunk.data, base_offset=chunk.start)))
+        found.append(
+            Subagent(name=path.stem, entries=entries, total=chunk.total, start=chunk.start)
+        )
     return found
+
+
+# ----------------------------------------------------------------------------- at ingest
+
+
+def session_usage(main: Path) -> UsageSummary:
+    """Tokens and computed cost of a session: its main file and every subagent file,
+    each API response once (pricing.transcript_cost, within the console's roots)."""
+    return RunningCost(main, roots()).update(final=True)
+
+
+def archive_subagents(main: Path, archive_main: Path) -> int:
+    """Copy a session's subagent files beside its archived main copy, in the 2.1.x
+    layout (`<archived name>/subagents/agent-<id>.jsonl`), so they outlive Claude
+    Code's cleanup as the main file does. Returns how many were copied."""
+    copied = 0
+    folder = archive_main.with_suffix("") / "subagents"
+    for path in find_subagent_transcripts(main, roots()):
+        if folder in path.parents:
+            continue  # already the archived copy
+        try:
+            copy_into_archive(path, folder / path.name)
+            copied += 1
+        except OSError as exc:
+            log.warning("could not archive subagent transcript %s: %s", path, exc)
+    return copied
+
+
+def record_transcript_figures(session, main: Path | None = None, *, index: bool = True) -> bool:
+    """Fill a Session row from its transcripts: tokens (main + subagents), the cost we
+    compute, the subagents' archive copies and the search index, all in one read of
+    each file. Never raises for a missing or unreadable transcript; returns whether
+    one was read."""
+    if main is None:
+        located = locate(str(session.session_id), session=session)
+        if located is None:
+            return False
+        main = located.path
+    try:
+        if session.archive_path and Path(session.archive_path) != main:
+            archive_subagents(main, Path(session.archive_path))
+        summary, files = read_session(main, session if index else None)
+    except OSError as exc:
+        log.warning("cannot read transcripts of %s: %s", session.session_id, exc)
+        return False
+    fields = apply_summary(session, summary, files)
+    if index:
+        fields.append("search_indexed_bytes")
+    session.save(update_fields=fields)
+    return True
+
+
+def apply_summary(session, summary: UsageSummary, files: list[Path]) -> list[str]:
+    """Set a Session's figures from its transcripts' summary; returns the fields set."""
+    fields = ["cost_computed_usd", "subagent_files", "updated_at"]
+    session.cost_computed_usd = summary.cost_usd
+    session.subagent_files = len(files) - 1
+    if summary.responses:
+        usage = summary.as_usage()
+        session.input_tokens = usage["input_tokens"]
+        session.output_tokens = usage["output_tokens"]
+        session.cache_read_tokens = usage["cache_read_input_tokens"]
+        session.cache_creation_tokens = usage["cache_creation_input_tokens"]
+        fields += ["input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"]
+    return fields
+
+
+def read_session(main: Path, index_for=None) -> tuple[UsageSummary, list[Path]]:
+    """One streaming read of a session's files: its usage summary (tokens, computed
+    cost), the files read, and, given a Session (`index_for`), its lines in the search
+    index (`search_indexed_bytes` set on it, not saved)."""
+    running = RunningCost(main, roots())
+    files = running.files()
+    if index_for is None:
+        return running.update(final=True), files
+    replace = index_for.search_indexed_bytes is not None
+    with search.Indexer(str(index_for.session_id), main, replace=replace) as indexer:
+        summary = running.update(final=True, on_record=indexer.add)
+    total = 0
+    for path in files:
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    index_for.search_indexed_bytes = total
+    return summary, files
+
+
+# Running costs of live sessions, kept between page polls so each poll reads only
+# what was appended. Process-local and bounded; the monitor keeps its own.
+_RUNNING: dict[str, RunningCost] = {}
+_RUNNING_LIMIT = 64
+
+
+def live_running_cost(session_id: str, *, sidecar: Sidecar | None = None, session=None):
+    """Tokens and cost so far of a live run (main + subagent files), or None when its
+    transcript is not found. See pricing.RunningCost."""
+    located = locate(session_id, sidecar=sidecar, session=session)
+    if located is None:
+        return None
+    running = _RUNNING.get(session_id)
+    if running is None or running.main != located.path:
+        if len(_RUNNING) >= _RUNNING_LIMIT:
+            _RUNNING.pop(next(iter(_RUNNING)))
+        running = _RUNNING[session_id] = RunningCost(located.path, roots())
+    try:
+        return running.update()
+    except OSError as exc:
+        log.debug("cannot read %s: %s", located.path, exc)
+        return None
 
 
 def find_live_transcript(sidecar: Sidecar) -> Path | None:
@@ -108,6 +229,7 @@ def read_page(
     session=None,
     after: int | None = None,
     before: int | None = None,
+    at: int | None = None,
     max_bytes: int | None = None,
 ) -> TranscriptPage:
     """The tail of a transcript as display entries; or the bytes after `after` (a
@@ -117,7 +239,9 @@ def read_page(
         return TranscriptPage(located=None)
     limit = max_bytes or settings.OPSCONSOLE_TAIL_BYTES
     try:
-        if after is not None:
+        if at is not None:  # a search hit: the page that starts at that line
+            chunk = read_from(located.path, max(0, at), limit, max_line=PAGE_MAX_LINE)
+        elif after is not None:
             chunk = read_from(located.path, max(0, after), limit, max_line=PAGE_MAX_LINE)
         elif before is not None:
             chunk = read_before(located.path, max(0, before), limit)
@@ -130,7 +254,7 @@ def read_page(
     except OSError as exc:
         log.warning("cannot read transcript %s: %s", located.path, exc)
         return TranscriptPage(located=located)
-    entries = to_entries(iter_records(chunk.data, base_offset=chunk.start))
+    entries = fold_noise(to_entries(iter_records(chunk.data, base_offset=chunk.start)))
     return TranscriptPage(
         located=located,
         entries=entries,

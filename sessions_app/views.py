@@ -25,6 +25,7 @@ from sessions_app.leftovers import kill_leftovers, leftovers_of
 from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.runs import find_run, live_runs, retry_chain
+from sessions_app.search import search_with_sessions as transcript_search
 from sessions_app.transcripts.tail import open_transcript, parse_offset
 
 
@@ -70,10 +71,12 @@ def session_page(request, session_id):
     run = _run_or_404(session_id)
     try:
         before = parse_offset(request.GET.get("before"))
+        at = parse_offset(request.GET.get("at"))
     except ValueError:
-        return HttpResponseBadRequest("before must be a byte offset (a whole number >= 0).")
+        return HttpResponseBadRequest("before and at must be byte offsets (whole numbers >= 0).")
+    sidecar = _sidecar_of(session_id)
     page = transcript_store.read_page(
-        session_id, sidecar=_sidecar_of(session_id), session=run.record, before=before
+        session_id, sidecar=sidecar, session=run.record, before=before, at=at
     )
     snapshot = get_snapshot()
     return render(
@@ -86,16 +89,29 @@ def session_page(request, session_id):
             "chain": retry_chain(run),
             "page": page,
             "paging_back": before is not None,
-            "following": run.live and before is None,
+            "reading_at": at is not None,
+            "following": run.live and before is None and at is None,
             "subagents": transcript_store.subagents(page.located),
+            "open_agent": request.GET.get("agent", ""),
+            "running_cost": _running_cost(run, sidecar),
         },
     )
+
+
+def _running_cost(run, sidecar):
+    if not run.live:
+        return None
+    return transcript_store.live_running_cost(run.session_id, sidecar=sidecar, session=run.record)
 
 
 @require_GET
 def session_header(request, session_id):
     run = _run_or_404(str(session_id))
-    return render(request, "sessions_app/_session_header.html", {"run": run})
+    return render(
+        request,
+        "sessions_app/_session_header.html",
+        {"run": run, "running_cost": _running_cost(run, _sidecar_of(run.session_id))},
+    )
 
 
 @require_GET
@@ -124,10 +140,13 @@ def history(request):
     ensure_history_current()
     filters = HistoryFilters.from_query(request.GET)
     page = history_page(filters, before=request.GET.get("before") or None)
+    text = str(request.GET.get("text", "")).strip()[:200]
     return render(
         request,
         "sessions_app/history.html",
         {
+            "text": text,
+            "hits": transcript_search(text) if text else None,
             "filters": filters,
             "page": page,
             "statuses": Status.choices,

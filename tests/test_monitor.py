@@ -580,3 +580,39 @@ def test_what_a_persons_own_session_left_running_is_not_killed(console_state, se
     finally:
         agent.kill()
         psutil.Process(server.pid).kill() if psutil.pid_exists(server.pid) else None
+
+
+def test_a_live_run_has_its_running_cost_from_its_transcript(console_state, runs, logged_in):
+    """Priced as it goes (the cost cap and the live list read it), from the usage in the
+    transcript: only what was appended is read on each sample."""
+
+    def reply(number: int) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "type": "assistant",
+                    "uuid": f"u{number}",
+                    "requestId": f"req_{number}",
+                    "message": {
+                        "id": f"msg_{number}",
+                        "model": "claude-haiku-4-5-20251001",
+                        "role": "assistant",
+                        "content": [{"type": "text", "text": "working"}],
+                        "usage": {"input_tokens": 100_000, "output_tokens": 10_000},
+                    },
+                }
+            ).encode()
+            + b"\n"
+        )
+
+    run = start_fake_run(console_state, tag="priced-live", transcript_lines=[reply(1)])
+    runs.append(run)
+    monitor = Monitor(paths=console_state.paths)
+    first = monitor.tick().get(run.session_id).running_cost_usd
+    assert first is not None and first > 0
+    with run.transcript.open("ab") as handle:
+        handle.write(reply(2))
+    second = monitor.tick().get(run.session_id).running_cost_usd
+    assert second == pytest.approx(2 * first)
+    listed = json.loads(logged_in.get("/api/claude-active").content)["sessions"]
+    assert listed[0]["running_cost_usd"] == pytest.approx(second)

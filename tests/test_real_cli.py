@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import psutil
@@ -147,6 +148,11 @@ def test_a_live_run_is_seen_with_its_tool_children_then_on_record(
     row = Session.objects.get(session_id=sidecar.session_id)
     assert row.status == Status.SUCCEEDED
     assert row.cost_usd is not None and row.cost_usd > 0
+    # Priced from the transcript: its two responses (1200 in, 40 out each, sonnet 4.5 at
+    # $3 / $15 per MTok). The CLI's own figure is higher: it also counts side requests
+    # it makes (a title, a quota check) that no transcript records. Both are kept.
+    assert row.cost_computed_usd == 2 * (1200 * Decimal(3) + 40 * Decimal(15)) / 1_000_000
+    assert row.cost_computed_usd <= row.cost_usd
     assert row.num_turns == 2
     archived = list(state.paths.archive.glob(f"*/file-counter_{sidecar.session_id}.jsonl"))
     assert len(archived) == 1

@@ -301,9 +301,9 @@ def test_hostile_and_odd_lines_never_fail_the_file(tmp_path):
         "malformed",
         "malformed",
         "malformed",
-        "unknown",
+        "meta",  # an unknown type without a message: kept raw, folded as bookkeeping
         "compact_boundary",
-        "summary",
+        "meta",  # a session title (`summary`) is not conversation
         "tool_result",
         "error",
         "user_prompt",

@@ -118,17 +118,84 @@ def locate_archived(
     return None
 
 
-def find_subagent_transcripts(main: Path, roots: list[Path]) -> list[Path]:
-    """Subagent (sidechain) transcripts of a session: `<uuid>/subagents/agent-*.jsonl`."""
-    folder = main.with_suffix("") / "subagents"
+# How much of a 2.0.x agent file is read to find the session it belongs to.
+AGENT_HEAD_BYTES = 64 * 1024
+
+
+def parent_session_of(agent_file: Path) -> str | None:
+    """The `sessionId` an agent file names (2.0.x: the parent session's), from its head."""
+    try:
+        fd = os.open(agent_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            head = handle.read(AGENT_HEAD_BYTES)
+    except OSError:
+        return None
+    for line in head.split(b"\n"):
+        marker = line.find(b'"sessionId":"')
+        if marker != -1:
+            value = line[marker + 13 : marker + 13 + 36].decode("ascii", "replace")
+            return value if is_session_id(value) else None
+    return None
+
+
+# folder -> (its mtime, its agent files by parent): a folder's listing changes (and
+# its mtime with it) only when a file is added or removed, so backfill and a live
+# run's cost read each folder's agent heads once, not once per session.
+_AGENT_MAPS: dict[str, tuple[int, dict[str, list[Path]]]] = {}
+
+
+def agent_files_by_parent(folder: Path) -> dict[str, list[Path]]:
+    """2.0.x layout: `agent-<id>.jsonl` files beside the main ones, grouped by the
+    session each names."""
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return {}
+    cached = _AGENT_MAPS.get(str(folder))
+    if cached and cached[0] == mtime:
+        return cached[1]
+    grouped: dict[str, list[Path]] = {}
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
-        return []
-    return [
-        Path(entry.path)
-        for entry in entries
-        if entry.name.startswith("agent-")
-        and entry.name.endswith(".jsonl")
-        and regular_file_within(Path(entry.path), roots)
-    ]
+        return grouped
+    for entry in entries:
+        if (
+            entry.name.startswith("agent-")
+            and entry.name.endswith(".jsonl")
+            and entry.is_file(follow_symlinks=False)
+        ):
+            parent = parent_session_of(Path(entry.path))
+            if parent:
+                grouped.setdefault(parent, []).append(Path(entry.path))
+    if len(_AGENT_MAPS) > 256:
+        _AGENT_MAPS.clear()
+    _AGENT_MAPS[str(folder)] = (mtime, grouped)
+    return grouped
+
+
+def find_subagent_transcripts(main: Path, roots: list[Path]) -> list[Path]:
+    """Subagent (sidechain) transcripts of a session: `<uuid>/subagents/agent-*.jsonl`
+    (2.1.x, and our archive), and `agent-*.jsonl` beside the main file that name it as
+    their session (2.0.x)."""
+    found: list[Path] = []
+    folder = main.with_suffix("") / "subagents"
+    # Newer builds nest some agents a level or two deeper (subagents/workflows/<id>/).
+    for directory, subdirs, names in os.walk(folder):
+        if directory.count(os.sep) - str(folder).count(os.sep) >= 3:
+            subdirs.clear()
+        subdirs.sort()
+        found.extend(
+            Path(directory) / name
+            for name in sorted(names)
+            if name.startswith("agent-")
+            and name.endswith(".jsonl")
+            and regular_file_within(Path(directory) / name, roots)
+        )
+    if is_session_id(main.stem):
+        found.extend(
+            path
+            for path in agent_files_by_parent(main.parent).get(main.stem, [])
+            if regular_file_within(path, roots)
+        )
+    return found

@@ -13,6 +13,8 @@ class Command(BaseCommand):
     help = (
         "Import the Claude Code transcripts already on disk (under each configured "
         "CLAUDE_CONFIG_DIR's projects/) into history and copy each into the archive. "
+        "Subagent files count with their session; each run is priced from its transcripts "
+        "and put in the search index. Files without a conversation are not runs. "
         "Idempotent. Claude Code deletes transcripts after cleanupPeriodDays (default 30)."
     )
 
@@ -34,7 +36,9 @@ class Command(BaseCommand):
         bar.close()
         self.stdout.write(
             f"imported {result.imported}, archived {result.archived} already on record, "
-            f"skipped {result.skipped} (done before), failed {len(result.failed)}"
+            f"refreshed {result.refreshed} (priced and indexed now), "
+            f"skipped {result.skipped} (done before), "
+            f"{result.phantoms} without a conversation (not runs), failed {len(result.failed)}"
         )
         for path, error in result.failed:
             self.stderr.write(f"failed {path}: {error}")

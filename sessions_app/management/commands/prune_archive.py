@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from sessions_app import search
 from sessions_app.models import LIVE_STATUSES, Session
 
 
@@ -54,6 +55,7 @@ class Command(BaseCommand):
         for folder in folders:
             shutil.rmtree(folder)
         if records:
+            search.forget_sessions(rows.values_list("session_id", flat=True))
             rows.delete()
         else:
             Session.objects.filter(archive_path__in=removed_paths).update(archive_path="")
