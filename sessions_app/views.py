@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.http import (
     FileResponse,
     Http404,
+    HttpResponse,
     HttpResponseBadRequest,
     HttpResponseForbidden,
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from jobs_app.models import Job
@@ -28,19 +32,35 @@ from sessions_app.runs import find_run, live_runs, retry_chain
 from sessions_app.search import search_with_sessions as transcript_search
 from sessions_app.transcripts.tail import open_transcript, parse_offset
 
-
-def _live_context() -> dict:
-    snapshot = get_snapshot()
-    return {"snapshot": snapshot, "runs": live_runs(snapshot)}
+# The polled fragment, rendered once per sample and second however many tabs poll:
+# (sample seq, source, outage, second) -> HTML.
+_fragments: dict[tuple, str] = {}
+_fragments_lock = threading.Lock()
 
 
 def render_live(request, *, outage_reason: str | None = None):
     """The live page, or its polled fragment; also what a logged-in person gets while the
     database is unreachable (the monitor's sample needs none)."""
-    context = {**_live_context(), "outage_reason": outage_reason}
-    if request.path_info.rstrip("/").endswith("live/rows"):
-        return render(request, "sessions_app/_live_section.html", context)
-    return render(request, "sessions_app/live.html", context)
+    snapshot = get_snapshot()
+    if not request.path_info.rstrip("/").endswith("live/rows"):
+        context = {"snapshot": snapshot, "runs": live_runs(snapshot)}
+        return render(
+            request, "sessions_app/live.html", {**context, "outage_reason": outage_reason}
+        )
+    # Nothing in the fragment depends on who asks; ages move by the second.
+    key = (snapshot.seq, snapshot.source, outage_reason, int(time.time()))
+    html = _fragments.get(key)
+    if html is None:
+        context = {
+            "snapshot": snapshot,
+            "runs": live_runs(snapshot),
+            "outage_reason": outage_reason,
+        }
+        html = render_to_string("sessions_app/_live_section.html", context, request=request)
+        with _fragments_lock:
+            _fragments.clear()
+            _fragments[key] = html
+    return HttpResponse(html)
 
 
 @require_GET
