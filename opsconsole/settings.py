@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "sessions_app",
     "jobs_app",
     "monitor_app",
+    "alerts_app",
 ]
 
 MIDDLEWARE = [
@@ -205,3 +206,21 @@ OPSCONSOLE_LATE_GRACE_SECONDS = env_int("OPSCONSOLE_LATE_GRACE_SECONDS", 600)
 OPSCONSOLE_STOP_GRACE_SECONDS = env_float("OPSCONSOLE_STOP_GRACE_SECONDS", 5.0)
 # The watchdog's limit for runs whose job sets none (a job's own limit is edited in the admin).
 OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = env_int("OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES", 45)
+
+# ----------------------------------------------------------------------------- alerts, metrics
+# Default alert channels from the environment (Apprise URLs, space-separated).
+OPSCONSOLE_ALERT_URLS = os.environ.get("OPSCONSOLE_ALERT_URLS", "").split()
+# The console's address as people reach it, for links in messages (empty: paths only).
+OPSCONSOLE_BASE_URL = os.environ.get("OPSCONSOLE_BASE_URL", "").strip()
+# Delivery: short socket timeouts and a time budget per tick keep the monitor sampling.
+OPSCONSOLE_ALERT_CONNECT_TIMEOUT = env_float("OPSCONSOLE_ALERT_CONNECT_TIMEOUT", 2.0)
+OPSCONSOLE_ALERT_READ_TIMEOUT = env_float("OPSCONSOLE_ALERT_READ_TIMEOUT", 4.0)
+OPSCONSOLE_ALERT_TICK_BUDGET = env_float("OPSCONSOLE_ALERT_TICK_BUDGET", 2.0)
+# Retries: 5 s, 10 s, 20 s, ... capped at 15 min, given up after 12 attempts (~1.5 h).
+OPSCONSOLE_ALERT_RETRY_SECONDS = env_float("OPSCONSOLE_ALERT_RETRY_SECONDS", 5.0)
+OPSCONSOLE_ALERT_RETRY_MAX = env_float("OPSCONSOLE_ALERT_RETRY_MAX", 900.0)
+OPSCONSOLE_ALERT_MAX_ATTEMPTS = env_int("OPSCONSOLE_ALERT_MAX_ATTEMPTS", 12)
+# Flapping: an incident that re-opens this soon after it resolved waits this long to be told.
+OPSCONSOLE_ALERT_FLAP_SECONDS = env_int("OPSCONSOLE_ALERT_FLAP_SECONDS", 600)
+# /metrics without a token: client addresses (CIDRs, comma-separated) allowed to scrape.
+OPSCONSOLE_METRICS_ALLOW = env_list("OPSCONSOLE_METRICS_ALLOW", [])

@@ -8,4 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("sessions_app.urls")),
     path("", include("jobs_app.urls")),
+    path("", include("alerts_app.urls")),
 ]
