@@ -82,8 +82,6 @@ class JobAlertSettingsForm(forms.ModelForm):
             "stop_on_cost_cap",
             "alert_on_leftovers",
         ]
-            f.name for f in JobAlertSettings._meta.get_fields() if f.name not in ("id", "job")
-        ]
         widgets = {
             "muted_until": forms.DateTimeInput(attrs={"type": "datetime-local"}),
             "channels": forms.CheckboxSelectMultiple,
