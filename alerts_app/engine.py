@@ -81,8 +81,12 @@ def open_incident(
     if Incident.objects.filter(key=key, resolved_at__isnull=True).exists():
         return None
     flap = timedelta(seconds=settings.OPSCONSOLE_ALERT_FLAP_SECONDS)
+    # Anchored to the last resolution people were told about: at most one pair of
+    # messages per window, however often it flaps in between.
     last = (
-        Incident.objects.filter(key=key, resolved_at__isnull=False).order_by("-resolved_at").first()
+        Incident.objects.filter(key=key, resolved_at__isnull=False, recovery_told=True)
+        .order_by("-resolved_at")
+        .first()
     )
     damped = last is not None and now - last.resolved_at < flap
     incident = Incident.objects.create(
@@ -114,6 +118,8 @@ def resolve_incident(
     incident.save(update_fields=["resolved_at"])
     if not (announce and incident.notified and title):
         return None
+    incident.recovery_told = True
+    incident.save(update_fields=["recovery_told"])
     return _alert(incident, Alert.Phase.RESOLVED, now, title, body)
 
 

@@ -168,6 +168,7 @@ class Incident(models.Model):
     # an incident nobody was told about resolves silently too.
     notified = models.BooleanField(default=False)
     notify_after = models.DateTimeField(null=True, blank=True)
+    recovery_told = models.BooleanField(default=False)
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:

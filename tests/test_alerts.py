@@ -1,0 +1,720 @@
+"""Alert rules and delivery: events written the way the monitor writes them, the
+engine's tick with a fixed clock, and real receivers on loopback (an HTTP webhook
+for json:// and a Mattermost/Slack-style incoming webhook, aiosmtpd for mailto://)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from alerts_app import engine
+from alerts_app.delivery import redact_url, send
+from alerts_app.models import (
+    Alert,
+    AlertPolicy,
+    Channel,
+    Delivery,
+    Incident,
+    JobAlertSettings,
+    Rule,
+)
+from jobs_app.models import AuditEntry, Job
+from monitor_app.models import Event, EventKind, HostSample
+from sessions_app.ingest import record_completion
+from sessions_app.live import LiveSession, Snapshot
+from sessions_app.models import Session, Status
+from wrapper.formats import Sidecar, SpoolRecord, new_session_id
+
+pytest_plugins = ["tests.alert_receivers"]
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class Monitor:
+    """Does what the monitor does: ingest the completion record, then write the Event."""
+
+    def __init__(self):
+        self.host = settings.OPSCONSOLE_HOST
+        self.wrapper_pid = 40000
+
+    def event(self, kind, at, *, session=None, job=None, status="", message="", detail=None):
+        return Event.objects.create(
+            at=at,
+            host=self.host,
+            kind=kind,
+            session_id=session.session_id if session else None,
+            job=job or (session.job if session else None),
+            script_tag=session.script_tag if session else "",
+            status=status or (session.status if session else ""),
+            message=message or str(kind),
+            detail=detail or {},
+            dedupe_key=f"{kind}:{uuid.uuid4()}",
+        )
+
+    def run(
+        self,
+        tag: str,
+        at: datetime,
+        end_reason: str,
+        *,
+        exit_code: int,
+        attempt: int = 1,
+        retry_of: str | None = None,
+        seconds: float = 60,
+        cost: float | None = 0.01,
+        new_wrapper: bool = True,
+        **result,
+    ) -> Session:
+        if new_wrapper:
+            self.wrapper_pid += 1
+        record = SpoolRecord(
+            session_id=new_session_id(),
+            script_tag=tag,
+            platform="cron",
+            host=self.host,
+            attempt=attempt,
+            started_at=iso(at - timedelta(seconds=seconds)),
+            ended_at=iso(at),
+            end_reason=end_reason,
+            exit_code=exit_code,
+            retry_of=retry_of,
+            wrapper_pid=self.wrapper_pid,
+            duration_ms=int(seconds * 1000),
+            cost_usd=cost,
+            **result,
+        )
+        session = record_completion(record)
+        self.event(
+            EventKind.RUN_ENDED,
+            at,
+            session=session,
+            detail={
+                "exit_code": session.exit_code,
+                "end_reason": session.end_reason,
+                "is_error": session.is_error,
+                "api_error_status": session.api_error_status,
+                "duration_ms": session.duration_ms,
+                "cost_usd": cost,
+                "error": session.error,
+                "attempt": attempt,
+                "retry_of": retry_of,
+            },
+        )
+        return session
+
+
+def live_run(session_id: str, wrapper_pid: int, tag: str, **figures) -> LiveSession:
+    sidecar = Sidecar(
+        session_id=session_id,
+        script_tag=tag,
+        wrapper_pid=wrapper_pid,
+        wrapper_started=1.0,
+        started_at=iso(T0 - timedelta(minutes=30)),
+        attempt=1,
+        platform="cron",
+        host=settings.OPSCONSOLE_HOST,
+        cwd="/srv",
+        claude_config_dir="/nonexistent",
+        transcript_path="/nonexistent/t.jsonl",
+    )
+    live = LiveSession(sidecar=sidecar, state="live", processes=[])
+    for name, value in figures.items():
+        setattr(live, name, value)
+    return live
+
+
+def snapshot(now: datetime, *sessions: LiveSession) -> Snapshot:
+    return Snapshot(taken_at=now, sessions=list(sessions))
+
+
+@pytest.fixture(autouse=True)
+def alert_settings(settings, console_state):
+    settings.OPSCONSOLE_BASE_URL = "https://ops.example.com"
+    settings.OPSCONSOLE_ALERT_URLS = []
+    settings.OPSCONSOLE_ALERT_RETRY_SECONDS = 5
+    settings.OPSCONSOLE_ALERT_FLAP_SECONDS = 600
+    engine._env_synced_at = None
+    yield settings
+    engine._env_synced_at = None
+
+
+@pytest.fixture
+def monitor():
+    return Monitor()
+
+
+@pytest.fixture
+def job():
+    return Job.objects.create(
+        scheduler="cron", label="nightly report", host=settings.OPSCONSOLE_HOST, tags=["nightly"]
+    )
+
+
+def channel(url: str, name: str = "ops") -> Channel:
+    row = Channel(name=name, url=url)
+    row.save()
+    return row
+
+
+def json_channel(receiver, name: str = "ops webhook") -> Channel:
+    return channel(f"json://127.0.0.1:{receiver.port}/hook", name)
+
+
+def messages_of(receiver) -> list[str]:
+    return [r.json["title"] + "\n" + r.json["message"] for r in receiver.accepted]
+
+
+# ----------------------------------------------------------------------------- run failures
+
+
+def test_run_refused_on_every_attempt_reaches_the_webhook_once(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    first = monitor.run("nightly", T0, "refused", exit_code=1, stop_reason="refusal", is_error=True)
+    # The wrapper is still alive (its sidecar is in the sample): a retry may follow.
+    alive = live_run(new_session_id(), first.wrapper_pid, "nightly")
+    assert not engine.tick(T0, snapshot(T0, alive)).alerts
+    second = monitor.run(
+        "nightly",
+        T0 + timedelta(seconds=5),
+        "refused",
+        exit_code=1,
+        attempt=2,
+        retry_of=str(first.session_id),
+        new_wrapper=False,
+        stop_reason="refusal",
+        is_error=True,
+    )
+    engine.tick(T0 + timedelta(seconds=5), snapshot(T0, alive))
+    third = monitor.run(
+        "nightly",
+        T0 + timedelta(seconds=10),
+        "refused",
+        exit_code=1,
+        attempt=3,
+        retry_of=str(second.session_id),
+        new_wrapper=False,
+        stop_reason="refusal",
+        is_error=True,
+    )
+    assert receiver.received == []
+    # The wrapper has exited: the last attempt decided the run.
+    result = engine.tick(T0 + timedelta(seconds=12), snapshot(T0 + timedelta(seconds=12)))
+    assert result.alerts == 1 and result.delivered == 1
+    [text] = messages_of(receiver)
+    assert "nightly report was refused on" in text
+    assert settings.OPSCONSOLE_HOST in text
+    assert f"https://ops.example.com/sessions/{third.session_id}/" in text
+    assert "attempt 3" in text and "Cost: $0.0100" in text
+    assert engine.tick(T0 + timedelta(seconds=20), snapshot(T0)).alerts == 0
+    assert len(receiver.received) == 1
+
+
+def test_a_refusal_retried_then_succeeded_is_not_an_alert(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    first = monitor.run("nightly", T0, "refused", exit_code=1, stop_reason="refusal", is_error=True)
+    monitor.run(
+        "nightly",
+        T0 + timedelta(seconds=3),
+        "succeeded",
+        exit_code=0,
+        attempt=2,
+        retry_of=str(first.session_id),
+        new_wrapper=False,
+        is_error=False,
+        num_turns=2,
+    )
+    engine.tick(T0 + timedelta(seconds=4), snapshot(T0))
+    engine.tick(T0 + timedelta(minutes=5), snapshot(T0))
+    assert Alert.objects.count() == 0
+    assert receiver.received == []
+
+
+def test_a_fixed_job_gives_one_alert_and_one_recovery(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    now = T0
+    for _ in range(3):
+        monitor.run("nightly", now, "failed", exit_code=2, error="Traceback: disk full")
+        engine.tick(now, snapshot(now))
+        now += timedelta(hours=1)
+    for _ in range(2):
+        monitor.run("nightly", now, "succeeded", exit_code=0, is_error=False, num_turns=3)
+        engine.tick(now, snapshot(now))
+        now += timedelta(hours=1)
+    texts = messages_of(receiver)
+    assert len(texts) == 2, texts
+    assert "nightly report failed on" in texts[0] and "exit 2" in texts[0]
+    assert "disk full" in texts[0]  # the last lines of its error
+    assert "nightly report recovered" in texts[1]
+
+
+def test_n_consecutive_failures_before_an_alert(webhook, monitor, job):
+    JobAlertSettings.objects.create(job=job, consecutive_failures=3)
+    receiver = webhook()
+    json_channel(receiver)
+    now = T0
+    for expected in (0, 0, 1, 1):
+        monitor.run("nightly", now, "failed", exit_code=1)
+        engine.tick(now, snapshot(now))
+        assert len(receiver.accepted) == expected
+        now += timedelta(hours=1)
+    assert "3 runs in a row" in messages_of(receiver)[0]
+
+
+def test_flapping_is_damped(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    now = T0
+    outcomes = ["failed", "succeeded", "failed", "succeeded", "failed"]
+    for outcome in outcomes:  # every two minutes, well inside the 10-minute window
+        monitor.run("nightly", now, outcome, exit_code=0 if outcome == "succeeded" else 1)
+        engine.tick(now, snapshot(now))
+        now += timedelta(minutes=2)
+    # Told when it went bad and when it recovered; the flaps after that are held back.
+    assert [t.split("\n")[0] for t in messages_of(receiver)] == [
+        f"[opsconsole] nightly report failed on {settings.OPSCONSOLE_HOST}",
+        f"[opsconsole] nightly report recovered on {settings.OPSCONSOLE_HOST}",
+    ]
+    # Still failing when the window is over: now it is told, once.
+    engine.tick(T0 + timedelta(minutes=13), snapshot(now))
+    engine.tick(T0 + timedelta(minutes=14), snapshot(now))
+    assert len(receiver.accepted) == 3
+    assert "failed" in messages_of(receiver)[2]
+
+
+def test_false_success_is_flagged_everywhere_and_alerted(client, webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    # Exit 0, but the result event said is_error: the wrapper's record, as it writes it.
+    run = monitor.run(
+        "nightly", T0, "failed", exit_code=0, is_error=True, subtype="success", num_turns=1
+    )
+    assert run.status == Status.FALSE_SUCCESS
+    engine.tick(T0, snapshot(T0))
+    [text] = messages_of(receiver)
+    assert "exited 0 but did not succeed" in text and "is_error" in text
+    user = get_user_model().objects.create_user("viewer", password="pw")
+    client.force_login(user)
+    history = client.get("/history/").content.decode()
+    assert "badge--false_success" in history and "false success" in history
+    assert "badge--false_success" in client.get(f"/sessions/{run.session_id}/").content.decode()
+    jobs = client.get("/jobs/").content.decode()
+    assert "badge--false_success" in jobs
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"end_reason": "failed", "is_error": True, "subtype": "success"}, "is_error"),
+        ({"end_reason": "succeeded", "is_error": False, "num_turns": 0}, "no turn"),
+        (
+            {"end_reason": "succeeded", "error": "API Error: Connection error."},
+            "API Error",
+        ),
+        ({"end_reason": "succeeded", "model": "claude-sonnet-4"}, "without a result"),
+    ],
+)
+def test_false_success_is_decided_at_ingest(monitor, fields, reason):
+    end_reason = fields.pop("end_reason")
+    run = monitor.run("adhoc", T0, end_reason, exit_code=0, **fields)
+    assert run.status == Status.FALSE_SUCCESS
+    assert reason in run.error
+
+
+def test_exit_0_with_a_good_result_or_plain_text_output_is_a_success(monitor):
+    good = monitor.run("adhoc", T0, "succeeded", exit_code=0, is_error=False, num_turns=4)
+    text_output = monitor.run("adhoc", T0, "succeeded", exit_code=0)  # no result event at all
+    assert good.status == text_output.status == Status.SUCCEEDED
+
+
+# ----------------------------------------------------------------------------- delivery
+
+
+def test_receiver_failing_three_times_gets_the_alert_once_and_the_page_shows_the_retries(
+    client, webhook, monitor, job
+):
+    receiver = webhook([500, 500, 500])
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    now = T0
+    engine.tick(now, snapshot(now))
+    delivery = Delivery.objects.get()
+    assert delivery.attempts == 1 and delivery.delivered_at is None
+    assert "500" in delivery.last_error
+    # Backoff: 5 s, then 10 s, then 20 s. Ticks before each is due send nothing.
+    for wait in (5, 10, 20):
+        engine.tick(now + timedelta(seconds=wait - 1), snapshot(now))
+        assert len(receiver.received) == Delivery.objects.get().attempts
+        now += timedelta(seconds=wait)
+        engine.tick(now, snapshot(now))
+    delivery.refresh_from_db()
+    assert delivery.attempts == 4 and delivery.delivered_at == now
+    assert receiver.answered == [500, 500, 500, 200]
+    assert len(receiver.accepted) == 1
+    client.force_login(get_user_model().objects.create_user("viewer", password="pw"))
+    page = client.get("/alerts/").content.decode()
+    assert "4 attempts (3 retries)" in page
+    assert 'data-state="delivered"' in page
+    assert "error=500" in page or "500" in page
+
+
+def test_outbox_survives_a_restart(webhook, monitor, job):
+    """An alert written while the receiver is down is delivered by a later process."""
+    receiver = webhook([503])
+    json_channel(receiver)
+    monitor.run("nightly", T0, "signalled", exit_code=143)
+    engine.tick(T0, snapshot(T0))
+    engine._env_synced_at = None  # a new process: nothing in memory
+    engine.tick(T0 + timedelta(seconds=6), None)
+    assert len(receiver.accepted) == 1
+    assert "was killed" in messages_of(receiver)[0]
+    assert "ended by signal 15" in messages_of(receiver)[0]
+
+
+def test_slack_style_webhook_and_email(webhook, smtp_server, monitor, job):
+    receiver = webhook()
+    channel(f"mmost://127.0.0.1:{receiver.port}/t0ken5ecret", "mattermost")
+    port, mailbox = smtp_server
+    channel(
+        f"mailto://127.0.0.1:{port}?from=ops@example.com&to=oncall@example.com&mode=insecure",
+        "email",
+    )
+    monitor.run("nightly", T0, "failed", exit_code=3)
+    result = engine.tick(T0, snapshot(T0))
+    assert result.delivered == 2, list(Delivery.objects.values("last_error"))
+    [post] = receiver.accepted
+    assert post.path == "/hooks/t0ken5ecret"
+    assert "nightly report failed" in post.json["text"]
+    [(sender, recipients, message)] = mailbox.messages
+    assert sender == "ops@example.com" and recipients == ["oncall@example.com"]
+    assert "nightly report failed" in message["Subject"]
+    assert "exit 3" in message.get_body(("plain", "html")).get_content()
+
+
+def test_channel_secrets_are_never_shown_back_nor_kept_in_errors(admin_client, webhook):
+    receiver = webhook([500] * 20)
+    secret = "Xk2p9secretTOKENvalue"
+    url = f"mmost://127.0.0.1:{receiver.port}/{secret}"
+    row = channel(url, "team chat")
+    assert secret not in row.redacted and "mmost://127.0.0.1" in row.redacted
+    assert secret not in redact_url(url)
+    result = send(url, "title", "body")
+    assert not result.ok and secret not in result.error
+    page = admin_client.get(f"/admin/alerts_app/channel/{row.pk}/change/").content.decode()
+    assert secret not in page
+    assert secret not in admin_client.get("/alerts/").content.decode()
+    # Saving the form with the URL field left empty keeps the stored URL.
+    admin_client.post(
+        f"/admin/alerts_app/channel/{row.pk}/change/",
+        {"name": "team chat 2", "url": "", "enabled": "on", "is_default": "on"},
+    )
+    row.refresh_from_db()
+    assert row.name == "team chat 2" and row.url == url
+
+
+def test_send_test_button_is_staff_only_csrf_checked_and_audited(client, webhook):
+    receiver = webhook()
+    row = json_channel(receiver)
+    viewer = get_user_model().objects.create_user("viewer", password="pw")
+    client.force_login(viewer)
+    assert client.post(f"/alerts/channels/{row.pk}/test").status_code == 403
+    staff = get_user_model().objects.create_user("ops", password="pw", is_staff=True)
+    client.force_login(staff)
+    response = client.post(f"/alerts/channels/{row.pk}/test", follow=True)
+    assert "Test message delivered to ops webhook" in response.content.decode()
+    [post] = receiver.accepted
+    assert "Test message" in post.json["title"]
+    audit = AuditEntry.objects.get(action="alert_test")
+    assert audit.actor == "ops" and audit.ok
+    row.refresh_from_db()
+    assert row.last_test_ok
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(staff)
+    assert strict.post(f"/alerts/channels/{row.pk}/test").status_code == 403
+
+
+def test_environment_urls_are_default_channels(settings, webhook, monitor, job):
+    receiver = webhook()
+    settings.OPSCONSOLE_ALERT_URLS = [f"json://127.0.0.1:{receiver.port}/env"]
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    engine.tick(T0, snapshot(T0))
+    assert receiver.accepted[0].path == "/env"
+    assert Channel.objects.get().from_environment
+
+
+def test_routing_mutes_and_quiet_hours(webhook, monitor, job):
+    default_hook, job_hook = webhook(), webhook()
+    json_channel(default_hook, "default")
+    own = json_channel(job_hook, "job team")
+    own.is_default = False
+    own.save()
+    rules = JobAlertSettings.objects.create(job=job, use_default_channels=False)
+    rules.channels.add(own)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    engine.tick(T0, snapshot(T0))
+    assert len(job_hook.accepted) == 1 and default_hook.received == []
+    # Muted job: recorded, not sent.
+    rules.muted_until = T0 + timedelta(days=1)
+    rules.save()
+    monitor.run("nightly", T0 + timedelta(hours=1), "succeeded", exit_code=0)
+    engine.tick(T0 + timedelta(hours=1), snapshot(T0))
+    assert Alert.objects.latest("id").suppressed.startswith("job muted")
+    assert len(job_hook.accepted) == 1
+    # Quiet hours 01:00-06:00 UTC: held until they end, then sent.
+    rules.muted_until = None
+    rules.save()
+    policy = AlertPolicy.current()
+    policy.quiet_hours_start, policy.quiet_hours_end = time(1, 0), time(6, 0)
+    policy.save()
+    late = T0 + timedelta(hours=2)  # 04:00
+    monitor.run("nightly", late, "failed", exit_code=1)
+    engine.tick(late, snapshot(late))
+    assert len(job_hook.accepted) == 1
+    engine.tick(T0.replace(hour=6, minute=0, second=1), snapshot(late))
+    assert len(job_hook.accepted) == 2
+
+
+# ----------------------------------------------------------------------------- other rules
+
+
+def test_one_quota_alert_for_a_429_and_two_skips_and_one_cleared(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    until = T0 + timedelta(hours=3)
+    hit = monitor.run(
+        "nightly",
+        T0,
+        "failed",
+        exit_code=1,
+        is_error=True,
+        api_error_status=429,
+        error="API Error: Request rejected (429)",
+        cost=0.0,
+    )
+    monitor.event(
+        EventKind.QUOTA_SET,
+        T0,
+        detail={
+            "until": iso(until),
+            "reason": "Request rejected (429)",
+            "session_id": str(hit.session_id),
+        },
+    )
+    engine.tick(T0, snapshot(T0))
+    for hours in (1, 2):
+        at = T0 + timedelta(hours=hours)
+        monitor.run("nightly", at, "quota_skip", exit_code=79, seconds=0.1, cost=None)
+        engine.tick(at, snapshot(at))
+    monitor.event(EventKind.QUOTA_CLEARED, until, message="the quota stamp expired")
+    engine.tick(until, snapshot(until))
+    texts = messages_of(receiver)
+    assert len(texts) == 2, texts
+    assert "Quota hit" in texts[0] and iso(until) in texts[0]
+    assert "Quota cleared" in texts[1]
+
+
+def test_late_job_alerted_once_and_resolved_when_it_runs(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    for minutes in (0, 1, 2):  # the collector says so at every collection
+        monitor.event(
+            EventKind.JOB_LATE,
+            T0 + timedelta(minutes=minutes),
+            job=job,
+            detail={"expected_at": "2026-11-24T01:30:00Z"},
+        )
+    engine.tick(T0 + timedelta(minutes=3), snapshot(T0))
+    started = Session.objects.create(
+        session_id=uuid.uuid4(),
+        script_tag="nightly",
+        host=monitor.host,
+        status="live",
+        started_at=T0 + timedelta(minutes=4),
+        job=job,
+    )
+    monitor.event(EventKind.RUN_STARTED, T0 + timedelta(minutes=4), session=started)
+    engine.tick(T0 + timedelta(minutes=4), snapshot(T0))
+    texts = messages_of(receiver)
+    assert len(texts) == 2
+    assert "nightly report is late" in texts[0] and "01:30" in texts[0]
+    assert "nightly report ran again" in texts[1]
+
+
+def test_stalled_run_is_alerted_before_the_watchdog_limit(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    session = Session.objects.create(
+        session_id=uuid.uuid4(),
+        script_tag="nightly",
+        host=monitor.host,
+        status="live",
+        started_at=T0 - timedelta(minutes=30),
+        job=job,
+    )
+    sid = str(session.session_id)
+    idle_since = T0 - timedelta(minutes=5)
+    busy = live_run(sid, 4242, "nightly", idle_since=None)
+    engine.tick(T0, snapshot(T0, busy))
+    idle = live_run(sid, 4242, "nightly", idle_since=idle_since)
+    engine.tick(T0 + timedelta(minutes=4), snapshot(T0, idle))
+    assert receiver.received == []  # idle 9 minutes: not yet
+    engine.tick(T0 + timedelta(minutes=5), snapshot(T0, idle))
+    engine.tick(T0 + timedelta(minutes=6), snapshot(T0, idle))
+    [text] = messages_of(receiver)
+    assert "nightly report is stalled" in text and "10m 00s" in text
+    engine.tick(T0 + timedelta(minutes=7), snapshot(T0, busy))
+    assert "active again" in messages_of(receiver)[1]
+    # Told before the watchdog's hard limit (45 min by default), whatever the setting says.
+    JobAlertSettings.objects.create(job=job, stall_minutes=120)
+    engine.tick(T0 + timedelta(minutes=50), snapshot(T0, idle))
+    assert "is stalled" in messages_of(receiver)[2]
+
+
+def test_runtime_outside_the_usual(webhook, monitor, job):
+    JobAlertSettings.objects.create(job=job, runtime_floor_seconds=30)
+    receiver = webhook()
+    json_channel(receiver)
+    now = T0
+    for _ in range(6):
+        monitor.run("nightly", now, "succeeded", exit_code=0, seconds=60)
+        now += timedelta(hours=1)
+    engine.tick(now, snapshot(now))
+    monitor.run("nightly", now, "succeeded", exit_code=0, seconds=600)  # 10x the median
+    engine.tick(now, snapshot(now))
+    monitor.run("nightly", now + timedelta(hours=1), "succeeded", exit_code=0, seconds=60)
+    monitor.run("nightly", now + timedelta(hours=2), "succeeded", exit_code=0, seconds=5)
+    engine.tick(now + timedelta(hours=2), snapshot(now))
+    texts = messages_of(receiver)
+    assert len(texts) == 2
+    assert "took 10m 00s, over 3x its median of 1m 00s" in texts[0]
+    assert "under its floor of 30s" in texts[1]
+
+
+def test_cost_over_budget_per_run_and_per_day(webhook, monitor, job):
+    JobAlertSettings.objects.create(
+        job=job, cost_per_run_usd=Decimal("1.00"), cost_per_day_usd=Decimal("2.50")
+    )
+    receiver = webhook()
+    json_channel(receiver)
+    for hour, cost in ((0, 0.9), (1, 1.2), (2, 0.5), (3, 0.5)):
+        at = T0 + timedelta(hours=hour)
+        monitor.run("nightly", at, "succeeded", exit_code=0, cost=cost)
+        engine.tick(at, snapshot(at))
+    texts = messages_of(receiver)
+    assert len(texts) == 2, texts
+    assert "cost $1.2000, over its run budget of $1.0000" in texts[0]
+    assert "spent $2.6000 today, over its daily budget of $2.5000" in texts[1]
+
+
+def test_stop_on_cost_cap_stops_the_run(webhook, job, console_state, runs, settings):
+    from tests.live_helpers import start_fake_run
+
+    settings.OPSCONSOLE_STOP_GRACE_SECONDS = 1
+    JobAlertSettings.objects.create(job=job, cost_per_run_usd=Decimal("1"), stop_on_cost_cap=True)
+    receiver = webhook()
+    json_channel(receiver)
+    run = start_fake_run(console_state, tag="nightly")
+    runs.append(run)
+    Session.objects.create(
+        session_id=run.session_id,
+        script_tag="nightly",
+        host=run.sidecar.host,
+        status="live",
+        started_at=T0,
+        job=job,
+        wrapper_pid=run.sidecar.wrapper_pid,
+    )
+    live = LiveSession(sidecar=run.sidecar, state="live", processes=[])
+    live.running_cost_usd = 0.5
+    engine.tick(T0, snapshot(T0, live))
+    assert run.wrapper.poll() is None
+    live.running_cost_usd = 1.7
+    engine.tick(T0 + timedelta(seconds=2), snapshot(T0, live))
+    assert run.wrapper.wait(timeout=10) is not None
+    assert run.agent.wait(timeout=10) is not None
+    row = Session.objects.get(session_id=run.session_id)
+    assert row.stopped_by == "cost-cap" and row.end_reason == "cost_cap"
+    assert AuditEntry.objects.get(actor="cost-cap").target == run.session_id
+    [text] = messages_of(receiver)
+    assert "over its cost cap" in text and "Stopping it now" in text
+    engine.tick(T0 + timedelta(seconds=4), snapshot(T0, live))  # once per run
+    assert len(receiver.accepted) == 1
+
+
+def test_leftovers_collector_error_and_monitor_silent(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    run = monitor.run("nightly", T0, "signalled", exit_code=137)
+    monitor.event(EventKind.LEFTOVERS_SEEN, T0, session=run, detail={"pids": [5151, 5152]})
+    monitor.event(
+        EventKind.COLLECTOR_ERROR,
+        T0,
+        detail={"scheduler": "cron", "errors": ["crontab: not found"]},
+    )
+    monitor.event(
+        EventKind.COLLECTOR_ERROR, T0 + timedelta(seconds=30), detail={"scheduler": "cron"}
+    )
+    engine.tick(T0 + timedelta(seconds=30), snapshot(T0))
+    monitor.event(EventKind.LEFTOVERS_KILLED, T0 + timedelta(minutes=1), session=run)
+    engine.tick(T0 + timedelta(minutes=1), snapshot(T0))
+    engine.tick(T0 + timedelta(minutes=5), snapshot(T0))  # no new collector error since
+    titles = [t.split("\n")[0] for t in messages_of(receiver)]
+    host = settings.OPSCONSOLE_HOST
+    assert titles == [
+        f"[opsconsole] nightly report was killed on {host}",
+        f"[opsconsole] nightly report: 2 leftover process(es) after its run on {host}",
+        f"[opsconsole] The cron collector fails on {host}",
+        f"[opsconsole] nightly report: leftover processes killed on {host}",
+        f"[opsconsole] The cron collector works again on {host}",
+    ]
+    # serve's supervisor: no sample for three intervals. Delivered at once.
+    alert = engine.monitor_silent("db-host", T0, T0 + timedelta(minutes=6))
+    assert alert is not None and "The monitor is silent" in messages_of(receiver)[-1]
+    assert engine.monitor_silent("db-host", T0, T0 + timedelta(minutes=7)) is None
+    HostSample.objects.create(
+        host="db-host",
+        seq=1,
+        taken_at=T0 + timedelta(minutes=8),
+        interval_seconds=2,
+        sample_ms=12,
+        etag="x",
+        api_document="{}",
+        state_document="{}",
+    )
+    engine.tick(T0 + timedelta(minutes=8), snapshot(T0))
+    assert "sampling again" in messages_of(receiver)[-1]
+    still_open = Incident.objects.filter(resolved_at__isnull=True)
+    assert [i.rule for i in still_open] == [Rule.RUN_FAILED]  # the killed run, until one succeeds
+
+
+def test_deliver_alerts_command_runs_one_round(webhook, monitor, job, capsys):
+    receiver = webhook()
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    call_command("deliver_alerts", "--once", "--no-live")
+    assert len(receiver.accepted) == 1
+    assert "alerts 1, delivered 1" in capsys.readouterr().out
+
+
+def test_rules_can_be_switched_off_per_job(webhook, monitor, job):
+    JobAlertSettings.objects.create(job=job, alert_on_failure=False)
+    receiver = webhook()
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    engine.tick(T0, snapshot(T0))
+    assert receiver.received == [] and not Incident.objects.filter(rule=Rule.RUN_FAILED).exists()
