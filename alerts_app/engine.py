@@ -178,7 +178,8 @@ def final_attempts(session: Session, limit: int) -> list[Session]:
 
 
 def consecutive_failures(job: Job) -> int:
-    """Runs of a job that failed in a row, latest first (a retried attempt counts once)."""
+    """Runs of a job that did not succeed in a row, latest first (false successes count;
+    a retried attempt counts once)."""
     recent = list(
         Session.objects.filter(job=job, status__in=VERDICT_STATUSES).order_by("-started_at", "-id")[
             :50
@@ -193,7 +194,7 @@ def consecutive_failures(job: Job) -> int:
     for run in recent:
         if run.session_id in retried:
             continue
-        if run.status not in FAILURE_STATUSES:
+        if run.status == Status.SUCCEEDED:
             break
         count += 1
     return count
