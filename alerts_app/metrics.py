@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from alerts_app.engine import consecutive_failures
-from alerts_app.models import Alert, Delivery
+from alerts_app.models import Alert, Channel, Delivery
 from jobs_app.models import Job
 from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
@@ -235,32 +235,38 @@ class ConsoleCollector:
         sent = CounterMetricFamily(
             "opsconsole_alert_deliveries_sent",
             "Alert deliveries a channel accepted",
-            labels=["channel"],
+            labels=["channel", "channel_id"],
         )
         failed = CounterMetricFamily(
             "opsconsole_alert_deliveries_failed",
             "Alert deliveries given up after every retry",
-            labels=["channel"],
+            labels=["channel", "channel_id"],
         )
         attempts_failed = CounterMetricFamily(
             "opsconsole_alert_delivery_attempts_failed",
             "Delivery attempts that failed (each is retried with backoff)",
-            labels=["channel"],
+            labels=["channel", "channel_id"],
         )
         pending = GaugeMetricFamily(
             "opsconsole_alert_deliveries_pending",
             "Alert deliveries waiting in the outbox",
-            labels=["channel"],
+            labels=["channel", "channel_id"],
         )
-        for row in Delivery.objects.values("channel__name").annotate(
-            sent=Count("id", filter=Q(delivered_at__isnull=False)),
-            failed=Count("id", filter=Q(given_up_at__isnull=False)),
-            waiting=Count("id", filter=Q(delivered_at__isnull=True, given_up_at__isnull=True)),
-            tries=Sum("attempts"),
-        ):
-            name = row["channel__name"]
-            sent.add_metric([name], row["sent"])
-            failed.add_metric([name], row["failed"])
-            pending.add_metric([name], row["waiting"])
-            attempts_failed.add_metric([name], max(0, (row["tries"] or 0) - row["sent"]))
+        rows = {
+            row["channel"]: row
+            for row in Delivery.objects.values("channel").annotate(
+                sent=Count("id", filter=Q(delivered_at__isnull=False)),
+                failed=Count("id", filter=Q(given_up_at__isnull=False)),
+                waiting=Count("id", filter=Q(delivered_at__isnull=True, given_up_at__isnull=True)),
+                tries=Sum("attempts"),
+            )
+        }
+        for channel in Channel.objects.order_by("name", "id"):
+            row = rows.get(channel.pk, {"sent": 0, "failed": 0, "waiting": 0, "tries": 0})
+            sent.add_metric([channel.name, str(channel.pk)], row["sent"])
+            failed.add_metric([channel.name, str(channel.pk)], row["failed"])
+            pending.add_metric([channel.name, str(channel.pk)], row["waiting"])
+            attempts_failed.add_metric(
+                [channel.name, str(channel.pk)], max(0, (row["tries"] or 0) - row["sent"])
+            )
         yield from (alerts, sent, failed, attempts_failed, pending)

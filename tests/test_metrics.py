@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from alerts_app.models import Channel
 from jobs_app.models import Job
 from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
@@ -66,6 +67,7 @@ def history(settings, console_state):
         detail={"until": (now + timedelta(hours=2)).isoformat()},
         dedupe_key="q1",
     )
+    Channel(name="ops webhook", url="json://127.0.0.1:9/hook").save()
     return job
 
 
@@ -124,3 +126,16 @@ def test_allowed_address_scrapes_without_a_token(client, history, settings):
     settings.OPSCONSOLE_METRICS_ALLOW = ["10.0.0.0/8", "127.0.0.1/32"]
     status, text = scrape(client)
     assert status == 200 and "opsconsole_runs_total" in text
+
+
+def test_the_example_dashboard_only_uses_metrics_the_console_serves(admin_client, history):
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    dashboard = (REPO_ROOT / "deploy" / "grafana-dashboard.json").read_text()
+    json.loads(dashboard)
+    used = set(re.findall(r"opsconsole_[a-z_]+", dashboard))
+    _, text = scrape(admin_client)
+    served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert used and used <= served, used - served
