@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from urllib.parse import unquote, urlsplit
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -55,13 +56,26 @@ def redact_url(url: str) -> str:
 
 
 def scrub(text: str, url: str) -> str:
-    """Take every secret-looking piece of the URL out of a message before it is kept."""
-    pieces = {url}
-    for part in re.split(r"[/:@?&=#]+", url.split("://", 1)[-1]):
-        if len(part) >= 6:  # tokens, passwords, webhook ids; short words stay readable
-            pieces.add(part)
-    for piece in sorted(pieces, key=len, reverse=True):
-        text = text.replace(piece, "…")
+    """Take every secret-looking piece of the URL out of a message before it is kept.
+
+    The host and port stay (they say where it failed); user names, passwords, path
+    segments (webhook tokens) and query values of six characters or more go.
+    """
+    parts = urlsplit(url.strip())
+    try:
+        keep = {parts.hostname or "", str(parts.port or "")}
+    except ValueError:
+        keep = set()
+    pieces = {url.strip(), parts.username or "", parts.password or ""}
+    pieces.update(unquote(p) for p in re.split(r"[/@]+", parts.path))
+    pieces.update(unquote(p) for p in parts.path.split("/"))
+    for field in re.split(r"[&;]", parts.query):
+        pieces.add(unquote(field.partition("=")[2]))
+    if "@" in parts.netloc:  # user:password@ when Apprise's own syntax confuses urlsplit
+        pieces.update(re.split(r"[:@]", parts.netloc.rpartition("@")[0]))
+    for piece in sorted(pieces - keep, key=len, reverse=True):
+        if len(piece) >= 6:
+            text = text.replace(piece, "…")
     return text
 
 

@@ -96,7 +96,7 @@ def open_incident(
         host=host,
         session_id=session_id,
         opened_at=now,
-        summary=title,
+        summary=title.removeprefix("[opsconsole] "),
         notified=not damped,
         notify_after=(last.resolved_at + flap) if damped else None,
         detail={**(detail or {}), "title": title, "body": body},
@@ -164,9 +164,10 @@ def subject_runs(session: Session):
 
 def final_attempts(session: Session, limit: int) -> list[Session]:
     """The subject's latest runs that decided something, one per run (retried attempts out)."""
+    # As of this run: events read in a batch must not see the runs that came after.
     recent = list(
         subject_runs(session)
-        .filter(status__in=VERDICT_STATUSES)
+        .filter(status__in=VERDICT_STATUSES, started_at__lte=session.started_at)
         .order_by("-started_at", "-id")[: limit * 3 + 5]
     )
     retried = set(

@@ -129,10 +129,20 @@ class JobAlertSettings(models.Model):
         null=True, blank=True, help_text="Alert when a successful run is shorter than this"
     )
     cost_per_run_usd = models.DecimalField(
-        max_digits=10, decimal_places=4, null=True, blank=True, help_text="Budget of one run"
+        "run budget (USD)",
+        max_digits=10,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Budget of one run",
     )
     cost_per_day_usd = models.DecimalField(
-        max_digits=10, decimal_places=4, null=True, blank=True, help_text="Budget of a day's runs"
+        "daily budget (USD)",
+        max_digits=10,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Budget of a day's runs",
     )
     stop_on_cost_cap = models.BooleanField(
         default=False, help_text="Stop a live run once its running cost passes the run budget"

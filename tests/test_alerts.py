@@ -718,3 +718,27 @@ def test_rules_can_be_switched_off_per_job(webhook, monitor, job):
     monitor.run("nightly", T0, "failed", exit_code=1)
     engine.tick(T0, snapshot(T0))
     assert receiver.received == [] and not Incident.objects.filter(rule=Rule.RUN_FAILED).exists()
+
+
+def test_events_read_in_one_batch_see_each_run_as_of_its_end(webhook, monitor, job):
+    """Two failures then a success, all read in one tick: the streak of two is still told."""
+    JobAlertSettings.objects.create(job=job, consecutive_failures=2)
+    receiver = webhook()
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    monitor.run("nightly", T0 + timedelta(minutes=1), "failed", exit_code=1)
+    monitor.run("nightly", T0 + timedelta(minutes=2), "succeeded", exit_code=0)
+    engine.tick(T0 + timedelta(minutes=3), snapshot(T0))
+    titles = [t.split("\n")[0] for t in messages_of(receiver)]
+    assert len(titles) == 2 and "failed (2 runs in a row)" in titles[0]
+    assert "recovered" in titles[1]
+
+
+def test_delivery_errors_keep_the_host_and_lose_the_secrets():
+    from alerts_app.delivery import scrub
+
+    url = "mailto://ops:hunter2pass@smtp.example.com:2525?to=oncall@example.com&pass=zz9secretq"
+    text = "Connection error to smtp.example.com:2525 as ops with hunter2pass and zz9secretq"
+    scrubbed = scrub(text, url)
+    assert "smtp.example.com:2525" in scrubbed
+    assert "hunter2pass" not in scrubbed and "zz9secretq" not in scrubbed
