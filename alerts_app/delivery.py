@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from urllib.parse import unquote, urlsplit
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import unquote, urlsplit
 
 import apprise
 from django.conf import settings

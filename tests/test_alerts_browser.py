@@ -31,7 +31,8 @@ t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 job = Job.objects.create(scheduler="cron", label="nightly report", host=host, tags=["nightly"])
 JobAlertSettings.objects.create(job=job, consecutive_failures=2, stall_minutes=15)
 Channel(name="on-call webhook", url="json://127.0.0.1:{port}/hook").save()
-Channel(name="team email", url="mailto://127.0.0.1:9?from=ops@example.com&to=team@example.com&mode=insecure", is_default=False).save()
+mail = "mailto://127.0.0.1:9?from=ops@example.com&to=team@example.com&mode=insecure"
+Channel(name="team email", url=mail, is_default=False).save()
 
 def run(at, end_reason, exit_code, **fields):
     record = SpoolRecord(session_id=new_session_id(), script_tag="nightly", platform="cron",
