@@ -12,6 +12,7 @@ calls when the monitor has not sampled for three intervals.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -212,12 +213,27 @@ def retry_may_follow(session: Session, event: Event, snapshot, now: datetime) ->
         return False  # it was: the retry decides
     if now - event.at > DEFER_LIMIT:
         return False
-    if snapshot is None or session.host != settings.OPSCONSOLE_HOST:
+    if session.host != settings.OPSCONSOLE_HOST or not session.wrapper_pid:
         return now - event.at < DEFER_WITHOUT_SNAPSHOT
-    return any(
-        live.sidecar.wrapper_pid == session.wrapper_pid and live.sidecar.host == session.host
-        for live in snapshot.sessions
-    )
+    if snapshot is not None:
+        return any(
+            live.sidecar.wrapper_pid == session.wrapper_pid and live.sidecar.host == session.host
+            for live in snapshot.sessions
+        )
+    return wrapper_alive(session.wrapper_pid)
+
+
+def wrapper_alive(pid: int) -> bool:
+    """Without a sample: the wrapper keeps its sidecar until it exits, and its PID lives."""
+    if not settings.OPSCONSOLE_STATE.sidecar_path(pid).exists():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def on_run_outcome(event: Event, snapshot, now: datetime) -> str:
