@@ -25,6 +25,12 @@ from alerts_app.models import Alert, AlertPolicy, Channel, Delivery, url_fingerp
 
 log = logging.getLogger(__name__)
 
+# Apprise's own log lines can carry a URL, and so a token: they reach only the
+# per-send capture in send(), which is scrubbed, never the console's log.
+_apprise_log = logging.getLogger("apprise")
+_apprise_log.propagate = False
+_apprise_log.addHandler(logging.NullHandler())
+
 ATTEMPT_LOG_KEPT = 20
 ERROR_CHARS = 500
 

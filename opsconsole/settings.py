@@ -191,7 +191,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("OPSCONSOLE_LOG_LEVEL", "INFO")},
-    "loggers": {"django": {"level": "WARNING"}},
+    # urllib3's debug lines name request paths, and a webhook's path is its secret.
+    "loggers": {"django": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 # Which scheduler collectors run (launchd, systemd, cron); empty = what this machine has.
 OPSCONSOLE_SCHEDULERS = env_list("OPSCONSOLE_SCHEDULERS", [])
