@@ -603,6 +603,7 @@ def check_live(snapshot, now: datetime) -> None:
         rules = rule_settings(job)
         check_stall(live, job, rules, now)
         check_cost_cap(live, job, rules, now)
+        check_live_runtime(live, job, rules, now)
     # A run that ended is no longer stalled or over a running cap: its outcome speaks.
     for incident in Incident.objects.filter(
         rule__in=[Rule.STALLED, Rule.COST_RUN],
@@ -611,6 +612,65 @@ def check_live(snapshot, now: datetime) -> None:
         host=settings.OPSCONSOLE_HOST,
     ).exclude(session_id__in=live_ids):
         resolve_incident(incident.key, now, announce=False)
+
+
+# Median runtimes by subject, recomputed at most once a minute (not per sample).
+_usual_runtime: dict[str, tuple[datetime, float | None]] = {}
+USUAL_RUNTIME_TTL = timedelta(seconds=60)
+
+
+def usual_seconds(job: Job | None, host: str, tag: str, now: datetime) -> float | None:
+    key = subject_key(job, host, tag)
+    cached = _usual_runtime.get(key)
+    if cached is not None and abs(now - cached[0]) < USUAL_RUNTIME_TTL:
+        return cached[1]
+    runs = (
+        Session.objects.filter(job=job)
+        if job is not None
+        else Session.objects.filter(host=host, script_tag=tag, wrapped=True)
+    )
+    history = list(
+        runs.filter(status=Status.SUCCEEDED, duration_ms__isnull=False)
+        .order_by("-started_at")
+        .values_list("duration_ms", flat=True)[:RUNTIME_HISTORY]
+    )
+    median = statistics.median(history) / 1000 if len(history) >= RUNTIME_MIN_HISTORY else None
+    _usual_runtime[key] = (now, median)
+    return median
+
+
+def check_live_runtime(live, job, rules, now: datetime) -> None:
+    """A run still going past a multiple of its usual time is told while it runs."""
+    if not rules.alert_on_runtime or not rules.runtime_multiple:
+        return
+    sidecar = live.sidecar
+    median = usual_seconds(job, sidecar.host, sidecar.script_tag, now)
+    running = (now - live.started_at).total_seconds()
+    if not median or running <= rules.runtime_multiple * median:
+        return
+    name = messages.subject_name(job, sidecar.script_tag)
+    took = messages.duration_words(int(running * 1000))
+    usual = messages.duration_words(int(median * 1000))
+    title, body = messages.plain_message(
+        f"{name} is still running after {took}, over {rules.runtime_multiple:g}x "
+        f"its median of {usual}",
+        sidecar.host,
+        [
+            f"Started {messages.when_words(live.started_at)}, attempt {sidecar.attempt}",
+            f"Session: {messages.session_link(live.session_id)}",
+        ],
+        job=job,
+    )
+    open_incident(
+        f"{subject_key(job, sidecar.host, sidecar.script_tag)}:runtime",
+        Rule.RUNTIME,
+        now,
+        title,
+        body,
+        job=job,
+        host=sidecar.host,
+        session_id=live.session_id,
+    )
 
 
 def check_stall(live, job, rules, now: datetime) -> None:

@@ -146,6 +146,7 @@ def alert_settings(settings, console_state):
     settings.OPSCONSOLE_ALERT_RETRY_SECONDS = 5
     settings.OPSCONSOLE_ALERT_FLAP_SECONDS = 600
     engine._env_synced_at = None
+    engine._usual_runtime.clear()
     yield settings
     engine._env_synced_at = None
 
@@ -613,6 +614,30 @@ def test_runtime_outside_the_usual(webhook, monitor, job):
     assert len(texts) == 2
     assert "took 10m 00s, over 3x its median of 1m 00s" in texts[0]
     assert "under its floor of 30s" in texts[1]
+
+
+def test_a_live_run_far_past_its_usual_time_is_told_while_it_runs(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    now = T0 - timedelta(days=1)
+    for _ in range(5):
+        monitor.run("nightly", now, "succeeded", exit_code=0, seconds=300)
+        now += timedelta(hours=1)
+    engine.tick(T0, snapshot(T0))
+    session = Session.objects.create(
+        session_id=uuid.uuid4(),
+        script_tag="nightly",
+        host=monitor.host,
+        status="live",
+        started_at=T0 - timedelta(minutes=30),
+        job=job,
+    )
+    running = live_run(str(session.session_id), 777, "nightly")  # started 30 min before T0
+    engine.tick(T0 - timedelta(minutes=16), snapshot(T0, running))  # 14 min: under 3 x 5
+    assert receiver.received == []
+    engine.tick(T0, snapshot(T0, running))
+    [text] = messages_of(receiver)
+    assert "still running after 30m 00s, over 3x its median of 5m 00s" in text
 
 
 def test_cost_over_budget_per_run_and_per_day(webhook, monitor, job):
