@@ -777,3 +777,51 @@ def test_delivery_errors_keep_the_host_and_lose_the_secrets():
     scrubbed = scrub(text, url)
     assert "smtp.example.com:2525" in scrubbed
     assert "hunter2pass" not in scrubbed and "zz9secretq" not in scrubbed
+
+
+LOOP_SETUP = """
+import uuid
+from datetime import UTC, datetime
+from django.conf import settings
+from monitor_app.models import Event
+from sessions_app.models import Session
+now = datetime.now(UTC)
+run = Session.objects.create(session_id=uuid.uuid4(), script_tag="loop", host=settings.OPSCONSOLE_HOST,
+    status="failed", exit_code=4, started_at=now, ended_at=now, duration_ms=1000)
+Event.objects.create(at=now, host=run.host, kind="run_ended", session_id=run.session_id,
+    script_tag="loop", status="failed", message="loop failed", dedupe_key="e1")
+"""
+
+
+def test_deliver_alerts_loop_delivers_and_stops_on_sigterm(state, tmp_path, webhook):
+    import signal
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO_ROOT
+    from tests.server_fixtures import manage
+
+    receiver = webhook()
+    env = dict(
+        state.env,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'loop.sqlite3'}",
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+        OPSCONSOLE_ALERT_URLS=f"json://127.0.0.1:{receiver.port}/loop",
+    )
+    manage(env, "migrate", "--noinput")
+    manage(env, "shell", "--no-imports", "-c", LOOP_SETUP)
+    loop = subprocess.Popen(
+        [PYTHON, "-m", "opsconsole.cli", "deliver_alerts", "--every", "0.2", "--no-live"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        [post] = receiver.wait_for(1, timeout=60)
+        assert post.path == "/loop" and "loop failed" in post.json["title"]
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(timeout=10) == 0
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
