@@ -786,7 +786,8 @@ from django.conf import settings
 from monitor_app.models import Event
 from sessions_app.models import Session
 now = datetime.now(UTC)
-run = Session.objects.create(session_id=uuid.uuid4(), script_tag="loop", host=settings.OPSCONSOLE_HOST,
+host = settings.OPSCONSOLE_HOST
+run = Session.objects.create(session_id=uuid.uuid4(), script_tag="loop", host=host,
     status="failed", exit_code=4, started_at=now, ended_at=now, duration_ms=1000)
 Event.objects.create(at=now, host=run.host, kind="run_ended", session_id=run.session_id,
     script_tag="loop", status="failed", message="loop failed", dedupe_key="e1")
