@@ -39,6 +39,7 @@ DEFER_WITHOUT_SNAPSHOT = timedelta(seconds=10)
 FAILURE_STATUSES = (Status.FAILED, Status.KILLED, Status.REFUSED)
 # Runs that say something about whether a job works (a quota skip or an import does not).
 VERDICT_STATUSES = (*FAILURE_STATUSES, Status.SUCCEEDED, Status.FALSE_SUCCESS)
+LIVE_RUN_STATES = ("live", "orphaned")
 RUNTIME_HISTORY = 20
 RUNTIME_MIN_HISTORY = 5
 ENV_SYNC_EVERY = timedelta(seconds=60)
@@ -589,8 +590,19 @@ def process_events(snapshot, now: datetime) -> int:
 
 def check_live(snapshot, now: datetime) -> None:
     """Stalled runs and running cost caps, from the monitor's latest sample."""
-    live_sessions = list(getattr(snapshot, "sessions", None) or [])
+    # Agents a wrapper runs: a person's own terminal session (unwrapped) waits on them,
+    # and a leftovers row is not an agent at all.
+    live_sessions = [
+        live
+        for live in getattr(snapshot, "sessions", None) or []
+        if getattr(live, "state", "live") in LIVE_RUN_STATES
+    ]
     live_ids = [live.session_id for live in live_sessions]
+    open_keys = set(
+        Incident.objects.filter(resolved_at__isnull=True, key__startswith="run:").values_list(
+            "key", flat=True
+        )
+    )
     jobs_by_session = dict(
         Session.objects.filter(session_id__in=live_ids).values_list("session_id", "job_id")
     )
@@ -601,7 +613,7 @@ def check_live(snapshot, now: datetime) -> None:
     for live in live_sessions:
         job = jobs.get(jobs_by_session.get(live.session_id))
         rules = rule_settings(job)
-        check_stall(live, job, rules, now)
+        check_stall(live, job, rules, now, open_keys)
         check_cost_cap(live, job, rules, now)
         check_live_runtime(live, job, rules, now)
     # A run that ended is no longer stalled or over a running cap: its outcome speaks.
@@ -673,12 +685,14 @@ def check_live_runtime(live, job, rules, now: datetime) -> None:
     )
 
 
-def check_stall(live, job, rules, now: datetime) -> None:
+def check_stall(live, job, rules, now: datetime, open_keys: set[str]) -> None:
     key = f"run:{live.session_id}:stalled"
     idle_since = getattr(live, "idle_since", None)
     sidecar = live.sidecar
     name = messages.subject_name(job, sidecar.script_tag)
     if idle_since is None:
+        if key not in open_keys:
+            return
         title, body = messages.plain_message(
             f"{name} is active again", sidecar.host, [messages.session_link(live.session_id)]
         )
@@ -688,7 +702,7 @@ def check_stall(live, job, rules, now: datetime) -> None:
     if job is not None and job.max_runtime_minutes:
         # Told before the watchdog's hard limit, whatever the settings say.
         limit = min(limit, timedelta(minutes=job.max_runtime_minutes) * 0.8)
-    if not rules.alert_on_stall or now - idle_since < limit:
+    if not rules.alert_on_stall or now - idle_since < limit or key in open_keys:
         return
     idle = messages.duration_words(int((now - idle_since).total_seconds() * 1000))
     title, body = messages.plain_message(

@@ -596,6 +596,16 @@ def test_stalled_run_is_alerted_before_the_watchdog_limit(webhook, monitor, job)
     assert "is stalled" in messages_of(receiver)[2]
 
 
+def test_an_idle_terminal_session_is_not_a_stalled_run(webhook):
+    """A person's own claude (unwrapped) waits on them; only wrapped runs stall."""
+    receiver = webhook()
+    json_channel(receiver)
+    terminal = live_run(new_session_id(), 999, "", idle_since=T0 - timedelta(hours=2))
+    terminal.state = "unwrapped"
+    engine.tick(T0, snapshot(T0, terminal))
+    assert receiver.received == [] and not Incident.objects.exists()
+
+
 def test_runtime_outside_the_usual(webhook, monitor, job):
     JobAlertSettings.objects.create(job=job, runtime_floor_seconds=30)
     receiver = webhook()
