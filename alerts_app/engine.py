@@ -172,11 +172,8 @@ def final_attempts(session: Session, limit: int) -> list[Session]:
         .filter(status__in=VERDICT_STATUSES, started_at__lte=session.started_at)
         .order_by("-started_at", "-id")[: limit * 3 + 5]
     )
-    retried = set(
-        Session.objects.filter(retry_of__in=[s.session_id for s in recent]).values_list(
-            "retry_of", flat=True
-        )
-    )
+    # A retry starts seconds after its attempt, so it is among these rows too.
+    retried = {s.retry_of for s in recent if s.retry_of}
     return [s for s in recent if s.session_id not in retried][:limit]
 
 
@@ -184,15 +181,11 @@ def consecutive_failures(job: Job) -> int:
     """Runs of a job that did not succeed in a row, latest first (false successes count;
     a retried attempt counts once)."""
     recent = list(
-        Session.objects.filter(job=job, status__in=VERDICT_STATUSES).order_by("-started_at", "-id")[
-            :50
-        ]
+        Session.objects.filter(job=job, status__in=VERDICT_STATUSES)
+        .order_by("-started_at", "-id")
+        .only("session_id", "retry_of", "status")[:50]
     )
-    retried = set(
-        Session.objects.filter(retry_of__in=[s.session_id for s in recent]).values_list(
-            "retry_of", flat=True
-        )
-    )
+    retried = {s.retry_of for s in recent if s.retry_of}
     count = 0
     for run in recent:
         if run.session_id in retried:
