@@ -36,6 +36,7 @@ EVENTS_PER_TICK = 500
 DEFER_LIMIT = timedelta(hours=1)
 # Without a snapshot (standalone delivery), how long a refusal waits for its retry to show.
 DEFER_WITHOUT_SNAPSHOT = timedelta(seconds=10)
+DEFER_WITHOUT_RECORD = timedelta(minutes=1)
 FAILURE_STATUSES = (Status.FAILED, Status.KILLED, Status.REFUSED)
 # Runs that say something about whether a job works (a quota skip or an import does not).
 VERDICT_STATUSES = (*FAILURE_STATUSES, Status.SUCCEEDED, Status.FALSE_SUCCESS)
@@ -233,7 +234,9 @@ def wrapper_alive(pid: int) -> bool:
 def on_run_outcome(event: Event, snapshot, now: datetime) -> str:
     """Rules on a finished attempt. Returns "defer" to look again at the next tick."""
     session = Session.objects.select_related("job").filter(session_id=event.session_id).first()
-    if session is None or not session.wrapped or session.status in LIVE_STATUSES:
+    if session is None:  # its record is written first; give a late write a minute
+        return "defer" if now - event.at < DEFER_WITHOUT_RECORD else "done"
+    if not session.wrapped or session.status in LIVE_STATUSES:
         return "done"
     if session.status == Status.REFUSED and retry_may_follow(session, event, snapshot, now):
         return "defer"
@@ -517,6 +520,7 @@ def on_monitor_started(event: Event, now: datetime) -> None:
 def handle(event: Event, snapshot, now: datetime) -> str:
     kind = event.kind
     if kind in (EventKind.RUN_ENDED, EventKind.RUN_VANISHED):
+        on_run_started(event, now)  # a run too short to be sampled live still ran
         return on_run_outcome(event, snapshot, now)
     if kind == EventKind.QUOTA_SET:
         on_quota_set(event, now)

@@ -836,3 +836,31 @@ def test_deliver_alerts_loop_delivers_and_stops_on_sigterm(state, tmp_path, webh
         if loop.poll() is None:
             loop.kill()
             loop.wait()
+
+
+def test_job_admin_page_edits_alert_settings_inline(admin_client, job):
+    page = admin_client.get(f"/admin/jobs_app/job/{job.pk}/change/").content.decode()
+    assert "Consecutive failures" in page and "Stop on cost cap" in page
+    page = admin_client.get("/admin/alerts_app/jobalertsettings/add/")
+    assert page.status_code == 200
+
+
+def test_quiet_hours_across_midnight(settings):
+    from alerts_app.delivery import in_quiet_hours
+
+    settings.TIME_ZONE = "UTC"
+    policy = AlertPolicy(quiet_hours_start=time(22, 0), quiet_hours_end=time(7, 0))
+    assert in_quiet_hours(policy, T0.replace(hour=12)) is None
+    assert in_quiet_hours(policy, T0.replace(hour=23)) == (T0 + timedelta(days=1)).replace(hour=7)
+    assert in_quiet_hours(policy, T0.replace(hour=2)) == T0.replace(hour=7)
+
+
+def test_a_late_job_whose_next_run_ended_between_samples_is_resolved(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    monitor.event(EventKind.JOB_LATE, T0, job=job, detail={"expected_at": "01:30"})
+    engine.tick(T0, snapshot(T0))
+    monitor.run("nightly", T0 + timedelta(minutes=5), "succeeded", exit_code=0, seconds=1)
+    engine.tick(T0 + timedelta(minutes=5), snapshot(T0))
+    titles = [t.split("\n")[0] for t in messages_of(receiver)]
+    assert len(titles) == 2 and "ran again" in titles[1]
