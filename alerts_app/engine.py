@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -208,8 +209,10 @@ def retry_may_follow(session: Session, event: Event, snapshot, now: datetime) ->
         return False  # it was: the retry decides
     if now - event.at > DEFER_LIMIT:
         return False
-    if session.host != settings.OPSCONSOLE_HOST or not session.wrapper_pid:
+    if session.host != settings.OPSCONSOLE_HOST:  # another host's wrapper: give it a moment
         return now - event.at < DEFER_WITHOUT_SNAPSHOT
+    if not session.wrapper_pid:
+        return False
     if snapshot is not None:
         return any(
             live.sidecar.wrapper_pid == session.wrapper_pid and live.sidecar.host == session.host
@@ -810,10 +813,41 @@ def check_timers(now: datetime) -> None:
 # ----------------------------------------------------------------------------- entry points
 
 
-def tick(now: datetime | None = None, snapshot=None) -> TickResult:
-    """One round: events, live runs, timers, then delivery within the time budget."""
+_delivery_thread: threading.Thread | None = None
+
+
+def deliver_in_background(now: datetime) -> bool:
+    """Send what is due on a thread of its own, so a slow receiver never holds up the
+    sample loop; one such thread at a time. False when the previous one still runs."""
+    global _delivery_thread
+    if _delivery_thread is not None and _delivery_thread.is_alive():
+        return False
+
+    def deliver() -> None:
+        try:
+            delivery.deliver_due(now)
+        except Exception:  # the outbox keeps it; the next tick tries again
+            log.exception("alert delivery round failed")
+        finally:
+            connection.close()
+
+    _delivery_thread = threading.Thread(target=deliver, name="alert-delivery", daemon=True)
+    _delivery_thread.start()
+    return True
+
+
+def tick(
+    now: datetime | None = None, snapshot=None, *, background_delivery: bool | None = None
+) -> TickResult:
+    """One round: events, live runs, timers, then delivery within the time budget.
+
+    The monitor calls this once per sample; delivery then runs on a background thread
+    (OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND). `deliver_alerts` delivers in line.
+    """
     global _env_synced_at
     now = now or timezone.now()
+    if background_delivery is None:
+        background_delivery = settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND
     result = TickResult()
     alerts_before = Alert.objects.count()
     if _env_synced_at is None or abs(now - _env_synced_at) > ENV_SYNC_EVERY:
@@ -826,9 +860,12 @@ def tick(now: datetime | None = None, snapshot=None) -> TickResult:
     with transaction.atomic():
         check_timers(now)
     result.alerts = Alert.objects.count() - alerts_before
-    sent = delivery.deliver_due(now)
-    result.delivered, result.failed = sent.delivered, sent.failed
     EngineCursor.objects.filter(pk=1).update(last_tick_at=now)
+    if background_delivery:
+        deliver_in_background(now)
+    else:
+        sent = delivery.deliver_due(now)
+        result.delivered, result.failed = sent.delivered, sent.failed
     return result
 
 

@@ -145,6 +145,9 @@ def alert_settings(settings, console_state):
     settings.OPSCONSOLE_ALERT_URLS = []
     settings.OPSCONSOLE_ALERT_RETRY_SECONDS = 5
     settings.OPSCONSOLE_ALERT_FLAP_SECONDS = 600
+    # Delivery in line, so a test reads what was sent right after its tick (the
+    # background thread the monitor uses has a test of its own).
+    settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND = False
     engine._env_synced_at = None
     engine._usual_runtime.clear()
     yield settings
@@ -864,3 +867,44 @@ def test_a_late_job_whose_next_run_ended_between_samples_is_resolved(webhook, mo
     engine.tick(T0 + timedelta(minutes=5), snapshot(T0))
     titles = [t.split("\n")[0] for t in messages_of(receiver)]
     assert len(titles) == 2 and "ran again" in titles[1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_monitors_tick_delivers_on_a_thread_while_a_receiver_hangs(
+    settings, webhook, monitor, job
+):
+    """A receiver that does not answer holds up a delivery thread, never the sample."""
+    import threading
+    import time as clock
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_POST(self):
+            release.wait(10)
+
+        def log_message(self, *args):
+            pass
+
+    hanging = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=hanging.serve_forever, daemon=True).start()
+    settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND = True
+    settings.OPSCONSOLE_ALERT_READ_TIMEOUT = 3
+    receiver = webhook()
+    json_channel(receiver)  # "ops webhook" is sent first (channels go by name)
+    channel(f"json://127.0.0.1:{hanging.server_address[1]}/slow", "slow")
+    try:
+        monitor.run("nightly", T0, "failed", exit_code=1)
+        started = clock.monotonic()
+        result = engine.tick(T0, snapshot(T0))
+        assert clock.monotonic() - started < 1.0, "the tick waited for delivery"
+        assert result.alerts == 1
+        engine._delivery_thread.join(timeout=15)
+        states = {d.channel.name: d.state for d in Delivery.objects.select_related("channel")}
+        assert states == {"slow": "retrying", "ops webhook": "delivered"}
+        assert len(receiver.accepted) == 1
+    finally:
+        release.set()
+        hanging.shutdown()
+        hanging.server_close()

@@ -47,9 +47,9 @@ def run(at, end_reason, exit_code, **fields):
 run(t0, "failed", 2, error="Traceback: database is locked")
 run(t0 + timedelta(seconds=1), "refused", 1, stop_reason="refusal", is_error=True)
 for seconds in (3, 8, 18, 38):  # 500, 500, 500, then 200: one alert, three retries
-    engine.tick(t0 + timedelta(seconds=seconds), Snapshot(taken_at=t0))
+    engine.tick(t0 + timedelta(seconds=seconds), Snapshot(taken_at=t0), background_delivery=False)
 run(t0 + timedelta(seconds=40), "failed", 0, is_error=True, subtype="success", num_turns=1)
-engine.tick(t0 + timedelta(seconds=41), Snapshot(taken_at=t0))
+engine.tick(t0 + timedelta(seconds=41), Snapshot(taken_at=t0), background_delivery=False)
 print("job", job.pk)
 """
 

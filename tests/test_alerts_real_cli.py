@@ -90,6 +90,7 @@ def texts(receiver) -> list[str]:
 @pytest.fixture
 def hook(webhook, console_state, settings):  # noqa: F811
     settings.OPSCONSOLE_BASE_URL = "http://127.0.0.1:8000"
+    settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND = False
     engine._env_synced_at = None
     receiver = webhook()
     Channel(name="on-call", url=f"json://127.0.0.1:{receiver.port}/hook").save()

@@ -62,7 +62,7 @@ class Command(BaseCommand):
             except Exception as exc:  # rules on events still run
                 log.warning("no live snapshot this round: %s", exc)
         try:
-            return engine.tick(snapshot=snapshot)
+            return engine.tick(snapshot=snapshot, background_delivery=False)
         except DatabaseError as exc:  # a blip: the cursor did not move; next round retries
             log.warning("alert round failed on the database: %s", exc)
             return None
