@@ -252,7 +252,10 @@ def on_run_outcome(event: Event, snapshot, now: datetime) -> str:
     host = session.host
     status = session.status
 
-    if status in FAILURE_STATUSES and not is_quota_failure(session):
+    stopped_on_purpose = status == Status.KILLED and session.stopped_by not in ("", "watchdog")
+    if stopped_on_purpose:
+        pass  # a person who stopped it knows; a cost-cap stop was told when it happened
+    elif status in FAILURE_STATUSES and not is_quota_failure(session):
         needed = max(1, rules.consecutive_failures)
         finals = final_attempts(session, needed)
         streak = len(finals) == needed and all(s.status in FAILURE_STATUSES for s in finals)

@@ -908,3 +908,14 @@ def test_the_monitors_tick_delivers_on_a_thread_while_a_receiver_hangs(
         release.set()
         hanging.shutdown()
         hanging.server_close()
+
+
+def test_a_run_stopped_by_a_person_is_not_an_alert_but_a_watchdog_stop_is(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    for at, actor in ((T0, "alice"), (T0 + timedelta(hours=1), "watchdog")):
+        run = monitor.run("nightly", at, "signalled", exit_code=143)
+        Session.objects.filter(pk=run.pk).update(stopped_by=actor, end_reason=actor)
+        engine.tick(at, snapshot(at))
+    [text] = messages_of(receiver)
+    assert "was killed" in text and "stopped by watchdog" in text
