@@ -11,7 +11,7 @@ import signal
 import threading
 
 from django.core.management.base import BaseCommand
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 from alerts_app import engine
 
@@ -52,7 +52,8 @@ class Command(BaseCommand):
                 return
 
     def tick(self, no_live: bool):
-        close_old_connections()
+        if not connection.in_atomic_block:  # a long-running loop: drop a broken connection
+            close_old_connections()
         snapshot = None
         if not no_live:
             try:
