@@ -62,10 +62,8 @@ def reason_words(session: Session) -> str:
     """Why the run ended as it did, in words a person reads at 2 a.m."""
     status = session.status
     if status == Status.REFUSED:
-        return (
-            f"the model refused the request (usage policy), attempt {session.attempt}; "
-            "no retry left"
-        )
+        every = f" on all {session.attempt} attempts" if session.attempt > 1 else ""
+        return f"the model refused the request (usage policy){every}"
     if status == Status.FALSE_SUCCESS:
         return session.error or "exit 0, but the result was an error"
     if status == Status.KILLED:
@@ -118,12 +116,12 @@ def run_message(session: Session, job, headline: str) -> tuple[str, str]:
     """(title, body) for an alert about one finished run."""
     name = subject_name(job, session.script_tag)
     title = f"[opsconsole] {name} {headline} on {session.host}"
+    # The title is the first thing every channel shows; the body does not repeat it.
     body = [
-        f"{name} {headline} on {session.host}",
         f"Status: {session.get_status_display()} ({reason_words(session)})",
         f"Started: {when_words(session.started_at)}, "
-        f"duration {duration_words(session.duration_ms)}",
-        f"Cost: {cost_words(session.cost_usd)}, attempt {session.attempt}",
+        f"duration {duration_words(session.duration_ms)}, attempt {session.attempt}",
+        f"Cost: {cost_words(session.cost_usd)}",
     ]
     words = last_lines(session)
     if words:
@@ -137,7 +135,7 @@ def run_message(session: Session, job, headline: str) -> tuple[str, str]:
 
 def plain_message(headline: str, host: str, lines: list[str], job=None) -> tuple[str, str]:
     title = f"[opsconsole] {headline}" + (f" on {host}" if host else "")
-    body = [headline + (f" on {host}" if host else ""), *lines]
+    body = [line for line in lines if line]
     if job is not None:
         body.append(f"Job: {job_link(job)}")
     body.append(f"Alerts: {link('/alerts/')}")
