@@ -291,9 +291,11 @@ def on_run_outcome(event: Event, snapshot, now: datetime) -> str:
             session_id=session.session_id,
         )
     elif status == Status.SUCCEEDED:
-        title, body = messages.run_message(session, job, "recovered")
-        for suffix in ("failing", "false_success"):
-            resolve_incident(f"{subject}:{suffix}", now, title, body)
+        keys = [f"{subject}:failing", f"{subject}:false_success"]
+        if Incident.objects.filter(key__in=keys, resolved_at__isnull=True).exists():
+            title, body = messages.run_message(session, job, "recovered")  # reads the transcript
+            for key in keys:
+                resolve_incident(key, now, title, body)
 
     if status in (Status.SUCCEEDED, Status.FALSE_SUCCESS, Status.FAILED):
         check_runtime(session, job, rules, subject, name, now)
@@ -751,7 +753,7 @@ def check_cost_cap(live, job, rules, now: datetime) -> None:
         job=job,
         host=sidecar.host,
         session_id=live.session_id,
-        detail={"running_cost_usd": running, "stopped": stopping},
+        detail={"running_cost_usd": float(running), "stopped": stopping},
     )
     if stopping:
         stop_for_cost(live, job, running, budget)
@@ -771,7 +773,7 @@ def stop_for_cost(live, job, running, budget) -> None:
         target=live.session_id,
         ok=not outcome.errors,
         output=outcome.summary + ("\n" + "\n".join(outcome.errors) if outcome.errors else ""),
-        detail={"running_cost_usd": running, "budget_usd": str(budget)},
+        detail={"running_cost_usd": float(running), "budget_usd": str(budget)},
     )
 
 
