@@ -61,6 +61,25 @@ def channel_test(request, pk: int):
     return redirect("alerts")
 
 
+@require_POST
+def delivery_retry(request, pk: int):
+    """Put a given-up delivery back in the outbox, due now (the monitor sends it)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff can retry deliveries.")
+    item = get_object_or_404(Delivery.objects.select_related("channel"), pk=pk)
+    if item.delivered_at is None:
+        Delivery.objects.filter(pk=item.pk).update(given_up_at=None, next_try_at=timezone.now())
+        AuditEntry.objects.create(
+            actor=request.user.get_username(),
+            action="alert_retry",
+            target=f"alert {item.alert_id} to channel {item.channel.name}",
+            ok=True,
+            detail={"delivery_id": item.pk, "attempts_before": item.attempts},
+        )
+        flash.success(request, f"Delivery to {item.channel.name} is due again.")
+    return redirect("alerts")
+
+
 class JobAlertSettingsForm(forms.ModelForm):
     class Meta:
         model = JobAlertSettings

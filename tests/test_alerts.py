@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.utils import timezone
 
 from alerts_app import engine
 from alerts_app.delivery import redact_url, send, send_test
@@ -919,3 +920,23 @@ def test_a_run_stopped_by_a_person_is_not_an_alert_but_a_watchdog_stop_is(webhoo
         engine.tick(at, snapshot(at))
     [text] = messages_of(receiver)
     assert "was killed" in text and "stopped by watchdog" in text
+
+
+def test_a_given_up_delivery_can_be_retried_by_staff(client, settings, webhook, monitor, job):
+    settings.OPSCONSOLE_ALERT_MAX_ATTEMPTS = 2
+    receiver = webhook([500, 500])
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    engine.tick(T0, snapshot(T0))
+    engine.tick(T0 + timedelta(seconds=5), snapshot(T0))
+    item = Delivery.objects.get()
+    assert item.state == "failed" and item.attempts == 2
+    staff = get_user_model().objects.create_user("ops", password="pw", is_staff=True)
+    client.force_login(staff)
+    page = client.get("/alerts/").content.decode()
+    assert f"/alerts/deliveries/{item.pk}/retry" in page
+    client.post(f"/alerts/deliveries/{item.pk}/retry")
+    engine.tick(timezone.now(), snapshot(T0))
+    item.refresh_from_db()
+    assert item.state == "delivered" and len(receiver.accepted) == 1
+    assert AuditEntry.objects.get(action="alert_retry").actor == "ops"
