@@ -431,8 +431,16 @@ def on_quota_cleared(event: Event, now: datetime) -> None:
     resolve_incident(f"quota:{event.host}", now, title, body)
 
 
+def event_job(event: Event) -> Job | None:
+    """The event's job: its link, else the job_id its detail names."""
+    if event.job is not None:
+        return event.job
+    job_id = event.detail.get("job_id") if isinstance(event.detail, dict) else None
+    return Job.objects.filter(pk=job_id).first() if isinstance(job_id, int) else None
+
+
 def on_job_late(event: Event, now: datetime) -> None:
-    job = event.job
+    job = event_job(event)
     if job is None or not rule_settings(job).alert_on_late:
         return
     expected = event.detail.get("expected_at") or "its schedule"
@@ -502,7 +510,7 @@ def on_collector_error(event: Event, now: datetime) -> None:
     key = f"collector:{event.host}:{scheduler}"
     open_one = Incident.objects.filter(key=key, resolved_at__isnull=True).first()
     if open_one is not None:
-        open_one.detail = {**open_one.detail, "last_seen": now.isoformat()}
+        open_one.detail = {**open_one.detail, "last_seen": event.at.isoformat()}
         open_one.save(update_fields=["detail"])
         return
     errors = event.detail.get("errors") or [event.message]
@@ -516,7 +524,7 @@ def on_collector_error(event: Event, now: datetime) -> None:
         title,
         body,
         host=event.host,
-        detail={"last_seen": now.isoformat(), "scheduler": scheduler},
+        detail={"last_seen": event.at.isoformat(), "scheduler": scheduler},
     )
 
 
@@ -780,6 +788,24 @@ def stop_for_cost(live, job, running, budget) -> None:
 # ----------------------------------------------------------------------------- timers
 
 
+def collector_recovered(incident: Incident) -> bool:
+    """A collection after the last error recorded its jobs, and none carries an error.
+
+    (The monitor writes a repeated collector error once a day, so silence alone is
+    no sign of health; a whole collector failing updates no job at all.)"""
+    try:
+        last_seen = datetime.fromisoformat(incident.detail["last_seen"])
+    except (KeyError, TypeError, ValueError):
+        last_seen = incident.opened_at
+    jobs = Job.objects.filter(
+        host=incident.host, scheduler=incident.detail.get("scheduler"), present=True
+    )
+    return (
+        jobs.filter(collected_at__gt=last_seen).exists()
+        and not jobs.exclude(collector_error="").exists()
+    )
+
+
 def check_timers(now: datetime) -> None:
     """What time alone decides: damped incidents now due, quiet collectors, new days."""
     for incident in Incident.objects.filter(
@@ -794,10 +820,8 @@ def check_timers(now: datetime) -> None:
             incident.detail.get("title") or incident.summary,
             incident.detail.get("body") or incident.summary,
         )
-    quiet = timedelta(seconds=3 * getattr(settings, "OPSCONSOLE_COLLECT_SECONDS", 30) + 30)
     for incident in Incident.objects.filter(rule=Rule.COLLECTOR_ERROR, resolved_at__isnull=True):
-        last_seen = incident.detail.get("last_seen")
-        if last_seen and now - datetime.fromisoformat(last_seen) > quiet:
+        if collector_recovered(incident):
             title, body = messages.plain_message(
                 f"The {incident.detail.get('scheduler', 'jobs')} collector works again",
                 incident.host,

@@ -550,8 +550,8 @@ def test_late_job_alerted_once_and_resolved_when_it_runs(webhook, monitor, job):
         monitor.event(
             EventKind.JOB_LATE,
             T0 + timedelta(minutes=minutes),
-            job=job,
-            detail={"expected_at": "2026-11-24T01:30:00Z"},
+            job=None,  # as the monitor writes it when no tag links it: detail.job_id names it
+            detail={"expected_at": "2026-11-24T01:30:00Z", "job_id": job.pk},
         )
     engine.tick(T0 + timedelta(minutes=3), snapshot(T0))
     started = Session.objects.create(
@@ -721,7 +721,11 @@ def test_leftovers_collector_error_and_monitor_silent(webhook, monitor, job):
     engine.tick(T0 + timedelta(seconds=30), snapshot(T0))
     monitor.event(EventKind.LEFTOVERS_KILLED, T0 + timedelta(minutes=1), session=run)
     engine.tick(T0 + timedelta(minutes=1), snapshot(T0))
-    engine.tick(T0 + timedelta(minutes=5), snapshot(T0))  # no new collector error since
+    engine.tick(T0 + timedelta(minutes=4), snapshot(T0))  # quiet, but nothing collected since
+    assert "works again" not in messages_of(receiver)[-1]
+    # The next collection records the job again, without an error: the collector works.
+    Job.objects.filter(pk=job.pk).update(collected_at=T0 + timedelta(minutes=4))
+    engine.tick(T0 + timedelta(minutes=5), snapshot(T0))
     titles = [t.split("\n")[0] for t in messages_of(receiver)]
     host = settings.OPSCONSOLE_HOST
     assert titles == [
