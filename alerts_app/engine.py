@@ -198,9 +198,14 @@ def consecutive_failures(job: Job) -> int:
     return count
 
 
+# The wrapper's own sentence when an attempt sets the quota stamp (wrapper/run.py).
+QUOTA_STAMP_SENTENCE = "skips (exit 79) until "
+
+
 def is_quota_failure(session: Session) -> bool:
-    """A 429 is the quota rule's to tell (one alert for the stamp), not a run failure."""
-    return session.api_error_status == 429
+    """A 429 or a usage-limit result is the quota rule's to tell (one alert for the
+    stamp), not a run failure."""
+    return session.api_error_status == 429 or QUOTA_STAMP_SENTENCE in (session.error or "")
 
 
 def retry_may_follow(session: Session, event: Event, snapshot, now: datetime) -> bool:

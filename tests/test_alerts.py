@@ -944,3 +944,19 @@ def test_a_given_up_delivery_can_be_retried_by_staff(client, settings, webhook, 
     item.refresh_from_db()
     assert item.state == "delivered" and len(receiver.accepted) == 1
     assert AuditEntry.objects.get(action="alert_retry").actor == "ops"
+
+
+def test_a_usage_limit_result_is_the_quota_alerts_not_a_failure(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    monitor.run(
+        "nightly",
+        T0,
+        "failed",
+        exit_code=1,
+        is_error=True,
+        error="Claude AI usage limit reached|1795532400 — usage limit hit; every wrapper "
+        "skips (exit 79) until 2026-11-24T05:00:00Z",
+    )
+    engine.tick(T0, snapshot(T0))
+    assert receiver.received == [] and not Incident.objects.exists()
