@@ -885,7 +885,7 @@ def tick(
     if background_delivery is None:
         background_delivery = settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND
     result = TickResult()
-    alerts_before = Alert.objects.count()
+    last_alert = Alert.objects.order_by("-id").values_list("id", flat=True).first() or 0
     if _env_synced_at is None or abs(now - _env_synced_at) > ENV_SYNC_EVERY:
         delivery.sync_environment_channels()
         _env_synced_at = now
@@ -895,7 +895,7 @@ def tick(
             check_live(snapshot, now)
     with transaction.atomic():
         check_timers(now)
-    result.alerts = Alert.objects.count() - alerts_before
+    result.alerts = Alert.objects.filter(id__gt=last_alert).count()
     EngineCursor.objects.filter(pk=1).update(last_tick_at=now)
     if background_delivery:
         deliver_in_background(now)
