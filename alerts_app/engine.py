@@ -872,6 +872,18 @@ def deliver_in_background(now: datetime) -> bool:
     return True
 
 
+PRUNE_EVERY = timedelta(hours=1)
+_pruned_at: datetime | None = None
+
+
+def prune(now: datetime) -> int:
+    """Alerts (with their deliveries) and resolved incidents older than the retention."""
+    cutoff = now - timedelta(days=settings.OPSCONSOLE_ALERT_RETENTION_DAYS)
+    alerts, _ = Alert.objects.filter(created_at__lt=cutoff).delete()
+    incidents, _ = Incident.objects.filter(resolved_at__lt=cutoff).delete()
+    return alerts + incidents
+
+
 def tick(
     now: datetime | None = None, snapshot=None, *, background_delivery: bool | None = None
 ) -> TickResult:
@@ -880,7 +892,7 @@ def tick(
     The monitor calls this once per sample; delivery then runs on a background thread
     (OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND). `deliver_alerts` delivers in line.
     """
-    global _env_synced_at
+    global _env_synced_at, _pruned_at
     now = now or timezone.now()
     if background_delivery is None:
         background_delivery = settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND
@@ -896,6 +908,9 @@ def tick(
     with transaction.atomic():
         check_timers(now)
     result.alerts = Alert.objects.filter(id__gt=last_alert).count()
+    if _pruned_at is None or abs(now - _pruned_at) > PRUNE_EVERY:
+        prune(now)
+        _pruned_at = now
     EngineCursor.objects.filter(pk=1).update(last_tick_at=now)
     if background_delivery:
         deliver_in_background(now)

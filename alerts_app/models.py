@@ -183,6 +183,7 @@ class Incident(models.Model):
 
     class Meta:
         ordering = ["-opened_at", "-id"]
+        indexes = [models.Index(fields=["resolved_at", "rule"], name="incident_open_rule")]
         constraints = [
             models.UniqueConstraint(
                 fields=["key"],

@@ -150,6 +150,7 @@ def alert_settings(settings, console_state):
     # background thread the monitor uses has a test of its own).
     settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND = False
     engine._env_synced_at = None
+    engine._pruned_at = None
     engine._usual_runtime.clear()
     yield settings
     engine._env_synced_at = None
@@ -960,3 +961,16 @@ def test_a_usage_limit_result_is_the_quota_alerts_not_a_failure(webhook, monitor
     )
     engine.tick(T0, snapshot(T0))
     assert receiver.received == [] and not Incident.objects.exists()
+
+
+def test_old_alerts_and_resolved_incidents_are_pruned(webhook, monitor, job):
+    receiver = webhook()
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    monitor.run("nightly", T0 + timedelta(hours=1), "succeeded", exit_code=0)
+    engine.tick(T0 + timedelta(hours=1), snapshot(T0))
+    assert Alert.objects.count() == 2 and Delivery.objects.count() == 2
+    monitor.run("nightly", T0 + timedelta(days=89), "failed", exit_code=1)  # still open
+    engine.tick(T0 + timedelta(days=91), snapshot(T0))
+    assert Alert.objects.count() == 1 and Delivery.objects.count() == 1
+    assert list(Incident.objects.values_list("resolved_at", flat=True)) == [None]
