@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -117,8 +118,10 @@ class JobAlertSettings(models.Model):
     alert_on_false_success = models.BooleanField(default=True)
     alert_on_late = models.BooleanField(default=True)
     alert_on_stall = models.BooleanField(default=True)
-    stall_minutes = models.PositiveIntegerField(
-        default=10, help_text="A live run idle (no transcript growth, no CPU) this long is stalled"
+    stall_minutes = models.FloatField(
+        default=10,
+        validators=[MinValueValidator(0.05)],
+        help_text="A live run idle (no transcript growth, no CPU) this long is stalled",
     )
     alert_on_runtime = models.BooleanField(default=True)
     runtime_multiple = models.FloatField(

@@ -101,7 +101,7 @@ def test_alerts_pages(page, console_server, state, tmp_path, webhook):  # noqa: 
     page.fill("#id_stall_minutes", "20")
     page.get_by_role("button", name="Save alert settings").click()
     page.get_by_text("Alert settings saved.").wait_for()
-    assert page.locator("#id_stall_minutes").input_value() == "20"
+    assert float(page.locator("#id_stall_minutes").input_value()) == 20
     shot(page, "job-alert-settings")
 
     page.goto(f"{console_server.url}/history/")

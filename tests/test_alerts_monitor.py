@@ -4,6 +4,8 @@ webhook on loopback. Skipped where the monitor is not installed."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +52,7 @@ def monitored(state, real_claude, tmp_path, webhook):  # noqa: F811
         stderr=subprocess.PIPE,
     )
     time.sleep(SAMPLE_SECONDS)  # its first sample: what is already on the host
+    receiver.env = env
     yield receiver
     monitor.terminate()
     try:
@@ -137,3 +140,42 @@ def test_a_fixed_job_gives_one_recovery(state, real_claude, monitored):
     titles = [t.split("\n")[0] for t in about(monitored, "digest")]
     assert len(titles) == 2, titles
     assert "digest was refused" in titles[0] and "digest recovered" in titles[1]
+
+
+STALL_JOB = """
+from django.conf import settings
+from alerts_app.models import JobAlertSettings
+from jobs_app.models import Job
+job = Job.objects.create(scheduler="cron", label="waiting agent", host=settings.OPSCONSOLE_HOST,
+    tags=["waiter"], max_runtime_minutes=45)
+JobAlertSettings.objects.create(job=job, stall_minutes=0.1)  # 6 s, for the test
+"""
+
+
+def test_a_run_waiting_on_a_stream_that_never_answers_is_told_before_the_watchdog(
+    state, real_claude, monitored
+):
+    subprocess.run(
+        [PYTHON, "-m", "opsconsole.cli", "shell", "--no-imports", "-c", STALL_JOB],
+        env=monitored.env,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    real_claude.script("wait forever", {"kind": "stall", "seconds": 120, "text": "late"})
+    run = subprocess.Popen(
+        wrapper_command("waiter", "-p", "wait forever", *STREAM),
+        env=state.env,
+        cwd=state.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        [text] = wait_for(lambda: about(monitored, "waiting agent"), timeout=60)
+        assert "waiting agent is stalled: no transcript growth and no CPU" in text
+        assert run.poll() is None, "told while the run is still live"
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
