@@ -4,6 +4,7 @@ webhook on loopback. Skipped where the monitor is not installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -15,7 +16,9 @@ import pytest
 from tests.alert_receivers import webhook  # noqa: F401 - a fixture
 from tests.conftest import PYTHON, REPO_ROOT, wrapper_command
 
-pytest.importorskip("monitor_app.monitor", reason="needs the monitor (issue 10)")
+# Skipped only where the monitor is not there at all; once it is, an import error fails.
+if importlib.util.find_spec("monitor_app.monitor") is None:
+    pytest.skip("needs the monitor (issue 10)", allow_module_level=True)
 
 pytestmark = [pytest.mark.real_cli]
 
