@@ -147,6 +147,7 @@ class Monitor:
         self.check_quota(snapshot, now)
         self.sync(snapshot, gone, now)
         self.run_cadences(snapshot, now)
+        self.run_alerts(snapshot, now)
         snapshot.scan_ms = round((time.perf_counter() - began) * 1000, 1)
         if self.publish:
             self.publish_sample(snapshot)
@@ -604,6 +605,21 @@ class Monitor:
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
             except DatabaseError as exc:
                 log.warning("event retention skipped: %s", exc)
+
+    def run_alerts(self, snapshot: Snapshot, now: datetime) -> None:
+        """The alert rules on this sample's events and live runs; delivery has a thread of
+        its own, so a slow receiver never holds a sample back."""
+        if not self.database_ok or not self.cadences:
+            return  # the events wait in the database; the alert cursor has not moved
+        from alerts_app import engine
+
+        try:
+            engine.tick(now, snapshot)
+        except DatabaseError as exc:
+            log.warning("alert round deferred: %s", exc)
+            close_old_connections()
+        except Exception:  # a rule's bug must not stop sampling
+            log.exception("alert round failed")
 
     def collect_jobs(self, snapshot: Snapshot, now: datetime) -> None:
         from jobs_app.status import collect_and_record, job_statuses

@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "sessions_app",
     "jobs_app",
     "monitor_app",
+    "alerts_app",
 ]
 
 MIDDLEWARE = [
@@ -280,7 +281,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("OPSCONSOLE_LOG_LEVEL", "INFO")},
-    "loggers": {"django": {"level": "WARNING"}},
+    # urllib3's debug lines name request paths, and a webhook's path is its secret.
+    "loggers": {"django": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 # Which scheduler collectors run (launchd, systemd, cron); empty = what this machine has.
 OPSCONSOLE_SCHEDULERS = env_list("OPSCONSOLE_SCHEDULERS", [])
@@ -315,3 +317,24 @@ OPSCONSOLE_KILL_LEFTOVERS = env_bool("OPSCONSOLE_KILL_LEFTOVERS", True)
 OPSCONSOLE_EVENT_RETENTION_DAYS = env_int("OPSCONSOLE_EVENT_RETENTION_DAYS", 90)
 # `opsconsole serve` runs the monitor beside the web server (0: run it yourself).
 OPSCONSOLE_SERVE_MONITOR = env_bool("OPSCONSOLE_SERVE_MONITOR", True)
+# ----------------------------------------------------------------------------- alerts, metrics
+# Default alert channels from the environment (Apprise URLs, space-separated).
+OPSCONSOLE_ALERT_URLS = os.environ.get("OPSCONSOLE_ALERT_URLS", "").split()
+# The console's address as people reach it, for links in messages (empty: paths only).
+OPSCONSOLE_BASE_URL = os.environ.get("OPSCONSOLE_BASE_URL", "").strip()
+# Delivery: short socket timeouts and a time budget per tick keep the monitor sampling.
+OPSCONSOLE_ALERT_CONNECT_TIMEOUT = env_float("OPSCONSOLE_ALERT_CONNECT_TIMEOUT", 2.0)
+OPSCONSOLE_ALERT_READ_TIMEOUT = env_float("OPSCONSOLE_ALERT_READ_TIMEOUT", 4.0)
+OPSCONSOLE_ALERT_TICK_BUDGET = env_float("OPSCONSOLE_ALERT_TICK_BUDGET", 2.0)
+# The monitor's tick hands delivery to a thread of its own (never blocking a sample).
+OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND = env_bool("OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND", True)
+# Retries: 5 s, 10 s, 20 s, ... capped at 15 min, given up after 12 attempts (~1.5 h).
+OPSCONSOLE_ALERT_RETRY_SECONDS = env_float("OPSCONSOLE_ALERT_RETRY_SECONDS", 5.0)
+OPSCONSOLE_ALERT_RETRY_MAX = env_float("OPSCONSOLE_ALERT_RETRY_MAX", 900.0)
+OPSCONSOLE_ALERT_MAX_ATTEMPTS = env_int("OPSCONSOLE_ALERT_MAX_ATTEMPTS", 12)
+# Flapping: an incident that re-opens this soon after it resolved waits this long to be told.
+OPSCONSOLE_ALERT_FLAP_SECONDS = env_int("OPSCONSOLE_ALERT_FLAP_SECONDS", 600)
+# Alerts and resolved incidents older than this are deleted (hourly, by the alert round).
+OPSCONSOLE_ALERT_RETENTION_DAYS = env_int("OPSCONSOLE_ALERT_RETENTION_DAYS", 90)
+# /metrics without a token: client addresses (CIDRs, comma-separated) allowed to scrape.
+OPSCONSOLE_METRICS_ALLOW = env_list("OPSCONSOLE_METRICS_ALLOW", [])

@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/events", monitor_api.events, name="api-events"),
     path("", include("sessions_app.urls")),
     path("", include("jobs_app.urls")),
+    path("", include("alerts_app.urls")),
 ]
 
 # A database outage met outside a view (session or token lookup) is a 503, not a 500.

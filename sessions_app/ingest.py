@@ -128,6 +128,27 @@ def _move_aside(path: Path, folder: Path) -> None:
         log.warning("could not move spool record %s into %s: %s", path.name, folder, exc)
 
 
+def false_success_reason(record: SpoolRecord) -> str | None:
+    """Why an attempt that exited 0 was not a success, in words; None when it was one.
+
+    The one place this is decided. Only the `result` event's own fields count (the
+    wrapper copies them into the spool record), never what the agent printed.
+    """
+    if record.exit_code != 0 or record.end_reason not in ("succeeded", "failed"):
+        return None
+    if record.is_error:
+        return f"exit 0, but the result says is_error ({record.subtype or 'error'})"
+    if "API Error" in (record.error or ""):
+        return "exit 0, but the result is an API Error"
+    if record.num_turns == 0:
+        return "exit 0, but the run made no turn"
+    # A stream-json run names its model in the init event; one that then ends without
+    # a result event was cut short. (Plain text output has neither: nothing to judge.)
+    if record.subtype is None and record.is_error is None and record.model:
+        return "exit 0, but the run ended without a result event"
+    return None
+
+
 def record_completion(record: SpoolRecord) -> Session:
     """Create or complete the Session row for one finished attempt."""
     values = {
@@ -157,6 +178,9 @@ def record_completion(record: SpoolRecord) -> Session:
         "recorded_from": "spool",
         "job_id": job_id_for(record.host, record.script_tag),
     }
+    false_success = false_success_reason(record)
+    if false_success:
+        values.update(status=Status.FALSE_SUCCESS, error=record.error or false_success)
     if record.duration_ms is None:
         elapsed = values["ended_at"] - values["started_at"]
         values["duration_ms"] = max(0, int(elapsed.total_seconds() * 1000))

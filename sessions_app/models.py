@@ -9,6 +9,9 @@ class Status(models.TextChoices):
     LIVE = "live", "live"
     ORPHANED = "orphaned", "orphaned"
     SUCCEEDED = "succeeded", "succeeded"
+    # Exit 0, but the result says it was not a success (is_error, an "API Error", no
+    # result at all, or no turn made): never counted or shown as succeeded.
+    FALSE_SUCCESS = "false_success", "false success"
     FAILED = "failed", "failed"
     REFUSED = "refused", "refused"
     QUOTA_SKIP = "quota_skip", "quota skip"

@@ -1,0 +1,272 @@
+"""`GET /metrics`: the console's state in the Prometheus text format.
+
+Everything is read at scrape time from what the monitor already published (the
+latest HostSample per host, the event stream) and from history; nothing here
+scans processes. A scrape needs a bearer token, a logged-in session, or a client
+address inside OPSCONSOLE_METRICS_ALLOW.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from ipaddress import ip_address, ip_network
+
+from django.conf import settings
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from alerts_app.engine import consecutive_failures
+from alerts_app.models import Alert, Channel, Delivery
+from jobs_app.models import Job
+from monitor_app.models import Event, EventKind, HostSample
+from opsconsole.models import ApiToken
+from sessions_app.models import LIVE_STATUSES, Session, Status
+from wrapper.formats import parse_iso, read_quota_stamp
+
+log = logging.getLogger(__name__)
+
+TOKEN_COLUMNS = {
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "cache_read": "cache_read_tokens",
+    "cache_creation": "cache_creation_tokens",
+}
+
+
+def scrape_allowed(request) -> bool:
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and ApiToken.authenticate(token.strip()) is not None
+    if request.user.is_authenticated:
+        return True
+    try:
+        client = ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    for cidr in settings.OPSCONSOLE_METRICS_ALLOW:
+        try:
+            if client in ip_network(cidr, strict=False):
+                return True
+        except ValueError:
+            log.warning("OPSCONSOLE_METRICS_ALLOW: %r is not an address or network", cidr)
+    return False
+
+
+def render() -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ConsoleCollector(timezone.now()))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def epoch(moment: datetime | None) -> float:
+    return moment.timestamp() if moment else 0.0
+
+
+class ConsoleCollector:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def collect(self):
+        yield from self.monitor()
+        yield from self.jobs()
+        yield from self.runs()
+        yield from self.quota()
+        yield from self.alerts()
+
+    # -------------------------------------------------------------- live and monitor
+    def monitor(self):
+        live = GaugeMetricFamily(
+            "opsconsole_live_sessions",
+            "Claude Code sessions alive now, from the monitor's latest sample",
+            labels=["host", "state"],
+        )
+        duration = GaugeMetricFamily(
+            "opsconsole_monitor_sample_duration_seconds",
+            "How long the monitor's latest sample took",
+            labels=["host"],
+        )
+        age = GaugeMetricFamily(
+            "opsconsole_monitor_sample_age_seconds",
+            "Seconds since the monitor's latest sample",
+            labels=["host"],
+        )
+        interval = GaugeMetricFamily(
+            "opsconsole_monitor_interval_seconds", "The monitor's sample interval", labels=["host"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        samples = list(HostSample.objects.all())
+        for sample in samples:
+            duration.add_metric([sample.host], sample.sample_ms / 1000)
+            age.add_metric([sample.host], max(0.0, (self.now - sample.taken_at).total_seconds()))
+            interval.add_metric([sample.host], sample.interval_seconds)
+            try:
+                sessions = json.loads(sample.api_document).get("sessions") or []
+            except (ValueError, AttributeError):
+                sessions = []
+            for entry in sessions:
+                if isinstance(entry, dict):
+                    key = (str(entry.get("host") or sample.host), str(entry.get("state") or "live"))
+                    counts[key] = counts.get(key, 0) + 1
+        if not samples:  # no monitor has published yet: the in-process snapshot
+            try:
+                from sessions_app.live import get_snapshot
+
+                for entry in get_snapshot().sessions:
+                    key = (entry.sidecar.host, entry.state)
+                    counts[key] = counts.get(key, 0) + 1
+            except Exception as exc:
+                log.warning("metrics: no live snapshot: %s", exc)
+        for (host, state), count in sorted(counts.items()):
+            live.add_metric([host, state], count)
+        yield from (live, duration, age, interval)
+
+    # -------------------------------------------------------------- jobs
+    def jobs(self):
+        labels = ["job", "host", "scheduler"]
+        last_status = GaugeMetricFamily(
+            "opsconsole_job_last_run_status",
+            "1 for the status of the job's latest finished run",
+            labels=[*labels, "status"],
+        )
+        last_success = GaugeMetricFamily(
+            "opsconsole_job_last_success_timestamp_seconds",
+            "When the job's latest successful run ended (0: never)",
+            labels=labels,
+        )
+        failures = GaugeMetricFamily(
+            "opsconsole_job_consecutive_failures",
+            "Failed runs in a row, latest first (retried attempts count once)",
+            labels=labels,
+        )
+        for job in Job.objects.filter(present=True).order_by("label"):
+            values = [job.label, job.host, job.scheduler]
+            runs = Session.objects.filter(job=job).exclude(status__in=LIVE_STATUSES)
+            last = runs.order_by("-started_at").values_list("status", flat=True).first()
+            if last:
+                last_status.add_metric([*values, last], 1)
+            success = (
+                runs.filter(status=Status.SUCCEEDED)
+                .order_by("-ended_at")
+                .values_list("ended_at", flat=True)
+                .first()
+            )
+            last_success.add_metric(values, epoch(success))
+            failures.add_metric(values, consecutive_failures(job))
+        yield from (last_status, last_success, failures)
+
+    # -------------------------------------------------------------- runs, cost, tokens
+    def runs(self):
+        runs = CounterMetricFamily(
+            "opsconsole_runs", "Runs on record, by tag and status", labels=["tag", "status"]
+        )
+        for row in Session.objects.values("script_tag", "status").annotate(n=Count("id")):
+            runs.add_metric([row["script_tag"], row["status"]], row["n"])
+        cost = CounterMetricFamily(
+            "opsconsole_cost_usd", "Cost of runs whose cost is known, in USD", labels=["tag"]
+        )
+        unknown = CounterMetricFamily(
+            "opsconsole_runs_unknown_cost",
+            "Finished runs whose cost is unknown (never counted as $0)",
+            labels=["tag"],
+        )
+        tokens = CounterMetricFamily(
+            "opsconsole_tokens", "Tokens used, by tag and kind", labels=["tag", "kind"]
+        )
+        sums = {f"sum_{kind}": Sum(column) for kind, column in TOKEN_COLUMNS.items()}
+        for row in Session.objects.values("script_tag").annotate(cost=Sum("cost_usd"), **sums):
+            cost.add_metric([row["script_tag"]], float(row["cost"] or 0))
+            for kind in TOKEN_COLUMNS:
+                tokens.add_metric([row["script_tag"], kind], row[f"sum_{kind}"] or 0)
+        for row in (
+            Session.objects.filter(cost_usd__isnull=True)
+            .exclude(status__in=(*LIVE_STATUSES, Status.QUOTA_SKIP))
+            .values("script_tag")
+            .annotate(n=Count("id"))
+        ):
+            unknown.add_metric([row["script_tag"]], row["n"])
+        yield from (runs, cost, unknown, tokens)
+
+    # -------------------------------------------------------------- quota stamp
+    def quota(self):
+        blocked = GaugeMetricFamily(
+            "opsconsole_quota_blocked",
+            "1 while a quota stamp makes every run skip with exit 79",
+            labels=["host"],
+        )
+        until = GaugeMetricFamily(
+            "opsconsole_quota_until_timestamp_seconds",
+            "When the quota stamp in force ends (0: none)",
+            labels=["host"],
+        )
+        hosts: dict[str, datetime | None] = {}
+        # Other hosts: the latest stamp event each reported. This host: the stamp itself.
+        for event in Event.objects.filter(
+            kind__in=[EventKind.QUOTA_SET, EventKind.QUOTA_CLEARED]
+        ).order_by("host", "-at", "-id"):
+            if event.host in hosts:
+                continue
+            when = None
+            if event.kind == EventKind.QUOTA_SET:
+                try:
+                    when = parse_iso(str(event.detail.get("until")))
+                except (ValueError, TypeError):
+                    when = None
+            hosts[event.host] = when
+        stamp = read_quota_stamp(settings.OPSCONSOLE_STATE)
+        hosts[settings.OPSCONSOLE_HOST] = parse_iso(stamp.until) if stamp else None
+        for host, when in sorted(hosts.items()):
+            holds = when is not None and when > self.now
+            blocked.add_metric([host], 1 if holds else 0)
+            until.add_metric([host], epoch(when) if holds else 0)
+        yield from (blocked, until)
+
+    # -------------------------------------------------------------- alerts
+    def alerts(self):
+        alerts = CounterMetricFamily(
+            "opsconsole_alerts", "Alerts raised, by rule and phase", labels=["rule", "phase"]
+        )
+        for row in Alert.objects.values("rule", "phase").annotate(n=Count("id")):
+            alerts.add_metric([row["rule"], row["phase"]], row["n"])
+        sent = CounterMetricFamily(
+            "opsconsole_alert_deliveries_sent",
+            "Alert deliveries a channel accepted",
+            labels=["channel", "channel_id"],
+        )
+        failed = CounterMetricFamily(
+            "opsconsole_alert_deliveries_failed",
+            "Alert deliveries given up after every retry",
+            labels=["channel", "channel_id"],
+        )
+        attempts_failed = CounterMetricFamily(
+            "opsconsole_alert_delivery_attempts_failed",
+            "Delivery attempts that failed (each is retried with backoff)",
+            labels=["channel", "channel_id"],
+        )
+        pending = GaugeMetricFamily(
+            "opsconsole_alert_deliveries_pending",
+            "Alert deliveries waiting in the outbox",
+            labels=["channel", "channel_id"],
+        )
+        rows = {
+            row["channel"]: row
+            for row in Delivery.objects.values("channel").annotate(
+                sent=Count("id", filter=Q(delivered_at__isnull=False)),
+                failed=Count("id", filter=Q(given_up_at__isnull=False)),
+                waiting=Count("id", filter=Q(delivered_at__isnull=True, given_up_at__isnull=True)),
+                tries=Sum("attempts"),
+            )
+        }
+        for channel in Channel.objects.order_by("name", "id"):
+            row = rows.get(channel.pk, {"sent": 0, "failed": 0, "waiting": 0, "tries": 0})
+            sent.add_metric([channel.name, str(channel.pk)], row["sent"])
+            failed.add_metric([channel.name, str(channel.pk)], row["failed"])
+            pending.add_metric([channel.name, str(channel.pk)], row["waiting"])
+            attempts_failed.add_metric(
+                [channel.name, str(channel.pk)], max(0, (row["tries"] or 0) - row["sent"])
+            )
+        yield from (alerts, sent, failed, attempts_failed, pending)
