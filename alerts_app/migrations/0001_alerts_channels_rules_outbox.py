@@ -6,149 +6,387 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('jobs_app', '0002_job_scope_auditentry'),
+        ("jobs_app", "0002_job_scope_auditentry"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertPolicy',
+            name="AlertPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('muted_until', models.DateTimeField(blank=True, help_text='No alert is sent before this time (they are recorded)', null=True)),
-                ('quiet_hours_start', models.TimeField(blank=True, help_text='Deliveries due in quiet hours wait until they end', null=True)),
-                ('quiet_hours_end', models.TimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "muted_until",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="No alert is sent before this time (they are recorded)",
+                        null=True,
+                    ),
+                ),
+                (
+                    "quiet_hours_start",
+                    models.TimeField(
+                        blank=True,
+                        help_text="Deliveries due in quiet hours wait until they end",
+                        null=True,
+                    ),
+                ),
+                ("quiet_hours_end", models.TimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'alert policy',
-                'verbose_name_plural': 'alert policy',
+                "verbose_name": "alert policy",
+                "verbose_name_plural": "alert policy",
             },
         ),
         migrations.CreateModel(
-            name='Channel',
+            name="Channel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('url', models.TextField(help_text='An Apprise URL (slack://…, mailto://…, json://…, ntfy://…). Never shown again after saving.')),
-                ('url_hash', models.CharField(db_index=True, editable=False, max_length=64)),
-                ('redacted', models.CharField(blank=True, default='', editable=False, help_text='the URL, secrets hidden', max_length=500)),
-                ('enabled', models.BooleanField(default=True)),
-                ('is_default', models.BooleanField(default=True, help_text='Receives every alert (jobs can opt out of the defaults)')),
-                ('from_environment', models.BooleanField(default=False, editable=False, help_text='from OPSCONSOLE_ALERT_URLS')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_test_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('last_test_ok', models.BooleanField(blank=True, editable=False, null=True)),
-                ('last_test_error', models.TextField(blank=True, default='', editable=False)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "url",
+                    models.TextField(
+                        help_text="An Apprise URL (slack://…, mailto://…, json://…, ntfy://…). Never shown again after saving."
+                    ),
+                ),
+                ("url_hash", models.CharField(db_index=True, editable=False, max_length=64)),
+                (
+                    "redacted",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        editable=False,
+                        help_text="the URL, secrets hidden",
+                        max_length=500,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "is_default",
+                    models.BooleanField(
+                        default=True,
+                        help_text="Receives every alert (jobs can opt out of the defaults)",
+                    ),
+                ),
+                (
+                    "from_environment",
+                    models.BooleanField(
+                        default=False, editable=False, help_text="from OPSCONSOLE_ALERT_URLS"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_test_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("last_test_ok", models.BooleanField(blank=True, editable=False, null=True)),
+                ("last_test_error", models.TextField(blank=True, default="", editable=False)),
             ],
             options={
-                'ordering': ['name', 'id'],
+                "ordering": ["name", "id"],
             },
         ),
         migrations.CreateModel(
-            name='EngineCursor',
+            name="EngineCursor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('last_event_id', models.BigIntegerField(default=0)),
-                ('deferred', models.JSONField(blank=True, default=list)),
-                ('last_tick_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("last_event_id", models.BigIntegerField(default=0)),
+                ("deferred", models.JSONField(blank=True, default=list)),
+                ("last_tick_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Incident',
+            name="Incident",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(db_index=True, max_length=200)),
-                ('rule', models.CharField(choices=[('run_failed', 'run failed'), ('false_success', 'false success'), ('quota', 'quota hit'), ('late', 'late or missed'), ('stalled', 'stalled'), ('runtime', 'runtime outside the usual'), ('cost_run', 'run cost over budget'), ('cost_day', 'daily cost over budget'), ('leftovers', 'leftover processes'), ('collector_error', 'collector error'), ('monitor_silent', 'monitor silent'), ('test', 'test message')], max_length=32)),
-                ('host', models.CharField(blank=True, default='', max_length=255)),
-                ('session_id', models.UUIDField(blank=True, null=True)),
-                ('opened_at', models.DateTimeField()),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('summary', models.TextField(blank=True, default='')),
-                ('notified', models.BooleanField(default=False)),
-                ('notify_after', models.DateTimeField(blank=True, null=True)),
-                ('recovery_told', models.BooleanField(default=False)),
-                ('detail', models.JSONField(blank=True, default=dict)),
-                ('job', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='incidents', to='jobs_app.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(db_index=True, max_length=200)),
+                (
+                    "rule",
+                    models.CharField(
+                        choices=[
+                            ("run_failed", "run failed"),
+                            ("false_success", "false success"),
+                            ("quota", "quota hit"),
+                            ("late", "late or missed"),
+                            ("stalled", "stalled"),
+                            ("runtime", "runtime outside the usual"),
+                            ("cost_run", "run cost over budget"),
+                            ("cost_day", "daily cost over budget"),
+                            ("leftovers", "leftover processes"),
+                            ("collector_error", "collector error"),
+                            ("monitor_silent", "monitor silent"),
+                            ("test", "test message"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("host", models.CharField(blank=True, default="", max_length=255)),
+                ("session_id", models.UUIDField(blank=True, null=True)),
+                ("opened_at", models.DateTimeField()),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("summary", models.TextField(blank=True, default="")),
+                ("notified", models.BooleanField(default=False)),
+                ("notify_after", models.DateTimeField(blank=True, null=True)),
+                ("recovery_told", models.BooleanField(default=False)),
+                ("detail", models.JSONField(blank=True, default=dict)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="incidents",
+                        to="jobs_app.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-opened_at', '-id'],
+                "ordering": ["-opened_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Alert',
+            name="Alert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('rule', models.CharField(choices=[('run_failed', 'run failed'), ('false_success', 'false success'), ('quota', 'quota hit'), ('late', 'late or missed'), ('stalled', 'stalled'), ('runtime', 'runtime outside the usual'), ('cost_run', 'run cost over budget'), ('cost_day', 'daily cost over budget'), ('leftovers', 'leftover processes'), ('collector_error', 'collector error'), ('monitor_silent', 'monitor silent'), ('test', 'test message')], max_length=32)),
-                ('phase', models.CharField(choices=[('opened', 'opened'), ('resolved', 'resolved'), ('test', 'test')], max_length=16)),
-                ('host', models.CharField(blank=True, default='', max_length=255)),
-                ('session_id', models.UUIDField(blank=True, null=True)),
-                ('title', models.CharField(max_length=250)),
-                ('body', models.TextField()),
-                ('suppressed', models.CharField(blank=True, default='', max_length=64)),
-                ('job', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='alerts', to='jobs_app.job')),
-                ('incident', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='alerts', to='alerts_app.incident')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(db_index=True)),
+                (
+                    "rule",
+                    models.CharField(
+                        choices=[
+                            ("run_failed", "run failed"),
+                            ("false_success", "false success"),
+                            ("quota", "quota hit"),
+                            ("late", "late or missed"),
+                            ("stalled", "stalled"),
+                            ("runtime", "runtime outside the usual"),
+                            ("cost_run", "run cost over budget"),
+                            ("cost_day", "daily cost over budget"),
+                            ("leftovers", "leftover processes"),
+                            ("collector_error", "collector error"),
+                            ("monitor_silent", "monitor silent"),
+                            ("test", "test message"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                (
+                    "phase",
+                    models.CharField(
+                        choices=[("opened", "opened"), ("resolved", "resolved"), ("test", "test")],
+                        max_length=16,
+                    ),
+                ),
+                ("host", models.CharField(blank=True, default="", max_length=255)),
+                ("session_id", models.UUIDField(blank=True, null=True)),
+                ("title", models.CharField(max_length=250)),
+                ("body", models.TextField()),
+                ("suppressed", models.CharField(blank=True, default="", max_length=64)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="alerts",
+                        to="jobs_app.job",
+                    ),
+                ),
+                (
+                    "incident",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="alerts",
+                        to="alerts_app.incident",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='JobAlertSettings',
+            name="JobAlertSettings",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('use_default_channels', models.BooleanField(default=True)),
-                ('muted_until', models.DateTimeField(blank=True, null=True)),
-                ('alert_on_failure', models.BooleanField(default=True, help_text='failed, killed or refused on its last attempt')),
-                ('consecutive_failures', models.PositiveSmallIntegerField(default=1, help_text='Alert once this many runs in a row have failed')),
-                ('alert_on_false_success', models.BooleanField(default=True)),
-                ('alert_on_late', models.BooleanField(default=True)),
-                ('alert_on_stall', models.BooleanField(default=True)),
-                ('stall_minutes', models.FloatField(default=10, help_text='A live run idle (no transcript growth, no CPU) this long is stalled', validators=[django.core.validators.MinValueValidator(0.05)])),
-                ('alert_on_runtime', models.BooleanField(default=True)),
-                ('runtime_multiple', models.FloatField(default=3.0, help_text='Alert when a run takes longer than this times the median of the last 20')),
-                ('runtime_floor_seconds', models.PositiveIntegerField(blank=True, help_text='Alert when a successful run is shorter than this', null=True)),
-                ('cost_per_run_usd', models.DecimalField(blank=True, decimal_places=4, help_text='Budget of one run', max_digits=10, null=True, verbose_name='run budget (USD)')),
-                ('cost_per_day_usd', models.DecimalField(blank=True, decimal_places=4, help_text="Budget of a day's runs", max_digits=10, null=True, verbose_name='daily budget (USD)')),
-                ('stop_on_cost_cap', models.BooleanField(default=False, help_text='Stop a live run once its running cost passes the run budget')),
-                ('alert_on_leftovers', models.BooleanField(default=True)),
-                ('channels', models.ManyToManyField(blank=True, help_text="Also send this job's alerts here", related_name='jobs', to='alerts_app.channel')),
-                ('job', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='alert_settings', to='jobs_app.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("use_default_channels", models.BooleanField(default=True)),
+                ("muted_until", models.DateTimeField(blank=True, null=True)),
+                (
+                    "alert_on_failure",
+                    models.BooleanField(
+                        default=True, help_text="failed, killed or refused on its last attempt"
+                    ),
+                ),
+                (
+                    "consecutive_failures",
+                    models.PositiveSmallIntegerField(
+                        default=1, help_text="Alert once this many runs in a row have failed"
+                    ),
+                ),
+                ("alert_on_false_success", models.BooleanField(default=True)),
+                ("alert_on_late", models.BooleanField(default=True)),
+                ("alert_on_stall", models.BooleanField(default=True)),
+                (
+                    "stall_minutes",
+                    models.FloatField(
+                        default=10,
+                        help_text="A live run idle (no transcript growth, no CPU) this long is stalled",
+                        validators=[django.core.validators.MinValueValidator(0.05)],
+                    ),
+                ),
+                ("alert_on_runtime", models.BooleanField(default=True)),
+                (
+                    "runtime_multiple",
+                    models.FloatField(
+                        default=3.0,
+                        help_text="Alert when a run takes longer than this times the median of the last 20",
+                    ),
+                ),
+                (
+                    "runtime_floor_seconds",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Alert when a successful run is shorter than this",
+                        null=True,
+                    ),
+                ),
+                (
+                    "cost_per_run_usd",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=4,
+                        help_text="Budget of one run",
+                        max_digits=10,
+                        null=True,
+                        verbose_name="run budget (USD)",
+                    ),
+                ),
+                (
+                    "cost_per_day_usd",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=4,
+                        help_text="Budget of a day's runs",
+                        max_digits=10,
+                        null=True,
+                        verbose_name="daily budget (USD)",
+                    ),
+                ),
+                (
+                    "stop_on_cost_cap",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Stop a live run once its running cost passes the run budget",
+                    ),
+                ),
+                ("alert_on_leftovers", models.BooleanField(default=True)),
+                (
+                    "channels",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Also send this job's alerts here",
+                        related_name="jobs",
+                        to="alerts_app.channel",
+                    ),
+                ),
+                (
+                    "job",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="alert_settings",
+                        to="jobs_app.job",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'job alert settings',
-                'verbose_name_plural': 'job alert settings',
+                "verbose_name": "job alert settings",
+                "verbose_name_plural": "job alert settings",
             },
         ),
         migrations.CreateModel(
-            name='Delivery',
+            name="Delivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField()),
-                ('next_try_at', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('attempt_log', models.JSONField(blank=True, default=list)),
-                ('delivered_at', models.DateTimeField(blank=True, null=True)),
-                ('given_up_at', models.DateTimeField(blank=True, null=True)),
-                ('alert', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='alerts_app.alert')),
-                ('channel', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='alerts_app.channel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField()),
+                ("next_try_at", models.DateTimeField(blank=True, db_index=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("attempt_log", models.JSONField(blank=True, default=list)),
+                ("delivered_at", models.DateTimeField(blank=True, null=True)),
+                ("given_up_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "alert",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="alerts_app.alert",
+                    ),
+                ),
+                (
+                    "channel",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="alerts_app.channel",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'deliveries',
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['delivered_at', 'given_up_at', 'next_try_at'], name='alerts_app__deliver_fb0af9_idx')],
+                "verbose_name_plural": "deliveries",
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(
+                        fields=["delivered_at", "given_up_at", "next_try_at"],
+                        name="alerts_app__deliver_fb0af9_idx",
+                    )
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='incident',
-            index=models.Index(fields=['resolved_at', 'rule'], name='incident_open_rule'),
+            model_name="incident",
+            index=models.Index(fields=["resolved_at", "rule"], name="incident_open_rule"),
         ),
         migrations.AddConstraint(
-            model_name='incident',
-            constraint=models.UniqueConstraint(condition=models.Q(('resolved_at__isnull', True)), fields=('key',), name='incident_one_open_per_key'),
+            model_name="incident",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("resolved_at__isnull", True)),
+                fields=("key",),
+                name="incident_one_open_per_key",
+            ),
         ),
     ]
