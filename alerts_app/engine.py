@@ -771,7 +771,29 @@ def check_cost_cap(live, job, rules, now: datetime) -> None:
         detail={"running_cost_usd": float(running), "stopped": stopping},
     )
     if stopping:
+        # A stop waits out its grace period: on a thread, so the sample loop does not.
+        thread = threading.Thread(
+            target=_stop_for_cost_thread,
+            args=(live, job, running, budget),
+            name=f"cost-cap-{live.session_id[:8]}",
+            daemon=True,
+        )
+        _stop_threads[:] = [t for t in _stop_threads if t.ident is None or t.is_alive()]
+        _stop_threads.append(thread)
+        # After the incident is committed: the stop writes to the database too.
+        transaction.on_commit(thread.start)
+
+
+_stop_threads: list[threading.Thread] = []
+
+
+def _stop_for_cost_thread(live, job, running, budget) -> None:
+    try:
         stop_for_cost(live, job, running, budget)
+    except Exception:
+        log.exception("cost-cap stop of %s failed", live.session_id)
+    finally:
+        connection.close()
 
 
 def stop_for_cost(live, job, running, budget) -> None:

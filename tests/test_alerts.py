@@ -5,6 +5,7 @@ for json:// and a Mattermost/Slack-style incoming webhook, aiosmtpd for mailto:/
 from __future__ import annotations
 
 import logging
+import time as time_module
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -671,6 +672,7 @@ def test_cost_over_budget_per_run_and_per_day(webhook, monitor, job):
     assert "spent $2.6000 today, over its daily budget of $2.5000" in texts[1]
 
 
+@pytest.mark.django_db(transaction=True)  # the stop runs on a thread of its own
 def test_stop_on_cost_cap_stops_the_run(webhook, job, console_state, runs, settings):
     from tests.live_helpers import start_fake_run
 
@@ -694,7 +696,11 @@ def test_stop_on_cost_cap_stops_the_run(webhook, job, console_state, runs, setti
     engine.tick(T0, snapshot(T0, live))
     assert run.wrapper.poll() is None
     live.running_cost_usd = 1.7
+    started = time_module.monotonic()
     engine.tick(T0 + timedelta(seconds=2), snapshot(T0, live))
+    assert time_module.monotonic() - started < 1.0, "the tick waited for the stop"
+    for thread in engine._stop_threads:
+        thread.join(timeout=15)
     assert run.wrapper.wait(timeout=10) is not None
     assert run.agent.wait(timeout=10) is not None
     row = Session.objects.get(session_id=run.session_id)
