@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpResponseForbidden, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -22,19 +23,30 @@ from sessions_app.runs import find_run, live_runs, retry_chain
 from sessions_app.transcripts.tail import open_transcript
 
 
-def _live_context() -> dict:
-    snapshot = get_snapshot()
-    return {"snapshot": snapshot, "runs": live_runs(snapshot)}
+def _live_context(request) -> dict:
+    # ?host=NAME shows a reporting host's runs, ?host=all the whole fleet (monitor_app.fleet).
+    host = request.GET.get("host", "")[:255]
+    if host and host != settings.OPSCONSOLE_HOST:
+        from monitor_app.fleet import fleet
+
+        snapshot = fleet.snapshot(None if host == "all" else [host])
+    else:
+        host, snapshot = "", get_snapshot()
+    return {"snapshot": snapshot, "runs": live_runs(snapshot), "host_filter": host}
 
 
 @require_GET
 def live(request):
-    return render(request, "sessions_app/live.html", _live_context())
+    from monitor_app.models import HostSample
+
+    context = _live_context(request)
+    context["fleet_hosts"] = list(HostSample.objects.values_list("host", flat=True))
+    return render(request, "sessions_app/live.html", context)
 
 
 @require_GET
 def live_rows(request):
-    return render(request, "sessions_app/_live_section.html", _live_context())
+    return render(request, "sessions_app/_live_section.html", _live_context(request))
 
 
 def _run_or_404(session_id: str):

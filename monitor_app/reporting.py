@@ -1,0 +1,230 @@
+"""Report mode inside the monitor: what a sample owes the console, kept until acknowledged.
+
+Local mode (`Monitor.sync`) writes history into this host's database. Report mode
+writes nothing here: it notes what changed (runs started, sidecars whose owners
+are gone, unwrapped sessions that ended, leftovers), and each report carries it
+to the console with the sample. Spool files, sidecars of vanished runs and
+pending events stay on disk until the console's answer names them, so nothing
+is lost to a console restart or a network cut, and a monitor restart re-sends
+what was not acknowledged (the console records by session id and event key:
+twice changes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict
+from datetime import datetime
+
+from django.conf import settings
+
+from monitor_app import published
+from monitor_app.report import (
+    MAX_COMPLETIONS_PER_REPORT,
+    MAX_EVENTS_PER_REPORT,
+    REPORT_FORMAT,
+    ReportError,
+)
+from sessions_app.ingest import _move_aside, pending_spool_files
+from sessions_app.live import Snapshot
+from wrapper.formats import FormatError, Sidecar, read_spool_record
+
+log = logging.getLogger(__name__)
+
+
+class ReportState:
+    def __init__(self, monitor) -> None:
+        self.monitor = monitor
+        monitor.events.save()
+        self.states: dict[str, str] = {}  # session id -> state last reported live
+        self.gone: dict[str, Sidecar] = {}  # sidecars whose owners are gone, until acked
+        self.results: list[dict] = []  # outcomes of operator requests, until reported
+        self.results_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.last_error: ReportError | None = None
+        self.last_answer: dict | None = None
+        self.reports = 0
+
+    # ------------------------------------------------------------------ noting
+
+    def note(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None:
+        monitor = self.monitor
+        live_ids = set()
+        for live in snapshot.sessions:
+            live_ids.add(live.session_id)
+            before = self.states.get(live.session_id)
+            if before != live.state:
+                monitor.event_for_live(live, before, now)
+                self.states[live.session_id] = live.state
+        for session_id in [s for s in self.states if s not in live_ids]:
+            del self.states[session_id]
+        for sidecar in gone:
+            self.gone.setdefault(sidecar.session_id, sidecar)
+
+    # ------------------------------------------------------------------ reporting
+
+    def payload(self, snapshot: Snapshot, now: datetime) -> dict:
+        monitor = self.monitor
+        paths = monitor.paths
+        completions, rejected_here = [], 0
+        for path in pending_spool_files(paths)[:MAX_COMPLETIONS_PER_REPORT]:
+            try:
+                completions.append(asdict(read_spool_record(path)))
+            except FormatError as exc:
+                log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path, exc)
+                _move_aside(path, paths.spool / "rejected")
+                rejected_here += 1
+        shipped = {c["session_id"] for c in completions}
+        vanished = [
+            sidecar.to_dict()
+            for session_id, sidecar in self.gone.items()
+            if session_id not in shipped and not paths.spool_path(session_id).exists()
+        ]
+        snapshot.rejected_spool_files = rejected_here
+        document = published.build(snapshot, monitor.host, monitor.seq, os.getpid())
+        with self.results_lock:
+            results = list(self.results)
+        return {
+            "format": REPORT_FORMAT,
+            "host": monitor.host,
+            "monitor_version": published.MONITOR_VERSION,
+            "sent_at": now.isoformat(),
+            "sample": {
+                "seq": document.seq,
+                "taken_at": document.taken_at.isoformat(),
+                "interval_seconds": document.interval_seconds,
+                "sample_ms": document.sample_ms,
+                "monitor_pid": document.monitor_pid,
+                "etag": document.etag,
+                "api_document": document.api_document,
+                "state_document": document.state_document,
+            },
+            "completions": completions,
+            "vanished": vanished,
+            "endings": [
+                {
+                    "sidecar": e.sidecar.to_dict(),
+                    "status": e.status,
+                    "ended_at": e.ended_at.isoformat(),
+                }
+                for e in monitor.endings
+            ],
+            "leftovers": dict(monitor.leftover_writes),
+            "events": [asdict(e) for e in monitor.events.pending[:MAX_EVENTS_PER_REPORT]],
+            "action_results": results,
+        }
+
+    def report(self, snapshot: Snapshot, now: datetime) -> bool:
+        monitor = self.monitor
+        payload = self.payload(snapshot, now)
+        try:
+            answer = monitor.reporter.send(payload)
+        except ReportError as exc:
+            if self.last_error is None or str(self.last_error) != str(exc):
+                log.warning("report not taken (kept for the next one): %s", exc)
+            self.last_error = exc
+            snapshot.database_error = f"console: {exc}"
+            monitor.events.save()
+            return False
+        if self.last_error is not None:
+            log.info("console reachable again: pending history sent")
+        self.last_error, self.last_answer = None, answer
+        self.reports += 1
+        self.acknowledged(payload, answer.get("ack") or {})
+        for action in answer.get("actions") or []:
+            self.start_action(action, snapshot)
+        return True
+
+    def acknowledged(self, payload: dict, ack: dict) -> None:
+        monitor = self.monitor
+        paths = monitor.paths
+        recorded = set(ack.get("sessions") or [])
+        for record in payload["completions"]:
+            session_id = record["session_id"]
+            if session_id in recorded:
+                day = record["started_at"][:10] if record["started_at"][:4].isdigit() else "x"
+                _move_aside(paths.spool_path(session_id), paths.spool / "ingested" / day)
+        for session_id in ack.get("rejected") or []:
+            spool_file = paths.spool_path(str(session_id))
+            if spool_file.exists():
+                _move_aside(spool_file, paths.spool / "rejected")
+        for session_id in [s for s in self.gone if s in recorded]:
+            sidecar = self.gone.pop(session_id)
+            paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
+        monitor.endings = [e for e in monitor.endings if e.sidecar.session_id not in recorded]
+        for session_id, members in payload["leftovers"].items():
+            if monitor.leftover_writes.get(session_id) == members:
+                del monitor.leftover_writes[session_id]
+        monitor.events.acknowledge(set(ack.get("events") or []))
+        done = {r["id"] for r in payload["action_results"]}
+        with self.results_lock:
+            self.results = [r for r in self.results if r["id"] not in done]
+
+    # ------------------------------------------------------------------ requests
+
+    def start_action(self, action: dict, snapshot: Snapshot) -> None:
+        """An operator's request: carried out in a thread (a stop waits its grace period)."""
+        thread = threading.Thread(
+            target=self.carry_out, args=(action, snapshot), name="remote-action", daemon=True
+        )
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def carry_out(self, action: dict, snapshot: Snapshot) -> None:
+        from sessions_app.stopping import stop_leftovers, stop_session
+
+        monitor = self.monitor
+        session_id = str(action.get("session_id") or "")
+        actor = str(action.get("requested_by") or "console")[:150]
+        grace = settings.OPSCONSOLE_STOP_GRACE_SECONDS
+        result = {"id": action.get("id"), "ok": True, "terminated": [], "killed": []}
+        try:
+            if action.get("kind") == "stop":
+                live = snapshot.get(session_id)
+                if live is None:
+                    result["message"] = (
+                        f"nothing to stop: {session_id} is not live on {monitor.host}"
+                    )
+                else:
+                    outcome = stop_session(
+                        live, actor=actor, reason="stopped", grace=grace, on_record=False
+                    )
+                    result.update(
+                        ok=not outcome.errors,
+                        message=outcome.summary + "".join(f"; {e}" for e in outcome.errors),
+                        terminated=outcome.terminated,
+                        killed=outcome.killed,
+                    )
+            elif action.get("kind") == "kill_leftovers":
+                item = monitor.leftovers.get(session_id)
+                members = (
+                    [{"pid": pid, "started": started} for pid, started in item.members]
+                    if item
+                    else []
+                )
+                outcome = stop_leftovers(session_id, members, actor=actor, grace=grace)
+                if item is not None:
+                    item.term_sent_at = item.term_sent_at or snapshot.taken_at
+                    item.killed_by = actor
+                result.update(
+                    ok=not outcome.errors,
+                    message=outcome.summary
+                    if outcome.terminated
+                    else "no leftover process was running",
+                    terminated=outcome.terminated,
+                    killed=outcome.killed,
+                )
+            else:
+                result.update(ok=False, message=f"unknown request {action.get('kind')!r}")
+        except Exception as exc:  # the outcome is reported whatever happens
+            log.exception("request %s failed", action)
+            result.update(ok=False, message=f"{type(exc).__name__}: {exc}")
+        with self.results_lock:
+            self.results.append(result)
+
+    def stopped(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=settings.OPSCONSOLE_STOP_GRACE_SECONDS + 5)
+        self.monitor.events.save()

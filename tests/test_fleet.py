@@ -1,0 +1,297 @@
+"""Many hosts, one console: a monitor in report mode, the console's side, host tokens.
+
+The reporting monitor here runs in-process and posts through Django's test client
+(the console's real view and ingest); tests/test_fleet_hosts.py runs the same with
+real processes, PID namespaces and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from jobs_app.models import AuditEntry
+from monitor_app.fleet import check_silent_hosts, expire_actions
+from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
+from monitor_app.monitor import Monitor
+from monitor_app.report import Reporter, check_report_url
+from sessions_app.models import Session, Status
+from tests.conftest import PYTHON, REPO_ROOT
+from tests.live_helpers import start_fake_run
+from wrapper.formats import SpoolRecord, new_session_id, utc_now_iso, write_json_atomic
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def client_transport(client: Client):
+    """Post a report through the console's real view (no network needed)."""
+
+    def post(body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        extra = {"HTTP_AUTHORIZATION": headers["Authorization"]}
+        if "Content-Encoding" in headers:
+            extra["HTTP_CONTENT_ENCODING"] = headers["Content-Encoding"]
+        response = client.generic(
+            "POST", "/api/hosts/report", body, content_type="application/json", **extra
+        )
+        return response.status_code, response.content
+
+    return post
+
+
+@pytest.fixture
+def host_a(console_state, monkeypatch):
+    """A monitor reporting as host-a (its runs carry that host name) and its token."""
+    monkeypatch.setenv("OPSCONSOLE_HOST_NAME", "host-a")
+    _row, token = HostToken.issue("host-a")
+    monitor = Monitor(
+        host="host-a",
+        interval=1.0,
+        reporter=Reporter("http://127.0.0.1:1", token, transport=client_transport(Client())),
+    )
+    return monitor
+
+
+@pytest.fixture
+def staff(client):
+    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+    return client
+
+
+def spool_record(paths, host: str, tag: str = "nightly") -> SpoolRecord:
+    now = utc_now_iso()
+    record = SpoolRecord(
+        session_id=new_session_id(),
+        script_tag=tag,
+        platform="linux-test",
+        host=host,
+        attempt=1,
+        started_at=now,
+        ended_at=now,
+        end_reason="succeeded",
+        exit_code=0,
+        cost_usd=0.25,
+    )
+    paths.spool.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(paths.spool_path(record.session_id), asdict(record))
+    return record
+
+
+def report_once(monitor: Monitor):
+    snapshot = monitor.tick()
+    assert monitor.reporting.last_error is None, monitor.reporting.last_error
+    return snapshot
+
+
+def test_a_reporting_host_s_runs_appear_live_and_vanish_on_record(host_a, runs, staff):
+    run = start_fake_run(host_a_state(host_a), "remote-nightly")
+    runs.append(run)
+    report_once(host_a)
+    row = Session.objects.get(session_id=run.session_id)
+    assert (row.host, row.status) == ("host-a", Status.LIVE)
+    assert Event.objects.filter(kind=EventKind.RUN_STARTED, session_id=run.session_id).count() == 1
+    sample = HostSample.objects.get(host="host-a")
+    assert sample.reported and sample.received_at is not None
+    assert abs(sample.clock_skew_seconds) < 5
+
+    body = staff.get("/api/claude-active?host=host-a").json()
+    assert [s["session_id"] for s in body["sessions"]] == [run.session_id]
+    fleet = staff.get("/api/claude-active?host=all").json()
+    assert run.session_id in {s["session_id"] for s in fleet["sessions"]}
+    page = staff.get("/?host=host-a").content.decode()
+    assert run.session_id[:8] in page and "remote-nightly" in page
+    assert "remote-nightly" in staff.get(f"/sessions/{run.session_id}/").content.decode()
+    hosts = staff.get("/hosts/").content.decode()
+    assert 'data-host="host-a"' in hosts
+
+    run.kill_all()
+    report_once(host_a)
+    row.refresh_from_db()
+    assert (row.status, row.end_reason) == (Status.KILLED, "vanished")
+    assert not run.sidecar_file.exists(), "acknowledged: the sidecar leaves the host"
+    report_once(host_a)
+    assert Event.objects.filter(kind=EventKind.RUN_VANISHED, session_id=run.session_id).count() == 1
+
+
+def host_a_state(monitor: Monitor):
+    """The test's State (the monitor shares its paths)."""
+    from tests.conftest import State
+
+    paths = monitor.paths
+    config_dir = monitor.config_dirs[0]
+    return State(paths=paths, config_dir=config_dir, workdir=paths.home.parent / "work", env={})
+
+
+def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, console_state):
+    record = spool_record(console_state.paths, "host-a")
+    spool_file = console_state.paths.spool_path(record.session_id)
+    HostToken.objects.filter(host="host-a").update(revoked_at=datetime.now(UTC))
+    host_a.tick()
+    assert host_a.reporting.last_error is not None and host_a.reporting.last_error.status == 401
+    assert spool_file.exists(), "refused: the record stays in the spool"
+    assert not Session.objects.filter(session_id=record.session_id).exists()
+    pending_before = len(host_a.events.pending)
+    assert pending_before >= 0
+
+    _row, token = HostToken.issue("host-a")
+    host_a.reporter.token = token
+    report_once(host_a)
+    assert not spool_file.exists()
+    ingested = list((console_state.paths.spool / "ingested").rglob(f"{record.session_id}.json"))
+    assert len(ingested) == 1
+    session = Session.objects.get(session_id=record.session_id)
+    assert (session.status, session.host) == (Status.SUCCEEDED, "host-a")
+    assert host_a.events.pending == [], "every event acknowledged"
+
+    # The same report twice (an answer lost on the way back) changes nothing.
+    payload = host_a.reporting.payload(host_a.previous, datetime.now(UTC))
+    payload["completions"] = [asdict(record)]
+    events_before = Event.objects.count()
+    for _ in range(2):
+        host_a.reporter.send(payload)
+    assert Session.objects.filter(session_id=record.session_id).count() == 1
+    assert Event.objects.count() == events_before
+    assert Event.objects.filter(kind=EventKind.RUN_ENDED, session_id=record.session_id).count() == 1
+
+
+def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(host_a, console_state):
+    client = Client()
+    _row, token_b = HostToken.issue("host-b")
+    snapshot = host_a.tick()
+    payload = host_a.reporting.payload(snapshot, datetime.now(UTC))
+
+    def post(body: dict, token: str) -> int:
+        return client.post(
+            "/api/hosts/report",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {token}",
+        ).status_code
+
+    assert post(payload, token_b) == 403, "host-a's sample with host-b's token"
+    token_a = host_a.reporter.token
+    foreign = dict(payload, completions=[asdict(spool_record(console_state.paths, "host-b"))])
+    assert post(foreign, token_a) == 403, "a record naming host-b in host-a's report"
+    assert not Session.objects.filter(host="host-b").exists()
+    # A run host-b has on record cannot be rewritten by host-a, whatever the record says.
+    b_record = spool_record(console_state.paths, "host-b")
+    (console_state.paths.spool_path(b_record.session_id)).unlink()
+    assert post(dict(payload, host="host-b", completions=[asdict(b_record)]), token_b) == 403
+    assert post(payload, "oc_host_not-a-token") == 401
+    assert post(payload, token_a) == 200
+    HostToken.objects.get(host="host-b").revoke()
+    assert post(dict(payload, host="host-b"), token_b) == 401
+    anonymous = client.post("/api/hosts/report", "{}", content_type="application/json")
+    assert anonymous.status_code == 401
+
+
+def test_a_stop_requested_on_the_console_kills_the_run_on_its_host(host_a, runs, staff, settings):
+    settings.OPSCONSOLE_STOP_GRACE_SECONDS = 1.0
+    run = start_fake_run(host_a_state(host_a), "remote-stop")
+    runs.append(run)
+    report_once(host_a)
+    response = staff.post(f"/api/sessions/{run.session_id}/stop")
+    assert response.status_code == 202, response.content
+    action_id = response.json()["id"]
+    assert response.json()["state"] == "pending"
+
+    report_once(host_a)  # the answer hands the request over; the host acts on it
+    assert RemoteAction.objects.get(pk=action_id).state == RemoteAction.State.SENT
+    for thread in host_a.reporting.threads:
+        thread.join(timeout=10)
+    assert run.wrapper.wait(timeout=5) is not None
+    report_once(host_a)  # the outcome goes back with the next report
+    action = RemoteAction.objects.get(pk=action_id)
+    assert action.state == RemoteAction.State.DONE, action.message
+    assert "TERM" in action.message
+    assert staff.get(f"/api/hosts/actions/{action_id}").json()["state"] == "done"
+    assert AuditEntry.objects.filter(action="stop", actor="ops", target=run.session_id).exists()
+    run.kill_all()
+    report_once(host_a)
+    session = Session.objects.get(session_id=run.session_id)
+    assert (session.status, session.stopped_by) == (Status.KILLED, "ops")
+
+
+def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
+    now = datetime.now(UTC)
+    HostSample.objects.create(
+        host="host-c",
+        seq=7,
+        taken_at=now - timedelta(seconds=60),
+        received_at=now - timedelta(seconds=60),
+        interval_seconds=2.0,
+        sample_ms=1.0,
+        etag='"x"',
+        api_document=json.dumps({"host": "host-c", "sessions": [], "leftovers": []}),
+        state_document=json.dumps({"taken_at": now.isoformat(), "sessions": []}),
+        reported=True,
+    )
+    session = Session.objects.create(
+        session_id=new_session_id(),
+        script_tag="quiet",
+        platform="linux",
+        host="host-c",
+        attempt=1,
+        status=Status.LIVE,
+        started_at=now,
+    )
+    response = staff.post(f"/api/sessions/{session.session_id}/stop")
+    assert response.status_code == 202
+    assert check_silent_hosts(now) == ["host-c"]
+    check_silent_hosts(now + timedelta(seconds=5))
+    assert Event.objects.filter(kind=EventKind.MONITOR_SILENT, host="host-c").count() == 1
+    assert expire_actions(now) == 1
+    action = RemoteAction.objects.get()
+    assert action.state == RemoteAction.State.EXPIRED
+    assert "silent" in action.message and "never delivered" in action.message
+    page = staff.get("/hosts/").content.decode()
+    assert "silent" in page and "never delivered" in page
+    hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
+    assert hosts["host-c"]["silent"] is True
+
+
+def test_report_to_plain_http_is_refused_unless_loopback_or_insecure(state):
+    assert check_report_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert check_report_url("https://console.example")
+    with pytest.raises(ValueError, match="clear text"):
+        check_report_url("http://console.example")
+    assert check_report_url("http://console.example", insecure=True)
+    result = subprocess.run(
+        [PYTHON, "-m", "opsconsole.cli", "monitor", "--once", "--report-to", "http://10.1.2.3"],
+        env=dict(state.env, OPSCONSOLE_REPORT_TOKEN="oc_host_x"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "clear text" in result.stderr
+
+
+def test_monitor_once_exits_non_zero_when_the_console_refuses(console_server, state):
+    """The real command against `opsconsole serve`: a bad token is a failed health check."""
+    args = [PYTHON, "-m", "opsconsole.cli", "monitor", "--once", "--report-to", console_server.url]
+    env = dict(state.env, OPSCONSOLE_HOST_NAME="host-d", OPSCONSOLE_REPORT_TOKEN="oc_host_nope")
+    refused = subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    token = (
+        subprocess.run(
+            [PYTHON, "-m", "opsconsole.cli", "create_host_token", "host-d"],
+            env=console_server.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    env["OPSCONSOLE_REPORT_TOKEN"] = token
+    taken = subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert taken.returncode == 0, taken.stderr
+    hosts = {h["host"] for h in console_server.json("/api/hosts")["hosts"]}
+    assert "host-d" in hosts
