@@ -15,6 +15,7 @@ Loopback only, bounded by --duration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import http.cookiejar
 import json
@@ -48,7 +49,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "opsconsole.settings"
 os.environ.setdefault("DATABASE_URL", f"{PG}/{DATABASE}")
 os.environ["OPSCONSOLE_SCHEDULERS"] = "cron"
 os.environ["OPSCONSOLE_HOST_NAME"] = "console"
-PASSWORD = "bench-password-hosts"
+PASSWORD = "bench-password-hosts"  # noqa: S105 - a throwaway database's user
 
 import django  # noqa: E402
 
@@ -262,7 +263,8 @@ def login(base: str) -> urllib.request.OpenerDirector:
     data = urllib.parse.urlencode(
         {"username": "ops", "password": PASSWORD, "csrfmiddlewaretoken": token}
     ).encode()
-    opener.open(urllib.request.Request(base + "/login/", data=data, headers={"Referer": base}))
+    form = urllib.request.Request(base + "/login/", data=data, headers={"Referer": base})  # noqa: S310
+    opener.open(form)
     return opener
 
 
@@ -293,8 +295,8 @@ def main() -> None:
     get_user_model().objects.create_superuser("ops", password=PASSWORD)
     _row, api_token = ApiToken.issue(get_user_model().objects.get(username="ops"))
     hosts = [
-        SimulatedHost(f"host-{i:03d}", HostToken.issue(f"host-{i:03d}")[1], args.runs, args.interval)
-        for i in range(args.hosts)
+        SimulatedHost(name, HostToken.issue(name)[1], args.runs, args.interval)
+        for name in (f"host-{i:03d}" for i in range(args.hosts))
     ]
     from django.db import connections
 
@@ -324,12 +326,12 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(base + "/login/", timeout=2).read()
+                urllib.request.urlopen(base + "/login/", timeout=2).read()  # noqa: S310
                 break
             except OSError:
                 time.sleep(0.3)
         opener = login(base)
-        api_request = urllib.request.Request(
+        api_request = urllib.request.Request(  # noqa: S310 - loopback
             base + "/api/claude-active?host=all", headers={"Authorization": f"Bearer {api_token}"}
         )
 
@@ -337,7 +339,8 @@ def main() -> None:
         local = Connection()
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(lambda h: post_report(port, local, h), hosts))
-        live = len(json.loads(urllib.request.urlopen(api_request).read())["sessions"])
+        fleet_body = urllib.request.urlopen(api_request).read()  # noqa: S310
+        live = len(json.loads(fleet_body)["sessions"])
         page = opener.open(base + "/live/rows/?host=all").read().decode()
         shown = page.count("/sessions/")
         assert "host-000" in page or "job-" in page, "the fleet live page lists the runs"
@@ -351,7 +354,7 @@ def main() -> None:
         def poll_readers() -> None:
             while not stop.is_set():
                 began = time.perf_counter()
-                body = urllib.request.urlopen(api_request).read()
+                body = urllib.request.urlopen(api_request).read()  # noqa: S310
                 api_ms.append((time.perf_counter() - began) * 1000)
                 assert body
                 began = time.perf_counter()
@@ -380,10 +383,8 @@ def main() -> None:
                     elapsed, status = future.result()
                     latencies.append(elapsed)
                     statuses[status] = statuses.get(status, 0) + 1
-                try:
+                with contextlib.suppress(psutil.Error):
                     rss_peak = max(rss_peak, sum(p.memory_info().rss for p in tree(server.pid)))
-                except psutil.Error:
-                    pass
                 round_no += 1
         wall = time.monotonic() - began
         stop.set()
@@ -419,7 +420,7 @@ def main() -> None:
         quiet_api, quiet_page = [], []
         for _ in range(20):
             t0 = time.perf_counter()
-            urllib.request.urlopen(api_request).read()
+            urllib.request.urlopen(api_request).read()  # noqa: S310
             quiet_api.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
             opener.open(base + "/live/rows/?host=all").read()

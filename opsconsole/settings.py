@@ -219,3 +219,5 @@ OPSCONSOLE_KILL_LEFTOVERS = env_bool("OPSCONSOLE_KILL_LEFTOVERS", True)
 OPSCONSOLE_EVENT_RETENTION_DAYS = env_int("OPSCONSOLE_EVENT_RETENTION_DAYS", 90)
 # `opsconsole serve` runs the monitor beside the web server (0: run it yourself).
 OPSCONSOLE_SERVE_MONITOR = env_bool("OPSCONSOLE_SERVE_MONITOR", True)
+# The fleet live page (/?host=all) lists at most this many runs, the most recent first.
+OPSCONSOLE_FLEET_LIVE_ROWS = env_int("OPSCONSOLE_FLEET_LIVE_ROWS", 200)
