@@ -10,6 +10,8 @@ Every row a report touches is checked to belong to the token's host.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import threading
@@ -21,10 +23,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs_app.models import AuditEntry, Job
-from monitor_app import published
+from monitor_app import published, remote_transcripts
 from monitor_app.events import EventOutbox, PendingEvent
 from monitor_app.models import Event, EventKind, HostSample, RemoteAction
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
+from monitor_app.remote_transcripts import MAX_CHUNK_BYTES
 from sessions_app import ingest
 from sessions_app.live import Snapshot
 from sessions_app.models import LIVE_STATUSES, Session, Status
@@ -64,6 +67,7 @@ class Parsed:
     leftovers: dict[str, list]
     events: list[PendingEvent]
     results: list[dict]
+    transcripts: list[tuple[str, int, bytes]]
 
 
 def parse_report(payload: object, host: str) -> Parsed:
@@ -123,8 +127,28 @@ def parse_report(payload: object, host: str) -> Parsed:
         )
         events.append(event)
     results = [r for r in _list(payload, "action_results") if isinstance(r, dict)]
+    transcripts = []
+    for item in _list(payload, "transcripts"):
+        try:
+            session_id, offset = item["session_id"], item["offset"]
+            data = base64.b64decode(item["data"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ReportRejected(f"transcript chunk unreadable: {exc}", 400) from exc
+        _require(_is_uuid(session_id), "a transcript chunk names a session id")
+        _require(isinstance(offset, int) and offset >= 0, "a chunk's offset is a byte count")
+        _require(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
+        transcripts.append((session_id, offset, data))
     return Parsed(
-        sample, snapshot, completions, rejected, vanished, endings, leftovers, events, results
+        sample,
+        snapshot,
+        completions,
+        rejected,
+        vanished,
+        endings,
+        leftovers,
+        events,
+        results,
+        transcripts,
     )
 
 
@@ -158,6 +182,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     ids = [r.session_id for r in parsed.completions] + [s.session_id for s in parsed.vanished]
     ids += [s.session_id for s, _, _ in parsed.endings] + list(parsed.leftovers)
     ids += [live.session_id for live in parsed.snapshot.sessions]
+    ids += [session_id for session_id, _, _ in parsed.transcripts]
     foreign = (
         Session.objects.filter(session_id__in=[i for i in ids if _is_uuid(i)])
         .exclude(host=host)
@@ -196,16 +221,35 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
         close_lost_rows(parsed.snapshot, host, set(recorded), now)
     outbox.pending.extend(parsed.events)
     outbox.flush()
+    held = store_transcripts(parsed, host, recorded)
     return {
         "ok": True,
         "ack": {
             "sessions": recorded,
             "rejected": parsed.rejected,
             "events": [e.dedupe_key for e in parsed.events],
+            "transcripts": held,
         },
         "actions": deliver_actions(host, now),
         "received_at": received_at.isoformat(),
     }
+
+
+def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[str, int]:
+    """New transcript bytes into the console's copy; the Session row points at it, so the
+    session page, tail and Range follower read it as an archived transcript."""
+    held = {}
+    for session_id, offset, data in parsed.transcripts:
+        if not Session.objects.filter(session_id=session_id, host=host).exists():
+            continue  # no row yet: the host sends it again with the next report
+        held[session_id] = remote_transcripts.append_chunk(host, session_id, offset, data)
+    for session_id in set(held) | set(recorded):
+        path = remote_transcripts.local_path(host, session_id)
+        if path is not None:
+            Session.objects.filter(session_id=session_id, host=host).exclude(
+                archive_path=path
+            ).update(archive_path=path)
+    return held
 
 
 def _is_uuid(value: object) -> bool:
@@ -405,20 +449,30 @@ def last_heard(sample: HostSample) -> datetime:
     return sample.received_at or sample.taken_at
 
 
-def is_silent(sample: HostSample, now: datetime | None = None) -> bool:
+def is_silent(
+    sample: HostSample, now: datetime | None = None, since: datetime | None = None
+) -> bool:
     now = now or datetime.now(UTC)
     limit = SILENT_INTERVALS * max(sample.interval_seconds, 0.5)
-    return (now - last_heard(sample)).total_seconds() > limit
+    heard = last_heard(sample) if since is None else max(last_heard(sample), since)
+    return (now - heard).total_seconds() > limit
 
 
-def check_silent_hosts(now: datetime | None = None) -> list[str]:
-    """A monitor_silent event once per silence (keyed by the last sample's seq)."""
+def check_silent_hosts(
+    now: datetime | None = None, watching_since: datetime | None = None
+) -> list[str]:
+    """A monitor_silent event once per silence (keyed by the last sample's seq).
+
+    `watching_since`: when the console's monitor started. A host is not called silent
+    for the time the console itself was down (its reports could not arrive)."""
     now = now or timezone.now()
     silent = []
     rows = HostSample.objects.only("host", "seq", "taken_at", "received_at", "interval_seconds")
     events = []
     for sample in rows:
         if not is_silent(sample, now):
+            continue
+        if watching_since is not None and not is_silent(sample, now, since=watching_since):
             continue
         silent.append(sample.host)
         heard = last_heard(sample)

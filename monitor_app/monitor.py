@@ -43,6 +43,7 @@ ACTIVE_CPU_PERCENT = 1.0
 # was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
+HOSTS_STARTUP_GRACE = timedelta(seconds=15)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Monitor:
         self.next_prune: datetime | None = None
         self.database_ok = True
         self.watchdog_thread: threading.Thread | None = None
+        self.watching_since = datetime.now(UTC)
         # Report mode (monitor_app.report.Reporter): no database here; history goes to
         # the console with each sample and leaves this host once acknowledged.
         self.reporter = reporter
@@ -545,7 +547,8 @@ class Monitor:
             # Reporting hosts fall silent and requests to them expire without anyone looking.
             from monitor_app.fleet import check_silent_hosts, expire_actions
 
-            check_silent_hosts(now)
+            # Hosts get a moment after a (re)start: the web workers may still be booting.
+            check_silent_hosts(now, watching_since=self.watching_since + HOSTS_STARTUP_GRACE)
             expire_actions(now)
         if self.next_prune is None or now >= self.next_prune:
             self.next_prune = now + PRUNE_EVERY

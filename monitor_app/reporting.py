@@ -12,6 +12,7 @@ twice changes nothing).
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from datetime import datetime
 from django.conf import settings
 
 from monitor_app import published
+from monitor_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
 from monitor_app.report import (
     MAX_COMPLETIONS_PER_REPORT,
     MAX_EVENTS_PER_REPORT,
@@ -46,6 +48,8 @@ class ReportState:
         self.last_error: ReportError | None = None
         self.last_answer: dict | None = None
         self.reports = 0
+        # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
+        self.transcripts: dict[str, list] = {}
 
     # ------------------------------------------------------------------ noting
 
@@ -60,8 +64,46 @@ class ReportState:
                 self.states[live.session_id] = live.state
         for session_id in [s for s in self.states if s not in live_ids]:
             del self.states[session_id]
+        self.follow_transcripts(snapshot, live_ids)
         for sidecar in gone:
             self.gone.setdefault(sidecar.session_id, sidecar)
+
+    def follow_transcripts(self, snapshot: Snapshot, live_ids: set[str]) -> None:
+        from sessions_app import transcript_store
+
+        for live in snapshot.sessions:
+            if live.session_id not in self.transcripts:
+                path = transcript_store.find_live_transcript(live.sidecar)
+                if path is not None:
+                    self.transcripts[live.session_id] = [path, 0, True]
+        for session_id, follow in self.transcripts.items():
+            follow[2] = session_id in live_ids
+
+    def transcript_chunks(self) -> list[dict]:
+        """New bytes of each followed transcript, from what the console holds (bounded)."""
+        budget = MAX_REPORT_TRANSCRIPT_BYTES
+        chunks = []
+        for session_id, (path, offset, _live) in list(self.transcripts.items()):
+            if budget <= 0:
+                break
+            try:
+                size = path.stat().st_size
+                if size <= offset:
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read(min(MAX_CHUNK_BYTES, budget, size - offset))
+            except OSError:
+                continue
+            budget -= len(data)
+            chunks.append(
+                {
+                    "session_id": session_id,
+                    "offset": offset,
+                    "data": base64.b64encode(data).decode(),
+                }
+            )
+        return chunks
 
     # ------------------------------------------------------------------ reporting
 
@@ -114,6 +156,7 @@ class ReportState:
             "leftovers": dict(monitor.leftover_writes),
             "events": [asdict(e) for e in monitor.events.pending[:MAX_EVENTS_PER_REPORT]],
             "action_results": results,
+            "transcripts": self.transcript_chunks(),
         }
 
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
@@ -158,6 +201,18 @@ class ReportState:
             if monitor.leftover_writes.get(session_id) == members:
                 del monitor.leftover_writes[session_id]
         monitor.events.acknowledge(set(ack.get("events") or []))
+        for session_id, held in (ack.get("transcripts") or {}).items():
+            follow = self.transcripts.get(session_id)
+            if follow is not None and isinstance(held, int):
+                follow[1] = held
+        for session_id, (path, held, live) in list(self.transcripts.items()):
+            if not live and session_id not in self.gone:
+                try:
+                    done = held >= path.stat().st_size
+                except OSError:
+                    done = True
+                if done:  # ended and all of it shipped
+                    del self.transcripts[session_id]
         done = {r["id"] for r in payload["action_results"]}
         with self.results_lock:
             self.results = [r for r in self.results if r["id"] not in done]

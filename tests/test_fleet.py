@@ -11,6 +11,7 @@ import json
 import subprocess
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -295,3 +296,48 @@ def test_monitor_once_exits_non_zero_when_the_console_refuses(console_server, st
     assert taken.returncode == 0, taken.stderr
     hosts = {h["host"] for h in console_server.json("/api/hosts")["hosts"]}
     assert "host-d" in hosts
+
+
+def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs, staff):
+    from monitor_app import remote_transcripts
+
+    first = b'{"type":"user","message":{"role":"user","content":"audit the remote logs"}}\n'
+    run = start_fake_run(host_a_state(host_a), "remote-transcript", transcript_lines=[first])
+    runs.append(run)
+    report_once(host_a)
+    tail = staff.get(f"/api/claude-jsonl/{run.session_id}")
+    assert tail.status_code == 200 and b"audit the remote logs" in b"".join(tail)
+    assert "audit the remote logs" in staff.get(f"/sessions/{run.session_id}/").content.decode()
+    stored = remote_transcripts.local_path("host-a", run.session_id)
+    assert stored and Path(stored).read_bytes() == first
+
+    # New bytes follow from the acknowledged offset; a follower's Range gets only them.
+    second = b'{"type":"user","message":{"role":"user","content":"second line"}}\n'
+    with run.transcript.open("ab") as handle:
+        handle.write(second)
+    report_once(host_a)
+    follow = staff.get(f"/api/claude-jsonl/{run.session_id}", HTTP_RANGE=f"bytes={len(first)}-")
+    assert follow.status_code == 206 and b"".join(follow) == second
+
+    # Bounded per post: a large transcript arrives over several reports, byte for byte.
+    big = b"".join(
+        b'{"type":"user","message":{"role":"user","content":"%06d"}}\n' % i for i in range(9000)
+    )
+    with run.transcript.open("ab") as handle:
+        handle.write(big)
+    payload = host_a.reporting.payload(host_a.previous, datetime.now(UTC))
+    assert sum(len(c["data"]) for c in payload["transcripts"]) <= 4 * 256 * 1024 // 3 + 8
+    for _ in range(6):
+        report_once(host_a)
+    assert Path(stored).read_bytes() == run.transcript.read_bytes()
+
+    # A monitor restarted from offset 0 makes no duplicate: the console says what it holds.
+    host_a.reporting.transcripts[run.session_id][1] = 0
+    report_once(host_a)
+    report_once(host_a)
+    assert Path(stored).read_bytes() == run.transcript.read_bytes()
+    run.kill_all()
+    report_once(host_a)
+    session = Session.objects.get(session_id=run.session_id)
+    assert session.archive_path == stored
+    assert b"008999" in b"".join(staff.get(f"/api/claude-jsonl/{run.session_id}"))

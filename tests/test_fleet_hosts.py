@@ -279,6 +279,11 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
             ),
         )
         assert detail["host"] == name and detail["live"] is True
+        # Its transcript, shipped with the reports, followed through the console.
+        eventually(
+            lambda n=name: console.request(f"/api/claude-jsonl/{by_host[n]['session_id']}"),
+            lambda r, n=name: r[0] == 200 and f"sleep 6{n[-1]}".encode() in r[1],
+        )
     assert console.json("/api/claude-active?host=h3")["sessions"][0]["script_tag"] == "long-h3"
 
     # A token for h1 cannot write h2's rows.
