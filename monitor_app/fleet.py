@@ -192,7 +192,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     if foreign is not None:
         raise ReportRejected(f"session {foreign} is on record for another host", 403)
 
-    write_sample(parsed.sample, host, payload.get("monitor_version", ""), received_at)
+    write_sample(parsed, host, payload.get("monitor_version", ""), received_at)
     now = received_at
     for result in parsed.results:
         finish_action(result, host, now)
@@ -258,18 +258,27 @@ def _is_uuid(value: object) -> bool:
     return isinstance(value, str) and is_session_id(value)
 
 
-def write_sample(sample: dict, host: str, version: object, received_at: datetime) -> None:
-    taken_at = parse_iso(sample["taken_at"])
+def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> None:
+    """The host's HostSample row. Both documents are rebuilt here from the checked
+    snapshot: what the console serves is what it validated (no session of another host,
+    its own URLs), never the host's bytes as sent."""
+    sample = parsed.sample
+    snapshot = parsed.snapshot
+    snapshot.interval_seconds = float(sample["interval_seconds"])
+    pid = sample.get("monitor_pid")
+    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    document = published.build(snapshot, host, int(sample["seq"]), pid)
+    taken_at = document.taken_at
     values = {
-        "seq": int(sample["seq"]),
+        "seq": document.seq,
         "taken_at": taken_at,
-        "interval_seconds": float(sample["interval_seconds"]),
-        "sample_ms": float(sample.get("sample_ms") or 0.0),
-        "monitor_pid": pid if isinstance(pid := sample.get("monitor_pid"), int) else None,
+        "interval_seconds": document.interval_seconds,
+        "sample_ms": document.sample_ms,
+        "monitor_pid": pid,
         "monitor_version": str(version)[:32],
-        "etag": str(sample.get("etag") or "")[:64],
-        "api_document": sample["api_document"],
-        "state_document": sample["state_document"],
+        "etag": document.etag,
+        "api_document": document.api_document,
+        "state_document": document.state_document,
         "received_at": received_at,
         "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
         "reported": True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,6 +184,17 @@ def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(hos
     b_record = spool_record(console_state.paths, "host-b")
     (console_state.paths.spool_path(b_record.session_id)).unlink()
     assert post(dict(payload, host="host-b", completions=[asdict(b_record)]), token_b) == 403
+    # A live session of host-b slipped into host-a's sample is refused too.
+    state = json.loads(payload["sample"]["state_document"])
+    smuggled = start_fake_run(host_a_state(host_a), "smuggled")
+    try:
+        sidecar = dict(smuggled.sidecar.to_dict(), host="host-b")
+        state["sessions"] = [{"sidecar": sidecar, "state": "live", "processes": []}]
+        sample = dict(payload["sample"], state_document=json.dumps(state))
+        assert post(dict(payload, sample=sample), token_a) == 403
+    finally:
+        smuggled.kill_all()
+    assert not Session.objects.filter(session_id=smuggled.session_id).exists()
     assert post(payload, "oc_host_not-a-token") == 401
     assert post(payload, token_a) == 200
     HostToken.objects.get(host="host-b").revoke()
@@ -254,6 +266,9 @@ def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     assert "silent" in page and "never delivered" in page
     hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
     assert hosts["host-c"]["silent"] is True
+    anonymous = Client()
+    assert anonymous.get("/hosts/").status_code == 302
+    assert anonymous.get("/api/hosts").status_code == 401
 
 
 def test_report_to_plain_http_is_refused_unless_loopback_or_insecure(state):
@@ -341,3 +356,18 @@ def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs,
     session = Session.objects.get(session_id=run.session_id)
     assert session.archive_path == stored
     assert b"008999" in b"".join(staff.get(f"/api/claude-jsonl/{run.session_id}"))
+
+
+def test_the_fleet_live_page_lists_the_most_recent_runs_up_to_its_cap(
+    host_a, runs, staff, settings
+):
+    settings.OPSCONSOLE_FLEET_LIVE_ROWS = 1
+    for tag in ("older-run", "newer-run"):
+        runs.append(start_fake_run(host_a_state(host_a), tag))
+        time.sleep(1.1)  # started_at has second resolution
+    report_once(host_a)
+    page = staff.get("/?host=all").content.decode()
+    assert "Showing the 1 most recent of 2 live runs" in page
+    assert "newer-run" in page and "older-run" not in page
+    host_page = staff.get("/?host=host-a").content.decode()
+    assert "newer-run" in host_page and "older-run" in host_page
