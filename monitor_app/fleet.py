@@ -68,6 +68,7 @@ class Parsed:
     events: list[PendingEvent]
     results: list[dict]
     transcripts: list[tuple[str, int, bytes]]
+    jobs: list | None = None
 
 
 def parse_report(payload: object, host: str) -> Parsed:
@@ -138,18 +139,47 @@ def parse_report(payload: object, host: str) -> Parsed:
         _require(isinstance(offset, int) and offset >= 0, "a chunk's offset is a byte count")
         _require(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
         transcripts.append((session_id, offset, data))
+    jobs = parse_jobs(payload.get("jobs"), host)
     return Parsed(
-        sample,
-        snapshot,
-        completions,
-        rejected,
-        vanished,
-        endings,
-        leftovers,
-        events,
-        results,
-        transcripts,
+        jobs=jobs,
+        sample=sample,
+        snapshot=snapshot,
+        completions=completions,
+        rejected=rejected,
+        vanished=vanished,
+        endings=endings,
+        leftovers=leftovers,
+        events=events,
+        results=results,
+        transcripts=transcripts,
     )
+
+
+def parse_jobs(value: object, host: str):
+    """A host's latest scheduler collection (jobs_app collectors, run on the host)."""
+    from jobs_app.collectors.base import CollectedJob, Collection
+
+    if value is None:
+        return None
+    _require(isinstance(value, list), "jobs is a list of collections")
+    collections = []
+    for item in value:
+        try:
+            collection = Collection(
+                scheduler=str(item["scheduler"])[:16],
+                errors=[str(e)[:500] for e in item.get("errors") or []],
+            )
+            for job in item.get("jobs") or []:
+                found = CollectedJob(**job)
+                for name in ("next_run_at", "previous_run_at"):
+                    raw = getattr(found, name)
+                    setattr(found, name, parse_iso(raw) if raw else None)
+                _check_host(found.host, host, f"job {found.label}")
+                collection.jobs.append(found)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportRejected(f"job collection unreadable: {exc}", 400) from exc
+        collections.append(collection)
+    return collections
 
 
 def _list(payload: dict, name: str) -> list:
@@ -219,6 +249,10 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     ingest.record_live(parsed.snapshot.sessions)
     if parsed.snapshot.active_dir_error is None:
         close_lost_rows(parsed.snapshot, host, set(recorded), now)
+    if parsed.jobs is not None:
+        from jobs_app.status import record_collections
+
+        record_collections(parsed.jobs, now, host=host)
     outbox.pending.extend(parsed.events)
     outbox.flush()
     held = store_transcripts(parsed, host, recorded)

@@ -16,6 +16,7 @@ import base64
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict
 from datetime import datetime
 
@@ -48,6 +49,9 @@ class ReportState:
         self.last_error: ReportError | None = None
         self.last_answer: dict | None = None
         self.reports = 0
+        self.jobs: list[dict] | None = None  # the latest collection, until reported
+        self.known_labels: dict[str, set[str]] = {}
+        self.next_collect = 0.0
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
 
@@ -64,9 +68,40 @@ class ReportState:
                 self.states[live.session_id] = live.state
         for session_id in [s for s in self.states if s not in live_ids]:
             del self.states[session_id]
-        self.follow_transcripts(snapshot, live_ids)
         for sidecar in gone:
             self.gone.setdefault(sidecar.session_id, sidecar)
+        self.follow_transcripts(snapshot, live_ids)
+        if monitor.cadences and time.monotonic() >= self.next_collect:
+            self.next_collect = time.monotonic() + settings.OPSCONSOLE_COLLECT_SECONDS
+            self.collect_jobs(now)
+
+    def collect_jobs(self, now: datetime) -> None:
+        """This host's scheduler jobs, for the console to record under this host."""
+        from jobs_app.collectors import collect_all
+
+        try:
+            collections = collect_all(now, self.known_labels)
+        except Exception:  # a collector bug must not stop sampling
+            log.exception("job collection failed")
+            return
+        self.jobs = []
+        for collection in collections:
+            for job in collection.jobs:
+                job.host = self.monitor.host  # the name this host reports under
+            self.known_labels[collection.scheduler] = {j.label for j in collection.jobs}
+            self.jobs.append(
+                {
+                    "scheduler": collection.scheduler,
+                    "errors": collection.errors,
+                    "jobs": [
+                        {
+                            k: v.isoformat() if isinstance(v, datetime) else v
+                            for k, v in asdict(job).items()
+                        }
+                        for job in collection.jobs
+                    ],
+                }
+            )
 
     def follow_transcripts(self, snapshot: Snapshot, live_ids: set[str]) -> None:
         from sessions_app import transcript_store
@@ -157,6 +192,7 @@ class ReportState:
             "events": [asdict(e) for e in monitor.events.pending[:MAX_EVENTS_PER_REPORT]],
             "action_results": results,
             "transcripts": self.transcript_chunks(),
+            "jobs": self.jobs,
         }
 
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
@@ -201,6 +237,8 @@ class ReportState:
             if monitor.leftover_writes.get(session_id) == members:
                 del monitor.leftover_writes[session_id]
         monitor.events.acknowledge(set(ack.get("events") or []))
+        if payload["jobs"] is self.jobs:
+            self.jobs = None
         for session_id, held in (ack.get("transcripts") or {}).items():
             follow = self.transcripts.get(session_id)
             if follow is not None and isinstance(held, int):

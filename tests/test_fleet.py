@@ -8,6 +8,7 @@ real processes, PID namespaces and PostgreSQL.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from dataclasses import asdict
@@ -371,3 +372,24 @@ def test_the_fleet_live_page_lists_the_most_recent_runs_up_to_its_cap(
     assert "newer-run" in page and "older-run" not in page
     host_page = staff.get("/?host=host-a").content.decode()
     assert "newer-run" in host_page and "older-run" in host_page
+
+
+def test_a_reporting_host_s_scheduler_jobs_are_recorded_under_it(
+    host_a, staff, settings, tmp_path, monkeypatch
+):
+    from jobs_app.models import Job
+
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "crontab").write_text(
+        "#!/bin/sh\necho '*/5 * * * * /usr/bin/python3 -m wrapper --tag remote-cron -- -p hello'\n"
+    )
+    (fake_bin / "crontab").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    settings.OPSCONSOLE_SCHEDULERS = ["cron"]
+    report_once(host_a)
+    job = Job.objects.get(host="host-a", command__contains="remote-cron")
+    assert job.scheduler == "cron" and job.present
+    hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
+    assert hosts["host-a"]["jobs"] >= 1
+    assert host_a.reporting.jobs is None, "the collection was acknowledged"

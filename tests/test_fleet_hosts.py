@@ -240,6 +240,7 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
             OPSCONSOLE_CLAUDE_BIN=str(real_claude_bin),
             OPSCONSOLE_SAMPLE_SECONDS="1",
             OPSCONSOLE_STOP_GRACE_SECONDS="2",
+            OPSCONSOLE_SCHEDULERS="cron",
             DJANGO_SETTINGS_MODULE="opsconsole.settings",
             WORKDIR=str(work),
         )
