@@ -15,7 +15,7 @@ import binascii
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -69,6 +69,8 @@ class Parsed:
     results: list[dict]
     transcripts: list[tuple[str, int, bytes]]
     jobs: list | None = None
+    stops: list[dict] = field(default_factory=list)
+    audits: list[dict] = field(default_factory=list)
 
 
 def parse_report(payload: object, host: str) -> Parsed:
@@ -140,7 +142,13 @@ def parse_report(payload: object, host: str) -> Parsed:
         _require(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
         transcripts.append((session_id, offset, data))
     jobs = parse_jobs(payload.get("jobs"), host)
+    stops = [
+        s for s in _list(payload, "stops") if isinstance(s, dict) and _is_uuid(s.get("session_id"))
+    ]
+    audits = [a for a in _list(payload, "audits") if isinstance(a, dict)]
     return Parsed(
+        stops=stops,
+        audits=audits,
         jobs=jobs,
         sample=sample,
         snapshot=snapshot,
@@ -213,6 +221,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     ids += [s.session_id for s, _, _ in parsed.endings] + list(parsed.leftovers)
     ids += [live.session_id for live in parsed.snapshot.sessions]
     ids += [session_id for session_id, _, _ in parsed.transcripts]
+    ids += [stop["session_id"] for stop in parsed.stops]
     foreign = (
         Session.objects.filter(session_id__in=[i for i in ids if _is_uuid(i)])
         .exclude(host=host)
@@ -226,6 +235,16 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     now = received_at
     for result in parsed.results:
         finish_action(result, host, now)
+    for stop in parsed.stops:
+        # The host's watchdog is stopping it: on record before its completion record.
+        Session.objects.filter(
+            session_id=stop["session_id"], host=host, status__in=LIVE_STATUSES
+        ).update(
+            stopped_by=str(stop.get("actor") or "watchdog")[:150],
+            end_reason=str(stop.get("reason") or "watchdog")[:32],
+        )
+    for audit in parsed.audits:
+        record_host_audit(audit, host)
     for record in parsed.completions:
         session = ingest.record_completion(record)
         add_end_event(outbox, session, now)
@@ -265,6 +284,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
             "transcripts": held,
         },
         "actions": deliver_actions(host, now),
+        "policy": host_policy(host),
         "received_at": received_at.isoformat(),
     }
 
@@ -284,6 +304,46 @@ def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[st
                 archive_path=path
             ).update(archive_path=path)
     return held
+
+
+def record_host_audit(audit: dict, host: str) -> None:
+    """What a host's own rules did (the watchdog, the leftover rule), in the audit log."""
+    from jobs_app.linking import job_id_for
+
+    tag = str(audit.get("script_tag") or "")
+    detail = audit.get("detail") if isinstance(audit.get("detail"), dict) else {}
+    AuditEntry.objects.create(
+        actor=str(audit.get("actor") or "watchdog")[:150],
+        action=str(audit.get("action") or "")[:32],
+        job_id=job_id_for(host, tag) if tag else None,
+        target=str(audit.get("target") or "")[:2000],
+        ok=bool(audit.get("ok")),
+        output=str(audit.get("output") or "")[-20_000:],
+        detail={**detail, "host": host},
+    )
+
+
+def host_policy(host: str) -> dict:
+    """The console's rules for a host's runs: per tag, its job's time limit and
+    leftover rule, and the defaults for runs of no job."""
+    from jobs_app.linking import job_index
+
+    ids = {job_id for (job_host, _tag), job_id in job_index().items() if job_host == host}
+    jobs = Job.objects.in_bulk(ids) if ids else {}
+    tags = {}
+    for (job_host, tag), job_id in job_index().items():
+        job = jobs.get(job_id)
+        if job_host == host and job is not None:
+            tags[tag] = {
+                "max_runtime_minutes": job.max_runtime_minutes,
+                "kill_leftovers": job.kill_leftovers,
+            }
+    return {
+        "default_max_runtime_minutes": settings.OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES,
+        "kill_leftovers": settings.OPSCONSOLE_KILL_LEFTOVERS,
+        "leftover_grace_seconds": settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS,
+        "tags": tags,
+    }
 
 
 def _is_uuid(value: object) -> bool:

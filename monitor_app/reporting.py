@@ -15,10 +15,11 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 
@@ -52,6 +53,13 @@ class ReportState:
         self.jobs: list[dict] | None = None  # the latest collection, until reported
         self.known_labels: dict[str, set[str]] = {}
         self.next_collect = 0.0
+        # The console's rules for this host (job time limits, leftover rule), from its
+        # latest answer; this host's watchdog and leftover rule wait until it is known.
+        self.policy: dict | None = None
+        self.next_watchdog = 0.0
+        self.stopping: set[str] = set()
+        self.stops: list[dict] = []  # runs the watchdog is stopping, until reported
+        self.audits: list[dict] = []  # what the host's rules did, until reported
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
 
@@ -74,6 +82,99 @@ class ReportState:
         if monitor.cadences and time.monotonic() >= self.next_collect:
             self.next_collect = time.monotonic() + settings.OPSCONSOLE_COLLECT_SECONDS
             self.collect_jobs(now)
+        if self.policy is not None and monitor.cadences:
+            if time.monotonic() >= self.next_watchdog:
+                self.next_watchdog = time.monotonic() + settings.OPSCONSOLE_WATCHDOG_SECONDS
+                self.watchdog(snapshot, now)
+            self.leftover_rule(now)
+
+    def rule_for(self, tag: str) -> dict:
+        return (self.policy or {}).get("tags", {}).get(tag, {})
+
+    def watchdog(self, snapshot: Snapshot, now: datetime) -> None:
+        """Runs past their job's limit (the console's), stopped here as on a console."""
+        default = self.policy.get("default_max_runtime_minutes", 45)
+        for live in snapshot.sessions:
+            if live.session_id in self.stopping:
+                continue
+            minutes = self.rule_for(live.sidecar.script_tag).get("max_runtime_minutes", default)
+            runtime = now - live.started_at
+            if runtime <= timedelta(minutes=minutes):
+                continue
+            self.stopping.add(live.session_id)
+            self.stops.append(
+                {"session_id": live.session_id, "actor": "watchdog", "reason": "watchdog"}
+            )
+            detail = {"runtime_minutes": int(runtime.total_seconds() // 60), "limit": minutes}
+            thread = threading.Thread(
+                target=self.stop_overdue, args=(live, detail), name="watchdog", daemon=True
+            )
+            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def stop_overdue(self, live, detail: dict) -> None:
+        from sessions_app.stopping import stop_session
+
+        outcome = stop_session(
+            live,
+            actor="watchdog",
+            reason="watchdog",
+            grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS,
+            on_record=False,
+        )
+        with self.results_lock:
+            self.audits.append(
+                {
+                    "actor": "watchdog",
+                    "action": "stop",
+                    "target": live.session_id,
+                    "script_tag": live.sidecar.script_tag,
+                    "ok": not outcome.errors,
+                    "output": "\n".join(outcome.errors),
+                    "detail": {
+                        **detail,
+                        "terminated": outcome.terminated,
+                        "killed": outcome.killed,
+                    },
+                }
+            )
+
+    def leftover_rule(self, now: datetime) -> None:
+        """TERM a run's leftovers after the grace period, KILL a stop-grace later."""
+        from sessions_app.stopping import kill_leftover_processes
+
+        grace = timedelta(seconds=self.policy.get("leftover_grace_seconds", 120))
+        stop_grace = timedelta(seconds=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
+        for item in list(self.monitor.leftovers.values()):
+            if now - item.ended_at < grace:
+                continue
+            if item.term_sent_at is not None and now - item.term_sent_at < stop_grace:
+                continue
+            rule = self.rule_for(item.script_tag)
+            if not rule.get("kill_leftovers", self.policy.get("kill_leftovers", True)):
+                continue
+            final = item.term_sent_at is not None
+            outcome = kill_leftover_processes(
+                list(item.members), signal.SIGKILL if final else signal.SIGTERM
+            )
+            item.term_sent_at = item.term_sent_at or now
+            item.killed_by = "watchdog (leftover rule)"
+            with self.results_lock:
+                self.audits.append(
+                    {
+                        "actor": "watchdog",
+                        "action": "kill_leftovers",
+                        "target": item.session_id,
+                        "script_tag": item.script_tag,
+                        "ok": not outcome.errors,
+                        "output": "\n".join(outcome.errors),
+                        "detail": {
+                            "signal": "KILL" if final else "TERM",
+                            "signalled": outcome.terminated + outcome.killed,
+                            "grace_seconds": grace.total_seconds(),
+                        },
+                    }
+                )
 
     def collect_jobs(self, now: datetime) -> None:
         """This host's scheduler jobs, for the console to record under this host."""
@@ -163,6 +264,7 @@ class ReportState:
         document = published.build(snapshot, monitor.host, monitor.seq, os.getpid())
         with self.results_lock:
             results = list(self.results)
+            audits = list(self.audits)
         return {
             "format": REPORT_FORMAT,
             "host": monitor.host,
@@ -193,6 +295,8 @@ class ReportState:
             "action_results": results,
             "transcripts": self.transcript_chunks(),
             "jobs": self.jobs,
+            "stops": list(self.stops),
+            "audits": audits,
         }
 
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
@@ -212,6 +316,10 @@ class ReportState:
         self.last_error, self.last_answer = None, answer
         self.reports += 1
         self.acknowledged(payload, answer.get("ack") or {})
+        if isinstance(answer.get("policy"), dict):
+            self.policy = answer["policy"]
+        live_ids = {s.session_id for s in snapshot.sessions}
+        self.stopping &= live_ids
         for action in answer.get("actions") or []:
             self.start_action(action, snapshot)
         return True
@@ -239,6 +347,7 @@ class ReportState:
         monitor.events.acknowledge(set(ack.get("events") or []))
         if payload["jobs"] is self.jobs:
             self.jobs = None
+        self.stops = self.stops[len(payload["stops"]) :]
         for session_id, held in (ack.get("transcripts") or {}).items():
             follow = self.transcripts.get(session_id)
             if follow is not None and isinstance(held, int):
@@ -254,6 +363,7 @@ class ReportState:
         done = {r["id"] for r in payload["action_results"]}
         with self.results_lock:
             self.results = [r for r in self.results if r["id"] not in done]
+            self.audits = self.audits[len(payload["audits"]) :]
 
     # ------------------------------------------------------------------ requests
 

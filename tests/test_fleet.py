@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -393,3 +395,55 @@ def test_a_reporting_host_s_scheduler_jobs_are_recorded_under_it(
     hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
     assert hosts["host-a"]["jobs"] >= 1
     assert host_a.reporting.jobs is None, "the collection was acknowledged"
+
+
+def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what_it_left(
+    host_a, runs, staff, settings
+):
+    settings.OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = 0  # every run is over its limit
+    settings.OPSCONSOLE_STOP_GRACE_SECONDS = 1.0
+    settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS = 0
+    run = start_fake_run(host_a_state(host_a), "overdue-remote")
+    runs.append(run)
+    report_once(host_a)  # the answer carries the console's rules for this host
+    assert host_a.reporting.policy["default_max_runtime_minutes"] == 0
+    report_once(host_a)  # the host's watchdog stops the run
+    for thread in host_a.reporting.threads:
+        thread.join(timeout=15)
+    assert run.wrapper.wait(timeout=5) is not None
+    report_once(host_a)
+    report_once(host_a)
+    session = Session.objects.get(session_id=run.session_id)
+    assert (session.status, session.stopped_by, session.end_reason) == (
+        Status.KILLED,
+        "watchdog",
+        "watchdog",
+    )
+    entry = AuditEntry.objects.get(actor="watchdog", action="stop", target=run.session_id)
+    assert entry.ok and entry.detail["host"] == "host-a"
+
+    # A run that left a process behind: the leftover rule (the console's) kills it there.
+    settings.OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES = 45
+    leaver = start_fake_run(host_a_state(host_a), "leaves-a-sleep", with_agent=False)
+    runs.append(leaver)
+    deadline = time.monotonic() + 10
+    while not psutil.Process(leaver.wrapper.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tool = psutil.Process(leaver.wrapper.pid).children()[0]
+    report_once(host_a)
+    report_once(host_a)  # the new policy (45 min) is known before the run ends
+    os.kill(leaver.wrapper.pid, signal.SIGKILL)
+    leaver.wrapper.wait()
+    report_once(host_a)  # leftovers seen
+    report_once(host_a)  # the rule: TERM
+    deadline = time.monotonic() + 10
+    while tool.is_running() and tool.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the leftover was not killed"
+        time.sleep(0.05)
+    report_once(host_a)
+    report_once(host_a)
+    entry = AuditEntry.objects.get(actor="watchdog", action="kill_leftovers")
+    assert entry.target == leaver.session_id and tool.pid in entry.detail["signalled"]
+    assert Event.objects.filter(
+        kind=EventKind.LEFTOVERS_KILLED, session_id=leaver.session_id
+    ).exists()
