@@ -223,6 +223,8 @@ def hosts(request):
                     "leftovers": row.leftovers,
                     "quota_until": row.quota_until,
                     "jobs": row.jobs,
+                    "runs_30d": row.runs_30d,
+                    "cost_usd_30d": row.cost_30d,
                 }
                 for row in host_rows()
             ]

@@ -607,21 +607,31 @@ class HostRow:
     jobs: int
     this_host: bool
     tokens: int
+    runs_30d: int = 0
+    cost_30d: float | None = None
 
 
 def host_rows(now: datetime | None = None) -> list[HostRow]:
-    from django.db.models import Count
+    from django.db.models import Count, Sum
 
     from monitor_app.models import HostToken
 
     now = now or timezone.now()
+    # Totals across machines: runs and cost of the last 30 days, per host, one query.
+    recent = {
+        host: (runs, cost)
+        for host, runs, cost in Session.objects.filter(started_at__gte=now - timedelta(days=30))
+        .values("host")
+        .annotate(runs=Count("session_id"), cost=Sum("cost_usd"))
+        .values_list("host", "runs", "cost")
+    }
     samples = {s.host: s for s in HostSample.objects.all()}
     jobs = dict(Job.objects.values_list("host").annotate(n=Count("id")))
     tokens = dict(
         HostToken.objects.filter(revoked_at=None).values_list("host").annotate(n=Count("id"))
     )
     rows = []
-    for host in sorted(set(samples) | set(tokens) | {settings.OPSCONSOLE_HOST}):
+    for host in sorted(set(samples) | set(tokens) | set(recent) | {settings.OPSCONSOLE_HOST}):
         sample = samples.get(host)
         live = leftovers = 0
         quota = None
@@ -644,6 +654,8 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
                 jobs=jobs.get(host, 0),
                 this_host=host == settings.OPSCONSOLE_HOST,
                 tokens=tokens.get(host, 0),
+                runs_30d=recent.get(host, (0, None))[0],
+                cost_30d=float(c) if (c := recent.get(host, (0, None))[1]) is not None else None,
             )
         )
     return rows

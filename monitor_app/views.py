@@ -17,11 +17,15 @@ from sessions_app.models import LIVE_STATUSES, Session
 def hosts(request):
     # Silence is recorded (monitor_silent) by the console's monitor; shown here as seen now.
     expire_actions()
+    rows = host_rows()
     return render(
         request,
         "monitor_app/hosts.html",
         {
-            "rows": host_rows(),
+            "rows": rows,
+            "total_live": sum(r.live_runs for r in rows),
+            "total_runs_30d": sum(r.runs_30d for r in rows),
+            "total_cost_30d": sum(r.cost_30d or 0 for r in rows),
             "actions": RemoteAction.objects.all()[:30],
             "console_host": settings.OPSCONSOLE_HOST,
         },

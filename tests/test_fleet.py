@@ -132,7 +132,7 @@ def host_a_state(monitor: Monitor):
     return State(paths=paths, config_dir=config_dir, workdir=paths.home.parent / "work", env={})
 
 
-def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, console_state):
+def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, console_state, staff):
     record = spool_record(console_state.paths, "host-a")
     spool_file = console_state.paths.spool_path(record.session_id)
     HostToken.objects.filter(host="host-a").update(revoked_at=datetime.now(UTC))
@@ -151,6 +151,9 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     assert len(ingested) == 1
     session = Session.objects.get(session_id=record.session_id)
     assert (session.status, session.host) == (Status.SUCCEEDED, "host-a")
+    hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
+    assert (hosts["host-a"]["runs_30d"], hosts["host-a"]["cost_usd_30d"]) == (1, 0.25)
+    assert "$0.25" in staff.get("/hosts/").content.decode()
     assert host_a.events.pending == [], "every event acknowledged"
 
     # The same report twice (an answer lost on the way back) changes nothing.
