@@ -79,12 +79,20 @@ def session_page(request, session_id):
     page = transcript_store.read_page(
         session_id, sidecar=_sidecar_of(session_id), session=run.record, before=before
     )
+    from monitor_app.models import RemoteAction
+
     snapshot = get_snapshot()
+    if run.host != settings.OPSCONSOLE_HOST:  # a reporting host's run: its latest sample
+        from monitor_app.fleet import fleet
+
+        snapshot = fleet.snapshot([run.host])
     return render(
         request,
         "sessions_app/session.html",
         {
             "run": run,
+            "remote": run.host != settings.OPSCONSOLE_HOST,
+            "remote_actions": RemoteAction.objects.filter(session_id=session_id)[:10],
             "leftovers": leftovers_of(session_id, snapshot),
             "can_act": request.user.is_staff,
             "chain": retry_chain(run),

@@ -214,6 +214,8 @@ def test_a_stop_requested_on_the_console_kills_the_run_on_its_host(host_a, runs,
     run = start_fake_run(host_a_state(host_a), "remote-stop")
     runs.append(run)
     report_once(host_a)
+    page = staff.get(f"/sessions/{run.session_id}/").content.decode()
+    assert "Stop this run (on host-a)" in page
     response = staff.post(f"/api/sessions/{run.session_id}/stop")
     assert response.status_code == 202, response.content
     action_id = response.json()["id"]
@@ -229,6 +231,8 @@ def test_a_stop_requested_on_the_console_kills_the_run_on_its_host(host_a, runs,
     assert action.state == RemoteAction.State.DONE, action.message
     assert "TERM" in action.message
     assert staff.get(f"/api/hosts/actions/{action_id}").json()["state"] == "done"
+    page = staff.get(f"/sessions/{run.session_id}/").content.decode()
+    assert 'data-state="done"' in page and "TERM" in page
     assert AuditEntry.objects.filter(action="stop", actor="ops", target=run.session_id).exists()
     run.kill_all()
     report_once(host_a)
@@ -261,11 +265,17 @@ def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     )
     response = staff.post(f"/api/sessions/{session.session_id}/stop")
     assert response.status_code == 202
+    page = staff.post(f"/sessions/{session.session_id}/stop/", follow=True).content.decode()
+    assert "stop requested from host-c" in page and 'data-state="pending"' in page
+    viewer = Client()
+    viewer.force_login(get_user_model().objects.create_user("viewer"))
+    assert viewer.post(f"/sessions/{session.session_id}/stop/").status_code == 403
+    assert viewer.post(f"/api/sessions/{session.session_id}/stop").status_code == 403
     assert check_silent_hosts(now) == ["host-c"]
     check_silent_hosts(now + timedelta(seconds=5))
     assert Event.objects.filter(kind=EventKind.MONITOR_SILENT, host="host-c").count() == 1
-    assert expire_actions(now) == 1
-    action = RemoteAction.objects.get()
+    assert expire_actions(now) == 2
+    action = RemoteAction.objects.first()
     assert action.state == RemoteAction.State.EXPIRED
     assert "silent" in action.message and "never delivered" in action.message
     page = staff.get("/hosts/").content.decode()
