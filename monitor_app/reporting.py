@@ -13,6 +13,7 @@ twice changes nothing).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import signal
@@ -33,7 +34,14 @@ from monitor_app.report import (
 )
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.live import Snapshot
-from wrapper.formats import FormatError, Sidecar, read_spool_record
+from wrapper.formats import (
+    FormatError,
+    Sidecar,
+    ensure_private_dir,
+    parse_iso,
+    read_spool_record,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,8 @@ class ReportState:
         self.stopping: set[str] = set()
         self.stops: list[dict] = []  # runs the watchdog is stopping, until reported
         self.audits: list[dict] = []  # what the host's rules did, until reported
+        self.leftovers_file = monitor.paths.home / "monitor" / "leftovers.json"
+        self.load_leftovers()
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
 
@@ -78,6 +88,8 @@ class ReportState:
             del self.states[session_id]
         for sidecar in gone:
             self.gone.setdefault(sidecar.session_id, sidecar)
+        if monitor.leftovers or self.leftovers_file.exists():
+            self.save_leftovers()
         self.follow_transcripts(snapshot, live_ids)
         if monitor.cadences and time.monotonic() >= self.next_collect:
             self.next_collect = time.monotonic() + settings.OPSCONSOLE_COLLECT_SECONDS
@@ -175,6 +187,51 @@ class ReportState:
                         },
                     }
                 )
+
+    def load_leftovers(self) -> None:
+        """Leftovers followed before a restart are followed again (no database to ask)."""
+        from monitor_app.monitor import Leftovers
+
+        try:
+            items = json.loads(self.leftovers_file.read_text())["leftovers"]
+            for item in items:
+                members = {
+                    (int(m["pid"]), float(m["started"])): str(m["cmdline"]) for m in item["members"]
+                }
+                self.monitor.leftovers.setdefault(
+                    item["session_id"],
+                    Leftovers(
+                        item["session_id"],
+                        item["script_tag"],
+                        item["host"],
+                        parse_iso(item["ended_at"]),
+                        members,
+                    ),
+                )
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("leftovers in %s unreadable (%s): not followed", self.leftovers_file, exc)
+
+    def save_leftovers(self) -> None:
+        items = [
+            {
+                "session_id": item.session_id,
+                "script_tag": item.script_tag,
+                "host": item.host,
+                "ended_at": item.ended_at.isoformat(),
+                "members": item.as_record(),
+            }
+            for item in self.monitor.leftovers.values()
+        ]
+        try:
+            if items:
+                ensure_private_dir(self.leftovers_file.parent)
+                write_json_atomic(self.leftovers_file, {"leftovers": items})
+            else:
+                self.leftovers_file.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("leftovers not kept on disk: %s", exc)
 
     def collect_jobs(self, now: datetime) -> None:
         """This host's scheduler jobs, for the console to record under this host."""

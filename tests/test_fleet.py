@@ -448,6 +448,10 @@ def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what
     os.kill(leaver.wrapper.pid, signal.SIGKILL)
     leaver.wrapper.wait()
     report_once(host_a)  # leftovers seen
+    restarted = Monitor(host="host-a", interval=1.0, reporter=host_a.reporter)
+    assert [p for p, _ in restarted.leftovers[leaver.session_id].members] == [tool.pid], (
+        "a restarted reporting monitor follows the leftovers it knew"
+    )
     report_once(host_a)  # the rule: TERM
     deadline = time.monotonic() + 10
     while tool.is_running() and tool.status() != psutil.STATUS_ZOMBIE:
