@@ -264,7 +264,9 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
         recorded.append(sidecar.session_id)
     for session_id, members in parsed.leftovers.items():
         if _is_uuid(session_id) and isinstance(members, list):
-            Session.objects.filter(session_id=session_id, host=host).update(leftovers=members)
+            Session.objects.filter(session_id=session_id, host=host).update(
+                leftovers=clean_leftovers(members)
+            )
     ingest.record_live(parsed.snapshot.sessions)
     if parsed.snapshot.active_dir_error is None:
         close_lost_rows(parsed.snapshot, host, set(recorded), now)
@@ -304,6 +306,23 @@ def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[st
                 archive_path=path
             ).update(archive_path=path)
     return held
+
+
+def clean_leftovers(members: list) -> list[dict]:
+    """Leftover processes as the Session row keeps them: pid, start time, command line."""
+    clean = []
+    for member in members[:1000]:
+        try:
+            clean.append(
+                {
+                    "pid": int(member["pid"]),
+                    "started": float(member["started"]),
+                    "cmdline": str(member.get("cmdline", ""))[:2000],
+                }
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return clean
 
 
 def record_host_audit(audit: dict, host: str) -> None:
