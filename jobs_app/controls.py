@@ -346,6 +346,8 @@ def change_systemd_schedule(job: Job, schedule: str) -> ActionResult:
 
 def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResult:
     """One entry point for views, the API and scripts."""
+    if job.host != settings.OPSCONSOLE_HOST and action in ACTIONS:
+        return perform_remote(job, action, actor)
     if action == "run":
         return run_now(job, actor)
     if action == "stop":
@@ -355,3 +357,29 @@ def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResu
     if action == "schedule":
         return change_schedule(job, schedule, actor)
     raise ControlError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+
+
+def perform_remote(job: Job, action: str, actor: str) -> ActionResult:
+    """A job on a reporting host: its live runs are stopped by requests its monitor
+    picks up (monitor_app.fleet); the scheduler actions are not offered there yet."""
+    from monitor_app.fleet import fleet, request_action
+    from sessions_app.models import Session
+
+    if action != "stop":
+        result = ActionResult(
+            False,
+            f"{action} is not available yet for a job on another host ({job.host}): "
+            "run it there, or stop its runs from here",
+        )
+        return audited(action, job, actor, job.label, result)
+    runs = live_runs_of(job, fleet.snapshot([job.host]), record_links=False)
+    sessions = Session.objects.filter(session_id__in=[run.session_id for run in runs])
+    actions = [request_action("stop", session, actor) for session in sessions]
+    if not actions:
+        return audited("stop", job, actor, job.label, ActionResult(True, "no live session to stop"))
+    return ActionResult(
+        True,
+        f"stop requested from {job.host} for {len(actions)} run(s): pending until its "
+        "monitor's next report (Hosts page: the outcome)",
+        detail={"remote_actions": [a.pk for a in actions]},
+    )

@@ -773,6 +773,8 @@ class FleetReader:
         if oldest is not None and hosts is not None and len(hosts) == 1:
             combined.taken_at, combined.interval_seconds = oldest.taken_at, oldest.interval_seconds
             combined.seq = oldest.seq
+            # PIDs mean something within one host only: ancestry joins for one host's view.
+            combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)
         combined.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
         return combined
 

@@ -464,3 +464,21 @@ def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what
     assert Event.objects.filter(
         kind=EventKind.LEFTOVERS_KILLED, session_id=leaver.session_id
     ).exists()
+
+
+def test_stop_on_a_remote_job_requests_a_stop_of_its_runs_and_refuses_the_rest(host_a, runs, staff):
+    from jobs_app.models import Job
+
+    job = Job.objects.create(
+        scheduler="cron", label="remote-nightly", host="host-a", tags=["remote-nightly"]
+    )
+    run = start_fake_run(host_a_state(host_a), "remote-nightly")
+    runs.append(run)
+    report_once(host_a)
+    answer = staff.post(f"/api/jobs/{job.pk}/stop").json()
+    assert answer["ok"] and "stop requested from host-a" in answer["message"]
+    action = RemoteAction.objects.get(session_id=run.session_id)
+    assert (action.kind, action.state) == ("stop", "pending")
+    refused = staff.post(f"/api/jobs/{job.pk}/run")
+    assert refused.json()["ok"] is False and "another host (host-a)" in refused.json()["message"]
+    assert AuditEntry.objects.filter(action="run", job=job, ok=False).exists()
