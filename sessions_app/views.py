@@ -44,10 +44,15 @@ def _live_context(request) -> dict:
 
 @require_GET
 def live(request):
+    from monitor_app.fleet import is_silent
     from monitor_app.models import HostSample
 
     context = _live_context(request)
-    context["fleet_hosts"] = list(HostSample.objects.values_list("host", flat=True))
+    samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
+    # Reporting hosts only: a one-host console shows no host filter.
+    context["fleet_hosts"] = [
+        (s.host, is_silent(s)) for s in samples if s.host != settings.OPSCONSOLE_HOST
+    ]
     return render(request, "sessions_app/live.html", context)
 
 

@@ -280,6 +280,7 @@ def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     assert "silent" in action.message and "never delivered" in action.message
     page = staff.get("/hosts/").content.decode()
     assert "silent" in page and "never delivered" in page
+    assert 'host-c <strong class="silent">(silent)</strong>' in staff.get("/").content.decode()
     hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
     assert hosts["host-c"]["silent"] is True
     anonymous = Client()
