@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from jobs_app.models import AuditEntry, Job
@@ -396,8 +397,10 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
         "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
         "reported": True,
     }
-    # Only a newer sample replaces the row (a retried old report must not go back in time).
-    updated = HostSample.objects.filter(host=host, seq__lte=values["seq"]).update(**values)
+    # Only a newer sample of the same monitor replaces the row (a retried old report must
+    # not go back in time); a restarted monitor's always does (its clock may have gone back).
+    newer = Q(seq__lte=values["seq"]) | ~Q(monitor_pid=pid) | Q(monitor_pid=None)
+    updated = HostSample.objects.filter(newer, host=host).update(**values)
     if not updated and not HostSample.objects.filter(host=host).exists():
         HostSample.objects.get_or_create(host=host, defaults=values)
 

@@ -166,6 +166,14 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     assert Event.objects.count() == events_before
     assert Event.objects.filter(kind=EventKind.RUN_ENDED, session_id=record.session_id).count() == 1
 
+    # An old report retried never takes the sample back; a restarted monitor's always counts.
+    current = HostSample.objects.get(host="host-a").seq
+    host_a.reporter.send(dict(payload, sample=dict(payload["sample"], seq=1)))
+    assert HostSample.objects.get(host="host-a").seq == current
+    restarted = dict(payload["sample"], seq=1, monitor_pid=payload["sample"]["monitor_pid"] + 1)
+    host_a.reporter.send(dict(payload, sample=restarted))
+    assert HostSample.objects.get(host="host-a").seq == 1
+
 
 def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(host_a, console_state):
     client = Client()
