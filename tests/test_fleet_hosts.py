@@ -106,6 +106,10 @@ class ConsoleProcess:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signum)
             self.process.wait(timeout=20)
+        if self.process is not None:
+            # The supervisor's children (gunicorn, the monitor) share its process group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def request(self, path: str, data: bytes | None = None, token: str | None = None):
         request = urllib.request.Request(
@@ -245,13 +249,15 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
             WORKDIR=str(work),
         )
         hosts.append(Host(name, root, env, token))
-    console.start()
-    for host in hosts:
-        host.start(console.url)
-    yield console, hosts, state
-    for host in hosts:
-        host.stop()
-    console.kill()
+    try:  # whatever fails while starting, nothing is left running
+        console.start()
+        for host in hosts:
+            host.start(console.url)
+        yield console, hosts, state
+    finally:
+        for host in hosts:
+            host.stop()
+        console.kill()
 
 
 def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_path):
