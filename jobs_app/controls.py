@@ -501,11 +501,14 @@ def change_systemd_schedule(job: Job, schedule: str) -> ActionResult:
 def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResult:
     """One entry point for views, the API and scripts. Every call is audited, whatever
     happens. An unknown action raises ControlError; input that cannot be acted on comes
-    back `refused` (a 400), with its reason."""
+    back `refused` (a 400), with its reason. A job on another host is acted on through
+    its monitor (perform_remote)."""
     if action not in ACTIONS:
         message = f"unknown action {action[:32]!r}; one of {', '.join(ACTIONS)}"
         audited(action, job, actor, job.label, ActionResult(False, message, refused=True))
         raise ControlError(message)
+    if job.host != settings.OPSCONSOLE_HOST:
+        return perform_remote(job, action, actor)
     try:
         if action == "run":
             result = run_now(job, actor)
@@ -522,3 +525,30 @@ def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResu
         audited(action, job, actor, job.label, result)
         return result
     return result
+
+
+def perform_remote(job: Job, action: str, actor: str) -> ActionResult:
+    """A job on a reporting host: its live runs are stopped by requests its monitor
+    picks up (monitor_app.fleet); the scheduler actions are not offered there yet."""
+    from monitor_app.fleet import fleet, request_action
+    from sessions_app.models import Session
+
+    if action != "stop":
+        result = ActionResult(
+            False,
+            f"{action} is not available yet for a job on another host ({job.host}): "
+            "run it there, or stop its runs from here",
+            refused=True,
+        )
+        return audited(action, job, actor, job.label, result)
+    runs = live_runs_of(job, fleet.snapshot([job.host]), record_links=False)
+    sessions = Session.objects.filter(session_id__in=[run.session_id for run in runs])
+    actions = [request_action("stop", session, actor) for session in sessions]
+    if not actions:
+        return audited("stop", job, actor, job.label, ActionResult(True, "no live session to stop"))
+    return ActionResult(
+        True,
+        f"stop requested from {job.host} for {len(actions)} run(s): pending until its "
+        "monitor's next report (Hosts page: the outcome)",
+        detail={"remote_actions": [a.pk for a in actions]},
+    )

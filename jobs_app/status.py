@@ -161,9 +161,14 @@ def _collected_values(found: CollectedJob, now: datetime) -> dict:
     }
 
 
-def record_collections(collections: list[Collection], now: datetime) -> None:
-    """Upsert what the collectors found; touch only collected fields, and only when changed."""
-    host = settings.OPSCONSOLE_HOST
+def record_collections(
+    collections: list[Collection], now: datetime, host: str | None = None
+) -> None:
+    """Upsert what the collectors found; touch only collected fields, and only when changed.
+
+    `host`: whose jobs these are (a reporting host's, monitor_app.fleet); this host's
+    by default."""
+    host = host or settings.OPSCONSOLE_HOST
     existing = {(j.scheduler, j.label): j for j in Job.objects.filter(host=host)}
     index_stale = False
     for collection in collections:

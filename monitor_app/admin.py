@@ -1,6 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from monitor_app.models import Event, HostSample
+from monitor_app.models import Event, HostSample, HostToken, RemoteAction
 
 
 @admin.register(Event)
@@ -24,6 +24,45 @@ class EventAdmin(admin.ModelAdmin):
 class HostSampleAdmin(admin.ModelAdmin):
     list_display = ("host", "taken_at", "seq", "sample_ms", "interval_seconds", "monitor_pid")
     exclude = ("api_document", "state_document")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(HostToken)
+class HostTokenAdmin(admin.ModelAdmin):
+    """Host tokens: add one (the token is shown once, here), revoke with the action."""
+
+    list_display = ("host", "key_prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("host",)
+    fields = ("host",)
+    actions = ["revoke"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        row, plain = HostToken.issue(form.cleaned_data["host"])
+        obj.pk = row.pk
+        messages.warning(
+            request,
+            f"Host token for {row.host} (shown once, copy it now): {plain}  "
+            f"— on the host: opsconsole monitor --report-to URL --token {plain}",
+        )
+
+    @admin.action(description="Revoke the selected host tokens")
+    def revoke(self, request, queryset):
+        for row in queryset.filter(revoked_at=None):
+            row.revoke()
+
+
+@admin.register(RemoteAction)
+class RemoteActionAdmin(admin.ModelAdmin):
+    list_display = ("requested_at", "host", "kind", "session_id", "requested_by", "state")
+    list_filter = ("state", "kind", "host")
 
     def has_add_permission(self, request):
         return False

@@ -40,7 +40,7 @@ class PendingEvent:
 
 
 class EventOutbox:
-    def __init__(self, host: str, spill_path: Path) -> None:
+    def __init__(self, host: str, spill_path: Path | None) -> None:
         self.host = host
         self.spill_path = spill_path
         self.pending: list[PendingEvent] = self._load_spill()
@@ -101,11 +101,27 @@ class EventOutbox:
             self._spill()
             raise
         del self.pending[: len(batch)]
-        if self.spill_path.exists():
+        if self.spill_path is not None and self.spill_path.exists():
             self.spill_path.unlink(missing_ok=True)
         return len(batch)
 
+    def acknowledge(self, keys: set[str]) -> None:
+        """Report mode: the console recorded these (by dedupe key); the rest stay pending."""
+        if keys:
+            self.pending = [e for e in self.pending if e.dedupe_key not in keys]
+        self.save()
+
+    def save(self) -> None:
+        """Report mode keeps what is pending on disk at every change: there is no database
+        to fall back on, and a restart must lose nothing."""
+        if self.pending:
+            self._spill()
+        elif self.spill_path is not None:
+            self.spill_path.unlink(missing_ok=True)
+
     def _spill(self) -> None:
+        if self.spill_path is None:
+            return
         try:
             ensure_private_dir(self.spill_path.parent)
             write_json_atomic(self.spill_path, {"events": [asdict(e) for e in self.pending]})
@@ -113,6 +129,8 @@ class EventOutbox:
             log.error("cannot keep %d pending events on disk: %s", len(self.pending), exc)
 
     def _load_spill(self) -> list[PendingEvent]:
+        if self.spill_path is None:
+            return []
         try:
             data = json.loads(self.spill_path.read_text())
             return [PendingEvent(**item) for item in data["events"]]

@@ -8,7 +8,13 @@ state changes (run started, ended, vanished, leftovers seen, quota stamp set,
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+
 from django.db import models
+from django.utils import timezone
+
+HOST_TOKEN_PREFIX = "oc_host_"  # noqa: S105 - a marker, not a secret
 
 
 class EventKind(models.TextChoices):
@@ -27,6 +33,9 @@ class EventKind(models.TextChoices):
     COLLECTOR_ERROR = "collector_error", "collector error"
     MONITOR_STARTED = "monitor_started", "monitor started"
     MONITOR_STOPPED = "monitor_stopped", "monitor stopped"
+    # A reporting host's monitor sent nothing for three of its intervals (once per silence).
+    MONITOR_SILENT = "monitor_silent", "monitor silent"
+    REMOTE_ACTION = "remote_action", "remote action"  # an operator's request answered by a host
 
 
 class Event(models.Model):
@@ -76,6 +85,94 @@ class HostSample(models.Model):
     api_document = models.TextField()
     # Everything a page needs to rebuild the live snapshot (sidecars, trees, leftovers).
     state_document = models.TextField()
+    # For a sample a host reported (not this host's own): when the console received it,
+    # and how far the host's clock is ahead of the console's (taken_at - received_at).
+    received_at = models.DateTimeField(null=True, blank=True)
+    clock_skew_seconds = models.FloatField(null=True, blank=True)
+    reported = models.BooleanField(default=False, help_text="sent by a remote monitor")
 
     def __str__(self) -> str:
         return f"{self.host} #{self.seq} at {self.taken_at:%H:%M:%S}"
+
+
+def hash_host_token(token: str) -> str:
+    # 256 bits of randomness: a fast hash is enough, as for API tokens.
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class HostToken(models.Model):
+    """What a remote monitor presents: bound to one host name, it writes only that host's
+    rows. Only a hash is stored; the token is shown once."""
+
+    host = models.CharField(max_length=255, db_index=True)
+    key_prefix = models.CharField(max_length=20, help_text="first characters, to tell apart")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["host", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… ({self.host})" + (" revoked" if self.revoked_at else "")
+
+    @classmethod
+    def issue(cls, host: str) -> tuple[HostToken, str]:
+        plain = HOST_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = cls.objects.create(
+            host=host, key_prefix=plain[:14], token_hash=hash_host_token(plain)
+        )
+        return row, plain
+
+    @classmethod
+    def authenticate(cls, plain: str) -> HostToken | None:
+        """The active token row for a plain token, or None (unknown or revoked)."""
+        if not plain.startswith(HOST_TOKEN_PREFIX):
+            return None
+        row = cls.objects.filter(token_hash=hash_host_token(plain), revoked_at=None).first()
+        if row is None:
+            return None
+        now = timezone.now()
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            cls.objects.filter(pk=row.pk).update(last_used_at=now)
+        return row
+
+    def revoke(self) -> None:
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])
+
+
+class RemoteAction(models.Model):
+    """An operator's request for a host the console does not run on: the host's monitor
+    receives it in the answer to its next report, carries it out with the same code it
+    uses locally, and reports the outcome with the report after."""
+
+    class Kind(models.TextChoices):
+        STOP = "stop", "stop the run"
+        KILL_LEFTOVERS = "kill_leftovers", "kill leftovers"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"  # waiting for the host's next report
+        SENT = "sent", "sent"  # handed to the host; its outcome not reported yet
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+        EXPIRED = "expired", "expired"  # never delivered or never answered
+
+    host = models.CharField(max_length=255)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    session_id = models.UUIDField(null=True, blank=True)
+    requested_by = models.CharField(max_length=150)
+    requested_at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    message = models.TextField(blank=True, default="", help_text="what the host answered")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["host", "state"], name="remoteaction_host_state")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.session_id or ''} on {self.host}: {self.state}"

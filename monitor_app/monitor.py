@@ -46,6 +46,7 @@ STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
+HOSTS_STARTUP_GRACE = timedelta(seconds=15)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Monitor:
         interval: float | None = None,
         publish: bool = True,
         cadences: bool = True,
+        reporter=None,
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -131,6 +133,16 @@ class Monitor:
         self.next_prune: datetime | None = None
         self.database_ok = True
         self.watchdog_thread: threading.Thread | None = None
+        self.watching_since = datetime.now(UTC)
+        # Report mode (monitor_app.report.Reporter): no database here; history goes to
+        # the console with each sample and leaves this host once acknowledged.
+        self.reporter = reporter
+        self.reporting = None
+        if reporter is not None:
+            from monitor_app.reporting import ReportState
+
+            self.reporting = ReportState(self)
+            self.leftovers_loaded = True  # nothing on record here to load them from
 
     # ------------------------------------------------------------------ one round
 
@@ -145,11 +157,16 @@ class Monitor:
         gone = self.sample_sessions(snapshot, table, now)
         self.follow_leftovers(snapshot, table, now)
         self.check_quota(snapshot, now)
-        self.sync(snapshot, gone, now)
-        self.run_cadences(snapshot, now)
-        self.run_alerts(snapshot, now)
+        if self.reporting is not None:
+            self.reporting.note(snapshot, gone, now)
+        else:
+            self.sync(snapshot, gone, now)
+            self.run_cadences(snapshot, now)
+            self.run_alerts(snapshot, now)
         snapshot.scan_ms = round((time.perf_counter() - began) * 1000, 1)
-        if self.publish:
+        if self.reporting is not None:
+            self.reporting.report(snapshot, now)
+        elif self.publish:
             self.publish_sample(snapshot)
         self.previous = snapshot
         self.seq += 1
@@ -445,34 +462,7 @@ class Monitor:
         self.rejected = len(result.rejected)
 
     def event_for_end(self, session: Session, now: datetime) -> None:
-        words = session.get_status_display()
-        if session.status == Status.FAILED and session.exit_code is not None:
-            words = f"failed (exit {session.exit_code})"
-        reason = f": {session.error.splitlines()[0][:300]}" if session.error else ""
-        vanished = session.end_reason == "vanished"
-        self.events.add(
-            EventKind.RUN_VANISHED if vanished else EventKind.RUN_ENDED,
-            f"{session.script_tag} {words}{reason}",
-            key=f"run_ended:{session.session_id}",
-            at=now,
-            session_id=str(session.session_id),
-            script_tag=session.script_tag,
-            status=session.status,
-            detail={
-                "exit_code": session.exit_code,
-                "end_reason": session.end_reason,
-                "is_error": session.is_error,
-                "api_error_status": session.api_error_status,
-                "stop_reason": session.stop_reason,
-                "duration_ms": session.duration_ms,
-                "cost_usd": float(session.cost_usd) if session.cost_usd is not None else None,
-                "error": session.error[:2000],
-                "attempt": session.attempt,
-                "retry_of": str(session.retry_of) if session.retry_of else None,
-                "wrapped": session.wrapped,
-                "stopped_by": session.stopped_by,
-            },
-        )
+        add_end_event(self.events, session, now)
 
     def record_live(self, snapshot: Snapshot, now: datetime) -> None:
         """Rows for new live sessions and changed states; nothing for what is unchanged."""
@@ -488,34 +478,38 @@ class Monitor:
             self.on_record[live.session_id] = status
             if status != live.state:
                 continue  # already ended on record (its completion came first)
-            sidecar = live.sidecar
-            if live.state == Status.ORPHANED:
-                kind, verb = EventKind.RUN_ORPHANED, "orphaned: its wrapper is gone"
-                key = f"run_orphaned:{live.session_id}"
-            elif before is None and sidecar.attempt > 1:
-                kind, verb = EventKind.RUN_RETRIED, f"retried (attempt {sidecar.attempt})"
-                key = f"run_started:{live.session_id}"
-            elif before is None:
-                kind = EventKind.RUN_STARTED
-                verb = "started" if live.wrapped else f"started without the wrapper ({sidecar.cwd})"
-                key = f"run_started:{live.session_id}"
-            else:
-                continue
-            self.events.add(
-                kind,
-                f"{sidecar.script_tag} {verb}",
-                key=key,
-                at=now,
-                session_id=live.session_id,
-                script_tag=sidecar.script_tag,
-                status=live.state,
-                detail={
-                    "attempt": sidecar.attempt,
-                    "retry_of": sidecar.retry_of,
-                    "wrapped": live.wrapped,
-                    "platform": sidecar.platform,
-                },
-            )
+            self.event_for_live(live, before, now)
+
+    def event_for_live(self, live: LiveSession, before: str | None, now: datetime) -> None:
+        """run_started / run_retried / run_orphaned for a live session's new state."""
+        sidecar = live.sidecar
+        if live.state == Status.ORPHANED:
+            kind, verb = EventKind.RUN_ORPHANED, "orphaned: its wrapper is gone"
+            key = f"run_orphaned:{live.session_id}"
+        elif before is None and sidecar.attempt > 1:
+            kind, verb = EventKind.RUN_RETRIED, f"retried (attempt {sidecar.attempt})"
+            key = f"run_started:{live.session_id}"
+        elif before is None:
+            kind = EventKind.RUN_STARTED
+            verb = "started" if live.wrapped else f"started without the wrapper ({sidecar.cwd})"
+            key = f"run_started:{live.session_id}"
+        else:
+            return
+        self.events.add(
+            kind,
+            f"{sidecar.script_tag} {verb}",
+            key=key,
+            at=now,
+            session_id=live.session_id,
+            script_tag=sidecar.script_tag,
+            status=live.state,
+            detail={
+                "attempt": sidecar.attempt,
+                "retry_of": sidecar.retry_of,
+                "wrapped": live.wrapped,
+                "platform": sidecar.platform,
+            },
+        )
 
     def record_gone_sidecar(self, sidecar: Sidecar, now: datetime) -> None:
         """GC: the wrapper and the agent are both gone (checked by PID and start time)."""
@@ -599,6 +593,13 @@ class Monitor:
             self.next_watchdog = mono + settings.OPSCONSOLE_WATCHDOG_SECONDS
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
+        if self.publish:
+            # Reporting hosts fall silent and requests to them expire without anyone looking.
+            from monitor_app.fleet import check_silent_hosts, expire_actions
+
+            # Hosts get a moment after a (re)start: the web workers may still be booting.
+            check_silent_hosts(now, watching_since=self.watching_since + HOSTS_STARTUP_GRACE)
+            expire_actions(now)
         if self.next_prune is None or now >= self.next_prune:
             self.next_prune = now + PRUNE_EVERY
             try:
@@ -757,6 +758,9 @@ class Monitor:
             key=f"monitor_stopped:{os.getpid()}:{now.isoformat()}",
             at=now,
         )
+        if self.reporting is not None:
+            self.reporting.stopped()
+            return
         try:
             self.events.flush()
         except DatabaseError as exc:
@@ -776,3 +780,36 @@ class Monitor:
                 stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
         finally:
             self.stopped()
+
+
+def add_end_event(outbox: EventOutbox, session: Session, now: datetime) -> None:
+    """run_ended (or run_vanished) for a run now on record: here or on a console that
+    recorded a reporting host's run."""
+    words = session.get_status_display()
+    if session.status == Status.FAILED and session.exit_code is not None:
+        words = f"failed (exit {session.exit_code})"
+    reason = f": {session.error.splitlines()[0][:300]}" if session.error else ""
+    vanished = session.end_reason == "vanished"
+    outbox.add(
+        EventKind.RUN_VANISHED if vanished else EventKind.RUN_ENDED,
+        f"{session.script_tag} {words}{reason}",
+        key=f"run_ended:{session.session_id}",
+        at=now,
+        session_id=str(session.session_id),
+        script_tag=session.script_tag,
+        status=session.status,
+        detail={
+            "exit_code": session.exit_code,
+            "end_reason": session.end_reason,
+            "is_error": session.is_error,
+            "api_error_status": session.api_error_status,
+            "stop_reason": session.stop_reason,
+            "duration_ms": session.duration_ms,
+            "cost_usd": float(session.cost_usd) if session.cost_usd is not None else None,
+            "error": session.error[:2000],
+            "attempt": session.attempt,
+            "retry_of": str(session.retry_of) if session.retry_of else None,
+            "wrapped": session.wrapped,
+            "stopped_by": session.stopped_by,
+        },
+    )

@@ -338,3 +338,5 @@ OPSCONSOLE_ALERT_FLAP_SECONDS = env_int("OPSCONSOLE_ALERT_FLAP_SECONDS", 600)
 OPSCONSOLE_ALERT_RETENTION_DAYS = env_int("OPSCONSOLE_ALERT_RETENTION_DAYS", 90)
 # /metrics without a token: client addresses (CIDRs, comma-separated) allowed to scrape.
 OPSCONSOLE_METRICS_ALLOW = env_list("OPSCONSOLE_METRICS_ALLOW", [])
+# The fleet live page (/?host=all) lists at most this many runs, the most recent first.
+OPSCONSOLE_FLEET_LIVE_ROWS = env_int("OPSCONSOLE_FLEET_LIVE_ROWS", 200)

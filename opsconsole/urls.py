@@ -6,6 +6,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from monitor_app import api as monitor_api
+from monitor_app import views as monitor_views
 from opsconsole.auth import ThrottledLoginView
 
 # Browsers ask for /favicon.ico on their own (API responses, downloads): no 404 for it.
@@ -19,6 +20,12 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/events", monitor_api.events, name="api-events"),
+    path("api/hosts/report", monitor_api.hosts_report, name="api-hosts-report"),
+    path("api/hosts", monitor_api.hosts, name="api-hosts"),
+    path("api/hosts/actions/<int:action_id>", monitor_api.remote_action, name="api-remote-action"),
+    path("api/sessions/<str:session_id>/stop", monitor_api.session_stop, name="api-session-stop"),
+    path("hosts/", monitor_views.hosts, name="hosts"),
+    path("sessions/<uuid:session_id>/stop/", monitor_views.session_stop, name="session-stop"),
     path("", include("sessions_app.urls")),
     path("", include("jobs_app.urls")),
     path("", include("alerts_app.urls")),

@@ -40,7 +40,14 @@ _PAGE_RE = re.compile(r"[0-9]{1,9}")
 @api_view
 @require_GET
 def claude_active(request):
-    """The monitor's latest sample, byte for byte as it published it; 304 if unchanged."""
+    """The monitor's latest sample, byte for byte as it published it; 304 if unchanged.
+
+    `?host=NAME`: that host's latest sample; `?host=all`: every host's (the fleet)."""
+    host = request.GET.get("host", "")
+    if host and host != settings.OPSCONSOLE_HOST:
+        from monitor_app.api import claude_active_of
+
+        return claude_active_of(request, host)
     item, source = published.reader.published(settings.OPSCONSOLE_HOST)
     if item is None or not published.is_fresh(item):
         # No monitor publishing: sample on demand and say so.

@@ -47,8 +47,20 @@ def leftover_payload(run: LeftoverRun | None) -> list[dict]:
 
 def kill_leftovers(session: Session, actor: str) -> LeftoversKilled:
     """TERM the run's leftovers (each checked by PID and start time), KILL what
-    outlives the grace period, and audit it whatever happens."""
+    outlives the grace period, and audit it whatever happens.
+
+    For a run on a reporting host, the request waits for that host's monitor
+    (monitor_app.fleet), which answers with its next report."""
     outcome = StopOutcome(str(session.session_id))
+    if session.host != settings.OPSCONSOLE_HOST:
+        from monitor_app.fleet import request_action
+
+        action = request_action("kill_leftovers", session, actor)
+        return LeftoversKilled(
+            outcome,
+            f"requested from {session.host} (request {action.pk}): pending until its "
+            "monitor's next report",
+        )
     try:
         outcome = stop_leftovers(
             str(session.session_id),

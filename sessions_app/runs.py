@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import DatabaseError
 from django.urls import reverse
 from django.utils import timezone
 
 from sessions_app.live import LiveSession, Snapshot, get_snapshot
-from sessions_app.models import Session
+from sessions_app.models import LIVE_STATUSES, Session
 from sessions_app.proctree import ProcessDetail, TreeFigures
 from wrapper.formats import is_session_id, parse_iso
 
@@ -142,6 +143,8 @@ def find_run(
     except DatabaseError:
         record = None  # the live view does not need the database
     live = snapshot.get(session_id)
+    if live is None and record is not None and record.host != settings.OPSCONSOLE_HOST:
+        live = _reported_live(record)
     stale = timezone.now() - snapshot.taken_at > RECHECK_AFTER
     if live is None and record is None and not fresh_tried and stale:
         # Started within the cache window: look once more before saying "not found"
@@ -150,6 +153,18 @@ def find_run(
     if live is not None:
         return run_from_live(live, record)
     return run_from_record(record) if record is not None else None
+
+
+def _reported_live(record: Session) -> LiveSession | None:
+    """A live run on a reporting host: its tree from that host's latest sample."""
+    from monitor_app.fleet import fleet
+
+    if record.status not in LIVE_STATUSES:
+        return None
+    try:
+        return fleet.snapshot([record.host]).get(str(record.session_id))
+    except DatabaseError:
+        return None
 
 
 def live_runs(snapshot: Snapshot | None = None) -> list[Run]:

@@ -113,13 +113,19 @@ def _signal(proc: psutil.Process, signum: int, outcome: StopOutcome) -> bool:
         return False
 
 
-def stop_session(live: LiveSession, *, actor: str, reason: str, grace: float) -> StopOutcome:
-    """Stop one live session's tree and put who stopped it, and why, on its record."""
+def stop_session(
+    live: LiveSession, *, actor: str, reason: str, grace: float, on_record: bool = True
+) -> StopOutcome:
+    """Stop one live session's tree and put who stopped it, and why, on its record.
+
+    `on_record=False`: a reporting monitor (no database here); the console put the
+    reason on record when it handed the request over."""
     outcome = StopOutcome(live.session_id)
     # On record first, so the completion record that follows keeps the reason.
-    Session.objects.filter(session_id=live.session_id, status__in=LIVE_STATUSES).update(
-        stopped_by=actor, end_reason=reason
-    )
+    if on_record:
+        Session.objects.filter(session_id=live.session_id, status__in=LIVE_STATUSES).update(
+            stopped_by=actor, end_reason=reason
+        )
     roots = verified_roots(live)
     first = walk(roots)
     for _, proc in first:

@@ -6,6 +6,7 @@ import threading
 import time
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import (
     FileResponse,
@@ -38,24 +39,50 @@ _fragments: dict[tuple, str] = {}
 _fragments_lock = threading.Lock()
 
 
+def _live_context(request, snapshot=None) -> dict:
+    # ?host=NAME shows a reporting host's runs, ?host=all the whole fleet (monitor_app.fleet).
+    host = request.GET.get("host", "")[:255]
+    if host and host != settings.OPSCONSOLE_HOST:
+        from monitor_app.fleet import fleet
+
+        snapshot = fleet.snapshot(None if host == "all" else [host])
+    else:
+        host, snapshot = "", snapshot or get_snapshot()
+    runs = live_runs(snapshot)
+    context = {"snapshot": snapshot, "runs": runs, "host_filter": host, "runs_total": len(runs)}
+    if host == "all" and len(runs) > settings.OPSCONSOLE_FLEET_LIVE_ROWS:
+        # A page of thousands of rows helps nobody and costs ~0.2 ms a row: the most
+        # recent ones, the rest one host away.
+        context["runs"] = runs[: settings.OPSCONSOLE_FLEET_LIVE_ROWS]
+        context["runs_hidden"] = len(runs) - len(context["runs"])
+    return context
+
+
 def render_live(request, *, outage_reason: str | None = None):
     """The live page, or its polled fragment; also what a logged-in person gets while the
     database is unreachable (the monitor's sample needs none)."""
-    snapshot = get_snapshot()
     if not request.path_info.rstrip("/").endswith("live/rows"):
-        context = {"snapshot": snapshot, "runs": live_runs(snapshot)}
-        return render(
-            request, "sessions_app/live.html", {**context, "outage_reason": outage_reason}
-        )
-    # Nothing in the fragment depends on who asks; ages move by the second.
+        context = {**_live_context(request), "outage_reason": outage_reason}
+        if outage_reason is None:
+            from monitor_app.fleet import is_silent
+            from monitor_app.models import HostSample
+
+            samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
+            # Reporting hosts only: a one-host console shows no host filter.
+            context["fleet_hosts"] = [
+                (s.host, is_silent(s)) for s in samples if s.host != settings.OPSCONSOLE_HOST
+            ]
+        return render(request, "sessions_app/live.html", context)
+    if request.GET.get("host"):
+        context = {**_live_context(request), "outage_reason": outage_reason}
+        return render(request, "sessions_app/_live_section.html", context)
+    # This host's fragment: nothing in it depends on who asks, and ages move by the
+    # second, so it is rendered once per sample and second however many tabs poll.
+    snapshot = get_snapshot()
     key = (snapshot.seq, snapshot.source, outage_reason, int(time.time()))
     html = _fragments.get(key)
     if html is None:
-        context = {
-            "snapshot": snapshot,
-            "runs": live_runs(snapshot),
-            "outage_reason": outage_reason,
-        }
+        context = {**_live_context(request, snapshot), "outage_reason": outage_reason}
         html = render_to_string("sessions_app/_live_section.html", context, request=request)
         with _fragments_lock:
             _fragments.clear()
@@ -98,12 +125,20 @@ def session_page(request, session_id):
     page = transcript_store.read_page(
         session_id, sidecar=sidecar, session=run.record, before=before, at=at
     )
+    from monitor_app.models import RemoteAction
+
     snapshot = get_snapshot()
+    if run.host != settings.OPSCONSOLE_HOST:  # a reporting host's run: its latest sample
+        from monitor_app.fleet import fleet
+
+        snapshot = fleet.snapshot([run.host])
     return render(
         request,
         "sessions_app/session.html",
         {
             "run": run,
+            "remote": run.host != settings.OPSCONSOLE_HOST,
+            "remote_actions": RemoteAction.objects.filter(session_id=session_id)[:10],
             "leftovers": leftovers_of(session_id, snapshot),
             "can_act": request.user.is_staff,
             "chain": retry_chain(run),

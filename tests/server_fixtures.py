@@ -34,6 +34,7 @@ class Console:
     password: str
     process: subprocess.Popen
     log: Path
+    env: dict | None = None  # what it runs with (for commands against its database)
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         request = urllib.request.Request(
@@ -99,7 +100,7 @@ def console_server(state: State, tmp_path: Path):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    console = Console(f"http://127.0.0.1:{port}", token, "ops", ADMIN_PASSWORD, process, log)
+    console = Console(f"http://127.0.0.1:{port}", token, "ops", ADMIN_PASSWORD, process, log, env)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:

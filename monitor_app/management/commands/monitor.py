@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from monitor_app.monitor import Monitor
+from monitor_app.report import Reporter
 
 
 class Command(BaseCommand):
@@ -23,12 +25,37 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--interval", type=float, default=None, help="seconds between samples")
         parser.add_argument(
-            "--once", action="store_true", help="take and publish one sample, then exit"
+            "--once",
+            action="store_true",
+            help="take and publish (or report) one sample, then exit; with --report-to, "
+            "exit 1 when the console does not take it",
+        )
+        parser.add_argument(
+            "--report-to",
+            default=os.environ.get("OPSCONSOLE_REPORT_TO", ""),
+            metavar="URL",
+            help="report each sample to this central console instead of writing a database "
+            "here (env OPSCONSOLE_REPORT_TO)",
+        )
+        parser.add_argument(
+            "--token",
+            default=os.environ.get("OPSCONSOLE_REPORT_TOKEN", ""),
+            help="the host token from `opsconsole create_host_token HOSTNAME` on the console "
+            "(env OPSCONSOLE_REPORT_TOKEN)",
+        )
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow --report-to http:// to a host that is not loopback (the token then "
+            "travels in clear text)",
         )
 
-    def handle(self, *args, interval, once, **options):
+    def handle(self, *args, interval, once, report_to, token, insecure, **options):
+        interval = interval or settings.OPSCONSOLE_SAMPLE_SECONDS
+        if report_to:
+            return self.report_mode(report_to, token, insecure, interval, once)
         shorten_database_timeouts()
-        monitor = Monitor(interval=interval or settings.OPSCONSOLE_SAMPLE_SECONDS)
+        monitor = Monitor(interval=interval)
         if once:
             snapshot = monitor.tick()
             self.stdout.write(
@@ -42,6 +69,32 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
         self.stdout.write(
             f"opsconsole monitor: sampling {monitor.host} every {monitor.interval:g} s",
+        )
+        self.stdout.flush()
+        monitor.run_forever(stop)
+
+    def report_mode(self, url, token, insecure, interval, once):
+        try:
+            reporter = Reporter(url, token, insecure=insecure)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        monitor = Monitor(interval=interval, reporter=reporter)
+        if once:
+            snapshot = monitor.tick()
+            error = monitor.reporting.last_error
+            if error is not None:
+                raise CommandError(f"sample {monitor.seq - 1} not taken: {error}")
+            self.stdout.write(
+                f"sample {monitor.seq - 1} reported to {reporter.url}: "
+                f"{len(snapshot.sessions)} live, {len(snapshot.leftovers)} with leftovers"
+            )
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stop.set())
+        self.stdout.write(
+            f"opsconsole monitor: sampling {monitor.host} every {monitor.interval:g} s, "
+            f"reporting to {reporter.url}",
         )
         self.stdout.flush()
         monitor.run_forever(stop)

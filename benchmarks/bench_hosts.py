@@ -1,0 +1,439 @@
+"""Many hosts, one console: simulated hosts posting reports to `opsconsole serve` on
+PostgreSQL, while the fleet live page and /api/claude-active?host=all are polled.
+
+Each simulated host reports what a monitor in report mode sends (monitor_app.reporting):
+its published sample (RUNS live sessions with three processes each, built with the
+same code as the monitor's), its events, and now and then a completion record (a
+run ends, another starts), every INTERVAL seconds, through a host token of its own.
+Loopback only, bounded by --duration.
+
+    .venv/bin/python benchmarks/bench_hosts.py                            # 200 x 10, 60 s
+    .venv/bin/python benchmarks/bench_hosts.py --duration 20 --workers 2
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/opsconsole_bench_hosts ...  (the default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import http.cookiejar
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PG = "postgres://postgres@127.0.0.1:5432"
+DATABASE = "opsconsole_bench_hosts"
+WORK = Path(tempfile.mkdtemp(prefix="opsconsole-bench-hosts-"))
+os.environ["OPSCONSOLE_HOME"] = str(WORK / "home")
+os.environ["CLAUDE_CONFIG_DIR"] = str(WORK / "claude")
+os.environ["OPSCONSOLE_CLAUDE_CONFIG_DIRS"] = str(WORK / "claude")
+os.environ["DJANGO_SETTINGS_MODULE"] = "opsconsole.settings"
+os.environ.setdefault("DATABASE_URL", f"{PG}/{DATABASE}")
+os.environ["OPSCONSOLE_SCHEDULERS"] = "cron"
+os.environ["OPSCONSOLE_HOST_NAME"] = "console"
+PASSWORD = "bench-password-hosts"  # noqa: S105 - a throwaway database's user
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+
+from monitor_app import published  # noqa: E402
+from monitor_app.models import HostToken  # noqa: E402
+from opsconsole.models import ApiToken  # noqa: E402
+from sessions_app.live import LiveSession, Snapshot  # noqa: E402
+from sessions_app.proctree import ProcessDetail  # noqa: E402
+from wrapper.formats import Sidecar, SpoolRecord, new_session_id  # noqa: E402
+
+
+def fresh_database() -> None:
+    url = urllib.parse.urlsplit(os.environ["DATABASE_URL"])
+    name = url.path.lstrip("/")
+    assert name not in ("", "opsconsole", "postgres"), "use a database of the benchmark's own"
+    admin = urllib.parse.urlunsplit(url._replace(path="/postgres"))
+    for sql in (f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"):
+        subprocess.run(["psql", admin, "-q", "-c", sql], check=True, capture_output=True)
+
+
+def manage(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "opsconsole.cli", *args],
+        cwd=REPO,
+        env=os.environ,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+class SimulatedHost:
+    """One host's monitor, as the console sees it: a report every interval."""
+
+    def __init__(self, name: str, token: str, runs: int, interval: float) -> None:
+        self.name, self.token, self.interval = name, token, interval
+        self.seq = int(time.time() * 1000)
+        self.sessions = [self.new_session() for _ in range(runs)]
+        self.events: list[dict] = []
+        self.completions: list[dict] = []
+        self.started = {s.session_id for s in self.sessions}
+        for live in self.sessions:
+            self.event("run_started", live.session_id, f"run_started:{live.session_id}")
+        self.posts = 0
+
+    def new_session(self) -> LiveSession:
+        session_id = new_session_id()
+        pid = random.randint(1000, 4_000_000)
+        started = datetime.now(UTC) - timedelta(seconds=random.randint(0, 1800))
+        sidecar = Sidecar(
+            session_id=session_id,
+            script_tag=f"job-{random.randint(1, 40)}",
+            wrapper_pid=pid,
+            wrapper_started=started.timestamp(),
+            started_at=started.isoformat(),
+            attempt=1,
+            platform="linux-bench",
+            host=self.name,
+            cwd="/srv/agents",
+            claude_config_dir="/home/agent/.claude",
+            transcript_path=f"/home/agent/.claude/projects/-srv-agents/{session_id}.jsonl",
+            claude_pid=pid + 1,
+            claude_started=started.timestamp() + 0.1,
+        )
+        processes = [
+            ProcessDetail(
+                pid=pid + i,
+                ppid=pid + i - 1,
+                depth=i,
+                name=name,
+                cmdline=cmd,
+                started=started.timestamp() + i,
+                cpu_percent=1.5,
+                rss=80_000_000,
+            )
+            for i, (name, cmd) in enumerate(
+                [
+                    ("python", "python -m wrapper --tag job -- -p ..."),
+                    ("claude", "claude -p 'do the nightly work' --output-format stream-json"),
+                    ("bash", "bash -c make test"),
+                ]
+            )
+        ]
+        return LiveSession(
+            sidecar, "live", processes, last_tool_call="Bash: make test", transcript_bytes=40_000
+        )
+
+    def event(self, kind: str, session_id: str, key: str) -> None:
+        self.events.append(
+            {
+                "at": datetime.now(UTC).isoformat(),
+                "host": self.name,
+                "kind": kind,
+                "message": f"{kind} {session_id}",
+                "dedupe_key": f"{self.name}:{key}",
+                "session_id": session_id,
+                "script_tag": "job",
+                "status": "live",
+                "detail": {},
+            }
+        )
+
+    def rotate(self) -> None:
+        """One run ends (its completion record is shipped), another starts."""
+        ended = self.sessions.pop(0)
+        now = datetime.now(UTC).isoformat()
+        self.completions.append(
+            asdict(
+                SpoolRecord(
+                    session_id=ended.session_id,
+                    script_tag=ended.sidecar.script_tag,
+                    platform="linux-bench",
+                    host=self.name,
+                    attempt=1,
+                    started_at=ended.sidecar.started_at,
+                    ended_at=now,
+                    end_reason="succeeded",
+                    exit_code=0,
+                    cost_usd=0.12,
+                )
+            )
+        )
+        live = self.new_session()
+        self.sessions.append(live)
+        self.event("run_started", live.session_id, f"run_started:{live.session_id}")
+
+    def body(self) -> bytes:
+        self.seq += 1
+        if self.posts and self.posts % 10 == 0:
+            self.rotate()
+        snapshot = Snapshot(
+            taken_at=datetime.now(UTC),
+            sessions=list(self.sessions),
+            source="monitor",
+            seq=self.seq,
+            interval_seconds=self.interval,
+        )
+        document = published.build(snapshot, self.name, self.seq, 4242)
+        return json.dumps(
+            {
+                "format": 1,
+                "host": self.name,
+                "monitor_version": published.MONITOR_VERSION,
+                "sent_at": datetime.now(UTC).isoformat(),
+                "sample": {
+                    "seq": document.seq,
+                    "taken_at": document.taken_at.isoformat(),
+                    "interval_seconds": document.interval_seconds,
+                    "sample_ms": 3.0,
+                    "monitor_pid": 4242,
+                    "etag": document.etag,
+                    "api_document": document.api_document,
+                    "state_document": document.state_document,
+                },
+                "completions": self.completions,
+                "vanished": [],
+                "endings": [],
+                "leftovers": {},
+                "events": self.events,
+                "action_results": [],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def acknowledged(self, answer: dict) -> None:
+        ack = answer.get("ack", {})
+        done = set(ack.get("sessions", []))
+        self.completions = [c for c in self.completions if c["session_id"] not in done]
+        keys = set(ack.get("events", []))
+        self.events = [e for e in self.events if e["dedupe_key"] not in keys]
+
+
+class Connection(threading.local):
+    pass
+
+
+def post_report(port: int, local: Connection, host: SimulatedHost) -> tuple[float, int]:
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = host.body()
+    began = time.perf_counter()
+    try:
+        conn.request(
+            "POST",
+            "/api/hosts/report",
+            body,
+            {"Authorization": f"Bearer {host.token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        answer = response.read()
+    except (OSError, http.client.HTTPException):
+        local.conn = None
+        return (time.perf_counter() - began) * 1000, 0
+    elapsed = (time.perf_counter() - began) * 1000
+    if response.status == 200:
+        host.acknowledged(json.loads(answer))
+    host.posts += 1
+    return elapsed, response.status
+
+
+def login(base: str) -> urllib.request.OpenerDirector:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(base + "/login/").read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    data = urllib.parse.urlencode(
+        {"username": "ops", "password": PASSWORD, "csrfmiddlewaretoken": token}
+    ).encode()
+    form = urllib.request.Request(base + "/login/", data=data, headers={"Referer": base})  # noqa: S310
+    opener.open(form)
+    return opener
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=10, help="live runs per host")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between posts")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--clients", type=int, default=24, help="load generator threads")
+    args = parser.parse_args()
+
+    fresh_database()
+    manage("migrate", "--noinput")
+    get_user_model().objects.create_superuser("ops", password=PASSWORD)
+    _row, api_token = ApiToken.issue(get_user_model().objects.get(username="ops"))
+    hosts = [
+        SimulatedHost(name, HostToken.issue(name)[1], args.runs, args.interval)
+        for name in (f"host-{i:03d}" for i in range(args.hosts))
+    ]
+    from django.db import connections
+
+    connections.close_all()
+
+    port = 18000 + os.getpid() % 1000
+    log = WORK / "serve.log"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "opsconsole.cli",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(args.workers),
+        ],
+        cwd=REPO,
+        env=os.environ,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/login/", timeout=2).read()  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.3)
+        opener = login(base)
+        api_request = urllib.request.Request(  # noqa: S310 - loopback
+            base + "/api/claude-active?host=all", headers={"Authorization": f"Bearer {api_token}"}
+        )
+
+        # Warm-up: every host reports once, so the fleet holds hosts x runs live runs.
+        local = Connection()
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(lambda h: post_report(port, local, h), hosts))
+        fleet_body = urllib.request.urlopen(api_request).read()  # noqa: S310
+        live = len(json.loads(fleet_body)["sessions"])
+        page = opener.open(base + "/live/rows/?host=all").read().decode()
+        shown = page.count("/sessions/")
+        assert "host-000" in page or "job-" in page, "the fleet live page lists the runs"
+
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        page_ms: list[float] = []
+        api_ms: list[float] = []
+        stop = threading.Event()
+
+        def poll_readers() -> None:
+            while not stop.is_set():
+                began = time.perf_counter()
+                body = urllib.request.urlopen(api_request).read()  # noqa: S310
+                api_ms.append((time.perf_counter() - began) * 1000)
+                assert body
+                began = time.perf_counter()
+                opener.open(base + "/live/rows/?host=all").read()
+                page_ms.append((time.perf_counter() - began) * 1000)
+                stop.wait(0.5)
+
+        processes = tree(server.pid)
+        cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        began = time.monotonic()
+        reader = threading.Thread(target=poll_readers, daemon=True)
+        reader.start()
+        rss_peak = 0
+        with ThreadPoolExecutor(args.clients) as pool:
+            round_no = 0
+            while time.monotonic() - began < args.duration:
+                round_start = began + round_no * args.interval
+                futures = []
+                for index, host in enumerate(hosts):
+                    slot = round_start + args.interval * index / len(hosts)
+                    delay = slot - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    futures.append(pool.submit(post_report, port, local, host))
+                for future in futures:
+                    elapsed, status = future.result()
+                    latencies.append(elapsed)
+                    statuses[status] = statuses.get(status, 0) + 1
+                with contextlib.suppress(psutil.Error):
+                    rss_peak = max(rss_peak, sum(p.memory_info().rss for p in tree(server.pid)))
+                round_no += 1
+        wall = time.monotonic() - began
+        stop.set()
+        reader.join(timeout=10)
+        processes = tree(server.pid)
+        cpu_after = sum(sum(p.cpu_times()[:2]) for p in processes)
+        cores = psutil.cpu_count()
+        print(
+            f"\n{args.hosts} hosts x {args.runs} live runs, a post every {args.interval:g} s "
+            f"for {wall:.0f} s, {args.workers} gunicorn workers, PostgreSQL, {cores} cores; "
+            f"{live} live runs in the fleet view ({shown} session links on the live page)\n"
+        )
+        print("| measure | value |\n|---|---:|")
+        print(f"| reports posted (HTTP status: count) | {statuses} |")
+        print(f"| reports per second | {sum(statuses.values()) / wall:.1f} |")
+        print(f"| ingest p50 (ms) | {percentile(latencies, 0.5):.1f} |")
+        print(f"| ingest p99 (ms) | {percentile(latencies, 0.99):.1f} |")
+        print(
+            f"| GET /api/claude-active?host=all median (ms), {live} runs | "
+            f"{statistics.median(api_ms):.1f} (n={len(api_ms)}) |"
+        )
+        print(
+            f"| fleet live page (/live/rows/?host=all) median (ms) | "
+            f"{statistics.median(page_ms):.1f} (n={len(page_ms)}) |"
+        )
+        print(
+            f"| server CPU (serve + workers + monitor), % of one core | "
+            f"{100 * (cpu_after - cpu_before) / wall:.0f} |"
+        )
+        print(f"| server RSS peak, all processes (MiB) | {rss_peak / 2**20:.0f} |")
+
+        # The readers alone, no posts: what a person polling sees at rest.
+        quiet_api, quiet_page = [], []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            urllib.request.urlopen(api_request).read()  # noqa: S310
+            quiet_api.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            opener.open(base + "/live/rows/?host=all").read()
+            quiet_page.append((time.perf_counter() - t0) * 1000)
+        print(
+            f"| at rest: /api/claude-active?host=all median (ms) | "
+            f"{statistics.median(quiet_api):.1f} |"
+        )
+        print(f"| at rest: fleet live page median (ms) | {statistics.median(quiet_page):.1f} |")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,785 @@
+"""Many hosts, one console: what the console does with reports, and the fleet's view.
+
+A reporting host's monitor posts its sample, its unacknowledged events and the
+completion records in its spool (monitor_app.reporting). `receive_report`
+records them exactly as a console's own monitor would (the same ingest code,
+idempotent by session id and event key), writes the host's HostSample row, and
+answers with what it recorded and the operator requests waiting for the host.
+Every row a report touches is checked to belong to the token's host.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from jobs_app.models import AuditEntry, Job
+from monitor_app import published, remote_transcripts
+from monitor_app.events import EventOutbox, PendingEvent
+from monitor_app.models import Event, EventKind, HostSample, RemoteAction
+from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
+from monitor_app.remote_transcripts import MAX_CHUNK_BYTES
+from sessions_app import ingest
+from sessions_app.live import Snapshot
+from sessions_app.models import LIVE_STATUSES, Session, Status
+from wrapper.formats import FormatError, Sidecar, SpoolRecord, parse_iso
+
+log = logging.getLogger(__name__)
+
+SILENT_INTERVALS = 3
+# An operator request not carried out within this long is expired, with the reason.
+ACTION_TTL = timedelta(seconds=120)
+
+
+class ReportRejected(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _require(condition: bool, message: str, status: int = 400) -> None:
+    if not condition:
+        raise ReportRejected(message, status)
+
+
+def _check_host(named: object, host: str, what: str) -> None:
+    if named != host:
+        raise ReportRejected(f"this token is for host {host!r}; {what} names host {named!r}", 403)
+
+
+@dataclass
+class Parsed:
+    sample: dict
+    snapshot: Snapshot
+    completions: list[SpoolRecord]
+    rejected: list[str]
+    vanished: list[Sidecar]
+    endings: list[tuple[Sidecar, str, datetime]]
+    leftovers: dict[str, list]
+    events: list[PendingEvent]
+    results: list[dict]
+    transcripts: list[tuple[str, int, bytes]]
+    jobs: list | None = None
+    stops: list[dict] = field(default_factory=list)
+    audits: list[dict] = field(default_factory=list)
+
+
+def parse_report(payload: object, host: str) -> Parsed:
+    """Validate a report against the token's host, before anything is written."""
+    _require(isinstance(payload, dict), "a report is a JSON object")
+    _require(payload.get("format") == 1, "unknown report format")
+    _check_host(payload.get("host"), host, "the report")
+    sample = payload.get("sample")
+    _require(isinstance(sample, dict), "sample missing")
+    try:
+        api = json.loads(sample["api_document"])
+        state = json.loads(sample["state_document"])
+        snapshot = published.snapshot_from_state(state, seq=int(sample["seq"]), source="monitor")
+        parse_iso(sample["taken_at"])
+        float(sample["interval_seconds"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportRejected(f"sample unreadable: {exc}", 400) from exc
+    _check_host(api.get("host"), host, "the sample")
+    for live in snapshot.sessions:
+        _check_host(live.sidecar.host, host, f"live session {live.session_id}")
+    for run in snapshot.leftovers:
+        _check_host(run.host, host, f"leftovers of {run.session_id}")
+    completions, rejected = [], []
+    for item in _list(payload, "completions"):
+        try:
+            record = SpoolRecord.from_dict(item)
+        except (FormatError, TypeError) as exc:
+            session_id = item.get("session_id") if isinstance(item, dict) else None
+            log.warning("completion record from %s rejected: %s", host, exc)
+            if isinstance(session_id, str):
+                rejected.append(session_id)
+            continue
+        _check_host(record.host, host, f"completion record {record.session_id}")
+        completions.append(record)
+    vanished = [_sidecar(item, host) for item in _list(payload, "vanished")]
+    endings = []
+    for item in _list(payload, "endings"):
+        try:
+            status = item["status"]
+            _require(status in (Status.EXITED, Status.KILLED), "ending status")
+            endings.append((_sidecar(item["sidecar"], host), status, parse_iso(item["ended_at"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportRejected(f"ending unreadable: {exc}", 400) from exc
+    leftovers = payload.get("leftovers") or {}
+    _require(isinstance(leftovers, dict), "leftovers is an object")
+    events = []
+    for item in _list(payload, "events"):
+        try:
+            event = PendingEvent(**item)
+            parse_iso(event.at)
+        except (TypeError, ValueError) as exc:
+            raise ReportRejected(f"event unreadable: {exc}", 400) from exc
+        _check_host(event.host, host, f"event {event.dedupe_key}")
+        _require(event.kind in EventKind.values, f"unknown event kind {event.kind!r}")
+        _require(
+            event.dedupe_key.startswith(f"{host}:"), "an event's key starts with its host", 403
+        )
+        events.append(event)
+    results = [r for r in _list(payload, "action_results") if isinstance(r, dict)]
+    transcripts = []
+    for item in _list(payload, "transcripts"):
+        try:
+            session_id, offset = item["session_id"], item["offset"]
+            data = base64.b64decode(item["data"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ReportRejected(f"transcript chunk unreadable: {exc}", 400) from exc
+        _require(_is_uuid(session_id), "a transcript chunk names a session id")
+        _require(isinstance(offset, int) and offset >= 0, "a chunk's offset is a byte count")
+        _require(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
+        transcripts.append((session_id, offset, data))
+    jobs = parse_jobs(payload.get("jobs"), host)
+    stops = [
+        s for s in _list(payload, "stops") if isinstance(s, dict) and _is_uuid(s.get("session_id"))
+    ]
+    audits = [a for a in _list(payload, "audits") if isinstance(a, dict)]
+    return Parsed(
+        stops=stops,
+        audits=audits,
+        jobs=jobs,
+        sample=sample,
+        snapshot=snapshot,
+        completions=completions,
+        rejected=rejected,
+        vanished=vanished,
+        endings=endings,
+        leftovers=leftovers,
+        events=events,
+        results=results,
+        transcripts=transcripts,
+    )
+
+
+def parse_jobs(value: object, host: str):
+    """A host's latest scheduler collection (jobs_app collectors, run on the host)."""
+    from jobs_app.collectors.base import CollectedJob, Collection
+
+    if value is None:
+        return None
+    _require(isinstance(value, list), "jobs is a list of collections")
+    collections = []
+    for item in value:
+        try:
+            collection = Collection(
+                scheduler=str(item["scheduler"])[:16],
+                errors=[str(e)[:500] for e in item.get("errors") or []],
+            )
+            for job in item.get("jobs") or []:
+                found = CollectedJob(**job)
+                for name in ("next_run_at", "previous_run_at"):
+                    raw = getattr(found, name)
+                    setattr(found, name, parse_iso(raw) if raw else None)
+                _check_host(found.host, host, f"job {found.label}")
+                collection.jobs.append(found)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportRejected(f"job collection unreadable: {exc}", 400) from exc
+        collections.append(collection)
+    return collections
+
+
+def _list(payload: dict, name: str) -> list:
+    value = payload.get(name) or []
+    _require(isinstance(value, list), f"{name} is a list")
+    return value
+
+
+def _sidecar(item: object, host: str) -> Sidecar:
+    try:
+        sidecar = Sidecar.from_dict(item)
+    except (FormatError, TypeError) as exc:
+        raise ReportRejected(f"sidecar unreadable: {exc}", 400) from exc
+    _check_host(sidecar.host, host, f"session {sidecar.session_id}")
+    return sidecar
+
+
+def receive_report(payload: object, host: str, received_at: datetime | None = None) -> dict:
+    """Record one report of `host`; the answer (acks and requests). ReportRejected if not."""
+    received_at = received_at or timezone.now()
+    parsed = parse_report(payload, host)
+    with transaction.atomic():
+        return _record(parsed, payload, host, received_at)
+
+
+def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> dict:
+    outbox = EventOutbox(host, None)
+    recorded: list[str] = []
+    # Sessions this host already has on record under another host are not its to write.
+    ids = [r.session_id for r in parsed.completions] + [s.session_id for s in parsed.vanished]
+    ids += [s.session_id for s, _, _ in parsed.endings] + list(parsed.leftovers)
+    ids += [live.session_id for live in parsed.snapshot.sessions]
+    ids += [session_id for session_id, _, _ in parsed.transcripts]
+    ids += [stop["session_id"] for stop in parsed.stops]
+    foreign = (
+        Session.objects.filter(session_id__in=[i for i in ids if _is_uuid(i)])
+        .exclude(host=host)
+        .values_list("session_id", flat=True)
+        .first()
+    )
+    if foreign is not None:
+        raise ReportRejected(f"session {foreign} is on record for another host", 403)
+
+    write_sample(parsed, host, payload.get("monitor_version", ""), received_at)
+    now = received_at
+    for result in parsed.results:
+        finish_action(result, host, now)
+    for stop in parsed.stops:
+        # The host's watchdog is stopping it: on record before its completion record.
+        Session.objects.filter(
+            session_id=stop["session_id"], host=host, status__in=LIVE_STATUSES
+        ).update(
+            stopped_by=str(stop.get("actor") or "watchdog")[:150],
+            end_reason=str(stop.get("reason") or "watchdog")[:32],
+        )
+    for audit in parsed.audits:
+        record_host_audit(audit, host)
+    for record in parsed.completions:
+        session = ingest.record_completion(record)
+        add_end_event(outbox, session, now)
+        recorded.append(record.session_id)
+    for sidecar in parsed.vanished:
+        existing = Session.objects.filter(session_id=sidecar.session_id).first()
+        if existing is None or existing.status in (*LIVE_STATUSES, Status.UNKNOWN):
+            session = ingest.record_vanished(sidecar, settings.OPSCONSOLE_STATE, None, now=now)
+            add_end_event(outbox, session, now)
+        recorded.append(sidecar.session_id)
+    for sidecar, status, ended_at in parsed.endings:
+        session = ingest.record_unwrapped_end(
+            sidecar, status, ended_at, settings.OPSCONSOLE_STATE, None
+        )
+        if session.status == status:
+            add_end_event(outbox, session, ended_at)
+        recorded.append(sidecar.session_id)
+    for session_id, members in parsed.leftovers.items():
+        if _is_uuid(session_id) and isinstance(members, list):
+            Session.objects.filter(session_id=session_id, host=host).update(
+                leftovers=clean_leftovers(members)
+            )
+    ingest.record_live(parsed.snapshot.sessions)
+    if parsed.snapshot.active_dir_error is None:
+        close_lost_rows(parsed.snapshot, host, set(recorded), now)
+    if parsed.jobs is not None:
+        from jobs_app.status import record_collections
+
+        record_collections(parsed.jobs, now, host=host)
+    outbox.pending.extend(parsed.events)
+    outbox.flush()
+    held = store_transcripts(parsed, host, recorded)
+    return {
+        "ok": True,
+        "ack": {
+            "sessions": recorded,
+            "rejected": parsed.rejected,
+            "events": [e.dedupe_key for e in parsed.events],
+            "transcripts": held,
+        },
+        "actions": deliver_actions(host, now),
+        "policy": host_policy(host),
+        "received_at": received_at.isoformat(),
+    }
+
+
+def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[str, int]:
+    """New transcript bytes into the console's copy; the Session row points at it, so the
+    session page, tail and Range follower read it as an archived transcript."""
+    held = {}
+    for session_id, offset, data in parsed.transcripts:
+        if not Session.objects.filter(session_id=session_id, host=host).exists():
+            continue  # no row yet: the host sends it again with the next report
+        held[session_id] = remote_transcripts.append_chunk(host, session_id, offset, data)
+    for session_id in set(held) | set(recorded):
+        path = remote_transcripts.local_path(host, session_id)
+        if path is not None:
+            Session.objects.filter(session_id=session_id, host=host).exclude(
+                archive_path=path
+            ).update(archive_path=path)
+    return held
+
+
+def clean_leftovers(members: list) -> list[dict]:
+    """Leftover processes as the Session row keeps them: pid, start time, command line."""
+    clean = []
+    for member in members[:1000]:
+        try:
+            clean.append(
+                {
+                    "pid": int(member["pid"]),
+                    "started": float(member["started"]),
+                    "cmdline": str(member.get("cmdline", ""))[:2000],
+                }
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return clean
+
+
+def record_host_audit(audit: dict, host: str) -> None:
+    """What a host's own rules did (the watchdog, the leftover rule), in the audit log."""
+    from jobs_app.linking import job_id_for
+
+    tag = str(audit.get("script_tag") or "")
+    detail = audit.get("detail") if isinstance(audit.get("detail"), dict) else {}
+    AuditEntry.objects.create(
+        actor=str(audit.get("actor") or "watchdog")[:150],
+        action=str(audit.get("action") or "")[:32],
+        job_id=job_id_for(host, tag) if tag else None,
+        target=str(audit.get("target") or "")[:2000],
+        ok=bool(audit.get("ok")),
+        output=str(audit.get("output") or "")[-20_000:],
+        detail={**detail, "host": host},
+    )
+
+
+def host_policy(host: str) -> dict:
+    """The console's rules for a host's runs: per tag, its job's time limit and
+    leftover rule, and the defaults for runs of no job."""
+    from jobs_app.linking import job_index
+
+    ids = {job_id for (job_host, _tag), job_id in job_index().items() if job_host == host}
+    jobs = Job.objects.in_bulk(ids) if ids else {}
+    tags = {}
+    for (job_host, tag), job_id in job_index().items():
+        job = jobs.get(job_id)
+        if job_host == host and job is not None:
+            tags[tag] = {
+                "max_runtime_minutes": job.max_runtime_minutes,
+                "kill_leftovers": job.kill_leftovers,
+            }
+    return {
+        "default_max_runtime_minutes": settings.OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES,
+        "kill_leftovers": settings.OPSCONSOLE_KILL_LEFTOVERS,
+        "leftover_grace_seconds": settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS,
+        "tags": tags,
+    }
+
+
+def _is_uuid(value: object) -> bool:
+    from wrapper.formats import is_session_id
+
+    return isinstance(value, str) and is_session_id(value)
+
+
+def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> None:
+    """The host's HostSample row. Both documents are rebuilt here from the checked
+    snapshot: what the console serves is what it validated (no session of another host,
+    its own URLs), never the host's bytes as sent."""
+    sample = parsed.sample
+    snapshot = parsed.snapshot
+    snapshot.interval_seconds = float(sample["interval_seconds"])
+    pid = sample.get("monitor_pid")
+    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    document = published.build(snapshot, host, int(sample["seq"]), pid)
+    taken_at = document.taken_at
+    values = {
+        "seq": document.seq,
+        "taken_at": taken_at,
+        "interval_seconds": document.interval_seconds,
+        "sample_ms": document.sample_ms,
+        "monitor_pid": pid,
+        "monitor_version": str(version)[:32],
+        "etag": document.etag,
+        "api_document": document.api_document,
+        "state_document": document.state_document,
+        "received_at": received_at,
+        "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
+        "reported": True,
+    }
+    # Only a newer sample of the same monitor replaces the row (a retried old report must
+    # not go back in time); a restarted monitor's always does (its clock may have gone back).
+    newer = Q(seq__lte=values["seq"]) | ~Q(monitor_pid=pid) | Q(monitor_pid=None)
+    updated = HostSample.objects.filter(newer, host=host).update(**values)
+    if not updated and not HostSample.objects.filter(host=host).exists():
+        HostSample.objects.get_or_create(host=host, defaults=values)
+
+
+def close_lost_rows(snapshot: Snapshot, host: str, recorded: set[str], now: datetime) -> None:
+    """Rows of `host` marked live that its sample no longer names and nothing ended: the
+    console lost sight of them (as the local monitor's own rule; a record arriving later
+    still wins)."""
+    live_ids = {s.session_id for s in snapshot.sessions} | recorded
+    lost = (
+        Session.objects.filter(
+            status__in=LIVE_STATUSES, host=host, started_at__lt=now - STALE_LIVE_ROW_GRACE
+        )
+        .exclude(session_id__in=live_ids)
+        .values_list("pk", flat=True)
+    )
+    for pk in lost:
+        Session.objects.filter(pk=pk, status__in=LIVE_STATUSES).update(
+            status=Status.UNKNOWN,
+            end_reason="lost",
+            ended_at=now,
+            error=f"The console lost sight of this run: {host}'s monitor no longer reports it "
+            "and sent no completion record.",
+        )
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def request_action(
+    kind: str, session: Session, actor: str, now: datetime | None = None
+) -> RemoteAction:
+    """An operator's stop or kill-leftovers for a run on another host: queued for its
+    monitor's next report, audited when asked and again when the host answers."""
+    now = now or timezone.now()
+    action = RemoteAction.objects.create(
+        host=session.host,
+        kind=kind,
+        session_id=session.session_id,
+        requested_by=actor,
+        requested_at=now,
+    )
+    AuditEntry.objects.create(
+        actor=actor,
+        action=f"request_{kind}",
+        job=session.job,
+        target=str(session.session_id),
+        ok=True,
+        output="",
+        detail={"host": session.host, "remote_action": action.pk, "state": "pending"},
+    )
+    return action
+
+
+def deliver_actions(host: str, now: datetime) -> list[dict]:
+    with transaction.atomic():
+        rows = list(
+            RemoteAction.objects.select_for_update().filter(
+                host=host, state=RemoteAction.State.PENDING
+            )
+        )
+        for action in rows:
+            action.state, action.sent_at = RemoteAction.State.SENT, now
+            action.save(update_fields=["state", "sent_at"])
+            if action.kind == RemoteAction.Kind.STOP:
+                # On record before the host acts, so the completion record keeps the reason.
+                Session.objects.filter(
+                    session_id=action.session_id, status__in=LIVE_STATUSES
+                ).update(stopped_by=action.requested_by, end_reason="stopped")
+    return [
+        {
+            "id": a.pk,
+            "kind": a.kind,
+            "session_id": str(a.session_id) if a.session_id else None,
+            "requested_by": a.requested_by,
+        }
+        for a in rows
+    ]
+
+
+def finish_action(result: dict, host: str, now: datetime) -> None:
+    action = RemoteAction.objects.filter(pk=result.get("id"), host=host).first()
+    if action is None or action.state not in (RemoteAction.State.SENT, RemoteAction.State.PENDING):
+        return
+    ok = bool(result.get("ok"))
+    action.state = RemoteAction.State.DONE if ok else RemoteAction.State.FAILED
+    action.finished_at = now
+    action.message = str(result.get("message") or "")[:2000]
+    action.detail = {
+        "terminated": result.get("terminated") or [],
+        "killed": result.get("killed") or [],
+    }
+    action.save()
+    session = Session.objects.filter(session_id=action.session_id).select_related("job").first()
+    AuditEntry.objects.create(
+        actor=action.requested_by,
+        action=action.kind,
+        job=session.job if session else None,
+        target=str(action.session_id or ""),
+        ok=ok,
+        output=action.message,
+        detail={"host": host, "remote_action": action.pk, **action.detail},
+    )
+    Event.objects.get_or_create(
+        dedupe_key=f"{host}:remote_action:{action.pk}"[:200],
+        defaults={
+            "at": now,
+            "host": host,
+            "kind": EventKind.REMOTE_ACTION,
+            "session_id": action.session_id,
+            "status": action.state,
+            "message": f"{action.get_kind_display()} asked by {action.requested_by}: "
+            f"{action.message}"[:2000],
+            "detail": {"remote_action": action.pk, "ok": ok},
+        },
+    )
+
+
+def expire_actions(now: datetime | None = None) -> int:
+    """Requests nobody will carry out: the host went silent, or never answered."""
+    now = now or timezone.now()
+    expired = 0
+    open_rows = RemoteAction.objects.filter(
+        state__in=(RemoteAction.State.PENDING, RemoteAction.State.SENT)
+    )
+    hosts = {h.host: h for h in HostSample.objects.filter(host__in=open_rows.values("host"))}
+    for action in open_rows:
+        sample = hosts.get(action.host)
+        silent_since = None
+        if sample is None:
+            silent_since = "it never reported"
+        elif is_silent(sample, now):
+            silent_since = f"its last report was at {last_heard(sample):%Y-%m-%d %H:%M:%S} UTC"
+        too_old = now - (action.sent_at or action.requested_at) > ACTION_TTL
+        if silent_since and action.state == RemoteAction.State.PENDING:
+            message = (
+                f"expired: host {action.host} is silent ({silent_since}); "
+                "the request was never delivered and nothing was done"
+            )
+        elif too_old:
+            message = (
+                f"expired: host {action.host} was handed the request at "
+                f"{action.sent_at:%H:%M:%S} UTC and never reported an outcome"
+                if action.sent_at
+                else f"expired: host {action.host} did not collect the request within "
+                f"{int(ACTION_TTL.total_seconds())} s"
+            )
+        else:
+            continue
+        updated = RemoteAction.objects.filter(pk=action.pk, state=action.state).update(
+            state=RemoteAction.State.EXPIRED, finished_at=now, message=message
+        )
+        if updated:
+            expired += 1
+            AuditEntry.objects.create(
+                actor=action.requested_by,
+                action=action.kind,
+                target=str(action.session_id or ""),
+                ok=False,
+                output=message,
+                detail={"host": action.host, "remote_action": action.pk},
+            )
+    return expired
+
+
+# ----------------------------------------------------------------------------- hosts
+
+
+def last_heard(sample: HostSample) -> datetime:
+    """The console's clock when it has one (a reported sample), else the host's own."""
+    return sample.received_at or sample.taken_at
+
+
+def is_silent(
+    sample: HostSample, now: datetime | None = None, since: datetime | None = None
+) -> bool:
+    now = now or datetime.now(UTC)
+    limit = SILENT_INTERVALS * max(sample.interval_seconds, 0.5)
+    heard = last_heard(sample) if since is None else max(last_heard(sample), since)
+    return (now - heard).total_seconds() > limit
+
+
+def check_silent_hosts(
+    now: datetime | None = None, watching_since: datetime | None = None
+) -> list[str]:
+    """A monitor_silent event once per silence (keyed by the last sample's seq).
+
+    `watching_since`: when the console's monitor started. A host is not called silent
+    for the time the console itself was down (its reports could not arrive)."""
+    now = now or timezone.now()
+    silent = []
+    rows = HostSample.objects.only("host", "seq", "taken_at", "received_at", "interval_seconds")
+    events = []
+    for sample in rows:
+        if not is_silent(sample, now):
+            continue
+        if watching_since is not None and not is_silent(sample, now, since=watching_since):
+            continue
+        silent.append(sample.host)
+        heard = last_heard(sample)
+        events.append(
+            Event(
+                at=now,
+                host=sample.host,
+                kind=EventKind.MONITOR_SILENT,
+                message=f"monitor on {sample.host} silent: last sample "
+                f"{heard:%Y-%m-%d %H:%M:%S} UTC, {int((now - heard).total_seconds())} s ago",
+                detail={"last_seq": sample.seq, "last_heard": heard.isoformat()},
+                dedupe_key=f"{sample.host}:monitor_silent:{sample.seq}"[:200],
+            )
+        )
+    if events:
+        Event.objects.bulk_create(events, ignore_conflicts=True)
+    return silent
+
+
+@dataclass
+class HostRow:
+    host: str
+    sample: HostSample | None
+    age_seconds: float | None
+    silent: bool
+    live_runs: int
+    leftovers: int
+    quota_until: str | None
+    jobs: int
+    this_host: bool
+    tokens: int
+    runs_30d: int = 0
+    cost_30d: float | None = None
+
+
+def host_rows(now: datetime | None = None) -> list[HostRow]:
+    from django.db.models import Count, Sum
+
+    from monitor_app.models import HostToken
+
+    now = now or timezone.now()
+    # Totals across machines: runs and cost of the last 30 days, per host, one query.
+    recent = {
+        host: (runs, cost)
+        for host, runs, cost in Session.objects.filter(started_at__gte=now - timedelta(days=30))
+        .values("host")
+        .annotate(runs=Count("session_id"), cost=Sum("cost_usd"))
+        .values_list("host", "runs", "cost")
+    }
+    samples = {s.host: s for s in HostSample.objects.all()}
+    jobs = dict(Job.objects.values_list("host").annotate(n=Count("id")))
+    tokens = dict(
+        HostToken.objects.filter(revoked_at=None).values_list("host").annotate(n=Count("id"))
+    )
+    rows = []
+    for host in sorted(set(samples) | set(tokens) | set(recent) | {settings.OPSCONSOLE_HOST}):
+        sample = samples.get(host)
+        live = leftovers = 0
+        quota = None
+        if sample is not None:
+            try:
+                api = json.loads(sample.api_document)
+                live, leftovers = len(api.get("sessions", [])), len(api.get("leftovers", []))
+                quota = api.get("quota_until")
+            except ValueError:
+                pass
+        rows.append(
+            HostRow(
+                host=host,
+                sample=sample,
+                age_seconds=(now - last_heard(sample)).total_seconds() if sample else None,
+                silent=sample is None or is_silent(sample, now),
+                live_runs=live,
+                leftovers=leftovers,
+                quota_until=quota,
+                jobs=jobs.get(host, 0),
+                this_host=host == settings.OPSCONSOLE_HOST,
+                tokens=tokens.get(host, 0),
+                runs_30d=recent.get(host, (0, None))[0],
+                cost_30d=float(c) if (c := recent.get(host, (0, None))[1]) is not None else None,
+            )
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- the fleet view
+
+
+class FleetReader:
+    """Every host's latest sample, parsed once per (host, seq), combined per request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._api: dict[str, tuple[int, dict]] = {}
+        self._snapshots: dict[str, tuple[int, Snapshot]] = {}
+        self._combined: tuple[tuple, bytes, str] | None = None
+
+    def _heads(self) -> list[tuple[str, int]]:
+        return list(HostSample.objects.order_by("host").values_list("host", "seq"))
+
+    def _rows(self, hosts: list[str], fields: tuple[str, ...]):
+        return HostSample.objects.filter(host__in=hosts).values_list("host", "seq", *fields)
+
+    def api_document(self) -> tuple[bytes, str]:
+        """The fleet's /api/claude-active body (every host's sessions) and its ETag."""
+        import hashlib
+
+        heads = self._heads()
+        key = tuple(heads)
+        combined = self._combined
+        if combined is not None and combined[0] == key:
+            return combined[1], combined[2]
+        stale = [h for h, seq in heads if self._api.get(h, (None,))[0] != seq]
+        for host, seq, document in self._rows(stale, ("api_document",)) if stale else ():
+            try:
+                self._api[host] = (seq, json.loads(document))
+            except ValueError:
+                continue
+        now = datetime.now(UTC)
+        hosts, sessions, leftovers = [], [], []
+        for host, _seq in heads:
+            item = self._api.get(host)
+            if item is None:
+                continue
+            doc = item[1]
+            taken = parse_iso(doc["taken_at"])
+            fresh = (now - taken).total_seconds() <= SILENT_INTERVALS * doc["interval_seconds"]
+            hosts.append(
+                {
+                    "host": host,
+                    "seq": doc["seq"],
+                    "taken_at": doc["taken_at"],
+                    "silent": not fresh,
+                    "live": len(doc.get("sessions", [])),
+                }
+            )
+            sessions.extend(doc.get("sessions", []))
+            leftovers.extend(doc.get("leftovers", []))
+        body = json.dumps(
+            {"host": "all", "hosts": hosts, "sessions": sessions, "leftovers": leftovers},
+            separators=(",", ":"),
+        ).encode()
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        with self._lock:
+            self._combined = (key, body, etag)
+        return body, etag
+
+    def snapshot(self, hosts: list[str] | None = None) -> Snapshot:
+        """One Snapshot of every host's live sessions (or of the named hosts)."""
+        heads = [(h, s) for h, s in self._heads() if hosts is None or h in hosts]
+        stale = [h for h, seq in heads if self._snapshots.get(h, (None,))[0] != seq]
+        if stale:
+            for host, seq, document, taken_at in self._rows(stale, ("state_document", "taken_at")):
+                try:
+                    snap = published.snapshot_from_state(
+                        json.loads(document), seq=seq, source="monitor"
+                    )
+                except (ValueError, KeyError, TypeError):
+                    continue
+                snap.taken_at = taken_at
+                self._snapshots[host] = (seq, snap)
+        combined = Snapshot(taken_at=datetime.now(UTC), source="monitor")
+        oldest = None
+        for host, _seq in heads:
+            item = self._snapshots.get(host)
+            if item is None:
+                continue
+            snap = item[1]
+            combined.sessions.extend(snap.sessions)
+            combined.leftovers.extend(snap.leftovers)
+            combined.skipped.extend(snap.skipped)
+            if snap.quota_until and not combined.quota_until:
+                combined.quota_until, combined.quota_reason = snap.quota_until, snap.quota_reason
+            if oldest is None or snap.taken_at < oldest.taken_at:
+                oldest = snap
+        if oldest is not None and hosts is not None and len(hosts) == 1:
+            combined.taken_at, combined.interval_seconds = oldest.taken_at, oldest.interval_seconds
+            combined.seq = oldest.seq
+            # PIDs mean something within one host only: ancestry joins for one host's view.
+            combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)
+        combined.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
+        return combined
+
+
+fleet = FleetReader()

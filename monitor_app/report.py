@@ -1,0 +1,126 @@
+"""Report mode, the host's side: each sample posted to a central console.
+
+`opsconsole monitor --report-to URL --token oc_host_...` makes the monitor a
+second kind of sink: instead of writing a database it posts every sample (the
+published documents), the events it has not had acknowledged, and the
+completion records waiting in its spool to `POST /api/hosts/report`. The
+console answers with what it recorded (session ids, event keys); only then do
+spool files leave the spool and events leave the outbox, so a console restart
+or a network cut loses nothing. The answer also carries operator requests for
+this host (stop a run, kill leftovers), carried out here with the same code
+as on a console's own host.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+REPORT_PATH = "/api/hosts/report"
+REPORT_FORMAT = 1
+# Bounds per post, so a backlog (a long outage) drains over several samples instead of
+# making one post too big to send.
+MAX_COMPLETIONS_PER_REPORT = 100
+MAX_EVENTS_PER_REPORT = 1000
+MAX_REPORT_BYTES = 8 * 1024 * 1024  # the console refuses more (413)
+GZIP_ABOVE_BYTES = 32 * 1024
+
+
+class ReportError(Exception):
+    """The console did not take the report: `status` is its HTTP status, 0 for no answer."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        """The console answered and said no (auth, host mismatch, malformed): retrying
+        the same report will not help, unlike a network error or a 5xx."""
+        return 400 <= self.status < 500
+
+
+def is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_report_url(url: str, *, insecure: bool = False) -> str:
+    """The console's base URL, or ValueError: plain http only to loopback unless insecure."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--report-to must be an http(s) URL of the console, not {url!r}")
+    if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname):
+        raise ValueError(
+            f"refusing to send a host token in clear text to {parts.hostname}: use https:// "
+            "(TLS in front of `opsconsole serve`, see the README) or --insecure"
+        )
+    return url.rstrip("/")
+
+
+Transport = Callable[[bytes, dict[str, str]], tuple[int, bytes]]
+
+
+@dataclass
+class Reporter:
+    url: str
+    token: str
+    insecure: bool = False
+    timeout: float = 10.0
+    # Tests may post through Django's test client; the monitor posts over HTTP(S).
+    transport: Transport | None = None
+
+    def __post_init__(self) -> None:
+        self.url = check_report_url(self.url, insecure=self.insecure)
+        if not self.token:
+            raise ValueError("a host token is needed (--token or OPSCONSOLE_REPORT_TOKEN)")
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + REPORT_PATH
+
+    def send(self, payload: dict) -> dict:
+        """Post one report; the console's answer (acks, actions) or ReportError."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self.token}",
+        }
+        if len(body) > GZIP_ABOVE_BYTES:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        if len(body) > MAX_REPORT_BYTES:
+            raise ReportError(f"report of {len(body)} bytes is over the limit", 413)
+        status, answer = (self.transport or self._post)(body, headers)
+        if status != 200:
+            try:
+                message = json.loads(answer).get("error", "")
+            except (ValueError, AttributeError):
+                message = answer[:200].decode(errors="replace")
+            raise ReportError(f"console answered {status}: {message}", status)
+        try:
+            return json.loads(answer)
+        except ValueError as exc:
+            raise ReportError(f"console's answer is not JSON: {exc}", status) from exc
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        request = urllib.request.Request(  # noqa: S310 - the URL was checked: http(s) only
+            self.endpoint, data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return response.status, response.read(1024 * 1024)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(64 * 1024)
+        except (OSError, ValueError) as exc:  # refused, reset, timeout, DNS, TLS
+            raise ReportError(f"console unreachable: {exc}") from exc

@@ -1,0 +1,490 @@
+"""Report mode inside the monitor: what a sample owes the console, kept until acknowledged.
+
+Local mode (`Monitor.sync`) writes history into this host's database. Report mode
+writes nothing here: it notes what changed (runs started, sidecars whose owners
+are gone, unwrapped sessions that ended, leftovers), and each report carries it
+to the console with the sample. Spool files, sidecars of vanished runs and
+pending events stay on disk until the console's answer names them, so nothing
+is lost to a console restart or a network cut, and a monitor restart re-sends
+what was not acknowledged (the console records by session id and event key:
+twice changes nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from datetime import datetime, timedelta
+
+from django.conf import settings
+
+from monitor_app import published
+from monitor_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
+from monitor_app.report import (
+    MAX_COMPLETIONS_PER_REPORT,
+    MAX_EVENTS_PER_REPORT,
+    REPORT_FORMAT,
+    ReportError,
+)
+from sessions_app.ingest import _move_aside, pending_spool_files
+from sessions_app.live import Snapshot
+from wrapper.formats import (
+    FormatError,
+    Sidecar,
+    ensure_private_dir,
+    parse_iso,
+    read_spool_record,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReportState:
+    def __init__(self, monitor) -> None:
+        self.monitor = monitor
+        monitor.events.save()
+        self.states: dict[str, str] = {}  # session id -> state last reported live
+        self.gone: dict[str, Sidecar] = {}  # sidecars whose owners are gone, until acked
+        self.results: list[dict] = []  # outcomes of operator requests, until reported
+        self.results_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.last_error: ReportError | None = None
+        self.last_answer: dict | None = None
+        self.reports = 0
+        self.jobs: list[dict] | None = None  # the latest collection, until reported
+        self.known_labels: dict[str, set[str]] = {}
+        self.next_collect = 0.0
+        # The console's rules for this host (job time limits, leftover rule), from its
+        # latest answer; this host's watchdog and leftover rule wait until it is known.
+        self.policy: dict | None = None
+        self.next_watchdog = 0.0
+        self.stopping: set[str] = set()
+        self.stops: list[dict] = []  # runs the watchdog is stopping, until reported
+        self.audits: list[dict] = []  # what the host's rules did, until reported
+        self.leftovers_file = monitor.paths.home / "monitor" / "leftovers.json"
+        self.load_leftovers()
+        # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
+        self.transcripts: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ noting
+
+    def note(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None:
+        monitor = self.monitor
+        live_ids = set()
+        for live in snapshot.sessions:
+            live_ids.add(live.session_id)
+            before = self.states.get(live.session_id)
+            if before != live.state:
+                monitor.event_for_live(live, before, now)
+                self.states[live.session_id] = live.state
+        for session_id in [s for s in self.states if s not in live_ids]:
+            del self.states[session_id]
+        for sidecar in gone:
+            self.gone.setdefault(sidecar.session_id, sidecar)
+        if monitor.leftovers or self.leftovers_file.exists():
+            self.save_leftovers()
+        self.follow_transcripts(snapshot, live_ids)
+        if monitor.cadences and time.monotonic() >= self.next_collect:
+            self.next_collect = time.monotonic() + settings.OPSCONSOLE_COLLECT_SECONDS
+            self.collect_jobs(now)
+        if self.policy is not None and monitor.cadences:
+            if time.monotonic() >= self.next_watchdog:
+                self.next_watchdog = time.monotonic() + settings.OPSCONSOLE_WATCHDOG_SECONDS
+                self.watchdog(snapshot, now)
+            self.leftover_rule(now)
+
+    def rule_for(self, tag: str) -> dict:
+        return (self.policy or {}).get("tags", {}).get(tag, {})
+
+    def watchdog(self, snapshot: Snapshot, now: datetime) -> None:
+        """Runs past their job's limit (the console's), stopped here as on a console."""
+        default = self.policy.get("default_max_runtime_minutes", 45)
+        for live in snapshot.sessions:
+            if live.session_id in self.stopping:
+                continue
+            minutes = self.rule_for(live.sidecar.script_tag).get("max_runtime_minutes", default)
+            runtime = now - live.started_at
+            if runtime <= timedelta(minutes=minutes):
+                continue
+            self.stopping.add(live.session_id)
+            self.stops.append(
+                {"session_id": live.session_id, "actor": "watchdog", "reason": "watchdog"}
+            )
+            detail = {"runtime_minutes": int(runtime.total_seconds() // 60), "limit": minutes}
+            thread = threading.Thread(
+                target=self.stop_overdue, args=(live, detail), name="watchdog", daemon=True
+            )
+            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def stop_overdue(self, live, detail: dict) -> None:
+        from sessions_app.stopping import stop_session
+
+        outcome = stop_session(
+            live,
+            actor="watchdog",
+            reason="watchdog",
+            grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS,
+            on_record=False,
+        )
+        with self.results_lock:
+            self.audits.append(
+                {
+                    "actor": "watchdog",
+                    "action": "stop",
+                    "target": live.session_id,
+                    "script_tag": live.sidecar.script_tag,
+                    "ok": not outcome.errors,
+                    "output": "\n".join(outcome.errors),
+                    "detail": {
+                        **detail,
+                        "terminated": outcome.terminated,
+                        "killed": outcome.killed,
+                    },
+                }
+            )
+
+    def leftover_rule(self, now: datetime) -> None:
+        """TERM a run's leftovers after the grace period, KILL a stop-grace later."""
+        from sessions_app.stopping import kill_leftover_processes
+
+        grace = timedelta(seconds=self.policy.get("leftover_grace_seconds", 120))
+        stop_grace = timedelta(seconds=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
+        for item in list(self.monitor.leftovers.values()):
+            if now - item.ended_at < grace:
+                continue
+            if item.term_sent_at is not None and now - item.term_sent_at < stop_grace:
+                continue
+            rule = self.rule_for(item.script_tag)
+            if not rule.get("kill_leftovers", self.policy.get("kill_leftovers", True)):
+                continue
+            final = item.term_sent_at is not None
+            outcome = kill_leftover_processes(
+                list(item.members), signal.SIGKILL if final else signal.SIGTERM
+            )
+            item.term_sent_at = item.term_sent_at or now
+            item.killed_by = "watchdog (leftover rule)"
+            with self.results_lock:
+                self.audits.append(
+                    {
+                        "actor": "watchdog",
+                        "action": "kill_leftovers",
+                        "target": item.session_id,
+                        "script_tag": item.script_tag,
+                        "ok": not outcome.errors,
+                        "output": "\n".join(outcome.errors),
+                        "detail": {
+                            "signal": "KILL" if final else "TERM",
+                            "signalled": outcome.terminated + outcome.killed,
+                            "grace_seconds": grace.total_seconds(),
+                        },
+                    }
+                )
+
+    def load_leftovers(self) -> None:
+        """Leftovers followed before a restart are followed again (no database to ask)."""
+        from monitor_app.monitor import Leftovers
+
+        try:
+            items = json.loads(self.leftovers_file.read_text())["leftovers"]
+            for item in items:
+                members = {
+                    (int(m["pid"]), float(m["started"])): str(m["cmdline"]) for m in item["members"]
+                }
+                self.monitor.leftovers.setdefault(
+                    item["session_id"],
+                    Leftovers(
+                        item["session_id"],
+                        item["script_tag"],
+                        item["host"],
+                        parse_iso(item["ended_at"]),
+                        members,
+                    ),
+                )
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("leftovers in %s unreadable (%s): not followed", self.leftovers_file, exc)
+
+    def save_leftovers(self) -> None:
+        items = [
+            {
+                "session_id": item.session_id,
+                "script_tag": item.script_tag,
+                "host": item.host,
+                "ended_at": item.ended_at.isoformat(),
+                "members": item.as_record(),
+            }
+            for item in self.monitor.leftovers.values()
+        ]
+        try:
+            if items:
+                ensure_private_dir(self.leftovers_file.parent)
+                write_json_atomic(self.leftovers_file, {"leftovers": items})
+            else:
+                self.leftovers_file.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("leftovers not kept on disk: %s", exc)
+
+    def collect_jobs(self, now: datetime) -> None:
+        """This host's scheduler jobs, for the console to record under this host."""
+        from jobs_app.collectors import collect_all
+
+        try:
+            collections = collect_all(now, self.known_labels)
+        except Exception:  # a collector bug must not stop sampling
+            log.exception("job collection failed")
+            return
+        self.jobs = []
+        for collection in collections:
+            for job in collection.jobs:
+                job.host = self.monitor.host  # the name this host reports under
+            self.known_labels[collection.scheduler] = {j.label for j in collection.jobs}
+            self.jobs.append(
+                {
+                    "scheduler": collection.scheduler,
+                    "errors": collection.errors,
+                    "jobs": [
+                        {
+                            k: v.isoformat() if isinstance(v, datetime) else v
+                            for k, v in asdict(job).items()
+                        }
+                        for job in collection.jobs
+                    ],
+                }
+            )
+
+    def follow_transcripts(self, snapshot: Snapshot, live_ids: set[str]) -> None:
+        from sessions_app import transcript_store
+
+        for live in snapshot.sessions:
+            if live.session_id not in self.transcripts:
+                path = transcript_store.find_live_transcript(live.sidecar)
+                if path is not None:
+                    self.transcripts[live.session_id] = [path, 0, True]
+        for session_id, follow in self.transcripts.items():
+            follow[2] = session_id in live_ids
+
+    def transcript_chunks(self) -> list[dict]:
+        """New bytes of each followed transcript, from what the console holds (bounded)."""
+        budget = MAX_REPORT_TRANSCRIPT_BYTES
+        chunks = []
+        for session_id, (path, offset, _live) in list(self.transcripts.items()):
+            if budget <= 0:
+                break
+            try:
+                size = path.stat().st_size
+                if size <= offset:
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read(min(MAX_CHUNK_BYTES, budget, size - offset))
+            except OSError:
+                continue
+            budget -= len(data)
+            chunks.append(
+                {
+                    "session_id": session_id,
+                    "offset": offset,
+                    "data": base64.b64encode(data).decode(),
+                }
+            )
+        return chunks
+
+    # ------------------------------------------------------------------ reporting
+
+    def payload(self, snapshot: Snapshot, now: datetime) -> dict:
+        monitor = self.monitor
+        paths = monitor.paths
+        completions, rejected_here = [], 0
+        for path in pending_spool_files(paths)[:MAX_COMPLETIONS_PER_REPORT]:
+            try:
+                completions.append(asdict(read_spool_record(path)))
+            except FormatError as exc:
+                log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path, exc)
+                _move_aside(path, paths.spool / "rejected")
+                rejected_here += 1
+        shipped = {c["session_id"] for c in completions}
+        vanished = [
+            sidecar.to_dict()
+            for session_id, sidecar in self.gone.items()
+            if session_id not in shipped and not paths.spool_path(session_id).exists()
+        ]
+        snapshot.rejected_spool_files = rejected_here
+        document = published.build(snapshot, monitor.host, monitor.seq, os.getpid())
+        with self.results_lock:
+            results = list(self.results)
+            audits = list(self.audits)
+        return {
+            "format": REPORT_FORMAT,
+            "host": monitor.host,
+            "monitor_version": published.MONITOR_VERSION,
+            "sent_at": now.isoformat(),
+            "sample": {
+                "seq": document.seq,
+                "taken_at": document.taken_at.isoformat(),
+                "interval_seconds": document.interval_seconds,
+                "sample_ms": document.sample_ms,
+                "monitor_pid": document.monitor_pid,
+                "etag": document.etag,
+                "api_document": document.api_document,
+                "state_document": document.state_document,
+            },
+            "completions": completions,
+            "vanished": vanished,
+            "endings": [
+                {
+                    "sidecar": e.sidecar.to_dict(),
+                    "status": e.status,
+                    "ended_at": e.ended_at.isoformat(),
+                }
+                for e in monitor.endings
+            ],
+            "leftovers": dict(monitor.leftover_writes),
+            "events": [asdict(e) for e in monitor.events.pending[:MAX_EVENTS_PER_REPORT]],
+            "action_results": results,
+            "transcripts": self.transcript_chunks(),
+            "jobs": self.jobs,
+            "stops": list(self.stops),
+            "audits": audits,
+        }
+
+    def report(self, snapshot: Snapshot, now: datetime) -> bool:
+        monitor = self.monitor
+        payload = self.payload(snapshot, now)
+        try:
+            answer = monitor.reporter.send(payload)
+        except ReportError as exc:
+            if self.last_error is None or str(self.last_error) != str(exc):
+                log.warning("report not taken (kept for the next one): %s", exc)
+            self.last_error = exc
+            snapshot.database_error = f"console: {exc}"
+            monitor.events.save()
+            return False
+        if self.last_error is not None:
+            log.info("console reachable again: pending history sent")
+        self.last_error, self.last_answer = None, answer
+        self.reports += 1
+        self.acknowledged(payload, answer.get("ack") or {})
+        if isinstance(answer.get("policy"), dict):
+            self.policy = answer["policy"]
+        live_ids = {s.session_id for s in snapshot.sessions}
+        self.stopping &= live_ids
+        for action in answer.get("actions") or []:
+            self.start_action(action, snapshot)
+        return True
+
+    def acknowledged(self, payload: dict, ack: dict) -> None:
+        monitor = self.monitor
+        paths = monitor.paths
+        recorded = set(ack.get("sessions") or [])
+        for record in payload["completions"]:
+            session_id = record["session_id"]
+            if session_id in recorded:
+                day = record["started_at"][:10] if record["started_at"][:4].isdigit() else "x"
+                _move_aside(paths.spool_path(session_id), paths.spool / "ingested" / day)
+        for session_id in ack.get("rejected") or []:
+            spool_file = paths.spool_path(str(session_id))
+            if spool_file.exists():
+                _move_aside(spool_file, paths.spool / "rejected")
+        for session_id in [s for s in self.gone if s in recorded]:
+            sidecar = self.gone.pop(session_id)
+            paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
+        monitor.endings = [e for e in monitor.endings if e.sidecar.session_id not in recorded]
+        for session_id, members in payload["leftovers"].items():
+            if monitor.leftover_writes.get(session_id) == members:
+                del monitor.leftover_writes[session_id]
+        monitor.events.acknowledge(set(ack.get("events") or []))
+        if payload["jobs"] is self.jobs:
+            self.jobs = None
+        self.stops = self.stops[len(payload["stops"]) :]
+        for session_id, held in (ack.get("transcripts") or {}).items():
+            follow = self.transcripts.get(session_id)
+            if follow is not None and isinstance(held, int):
+                follow[1] = held
+        for session_id, (path, held, live) in list(self.transcripts.items()):
+            if not live and session_id not in self.gone:
+                try:
+                    done = held >= path.stat().st_size
+                except OSError:
+                    done = True
+                if done:  # ended and all of it shipped
+                    del self.transcripts[session_id]
+        done = {r["id"] for r in payload["action_results"]}
+        with self.results_lock:
+            self.results = [r for r in self.results if r["id"] not in done]
+            self.audits = self.audits[len(payload["audits"]) :]
+
+    # ------------------------------------------------------------------ requests
+
+    def start_action(self, action: dict, snapshot: Snapshot) -> None:
+        """An operator's request: carried out in a thread (a stop waits its grace period)."""
+        thread = threading.Thread(
+            target=self.carry_out, args=(action, snapshot), name="remote-action", daemon=True
+        )
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def carry_out(self, action: dict, snapshot: Snapshot) -> None:
+        from sessions_app.stopping import stop_leftovers, stop_session
+
+        monitor = self.monitor
+        session_id = str(action.get("session_id") or "")
+        actor = str(action.get("requested_by") or "console")[:150]
+        grace = settings.OPSCONSOLE_STOP_GRACE_SECONDS
+        result = {"id": action.get("id"), "ok": True, "terminated": [], "killed": []}
+        try:
+            if action.get("kind") == "stop":
+                live = snapshot.get(session_id)
+                if live is None:
+                    result["message"] = (
+                        f"nothing to stop: {session_id} is not live on {monitor.host}"
+                    )
+                else:
+                    outcome = stop_session(
+                        live, actor=actor, reason="stopped", grace=grace, on_record=False
+                    )
+                    result.update(
+                        ok=not outcome.errors,
+                        message=outcome.summary + "".join(f"; {e}" for e in outcome.errors),
+                        terminated=outcome.terminated,
+                        killed=outcome.killed,
+                    )
+            elif action.get("kind") == "kill_leftovers":
+                item = monitor.leftovers.get(session_id)
+                members = (
+                    [{"pid": pid, "started": started} for pid, started in item.members]
+                    if item
+                    else []
+                )
+                outcome = stop_leftovers(session_id, members, actor=actor, grace=grace)
+                if item is not None:
+                    item.term_sent_at = item.term_sent_at or snapshot.taken_at
+                    item.killed_by = actor
+                result.update(
+                    ok=not outcome.errors,
+                    message=outcome.summary
+                    if outcome.terminated
+                    else "no leftover process was running",
+                    terminated=outcome.terminated,
+                    killed=outcome.killed,
+                )
+            else:
+                result.update(ok=False, message=f"unknown request {action.get('kind')!r}")
+        except Exception as exc:  # the outcome is reported whatever happens
+            log.exception("request %s failed", action)
+            result.update(ok=False, message=f"{type(exc).__name__}: {exc}")
+        with self.results_lock:
+            self.results.append(result)
+
+    def stopped(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=settings.OPSCONSOLE_STOP_GRACE_SECONDS + 5)
+        self.monitor.events.save()

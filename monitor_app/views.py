@@ -1,0 +1,73 @@
+"""The Hosts page, and staff's stop for a run on any host."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from monitor_app.fleet import expire_actions, host_rows, request_action
+from monitor_app.models import RemoteAction
+from sessions_app.models import LIVE_STATUSES, Session
+
+
+@require_GET
+def hosts(request):
+    # Silence is recorded (monitor_silent) by the console's monitor; shown here as seen now.
+    expire_actions()
+    rows = host_rows()
+    return render(
+        request,
+        "monitor_app/hosts.html",
+        {
+            "rows": rows,
+            "total_live": sum(r.live_runs for r in rows),
+            "total_runs_30d": sum(r.runs_30d for r in rows),
+            "total_cost_30d": sum(r.cost_30d or 0 for r in rows),
+            "actions": RemoteAction.objects.all()[:30],
+            "console_host": settings.OPSCONSOLE_HOST,
+        },
+    )
+
+
+@require_POST
+def session_stop(request, session_id):
+    """Staff: stop a live run; on another host it becomes a request its monitor picks up."""
+    if not request.user.is_staff:
+        return HttpResponseForbidden("Operator actions need admin rights (staff status).")
+    session = get_object_or_404(Session, session_id=session_id)
+    actor = request.user.get_username()
+    if session.status not in LIVE_STATUSES:
+        messages.error(request, f"stop: the run is not live ({session.status})")
+    elif session.host != settings.OPSCONSOLE_HOST:
+        action = request_action(RemoteAction.Kind.STOP, session, actor)
+        messages.success(
+            request,
+            f"stop requested from {session.host} (request {action.pk}): pending until its "
+            "monitor's next report; the Hosts page shows the outcome",
+        )
+    else:
+        from jobs_app.models import AuditEntry
+        from sessions_app.live import get_snapshot
+        from sessions_app.stopping import stop_session
+
+        live = get_snapshot(fresh=True).get(str(session_id))
+        if live is None:
+            messages.error(request, "stop: the run is not live on this host")
+        else:
+            outcome = stop_session(
+                live, actor=actor, reason="stopped", grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS
+            )
+            AuditEntry.objects.create(
+                actor=actor,
+                action="stop",
+                job=session.job,
+                target=str(session_id),
+                ok=not outcome.errors,
+                output="\n".join(outcome.errors),
+                detail={"terminated": outcome.terminated, "killed": outcome.killed},
+            )
+            messages.success(request, f"stop: {outcome.summary}")
+    return redirect("session", session_id=session_id)
