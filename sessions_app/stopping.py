@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import psutil
 from django.conf import settings
+from django.db import DatabaseError
 
 from sessions_app.live import LiveSession
 from sessions_app.models import LIVE_STATUSES, Session
@@ -121,11 +122,9 @@ def stop_session(
     `on_record=False`: a reporting monitor (no database here); the console put the
     reason on record when it handed the request over."""
     outcome = StopOutcome(live.session_id)
-    # On record first, so the completion record that follows keeps the reason.
-    if on_record:
-        Session.objects.filter(session_id=live.session_id, status__in=LIVE_STATUSES).update(
-            stopped_by=actor, end_reason=reason
-        )
+    # On record first, so the completion record that follows keeps the reason. A stop is
+    # a safety action: a locked or unreachable database must not keep it from happening.
+    recorded = not on_record or _record_stopper(live.session_id, actor, reason)
     roots = verified_roots(live)
     first = walk(roots)
     for _, proc in first:
@@ -137,8 +136,21 @@ def stop_session(
     for _, proc in walk(survivors + [r for r in roots if _alive(r)]):
         if _alive(proc) and _signal(proc, signal.SIGKILL, outcome):
             outcome.killed.append(proc.pid)
+    if not recorded and not _record_stopper(live.session_id, actor, reason):
+        outcome.errors.append("stopped, but who stopped it could not be put on record")
     log.info("stopped %s (%s) for %s: %s", live.session_id, reason, actor, outcome.summary)
     return outcome
+
+
+def _record_stopper(session_id: str, actor: str, reason: str) -> bool:
+    try:
+        Session.objects.filter(session_id=session_id, status__in=LIVE_STATUSES).update(
+            stopped_by=actor, end_reason=reason
+        )
+    except DatabaseError as exc:
+        log.warning("stop of %s: not on record yet (%s)", session_id, exc)
+        return False
+    return True
 
 
 def _alive(proc: psutil.Process) -> bool:
