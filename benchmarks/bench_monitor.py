@@ -231,6 +231,9 @@ def conditional_polls(console: int, token: str, duration: float) -> list[float]:
     return samples
 
 
+SERVE_ARGS: list[str] = []
+
+
 def bench_api(count: int, poll_seconds: float, fast_seconds: float) -> list[tuple]:
     user = get_user_model().objects.create_user(f"bench-{secrets.token_hex(4)}")
     token = ApiToken.issue(user)[1]
@@ -238,7 +241,15 @@ def bench_api(count: int, poll_seconds: float, fast_seconds: float) -> list[tupl
     env = dict(os.environ, OPSCONSOLE_ALLOWED_HOSTS="127.0.0.1,localhost")
     log = (WORK / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "opsconsole.cli", "serve", "--bind", f"127.0.0.1:{console_port}"],
+        [
+            sys.executable,
+            "-m",
+            "opsconsole.cli",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{console_port}",
+            *SERVE_ARGS,
+        ],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -293,7 +304,11 @@ def main() -> None:
     parser.add_argument("--poll-seconds", type=float, default=2.1)
     parser.add_argument("--fast-seconds", type=float, default=20.0)
     parser.add_argument("--no-api", action="store_true")
+    parser.add_argument(
+        "--serve-args", default="", help="extra `opsconsole serve` arguments, e.g. '--workers 1'"
+    )
     args = parser.parse_args()
+    SERVE_ARGS.extend(args.serve_args.split())
     call_command("migrate", verbosity=0)
     print(f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, SQLite\n")
     if args.counts:
