@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import groupby
 
 from django.contrib import messages
@@ -17,24 +18,35 @@ from jobs_app.status import current_report, job_statuses, status_payload
 from opsconsole.auth import api_view, json_error
 
 
-def _dashboard_context() -> dict:
+def _dashboard_context(request) -> dict:
     report = current_report()
     statuses = job_statuses()
+    # Jobs of every host, counted per host; ?host=NAME shows one host's.
+    hosts = Counter(status.job.host for status in statuses)
+    host = request.GET.get("host", "")[:255]
+    if host:
+        statuses = [status for status in statuses if status.job.host == host]
     groups = [
         (platform or "(no platform)", list(rows))
         for platform, rows in groupby(statuses, key=lambda s: s.platform)
     ]
-    return {"report": report, "groups": groups, "count": len(statuses)}
+    return {
+        "report": report,
+        "groups": groups,
+        "count": len(statuses),
+        "hosts": sorted(hosts.items()),
+        "host_filter": host,
+    }
 
 
 @require_GET
 def dashboard(request):
-    return render(request, "jobs_app/dashboard.html", _dashboard_context())
+    return render(request, "jobs_app/dashboard.html", _dashboard_context(request))
 
 
 @require_GET
 def dashboard_rows(request):
-    return render(request, "jobs_app/_jobs_section.html", _dashboard_context())
+    return render(request, "jobs_app/_jobs_section.html", _dashboard_context(request))
 
 
 @api_view

@@ -40,6 +40,9 @@ class CostReport:
     by_day: list[CostLine]
     by_tag: list[CostLine]
     total: CostLine
+    # Every host with runs in the range (all of them, whatever `host` the report is for).
+    by_host: list[CostLine] = field(default_factory=list)
+    host: str = ""
 
 
 def _aggregates() -> dict:
@@ -75,8 +78,10 @@ def _add(line: CostLine, row: dict) -> None:
     line.tokens += int(row["tokens"] or 0)
 
 
-def cost_report(days: int = 30, now: datetime | None = None) -> CostReport:
-    """One GROUP BY (day, tag) over the range; per-tag and total lines are summed from it."""
+def cost_report(days: int = 30, now: datetime | None = None, host: str = "") -> CostReport:
+    """One GROUP BY (day, tag, host) over the range; per-tag, per-host and total lines are
+    summed from it. `host` narrows the report to one host; the per-host lines always
+    cover every host, so the fleet's total stays in sight."""
     now = now or timezone.now()
     since = (now - timedelta(days=days - 1)).date()
     # Compare the timestamp itself (not its date) so the started_at index is used.
@@ -87,7 +92,7 @@ def cost_report(days: int = 30, now: datetime | None = None) -> CostReport:
         # The stored UTC timestamp's first ten characters: a day key with no per-row
         # function call (SQLite runs TruncDate in Python), the same on PostgreSQL.
         .annotate(day=Substr(Cast("started_at", CharField()), 1, 10))
-        .values("day", "script_tag")
+        .values("day", "script_tag", "host")
         .annotate(**_aggregates())
         .order_by()
     )
@@ -98,8 +103,12 @@ def cost_report(days: int = 30, now: datetime | None = None) -> CostReport:
         for offset in range(days)
     }
     tags: dict[str, CostLine] = {}
+    hosts: dict[str, CostLine] = {}
     total = CostLine(key="total")
     for row in rows:
+        _add(hosts.setdefault(row["host"], CostLine(key=row["host"])), row)
+        if host and row["host"] != host:
+            continue
         day = row["day"]
         line = daily.setdefault(day, CostLine(key=day))
         tag = tags.setdefault(row["script_tag"], CostLine(key=row["script_tag"]))
@@ -114,4 +123,6 @@ def cost_report(days: int = 30, now: datetime | None = None) -> CostReport:
         by_day=sorted(daily.values(), key=lambda line: line.key),
         by_tag=by_tag,
         total=total,
+        by_host=sorted(hosts.values(), key=lambda line: (-line.cost_usd, line.key)),
+        host=host,
     )

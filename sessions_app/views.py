@@ -230,8 +230,9 @@ def costs(request):
     except ValueError:
         days = 30
     days = days if days in COST_RANGES else 30
+    host = request.GET.get("host", "")[:255]
     ensure_history_current()
-    report = cost_report(days)
+    report = cost_report(days, host=host)
     return render(
         request,
         "sessions_app/costs.html",

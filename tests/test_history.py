@@ -160,3 +160,31 @@ def test_cost_report_sums_known_costs_and_counts_unknown(logged_in):
     page = logged_in.get("/costs/?days=7")
     assert page.status_code == 200
     assert b"<svg" in page.content and b"1 run of unknown cost" in page.content
+
+
+def test_costs_and_jobs_filter_by_host_and_total_every_host(logged_in):
+    """Many hosts, one console: a host filter on Costs and Jobs, with per-host totals
+    that cover the whole fleet whatever the filter."""
+    for host, cost in (("mac-mini", "1.50"), ("mac-mini", "0.50"), ("ci-runner", "4.00")):
+        Session.objects.create(
+            session_id=uuid.uuid4(),
+            script_tag=f"report-{host}",
+            host=host,
+            status=Status.SUCCEEDED,
+            started_at=timezone.now() - timedelta(hours=1),
+            cost_usd=Decimal(cost),
+        )
+    Job.objects.create(scheduler="cron", label="on-mac", host="mac-mini", tags=["x"])
+    Job.objects.create(scheduler="cron", label="on-ci", host="ci-runner", tags=["y"])
+
+    page = logged_in.get("/costs/?days=7&host=mac-mini").content.decode()
+    by_host = page[page.index('id="costs-by-host"') :]
+    assert "$4.00" in by_host and "$2.00" in by_host  # both hosts, filter or not
+    by_tag = page[page.index('id="costs-by-tag"') :]
+    assert "report-mac-mini" in by_tag and "report-ci-runner" not in by_tag
+    assert cost_report(7, host="ci-runner").total.cost_usd == Decimal("4.00")
+    assert cost_report(7).total.cost_usd == Decimal("6.00")
+
+    jobs = logged_in.get("/jobs/?host=ci-runner").content.decode()
+    assert "on-ci" in jobs and "on-mac" not in jobs
+    assert "mac-mini (1)" in jobs and "ci-runner (1)" in jobs
