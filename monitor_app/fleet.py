@@ -31,7 +31,13 @@ from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
 from monitor_app.remote_transcripts import MAX_CHUNK_BYTES
 from sessions_app import ingest
 from sessions_app.live import Snapshot
-from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.models import (
+    LIVE_STATUSES,
+    Session,
+    Status,
+    leftover_members,
+    leftover_record,
+)
 from wrapper.formats import FormatError, Sidecar, SpoolRecord, parse_iso
 
 log = logging.getLogger(__name__)
@@ -311,19 +317,8 @@ def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[st
 
 def clean_leftovers(members: list) -> list[dict]:
     """Leftover processes as the Session row keeps them: pid, start time, command line."""
-    clean = []
-    for member in members[:1000]:
-        try:
-            clean.append(
-                {
-                    "pid": int(member["pid"]),
-                    "started": float(member["started"]),
-                    "cmdline": str(member.get("cmdline", ""))[:2000],
-                }
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
-    return clean
+    found = leftover_members(members, limit=1000)
+    return leftover_record({key: cmdline[:2000] for key, cmdline in found.items()})
 
 
 def record_host_audit(audit: dict, host: str) -> None:

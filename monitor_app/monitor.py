@@ -31,7 +31,13 @@ from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from sessions_app import ingest, transcript_store
 from sessions_app.live import LeftoverRun, LiveSession, Snapshot
-from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.models import (
+    LIVE_STATUSES,
+    Session,
+    Status,
+    leftover_members,
+    leftover_record,
+)
 from sessions_app.pricing import RunningCost
 from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_process_table
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
@@ -75,10 +81,7 @@ class Leftovers:
     persons_own: bool = False
 
     def as_record(self) -> list[dict]:
-        return [
-            {"pid": pid, "started": started, "cmdline": cmdline}
-            for (pid, started), cmdline in self.members.items()
-        ]
+        return leftover_record(self.members)
 
 
 @dataclass
@@ -113,7 +116,6 @@ class Monitor:
         self.events = EventOutbox(self.host, self.paths.home / "monitor" / "pending-events.json")
         # Milliseconds since the epoch: increases across restarts without asking anyone.
         self.seq = int(time.time() * 1000)
-        self.previous: Snapshot | None = None
         self.trees: dict[str, Tree] = {}
         self.leftovers: dict[str, Leftovers] = {}
         self.leftovers_loaded = False
@@ -132,6 +134,7 @@ class Monitor:
         self.next_watchdog = 0.0
         self.next_prune: datetime | None = None
         self.database_ok = True
+        self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
         self.watching_since = datetime.now(UTC)
         # Report mode (monitor_app.report.Reporter): no database here; history goes to
@@ -168,7 +171,6 @@ class Monitor:
             self.reporting.report(snapshot, now)
         elif self.publish:
             self.publish_sample(snapshot)
-        self.previous = snapshot
         self.seq += 1
         return snapshot
 
@@ -296,14 +298,14 @@ class Monitor:
             if any(table.is_same_process(pid, started) for pid, started in tree.roots):
                 continue  # its agent still runs: not ended, whatever its files say
             del self.trees[session_id]
-            survivors = {
-                (pid, started): table.entries[pid].name
+            survivors = [
+                (pid, 0)
                 for pid, started in tree.members - tree.roots
                 if table.is_same_process(pid, started) and pid != os.getpid()
-            }
+            ]
             if not survivors:
                 continue
-            detail = describe(table, [(pid, 0) for pid, _ in survivors])
+            detail = describe(table, survivors)
             members = {(p.pid, p.started): p.cmdline for p in detail}
             if not members:
                 continue
@@ -379,11 +381,7 @@ class Monitor:
                 )
             )
             for session_id, tag, host, ended_at, members, wrapped, status in rows:
-                parsed = {
-                    (int(m["pid"]), float(m["started"])): str(m.get("cmdline", ""))
-                    for m in members
-                    if isinstance(m, dict) and "pid" in m and "started" in m
-                }
+                parsed = leftover_members(members)
                 if parsed:
                     self.leftovers.setdefault(
                         str(session_id),
@@ -459,7 +457,7 @@ class Monitor:
         for session in result.sessions:
             self.on_record[str(session.session_id)] = session.status
             self.event_for_end(session, now)
-        self.rejected = len(result.rejected)
+        self.rejected_spool_files = len(result.rejected)
 
     def event_for_end(self, session: Session, now: datetime) -> None:
         add_end_event(self.events, session, now)
@@ -727,7 +725,7 @@ class Monitor:
     # ------------------------------------------------------------------ publishing
 
     def publish_sample(self, snapshot: Snapshot) -> None:
-        snapshot.rejected_spool_files = getattr(self, "rejected", 0)
+        snapshot.rejected_spool_files = self.rejected_spool_files
         document = published.build(snapshot, self.host, self.seq, os.getpid())
         try:
             published.write_local(document)

@@ -121,3 +121,27 @@ class Session(models.Model):
         if self.cost_usd is not None:
             return "reported"
         return "computed" if self.cost_computed_usd is not None else ""
+
+
+def leftover_members(record, *, limit: int | None = None) -> dict[tuple[int, float], str]:
+    """The processes a `Session.leftovers` record names: (pid, start time) -> command
+    line. Entries that are not {pid, started, cmdline} are skipped; `limit` caps how
+    many are read (a record from another host)."""
+    members: dict[tuple[int, float], str] = {}
+    if not isinstance(record, list):
+        return members
+    for member in record[:limit]:
+        try:
+            key = (int(member["pid"]), float(member["started"]))
+            members[key] = str(member.get("cmdline", ""))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return members
+
+
+def leftover_record(members: dict[tuple[int, float], str]) -> list[dict]:
+    """What `Session.leftovers` keeps of them: [{pid, started, cmdline}]."""
+    return [
+        {"pid": pid, "started": started, "cmdline": cmdline}
+        for (pid, started), cmdline in members.items()
+    ]

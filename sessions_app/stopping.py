@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from sessions_app.live import LiveSession
-from sessions_app.models import LIVE_STATUSES, Session
+from sessions_app.models import LIVE_STATUSES, Session, leftover_members
 from wrapper.formats import same_start_time
 
 log = logging.getLogger(__name__)
@@ -179,13 +179,7 @@ def stop_leftovers(
     session_id: str, members: list[dict], *, actor: str, grace: float
 ) -> StopOutcome:
     """Staff's "kill leftovers": TERM, wait the grace period, KILL what is left."""
-    targets = []
-    for member in members:
-        try:
-            targets.append((int(member["pid"]), float(member["started"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    outcome = kill_leftover_processes(targets, signal.SIGTERM)
+    outcome = kill_leftover_processes(list(leftover_members(members)), signal.SIGTERM)
     outcome.session_id = session_id
     procs = []
     for pid in outcome.terminated:

@@ -145,7 +145,7 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
 
     _row, token = HostToken.issue("host-a")
     host_a.reporter.token = token
-    report_once(host_a)
+    latest = report_once(host_a)
     assert not spool_file.exists()
     ingested = list((console_state.paths.spool / "ingested").rglob(f"{record.session_id}.json"))
     assert len(ingested) == 1
@@ -157,7 +157,7 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     assert host_a.events.pending == [], "every event acknowledged"
 
     # The same report twice (an answer lost on the way back) changes nothing.
-    payload = host_a.reporting.payload(host_a.previous, datetime.now(UTC))
+    payload = host_a.reporting.payload(latest, datetime.now(UTC))
     payload["completions"] = [asdict(record)]
     events_before = Event.objects.count()
     for _ in range(2):
@@ -355,7 +355,7 @@ def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs,
     second = b'{"type":"user","message":{"role":"user","content":"second line"}}\n'
     with run.transcript.open("ab") as handle:
         handle.write(second)
-    report_once(host_a)
+    latest = report_once(host_a)
     follow = staff.get(f"/api/claude-jsonl/{run.session_id}", HTTP_RANGE=f"bytes={len(first)}-")
     assert follow.status_code == 206 and b"".join(follow) == second
 
@@ -365,7 +365,7 @@ def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs,
     )
     with run.transcript.open("ab") as handle:
         handle.write(big)
-    payload = host_a.reporting.payload(host_a.previous, datetime.now(UTC))
+    payload = host_a.reporting.payload(latest, datetime.now(UTC))
     assert sum(len(c["data"]) for c in payload["transcripts"]) <= 4 * 256 * 1024 // 3 + 8
     for _ in range(6):
         report_once(host_a)
