@@ -30,7 +30,7 @@ from monitor_app.models import Event, EventKind, HostSample, RemoteAction
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
 from monitor_app.remote_transcripts import MAX_CHUNK_BYTES
 from sessions_app import ingest
-from sessions_app.live import Snapshot
+from sessions_app.live import SILENT_AFTER_INTERVALS, Snapshot, sample_is_stale
 from sessions_app.models import (
     LIVE_STATUSES,
     Session,
@@ -42,7 +42,6 @@ from wrapper.formats import FormatError, Sidecar, SpoolRecord, parse_iso
 
 log = logging.getLogger(__name__)
 
-SILENT_INTERVALS = 3
 # An operator request not carried out within this long is expired, with the reason.
 ACTION_TTL = timedelta(seconds=120)
 
@@ -573,7 +572,7 @@ def is_silent(
     sample: HostSample, now: datetime | None = None, since: datetime | None = None
 ) -> bool:
     now = now or datetime.now(UTC)
-    limit = SILENT_INTERVALS * max(sample.interval_seconds, 0.5)
+    limit = SILENT_AFTER_INTERVALS * max(sample.interval_seconds, 0.5)
     heard = last_heard(sample) if since is None else max(last_heard(sample), since)
     return (now - heard).total_seconds() > limit
 
@@ -719,7 +718,7 @@ class FleetReader:
                 continue
             doc = item[1]
             taken = parse_iso(doc["taken_at"])
-            fresh = (now - taken).total_seconds() <= SILENT_INTERVALS * doc["interval_seconds"]
+            fresh = not sample_is_stale(taken, doc["interval_seconds"], now)
             hosts.append(
                 {
                     "host": host,

@@ -16,7 +16,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -24,7 +24,14 @@ from django.db import DatabaseError
 from django.urls import reverse
 
 from monitor_app.models import HostSample
-from sessions_app.live import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
+from sessions_app.leftovers import leftover_payload
+from sessions_app.live import (
+    LeftoverRun,
+    LiveSession,
+    SkippedSidecar,
+    Snapshot,
+    sample_is_stale,
+)
 from sessions_app.proctree import ProcessDetail
 from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 
@@ -62,10 +69,6 @@ def session_url_templates() -> tuple[str, str]:
     return html, jsonl
 
 
-def _process_dict(p: ProcessDetail) -> dict:
-    return p.to_dict()
-
-
 def state_dict(snapshot: Snapshot) -> dict:
     return {
         "format": STATE_FORMAT,
@@ -88,7 +91,7 @@ def state_dict(snapshot: Snapshot) -> dict:
                 "idle_since": live.idle_since.isoformat() if live.idle_since else None,
                 "running_cost_usd": live.running_cost_usd,
                 "transcript_bytes": live.transcript_bytes,
-                "processes": [_process_dict(p) for p in live.processes],
+                "processes": [p.to_dict() for p in live.processes],
             }
             for live in snapshot.sessions
         ],
@@ -98,7 +101,7 @@ def state_dict(snapshot: Snapshot) -> dict:
                 "script_tag": run.script_tag,
                 "host": run.host,
                 "ended_at": run.ended_at.isoformat(),
-                "processes": [_process_dict(p) for p in run.processes],
+                "processes": [p.to_dict() for p in run.processes],
             }
             for run in snapshot.leftovers
         ],
@@ -191,16 +194,7 @@ def api_dict(snapshot: Snapshot, host: str, seq: int) -> dict:
                 "host": run.host,
                 "ended_at": run.ended_at.isoformat(),
                 "html_url": html.format(run.session_id),
-                "processes": [
-                    {
-                        "pid": p.pid,
-                        "cmdline": p.cmdline,
-                        "started": p.started,
-                        "cpu_percent": p.cpu_percent,
-                        "rss": p.rss,
-                    }
-                    for p in run.processes
-                ],
+                "processes": leftover_payload(run),
             }
             for run in snapshot.leftovers
         ],
@@ -279,8 +273,7 @@ def write_database(published: Published) -> None:
 
 def is_fresh(item: Published | Snapshot, now: datetime | None = None) -> bool:
     """Not older than three sample intervals: its monitor is alive."""
-    now = now or datetime.now(UTC)
-    return (now - item.taken_at).total_seconds() <= 3 * item.interval_seconds
+    return not sample_is_stale(item.taken_at, item.interval_seconds, now)
 
 
 def read_local_sample() -> Published | None:

@@ -86,12 +86,12 @@ class Supervisor:
     def silent(self) -> bool:
         """No sample in the monitor's local file for three intervals."""
         from monitor_app.published import read_local_sample
+        from sessions_app.live import sample_is_stale
 
         sample = read_local_sample()
         if sample is None:
             return True
-        age = (datetime.now(UTC) - sample.taken_at).total_seconds()
-        silent = age > 3 * settings.OPSCONSOLE_SAMPLE_SECONDS
+        silent = sample_is_stale(sample.taken_at, settings.OPSCONSOLE_SAMPLE_SECONDS)
         if not silent:
             self.silent_reported = False
         return silent

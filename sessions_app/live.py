@@ -53,6 +53,16 @@ class SkippedSidecar:
     reason: str
 
 
+# A sample older than this many of its intervals means its monitor has fallen silent.
+SILENT_AFTER_INTERVALS = 3
+
+
+def sample_is_stale(taken_at: datetime, interval_seconds: float, now: datetime | None = None):
+    """True when a sample is older than SILENT_AFTER_INTERVALS of its interval."""
+    age = ((now or datetime.now(UTC)) - taken_at).total_seconds()
+    return age > SILENT_AFTER_INTERVALS * interval_seconds
+
+
 @dataclass
 class LeftoverRun(TreeFigures):
     """A run that ended while processes of its tree lived on (reparented to PID 1)."""
@@ -94,7 +104,7 @@ class Snapshot:
     @property
     def stale(self) -> bool:
         """Older than three sample intervals: the monitor is silent."""
-        return self.age_seconds > 3 * self.interval_seconds
+        return sample_is_stale(self.taken_at, self.interval_seconds)
 
     def leftover_run(self, session_id: str) -> LeftoverRun | None:
         return next((r for r in self.leftovers if r.session_id == session_id), None)
