@@ -31,6 +31,7 @@ from wrapper.formats import (
     read_registry_entry,
     read_sidecar,
     registry_dir,
+    scan_registry,
     transcript_path,
 )
 
@@ -43,29 +44,36 @@ SEARCHES_PER_SAMPLE = 50
 
 @dataclass
 class FileCache:
-    """Parsed protocol files keyed by name, trusted again only while (size, mtime) hold."""
+    """Parsed protocol files, trusted again only while (size, mtime, inode) hold."""
 
     entries: dict[str, tuple[tuple[int, int, int], object]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
 
-    def read(self, entry: os.DirEntry, parse):
+    def parse(self, path: Path, parse):
+        """`parse(path)`, from the cache while the file is unchanged; a file that did not
+        parse raises its FormatError again (a new one: a re-raised exception grows)."""
+        self.seen.add(str(path))
         try:
-            info = entry.stat(follow_symlinks=False)
+            info = os.lstat(path)
         except OSError as exc:
-            return FormatError(f"unreadable: {exc.strerror or exc}")
+            raise FormatError(f"unreadable: {exc.strerror or exc}") from exc
         key = (info.st_size, info.st_mtime_ns, info.st_ino)
-        cached = self.entries.get(entry.path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        try:
-            value = parse(Path(entry.path))
-        except FormatError as exc:
-            value = exc
-        self.entries[entry.path] = (key, value)
-        return value
+        cached = self.entries.get(str(path))
+        if cached is None or cached[0] != key:
+            try:
+                value = parse(path)
+            except FormatError as exc:
+                value = exc
+            cached = self.entries[str(path)] = (key, value)
+        if isinstance(cached[1], FormatError):
+            raise FormatError(str(cached[1]))
+        return cached[1]
 
-    def keep_only(self, paths: set[str]) -> None:
-        for path in [p for p in self.entries if p not in paths]:
+    def forget_unseen(self) -> None:
+        """Drop the files no read asked for since the last call (they are gone)."""
+        for path in [p for p in self.entries if p not in self.seen]:
             del self.entries[path]
+        self.seen = set()
 
 
 @dataclass
@@ -109,7 +117,6 @@ class Sampler:
             return []
         sidecars: list[Sidecar] = []
         seen_sessions: set[str] = set()
-        seen_paths: set[str] = set()
         try:
             listing = sorted(os.scandir(active), key=lambda e: e.name)
         except OSError as exc:
@@ -118,10 +125,10 @@ class Sampler:
         for entry in listing:
             if entry.name.startswith(".") or not entry.name.endswith(".json"):
                 continue  # a wrapper's temp file mid-rename, or not ours
-            seen_paths.add(entry.path)
-            parsed = self.sidecar_files.read(entry, self.read_trusted_sidecar)
-            if isinstance(parsed, FormatError):
-                snapshot.skipped.append(SkippedSidecar(entry.name, str(parsed)))
+            try:
+                parsed = self.sidecar_files.parse(Path(entry.path), self.read_trusted_sidecar)
+            except FormatError as exc:
+                snapshot.skipped.append(SkippedSidecar(entry.name, str(exc)))
                 continue
             if parsed.session_id in seen_sessions:
                 snapshot.skipped.append(
@@ -132,7 +139,7 @@ class Sampler:
                 continue
             seen_sessions.add(parsed.session_id)
             sidecars.append(parsed)
-        self.sidecar_files.keep_only(seen_paths)
+        self.sidecar_files.forget_unseen()
         return sidecars
 
     def read_trusted_sidecar(self, path: Path) -> Sidecar:
@@ -148,30 +155,23 @@ class Sampler:
     # ------------------------------------------------------------------ registry
 
     def read_registry(self, snapshot: Snapshot) -> list[tuple[Path, Path, RegistryEntry]]:
-        """(config dir, file, entry) for every trustworthy registry file of every config dir."""
+        """(config dir, file, entry) for every trustworthy registry file of every config dir
+        (the format layer's scan, each file parsed again only when it changed)."""
         found = []
-        seen_paths: set[str] = set()
         for config_dir in self.config_dirs:
             folder = registry_dir(config_dir)
-            try:
-                listing = list(os.scandir(folder))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                log.debug("cannot list %s: %s", folder, exc)
-                continue
-            for entry in listing:
-                if entry.name.startswith(".") or not entry.name.endswith(".json"):
+            entries, skipped = scan_registry(
+                config_dir, read=lambda path: self.registry_files.parse(path, read_registry_entry)
+            )
+            found += [(config_dir, folder / f"{entry.pid}.json", entry) for entry in entries]
+            for name, reason in skipped:
+                if name == str(folder):  # the folder itself cannot be listed
+                    log.debug("cannot list %s: %s", folder, reason)
                     continue
-                seen_paths.add(entry.path)
-                parsed = self.registry_files.read(entry, read_registry_entry)
-                if isinstance(parsed, FormatError):
-                    snapshot.skipped.append(
-                        SkippedSidecar(f"{folder.name}/{entry.name} ({config_dir})", str(parsed))
-                    )
-                    continue
-                found.append((config_dir, Path(entry.path), parsed))
-        self.registry_files.keep_only(seen_paths)
+                snapshot.skipped.append(
+                    SkippedSidecar(f"{folder.name}/{name} ({config_dir})", reason)
+                )
+        self.registry_files.forget_unseen()
         return found
 
     # ------------------------------------------------------------------ transcripts

@@ -848,9 +848,12 @@ def read_registry_entry(path: Path) -> RegistryEntry:
     return entry
 
 
-def scan_registry(config_dir: Path) -> tuple[list[RegistryEntry], list[tuple[str, str]]]:
+def scan_registry(
+    config_dir: Path, read=read_registry_entry
+) -> tuple[list[RegistryEntry], list[tuple[str, str]]]:
     """Every entry of `config_dir`'s registry that can be trusted, and (file name, why) for
-    every other *.json file there. A missing directory is an empty registry."""
+    every other *.json file there. A missing directory is an empty registry. `read` parses
+    one file (the monitor passes one that remembers unchanged files)."""
     entries: list[RegistryEntry] = []
     skipped: list[tuple[str, str]] = []
     folder = registry_dir(config_dir)
@@ -864,7 +867,7 @@ def scan_registry(config_dir: Path) -> tuple[list[RegistryEntry], list[tuple[str
         if not name.endswith(".json") or name.startswith("."):
             continue
         try:
-            entries.append(read_registry_entry(folder / name))
+            entries.append(read(folder / name))
         except FormatError as exc:
             skipped.append((name, str(exc)))
     return entries, skipped
