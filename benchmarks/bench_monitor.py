@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
+from serve_helpers import free_port, percentile  # noqa: E402
 
 from monitor_app.monitor import Monitor  # noqa: E402
 from opsconsole.models import ApiToken  # noqa: E402
@@ -84,19 +84,12 @@ def stop_runs(procs: list[subprocess.Popen]) -> None:
         sidecar.unlink()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
 def p99(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)
+    return round(percentile(samples, 0.99) * 1000, 2)
 
 
 # ----------------------------------------------------------------------------- sample + CPU
