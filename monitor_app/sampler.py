@@ -17,9 +17,6 @@ from pathlib import Path
 from sessions_app import transcript_store
 from sessions_app.live import SkippedSidecar, Snapshot
 from sessions_app.transcripts.locate import regular_file_within
-from sessions_app.transcripts.parse import iter_records
-from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
-from sessions_app.transcripts.tail import read_tail
 from sessions_app.trust import sidecar_trust_problem
 from wrapper.formats import (
     FormatError,
@@ -203,10 +200,7 @@ class Sampler:
             return watch, False
         watch.size, watch.mtime_ns = info.st_size, info.st_mtime_ns
         try:
-            chunk = read_tail(watch.path, transcript_store.LAST_TOOL_CALL_WINDOW)
-            watch.last_tool_call = last_tool_call_in(
-                iter_records(chunk.data, base_offset=chunk.start)
-            )
+            watch.last_tool_call = transcript_store.last_tool_call(watch.path)
         except OSError as exc:
             log.debug("cannot read %s: %s", watch.path, exc)
         return watch, True

@@ -194,16 +194,10 @@ def find_live_transcript(sidecar: Sidecar) -> Path | None:
     return located.path if located and located.kind == "live" else None
 
 
-def last_tool_call(sidecar: Sidecar) -> str | None:
-    """One line naming the agent's latest tool call, for the live list."""
-    path = find_live_transcript(sidecar)
-    if path is None:
-        return None
-    try:
-        chunk = read_tail(path, LAST_TOOL_CALL_WINDOW)
-    except OSError as exc:
-        log.debug("cannot read %s: %s", path, exc)
-        return None
+def last_tool_call(path: Path) -> str | None:
+    """One line naming the agent's latest tool call, for the live list, from the end of
+    its transcript (never the whole file). OSError when it cannot be read."""
+    chunk = read_tail(path, LAST_TOOL_CALL_WINDOW)
     return last_tool_call_in(iter_records(chunk.data, base_offset=chunk.start))
 
 
