@@ -98,10 +98,6 @@ class Snapshot:
     monitor_last_seen: datetime | None = None
 
     @property
-    def age_seconds(self) -> float:
-        return max(0.0, (datetime.now(UTC) - self.taken_at).total_seconds())
-
-    @property
     def stale(self) -> bool:
         """Older than three sample intervals: the monitor is silent."""
         return sample_is_stale(self.taken_at, self.interval_seconds)
