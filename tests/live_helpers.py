@@ -128,6 +128,39 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
+def wait_until(predicate, timeout=30.0, interval=0.1):
+    """The predicate's first truthy value, asked every `interval` seconds; fails after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def start_monitor(env: dict[str, str], *, migrate: bool = True, **popen) -> subprocess.Popen:
+    """`opsconsole monitor` as its own process, as `serve` or a unit runs it, after
+    migrating its database (unless the test means that database to be unreachable)."""
+    from tests.conftest import PYTHON, REPO_ROOT
+
+    if migrate:
+        subprocess.run(
+            [PYTHON, "-m", "opsconsole.cli", "migrate", "--noinput"],
+            env=env,
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(
+        [PYTHON, "-m", "opsconsole.cli", "monitor"], env=env, cwd=REPO_ROOT, **popen
+    )
+
+
 def write_sidecar_raw(state: State, name: str, content: bytes, mode: int = 0o600) -> Path:
     ensure_private_dir(state.active)
     path = state.active / name

@@ -8,13 +8,13 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.alert_receivers import webhook  # noqa: F401 - a fixture
 from tests.conftest import PYTHON, REPO_ROOT, wrapper_command
+from tests.live_helpers import start_monitor
 
 # Skipped only where the monitor is not there at all; once it is, an import error fails.
 if importlib.util.find_spec("monitor_app.monitor") is None:
@@ -39,21 +39,7 @@ def monitored(state, real_claude, tmp_path, webhook):  # noqa: F811
         OPSCONSOLE_ALERT_URLS=f"json://127.0.0.1:{receiver.port}/alerts",
         OPSCONSOLE_BASE_URL="https://ops.example.com",
     )
-    subprocess.run(
-        [PYTHON, "-m", "opsconsole.cli", "migrate", "--noinput"],
-        env=env,
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "opsconsole.cli", "monitor"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    monitor = start_monitor(env)
     time.sleep(SAMPLE_SECONDS)  # its first sample: what is already on the host
     receiver.env = env
     yield receiver

@@ -21,7 +21,7 @@ from monitor_app.monitor import Monitor
 from monitor_app.published import read_local_sample
 from sessions_app.live import get_snapshot
 from sessions_app.models import Session, Status
-from tests.live_helpers import start_fake_run
+from tests.live_helpers import start_fake_run, start_monitor, wait_until
 from wrapper.formats import ensure_private_dir, new_session_id, write_json_atomic
 
 pytestmark = pytest.mark.django_db
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.django_db
 def logged_in(client):
     client.force_login(get_user_model().objects.create_user("ops"))
     return client
-
-
-def wait_until(predicate, timeout=15.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def registry_file_for(config_dir: Path, pid: int, session_id: str, cwd: str) -> Path:
@@ -341,7 +331,6 @@ db.execute("ROLLBACK")
 def test_the_monitor_keeps_sampling_through_a_locked_database_and_loses_nothing(
     console_state, tmp_path, runs
 ):
-    from tests.conftest import REPO_ROOT
 
     database = tmp_path / "monitor.sqlite3"
     env = dict(
@@ -351,21 +340,7 @@ def test_the_monitor_keeps_sampling_through_a_locked_database_and_loses_nothing(
         OPSCONSOLE_SAMPLE_SECONDS="0.5",
         DJANGO_SETTINGS_MODULE="opsconsole.settings",
     )
-    subprocess.run(
-        [sys.executable, "-m", "opsconsole.cli", "migrate", "--noinput"],
-        env=env,
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "opsconsole.cli", "monitor"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    monitor = start_monitor(env)
     doomed = start_fake_run(console_state, tag="dies-while-locked", with_agent=False)
     runs.append(doomed)
     lock = None
@@ -496,8 +471,6 @@ def test_the_monitor_samples_on_when_the_database_accepts_but_never_answers(cons
     import socket
     import threading
 
-    from tests.conftest import REPO_ROOT
-
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
@@ -523,13 +496,7 @@ def test_the_monitor_samples_on_when_the_database_accepts_but_never_answers(cons
     )
     run = start_fake_run(console_state, tag="seen-without-a-database", with_agent=False)
     runs.append(run)
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "opsconsole.cli", "monitor"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    monitor = start_monitor(env, migrate=False, stderr=subprocess.DEVNULL)
     try:
         first = wait_until(read_local_sample, timeout=30)
         later = wait_until(

@@ -24,6 +24,7 @@ from sessions_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.transcripts.parse import iter_records, summarize_file
 from tests.conftest import wrapper_command
+from tests.live_helpers import wait_until
 from wrapper.formats import (
     EXIT_QUOTA_SKIP,
     new_session_id,
@@ -60,16 +61,6 @@ def wrapped(state, tag: str, prompt: str, **popen):
         stderr=subprocess.PIPE,
         **popen,
     )
-
-
-def wait_until(predicate, timeout=30.0, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting")
 
 
 def spool(state):
