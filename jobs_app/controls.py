@@ -62,6 +62,8 @@ class ActionResult:
     detail: dict = field(default_factory=dict)
     # True when the request cannot be carried out as asked (nothing was tried): a 4xx.
     refused: bool = False
+    # True when another host's monitor will carry it out: asked, not done yet (a 202).
+    pending: bool = False
 
 
 def _storable(value):
@@ -141,15 +143,13 @@ def systemd_timer(job: Job) -> str:
     return re.sub(r"\.service$", ".timer", job.label)
 
 
-def run_now(job: Job, actor: str) -> ActionResult:
+def start_run(job: Job) -> ActionResult:
     if job.scheduler == "launchd":
         argv = ["launchctl", "kickstart", f"{launchd_domain(job)}/{job.label}"]
-        result = start_and_see(job, argv)
-    elif job.scheduler == "systemd":
-        result = start_and_see(job, ["systemctl", systemd_scope(job), "start", "--", job.label])
-    else:
-        result = start_cron_entry(job)
-    return audited("run", job, actor, job.label, result)
+        return start_and_see(job, argv)
+    if job.scheduler == "systemd":
+        return start_and_see(job, ["systemctl", systemd_scope(job), "start", "--", job.label])
+    return start_cron_entry(job)
 
 
 def _watcher(job: Job, extra_state: StatePaths | None = None, extra_config=None):
@@ -206,7 +206,9 @@ def start_cron_entry(job: Job) -> ActionResult:
     env = cronrun.cron_environment(entry.env)
     watcher = _watcher(job, cronrun.state_paths_for(env), cronrun.config_dir_for(env))
     stamp = f"{timezone.now():%Y%m%dT%H%M%S%f}"
-    log_path = settings.OPSCONSOLE_STATE.home / "run-now" / f"{job.pk}-{stamp}.log"
+    # Named by label, not row id: a reporting host runs this for a job it has no row of.
+    safe_label = re.sub(r"[^A-Za-z0-9._-]", "_", job.label)[:80]
+    log_path = settings.OPSCONSOLE_STATE.home / "run-now" / f"{safe_label}-{stamp}.log"
     ensure_private_dir(log_path.parent)
     prune_run_logs(log_path.parent)
     wait = run_now_wait_seconds()
@@ -285,32 +287,25 @@ def stop_job(job: Job, actor: str, grace: float | None = None) -> ActionResult:
     return audited("stop", job, actor, ", ".join(o.session_id for o in outcomes), result)
 
 
-def set_enabled(job: Job, enabled: bool, actor: str) -> ActionResult:
-    action = "enable" if enabled else "disable"
+def toggle(job: Job, enabled: bool) -> ActionResult:
     if job.scheduler == "launchd":
-        if enabled:
-            if not job.source:
-                result = ActionResult(
-                    False, "no plist is known for this job: cannot bootstrap", refused=True
-                )
-            elif job.source.startswith("-"):
-                result = ActionResult(
-                    False, f"plist path {job.source[:60]!r} starts with '-'", refused=True
-                )
-            else:
-                result = run_command(["launchctl", "bootstrap", launchd_domain(job), job.source])
-        else:
-            result = run_command(["launchctl", "bootout", f"{launchd_domain(job)}/{job.label}"])
-    elif job.scheduler == "systemd":
-        result = run_command(
+        if not enabled:
+            return run_command(["launchctl", "bootout", f"{launchd_domain(job)}/{job.label}"])
+        if not job.source:
+            return ActionResult(
+                False, "no plist is known for this job: cannot bootstrap", refused=True
+            )
+        if job.source.startswith("-"):
+            return ActionResult(
+                False, f"plist path {job.source[:60]!r} starts with '-'", refused=True
+            )
+        return run_command(["launchctl", "bootstrap", launchd_domain(job), job.source])
+    if job.scheduler == "systemd":
+        action = "enable" if enabled else "disable"
+        return run_command(
             ["systemctl", systemd_scope(job), action, "--now", "--", systemd_timer(job)]
         )
-    else:
-        result = toggle_cron_entry(job, enabled)
-    if result.ok:
-        job.scheduler_enabled = enabled
-        job.save(update_fields=["scheduler_enabled"])
-    return audited(action, job, actor, job.label, result)
+    return toggle_cron_entry(job, enabled)
 
 
 def _user_crontab() -> tuple[CronTab, str]:
@@ -416,22 +411,24 @@ def parse_launchd_schedule(text: str) -> dict:
     return {"StartCalendarInterval": calendar}
 
 
-def change_schedule(job: Job, schedule: str, actor: str) -> ActionResult:
+def reschedule(job: Job, schedule: str) -> ActionResult:
     try:
+        check_schedule_for(job, schedule)
         if job.scheduler == "launchd":
-            result = change_launchd_schedule(job, schedule)
-        elif job.scheduler == "systemd":
-            result = change_systemd_schedule(job, schedule)
-        else:
-            result = ActionResult(
-                False,
-                "not changed: a cron job's schedule is edited in its crontab (crontab -e)",
-                refused=True,
-            )
+            return change_launchd_schedule(job, schedule)
+        return change_systemd_schedule(job, schedule)
     except ControlError as exc:
-        result = ActionResult(False, f"not changed: {exc}", refused=True)
-    result.detail["schedule"] = schedule[: MAX_SCHEDULE_CHARS + 1]
-    return audited("schedule", job, actor, job.label, result)
+        return ActionResult(False, f"not changed: {exc}", refused=True)
+
+
+def check_schedule_for(job: Job, schedule: str) -> None:
+    """What can be checked without the job's host: ControlError says what is wrong."""
+    if job.scheduler == "launchd":
+        parse_launchd_schedule(schedule)
+    elif job.scheduler == "systemd":
+        check_systemd_schedule(schedule)
+    else:
+        raise ControlError("a cron job's schedule is edited in its crontab (crontab -e)")
 
 
 def change_launchd_schedule(job: Job, schedule: str) -> ActionResult:
@@ -498,57 +495,106 @@ def change_systemd_schedule(job: Job, schedule: str) -> ActionResult:
     return result
 
 
+# ----------------------------------------------------------------------------- entry points
+
+
+def execute(job: Job, action: str, schedule: str = "") -> ActionResult:
+    """A scheduler action (run, enable, disable, schedule) carried out on this host.
+
+    It reads and writes no database: the caller puts the outcome on record (`record`).
+    A reporting host's monitor runs this very code for the console's requests
+    (monitor_app.reporting), with the job as its own collector last saw it."""
+    try:
+        if action == "run":
+            return start_run(job)
+        if action in ("enable", "disable"):
+            return toggle(job, action == "enable")
+        if action == "schedule":
+            return reschedule(job, schedule)
+    except ControlError as exc:
+        return ActionResult(False, f"not done: {exc}", refused=True)
+    except Exception as exc:  # the outcome is recorded whatever happens
+        log.exception("%s of job %s failed", action, job.label)
+        return ActionResult(False, f"{action} failed: {type(exc).__name__}: {exc}")
+    return ActionResult(False, f"unknown action {action[:32]!r}", refused=True)
+
+
+def record(job: Job, action: str, actor: str, result: ActionResult, schedule: str = ""):
+    """An action's outcome on record: the job's enabled flag when it changed, and the
+    audit log. The same for an action done here and one a reporting host answered."""
+    if result.ok and action in ("enable", "disable"):
+        job.scheduler_enabled = action == "enable"
+        job.save(update_fields=["scheduler_enabled"])
+    if action == "schedule":
+        result.detail["schedule"] = schedule[: MAX_SCHEDULE_CHARS + 1]
+    return audited(action, job, actor, job.label, result)
+
+
+def run_now(job: Job, actor: str) -> ActionResult:
+    return record(job, "run", actor, execute(job, "run"))
+
+
+def set_enabled(job: Job, enabled: bool, actor: str) -> ActionResult:
+    action = "enable" if enabled else "disable"
+    return record(job, action, actor, execute(job, action))
+
+
+def change_schedule(job: Job, schedule: str, actor: str) -> ActionResult:
+    return record(job, "schedule", actor, execute(job, "schedule", schedule), schedule)
+
+
 def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResult:
     """One entry point for views, the API and scripts. Every call is audited, whatever
     happens. An unknown action raises ControlError; input that cannot be acted on comes
     back `refused` (a 400), with its reason. A job on another host is acted on through
-    its monitor (perform_remote)."""
+    its monitor (perform_remote): the result is then `pending`."""
     if action not in ACTIONS:
         message = f"unknown action {action[:32]!r}; one of {', '.join(ACTIONS)}"
         audited(action, job, actor, job.label, ActionResult(False, message, refused=True))
         raise ControlError(message)
     if job.host != settings.OPSCONSOLE_HOST:
-        return perform_remote(job, action, actor)
+        return perform_remote(job, action, actor, schedule)
+    if action != "stop":
+        return record(job, action, actor, execute(job, action, schedule), schedule)
     try:
-        if action == "run":
-            result = run_now(job, actor)
-        elif action == "stop":
-            result = stop_job(job, actor)
-        elif action in ("enable", "disable"):
-            result = set_enabled(job, action == "enable", actor)
-        else:
-            result = change_schedule(job, schedule, actor)
+        return stop_job(job, actor)
     except Exception as exc:
-        # Each action audits itself as its last step: reaching here means it did not.
-        log.exception("%s of job %s failed", action, job.pk)
-        result = ActionResult(False, f"{action} failed: {type(exc).__name__}: {exc}")
-        audited(action, job, actor, job.label, result)
-        return result
-    return result
+        # stop_job audits itself as its last step: reaching here means it did not.
+        log.exception("stop of job %s failed", job.pk)
+        return audited("stop", job, actor, job.label, ActionResult(False, f"stop failed: {exc!r}"))
 
 
-def perform_remote(job: Job, action: str, actor: str) -> ActionResult:
-    """A job on a reporting host: its live runs are stopped by requests its monitor
-    picks up (monitor_app.fleet); the scheduler actions are not offered there yet."""
-    from monitor_app.fleet import fleet, request_action
+def perform_remote(job: Job, action: str, actor: str, schedule: str = "") -> ActionResult:
+    """A job on a reporting host. Its live runs are stopped, and its scheduler acted on,
+    by requests its monitor picks up with its next report and answers with the one after
+    (monitor_app.fleet); what can be checked here is checked before anything is asked."""
+    from monitor_app.fleet import fleet, request_action, request_job_action
     from sessions_app.models import Session
 
+    if action == "schedule":
+        try:
+            check_schedule_for(job, schedule)
+        except ControlError as exc:
+            refused = ActionResult(False, f"not changed: {exc}", refused=True)
+            return record(job, action, actor, refused, schedule)
     if action != "stop":
-        result = ActionResult(
-            False,
-            f"{action} is not available yet for a job on another host ({job.host}): "
-            "run it there, or stop its runs from here",
-            refused=True,
+        request = request_job_action(action, job, actor, schedule)
+        return ActionResult(
+            True,
+            f"{action} requested from {job.host} (request {request.pk}): pending until its "
+            "monitor's next report; this page and the Hosts page show the outcome",
+            detail={"remote_action": request.pk, "state": request.state},
+            pending=True,
         )
-        return audited(action, job, actor, job.label, result)
     runs = live_runs_of(job, fleet.snapshot([job.host]), record_links=False)
     sessions = Session.objects.filter(session_id__in=[run.session_id for run in runs])
-    actions = [request_action("stop", session, actor) for session in sessions]
-    if not actions:
+    requests = [request_action("stop", session, actor) for session in sessions]
+    if not requests:
         return audited("stop", job, actor, job.label, ActionResult(True, "no live session to stop"))
     return ActionResult(
         True,
-        f"stop requested from {job.host} for {len(actions)} run(s): pending until its "
+        f"stop requested from {job.host} for {len(requests)} run(s): pending until its "
         "monitor's next report (Hosts page: the outcome)",
-        detail={"remote_actions": [a.pk for a in actions]},
+        detail={"remote_actions": [r.pk for r in requests]},
+        pending=True,
     )

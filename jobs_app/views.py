@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from itertools import groupby
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from jobs_app.charts import cost_chart, duration_chart
@@ -15,6 +17,7 @@ from jobs_app.controls import ControlError, perform
 from jobs_app.models import Job
 from jobs_app.runs import recent_runs
 from jobs_app.status import current_report, job_statuses, status_payload
+from monitor_app.views import requests_for_job
 from opsconsole.auth import api_view, json_error
 
 
@@ -79,6 +82,8 @@ def job_page(request, pk: int):
             "duration_chart": duration_chart(runs),
             "cost_chart": cost_chart(runs),
             "audit": job.audit.all()[:50],
+            **requests_for_job(job),
+            "console_host": settings.OPSCONSOLE_HOST,
             "can_act": request.user.is_staff,
         },
     )
@@ -113,17 +118,19 @@ def api_job_action(request, pk: int, action: str):
         result = perform(job, action, request.user.get_username(), request.POST.get("schedule", ""))
     except ControlError as exc:
         return json_error(str(exc), 400)
-    # 200 only for what was done; 400 for what cannot be done as asked (the reason says
-    # why); 502 when the scheduler or the command was tried and failed.
-    status = 200 if result.ok else 400 if result.refused else 502
-    return JsonResponse(
-        {
-            "ok": result.ok,
-            "message": result.message,
-            "error": None if result.ok else result.message,
-            "exit_code": result.exit_code,
-            "output": result.output,
-            "detail": result.detail,
-        },
-        status=status,
-    )
+    # 200 only for what was done; 202 for what another host's monitor will do (follow
+    # `url`); 400 for what cannot be done as asked (the reason says why); 502 when the
+    # scheduler or the command was tried and failed.
+    status = 202 if result.pending else 200 if result.ok else 400 if result.refused else 502
+    body = {
+        "ok": result.ok,
+        "message": result.message,
+        "error": None if result.ok else result.message,
+        "exit_code": result.exit_code,
+        "output": result.output,
+        "detail": result.detail,
+    }
+    if result.pending and "remote_action" in result.detail:
+        body["state"] = "pending"
+        body["url"] = reverse("api-remote-action", args=[result.detail["remote_action"]])
+    return JsonResponse(body, status=status)

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError
 from django.http import JsonResponse
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -180,7 +181,7 @@ def session_stop(request, session_id: str):
 @api_view
 @require_GET
 def remote_action(request, action_id: int):
-    action = RemoteAction.objects.filter(pk=action_id).first()
+    action = RemoteAction.objects.filter(pk=action_id).select_related("job").first()
     if action is None:
         return json_error(f"No request {action_id}.", 404)
     return JsonResponse(remote_action_payload(action))
@@ -192,12 +193,15 @@ def remote_action_payload(action: RemoteAction) -> dict:
         "host": action.host,
         "kind": action.kind,
         "session_id": str(action.session_id) if action.session_id else None,
+        "job": {"id": action.job_id, "label": action.job.label} if action.job_id else None,
+        "arguments": action.arguments,
         "requested_by": action.requested_by,
         "requested_at": action.requested_at.isoformat(),
         "state": action.state,
         "message": action.message,
+        "detail": action.detail,
         "finished_at": action.finished_at.isoformat() if action.finished_at else None,
-        "url": f"/api/hosts/actions/{action.pk}",
+        "url": reverse("api-remote-action", args=[action.pk]),
     }
 
 

@@ -38,7 +38,7 @@ from sessions_app.models import (
     leftover_members,
     leftover_record,
 )
-from wrapper.formats import FormatError, Sidecar, SpoolRecord, parse_iso
+from wrapper.formats import FormatError, Sidecar, SpoolRecord, is_session_id, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +143,15 @@ def parse_report(payload: object, host: str) -> Parsed:
             data = base64.b64decode(item["data"], validate=True)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ReportRejected(f"transcript chunk unreadable: {exc}", 400) from exc
-        _require(_is_uuid(session_id), "a transcript chunk names a session id")
+        _require(is_session_id(session_id), "a transcript chunk names a session id")
         _require(isinstance(offset, int) and offset >= 0, "a chunk's offset is a byte count")
         _require(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
         transcripts.append((session_id, offset, data))
     jobs = parse_jobs(payload.get("jobs"), host)
     stops = [
-        s for s in _list(payload, "stops") if isinstance(s, dict) and _is_uuid(s.get("session_id"))
+        s
+        for s in _list(payload, "stops")
+        if isinstance(s, dict) and is_session_id(s.get("session_id"))
     ]
     audits = [a for a in _list(payload, "audits") if isinstance(a, dict)]
     return Parsed(
@@ -229,7 +231,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     ids += [session_id for session_id, _, _ in parsed.transcripts]
     ids += [stop["session_id"] for stop in parsed.stops]
     foreign = (
-        Session.objects.filter(session_id__in=[i for i in ids if _is_uuid(i)])
+        Session.objects.filter(session_id__in=[i for i in ids if is_session_id(i)])
         .exclude(host=host)
         .values_list("session_id", flat=True)
         .first()
@@ -269,7 +271,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
             add_end_event(outbox, session, ended_at)
         recorded.append(sidecar.session_id)
     for session_id, members in parsed.leftovers.items():
-        if _is_uuid(session_id) and isinstance(members, list):
+        if is_session_id(session_id) and isinstance(members, list):
             Session.objects.filter(session_id=session_id, host=host).update(
                 leftovers=clean_leftovers(members)
             )
@@ -360,12 +362,6 @@ def host_policy(host: str) -> dict:
     }
 
 
-def _is_uuid(value: object) -> bool:
-    from wrapper.formats import is_session_id
-
-    return isinstance(value, str) and is_session_id(value)
-
-
 def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> None:
     """The host's HostSample row. Both documents are rebuilt here from the checked
     snapshot: what the console serves is what it validated (no session of another host,
@@ -449,12 +445,43 @@ def request_action(
     return action
 
 
+def request_job_action(
+    kind: str, job: Job, actor: str, schedule: str = "", now: datetime | None = None
+) -> RemoteAction:
+    """Run now, enable, disable or a new schedule for a job on another host: queued for
+    its monitor, which carries it out with jobs_app.controls.execute."""
+    action = RemoteAction.objects.create(
+        host=job.host,
+        kind=kind,
+        job=job,
+        arguments={"schedule": schedule} if kind == RemoteAction.Kind.SCHEDULE else {},
+        requested_by=actor,
+        requested_at=now or timezone.now(),
+    )
+    AuditEntry.objects.create(
+        actor=actor,
+        action=f"request_{kind}"[:32],
+        job=job,
+        target=job.label[:1000],
+        ok=True,
+        output="",
+        detail={
+            "message": f"asked {job.host}'s monitor (request {action.pk}): pending",
+            "host": job.host,
+            "remote_action": action.pk,
+            "state": "pending",
+            **action.arguments,
+        },
+    )
+    return action
+
+
 def deliver_actions(host: str, now: datetime) -> list[dict]:
     with transaction.atomic():
         rows = list(
-            RemoteAction.objects.select_for_update().filter(
-                host=host, state=RemoteAction.State.PENDING
-            )
+            RemoteAction.objects.select_for_update()
+            .filter(host=host, state=RemoteAction.State.PENDING)
+            .select_related("job")
         )
         for action in rows:
             action.state, action.sent_at = RemoteAction.State.SENT, now
@@ -464,40 +491,59 @@ def deliver_actions(host: str, now: datetime) -> list[dict]:
                 Session.objects.filter(
                     session_id=action.session_id, status__in=LIVE_STATUSES
                 ).update(stopped_by=action.requested_by, end_reason="stopped")
-    return [
-        {
-            "id": a.pk,
-            "kind": a.kind,
-            "session_id": str(a.session_id) if a.session_id else None,
-            "requested_by": a.requested_by,
-        }
-        for a in rows
-    ]
+    return [delivered(a) for a in rows]
+
+
+def delivered(action: RemoteAction) -> dict:
+    """A request as the host receives it. A job is named by scheduler and label only: the
+    host acts on the job as its own collector last saw it, never on paths sent to it."""
+    item = {
+        "id": action.pk,
+        "kind": action.kind,
+        "session_id": str(action.session_id) if action.session_id else None,
+        "requested_by": action.requested_by,
+    }
+    if action.is_job_action:
+        job = action.job
+        item["job"] = {"scheduler": job.scheduler, "label": job.label} if job else None
+        item["arguments"] = action.arguments
+    return item
 
 
 def finish_action(result: dict, host: str, now: datetime) -> None:
-    action = RemoteAction.objects.filter(pk=result.get("id"), host=host).first()
-    if action is None or action.state not in (RemoteAction.State.SENT, RemoteAction.State.PENDING):
+    action = RemoteAction.objects.filter(pk=result.get("id"), host=host).select_related("job")
+    action = action.first()
+    if action is None or action.state not in RemoteAction.OPEN_STATES:
         return
     ok = bool(result.get("ok"))
     action.state = RemoteAction.State.DONE if ok else RemoteAction.State.FAILED
     action.finished_at = now
     action.message = str(result.get("message") or "")[:2000]
-    action.detail = {
-        "terminated": result.get("terminated") or [],
-        "killed": result.get("killed") or [],
-    }
+    if action.is_job_action:
+        action.detail = {
+            **plain_items(result.get("detail")),
+            "exit_code": _int_or_none(result.get("exit_code")),
+        }
+    else:
+        action.detail = {
+            "terminated": result.get("terminated") or [],
+            "killed": result.get("killed") or [],
+        }
     action.save()
-    session = Session.objects.filter(session_id=action.session_id).select_related("job").first()
-    AuditEntry.objects.create(
-        actor=action.requested_by,
-        action=action.kind,
-        job=session.job if session else None,
-        target=str(action.session_id or ""),
-        ok=ok,
-        output=action.message,
-        detail={"host": host, "remote_action": action.pk, **action.detail},
-    )
+    if action.is_job_action:
+        record_job_outcome(action, result, host)
+    else:
+        session = Session.objects.filter(session_id=action.session_id).select_related("job")
+        session = session.first()
+        AuditEntry.objects.create(
+            actor=action.requested_by,
+            action=action.kind,
+            job=session.job if session else None,
+            target=str(action.session_id or ""),
+            ok=ok,
+            output=action.message,
+            detail={"host": host, "remote_action": action.pk, **action.detail},
+        )
     Event.objects.get_or_create(
         dedupe_key=f"{host}:remote_action:{action.pk}"[:200],
         defaults={
@@ -505,6 +551,7 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
             "host": host,
             "kind": EventKind.REMOTE_ACTION,
             "session_id": action.session_id,
+            "job": action.job,
             "status": action.state,
             "message": f"{action.get_kind_display()} asked by {action.requested_by}: "
             f"{action.message}"[:2000],
@@ -513,12 +560,55 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
     )
 
 
+def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
+    """What the host answered, on record as if done here (jobs_app.controls.record)."""
+    from jobs_app.controls import ActionResult, record
+
+    outcome = ActionResult(
+        ok=action.state == RemoteAction.State.DONE,
+        message=f"{host} answered: {action.message}",
+        exit_code=action.detail.get("exit_code"),
+        output=str(result.get("output") or "")[-20_000:],
+        detail={"host": host, "remote_action": action.pk, **action.detail},
+    )
+    job = action.job
+    if job is None:  # the job's row was deleted since: the answer is still on record
+        AuditEntry.objects.create(
+            actor=action.requested_by,
+            action=action.kind,
+            target="",
+            ok=outcome.ok,
+            exit_code=outcome.exit_code,
+            output=outcome.output,
+            detail={"message": outcome.message, **outcome.detail},
+        )
+        return
+    record(job, action.kind, action.requested_by, outcome, action.arguments.get("schedule", ""))
+
+
+def plain_items(value: object, most: int = 20) -> dict:
+    """A host's detail (the run seen, a backup's path) as short plain values, bounded."""
+    if not isinstance(value, dict):
+        return {}
+    items = {}
+    for key, item in list(value.items())[:most]:
+        if isinstance(item, str):
+            items[str(key)[:64]] = item[:1000]
+        elif item is None or isinstance(item, bool | int | float):
+            items[str(key)[:64]] = item
+    return items
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def expire_actions(now: datetime | None = None) -> int:
     """Requests nobody will carry out: the host went silent, or never answered."""
     now = now or timezone.now()
     expired = 0
-    open_rows = RemoteAction.objects.filter(
-        state__in=(RemoteAction.State.PENDING, RemoteAction.State.SENT)
+    open_rows = RemoteAction.objects.filter(state__in=RemoteAction.OPEN_STATES).select_related(
+        "job"
     )
     hosts = {h.host: h for h in HostSample.objects.filter(host__in=open_rows.values("host"))}
     for action in open_rows:
@@ -552,10 +642,11 @@ def expire_actions(now: datetime | None = None) -> int:
             AuditEntry.objects.create(
                 actor=action.requested_by,
                 action=action.kind,
-                target=str(action.session_id or ""),
+                job=action.job,
+                target=str(action.session_id or "") or (action.job.label if action.job else ""),
                 ok=False,
                 output=message,
-                detail={"host": action.host, "remote_action": action.pk},
+                detail={"message": message, "host": action.host, "remote_action": action.pk},
             )
     return expired
 

@@ -151,6 +151,11 @@ class RemoteAction(models.Model):
     class Kind(models.TextChoices):
         STOP = "stop", "stop the run"
         KILL_LEFTOVERS = "kill_leftovers", "kill leftovers"
+        # A job's scheduler actions (jobs_app.controls.execute on the host).
+        RUN = "run", "run the job now"
+        ENABLE = "enable", "enable the job"
+        DISABLE = "disable", "disable the job"
+        SCHEDULE = "schedule", "change the job's schedule"
 
     class State(models.TextChoices):
         PENDING = "pending", "pending"  # waiting for the host's next report
@@ -159,9 +164,20 @@ class RemoteAction(models.Model):
         FAILED = "failed", "failed"
         EXPIRED = "expired", "expired"  # never delivered or never answered
 
+    OPEN_STATES = (State.PENDING, State.SENT)
+
     host = models.CharField(max_length=255)
     kind = models.CharField(max_length=32, choices=Kind.choices)
     session_id = models.UUIDField(null=True, blank=True)
+    job = models.ForeignKey(
+        "jobs_app.Job",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="remote_actions",
+    )
+    # What the action needs besides its target (a new schedule).
+    arguments = models.JSONField(default=dict, blank=True)
     requested_by = models.CharField(max_length=150)
     requested_at = models.DateTimeField(default=timezone.now)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
@@ -175,4 +191,17 @@ class RemoteAction(models.Model):
         indexes = [models.Index(fields=["host", "state"], name="remoteaction_host_state")]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.session_id or ''} on {self.host}: {self.state}"
+        target = self.session_id or (self.job.label if self.job_id else "")
+        return f"{self.kind} {target} on {self.host}: {self.state}"
+
+    @property
+    def is_job_action(self) -> bool:
+        return self.kind in JOB_ACTION_KINDS
+
+
+JOB_ACTION_KINDS = (
+    RemoteAction.Kind.RUN,
+    RemoteAction.Kind.ENABLE,
+    RemoteAction.Kind.DISABLE,
+    RemoteAction.Kind.SCHEDULE,
+)

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from monitor_app import published
+from monitor_app.models import JOB_ACTION_KINDS
 from monitor_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
 from monitor_app.report import (
     MAX_COMPLETIONS_PER_REPORT,
@@ -59,6 +60,9 @@ class ReportState:
         self.last_answer: dict | None = None
         self.reports = 0
         self.jobs: list[dict] | None = None  # the latest collection, until reported
+        # (scheduler, label) -> the job as this host's collector last saw it: what the
+        # console's requests act on (never paths or commands the console sends).
+        self.collected: dict[tuple[str, str], object] = {}
         self.known_labels: dict[str, set[str]] = {}
         self.next_collect = 0.0
         # The console's rules for this host (job time limits, leftover rule), from its
@@ -243,9 +247,11 @@ class ReportState:
             log.exception("job collection failed")
             return
         self.jobs = []
+        collected = {}
         for collection in collections:
             for job in collection.jobs:
                 job.host = self.monitor.host  # the name this host reports under
+                collected[(job.scheduler, job.label)] = job
             self.known_labels[collection.scheduler] = {j.label for j in collection.jobs}
             self.jobs.append(
                 {
@@ -260,6 +266,7 @@ class ReportState:
                     ],
                 }
             )
+        self.collected = collected
 
     def follow_transcripts(self, snapshot: Snapshot, live_ids: set[str]) -> None:
         from sessions_app import transcript_store
@@ -476,6 +483,8 @@ class ReportState:
                     terminated=outcome.terminated,
                     killed=outcome.killed,
                 )
+            elif action.get("kind") in JOB_ACTION_KINDS:
+                result.update(self.act_on_job(action))
             else:
                 result.update(ok=False, message=f"unknown request {action.get('kind')!r}")
         except Exception as exc:  # the outcome is reported whatever happens
@@ -483,6 +492,41 @@ class ReportState:
             result.update(ok=False, message=f"{type(exc).__name__}: {exc}")
         with self.results_lock:
             self.results.append(result)
+
+    def act_on_job(self, action: dict) -> dict:
+        """Run now, enable, disable or reschedule one of this host's jobs, with the code
+        the console runs for its own (jobs_app.controls.execute)."""
+        from jobs_app.controls import execute
+        from jobs_app.models import Job
+
+        named = action.get("job") if isinstance(action.get("job"), dict) else {}
+        key = (str(named.get("scheduler") or ""), str(named.get("label") or ""))
+        collected = self.collected.get(key)
+        if collected is None:
+            return {
+                "ok": False,
+                "message": f"no {key[0] or 'such'} job {key[1]!r} on {self.monitor.host} "
+                "(as of its latest collection): nothing was done",
+            }
+        job = Job(
+            scheduler=collected.scheduler,
+            label=collected.label,
+            host=self.monitor.host,
+            tags=list(collected.tags),
+            source=collected.source,
+            scope=collected.scope,
+            scheduler_enabled=collected.enabled,
+        )
+        arguments = action.get("arguments") if isinstance(action.get("arguments"), dict) else {}
+        outcome = execute(job, action["kind"], str(arguments.get("schedule") or ""))
+        self.next_collect = 0.0  # the console sees the job's new state with the next report
+        return {
+            "ok": outcome.ok,
+            "message": outcome.message,
+            "exit_code": outcome.exit_code,
+            "output": outcome.output[-20_000:],
+            "detail": outcome.detail,
+        }
 
     def stopped(self) -> None:
         for thread in self.threads:

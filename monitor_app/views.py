@@ -1,16 +1,18 @@
-"""The Hosts page, and staff's stop for a run on any host."""
+"""The Hosts page, requests to reporting hosts, and staff's stop for a run on any host."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import HttpResponseForbidden
+from django.http import HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from monitor_app.fleet import expire_actions, host_rows, request_action
 from monitor_app.models import RemoteAction
 from sessions_app.models import LIVE_STATUSES, Session
+from wrapper.formats import is_session_id
 
 
 @require_GET
@@ -26,10 +28,48 @@ def hosts(request):
             "total_live": sum(r.live_runs for r in rows),
             "total_runs_30d": sum(r.runs_30d for r in rows),
             "total_cost_30d": sum(r.cost_30d or 0 for r in rows),
-            "actions": RemoteAction.objects.all()[:30],
+            "actions": RemoteAction.objects.select_related("job")[:30],
             "console_host": settings.OPSCONSOLE_HOST,
         },
     )
+
+
+def requests_context(actions, host: str, query: str) -> dict:
+    """For monitor_app/_requests.html: the section polls itself while one is open."""
+    actions = list(actions)
+    return {
+        "remote_actions": actions,
+        "requests_host": host,
+        "requests_url": f"{reverse('remote-requests')}?{query}",
+        "requests_open": any(a.state in RemoteAction.OPEN_STATES for a in actions),
+    }
+
+
+def requests_for_job(job) -> dict:
+    return requests_context(job.remote_actions.all()[:10], job.host, f"job={job.pk}")
+
+
+def requests_for_session(session_id, host: str) -> dict:
+    actions = RemoteAction.objects.filter(session_id=session_id)[:10]
+    return requests_context(actions, host, f"session={session_id}")
+
+
+@require_GET
+def remote_requests(request):
+    """The requests section of a job or session page, re-read while a request is open."""
+    from jobs_app.models import Job
+
+    job_id, session_id = request.GET.get("job", ""), request.GET.get("session", "")
+    if job_id.isdigit():
+        context = requests_for_job(get_object_or_404(Job, pk=int(job_id)))
+    else:
+        session = (
+            get_object_or_404(Session, session_id=session_id) if is_session_id(session_id) else None
+        )
+        if session is None:
+            return HttpResponseBadRequest("give job=<id> or session=<session id>")
+        context = requests_for_session(session.session_id, session.host)
+    return render(request, "monitor_app/_requests.html", context)
 
 
 @require_POST

@@ -25,6 +25,7 @@ urlpatterns = [
     path("api/hosts/actions/<int:action_id>", monitor_api.remote_action, name="api-remote-action"),
     path("api/sessions/<str:session_id>/stop", monitor_api.session_stop, name="api-session-stop"),
     path("hosts/", monitor_views.hosts, name="hosts"),
+    path("hosts/requests/", monitor_views.remote_requests, name="remote-requests"),
     path("sessions/<uuid:session_id>/stop/", monitor_views.session_stop, name="session-stop"),
     path("", include("sessions_app.urls")),
     path("", include("jobs_app.urls")),

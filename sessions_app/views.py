@@ -125,7 +125,7 @@ def session_page(request, session_id):
     page = transcript_store.read_page(
         session_id, sidecar=sidecar, session=run.record, before=before, at=at
     )
-    from monitor_app.models import RemoteAction
+    from monitor_app.views import requests_for_session
 
     snapshot = get_snapshot()
     if run.host != settings.OPSCONSOLE_HOST:  # a reporting host's run: its latest sample
@@ -138,7 +138,7 @@ def session_page(request, session_id):
         {
             "run": run,
             "remote": run.host != settings.OPSCONSOLE_HOST,
-            "remote_actions": RemoteAction.objects.filter(session_id=session_id)[:10],
+            **requests_for_session(session_id, run.host),
             "leftovers": leftovers_of(session_id, snapshot),
             "can_act": request.user.is_staff,
             "chain": retry_chain(run),

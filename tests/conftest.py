@@ -12,7 +12,12 @@ import pytest
 from wrapper.formats import StatePaths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.realcli_fixtures", "tests.server_fixtures", "tests.browser_fixtures"]
+pytest_plugins = [
+    "tests.realcli_fixtures",
+    "tests.server_fixtures",
+    "tests.browser_fixtures",
+    "tests.scheduler_tools",
+]
 PYTHON = sys.executable
 
 

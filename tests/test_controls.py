@@ -22,47 +22,12 @@ from opsconsole.models import ApiToken
 from sessions_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from tests.conftest import wrapper_command
+from tests.scheduler_tools import calls
 from tests.test_collectors import stand_in
 from tests.test_e2e import eventually
 from wrapper.formats import host_name
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def tools(tmp_path, monkeypatch):
-    """launchctl, systemctl, systemd-analyze and crontab stand-ins on PATH; calls.log
-    records every call; a label containing 'broken' makes them fail like the real ones."""
-    bin_dir = tmp_path / "tools"
-    calls = tmp_path / "calls.log"
-    crontab = tmp_path / "crontab.txt"
-    recorder = (
-        f'echo "$(basename "$0") $*" >> {calls}\n'
-        'case "$*" in *broken*) echo "Unit broken.timer not found." >&2; exit 5;; esac\n'
-    )
-    stand_in(bin_dir, "launchctl", recorder)
-    stand_in(bin_dir, "systemctl", recorder)
-    stand_in(
-        bin_dir,
-        "systemd-analyze",
-        recorder
-        + 'case "$3" in garbage*) echo "Failed to parse" >&2; exit 1;; esac\n'
-        # As the real one: without `--`, an option-like value is taken as an option.
-        + 'case "$2" in -*) echo "systemd-analyze 257"; exit 0;; esac\n',
-    )
-    stand_in(
-        bin_dir,
-        "crontab",
-        f'echo "crontab $*" >> {calls}\n'
-        f'if [ "$1" = "-l" ]; then cat {crontab}; else cat > {crontab}; fi\n',
-    )
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("HOME", str(tmp_path / "home-dir"))
-    return {"calls": calls, "crontab": crontab, "dir": tmp_path}
-
-
-def calls(tools) -> list[str]:
-    return tools["calls"].read_text().splitlines() if tools["calls"].exists() else []
 
 
 def job(**fields) -> Job:

@@ -475,7 +475,7 @@ def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what
     ).exists()
 
 
-def test_stop_on_a_remote_job_requests_a_stop_of_its_runs_and_refuses_the_rest(host_a, runs, staff):
+def test_stop_on_a_remote_job_requests_a_stop_of_each_of_its_live_runs(host_a, runs, staff):
     from jobs_app.models import Job
 
     job = Job.objects.create(
@@ -484,10 +484,99 @@ def test_stop_on_a_remote_job_requests_a_stop_of_its_runs_and_refuses_the_rest(h
     run = start_fake_run(host_a_state(host_a), "remote-nightly")
     runs.append(run)
     report_once(host_a)
-    answer = staff.post(f"/api/jobs/{job.pk}/stop").json()
-    assert answer["ok"] and "stop requested from host-a" in answer["message"]
+    answer = staff.post(f"/api/jobs/{job.pk}/stop")
+    assert answer.status_code == 202
+    assert "stop requested from host-a" in answer.json()["message"]
     action = RemoteAction.objects.get(session_id=run.session_id)
     assert (action.kind, action.state) == ("stop", "pending")
-    refused = staff.post(f"/api/jobs/{job.pk}/run")
-    assert refused.json()["ok"] is False and "another host (host-a)" in refused.json()["message"]
-    assert AuditEntry.objects.filter(action="run", job=job, ok=False).exists()
+    assert answer.json()["detail"]["remote_actions"] == [action.pk]
+
+
+def test_a_remote_job_is_run_disabled_and_rescheduled_through_its_host_s_monitor(
+    host_a, console_state, tools, fake_claude, staff
+):
+    """Run now and disable for a job on host-a: requests its monitor carries out with the
+    code the console uses for its own jobs, answered with the report after; the job page
+    and the audit log show pending, then what the host answered."""
+    from jobs_app.models import Job
+    from tests.test_collectors import stand_in
+
+    bin_dir = tools["dir"] / "job-bin"
+    stand_in(bin_dir, "opsconsole-run", f'exec "{PYTHON}" -m wrapper "$@"\n')
+    env = console_state.env
+    tools["crontab"].write_text(
+        "\n".join(
+            [
+                f"PATH={bin_dir}:/usr/bin:/bin",
+                f"PYTHONPATH={env['PYTHONPATH']}",
+                f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+                "OPSCONSOLE_HOST_NAME=host-a",
+                f"CLAUDE_CONFIG_DIR={env['CLAUDE_CONFIG_DIR']}",
+                f"OPSCONSOLE_CLAUDE_BIN={env['OPSCONSOLE_CLAUDE_BIN']}",
+                f"FAKE_CLAUDE_STATE={env['FAKE_CLAUDE_STATE']}",
+                "# opsconsole: nightly",
+                "15 2 * * * opsconsole-run --tag nightly -- -p x --output-format json",
+                "",
+            ]
+        )
+    )
+    report_once(host_a)  # the host's collection reaches the console
+    job = Job.objects.get(host="host-a", scheduler="cron", label="nightly")
+
+    def carried_out():
+        report_once(host_a)  # the answer hands the request over; the host acts on it
+        for thread in host_a.reporting.threads:
+            thread.join(timeout=30)
+        report_once(host_a)  # the outcome goes back with the next report
+
+    asked = staff.post(f"/api/jobs/{job.pk}/run")
+    assert asked.status_code == 202, asked.content
+    assert asked.json()["state"] == "pending"
+    action_url = asked.json()["url"]
+    assert staff.get(action_url).json()["state"] == "pending"
+    page = staff.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'data-state="pending"' in page and "Requests to host-a" in page
+    assert AuditEntry.objects.filter(action="request_run", job=job).exists()
+
+    carried_out()
+    answer = staff.get(action_url).json()
+    assert answer["state"] == "done", answer["message"]
+    assert "run seen" in answer["message"]
+    audit = AuditEntry.objects.get(action="run", job=job)
+    assert audit.ok and audit.actor == "ops" and "host-a answered" in audit.detail["message"]
+    fragment = staff.get(f"/hosts/requests/?job={job.pk}").content.decode()
+    assert 'data-state="done"' in fragment and "hx-get" not in fragment, "nothing open: no poll"
+    on_record = Session.objects.filter(host="host-a", script_tag="nightly")
+    for _ in range(40):
+        if on_record.exclude(status=Status.LIVE).exists():
+            break
+        time.sleep(0.25)
+        report_once(host_a)
+    assert on_record.count() == 1, "the run it started is on record, once"
+
+    asked = staff.post(f"/api/jobs/{job.pk}/disable")
+    assert asked.status_code == 202, asked.content
+    carried_out()
+    assert staff.get(asked.json()["url"]).json()["state"] == "done"
+    assert "#15 2 * * * opsconsole-run" in tools["crontab"].read_text().replace("# 15", "#15")
+    job.refresh_from_db()
+    assert job.scheduler_enabled is False
+    assert AuditEntry.objects.get(action="disable", job=job).ok
+
+    # What the console can check is refused at once; nothing is asked of the host.
+    refused = staff.post(f"/api/jobs/{job.pk}/schedule", {"schedule": "0 3 * * *"})
+    assert refused.status_code == 400 and "crontab" in refused.json()["error"]
+    assert not RemoteAction.objects.filter(kind="schedule").exists()
+
+    # The host acts only on jobs its own collector found, never on what it is sent.
+    ghost = Job.objects.create(
+        host="host-a", scheduler="cron", label="ghost", source="/etc/evil", tags=["x"]
+    )
+    asked = staff.post(f"/api/jobs/{ghost.pk}/run")
+    assert asked.status_code == 202
+    carried_out()
+    answer = staff.get(asked.json()["url"]).json()
+    assert answer["state"] == "failed" and "no cron job 'ghost' on host-a" in answer["message"]
+    assert not AuditEntry.objects.get(action="run", job=ghost).ok
+    hosts_page = staff.get("/hosts/").content.decode()
+    assert "ghost" in hosts_page and "failed" in hosts_page
