@@ -211,6 +211,13 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "opsconsole/locked_out.html"
 AXES_VERBOSE = False
+# How many reverse proxies (nginx, Caddy) stand in front of the console: behind them the
+# client's address comes from X-Forwarded-For (opsconsole.proxy) and HTTPS from
+# X-Forwarded-Proto. 0 (the default): the connection's own address, headers ignored.
+OPSCONSOLE_TRUSTED_PROXIES = env_int("OPSCONSOLE_TRUSTED_PROXIES", 0)
+AXES_CLIENT_IP_CALLABLE = "opsconsole.proxy.client_address"
+if OPSCONSOLE_TRUSTED_PROXIES > 0:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Password checks (PBKDF2, ~0.3 s of CPU each) that may run at once; a login that finds
 # no free slot within OPSCONSOLE_LOGIN_WAIT_SECONDS is answered 503 at once, so logins
 # can never take every server thread from the pages and the API.

@@ -70,3 +70,38 @@ def test_login_work_is_bounded_so_it_cannot_starve_the_api(client, ops, settings
     finally:
         slots.release()
     assert login(client, "ops", PASSWORD).status_code == 302
+
+
+def test_behind_a_trusted_proxy_one_person_s_typos_lock_out_only_their_address(
+    client, ops, settings
+):
+    """Behind nginx every request comes from 127.0.0.1: throttling by that address would
+    lock every operator out. With OPSCONSOLE_TRUSTED_PROXIES=1 the proxy's
+    X-Forwarded-For says who it was; what a client puts there itself is not believed."""
+
+    def via_proxy(username: str, password: str, forwarded_for: str):
+        return client.post(
+            "/login/",
+            {"username": username, "password": password},
+            REMOTE_ADDR="127.0.0.1",
+            HTTP_X_FORWARDED_FOR=forwarded_for,
+        )
+
+    settings.OPSCONSOLE_TRUSTED_PROXIES = 1
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        # The attacker's own X-Forwarded-For entry changes every time; the proxy's does not.
+        via_proxy(f"someone{attempt}", "guess", f"10.9.9.{attempt}, 203.0.113.7")
+    assert via_proxy("ops", PASSWORD, "203.0.113.7").status_code == 429
+    assert via_proxy("ops", PASSWORD, "198.51.100.20").status_code == 302
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(client, ops, settings):
+    settings.OPSCONSOLE_TRUSTED_PROXIES = 0
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        client.post(
+            "/login/",
+            {"username": f"someone{attempt}", "password": "guess"},
+            REMOTE_ADDR="10.0.0.9",
+            HTTP_X_FORWARDED_FOR=f"10.1.1.{attempt}",
+        )
+    assert login(client, "ops", PASSWORD, "10.0.0.9").status_code == 429
