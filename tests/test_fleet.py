@@ -293,6 +293,10 @@ def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     assert hosts["host-c"]["silent"] is True
     anonymous = Client()
     assert anonymous.get("/hosts/").status_code == 302
+    assert anonymous.get(f"/hosts/requests/?session={session.session_id}").status_code == 302
+    fragment = staff.get(f"/hosts/requests/?session={session.session_id}").content.decode()
+    assert 'data-state="expired"' in fragment
+    assert staff.get("/hosts/requests/?session=../../etc").status_code == 400
     assert anonymous.get("/api/hosts").status_code == 401
 
 
