@@ -278,8 +278,17 @@ def test_pages_run_under_the_csp_without_a_violation(page, console_server, state
     run = start_fake_run(state, tag="csp-check")
     try:
         eventually(lambda: console_server.json("/api/sessions")["count"], lambda n: n >= 2)
-        for path in ("/", "/history/", "/costs/?days=7", "/jobs/", f"/sessions/{run.session_id}/"):
-            page.goto(console_server.url + path)
+        admin_pages = (
+            "/admin/",
+            "/admin/sessions_app/session/",
+            "/admin/auth/user/1/change/",
+            "/admin/monitor_app/hosttoken/add/",
+            "/admin/alerts_app/",
+        )
+        pages = ("/", "/history/", "/costs/?days=7", "/jobs/", "/hosts/", "/alerts/")
+        for path in (*pages, f"/sessions/{run.session_id}/", *admin_pages):
+            response = page.goto(console_server.url + path)
+            assert response.ok and "/login/" not in page.url, (path, response.status)
             page.wait_for_load_state("networkidle")
         page.goto(console_server.url + "/")
         page.wait_for_timeout(2500)  # at least one htmx refresh of the live list
