@@ -5,12 +5,12 @@ report, from the offset the console last acknowledged (bounded per post, so a
 huge transcript never stalls a sample). The console keeps them through
 STORAGES["opsconsole_transcripts"], in one of two shapes:
 
-- A storage with local files (the default, a FileSystemStorage under
+- A FileSystemStorage (the default is one under
   `$OPSCONSOLE_HOME/archive/hosts/<host>/`): new bytes are appended to one file
   per run, `<host>/transcript_<session id>.jsonl`. The Session row's
   archive_path points there, and the session page, the raw tail and the
   `Range:` follower read it like any archived transcript.
-- Object storage (django-storages; no path(), no append): each new piece is an
+- Any other storage (object storage, django-storages; no append): each new piece is an
   object of its own, never rewritten, named
   `<host>/transcript_<session id>.jsonl.d/<MiB>/<offset:016d>-<length>` (grouped
   by the MiB its offset falls in, so a report lists one small folder, not every
@@ -80,10 +80,9 @@ def name_for(host: str, session_id: str) -> str:
 
 
 def _path_of(store, name: str) -> Path | None:
-    try:
-        return Path(store.path(name))
-    except NotImplementedError:
-        return None
+    """The file a FileSystemStorage keeps `name` in; None for any other storage (object
+    storage has no path(); InMemoryStorage's names a file that is not there)."""
+    return Path(store.path(name)) if isinstance(store, FileSystemStorage) else None
 
 
 # ------------------------------------------------------------------------ write side
