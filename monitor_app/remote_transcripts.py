@@ -18,8 +18,10 @@ STORAGES["opsconsole_transcripts"], in one of two shapes:
   in the last folder: pieces are only ever written where the held bytes end, so
   the folders before it are complete. The pages read a private local copy
   (`$OPSCONSOLE_HOME/cache/transcripts/<host>/transcript_<session id>.jsonl`,
-  0600 in 0700 folders, named from the validated host and session id only),
-  extended on each read by the pieces it does not have yet.
+  0600 in 0700 folders, named from the validated host and session id only).
+  The console adds each piece it stores to that copy as it goes; each read
+  first fetches the pieces the copy lacks (another console's, or all of them
+  when the copy was deleted), so the storage stays the truth.
 
 Either way a piece sent twice, or overlapping what is held, changes nothing; a
 piece past what is held (a gap) is not written, and the answer tells the host
@@ -96,7 +98,7 @@ def append_chunk(host: str, session_id: str, offset: int, data: bytes) -> int:
     store = storage()
     path = _path_of(store, name)
     if path is None:
-        return _save_piece(store, name, offset, data)
+        return _save_piece(store, name, offset, data, cache_path(host, session_id))
     held = store.size(name) if store.exists(name) else 0
     if offset > held or offset + len(data) <= held:
         return held
@@ -116,13 +118,39 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _save_piece(store, name: str, offset: int, data: bytes) -> int:
+def _save_piece(store, name: str, offset: int, data: bytes, copy: Path) -> int:
     held = held_in_pieces(store, name)
     if offset > held or offset + len(data) <= held:
         return held
     new = data[held - offset :]
     store.save(piece_name(name, held, len(new)), ContentFile(new))
+    _add_to_copy(copy, held, new)
     return held + len(new)
+
+
+def _add_to_copy(copy: Path, offset: int, data: bytes) -> None:
+    """A piece just stored, into this console's private copy too when the copy ends
+    where it starts: the pages then fetch nothing for what this console received."""
+    if offset and not copy.is_file():
+        return
+    try:
+        fd = _open_copy(copy)
+    except OSError as exc:
+        log.warning("cannot keep a local copy of %s: %s", copy.name, exc)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_size == offset:
+            _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _open_copy(copy: Path) -> int:
+    root = cache_root()
+    for folder in (root.parent, root, copy.parent):
+        ensure_private_dir(folder)
+    return os.open(copy, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
 def piece_name(name: str, offset: int, length: int) -> str:
@@ -218,10 +246,7 @@ def extend_copy(store, name: str, copy: Path) -> Path | None:
     plan = list(_plan(store, name, have))
     if not plan and have == 0:
         return None
-    root = cache_root()
-    for folder in (root.parent, root, copy.parent):
-        ensure_private_dir(folder)
-    fd = os.open(copy, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = _open_copy(copy)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # one writer; readers see whole pieces only grow it
         now = os.fstat(fd).st_size
@@ -233,7 +258,7 @@ def extend_copy(store, name: str, copy: Path) -> Path | None:
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
-    if size == 0 or not regular_file_within(copy, [root]):
+    if size == 0 or not regular_file_within(copy, [cache_root()]):
         return None
     return copy
 

@@ -513,6 +513,7 @@ class CountingStorage:
         self.saved: dict[str, bytes] = {}
         self.saves = 0
         self.listings = 0
+        self.opened = 0
 
     def _save(self, name, content):
         data = content.read()
@@ -522,6 +523,10 @@ class CountingStorage:
         assert name not in self.saved, f"{name} was written twice"
         self.saved[name] = data
         return name
+
+    def _open(self, name, mode="rb"):
+        self.opened += 1
+        return super()._open(name, mode)
 
     def listdir(self, path):
         self.listings += 1
@@ -709,6 +714,16 @@ def test_a_remote_run_s_transcript_in_object_storage_is_read_through_the_console
     assert body == whole[middle : middle + len(body)]
     assert b"".join(console.get(f"/api/claude-jsonl/{sid}")).endswith(user_line("line 023999"))
 
+    # What this console stored went into its copy as it came: no read fetched a piece.
+    assert store.opened == 0
+    # Without that copy (another console's pieces, or a deleted copy) a read fetches
+    # them from the storage, each once.
+    copy = remote_transcripts.cache_path("host-a", sid)
+    copy.unlink()
+    follow = console.get(f"/api/claude-jsonl/{sid}", HTTP_RANGE=f"bytes={middle}-")
+    assert follow.status_code == 206 and b"".join(follow) == body
+    assert copy.read_bytes() == whole and store.opened == len(store.saved)
+
     # Every object was written once and is as it was written; no whole-file object.
     name = remote_transcripts.name_for("host-a", sid)
     assert not store.exists(name)
@@ -724,7 +739,6 @@ def test_a_remote_run_s_transcript_in_object_storage_is_read_through_the_console
         assert set(store.versions().values()) == {1}
 
     # The pages read a private copy, named from the host and the session id only.
-    copy = remote_transcripts.cache_path("host-a", sid)
     assert copy.read_bytes() == whole
     assert copy.is_relative_to(console_state.home / "cache" / "transcripts")
     assert (copy.stat().st_mode & 0o777, copy.parent.stat().st_mode & 0o777) == (0o600, 0o700)
@@ -733,9 +747,9 @@ def test_a_remote_run_s_transcript_in_object_storage_is_read_through_the_console
     # Ended: the page still reads it, and reading again fetches nothing more.
     run.kill_all()
     report_once(host_a)
-    saves, listed = store.saves, store.listings
+    saves, listed, opened = store.saves, store.listings, store.opened
     assert "line 023999" in console.get(f"/sessions/{sid}/").content.decode()
-    assert store.saves == saves and store.listings - listed <= 4
+    assert (store.saves, store.opened) == (saves, opened) and store.listings - listed <= 4
 
 
 def pieces_of(store, name: str) -> list[tuple[int, int]]:
