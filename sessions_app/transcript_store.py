@@ -33,7 +33,15 @@ MAX_SUBAGENTS_SHOWN = 20
 
 
 def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> Located | None:
-    """The live transcript if Claude Code still has it, else the archived copy."""
+    """The live transcript if Claude Code still has it, else the archived copy; for a
+    run on a reporting host, the copy the console keeps of it (remote_transcripts:
+    from object storage, a private local copy brought up to date first)."""
+    if session is not None and session.host and session.host != settings.OPSCONSOLE_HOST:
+        from monitor_app import remote_transcripts
+
+        copy = remote_transcripts.readable_copy(session.host, session_id)
+        if copy is not None:
+            return Located(copy, "archive")
     cwd = sidecar.cwd if sidecar else (session.cwd if session else None)
     config_dir = (
         sidecar.claude_config_dir if sidecar else (session.claude_config_dir if session else None)
@@ -50,9 +58,12 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
 
 def roots() -> list[Path]:
     """Everything the console may read transcripts from."""
+    from monitor_app.remote_transcripts import cache_root
+
     return [
         *(Path(r) for r in settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS),
         Path(settings.OPSCONSOLE_STATE.archive),
+        cache_root(),
     ]
 
 

@@ -7,9 +7,11 @@ real processes, PID namespaces and PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import asdict
@@ -19,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.files.storage import InMemoryStorage
 from django.test import Client
 
 from jobs_app.models import AuditEntry
@@ -28,7 +31,8 @@ from monitor_app.monitor import Monitor
 from monitor_app.report import Reporter, check_report_url
 from sessions_app.models import Session, Status
 from tests.conftest import PYTHON, REPO_ROOT
-from tests.live_helpers import start_fake_run
+from tests.live_helpers import start_fake_run, wait_until
+from tests.server_fixtures import free_port
 from wrapper.formats import SpoolRecord, new_session_id, utc_now_iso, write_json_atomic
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -342,16 +346,20 @@ def test_monitor_once_exits_non_zero_when_the_console_refuses(console_server, st
     assert "host-d" in hosts
 
 
-def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs, staff):
+def test_a_remote_run_s_transcript_is_followed_through_the_console(
+    host_a, runs, staff, settings, tmp_path
+):
     from monitor_app import remote_transcripts
+
+    console = BlindConsole(staff, settings, tmp_path / "console-claude")
 
     first = b'{"type":"user","message":{"role":"user","content":"audit the remote logs"}}\n'
     run = start_fake_run(host_a_state(host_a), "remote-transcript", transcript_lines=[first])
     runs.append(run)
     report_once(host_a)
-    tail = staff.get(f"/api/claude-jsonl/{run.session_id}")
+    tail = console.get(f"/api/claude-jsonl/{run.session_id}")
     assert tail.status_code == 200 and b"audit the remote logs" in b"".join(tail)
-    assert "audit the remote logs" in staff.get(f"/sessions/{run.session_id}/").content.decode()
+    assert "audit the remote logs" in console.get(f"/sessions/{run.session_id}/").content.decode()
     stored = remote_transcripts.local_path("host-a", run.session_id)
     assert stored and Path(stored).read_bytes() == first
 
@@ -360,7 +368,7 @@ def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs,
     with run.transcript.open("ab") as handle:
         handle.write(second)
     latest = report_once(host_a)
-    follow = staff.get(f"/api/claude-jsonl/{run.session_id}", HTTP_RANGE=f"bytes={len(first)}-")
+    follow = console.get(f"/api/claude-jsonl/{run.session_id}", HTTP_RANGE=f"bytes={len(first)}-")
     assert follow.status_code == 206 and b"".join(follow) == second
 
     # Bounded per post: a large transcript arrives over several reports, byte for byte.
@@ -384,7 +392,7 @@ def test_a_remote_run_s_transcript_is_followed_through_the_console(host_a, runs,
     report_once(host_a)
     session = Session.objects.get(session_id=run.session_id)
     assert session.archive_path == stored
-    assert b"008999" in b"".join(staff.get(f"/api/claude-jsonl/{run.session_id}"))
+    assert b"008999" in b"".join(console.get(f"/api/claude-jsonl/{run.session_id}"))
 
 
 def test_the_fleet_live_page_lists_the_most_recent_runs_up_to_its_cap(
@@ -584,3 +592,289 @@ def test_a_remote_job_is_run_disabled_and_rescheduled_through_its_host_s_monitor
     assert not AuditEntry.objects.get(action="run", job=ghost).ok
     hosts_page = staff.get("/hosts/").content.decode()
     assert "ghost" in hosts_page and "failed" in hosts_page
+
+
+# ------------------------------------------------- remote transcripts in object storage
+
+
+class CountingStorage:
+    """What the console asks of its transcript storage: each save (with what it wrote)
+    and each listing. Nothing stored is ever to be deleted."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.saved: dict[str, bytes] = {}
+        self.saves = 0
+        self.listings = 0
+        self.opened = 0
+
+    def _save(self, name, content):
+        data = content.read()
+        content.seek(0)
+        self.saves += 1
+        name = super()._save(name, content)
+        assert name not in self.saved, f"{name} was written twice"
+        self.saved[name] = data
+        return name
+
+    def _open(self, name, mode="rb"):
+        self.opened += 1
+        return super()._open(name, mode)
+
+    def listdir(self, path):
+        self.listings += 1
+        return super().listdir(path)
+
+    def delete(self, name):
+        raise AssertionError(f"a stored transcript piece was deleted: {name}")
+
+
+class CountingMemoryStorage(CountingStorage, InMemoryStorage):
+    pass
+
+
+try:
+    from storages.backends.s3 import S3Storage
+
+    class CountingS3Storage(CountingStorage, S3Storage):
+        def versions(self) -> dict[str, int]:
+            """How many versions each key has (the bucket keeps every version)."""
+            pages = self.connection.meta.client.get_paginator("list_object_versions")
+            counts: dict[str, int] = {}
+            for page in pages.paginate(Bucket=self.bucket_name):
+                for version in page.get("Versions", []):
+                    counts[version["Key"]] = counts.get(version["Key"], 0) + 1
+            return counts
+
+except ImportError:  # the test extra brings django-storages; without it, memory only
+    S3Storage = None
+
+
+S3_KEYS = {"access_key": "testing", "secret_key": "testing", "region_name": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server as its own process on loopback: a real S3 API to talk to."""
+    if S3Storage is None:
+        pytest.skip("django-storages[s3] and moto[server] come with the test extra")
+    port = free_port()
+    log = open(os.environ.get("MOTO_LOG", os.devnull), "wb")  # noqa: SIM115
+    server = subprocess.Popen(
+        [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        # Not a test's agent: without its CLAUDE_CONFIG_DIR, the state fixture's sweep
+        # of what a test's agents left running passes it by.
+        env={k: v for k, v in os.environ.items() if not k.startswith(("CLAUDE", "OPSCONSOLE"))},
+    )
+
+    def answers():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        return server.poll() is not None
+
+    wait_until(answers, timeout=30)
+    assert server.poll() is None, "moto_server did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(10)
+    log.close()
+
+
+@pytest.fixture(params=["memory", "s3"])
+def object_storage(request, settings):
+    """STORAGES["opsconsole_transcripts"] an object storage: Django's InMemoryStorage, or
+    django-storages' S3 backend against moto's S3 server, in a versioned bucket."""
+    from monitor_app import remote_transcripts
+
+    if request.param == "memory":
+        backend, options = "tests.test_fleet.CountingMemoryStorage", {}
+    else:
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_server")
+        bucket = f"transcripts-{new_session_id()[:8]}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=S3_KEYS["access_key"],
+            aws_secret_access_key=S3_KEYS["secret_key"],
+            region_name=S3_KEYS["region_name"],
+        )
+        client.create_bucket(Bucket=bucket)
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        backend = "tests.test_fleet.CountingS3Storage"
+        options = {"bucket_name": bucket, "endpoint_url": endpoint, **S3_KEYS}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        remote_transcripts.STORAGE_ALIAS: {"BACKEND": backend, "OPTIONS": options},
+    }
+    store = remote_transcripts.storage()
+    assert type(store).__name__ == backend.rsplit(".", 1)[1]
+    return store
+
+
+class BlindConsole:
+    """The console's pages, asked as on a machine of its own. Here the reporting host
+    runs in-process with the same Claude config dir; while the console answers it sees
+    none of the host's files, so what it shows comes from the storage or nowhere."""
+
+    def __init__(self, client, settings, elsewhere: Path) -> None:
+        self.client, self.settings, self.elsewhere = client, settings, elsewhere
+
+    def get(self, url: str, **extra):
+        host_dirs = self.settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS
+        self.settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS = [self.elsewhere]
+        try:
+            return self.client.get(url, **extra)
+        finally:
+            self.settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS = host_dirs
+
+
+def user_line(text: str) -> bytes:
+    return json.dumps({"type": "user", "message": {"role": "user", "content": text}}).encode() + (
+        b"\n"
+    )
+
+
+def test_a_remote_run_s_transcript_in_object_storage_is_read_through_the_console(
+    host_a, runs, staff, object_storage, console_state, settings, tmp_path
+):
+    from monitor_app import remote_transcripts
+
+    store = object_storage
+    console = BlindConsole(staff, settings, tmp_path / "console-claude")
+    first = user_line("check <b>the</b> remote & logs")
+    run = start_fake_run(host_a_state(host_a), "remote-objects", transcript_lines=[first])
+    runs.append(run)
+    sid = run.session_id
+    report_once(host_a)
+    page = console.get(f"/sessions/{sid}/").content.decode()
+    assert "check &lt;b&gt;the&lt;/b&gt; remote &amp; logs" in page
+    assert "<b>the</b>" not in page
+    tail = console.get(f"/api/claude-jsonl/{sid}")
+    assert tail.status_code == 200 and b"".join(tail) == first
+    assert store.saves == 1
+
+    # The next report's piece: the follower's Range gets only it, the pages show it.
+    second = user_line("second line, from the second report")
+    with run.transcript.open("ab") as handle:
+        handle.write(second)
+    latest = report_once(host_a)
+    follow = console.get(f"/api/claude-jsonl/{sid}", HTTP_RANGE=f"bytes={len(first)}-")
+    assert follow.status_code == 206 and b"".join(follow) == second
+    assert follow["Content-Range"] == f"bytes {len(first)}-{len(first + second) - 1}/" + str(
+        len(first + second)
+    )
+    follower = console.get(f"/sessions/{sid}/transcript/?after={len(first)}").content.decode()
+    assert "second line, from the second report" in follower
+    assert "check &lt;b&gt;" not in follower
+    assert "second line" in console.get(f"/sessions/{sid}/").content.decode()
+    assert store.saves == 2
+
+    # Sent again from 0 (a monitor restarted): nothing is written, nothing changes.
+    host_a.reporting.transcripts[sid][1] = 0
+    report_once(host_a)
+    report_once(host_a)
+    assert store.saves == 2
+    assert host_a.reporting.transcripts[sid][1] == len(first + second)
+    # A gap is not written; the answer says where the console's copy ends.
+    held = len(first + second)
+    assert remote_transcripts.append_chunk("host-a", sid, held + 10, b"late\n") == held
+    assert remote_transcripts.append_chunk("host-a", sid, 0, first) == held
+    assert store.saves == 2
+
+    # Over a MiB, in pieces of at most 256 KB: a report lists two folders, whatever the
+    # transcript's length, and the pages read every byte of it.
+    big = b"".join(user_line(f"line {i:06d}") for i in range(24000))
+    with run.transcript.open("ab") as handle:
+        handle.write(big)
+    payload = host_a.reporting.payload(latest, datetime.now(UTC))
+    assert payload["transcripts"]
+    for _ in range(8):
+        listed = store.listings
+        report_once(host_a)
+        assert store.listings - listed <= 2
+    whole = run.transcript.read_bytes()
+    assert len(whole) > remote_transcripts.FOLDER_BYTES
+    assert host_a.reporting.transcripts[sid][1] == len(whole)
+    middle = whole.index(user_line("line 020000"))
+    follow = console.get(f"/api/claude-jsonl/{sid}", HTTP_RANGE=f"bytes={middle}-")
+    body = b"".join(follow)
+    assert follow.status_code == 206 and body.startswith(user_line("line 020000"))
+    assert body == whole[middle : middle + len(body)]
+    assert b"".join(console.get(f"/api/claude-jsonl/{sid}")).endswith(user_line("line 023999"))
+
+    # What this console stored went into its copy as it came: no read fetched a piece.
+    assert store.opened == 0
+    # Without that copy (another console's pieces, or a deleted copy) a read fetches
+    # them from the storage, each once.
+    copy = remote_transcripts.cache_path("host-a", sid)
+    copy.unlink()
+    follow = console.get(f"/api/claude-jsonl/{sid}", HTTP_RANGE=f"bytes={middle}-")
+    assert follow.status_code == 206 and b"".join(follow) == body
+    assert copy.read_bytes() == whole and store.opened == len(store.saved)
+
+    # Every object was written once and is as it was written; no whole-file object.
+    name = remote_transcripts.name_for("host-a", sid)
+    assert not store.exists(name)
+    assert sorted(store.saved) == sorted(
+        remote_transcripts.piece_name(name, offset, length)
+        for offset, length in pieces_of(store, name)
+    )
+    for piece, data in store.saved.items():
+        with store.open(piece, "rb") as handle:
+            assert handle.read() == data
+    assert b"".join(store.saved[p] for p in sorted(store.saved)) == whole
+    if hasattr(store, "versions"):
+        assert set(store.versions().values()) == {1}
+
+    # The pages read a private copy, named from the host and the session id only.
+    assert copy.read_bytes() == whole
+    assert copy.is_relative_to(console_state.home / "cache" / "transcripts")
+    assert (copy.stat().st_mode & 0o777, copy.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert Session.objects.get(session_id=sid).archive_path == ""
+
+    # Ended: the page still reads it, and reading again fetches nothing more.
+    run.kill_all()
+    report_once(host_a)
+    saves, listed, opened = store.saves, store.listings, store.opened
+    assert "line 023999" in console.get(f"/sessions/{sid}/").content.decode()
+    assert (store.saves, store.opened) == (saves, opened) and store.listings - listed <= 4
+
+
+def pieces_of(store, name: str) -> list[tuple[int, int]]:
+    """Every (offset, length) piece in the storage, by listing (the test's own reading)."""
+    found = []
+    folders, _ = store.listdir(f"{name}.d")
+    for folder in folders:
+        for file_name in store.listdir(f"{name}.d/{folder}")[1]:
+            offset, length = file_name.split("-")
+            found.append((int(offset), int(length)))
+    return sorted(found)
+
+
+def test_a_whole_object_from_before_the_pieces_is_read_and_continued(object_storage, console_state):
+    from django.core.files.base import ContentFile
+
+    from monitor_app import remote_transcripts
+
+    store = object_storage
+    sid = new_session_id()
+    name = remote_transcripts.name_for("host-b", sid)
+    old = user_line("kept whole, by an older console")
+    store.save(name, ContentFile(old))
+    new = user_line("and then in pieces")
+    assert remote_transcripts.append_chunk("host-b", sid, 0, old + new) == len(old + new)
+    assert remote_transcripts.append_chunk("host-b", sid, len(old), new) == len(old + new)
+    copy = remote_transcripts.readable_copy("host-b", sid)
+    assert copy is not None and copy.read_bytes() == old + new
+    with store.open(name, "rb") as handle:
+        assert handle.read() == old
+
+    # A host name is never a path: the copy stays under the console's cache.
+    odd = remote_transcripts.cache_path("../../etc", sid)
+    assert odd.resolve().is_relative_to(remote_transcripts.cache_root().resolve())
+    assert remote_transcripts.readable_copy("../../etc", sid) is None
