@@ -126,3 +126,37 @@ def test_prune_is_a_dry_run_by_default_then_applies(console_state, tmp_path, cap
     call_command("prune_archive", "--older-than", "30", "--apply", "--records")
     assert not Session.objects.filter(pk=old_row.pk).exists()
     assert Session.objects.filter(pk=live.pk).exists()
+
+
+def test_prune_removes_reporting_hosts_old_transcripts_but_not_a_live_run_s(console_state, capsys):
+    """Reporting hosts' transcripts are kept per host, not per day: their age is when
+    they were last written. A run still live keeps its transcript."""
+    from monitor_app import remote_transcripts
+
+    long_ago = (timezone.now() - timedelta(days=40)).timestamp()
+    ended, live, recent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    hosts = console_state.paths.archive / "hosts" / "host-a"
+    copies = remote_transcripts.cache_root() / "host-b"
+    paths = {
+        "ended": hosts / f"transcript_{ended}.jsonl",
+        "ended_copy": copies / f"transcript_{ended}.jsonl",
+        "live": hosts / f"transcript_{live}.jsonl",
+        "recent": hosts / f"transcript_{recent}.jsonl",
+    }
+    for name, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"type":"user"}\n')
+        if name != "recent":
+            os.utime(path, (long_ago, long_ago))
+    Session.objects.create(
+        session_id=live,
+        script_tag="t",
+        host="host-a",
+        status=Status.LIVE,
+        started_at=timezone.now(),
+    )
+
+    call_command("prune_archive", "--older-than", "30")
+    assert "would remove 2 archived transcript" in capsys.readouterr().out
+    call_command("prune_archive", "--older-than", "30", "--apply")
+    assert [name for name, path in paths.items() if path.exists()] == ["live", "recent"]

@@ -12,12 +12,14 @@ from django.utils import timezone
 
 from sessions_app import search
 from sessions_app.models import LIVE_STATUSES, Session
+from wrapper.formats import is_session_id
 
 
 class Command(BaseCommand):
     help = (
         "List (default) or delete (--apply) archived transcripts whose day folder is older "
-        "than --older-than DAYS. With --records, also delete the history rows of runs that "
+        "than --older-than DAYS, and reporting hosts' transcripts last written before then. "
+        "With --records, also delete the history rows of runs that "
         "ended before then. Live runs and anything outside the archive are never touched."
     )
 
@@ -38,6 +40,8 @@ class Command(BaseCommand):
             for entry in os.scandir(folder)
             if entry.is_file(follow_symlinks=False)
         ]
+        host_copies = self.expired_host_copies(cutoff)
+        files += host_copies
         size = sum(entry.stat(follow_symlinks=False).st_size for entry in files)
         rows = Session.objects.exclude(status__in=LIVE_STATUSES).filter(ended_at__lt=cutoff)
         verb = "removed" if apply else "would remove"
@@ -54,11 +58,45 @@ class Command(BaseCommand):
         removed_paths = [entry.path for entry in files]
         for folder in folders:
             shutil.rmtree(folder)
+        for entry in host_copies:
+            os.unlink(entry.path)
         if records:
             search.forget_sessions(rows.values_list("session_id", flat=True))
             rows.delete()
         else:
             Session.objects.filter(archive_path__in=removed_paths).update(archive_path="")
+
+    @staticmethod
+    def expired_host_copies(cutoff) -> list[os.DirEntry]:
+        """Transcripts of reporting hosts' runs kept as files (archive/hosts/<host>/, and
+        the private copies of those in object storage), last written before the cutoff;
+        a run still live is kept. Objects in object storage are the bucket's lifecycle
+        rules' to expire."""
+        from monitor_app.remote_transcripts import cache_root
+
+        limit = cutoff.timestamp()
+        found = []
+        for root in (settings.OPSCONSOLE_STATE.archive / "hosts", cache_root()):
+            try:
+                hosts = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+            except FileNotFoundError:
+                continue
+            for host in hosts:
+                for entry in os.scandir(host.path):
+                    if (
+                        entry.is_file(follow_symlinks=False)
+                        and entry.name.endswith(".jsonl")
+                        and entry.stat(follow_symlinks=False).st_mtime < limit
+                    ):
+                        found.append(entry)
+        ids = {entry.name.removesuffix(".jsonl").rpartition("_")[2] for entry in found}
+        live = {
+            str(session_id)
+            for session_id in Session.objects.filter(
+                session_id__in=[i for i in ids if is_session_id(i)], status__in=LIVE_STATUSES
+            ).values_list("session_id", flat=True)
+        }
+        return [e for e in found if e.name.removesuffix(".jsonl").rpartition("_")[2] not in live]
 
     @staticmethod
     def expired_folders(archive, cutoff: date) -> list[str]:
