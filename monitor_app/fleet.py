@@ -479,7 +479,9 @@ def request_job_action(
 def deliver_actions(host: str, now: datetime) -> list[dict]:
     with transaction.atomic():
         rows = list(
-            RemoteAction.objects.select_for_update()
+            # Only the requests are locked: the job is on the nullable side of a join,
+            # which PostgreSQL will not lock.
+            RemoteAction.objects.select_for_update(of=("self",))
             .filter(host=host, state=RemoteAction.State.PENDING)
             .select_related("job")
         )

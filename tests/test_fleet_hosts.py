@@ -193,6 +193,35 @@ class Host:
                 proc.wait(timeout=10)
 
 
+def own_crontab(root: Path, env: dict, fake_bin: Path) -> Path:
+    """Each host's own crontab (a `crontab` on its PATH that reads and writes a file of
+    its own): one nightly entry that runs the wrapper, as on a real machine."""
+    name = env["OPSCONSOLE_HOST_NAME"]
+    table = root / "crontab.txt"
+    table.write_text(
+        "\n".join(
+            [
+                "PATH=/usr/bin:/bin",
+                f"PYTHONPATH={REPO_ROOT}",
+                f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+                f"OPSCONSOLE_HOST_NAME={name}",
+                f"CLAUDE_CONFIG_DIR={env['CLAUDE_CONFIG_DIR']}",
+                f"OPSCONSOLE_CLAUDE_BIN={fake_bin}",
+                "FAKE_CLAUDE_BEHAVIOUR=sleep:1",
+                f"# opsconsole: nightly-{name}",
+                f"0 3 * * * {PYTHON} -m wrapper --tag nightly-{name} -- -p x",
+                "",
+            ]
+        )
+    )
+    tools = root / "tools"
+    tools.mkdir()
+    crontab = tools / "crontab"
+    crontab.write_text(f'#!/bin/sh\nif [ "$1" = "-l" ]; then cat {table}; else cat > {table}; fi\n')
+    crontab.chmod(0o755)
+    return tools
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
     psql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
@@ -248,6 +277,7 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
             DJANGO_SETTINGS_MODULE="opsconsole.settings",
             WORKDIR=str(work),
         )
+        env["PATH"] = f"{own_crontab(root, env, tmp_path / 'bin' / 'claude')}:{env['PATH']}"
         hosts.append(Host(name, root, env, token))
     try:  # whatever fails while starting, nothing is left running
         console.start()
@@ -311,6 +341,26 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
         lambda: console.json(f"/api/sessions/{target}"), lambda d: d["status"] == "killed"
     )
     assert stopped["end_reason"] == "stopped"
+
+    # Run now, asked on the console, is carried out by h1's monitor on h1's own cron
+    # entry; the run it starts is seen there and reaches the console under h1.
+    jobs = eventually(
+        lambda: console.json("/api/status")["jobs"],
+        lambda jobs: any(j["host"] == "h1" and j["label"] == "nightly-h1" for j in jobs),
+    )
+    nightly = next(j for j in jobs if j["host"] == "h1" and j["label"] == "nightly-h1")
+    status, body = console.request(f"/api/jobs/{nightly['id']}/run", b"")
+    assert status == 202, body
+    ran = eventually(
+        lambda: console.json(json.loads(body)["url"]),
+        lambda a: a["state"] in ("done", "failed"),
+        timeout=60,
+    )
+    assert ran["state"] == "done" and "run seen" in ran["message"], ran
+    eventually(
+        lambda: console.json("/api/sessions?host=h1&tag=nightly-h1")["sessions"],
+        lambda sessions: len(sessions) == 1,
+    )
 
     # The console is SIGKILLed while hosts finish runs; restarted, it has every run once.
     console.kill(signal.SIGKILL)
