@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.browser_fixtures import ARTIFACTS
-from tests.conftest import wrapper_command
+from tests.conftest import PYTHON, REPO_ROOT, wrapper_command
 from tests.live_helpers import start_fake_run
 from tests.server_fixtures import manage
 from tests.test_collectors import stand_in
@@ -370,3 +370,62 @@ def test_session_with_subagents_and_compaction(page, console_server, state, tmp_
     hits.first.locator("a").click()
     page.wait_for_url("**/sessions/**")
     assert page.locator("details[open] .entry--assistant_text").first.is_visible()
+
+
+def test_a_remote_job_s_request_shows_pending_then_the_host_s_answer(
+    page, console_server, tmp_path, fake_claude
+):
+    """A job on a reporting host: Disable on its page becomes a request; the page shows
+    it pending, then, without a reload, what the host's monitor answered."""
+    from tests.scheduler_tools import own_crontab
+
+    root = tmp_path / "host-b"
+    home, config = root / "home", root / "claude"
+    for folder in (home, config):
+        folder.mkdir(parents=True, mode=0o700)
+    token = manage(console_server.env, "create_host_token", "host-b").strip().splitlines()[-1]
+    env = {
+        k: v
+        for k, v in console_server.env.items()
+        if not k.startswith("OPSCONSOLE_") and k != "DATABASE_URL"
+    }
+    env.update(
+        OPSCONSOLE_HOME=str(home),
+        OPSCONSOLE_HOST_NAME="host-b",
+        CLAUDE_CONFIG_DIR=str(config),
+        OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(config),
+        OPSCONSOLE_SAMPLE_SECONDS="1",
+        OPSCONSOLE_SCHEDULERS="cron",
+        OPSCONSOLE_REPORT_TOKEN=token,
+    )
+    env["PATH"] = f"{own_crontab(root, env, tmp_path / 'bin' / 'claude')}:{env['PATH']}"
+    with (root / "monitor.log").open("wb") as log:
+        monitor = subprocess.Popen(
+            [PYTHON, "-m", "opsconsole.cli", "monitor", "--report-to", console_server.url],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        jobs = eventually(
+            lambda: console_server.json("/api/status")["jobs"],
+            lambda jobs: any(j["host"] == "host-b" for j in jobs),
+            timeout=30,
+        )
+        job = next(j for j in jobs if j["host"] == "host-b")
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(console_server.url + job["html_url"])
+        assert "on host-b, by its monitor" in page.inner_text("#actions-heading")
+        page.click("button:has-text('Disable')")
+        page.wait_for_selector("#remote-actions li[data-state='pending']")
+        assert "pending until its monitor's next report" in page.inner_text("main")
+        shot(page, "remote-job-request-pending")
+        page.wait_for_selector("#remote-actions li[data-state='done']", timeout=30_000)
+        shot(page, "remote-job-request-done")
+        assert "#0 3 * * *" in (root / "crontab.txt").read_text().replace("# 0", "#0")
+        audit = page.inner_text("#audit-log")
+        assert "request_disable" in audit
+    finally:
+        monitor.terminate()
+        monitor.wait(timeout=20)

@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from tests.conftest import PYTHON, REPO_ROOT
+from tests.scheduler_tools import own_crontab
 from tests.server_fixtures import free_port
 
 PG_URL = os.environ.get("OPSCONSOLE_TEST_PG", "postgres://postgres@127.0.0.1:5432")
@@ -191,35 +192,6 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-
-
-def own_crontab(root: Path, env: dict, fake_bin: Path) -> Path:
-    """Each host's own crontab (a `crontab` on its PATH that reads and writes a file of
-    its own): one nightly entry that runs the wrapper, as on a real machine."""
-    name = env["OPSCONSOLE_HOST_NAME"]
-    table = root / "crontab.txt"
-    table.write_text(
-        "\n".join(
-            [
-                "PATH=/usr/bin:/bin",
-                f"PYTHONPATH={REPO_ROOT}",
-                f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
-                f"OPSCONSOLE_HOST_NAME={name}",
-                f"CLAUDE_CONFIG_DIR={env['CLAUDE_CONFIG_DIR']}",
-                f"OPSCONSOLE_CLAUDE_BIN={fake_bin}",
-                "FAKE_CLAUDE_BEHAVIOUR=sleep:1",
-                f"# opsconsole: nightly-{name}",
-                f"0 3 * * * {PYTHON} -m wrapper --tag nightly-{name} -- -p x",
-                "",
-            ]
-        )
-    )
-    tools = root / "tools"
-    tools.mkdir()
-    crontab = tools / "crontab"
-    crontab.write_text(f'#!/bin/sh\nif [ "$1" = "-l" ]; then cat {table}; else cat > {table}; fi\n')
-    crontab.chmod(0o755)
-    return tools
 
 
 @pytest.fixture
