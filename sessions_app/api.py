@@ -52,8 +52,7 @@ def claude_active(request):
     if item is None or not published.is_fresh(item):
         # No monitor publishing: sample on demand and say so.
         snapshot = get_snapshot()
-        item = published.build(snapshot, settings.OPSCONSOLE_HOST, snapshot.seq, None)
-        source = snapshot.source
+        item, source = on_demand_document(snapshot), snapshot.source
     if item.etag in _etags(request.headers.get("If-None-Match", "")):
         response = HttpResponseNotModified()
     else:
@@ -63,6 +62,19 @@ def claude_active(request):
     response["X-Sample-Source"] = source
     response["X-Sample-Taken-At"] = item.taken_at.isoformat()
     return response
+
+
+_on_demand: list = [None, None]  # [snapshot, its document]: built once per snapshot
+
+
+def on_demand_document(snapshot):
+    """The published form of an on-demand snapshot, serialised once however many clients
+    poll it (snapshots are shared for OPSCONSOLE_SNAPSHOT_SECONDS)."""
+    built_for, item = _on_demand
+    if built_for is not snapshot:
+        item = published.build(snapshot, settings.OPSCONSOLE_HOST, snapshot.seq, None)
+        _on_demand[:] = [snapshot, item]
+    return item
 
 
 def _etags(header: str) -> set[str]:
