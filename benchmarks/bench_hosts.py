@@ -364,6 +364,7 @@ def main() -> None:
 
         processes = tree(server.pid)
         cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        load_before = os.getloadavg()[0]
         began = time.monotonic()
         reader = threading.Thread(target=poll_readers, daemon=True)
         reader.start()
@@ -395,7 +396,8 @@ def main() -> None:
         print(
             f"\n{args.hosts} hosts x {args.runs} live runs, a post every {args.interval:g} s "
             f"for {wall:.0f} s, {args.workers} gunicorn workers, PostgreSQL, {cores} cores; "
-            f"{live} live runs in the fleet view ({shown} session links on the live page)\n"
+            f"{live} live runs in the fleet view ({shown} session links on the live page); "
+            f"load average {load_before:.1f} before the load, {os.getloadavg()[0]:.1f} after\n"
         )
         print("| measure | value |\n|---|---:|")
         print(f"| reports posted (HTTP status: count) | {statuses} |")
@@ -410,13 +412,14 @@ def main() -> None:
             f"| fleet live page (/live/rows/?host=all) median (ms) | "
             f"{statistics.median(page_ms):.1f} (n={len(page_ms)}) |"
         )
+        print(f"| fleet live page p90 (ms) | {percentile(page_ms, 0.9):.1f} |")
         print(
             f"| server CPU (serve + workers + monitor), % of one core | "
             f"{100 * (cpu_after - cpu_before) / wall:.0f} |"
         )
         print(f"| server RSS peak, all processes (MiB) | {rss_peak / 2**20:.0f} |")
 
-        # The readers alone, no posts: what a person polling sees at rest.
+        # The readers alone, no posts, at their pace: what a person polling sees at rest.
         quiet_api, quiet_page = [], []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -425,6 +428,7 @@ def main() -> None:
             t0 = time.perf_counter()
             opener.open(base + "/live/rows/?host=all").read()
             quiet_page.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.5)  # as the readers poll under load
         print(
             f"| at rest: /api/claude-active?host=all median (ms) | "
             f"{statistics.median(quiet_api):.1f} |"

@@ -96,6 +96,11 @@ def _live_section(request, outage_reason: str | None) -> str:
     return html
 
 
+def forget_live_sections() -> None:
+    with _sections_lock:
+        _sections.clear()
+
+
 def render_live(request, *, outage_reason: str | None = None):
     """The live page, or its polled fragment; also what a logged-in person gets while the
     database is unreachable (the monitor's sample needs none)."""
