@@ -9,7 +9,7 @@ Loopback only, bounded by --duration.
 
     .venv/bin/python benchmarks/bench_hosts.py                            # 200 x 10, 60 s
     .venv/bin/python benchmarks/bench_hosts.py --duration 20 --workers 2
-    .venv/bin/python benchmarks/bench_hosts.py --vary-cpu                 # no live row reads the same twice
+    .venv/bin/python benchmarks/bench_hosts.py --vary-cpu                 # every row changes
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/opsconsole_bench_hosts ...  (the default)
 """
 
