@@ -9,6 +9,7 @@ Loopback only, bounded by --duration.
 
     .venv/bin/python benchmarks/bench_hosts.py                            # 200 x 10, 60 s
     .venv/bin/python benchmarks/bench_hosts.py --duration 20 --workers 2
+    .venv/bin/python benchmarks/bench_hosts.py --vary-cpu                 # every row changes
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/opsconsole_bench_hosts ...  (the default)
 """
 
@@ -31,7 +32,7 @@ import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,8 +89,10 @@ def manage(*args: str) -> str:
 class SimulatedHost:
     """One host's monitor, as the console sees it: a report every interval."""
 
-    def __init__(self, name: str, token: str, runs: int, interval: float) -> None:
-        self.name, self.token, self.interval = name, token, interval
+    def __init__(
+        self, name: str, token: str, runs: int, interval: float, vary: bool = False
+    ) -> None:
+        self.name, self.token, self.interval, self.vary = name, token, interval, vary
         self.seq = int(time.time() * 1000)
         self.sessions = [self.new_session() for _ in range(runs)]
         self.events: list[dict] = []
@@ -184,6 +187,11 @@ class SimulatedHost:
         self.seq += 1
         if self.posts and self.posts % 10 == 0:
             self.rotate()
+        if self.vary:  # every run's CPU moves between samples: no live row reads the same
+            for live in self.sessions:
+                live.processes = [
+                    replace(p, cpu_percent=round(random.uniform(0, 30), 1)) for p in live.processes
+                ]
         snapshot = Snapshot(
             taken_at=datetime.now(UTC),
             sessions=list(self.sessions),
@@ -288,6 +296,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--clients", type=int, default=24, help="load generator threads")
+    parser.add_argument(
+        "--vary-cpu",
+        action="store_true",
+        help="every process's CPU changes with each sample (by default a run's figures hold)",
+    )
     args = parser.parse_args()
 
     fresh_database()
@@ -295,7 +308,7 @@ def main() -> None:
     get_user_model().objects.create_superuser("ops", password=PASSWORD)
     _row, api_token = ApiToken.issue(get_user_model().objects.get(username="ops"))
     hosts = [
-        SimulatedHost(name, HostToken.issue(name)[1], args.runs, args.interval)
+        SimulatedHost(name, HostToken.issue(name)[1], args.runs, args.interval, args.vary_cpu)
         for name in (f"host-{i:03d}" for i in range(args.hosts))
     ]
     from django.db import connections
@@ -364,6 +377,7 @@ def main() -> None:
 
         processes = tree(server.pid)
         cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        load_before = os.getloadavg()[0]
         began = time.monotonic()
         reader = threading.Thread(target=poll_readers, daemon=True)
         reader.start()
@@ -395,7 +409,9 @@ def main() -> None:
         print(
             f"\n{args.hosts} hosts x {args.runs} live runs, a post every {args.interval:g} s "
             f"for {wall:.0f} s, {args.workers} gunicorn workers, PostgreSQL, {cores} cores; "
-            f"{live} live runs in the fleet view ({shown} session links on the live page)\n"
+            f"{live} live runs in the fleet view ({shown} session links on the live page); "
+            f"load average {load_before:.1f} before the load, {os.getloadavg()[0]:.1f} after"
+            f"{'; CPU of every run varies per sample' if args.vary_cpu else ''}\n"
         )
         print("| measure | value |\n|---|---:|")
         print(f"| reports posted (HTTP status: count) | {statuses} |")
@@ -410,13 +426,14 @@ def main() -> None:
             f"| fleet live page (/live/rows/?host=all) median (ms) | "
             f"{statistics.median(page_ms):.1f} (n={len(page_ms)}) |"
         )
+        print(f"| fleet live page p90 (ms) | {percentile(page_ms, 0.9):.1f} |")
         print(
             f"| server CPU (serve + workers + monitor), % of one core | "
             f"{100 * (cpu_after - cpu_before) / wall:.0f} |"
         )
         print(f"| server RSS peak, all processes (MiB) | {rss_peak / 2**20:.0f} |")
 
-        # The readers alone, no posts: what a person polling sees at rest.
+        # The readers alone, no posts, at their pace: what a person polling sees at rest.
         quiet_api, quiet_page = [], []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -425,6 +442,7 @@ def main() -> None:
             t0 = time.perf_counter()
             opener.open(base + "/live/rows/?host=all").read()
             quiet_page.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.5)  # as the readers poll under load
         print(
             f"| at rest: /api/claude-active?host=all median (ms) | "
             f"{statistics.median(quiet_api):.1f} |"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import logging
 import threading
@@ -773,20 +774,42 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
 # ----------------------------------------------------------------------------- the fleet view
 
 
+@dataclass
+class FleetLive:
+    """What the all-hosts live page shows: every host's most recent runs, as listed in
+    their API documents, and the banners and leftovers of the hosts that have any."""
+
+    runs: list  # sessions_app.runs.Run, most recent first, at most `limit`
+    runs_total: int
+    snapshot: Snapshot  # banners and leftovers only: its `sessions` are not the fleet's
+
+
 class FleetReader:
-    """Every host's latest sample, parsed once per (host, seq), combined per request."""
+    """Every host's latest sample, parsed once per (host, seq); what is combined from them
+    is built once per change of any host and shared by every thread of the process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._api: dict[str, tuple[int, dict]] = {}
         self._snapshots: dict[str, tuple[int, Snapshot]] = {}
         self._combined: tuple[tuple, bytes, str] | None = None
+        self._live: tuple[tuple, FleetLive] | None = None
 
     def _heads(self) -> list[tuple[str, int]]:
         return list(HostSample.objects.order_by("host").values_list("host", "seq"))
 
     def _rows(self, hosts: list[str], fields: tuple[str, ...]):
         return HostSample.objects.filter(host__in=hosts).values_list("host", "seq", *fields)
+
+    def _api_documents(self, heads: list[tuple[str, int]]) -> list[tuple[str, dict]]:
+        """Each host's parsed API document; only those whose seq changed are read again."""
+        stale = [h for h, seq in heads if self._api.get(h, (None,))[0] != seq]
+        for host, seq, document in self._rows(stale, ("api_document",)) if stale else ():
+            try:
+                self._api[host] = (seq, json.loads(document))
+            except ValueError:
+                continue
+        return [(host, self._api[host][1]) for host, _seq in heads if host in self._api]
 
     def api_document(self) -> tuple[bytes, str]:
         """The fleet's /api/claude-active body (every host's sessions) and its ETag."""
@@ -797,19 +820,9 @@ class FleetReader:
         combined = self._combined
         if combined is not None and combined[0] == key:
             return combined[1], combined[2]
-        stale = [h for h, seq in heads if self._api.get(h, (None,))[0] != seq]
-        for host, seq, document in self._rows(stale, ("api_document",)) if stale else ():
-            try:
-                self._api[host] = (seq, json.loads(document))
-            except ValueError:
-                continue
         now = datetime.now(UTC)
         hosts, sessions, leftovers = [], [], []
-        for host, _seq in heads:
-            item = self._api.get(host)
-            if item is None:
-                continue
-            doc = item[1]
+        for host, doc in self._api_documents(heads):
             taken = parse_iso(doc["taken_at"])
             fresh = not sample_is_stale(taken, doc["interval_seconds"], now)
             hosts.append(
@@ -831,6 +844,45 @@ class FleetReader:
         with self._lock:
             self._combined = (key, body, etag)
         return body, etag
+
+    def live(self, limit: int) -> FleetLive:
+        """The all-hosts live page's runs: the `limit` most recent of the fleet.
+
+        Built from the API documents (a tenth of the state documents' bytes, and parsed
+        for /api/claude-active?host=all anyway); only the listed runs become Run objects.
+        Leftovers, skipped sidecars and quota stamps come from the state documents of
+        the few hosts that report any."""
+        from sessions_app.runs import run_from_listing
+
+        heads = self._heads()
+        key = (tuple(heads), limit)
+        cached = self._live
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        documents = self._api_documents(heads)
+        listed = [item for _host, doc in documents for item in doc.get("sessions", [])]
+        # As sorted(..., reverse=True)[:limit], host order kept among equal start times.
+        recent = heapq.nlargest(limit, listed, key=lambda item: item["started_at"])
+        noted = [
+            host
+            for host, doc in documents
+            if doc.get("leftovers") or doc.get("skipped_sidecars") or doc.get("quota_until")
+        ]
+        snapshot = Snapshot(taken_at=datetime.now(UTC), source="monitor")
+        if noted:
+            noted_snapshot = self.snapshot(noted)
+            snapshot.leftovers = noted_snapshot.leftovers
+            snapshot.skipped = noted_snapshot.skipped
+            snapshot.quota_until = noted_snapshot.quota_until
+            snapshot.quota_reason = noted_snapshot.quota_reason
+        view = FleetLive(
+            runs=[run_from_listing(item) for item in recent],
+            runs_total=len(listed),
+            snapshot=snapshot,
+        )
+        with self._lock:
+            self._live = (key, view)
+        return view
 
     def snapshot(self, hosts: list[str] | None = None) -> Snapshot:
         """One Snapshot of every host's live sessions (or of the named hosts)."""

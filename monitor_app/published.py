@@ -21,7 +21,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.urls import reverse
 
 from monitor_app.models import HostSample
 from sessions_app.leftovers import leftover_payload
@@ -33,6 +32,7 @@ from sessions_app.live import (
     sample_is_stale,
 )
 from sessions_app.proctree import ProcessDetail
+from sessions_app.runs import session_url_templates
 from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ class Published:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def session_url_templates() -> tuple[str, str]:
-    """The session page and transcript URLs with a placeholder: one reverse() per sample."""
-    marker = "00000000-0000-4000-8000-000000000000"
-    html = reverse("session", args=[marker]).replace(marker, "{}")
-    jsonl = reverse("api-transcript", args=[marker]).replace(marker, "{}")
-    return html, jsonl
 
 
 def state_dict(snapshot: Snapshot) -> dict:

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
 
 from sessions_app.live import LiveSession, Snapshot, get_snapshot
@@ -54,6 +54,25 @@ class Run(TreeFigures):
     processes: list[ProcessDetail] = field(default_factory=list)
     live: bool = False
     record: Session | None = None
+    # A reporting host's run as its API document lists it (`run_from_listing`): no
+    # process list travels with it, only the tree's CPU and memory as the host summed them.
+    listed_figures: tuple[float, int] | None = None
+
+    @property
+    def cpu_percent(self) -> float:
+        if self.listed_figures is not None:
+            return self.listed_figures[0]
+        return TreeFigures.cpu_percent.fget(self)
+
+    @property
+    def rss(self) -> int:
+        if self.listed_figures is not None:
+            return self.listed_figures[1]
+        return TreeFigures.rss.fget(self)
+
+    @property
+    def html_url(self) -> str:
+        return session_url_templates()[0].format(self.session_id)
 
     @property
     def total_tokens(self) -> int | None:
@@ -67,10 +86,28 @@ class Run(TreeFigures):
         return sum(known) if known else None
 
     def urls(self) -> dict[str, str]:
+        html, jsonl = session_url_templates()
         return {
-            "jsonl_url": reverse("api-transcript", args=[self.session_id]),
-            "html_url": reverse("session", args=[self.session_id]),
+            "jsonl_url": jsonl.format(self.session_id),
+            "html_url": html.format(self.session_id),
         }
+
+
+# (URLconf, script prefix) -> the session page and transcript URLs with a placeholder.
+_url_templates: dict[tuple, tuple[str, str]] = {}
+
+
+def session_url_templates() -> tuple[str, str]:
+    """The session page and transcript URLs with "{}" for the id: one reverse() per
+    URLconf, not one per run (a fleet page lists hundreds)."""
+    key = (get_urlconf(), settings.ROOT_URLCONF, get_script_prefix())
+    found = _url_templates.get(key)
+    if found is None:
+        marker = "00000000-0000-4000-8000-000000000000"
+        html = reverse("session", args=[marker]).replace(marker, "{}")
+        jsonl = reverse("api-transcript", args=[marker]).replace(marker, "{}")
+        found = _url_templates[key] = (html, jsonl)
+    return found
 
 
 def run_from_live(live: LiveSession, record: Session | None = None) -> Run:
@@ -98,6 +135,26 @@ def run_from_live(live: LiveSession, record: Session | None = None) -> Run:
     for name, value in values.items():
         setattr(run, name, value)
     return run
+
+
+def run_from_listing(item: dict) -> Run:
+    """A live run from a host's /api/claude-active entry (monitor_app.published.api_dict):
+    what the fleet's live page lists without rebuilding each host's whole snapshot."""
+    return Run(
+        session_id=item["session_id"],
+        script_tag=item["script_tag"],
+        platform=item["platform"],
+        host=item["host"],
+        attempt=item["attempt"],
+        retry_of=item.get("retry_of"),
+        status=item["state"],
+        started_at=parse_iso(item["started_at"]),
+        wrapper_pid=item.get("wrapper_pid"),
+        claude_pid=item.get("claude_pid"),
+        last_tool_call=item.get("last_tool_call"),
+        live=True,
+        listed_figures=(item.get("cpu_percent") or 0.0, item.get("rss") or 0),
+    )
 
 
 def run_from_record(session: Session) -> Run:

@@ -18,6 +18,7 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from jobs_app.models import Job
@@ -33,61 +34,95 @@ from sessions_app.runs import find_run, live_runs, retry_chain
 from sessions_app.search import search_with_sessions as transcript_search
 from sessions_app.transcripts.tail import open_transcript, parse_offset
 
-# The polled fragment, rendered once per sample and second however many tabs poll:
-# (sample seq, source, outage, second) -> HTML.
-_fragments: dict[tuple, str] = {}
-_fragments_lock = threading.Lock()
+# The live section, rendered once per second however many tabs poll, and once per sample
+# for this host: (host filter, sample, outage, staff, second) -> HTML. The key names every
+# way the section may differ between viewers; nothing else in it depends on who asks.
+_sections: dict[tuple, str] = {}
+_sections_lock = threading.Lock()
 
 
 def _live_context(request, snapshot=None) -> dict:
     # ?host=NAME shows a reporting host's runs, ?host=all the whole fleet (monitor_app.fleet).
     host = request.GET.get("host", "")[:255]
+    if host == "all":
+        from monitor_app.fleet import fleet
+
+        # A page of thousands of rows helps nobody and costs ~0.1 ms a row: the most
+        # recent ones, the rest one host away.
+        view = fleet.live(settings.OPSCONSOLE_FLEET_LIVE_ROWS)
+        return {
+            "snapshot": view.snapshot,
+            "runs": view.runs,
+            "host_filter": host,
+            "runs_total": view.runs_total,
+            "runs_hidden": view.runs_total - len(view.runs),
+        }
     if host and host != settings.OPSCONSOLE_HOST:
         from monitor_app.fleet import fleet
 
-        snapshot = fleet.snapshot(None if host == "all" else [host])
+        snapshot = fleet.snapshot([host])
     else:
         host, snapshot = "", snapshot or get_snapshot()
     runs = live_runs(snapshot)
-    context = {"snapshot": snapshot, "runs": runs, "host_filter": host, "runs_total": len(runs)}
-    if host == "all" and len(runs) > settings.OPSCONSOLE_FLEET_LIVE_ROWS:
-        # A page of thousands of rows helps nobody and costs ~0.2 ms a row: the most
-        # recent ones, the rest one host away.
-        context["runs"] = runs[: settings.OPSCONSOLE_FLEET_LIVE_ROWS]
-        context["runs_hidden"] = len(runs) - len(context["runs"])
-    return context
+    return {"snapshot": snapshot, "runs": runs, "host_filter": host, "runs_total": len(runs)}
+
+
+def _live_section(request, outage_reason: str | None) -> str:
+    host = request.GET.get("host", "")[:255]
+    if host == settings.OPSCONSOLE_HOST:
+        host = ""
+    if host not in ("", "all"):
+        # One reporting host's runs: its sample is parsed once per seq, the page is small.
+        context = {**_live_context(request), "outage_reason": outage_reason}
+        return render_to_string("sessions_app/_live_section.html", context, request=request)
+    snapshot = None
+    if host == "all":
+        # Hosts report every few seconds each, so the fleet changes many times a second:
+        # the section is at most a second old (a new run shows by the next poll).
+        sample = None
+    else:
+        snapshot = get_snapshot()
+        sample = (snapshot.seq, snapshot.source)
+    now = int(time.time())
+    key = (host, sample, outage_reason, bool(request.user.is_staff), now)
+    html = _sections.get(key)
+    if html is None:
+        context = {**_live_context(request, snapshot), "outage_reason": outage_reason}
+        html = render_to_string("sessions_app/_live_section.html", context, request=request)
+        with _sections_lock:
+            for old in [k for k in _sections if k[-1] != now]:
+                del _sections[old]
+            _sections[key] = html
+    return html
+
+
+def forget_live_sections() -> None:
+    with _sections_lock:
+        _sections.clear()
 
 
 def render_live(request, *, outage_reason: str | None = None):
     """The live page, or its polled fragment; also what a logged-in person gets while the
     database is unreachable (the monitor's sample needs none)."""
-    if not request.path_info.rstrip("/").endswith("live/rows"):
-        context = {**_live_context(request), "outage_reason": outage_reason}
-        if outage_reason is None:
-            from monitor_app.fleet import is_silent
-            from monitor_app.models import HostSample
+    section = _live_section(request, outage_reason)
+    if request.path_info.rstrip("/").endswith("live/rows"):
+        return HttpResponse(section)
+    host = request.GET.get("host", "")[:255]
+    context = {
+        "host_filter": "" if host == settings.OPSCONSOLE_HOST else host,
+        "live_section": mark_safe(section),  # noqa: S308 - rendered (and escaped) above
+        "outage_reason": outage_reason,
+    }
+    if outage_reason is None:
+        from monitor_app.fleet import is_silent
+        from monitor_app.models import HostSample
 
-            samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
-            # Reporting hosts only: a one-host console shows no host filter.
-            context["fleet_hosts"] = [
-                (s.host, is_silent(s)) for s in samples if s.host != settings.OPSCONSOLE_HOST
-            ]
-        return render(request, "sessions_app/live.html", context)
-    if request.GET.get("host"):
-        context = {**_live_context(request), "outage_reason": outage_reason}
-        return render(request, "sessions_app/_live_section.html", context)
-    # This host's fragment: nothing in it depends on who asks, and ages move by the
-    # second, so it is rendered once per sample and second however many tabs poll.
-    snapshot = get_snapshot()
-    key = (snapshot.seq, snapshot.source, outage_reason, int(time.time()))
-    html = _fragments.get(key)
-    if html is None:
-        context = {**_live_context(request, snapshot), "outage_reason": outage_reason}
-        html = render_to_string("sessions_app/_live_section.html", context, request=request)
-        with _fragments_lock:
-            _fragments.clear()
-            _fragments[key] = html
-    return HttpResponse(html)
+        samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
+        # Reporting hosts only: a one-host console shows no host filter.
+        context["fleet_hosts"] = [
+            (s.host, is_silent(s)) for s in samples if s.host != settings.OPSCONSOLE_HOST
+        ]
+    return render(request, "sessions_app/live.html", context)
 
 
 @require_GET

@@ -77,6 +77,15 @@ def kill_leftovers(config_dir: Path) -> None:
             continue
 
 
+@pytest.fixture(autouse=True)
+def _live_sections_rendered_afresh():
+    """A process shares a rendered live section for up to a second: a test must not be
+    served the one an earlier test rendered within the same second."""
+    from sessions_app import views
+
+    views.forget_live_sections()
+
+
 @pytest.fixture
 def console_state(state: State, settings) -> State:
     """`state`, with the Django settings pointed at it and the snapshot cache empty."""

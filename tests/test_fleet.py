@@ -25,11 +25,12 @@ from django.core.files.storage import InMemoryStorage
 from django.test import Client
 
 from jobs_app.models import AuditEntry
-from monitor_app.fleet import check_silent_hosts, expire_actions
+from monitor_app.fleet import check_silent_hosts, expire_actions, fleet
 from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
 from monitor_app.monitor import Monitor
 from monitor_app.report import Reporter, check_report_url
 from sessions_app.models import Session, Status
+from sessions_app.runs import live_runs
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.live_helpers import start_fake_run, wait_until
 from tests.server_fixtures import free_port
@@ -410,6 +411,36 @@ def test_the_fleet_live_page_lists_the_most_recent_runs_up_to_its_cap(
     assert "newer-run" in host_page and "older-run" in host_page
 
 
+def test_the_fleet_live_page_shows_a_new_report_s_run_by_the_next_poll(host_a, runs, staff):
+    """The all-hosts section is rendered once a second for everyone who polls: a run a
+    new report names is listed by the first request after that second (polls are 2 s
+    apart), and a host fallen silent keeps its last runs listed and is named silent."""
+    runs.append(start_fake_run(host_a_state(host_a), "first-run"))
+    report_once(host_a)
+    rows = staff.get("/live/rows/?host=all").content.decode()
+    assert "first-run" in rows and "second-run" not in rows
+    runs.append(start_fake_run(host_a_state(host_a), "second-run"))
+    report_once(host_a)
+    second = int(time.time())
+    while int(time.time()) == second:
+        time.sleep(0.02)
+    rows = staff.get("/live/rows/?host=all").content.decode()
+    assert "first-run" in rows and "second-run" in rows
+    assert "second-run" in staff.get("/?host=all").content.decode()
+    # Listed from the API documents, the rows say what the full snapshots say.
+    shown = ("session_id", "script_tag", "platform", "host", "attempt", "status")
+    shown += ("started_at", "last_tool_call", "cpu_percent", "rss", "html_url")
+    listed = [[getattr(r, name) for name in shown] for r in fleet.live(10).runs]
+    rebuilt = [[getattr(r, name) for name in shown] for r in live_runs(fleet.snapshot())]
+    assert len(listed) == 2 and listed == rebuilt
+
+    long_ago = datetime.now(UTC) - timedelta(seconds=60)
+    HostSample.objects.filter(host="host-a").update(taken_at=long_ago, received_at=long_ago)
+    page = staff.get("/?host=all").content.decode()
+    assert 'host-a <strong class="silent">(silent)</strong>' in page
+    assert "first-run" in page and "second-run" in page
+
+
 def test_a_reporting_host_s_scheduler_jobs_are_recorded_under_it(
     host_a, staff, settings, tmp_path, monkeypatch
 ):
@@ -469,6 +500,8 @@ def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what
     os.kill(leaver.wrapper.pid, signal.SIGKILL)
     leaver.wrapper.wait()
     report_once(host_a)  # leftovers seen
+    fleet_rows = staff.get("/live/rows/?host=all").content.decode()
+    assert f'<tr data-session-id="{leaver.session_id}" class="leftover-row">' in fleet_rows
     restarted = Monitor(host="host-a", interval=1.0, reporter=host_a.reporter)
     assert [p for p, _ in restarted.leftovers[leaver.session_id].members] == [tool.pid], (
         "a restarted reporting monitor follows the leftovers it knew"

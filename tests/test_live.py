@@ -311,3 +311,37 @@ def test_spool_ingest_is_idempotent_and_keeps_malformed_records(console_state):
         None,
     )
     assert row.duration_ms == 120_000
+
+
+def test_a_live_row_is_reused_only_while_what_it_shows_is_unchanged():
+    from datetime import UTC, datetime, timedelta
+
+    from sessions_app.runs import Run
+    from sessions_app.templatetags.live_rows import live_row
+    from wrapper.formats import new_session_id
+
+    run = Run(
+        session_id=new_session_id(),
+        script_tag="row-tag",
+        platform="linux",
+        host="host-r",
+        attempt=1,
+        retry_of=None,
+        status="live",
+        started_at=datetime.now(UTC) - timedelta(seconds=90),
+        last_tool_call="Bash: make test",
+        live=True,
+        listed_figures=(1.5, 2_000_000),
+    )
+    first = live_row(run)
+    assert "Bash: make test" in first and "1.5%" in first and "2.0 MB" in first
+    assert ">1m 30s<" in first or ">1m 31s<" in first
+    assert live_row(run) == first or ">1m 31s<" in live_row(run)
+    # What a row shows changes: the row says so at once (no stale copy), escaped.
+    run.last_tool_call = "Read: <live-age/> & more"
+    run.listed_figures = (7.0, 2_000_000)
+    second = live_row(run)
+    assert "Read: &lt;live-age/&gt; &amp; more" in second and "7.0%" in second
+    assert "Bash: make test" not in second and "1.5%" not in second
+    run.started_at -= timedelta(hours=2)
+    assert ">2h 01m<" in live_row(run)
