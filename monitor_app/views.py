@@ -69,7 +69,12 @@ def remote_requests(request):
         if session is None:
             return HttpResponseBadRequest("give job=<id> or session=<session id>")
         context = requests_for_session(session.session_id, session.host)
-    return render(request, "monitor_app/_requests.html", context)
+    response = render(request, "monitor_app/_requests.html", context)
+    if request.htmx and not context["requests_open"]:
+        # The section polls only while a request is open: the host has answered them all,
+        # so the whole page is read again (the job's state, the audit log, the buttons).
+        response["HX-Refresh"] = "true"
+    return response
 
 
 @require_POST

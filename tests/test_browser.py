@@ -422,10 +422,12 @@ def test_a_remote_job_s_request_shows_pending_then_the_host_s_answer(
         assert "pending until its monitor's next report" in page.inner_text("main")
         shot(page, "remote-job-request-pending")
         page.wait_for_selector("#remote-actions li[data-state='done']", timeout=30_000)
+        # Answered: the page is read again, with the job's new state and the audit log.
+        page.wait_for_selector("button:has-text('Enable')")
         shot(page, "remote-job-request-done")
         assert "#0 3 * * *" in (root / "crontab.txt").read_text().replace("# 0", "#0")
         audit = page.inner_text("#audit-log")
-        assert "request_disable" in audit
+        assert "request_disable" in audit and "host-b answered" in audit
     finally:
         monitor.terminate()
         monitor.wait(timeout=20)
