@@ -310,6 +310,9 @@ def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[st
         held[session_id] = remote_transcripts.append_chunk(host, session_id, offset, data)
     for session_id in set(held) | set(recorded):
         path = remote_transcripts.local_path(host, session_id)
+        if path is None and (held.get(session_id) or session_id in recorded):
+            # Object storage: the console's own copy, never the host's path from its record.
+            path = str(remote_transcripts.cache_path(host, session_id))
         if path is not None:
             Session.objects.filter(session_id=session_id, host=host).exclude(
                 archive_path=path

@@ -868,7 +868,7 @@ def test_a_remote_run_s_transcript_in_object_storage_is_read_through_the_console
     assert copy.read_bytes() == whole
     assert copy.is_relative_to(console_state.home / "cache" / "transcripts")
     assert (copy.stat().st_mode & 0o777, copy.parent.stat().st_mode & 0o777) == (0o600, 0o700)
-    assert Session.objects.get(session_id=sid).archive_path == ""
+    assert Session.objects.get(session_id=sid).archive_path == str(copy)
 
     # Ended: the page still reads it, and reading again fetches nothing more.
     run.kill_all()
