@@ -568,7 +568,7 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
 
 def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
     """What the host answered, on record as if done here (jobs_app.controls.record)."""
-    from jobs_app.controls import ActionResult, record
+    from jobs_app.controls import ActionResult, audited, record
 
     outcome = ActionResult(
         ok=action.state == RemoteAction.State.DONE,
@@ -577,19 +577,11 @@ def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
         output=str(result.get("output") or "")[-20_000:],
         detail={"host": host, "remote_action": action.pk, **action.detail},
     )
-    job = action.job
-    if job is None:  # the job's row was deleted since: the answer is still on record
-        AuditEntry.objects.create(
-            actor=action.requested_by,
-            action=action.kind,
-            target="",
-            ok=outcome.ok,
-            exit_code=outcome.exit_code,
-            output=outcome.output,
-            detail={"message": outcome.message, **outcome.detail},
-        )
+    if action.job is None:  # the job's row was deleted since: the answer is still on record
+        audited(action.kind, None, action.requested_by, "", outcome)
         return
-    record(job, action.kind, action.requested_by, outcome, action.arguments.get("schedule", ""))
+    schedule = action.arguments.get("schedule", "")
+    record(action.job, action.kind, action.requested_by, outcome, schedule)
 
 
 def plain_items(value: object, most: int = 20) -> dict:

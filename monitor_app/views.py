@@ -62,13 +62,11 @@ def remote_requests(request):
     job_id, session_id = request.GET.get("job", ""), request.GET.get("session", "")
     if job_id.isdigit():
         context = requests_for_job(get_object_or_404(Job, pk=int(job_id)))
-    else:
-        session = (
-            get_object_or_404(Session, session_id=session_id) if is_session_id(session_id) else None
-        )
-        if session is None:
-            return HttpResponseBadRequest("give job=<id> or session=<session id>")
+    elif is_session_id(session_id):
+        session = get_object_or_404(Session, session_id=session_id)
         context = requests_for_session(session.session_id, session.host)
+    else:
+        return HttpResponseBadRequest("give job=<id> or session=<session id>")
     response = render(request, "monitor_app/_requests.html", context)
     if request.htmx and not context["requests_open"]:
         # The section polls only while a request is open: the host has answered them all,

@@ -88,15 +88,17 @@ class Command(BaseCommand):
                         and entry.name.endswith(".jsonl")
                         and entry.stat(follow_symlinks=False).st_mtime < limit
                     ):
-                        found.append(entry)
-        ids = {entry.name.removesuffix(".jsonl").rpartition("_")[2] for entry in found}
+                        # "<anything>_<session id>.jsonl", the archive's naming
+                        session_id = entry.name.removesuffix(".jsonl").rpartition("_")[2]
+                        found.append((session_id, entry))
+        ids = [session_id for session_id, _ in found if is_session_id(session_id)]
         live = {
             str(session_id)
             for session_id in Session.objects.filter(
-                session_id__in=[i for i in ids if is_session_id(i)], status__in=LIVE_STATUSES
+                session_id__in=ids, status__in=LIVE_STATUSES
             ).values_list("session_id", flat=True)
         }
-        return [e for e in found if e.name.removesuffix(".jsonl").rpartition("_")[2] not in live]
+        return [entry for session_id, entry in found if session_id not in live]
 
     @staticmethod
     def expired_folders(archive, cutoff: date) -> list[str]:
