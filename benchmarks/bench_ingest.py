@@ -1,0 +1,69 @@
+"""One reporting host's report, recorded by the console in process: `receive_report`
+timed alone, without HTTP, the web workers or other load, on a fresh PostgreSQL
+database of its own (`opsconsole_bench_ingest`). The reports are bench_hosts.py's
+simulated hosts' (10 live runs each, a completion every tenth report).
+
+    .venv/bin/python benchmarks/bench_ingest.py                 # 20 hosts x 30 reports
+    .venv/bin/python benchmarks/bench_ingest.py --hosts 50 --rounds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).parent)]
+PG = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+DATABASE = "opsconsole_bench_ingest"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    if not 1 <= args.hosts <= 500 or not 1 <= args.rounds <= 500:
+        parser.error("--hosts and --rounds from 1 to 500")
+    for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
+        subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True)
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+        DATABASE_URL=f"{PG}/{DATABASE}",
+        OPSCONSOLE_HOME=tempfile.mkdtemp(prefix="bench-ingest-"),
+    )
+    import django
+
+    django.setup()
+    from bench_hosts import SimulatedHost
+    from django.core.management import call_command
+
+    from monitor_app.fleet import receive_report
+
+    call_command("migrate", verbosity=0)
+    hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0) for i in range(args.hosts)]
+    times = []
+    for _ in range(args.rounds):
+        for host in hosts:
+            host.posts += 1
+            payload = json.loads(host.body())
+            started = time.perf_counter()
+            answer = receive_report(payload, host.name)
+            times.append(time.perf_counter() - started)
+            host.acknowledged(answer)
+    times.sort()
+    median, p90 = statistics.median(times) * 1000, times[int(len(times) * 0.9)] * 1000
+    print(
+        f"{len(times)} reports ({args.hosts} hosts x {args.rounds}): receive_report median "
+        f"{median:.1f} ms, p90 {p90:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
