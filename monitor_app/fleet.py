@@ -779,63 +779,103 @@ class FleetLive:
     snapshot: Snapshot  # banners and leftovers only: its `sessions` are not the fleet's
 
 
+@dataclass(frozen=True)
+class HostListing:
+    """One host's API document, parsed, with its sessions and leftovers serialised once
+    as JSON array items: the fleet's body is these pieces joined, never re-encoded."""
+
+    version: tuple[int, str]  # (seq, etag): a restarted monitor may reuse a seq
+    document: dict
+    taken_at: datetime
+    sessions_json: bytes
+    leftovers_json: bytes
+
+    @classmethod
+    def parse(cls, version: tuple[int, str], text: str) -> HostListing:
+        document = json.loads(text)
+        return cls(
+            version=version,
+            document=document,
+            taken_at=parse_iso(document["taken_at"]),
+            sessions_json=_array_items(document.get("sessions", [])),
+            leftovers_json=_array_items(document.get("leftovers", [])),
+        )
+
+
+def _array_items(items: list) -> bytes:
+    return json.dumps(items, separators=(",", ":")).encode()[1:-1]
+
+
 class FleetReader:
-    """Every host's latest sample, parsed once per (host, seq); what is combined from them
+    """Every host's latest sample, parsed once per version; what is combined from them
     is built once per change of any host and shared by every thread of the process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._api: dict[str, tuple[int, dict]] = {}
-        self._snapshots: dict[str, tuple[int, Snapshot]] = {}
+        self._api: dict[str, HostListing] = {}
+        self._snapshots: dict[str, tuple[tuple[int, str], Snapshot]] = {}
         self._combined: tuple[tuple, bytes, str] | None = None
         self._live: tuple[tuple, FleetLive] | None = None
 
-    def _heads(self) -> list[tuple[str, int]]:
-        return list(HostSample.objects.order_by("host").values_list("host", "seq"))
+    def _heads(self) -> list[tuple[str, tuple[int, str]]]:
+        """(host, version) of every host's latest sample: one narrow query."""
+        rows = HostSample.objects.order_by("host").values_list("host", "seq", "etag")
+        return [(host, (seq, etag)) for host, seq, etag in rows]
 
     def _rows(self, hosts: list[str], fields: tuple[str, ...]):
-        return HostSample.objects.filter(host__in=hosts).values_list("host", "seq", *fields)
+        return HostSample.objects.filter(host__in=hosts).values_list("host", "seq", "etag", *fields)
 
-    def _api_documents(self, heads: list[tuple[str, int]]) -> list[tuple[str, dict]]:
-        """Each host's parsed API document; only those whose seq changed are read again."""
-        stale = [h for h, seq in heads if self._api.get(h, (None,))[0] != seq]
-        for host, seq, document in self._rows(stale, ("api_document",)) if stale else ():
+    def _listings(self, heads: list[tuple[str, tuple[int, str]]]) -> list[tuple[str, HostListing]]:
+        """Each host's parsed API document; only those whose version changed are read again."""
+        stale = [h for h, version in heads if (h in self._api and self._api[h].version) != version]
+        for host, seq, etag, text in self._rows(stale, ("api_document",)) if stale else ():
             try:
-                self._api[host] = (seq, json.loads(document))
-            except ValueError:
+                self._api[host] = HostListing.parse((seq, etag), text)
+            except (ValueError, KeyError, TypeError):
                 continue
-        return [(host, self._api[host][1]) for host, _seq in heads if host in self._api]
+        return [(host, self._api[host]) for host, _version in heads if host in self._api]
 
     def api_document(self) -> tuple[bytes, str]:
-        """The fleet's /api/claude-active body (every host's sessions) and its ETag."""
+        """The fleet's /api/claude-active body (every host's sessions) and its ETag.
+
+        Rebuilt when any host's sample or silence changes: the hosts' own pieces are
+        joined as they are, so a rebuild costs the bytes copied, not a re-encoding."""
         import hashlib
 
-        heads = self._heads()
-        key = tuple(heads)
+        now = datetime.now(UTC)
+        listings = self._listings(self._heads())
+        hosts = [
+            {
+                "host": host,
+                "seq": listing.document["seq"],
+                "taken_at": listing.document["taken_at"],
+                "silent": sample_is_stale(
+                    listing.taken_at, listing.document["interval_seconds"], now
+                ),
+                "live": len(listing.document.get("sessions", [])),
+            }
+            for host, listing in listings
+        ]
+        key = tuple(
+            (host, listing.version, item["silent"])
+            for item, (host, listing) in zip(hosts, listings, strict=True)
+        )
         combined = self._combined
         if combined is not None and combined[0] == key:
             return combined[1], combined[2]
-        now = datetime.now(UTC)
-        hosts, sessions, leftovers = [], [], []
-        for host, doc in self._api_documents(heads):
-            taken = parse_iso(doc["taken_at"])
-            fresh = not sample_is_stale(taken, doc["interval_seconds"], now)
-            hosts.append(
-                {
-                    "host": host,
-                    "seq": doc["seq"],
-                    "taken_at": doc["taken_at"],
-                    "silent": not fresh,
-                    "live": len(doc.get("sessions", [])),
-                }
+        body = b"".join(
+            (
+                b'{"host":"all","hosts":',
+                json.dumps(hosts, separators=(",", ":")).encode(),
+                b',"sessions":[',
+                b",".join(item.sessions_json for _host, item in listings if item.sessions_json),
+                b'],"leftovers":[',
+                b",".join(item.leftovers_json for _host, item in listings if item.leftovers_json),
+                b"]}",
             )
-            sessions.extend(doc.get("sessions", []))
-            leftovers.extend(doc.get("leftovers", []))
-        body = json.dumps(
-            {"host": "all", "hosts": hosts, "sessions": sessions, "leftovers": leftovers},
-            separators=(",", ":"),
-        ).encode()
-        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        )
+        # The key names every piece of the body, so its digest is the body's ETag.
+        etag = '"' + hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest() + '"'
         with self._lock:
             self._combined = (key, body, etag)
         return body, etag
@@ -854,7 +894,7 @@ class FleetReader:
         cached = self._live
         if cached is not None and cached[0] == key:
             return cached[1]
-        documents = self._api_documents(heads)
+        documents = [(host, listing.document) for host, listing in self._listings(heads)]
         listed = [item for _host, doc in documents for item in doc.get("sessions", [])]
         # As sorted(..., reverse=True)[:limit], host order kept among equal start times.
         recent = heapq.nlargest(limit, listed, key=lambda item: item["started_at"])
@@ -881,10 +921,11 @@ class FleetReader:
 
     def snapshot(self, hosts: list[str] | None = None) -> Snapshot:
         """One Snapshot of every host's live sessions (or of the named hosts)."""
-        heads = [(h, s) for h, s in self._heads() if hosts is None or h in hosts]
-        stale = [h for h, seq in heads if self._snapshots.get(h, (None,))[0] != seq]
+        heads = [(h, v) for h, v in self._heads() if hosts is None or h in hosts]
+        stale = [h for h, version in heads if self._snapshots.get(h, (None,))[0] != version]
         if stale:
-            for host, seq, document, taken_at in self._rows(stale, ("state_document", "taken_at")):
+            fields = ("state_document", "taken_at")
+            for host, seq, etag, document, taken_at in self._rows(stale, fields):
                 try:
                     snap = published.snapshot_from_state(
                         json.loads(document), seq=seq, source="monitor"
@@ -892,10 +933,10 @@ class FleetReader:
                 except (ValueError, KeyError, TypeError):
                     continue
                 snap.taken_at = taken_at
-                self._snapshots[host] = (seq, snap)
+                self._snapshots[host] = ((seq, etag), snap)
         combined = Snapshot(taken_at=datetime.now(UTC), source="monitor")
         oldest = None
-        for host, _seq in heads:
+        for host, _version in heads:
             item = self._snapshots.get(host)
             if item is None:
                 continue

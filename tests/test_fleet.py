@@ -253,6 +253,71 @@ def test_a_stop_requested_on_the_console_kills_the_run_on_its_host(host_a, runs,
     assert (session.status, session.stopped_by) == (Status.KILLED, "ops")
 
 
+def store_sample(host, seq, sessions, leftovers=(), *, interval=2.0, etag=None):
+    """A HostSample row as the console keeps it, with the API document given."""
+    now = datetime.now(UTC)
+    document = {
+        "host": host,
+        "seq": seq,
+        "taken_at": now.isoformat(),
+        "interval_seconds": interval,
+        "sessions": list(sessions),
+        "leftovers": list(leftovers),
+    }
+    HostSample.objects.update_or_create(
+        host=host,
+        defaults={
+            "seq": seq,
+            "taken_at": now,
+            "received_at": now,
+            "interval_seconds": interval,
+            "sample_ms": 1.0,
+            "etag": etag or f'"{host}-{seq}"',
+            "api_document": json.dumps(document),
+            "state_document": json.dumps({"taken_at": now.isoformat(), "sessions": []}),
+            "reported": True,
+        },
+    )
+
+
+def test_the_fleet_document_holds_every_host_s_runs_and_follows_silence(staff):
+    tricky = 'quote " backslash \\ </script> \u2028 ünïcode'
+    store_sample(
+        "host-a",
+        1,
+        [{"session_id": "a1"}, {"session_id": "a2", "note": tricky}],
+        leftovers=[{"session_id": "a0"}],
+        interval=0.1,
+    )
+    store_sample("host-b", 1, [])
+    store_sample("host-c", 4, [{"session_id": "c1", "nested": {"list": [1, 2.5, None]}}])
+    first = staff.get("/api/claude-active?host=all")
+    body = first.json()
+    assert [s["session_id"] for s in body["sessions"]] == ["a1", "a2", "c1"]
+    assert body["sessions"][1]["note"] == tricky
+    assert body["sessions"][2]["nested"] == {"list": [1, 2.5, None]}
+    assert body["leftovers"] == [{"session_id": "a0"}]
+    assert [(h["host"], h["live"], h["silent"]) for h in body["hosts"]] == [
+        ("host-a", 2, False),
+        ("host-b", 0, False),
+        ("host-c", 1, False),
+    ]
+    etag = first["ETag"]
+    assert staff.get("/api/claude-active?host=all", HTTP_IF_NONE_MATCH=etag).status_code == 304
+
+    # A restarted monitor may send the same seq again: its document is still read anew.
+    store_sample("host-c", 4, [{"session_id": "c2"}], etag='"host-c-restarted"')
+    second = staff.get("/api/claude-active?host=all", HTTP_IF_NONE_MATCH=etag)
+    assert second.status_code == 200 and second["ETag"] != etag
+    assert [s["session_id"] for s in second.json()["sessions"]] == ["a1", "a2", "c2"]
+
+    # host-a falls silent with no new sample: the fleet's body says so, under a new ETag.
+    time.sleep(0.5)
+    third = staff.get("/api/claude-active?host=all", HTTP_IF_NONE_MATCH=second["ETag"])
+    assert third.status_code == 200
+    assert {h["host"]: h["silent"] for h in third.json()["hosts"]}["host-a"] is True
+
+
 def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     now = datetime.now(UTC)
     HostSample.objects.create(
