@@ -481,13 +481,14 @@ def request_job_action(
 
 
 def deliver_actions(host: str, now: datetime) -> list[dict]:
-    with transaction.atomic():
+    """The host's pending requests, marked sent. Runs inside the report's transaction,
+    which holds their locks; asked of every report and almost always empty, so the query
+    is kept narrow (a job action's job is read only when there is one)."""
+    with transaction.atomic(savepoint=False):
         rows = list(
-            # Only the requests are locked: the job is on the nullable side of a join,
-            # which PostgreSQL will not lock.
-            RemoteAction.objects.select_for_update(of=("self",))
-            .filter(host=host, state=RemoteAction.State.PENDING)
-            .select_related("job")
+            RemoteAction.objects.select_for_update().filter(
+                host=host, state=RemoteAction.State.PENDING
+            )
         )
         for action in rows:
             action.state, action.sent_at = RemoteAction.State.SENT, now
