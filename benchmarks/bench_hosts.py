@@ -5,6 +5,8 @@ Each simulated host reports what a monitor in report mode sends (monitor_app.rep
 its published sample (RUNS live sessions with three processes each, built with the
 same code as the monitor's), its events, and now and then a completion record (a
 run ends, another starts), every INTERVAL seconds, through a host token of its own.
+The hosts are split over --generators processes and the readers poll from one more,
+so that no timing includes a wait for another thread's share of one interpreter.
 Loopback only, bounded by --duration.
 
     .venv/bin/python benchmarks/bench_hosts.py                            # 200 x 10, 60 s
@@ -20,6 +22,7 @@ import contextlib
 import http.client
 import http.cookiejar
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -288,6 +291,56 @@ def tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def database_cpu() -> float:
+    """CPU seconds used so far by the machine's PostgreSQL processes."""
+    used = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] in ("postgres", "postmaster") and process.info["cpu_times"]:
+            used += sum(process.info["cpu_times"][:2])
+    return used
+
+
+def poll_readers(base: str, api_request, stop, results) -> None:
+    """A person's browser and an API client, polling the fleet every half second."""
+    opener = login(base)
+    api_ms: list[float] = []
+    page_ms: list[float] = []
+    while not stop.is_set():
+        began = time.perf_counter()
+        body = urllib.request.urlopen(api_request).read()  # noqa: S310 - loopback
+        api_ms.append((time.perf_counter() - began) * 1000)
+        assert body
+        began = time.perf_counter()
+        opener.open(base + "/live/rows/?host=all").read()
+        page_ms.append((time.perf_counter() - began) * 1000)
+        stop.wait(0.5)
+    results.put(("readers", api_ms, page_ms))
+
+
+def simulate_hosts(port: int, hosts: list, shard: int, args, began: float, results) -> None:
+    """Every args.generators-th host, each posting in its own slot of every interval."""
+    local = Connection()
+    mine = list(enumerate(hosts))[shard :: args.generators]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    with ThreadPoolExecutor(max(1, args.clients // args.generators)) as pool:
+        round_no = 0
+        while time.monotonic() - began < args.duration:
+            round_start = began + round_no * args.interval
+            futures = []
+            for index, host in mine:
+                delay = round_start + args.interval * index / len(hosts) - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(post_report, port, local, host))
+            for future in futures:
+                elapsed, status = future.result()
+                latencies.append(elapsed)
+                statuses[status] = statuses.get(status, 0) + 1
+            round_no += 1
+    results.put(("hosts", latencies, statuses, time.process_time()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=200)
@@ -295,7 +348,10 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between posts")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
-    parser.add_argument("--clients", type=int, default=24, help="load generator threads")
+    parser.add_argument("--clients", type=int, default=24, help="load generator threads, in all")
+    parser.add_argument(
+        "--generators", type=int, default=2, help="load generator processes (hosts split)"
+    )
     parser.add_argument(
         "--vary-cpu",
         action="store_true",
@@ -358,53 +414,51 @@ def main() -> None:
         shown = page.count("/sessions/")
         assert "host-000" in page or "job-" in page, "the fleet live page lists the runs"
 
-        latencies: list[float] = []
-        statuses: dict[int, int] = {}
-        page_ms: list[float] = []
-        api_ms: list[float] = []
-        stop = threading.Event()
-
-        def poll_readers() -> None:
-            while not stop.is_set():
-                began = time.perf_counter()
-                body = urllib.request.urlopen(api_request).read()  # noqa: S310
-                api_ms.append((time.perf_counter() - began) * 1000)
-                assert body
-                began = time.perf_counter()
-                opener.open(base + "/live/rows/?host=all").read()
-                page_ms.append((time.perf_counter() - began) * 1000)
-                stop.wait(0.5)
-
+        # The readers and the simulated hosts each run in processes of their own, as
+        # browsers and hosts are other machines: sharing one interpreter's lock with two
+        # dozen threads encoding reports, a reader would time its own wait for the lock.
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        stop = context.Event()
         processes = tree(server.pid)
         cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        database_before = database_cpu()
         load_before = os.getloadavg()[0]
         began = time.monotonic()
-        reader = threading.Thread(target=poll_readers, daemon=True)
-        reader.start()
+        children = [
+            context.Process(target=poll_readers, args=(base, api_request, stop, results))
+        ] + [
+            context.Process(target=simulate_hosts, args=(port, hosts, shard, args, began, results))
+            for shard in range(args.generators)
+        ]
+        for child in children:
+            child.start()
         rss_peak = 0
-        with ThreadPoolExecutor(args.clients) as pool:
-            round_no = 0
-            while time.monotonic() - began < args.duration:
-                round_start = began + round_no * args.interval
-                futures = []
-                for index, host in enumerate(hosts):
-                    slot = round_start + args.interval * index / len(hosts)
-                    delay = slot - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    futures.append(pool.submit(post_report, port, local, host))
-                for future in futures:
-                    elapsed, status = future.result()
-                    latencies.append(elapsed)
-                    statuses[status] = statuses.get(status, 0) + 1
-                with contextlib.suppress(psutil.Error):
-                    rss_peak = max(rss_peak, sum(p.memory_info().rss for p in tree(server.pid)))
-                round_no += 1
-        wall = time.monotonic() - began
+        while time.monotonic() - began < args.duration:
+            with contextlib.suppress(psutil.Error):
+                rss_peak = max(rss_peak, sum(p.memory_info().rss for p in tree(server.pid)))
+            time.sleep(1)
         stop.set()
-        reader.join(timeout=10)
+        gathered = [results.get(timeout=120) for _ in children]
+        for child in children:
+            child.join(timeout=30)
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        api_ms: list[float] = []
+        page_ms: list[float] = []
+        generator_cpu = 0.0
+        for item in gathered:
+            if item[0] == "readers":
+                api_ms, page_ms = item[1], item[2]
+            else:
+                latencies += item[1]
+                for status, count in item[2].items():
+                    statuses[status] = statuses.get(status, 0) + count
+                generator_cpu += item[3]
+        wall = time.monotonic() - began
         processes = tree(server.pid)
         cpu_after = sum(sum(p.cpu_times()[:2]) for p in processes)
+        database_used = database_cpu() - database_before
         cores = psutil.cpu_count()
         print(
             f"\n{args.hosts} hosts x {args.runs} live runs, a post every {args.interval:g} s "
@@ -430,6 +484,14 @@ def main() -> None:
         print(
             f"| server CPU (serve + workers + monitor), % of one core | "
             f"{100 * (cpu_after - cpu_before) / wall:.0f} |"
+        )
+        print(
+            "| PostgreSQL CPU (all its processes), % of one core | "
+            f"{100 * database_used / wall:.0f} |"
+        )
+        print(
+            "| load generator CPU (simulated hosts), % of one core | "
+            f"{100 * generator_cpu / wall:.0f} |"
         )
         print(f"| server RSS peak, all processes (MiB) | {rss_peak / 2**20:.0f} |")
 
