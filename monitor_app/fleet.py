@@ -18,6 +18,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from django.conf import settings
 from django.db import transaction
@@ -780,27 +781,23 @@ class FleetLive:
     snapshot: Snapshot  # banners and leftovers only: its `sessions` are not the fleet's
 
 
-@dataclass(frozen=True)
 class HostListing:
-    """One host's API document, parsed, with its sessions and leftovers serialised once
-    as JSON array items: the fleet's body is these pieces joined, never re-encoded."""
+    """One host's API document, parsed once per version. Its sessions and leftovers are
+    serialised as JSON array items when the fleet's body first needs them: the body is
+    these pieces joined, never 2,000 runs encoded again."""
 
-    version: tuple[int, str]  # (seq, etag): a restarted monitor may reuse a seq
-    document: dict
-    taken_at: datetime
-    sessions_json: bytes
-    leftovers_json: bytes
+    def __init__(self, version: tuple[int, str], text: str) -> None:
+        self.version = version  # (seq, ETag): a restarted monitor may send a seq again
+        self.document = json.loads(text)
+        self.taken_at = parse_iso(self.document["taken_at"])
 
-    @classmethod
-    def parse(cls, version: tuple[int, str], text: str) -> HostListing:
-        document = json.loads(text)
-        return cls(
-            version=version,
-            document=document,
-            taken_at=parse_iso(document["taken_at"]),
-            sessions_json=_array_items(document.get("sessions", [])),
-            leftovers_json=_array_items(document.get("leftovers", [])),
-        )
+    @cached_property
+    def sessions_json(self) -> bytes:
+        return _array_items(self.document.get("sessions", []))
+
+    @cached_property
+    def leftovers_json(self) -> bytes:
+        return _array_items(self.document.get("leftovers", []))
 
 
 def _array_items(items: list) -> bytes:
@@ -831,7 +828,7 @@ class FleetReader:
         stale = [h for h, version in heads if (h in self._api and self._api[h].version) != version]
         for host, seq, etag, text in self._rows(stale, ("api_document",)) if stale else ():
             try:
-                self._api[host] = HostListing.parse((seq, etag), text)
+                self._api[host] = HostListing((seq, etag), text)
             except (ValueError, KeyError, TypeError):
                 continue
         return [(host, self._api[host]) for host, _version in heads if host in self._api]
