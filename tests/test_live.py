@@ -338,10 +338,15 @@ def test_a_live_row_is_reused_only_while_what_it_shows_is_unchanged():
     assert ">1m 30s<" in first or ">1m 31s<" in first
     assert live_row(run) == first or ">1m 31s<" in live_row(run)
     # What a row shows changes: the row says so at once (no stale copy), escaped.
-    run.last_tool_call = "Read: <live-age/> & more"
+    run.last_tool_call = "Read: <live-age/> <live-cpu/> & more"
     run.listed_figures = (7.0, 2_000_000)
     second = live_row(run)
-    assert "Read: &lt;live-age/&gt; &amp; more" in second and "7.0%" in second
+    assert "Read: &lt;live-age/&gt; &lt;live-cpu/&gt; &amp; more" in second
+    assert ">7.0%<" in second and ">2.0 MB<" in second
     assert "Bash: make test" not in second and "1.5%" not in second
+    # Figures move with every sample; each render shows the sample's own.
+    run.listed_figures = (12.5, 3_500_000_000)
+    third = live_row(run)
+    assert ">12.5%<" in third and ">3.5 GB<" in third and "7.0%" not in third
     run.started_at -= timedelta(hours=2)
     assert ">2h 01m<" in live_row(run)
