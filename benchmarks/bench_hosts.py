@@ -291,13 +291,25 @@ def tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def database_cpu() -> float:
-    """CPU seconds used so far by the machine's PostgreSQL processes."""
-    used = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        if process.info["name"] in ("postgres", "postmaster") and process.info["cpu_times"]:
-            used += sum(process.info["cpu_times"][:2])
-    return used
+class DatabaseCPU:
+    """CPU seconds used by the machine's PostgreSQL processes since the first look,
+    sampled as they come and go (a web thread's connection is replaced every minute,
+    and an exited backend's CPU can no longer be read)."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.look()
+        self.first = dict(self.last)
+
+    def look(self) -> None:
+        for process in psutil.process_iter(["name", "cpu_times"]):
+            times = process.info["cpu_times"]
+            if process.info["name"] in ("postgres", "postmaster") and times:
+                self.last[process.pid] = sum(times[:2])
+
+    def used(self) -> float:
+        return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
 
 
 def poll_readers(base: str, api_request, stop, results) -> None:
@@ -422,7 +434,7 @@ def main() -> None:
         stop = context.Event()
         processes = tree(server.pid)
         cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
-        database_before = database_cpu()
+        database = DatabaseCPU()
         load_before = os.getloadavg()[0]
         began = time.monotonic()
         children = [
@@ -437,6 +449,7 @@ def main() -> None:
         while time.monotonic() - began < args.duration:
             with contextlib.suppress(psutil.Error):
                 rss_peak = max(rss_peak, sum(p.memory_info().rss for p in tree(server.pid)))
+            database.look()
             time.sleep(1)
         stop.set()
         gathered = [results.get(timeout=120) for _ in children]
@@ -458,7 +471,8 @@ def main() -> None:
         wall = time.monotonic() - began
         processes = tree(server.pid)
         cpu_after = sum(sum(p.cpu_times()[:2]) for p in processes)
-        database_used = database_cpu() - database_before
+        database.look()
+        database_used = database.used()
         cores = psutil.cpu_count()
         print(
             f"\n{args.hosts} hosts x {args.runs} live runs, a post every {args.interval:g} s "

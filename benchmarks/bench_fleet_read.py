@@ -1,0 +1,102 @@
+"""The fleet's reads in process: what one web worker spends building
+/api/claude-active?host=all and the fleet live rows, by how many hosts reported
+since its last read. No HTTP server and no concurrent load: the cost itself, which
+under load is paid again in every worker.
+
+bench_hosts.py's simulated hosts (10 live runs each) report through `receive_report`
+into a fresh PostgreSQL database of the script's own (`opsconsole_bench_fleet_read`).
+
+    .venv/bin/python benchmarks/bench_fleet_read.py              # 200 hosts
+    .venv/bin/python benchmarks/bench_fleet_read.py --hosts 50
+    .venv/bin/python benchmarks/bench_fleet_read.py --vary-cpu   # no row reads the same twice
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).parent)]
+PG = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+DATABASE = "opsconsole_bench_fleet_read"
+ROUNDS = 9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument(
+        "--vary-cpu", action="store_true", help="every process's CPU changes in every sample"
+    )
+    args = parser.parse_args()
+    if not 1 <= args.hosts <= 1000:
+        parser.error("--hosts from 1 to 1000")
+    for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
+        subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True)
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+        DATABASE_URL=f"{PG}/{DATABASE}",
+        OPSCONSOLE_HOME=tempfile.mkdtemp(prefix="bench-fleet-read-"),
+    )
+    import django
+
+    django.setup()
+    from bench_hosts import SimulatedHost
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.test import Client
+
+    from monitor_app.fleet import fleet, receive_report
+    from sessions_app.views import forget_live_sections
+
+    call_command("migrate", verbosity=0)
+    hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0, args.vary_cpu) for i in range(args.hosts)]
+
+    def report(host: SimulatedHost) -> None:
+        host.posts += 1
+        host.acknowledged(receive_report(json.loads(host.body()), host.name))
+
+    for host in hosts:
+        report(host)
+    browser = Client(HTTP_HOST="127.0.0.1")
+    browser.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+
+    def timed(read, changed: int) -> float:
+        """CPU ms of `read` after `changed` hosts reported, median of ROUNDS."""
+        spent = []
+        for _ in range(ROUNDS):
+            for host in hosts[:changed]:
+                report(host)
+            forget_live_sections()  # each read renders, as a worker under load does
+            began = time.thread_time()
+            read()
+            spent.append((time.thread_time() - began) * 1000)
+        return statistics.median(spent)
+
+    def page() -> None:
+        assert browser.get("/live/rows/?host=all").status_code == 200
+
+    runs = len(json.loads(fleet.api_document()[0])["sessions"])
+    varied = "; every run's CPU changes in every sample" if args.vary_cpu else ""
+    print(f"\n{args.hosts} hosts, {runs} live runs{varied}; CPU ms, median of {ROUNDS}\n")
+    print(
+        "| hosts reported since the last read | fleet API body | fleet live rows "
+        "| fleet live rows page, through Django |"
+    )
+    print("|---:|---:|---:|---:|")
+    for changed in sorted({0, 1, args.hosts // 4, args.hosts}):
+        api = timed(fleet.api_document, changed)
+        live = timed(lambda: fleet.live(200), changed)
+        rows = timed(page, changed)
+        print(f"| {changed} | {api:.1f} | {live:.1f} | {rows:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
