@@ -232,14 +232,17 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     ids += [live.session_id for live in parsed.snapshot.sessions]
     ids += [session_id for session_id, _, _ in parsed.transcripts]
     ids += [stop["session_id"] for stop in parsed.stops]
+    # Unordered: first() would sort by the model's ordering, and PostgreSQL may then walk
+    # every session newest first looking for one that is not there (a millisecond a
+    # report at a few thousand rows, and more with every run on record).
     foreign = (
         Session.objects.filter(session_id__in=[i for i in ids if is_session_id(i)])
         .exclude(host=host)
-        .values_list("session_id", flat=True)
-        .first()
+        .order_by()
+        .values_list("session_id", flat=True)[:1]
     )
-    if foreign is not None:
-        raise ReportRejected(f"session {foreign} is on record for another host", 403)
+    if foreign:
+        raise ReportRejected(f"session {foreign[0]} is on record for another host", 403)
 
     write_sample(parsed, host, payload.get("monitor_version", ""), received_at)
     now = received_at
