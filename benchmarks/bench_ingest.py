@@ -5,6 +5,7 @@ simulated hosts' (10 live runs each, a completion every tenth report).
 
     .venv/bin/python benchmarks/bench_ingest.py                 # 20 hosts x 30 reports
     .venv/bin/python benchmarks/bench_ingest.py --hosts 50 --rounds 20
+    .venv/bin/python benchmarks/bench_ingest.py --history 20000  # ended runs per host on record
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument(
+        "--history", type=int, default=0, help="ended runs on record per host, before the reports"
+    )
     args = parser.parse_args()
     if not 1 <= args.hosts <= 500 or not 1 <= args.rounds <= 500:
         parser.error("--hosts and --rounds from 1 to 500")
+    if not 0 <= args.history <= 200_000:
+        parser.error("--history from 0 to 200000")
     for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
         subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True)
     os.environ.update(
@@ -48,6 +54,8 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0) for i in range(args.hosts)]
+    for host in hosts:
+        record_history(host.name, args.history)
     times = []
     for _ in range(args.rounds):
         for host in hosts:
@@ -60,9 +68,39 @@ def main() -> None:
     times.sort()
     median, p90 = statistics.median(times) * 1000, times[int(len(times) * 0.9)] * 1000
     print(
-        f"{len(times)} reports ({args.hosts} hosts x {args.rounds}): receive_report median "
+        f"{len(times)} reports ({args.hosts} hosts x {args.rounds}, {args.history:,} ended runs "
+        f"on record per host): receive_report median "
         f"{median:.1f} ms, p90 {p90:.1f} ms"
     )
+
+
+def record_history(host: str, count: int) -> None:
+    """`count` ended runs of `host`, the oldest a year ago: a console that has run a while."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from django.db import connection
+
+    from sessions_app.models import Session, Status
+
+    now = datetime.now(UTC)
+    step = timedelta(days=365) / max(count, 1)
+    for start in range(0, count, 5000):
+        Session.objects.bulk_create(
+            Session(
+                session_id=uuid.uuid4(),
+                script_tag=f"job-{n % 40}",
+                platform="linux-bench",
+                host=host,
+                attempt=1,
+                status=Status.SUCCEEDED,
+                started_at=now - timedelta(days=365) + n * step,
+                ended_at=now - timedelta(days=365) + n * step + timedelta(minutes=3),
+            )
+            for n in range(start, min(count, start + 5000))
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE sessions_app_session")
 
 
 if __name__ == "__main__":

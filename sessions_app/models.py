@@ -102,6 +102,13 @@ class Session(models.Model):
             models.Index(fields=["platform", "-started_at"], name="session_platform_newest"),
             models.Index(fields=["host", "-started_at"], name="session_host_newest"),
             models.Index(fields=["job", "-started_at"], name="session_job_newest"),
+            # A host's runs still marked live (its monitor and the console look for lost
+            # ones every sample): a handful of rows, however long the host's history.
+            models.Index(
+                fields=["host", "started_at"],
+                name="session_live_host",
+                condition=models.Q(status__in=LIVE_STATUSES),
+            ),
         ]
 
     def __str__(self) -> str:
