@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).parent)]
-PG = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+from serve_helpers import console_in_process  # noqa: E402
+
 DATABASE = "opsconsole_bench_fleet_read"
 ROUNDS = 9
 
@@ -38,25 +36,14 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.hosts <= 1000:
         parser.error("--hosts from 1 to 1000")
-    for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
-        subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True)
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="opsconsole.settings",
-        DATABASE_URL=f"{PG}/{DATABASE}",
-        OPSCONSOLE_HOME=tempfile.mkdtemp(prefix="bench-fleet-read-"),
-    )
-    import django
-
-    django.setup()
+    console_in_process(DATABASE, "bench-fleet-read-")
     from bench_hosts import SimulatedHost
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.test import Client
 
     from monitor_app.fleet import fleet, receive_report
     from sessions_app.views import forget_live_sections
 
-    call_command("migrate", verbosity=0)
     hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0, args.vary_cpu) for i in range(args.hosts)]
 
     def report(host: SimulatedHost) -> None:

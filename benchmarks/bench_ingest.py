@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).parent)]
-PG = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+from serve_helpers import console_in_process  # noqa: E402
+
 DATABASE = "opsconsole_bench_ingest"
 
 
@@ -37,22 +35,11 @@ def main() -> None:
         parser.error("--hosts and --rounds from 1 to 500")
     if not 0 <= args.history <= 200_000:
         parser.error("--history from 0 to 200000")
-    for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
-        subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True)
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="opsconsole.settings",
-        DATABASE_URL=f"{PG}/{DATABASE}",
-        OPSCONSOLE_HOME=tempfile.mkdtemp(prefix="bench-ingest-"),
-    )
-    import django
-
-    django.setup()
+    console_in_process(DATABASE, "bench-ingest-")
     from bench_hosts import SimulatedHost
-    from django.core.management import call_command
 
     from monitor_app.fleet import receive_report
 
-    call_command("migrate", verbosity=0)
     hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0) for i in range(args.hosts)]
     for host in hosts:
         record_history(host.name, args.history)
