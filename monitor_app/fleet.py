@@ -845,25 +845,27 @@ class FleetReader:
 
         now = datetime.now(UTC)
         listings = self._listings(self._heads())
+        key = tuple(
+            (
+                host,
+                listing.version,
+                sample_is_stale(listing.taken_at, listing.document["interval_seconds"], now),
+            )
+            for host, listing in listings
+        )
+        combined = self._combined
+        if combined is not None and combined[0] == key:
+            return combined[1], combined[2]
         hosts = [
             {
                 "host": host,
                 "seq": listing.document["seq"],
                 "taken_at": listing.document["taken_at"],
-                "silent": sample_is_stale(
-                    listing.taken_at, listing.document["interval_seconds"], now
-                ),
+                "silent": silent,
                 "live": len(listing.document.get("sessions", [])),
             }
-            for host, listing in listings
+            for (host, _version, silent), (_host, listing) in zip(key, listings, strict=True)
         ]
-        key = tuple(
-            (host, listing.version, item["silent"])
-            for item, (host, listing) in zip(hosts, listings, strict=True)
-        )
-        combined = self._combined
-        if combined is not None and combined[0] == key:
-            return combined[1], combined[2]
         body = b"".join(
             (
                 b'{"host":"all","hosts":',
