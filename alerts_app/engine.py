@@ -798,7 +798,7 @@ def _stop_for_cost_thread(live, job, running, budget) -> None:
 
 def stop_for_cost(live, job, running, budget) -> None:
     from jobs_app.models import AuditEntry
-    from sessions_app.stopping import stop_session
+    from monitor_app.stopping import stop_session
 
     outcome = stop_session(
         live, actor="cost-cap", reason="cost_cap", grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS

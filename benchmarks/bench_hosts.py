@@ -1,7 +1,7 @@
 """Many hosts, one console: simulated hosts posting reports to `opsconsole serve` on
 PostgreSQL, while the fleet live page and /api/claude-active?host=all are polled.
 
-Each simulated host reports what a monitor in report mode sends (monitor_app.reporting):
+Each simulated host reports what a monitor in report mode sends (fleet.reporting):
 its published sample (RUNS live sessions with three processes each, built with the
 same code as the monitor's), its events, and now and then a completion record (a
 run ends, another starts), every INTERVAL seconds, through a host token of its own.
@@ -62,9 +62,9 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 
 from monitor_app import published  # noqa: E402
+from monitor_app.live import LiveSession, Snapshot  # noqa: E402
 from monitor_app.models import HostToken  # noqa: E402
 from opsconsole.models import ApiToken  # noqa: E402
-from sessions_app.live import LiveSession, Snapshot  # noqa: E402
 from sessions_app.proctree import ProcessDetail  # noqa: E402
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id  # noqa: E402
 

@@ -38,7 +38,7 @@ def main() -> None:
     console_in_process(DATABASE, "bench-ingest-")
     from bench_hosts import SimulatedHost
 
-    from monitor_app.fleet import receive_report
+    from fleet.console import receive_report
 
     hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0) for i in range(args.hosts)]
     for host in hosts:

@@ -40,8 +40,8 @@ from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from monitor_app.live import get_snapshot, take_snapshot  # noqa: E402
 from opsconsole.models import ApiToken  # noqa: E402
-from sessions_app.live import get_snapshot, take_snapshot  # noqa: E402
 from sessions_app.models import Session  # noqa: E402
 from tests.live_helpers import sidecar_for  # noqa: E402
 from wrapper.formats import (  # noqa: E402

@@ -69,7 +69,7 @@ def main() -> None:
     from django.core.files.base import ContentFile
     from django.test import override_settings
 
-    from monitor_app import remote_transcripts
+    from sessions_app import remote_transcripts
     from wrapper.formats import StatePaths
 
     server, endpoint = start_moto()

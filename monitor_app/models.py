@@ -151,7 +151,7 @@ class RemoteAction(models.Model):
     class Kind(models.TextChoices):
         STOP = "stop", "stop the run"
         KILL_LEFTOVERS = "kill_leftovers", "kill leftovers"
-        # A job's scheduler actions (jobs_app.controls.execute on the host).
+        # A job's scheduler actions (monitor_app.job_controls.execute on the host).
         RUN = "run", "run the job now"
         ENABLE = "enable", "enable the job"
         DISABLE = "disable", "disable the job"

@@ -27,10 +27,10 @@ from django.db import DatabaseError, close_old_connections
 
 from monitor_app import published
 from monitor_app.events import EventOutbox, prune_events
+from monitor_app.live import LeftoverRun, LiveSession, Snapshot
 from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from sessions_app import ingest, transcript_store
-from sessions_app.live import LeftoverRun, LiveSession, Snapshot
 from sessions_app.models import (
     LIVE_STATUSES,
     Session,
@@ -137,12 +137,12 @@ class Monitor:
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
         self.watching_since = datetime.now(UTC)
-        # Report mode (monitor_app.report.Reporter): no database here; history goes to
+        # Report mode (fleet.report.Reporter): no database here; history goes to
         # the console with each sample and leaves this host once acknowledged.
         self.reporter = reporter
         self.reporting = None
         if reporter is not None:
-            from monitor_app.reporting import ReportState
+            from fleet.reporting import ReportState
 
             self.reporting = ReportState(self)
             self.leftovers_loaded = True  # nothing on record here to load them from
@@ -593,7 +593,7 @@ class Monitor:
         self.kill_due_leftovers(now)
         if self.publish:
             # Reporting hosts fall silent and requests to them expire without anyone looking.
-            from monitor_app.fleet import check_silent_hosts, expire_actions
+            from fleet.console import check_silent_hosts, expire_actions
 
             # Hosts get a moment after a (re)start: the web workers may still be booting.
             check_silent_hosts(now, watching_since=self.watching_since + HOSTS_STARTUP_GRACE)
@@ -621,7 +621,7 @@ class Monitor:
             log.exception("alert round failed")
 
     def collect_jobs(self, snapshot: Snapshot, now: datetime) -> None:
-        from jobs_app.status import collect_and_record, job_statuses
+        from monitor_app.job_status import collect_and_record, job_statuses
 
         try:
             report = collect_and_record(now)
@@ -655,7 +655,7 @@ class Monitor:
 
     def watchdog(self, snapshot: Snapshot, now: datetime) -> None:
         """Runs past their limit are stopped in a thread: a stop waits its grace period."""
-        from jobs_app.watchdog import find_overdue
+        from monitor_app.watchdog import find_overdue
 
         if self.watchdog_thread is not None and self.watchdog_thread.is_alive():
             return
@@ -664,7 +664,7 @@ class Monitor:
             return
 
         def stop_all():
-            from jobs_app.watchdog import stop_overdue
+            from monitor_app.watchdog import stop_overdue
 
             try:
                 stop_overdue(overdue, grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
@@ -678,7 +678,7 @@ class Monitor:
         """The leftover rule: TERM after the grace period, KILL a stop-grace later."""
         from jobs_app.linking import job_index
         from jobs_app.models import AuditEntry, Job
-        from sessions_app.stopping import kill_leftover_processes
+        from monitor_app.stopping import kill_leftover_processes
 
         grace = timedelta(seconds=settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS)
         due = [

@@ -22,17 +22,17 @@ from pathlib import Path
 from django.conf import settings
 from django.db import DatabaseError
 
-from monitor_app.models import HostSample
-from sessions_app.leftovers import leftover_payload
-from sessions_app.live import (
+from monitor_app.leftovers import leftover_payload
+from monitor_app.live import (
     LeftoverRun,
     LiveSession,
     SkippedSidecar,
     Snapshot,
     sample_is_stale,
 )
+from monitor_app.models import HostSample
+from monitor_app.runs import session_url_templates
 from sessions_app.proctree import ProcessDetail
-from sessions_app.runs import session_url_templates
 from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 
 log = logging.getLogger(__name__)

@@ -122,7 +122,7 @@ def live_view_during_outage(request, reason: str) -> HttpResponse | None:
     session cache, never the database), or None for anyone else."""
     from django.core.cache import caches
 
-    from sessions_app import views
+    from opsconsole.views import sessions as views
 
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)

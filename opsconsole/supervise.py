@@ -85,8 +85,8 @@ class Supervisor:
 
     def silent(self) -> bool:
         """No sample in the monitor's local file for three intervals."""
+        from monitor_app.live import sample_is_stale
         from monitor_app.published import read_local_sample
-        from sessions_app.live import sample_is_stale
 
         sample = read_local_sample()
         if sample is None:

@@ -37,7 +37,7 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
     run on a reporting host, the copy the console keeps of it (remote_transcripts:
     from object storage, a private local copy brought up to date first)."""
     if session is not None and session.host and session.host != settings.OPSCONSOLE_HOST:
-        from monitor_app import remote_transcripts
+        from sessions_app import remote_transcripts
 
         copy = remote_transcripts.readable_copy(session.host, session_id)
         if copy is not None:
@@ -58,7 +58,7 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
 
 def roots() -> list[Path]:
     """Everything the console may read transcripts from."""
-    from monitor_app.remote_transcripts import cache_root
+    from sessions_app.remote_transcripts import cache_root
 
     return [
         *(Path(r) for r in settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS),

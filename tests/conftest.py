@@ -81,7 +81,7 @@ def kill_leftovers(config_dir: Path) -> None:
 def _live_sections_rendered_afresh():
     """A process shares a rendered live section for up to a second: a test must not be
     served the one an earlier test rendered within the same second."""
-    from sessions_app import views
+    from opsconsole.views import sessions as views
 
     views.forget_live_sections()
 

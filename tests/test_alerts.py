@@ -28,9 +28,9 @@ from alerts_app.models import (
     Rule,
 )
 from jobs_app.models import AuditEntry, Job
+from monitor_app.live import LiveSession, Snapshot
 from monitor_app.models import Event, EventKind, HostSample
 from sessions_app.ingest import record_completion
-from sessions_app.live import LiveSession, Snapshot
 from sessions_app.models import Session, Status
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id
 

@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from alerts_app import engine
 from alerts_app.models import Channel
+from monitor_app.live import take_snapshot
 from monitor_app.models import Event, EventKind
 from sessions_app.ingest import ingest_spool
-from sessions_app.live import take_snapshot
 from sessions_app.models import Session
 from tests.alert_receivers import webhook  # noqa: F401 - a fixture
 from tests.conftest import PYTHON, wrapper_command

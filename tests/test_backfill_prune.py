@@ -131,7 +131,7 @@ def test_prune_is_a_dry_run_by_default_then_applies(console_state, tmp_path, cap
 def test_prune_removes_reporting_hosts_old_transcripts_but_not_a_live_run_s(console_state, capsys):
     """Reporting hosts' transcripts are kept per host, not per day: their age is when
     they were last written. A run still live keeps its transcript."""
-    from monitor_app import remote_transcripts
+    from sessions_app import remote_transcripts
 
     long_ago = (timezone.now() - timedelta(days=40)).timestamp()
     ended, live, recent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

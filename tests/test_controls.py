@@ -16,10 +16,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from jobs_app.controls import change_schedule, run_now, set_enabled, stop_job
 from jobs_app.models import AuditEntry, Job
+from monitor_app.job_controls import change_schedule, run_now, set_enabled, stop_job
+from monitor_app.live import take_snapshot
 from opsconsole.models import ApiToken
-from sessions_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from tests.conftest import wrapper_command
 from tests.scheduler_tools import calls
@@ -508,7 +508,7 @@ def test_systemd_schedule_with_nul_or_too_long_is_400_and_audited(
 
 def test_systemd_schedule_reaches_the_real_systemd_analyze_after_a_double_dash(console_state):
     """The real tool: `--` makes an option-like value an expression it rejects."""
-    from jobs_app.controls import run_command
+    from monitor_app.job_controls import run_command
 
     checked = run_command(["systemd-analyze", "calendar", "--", "--help"])
     assert not checked.ok and "Failed to parse" in checked.output

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sessions_app.live import take_snapshot
+from monitor_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from tests.conftest import REPO_ROOT
 from tests.live_helpers import start_fake_run
@@ -18,7 +18,7 @@ SNAPSHOT_SCRIPT = """
 import json, django
 django.setup()
 from django.conf import settings
-from sessions_app.live import take_snapshot
+from monitor_app.live import take_snapshot
 snap = take_snapshot(settings.OPSCONSOLE_STATE)
 print(json.dumps({
     "live": [s.session_id for s in snap.sessions],

@@ -24,13 +24,13 @@ from django.contrib.auth import get_user_model
 from django.core.files.storage import InMemoryStorage
 from django.test import Client
 
+from fleet.console import check_silent_hosts, expire_actions, fleet
+from fleet.report import Reporter, check_report_url
 from jobs_app.models import AuditEntry
-from monitor_app.fleet import check_silent_hosts, expire_actions, fleet
 from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
 from monitor_app.monitor import Monitor
-from monitor_app.report import Reporter, check_report_url
+from monitor_app.runs import live_runs
 from sessions_app.models import Session, Status
-from sessions_app.runs import live_runs
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.live_helpers import start_fake_run, wait_until
 from tests.server_fixtures import free_port
@@ -415,7 +415,7 @@ def test_monitor_once_exits_non_zero_when_the_console_refuses(console_server, st
 def test_a_remote_run_s_transcript_is_followed_through_the_console(
     host_a, runs, staff, settings, tmp_path
 ):
-    from monitor_app import remote_transcripts
+    from sessions_app import remote_transcripts
 
     console = BlindConsole(staff, settings, tmp_path / "console-claude")
 
@@ -785,7 +785,7 @@ def s3_server():
 def object_storage(request, settings):
     """STORAGES["opsconsole_transcripts"] an object storage: Django's InMemoryStorage, or
     django-storages' S3 backend against moto's S3 server, in a versioned bucket."""
-    from monitor_app import remote_transcripts
+    from sessions_app import remote_transcripts
 
     if request.param == "memory":
         backend, options = "tests.test_fleet.CountingMemoryStorage", {}
@@ -840,7 +840,7 @@ def user_line(text: str) -> bytes:
 def test_a_remote_run_s_transcript_in_object_storage_is_read_through_the_console(
     host_a, runs, staff, object_storage, console_state, settings, tmp_path
 ):
-    from monitor_app import remote_transcripts
+    from sessions_app import remote_transcripts
 
     store = object_storage
     console = BlindConsole(staff, settings, tmp_path / "console-claude")
@@ -957,7 +957,7 @@ def pieces_of(store, name: str) -> list[tuple[int, int]]:
 def test_a_whole_object_from_before_the_pieces_is_read_and_continued(object_storage, console_state):
     from django.core.files.base import ContentFile
 
-    from monitor_app import remote_transcripts
+    from sessions_app import remote_transcripts
 
     store = object_storage
     sid = new_session_id()

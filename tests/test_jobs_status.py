@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from jobs_app.models import Job
-from jobs_app.status import badges_for, expected_run, job_statuses
+from monitor_app.job_status import badges_for, expected_run, job_statuses
+from monitor_app.live import take_snapshot
 from opsconsole.models import ApiToken
-from sessions_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from tests.conftest import wrapper_command
 from tests.test_collectors import stand_in

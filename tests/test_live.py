@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sessions_app.live import get_snapshot, take_snapshot
+from monitor_app.live import get_snapshot, take_snapshot
 from sessions_app.models import Session, Status
 from tests.live_helpers import SLEEPER, kill, start_fake_run, write_sidecar_raw
 
@@ -316,8 +316,8 @@ def test_spool_ingest_is_idempotent_and_keeps_malformed_records(console_state):
 def test_a_live_row_is_reused_only_while_what_it_shows_is_unchanged():
     from datetime import UTC, datetime, timedelta
 
-    from sessions_app.runs import Run
-    from sessions_app.templatetags.live_rows import live_row
+    from monitor_app.runs import Run
+    from opsconsole.templatetags.live_rows import live_row
     from wrapper.formats import new_session_id
 
     run = Run(

@@ -16,10 +16,10 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from jobs_app.models import AuditEntry
+from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostSample
 from monitor_app.monitor import Monitor
 from monitor_app.published import read_local_sample
-from sessions_app.live import get_snapshot
 from sessions_app.models import Session, Status
 from tests.live_helpers import start_fake_run, start_monitor, wait_until
 from wrapper.formats import ensure_private_dir, new_session_id, write_json_atomic

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sessions_app.live import take_snapshot
+from monitor_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.transcripts.parse import iter_records, summarize_file
 from tests.conftest import wrapper_command

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from sessions_app.live import LiveSession
-from sessions_app.stopping import stop_session
+from monitor_app.live import LiveSession
+from monitor_app.stopping import stop_session
 from sessions_app.trust import is_trusted_sidecar, may_signal, sidecar_trust_problem
 from tests.live_helpers import SLEEPER, kill, sidecar_for
 from wrapper.formats import ensure_private_dir, write_json_atomic

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from sessions_app.live import take_snapshot
+from monitor_app.live import take_snapshot
 from sessions_app.models import Session, Status
 from tests.conftest import wrapper_command
 from wrapper.formats import EXIT_SESSION_ID_IN_USE, StatePaths, read_sidecar, read_spool_record

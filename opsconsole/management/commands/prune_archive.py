@@ -72,7 +72,7 @@ class Command(BaseCommand):
         the private copies of those in object storage), last written before the cutoff;
         a run still live is kept. Objects in object storage are the bucket's lifecycle
         rules' to expire."""
-        from monitor_app.remote_transcripts import cache_root
+        from sessions_app.remote_transcripts import cache_root
 
         limit = cutoff.timestamp()
         found = []

@@ -15,7 +15,7 @@ from django.db import DatabaseError
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
 
-from sessions_app.live import LiveSession, Snapshot, get_snapshot
+from monitor_app.live import LiveSession, Snapshot, get_snapshot
 from sessions_app.models import LIVE_STATUSES, Session
 from sessions_app.proctree import ProcessDetail, TreeFigures
 from wrapper.formats import is_session_id, parse_iso
@@ -214,7 +214,7 @@ def find_run(
 
 def _reported_live(record: Session) -> LiveSession | None:
     """A live run on a reporting host: its tree from that host's latest sample."""
-    from monitor_app.fleet import fleet
+    from fleet.console import fleet
 
     if record.status not in LIVE_STATUSES:
         return None

@@ -25,9 +25,9 @@ from django.utils import timezone
 from jobs_app import cronrun
 from jobs_app.collectors.cron import find_entry
 from jobs_app.models import AuditEntry, Job
-from jobs_app.status import live_runs_of
-from sessions_app.live import get_snapshot
-from sessions_app.stopping import stop_session
+from monitor_app.job_status import live_runs_of
+from monitor_app.live import get_snapshot
+from monitor_app.stopping import stop_session
 from wrapper.formats import StatePaths, atomic_file, ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -503,7 +503,7 @@ def execute(job: Job, action: str, schedule: str = "") -> ActionResult:
 
     It reads and writes no database: the caller puts the outcome on record (`record`).
     A reporting host's monitor runs this very code for the console's requests
-    (monitor_app.reporting), with the job as its own collector last saw it."""
+    (fleet.reporting), with the job as its own collector last saw it."""
     try:
         if action == "run":
             return start_run(job)
@@ -567,8 +567,8 @@ def perform(job: Job, action: str, actor: str, schedule: str = "") -> ActionResu
 def perform_remote(job: Job, action: str, actor: str, schedule: str = "") -> ActionResult:
     """A job on a reporting host. Its live runs are stopped, and its scheduler acted on,
     by requests its monitor picks up with its next report and answers with the one after
-    (monitor_app.fleet); what can be checked here is checked before anything is asked."""
-    from monitor_app.fleet import fleet, request_action, request_job_action
+    (fleet.console); what can be checked here is checked before anything is asked."""
+    from fleet.console import fleet, request_action, request_job_action
     from sessions_app.models import Session
 
     if action == "schedule":

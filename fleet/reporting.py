@@ -24,17 +24,17 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
-from monitor_app import published
-from monitor_app.models import JOB_ACTION_KINDS
-from monitor_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
-from monitor_app.report import (
+from fleet.report import (
     MAX_COMPLETIONS_PER_REPORT,
     MAX_EVENTS_PER_REPORT,
     REPORT_FORMAT,
     ReportError,
 )
+from monitor_app import published
+from monitor_app.live import Snapshot
+from monitor_app.models import JOB_ACTION_KINDS
 from sessions_app.ingest import _move_aside, pending_spool_files
-from sessions_app.live import Snapshot
+from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
 from wrapper.formats import (
     FormatError,
     Sidecar,
@@ -129,7 +129,7 @@ class ReportState:
             thread.start()
 
     def stop_overdue(self, live, detail: dict) -> None:
-        from sessions_app.stopping import stop_session
+        from monitor_app.stopping import stop_session
 
         outcome = stop_session(
             live,
@@ -157,7 +157,7 @@ class ReportState:
 
     def leftover_rule(self, now: datetime) -> None:
         """TERM a run's leftovers after the grace period, KILL a stop-grace later."""
-        from sessions_app.stopping import kill_leftover_processes
+        from monitor_app.stopping import kill_leftover_processes
 
         grace = timedelta(seconds=self.policy.get("leftover_grace_seconds", 120))
         stop_grace = timedelta(seconds=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
@@ -440,7 +440,7 @@ class ReportState:
         thread.start()
 
     def carry_out(self, action: dict, snapshot: Snapshot) -> None:
-        from sessions_app.stopping import stop_leftovers, stop_session
+        from monitor_app.stopping import stop_leftovers, stop_session
 
         monitor = self.monitor
         session_id = str(action.get("session_id") or "")
@@ -495,9 +495,9 @@ class ReportState:
 
     def act_on_job(self, action: dict) -> dict:
         """Run now, enable, disable or reschedule one of this host's jobs, with the code
-        the console runs for its own (jobs_app.controls.execute)."""
-        from jobs_app.controls import execute
+        the console runs for its own (monitor_app.job_controls.execute)."""
         from jobs_app.models import Job
+        from monitor_app.job_controls import execute
 
         named = action.get("job") if isinstance(action.get("job"), dict) else {}
         key = (str(named.get("scheduler") or ""), str(named.get("label") or ""))

@@ -22,15 +22,15 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from jobs_app.models import Job
+from monitor_app.leftovers import kill_leftovers, leftovers_of
+from monitor_app.live import ensure_history_current, get_snapshot
+from monitor_app.runs import find_run, live_runs, retry_chain
 from sessions_app import transcript_store
 from sessions_app.charts import cost_chart
 from sessions_app.costs import cost_report
 from sessions_app.export import csv_lines
 from sessions_app.history import HistoryFilters, history_page
-from sessions_app.leftovers import kill_leftovers, leftovers_of
-from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
-from sessions_app.runs import find_run, live_runs, retry_chain
 from sessions_app.search import search_with_sessions as transcript_search
 from sessions_app.transcripts.tail import open_transcript, parse_offset
 
@@ -42,10 +42,10 @@ _sections_lock = threading.Lock()
 
 
 def _live_context(request, snapshot=None) -> dict:
-    # ?host=NAME shows a reporting host's runs, ?host=all the whole fleet (monitor_app.fleet).
+    # ?host=NAME shows a reporting host's runs, ?host=all the whole fleet (fleet.console).
     host = request.GET.get("host", "")[:255]
     if host == "all":
-        from monitor_app.fleet import fleet
+        from fleet.console import fleet
 
         # A page of thousands of rows helps nobody and costs ~0.1 ms a row: the most
         # recent ones, the rest one host away.
@@ -58,7 +58,7 @@ def _live_context(request, snapshot=None) -> dict:
             "runs_hidden": view.runs_total - len(view.runs),
         }
     if host and host != settings.OPSCONSOLE_HOST:
-        from monitor_app.fleet import fleet
+        from fleet.console import fleet
 
         snapshot = fleet.snapshot([host])
     else:
@@ -114,7 +114,7 @@ def render_live(request, *, outage_reason: str | None = None):
         "outage_reason": outage_reason,
     }
     if outage_reason is None:
-        from monitor_app.fleet import is_silent
+        from fleet.console import is_silent
         from monitor_app.models import HostSample
 
         samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
@@ -160,11 +160,11 @@ def session_page(request, session_id):
     page = transcript_store.read_page(
         session_id, sidecar=sidecar, session=run.record, before=before, at=at
     )
-    from monitor_app.views import requests_for_session
+    from opsconsole.views.hosts import requests_for_session
 
     snapshot = get_snapshot()
     if run.host != settings.OPSCONSOLE_HOST:  # a reporting host's run: its latest sample
-        from monitor_app.fleet import fleet
+        from fleet.console import fleet
 
         snapshot = fleet.snapshot([run.host])
     return render(

@@ -114,7 +114,7 @@ class ConsoleCollector:
                     counts[key] = counts.get(key, 0) + 1
         if not samples:  # no monitor has published yet: the in-process snapshot
             try:
-                from sessions_app.live import get_snapshot
+                from monitor_app.live import get_snapshot
 
                 for entry in get_snapshot().sessions:
                     key = (entry.sidecar.host, entry.state)

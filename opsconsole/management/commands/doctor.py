@@ -8,7 +8,7 @@ from django.db import DatabaseError
 
 from jobs_app.doctor import PROBLEM, WARNING, Report, diagnose_console, diagnose_job
 from jobs_app.models import Job
-from jobs_app.status import collect_and_record
+from monitor_app.job_status import collect_and_record
 
 MARKS = {"ok": "ok     ", WARNING: "WARNING", PROBLEM: "PROBLEM"}
 

@@ -57,7 +57,7 @@ class Command(BaseCommand):
         snapshot = None
         if not no_live:
             try:
-                from sessions_app.live import get_snapshot
+                from monitor_app.live import get_snapshot
 
                 snapshot = get_snapshot()
             except Exception as exc:  # rules on events still run

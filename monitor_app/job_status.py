@@ -21,10 +21,10 @@ from jobs_app.collectors import collect_all
 from jobs_app.collectors.base import CollectedJob, Collection
 from jobs_app.linking import forget_index
 from jobs_app.models import Job
-from sessions_app.live import Snapshot, get_snapshot
+from monitor_app.live import Snapshot, get_snapshot
+from monitor_app.runs import Run, run_from_live
 from sessions_app.models import LIVE_STATUSES, Session
 from sessions_app.outcome import outcome_of
-from sessions_app.runs import Run, run_from_live
 from wrapper.formats import EXIT_QUOTA_SKIP
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def record_collections(
 ) -> None:
     """Upsert what the collectors found; touch only collected fields, and only when changed.
 
-    `host`: whose jobs these are (a reporting host's, monitor_app.fleet); this host's
+    `host`: whose jobs these are (a reporting host's, fleet.console); this host's
     by default."""
     host = host or settings.OPSCONSOLE_HOST
     existing = {(j.scheduler, j.label): j for j in Job.objects.filter(host=host)}

@@ -8,7 +8,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from jobs_app.watchdog import run_watchdog
+from monitor_app.watchdog import run_watchdog
 
 
 class Command(BaseCommand):

@@ -16,15 +16,15 @@ from django.http import (
 from django.views.decorators.http import require_GET, require_POST
 
 from monitor_app import published
+from monitor_app.leftovers import kill_leftovers, leftover_payload, leftovers_of
+from monitor_app.live import ensure_history_current, get_snapshot
+from monitor_app.runs import find_run, run_from_record, run_payload
 from opsconsole.auth import api_view, json_error
 from sessions_app import transcript_store
 from sessions_app.export import json_chunks
 from sessions_app.history import HistoryFilters
-from sessions_app.leftovers import kill_leftovers, leftover_payload, leftovers_of
-from sessions_app.live import ensure_history_current, get_snapshot
 from sessions_app.models import Session, Status
 from sessions_app.outcome import outcome_of
-from sessions_app.runs import find_run, run_from_record, run_payload
 from sessions_app.transcripts.tail import (
     OffsetBeyondEnd,
     parse_range_header,
@@ -45,7 +45,7 @@ def claude_active(request):
     `?host=NAME`: that host's latest sample; `?host=all`: every host's (the fleet)."""
     host = request.GET.get("host", "")
     if host and host != settings.OPSCONSOLE_HOST:
-        from monitor_app.api import claude_active_of
+        from opsconsole.api.hosts import claude_active_of
 
         return claude_active_of(request, host)
     item, source = published.reader.published(settings.OPSCONSOLE_HOST)

@@ -13,9 +13,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from alerts_app import delivery, metrics
+from alerts_app import delivery
 from alerts_app.models import Alert, AlertPolicy, Channel, Delivery, Incident, JobAlertSettings
 from jobs_app.models import AuditEntry, Job
+from opsconsole import metrics
 
 ALERTS_PER_PAGE = 50
 

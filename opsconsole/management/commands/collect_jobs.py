@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from jobs_app.collectors import collect_all, configured_schedulers
 from jobs_app.models import Job
-from jobs_app.status import record_collections
+from monitor_app.job_status import record_collections
 
 
 class Command(BaseCommand):

@@ -19,8 +19,8 @@ from django.utils import timezone
 
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
-from sessions_app.live import LiveSession, Snapshot, get_snapshot
-from sessions_app.stopping import StopOutcome, stop_session
+from monitor_app.live import LiveSession, Snapshot, get_snapshot
+from monitor_app.stopping import StopOutcome, stop_session
 
 log = logging.getLogger(__name__)
 

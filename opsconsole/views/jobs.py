@@ -1,4 +1,4 @@
-"""The jobs dashboard and /api/status. Thin: jobs_app.status answers."""
+"""The jobs dashboard and /api/status. Thin: monitor_app.job_status answers."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from jobs_app.charts import cost_chart, duration_chart
-from jobs_app.controls import ControlError, perform
 from jobs_app.models import Job
 from jobs_app.runs import recent_runs
-from jobs_app.status import current_report, job_statuses, status_payload
-from monitor_app.views import requests_for_job
+from monitor_app.job_controls import ControlError, perform
+from monitor_app.job_status import current_report, job_statuses, status_payload
 from opsconsole.auth import api_view, json_error
+from opsconsole.views.hosts import requests_for_job
+from opsconsole.views.job_charts import cost_chart, duration_chart
 
 
 def _dashboard_context(request) -> dict:

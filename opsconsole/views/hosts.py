@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from monitor_app.fleet import expire_actions, host_rows, request_action
+from fleet.console import expire_actions, host_rows, request_action
 from monitor_app.models import RemoteAction
 from sessions_app.models import LIVE_STATUSES, Session
 from wrapper.formats import is_session_id
@@ -93,8 +93,8 @@ def session_stop(request, session_id):
         )
     else:
         from jobs_app.models import AuditEntry
-        from sessions_app.live import get_snapshot
-        from sessions_app.stopping import stop_session
+        from monitor_app.live import get_snapshot
+        from monitor_app.stopping import stop_session
 
         live = get_snapshot(fresh=True).get(str(session_id))
         if live is None:

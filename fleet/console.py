@@ -1,7 +1,7 @@
 """Many hosts, one console: what the console does with reports, and the fleet's view.
 
 A reporting host's monitor posts its sample, its unacknowledged events and the
-completion records in its spool (monitor_app.reporting). `receive_report`
+completion records in its spool (fleet.reporting). `receive_report`
 records them exactly as a console's own monitor would (the same ingest code,
 idempotent by session id and event key), writes the host's HostSample row, and
 answers with what it recorded and the operator requests waiting for the host.
@@ -26,13 +26,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from jobs_app.models import AuditEntry, Job
-from monitor_app import published, remote_transcripts
+from monitor_app import published
 from monitor_app.events import EventOutbox, PendingEvent
+from monitor_app.live import SILENT_AFTER_INTERVALS, Snapshot, sample_is_stale
 from monitor_app.models import Event, EventKind, HostSample, RemoteAction
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
-from monitor_app.remote_transcripts import MAX_CHUNK_BYTES
-from sessions_app import ingest
-from sessions_app.live import SILENT_AFTER_INTERVALS, Snapshot, sample_is_stale
+from sessions_app import ingest, remote_transcripts
 from sessions_app.models import (
     LIVE_STATUSES,
     Session,
@@ -40,6 +39,7 @@ from sessions_app.models import (
     leftover_members,
     leftover_record,
 )
+from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
 from wrapper.formats import FormatError, Sidecar, SpoolRecord, is_session_id, parse_iso
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     if parsed.snapshot.active_dir_error is None:
         close_lost_rows(parsed.snapshot, host, set(recorded), now)
     if parsed.jobs is not None:
-        from jobs_app.status import record_collections
+        from monitor_app.job_status import record_collections
 
         record_collections(parsed.jobs, now, host=host)
     outbox.pending.extend(parsed.events)
@@ -457,7 +457,7 @@ def request_job_action(
     kind: str, job: Job, actor: str, schedule: str = "", now: datetime | None = None
 ) -> RemoteAction:
     """Run now, enable, disable or a new schedule for a job on another host: queued for
-    its monitor, which carries it out with jobs_app.controls.execute."""
+    its monitor, which carries it out with monitor_app.job_controls.execute."""
     action = RemoteAction.objects.create(
         host=job.host,
         kind=kind,
@@ -572,8 +572,8 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
 
 
 def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
-    """What the host answered, on record as if done here (jobs_app.controls.record)."""
-    from jobs_app.controls import ActionResult, audited, record
+    """What the host answered, on record as if done here (monitor_app.job_controls.record)."""
+    from monitor_app.job_controls import ActionResult, audited, record
 
     outcome = ActionResult(
         ok=action.state == RemoteAction.State.DONE,
@@ -779,7 +779,7 @@ class FleetLive:
     """What the all-hosts live page shows: every host's most recent runs, as listed in
     their API documents, and the banners and leftovers of the hosts that have any."""
 
-    runs: list  # sessions_app.runs.Run, most recent first, at most `limit`
+    runs: list  # monitor_app.runs.Run, most recent first, at most `limit`
     runs_total: int
     snapshot: Snapshot  # banners and leftovers only: its `sessions` are not the fleet's
 
@@ -890,7 +890,7 @@ class FleetReader:
         for /api/claude-active?host=all anyway); only the listed runs become Run objects.
         Leftovers, skipped sidecars and quota stamps come from the state documents of
         the few hosts that report any."""
-        from sessions_app.runs import run_from_listing
+        from monitor_app.runs import run_from_listing
 
         heads = self._heads()
         key = (tuple(heads), limit)

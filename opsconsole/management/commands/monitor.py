@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
+from fleet.report import Reporter
 from monitor_app.monitor import Monitor
-from monitor_app.report import Reporter
 
 
 class Command(BaseCommand):

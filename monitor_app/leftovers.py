@@ -15,9 +15,9 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from jobs_app.models import AuditEntry
-from sessions_app.live import LeftoverRun, Snapshot
+from monitor_app.live import LeftoverRun, Snapshot
+from monitor_app.stopping import StopOutcome, stop_leftovers
 from sessions_app.models import Session
-from sessions_app.stopping import StopOutcome, stop_leftovers
 
 
 @dataclass
@@ -50,10 +50,10 @@ def kill_leftovers(session: Session, actor: str) -> LeftoversKilled:
     outlives the grace period, and audit it whatever happens.
 
     For a run on a reporting host, the request waits for that host's monitor
-    (monitor_app.fleet), which answers with its next report."""
+    (fleet.console), which answers with its next report."""
     outcome = StopOutcome(str(session.session_id))
     if session.host != settings.OPSCONSOLE_HOST:
-        from monitor_app.fleet import request_action
+        from fleet.console import request_action
 
         action = request_action("kill_leftovers", session, actor)
         return LeftoversKilled(

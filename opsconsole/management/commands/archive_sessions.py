@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from tqdm import tqdm
 
+from monitor_app.live import get_snapshot
 from sessions_app import ingest
-from sessions_app.live import get_snapshot
 
 
 class Command(BaseCommand):
