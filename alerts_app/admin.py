@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin
 
-from alerts_app.delivery import instantiate
+from alerts_app.channel_urls import instantiate
 from alerts_app.models import Alert, AlertPolicy, Channel, Delivery, Incident, JobAlertSettings
 from jobs_app.admin import JobAdmin
 from jobs_app.models import Job

@@ -10,17 +10,16 @@ retried with exponential backoff until it is delivered or given up.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import unquote, urlsplit
 
 import apprise
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
+from alerts_app.channel_urls import instantiate, scrub
 from alerts_app.models import Alert, AlertPolicy, Channel, Delivery, url_fingerprint
 
 log = logging.getLogger(__name__)
@@ -39,50 +38,6 @@ ERROR_CHARS = 500
 class SendResult:
     ok: bool
     error: str = ""
-
-
-def instantiate(url: str):
-    """The Apprise plugin for a URL, or None when Apprise does not understand it."""
-    try:
-        return apprise.Apprise.instantiate(url.strip())
-    except Exception:  # a malformed URL must not take the loop down
-        return None
-
-
-def redact_url(url: str) -> str:
-    """The URL as Apprise prints it with its privacy mode (tokens and passwords hidden)."""
-    plugin = instantiate(url)
-    if plugin is None:
-        scheme = url.split("://", 1)[0] if "://" in url else "?"
-        return f"{scheme}://… (not a URL Apprise understands)"
-    try:
-        return plugin.url(privacy=True)
-    except Exception:
-        return f"{url.split('://', 1)[0]}://…"
-
-
-def scrub(text: str, url: str) -> str:
-    """Take every secret-looking piece of the URL out of a message before it is kept.
-
-    The host and port stay (they say where it failed); user names, passwords, path
-    segments (webhook tokens) and query values of six characters or more go.
-    """
-    parts = urlsplit(url.strip())
-    try:
-        keep = {parts.hostname or "", str(parts.port or "")}
-    except ValueError:
-        keep = set()
-    pieces = {url.strip(), parts.username or "", parts.password or ""}
-    pieces.update(unquote(p) for p in re.split(r"[/@]+", parts.path))
-    pieces.update(unquote(p) for p in parts.path.split("/"))
-    for field in re.split(r"[&;]", parts.query):
-        pieces.add(unquote(field.partition("=")[2]))
-    if "@" in parts.netloc:  # user:password@ when Apprise's own syntax confuses urlsplit
-        pieces.update(re.split(r"[:@]", parts.netloc.rpartition("@")[0]))
-    for piece in sorted(pieces - keep, key=len, reverse=True):
-        if len(piece) >= 6:
-            text = text.replace(piece, "…")
-    return text
 
 
 def send(url: str, title: str, body: str) -> SendResult:

@@ -13,6 +13,8 @@ import hashlib
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from alerts_app.channel_urls import redact_url
+
 
 class Rule(models.TextChoices):
     RUN_FAILED = "run_failed", "run failed"  # failed, killed or refused on the last attempt
@@ -61,8 +63,6 @@ class Channel(models.Model):
         return self.name
 
     def save(self, *args, **kwargs):
-        from alerts_app.delivery import redact_url
-
         self.url = self.url.strip()
         self.url_hash = url_fingerprint(self.url)
         self.redacted = redact_url(self.url)[:500]

@@ -38,8 +38,8 @@ from sessions_app.models import (
     leftover_members,
     leftover_record,
 )
-from sessions_app.pricing import RunningCost
 from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_process_table
+from sessions_app.transcripts.running_cost import RunningCost
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
 
 log = logging.getLogger(__name__)

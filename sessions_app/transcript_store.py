@@ -15,10 +15,10 @@ from pathlib import Path
 from django.conf import settings
 
 from sessions_app import search
-from sessions_app.pricing import RunningCost
 from sessions_app.transcripts.locate import Located, find_subagent_transcripts, locate_transcript
 from sessions_app.transcripts.parse import UsageSummary, fold_noise, iter_records, to_entries
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
+from sessions_app.transcripts.running_cost import RunningCost
 from sessions_app.transcripts.tail import OffsetBeyondEnd, read_before, read_from, read_tail
 from wrapper.formats import Sidecar, copy_into_archive
 
@@ -184,7 +184,7 @@ _RUNNING_LIMIT = 64
 
 def live_running_cost(session_id: str, *, sidecar: Sidecar | None = None, session=None):
     """Tokens and cost so far of a live run (main + subagent files), or None when its
-    transcript is not found. See pricing.RunningCost."""
+    transcript is not found. See transcripts.running_cost.RunningCost."""
     located = locate(session_id, sidecar=sidecar, session=session)
     if located is None:
         return None

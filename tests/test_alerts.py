@@ -17,7 +17,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from alerts_app import engine
-from alerts_app.delivery import redact_url, send, send_test
+from alerts_app.channel_urls import redact_url
+from alerts_app.delivery import send, send_test
 from alerts_app.models import (
     Alert,
     AlertPolicy,
@@ -795,7 +796,7 @@ def test_events_read_in_one_batch_see_each_run_as_of_its_end(webhook, monitor, j
 
 
 def test_delivery_errors_keep_the_host_and_lose_the_secrets():
-    from alerts_app.delivery import scrub
+    from alerts_app.channel_urls import scrub
 
     url = "mailto://ops:hunter2pass@smtp.example.com:2525?to=oncall@example.com&pass=zz9secretq"
     text = "Connection error to smtp.example.com:2525 as ops with hunter2pass and zz9secretq"

@@ -15,7 +15,7 @@ from django.db import connection
 from sessions_app import search, transcript_store
 from sessions_app.backfill import backfill
 from sessions_app.models import Session, Status
-from sessions_app.pricing import RunningCost, transcript_cost
+from sessions_app.transcripts.running_cost import RunningCost, transcript_cost
 from tests.transcript_shapes import (
     Transcript,
     Usage,
