@@ -11,7 +11,10 @@ from datetime import datetime
 
 from django.conf import settings
 
+from sessions_app import transcript_store
 from sessions_app.models import Session, Status
+from sessions_app.transcripts.parse import iter_records, to_entries
+from sessions_app.transcripts.tail import read_tail
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +93,6 @@ def last_lines(session: Session) -> list[str]:
     if session.error:
         lines.extend(session.error.strip().splitlines()[-LAST_LINES:])
     try:
-        from sessions_app import transcript_store
-        from sessions_app.transcripts.parse import iter_records, to_entries
-        from sessions_app.transcripts.tail import read_tail
-
         located = transcript_store.locate(str(session.session_id), session=session)
         if located is not None:
             chunk = read_tail(located.path, TAIL_WINDOW)

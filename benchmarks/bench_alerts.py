@@ -45,8 +45,8 @@ from django.test import Client  # noqa: E402
 
 from alerts_app import engine  # noqa: E402
 from jobs_app.models import Job  # noqa: E402
-from monitor_app.live import LiveSession, Snapshot  # noqa: E402
 from monitor_app.models import Event, HostSample  # noqa: E402
+from monitor_app.snapshot import LiveSession, Snapshot  # noqa: E402
 from sessions_app.models import Session, Status  # noqa: E402
 from wrapper.formats import Sidecar  # noqa: E402
 

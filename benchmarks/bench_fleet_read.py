@@ -41,7 +41,8 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from fleet.console import fleet, receive_report
+    from fleet.console import receive_report
+    from monitor_app.fleet_reader import fleet
     from opsconsole.views.sessions import forget_live_sections
 
     hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0, args.vary_cpu) for i in range(args.hosts)]

@@ -62,8 +62,8 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 
 from monitor_app import published  # noqa: E402
-from monitor_app.live import LiveSession, Snapshot  # noqa: E402
 from monitor_app.models import HostToken  # noqa: E402
+from monitor_app.snapshot import LiveSession, Snapshot  # noqa: E402
 from opsconsole.models import ApiToken  # noqa: E402
 from sessions_app.proctree import ProcessDetail  # noqa: E402
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id  # noqa: E402

@@ -6,31 +6,35 @@ records them exactly as a console's own monitor would (the same ingest code,
 idempotent by session id and event key), writes the host's HostSample row, and
 answers with what it recorded and the operator requests waiting for the host.
 Every row a report touches is checked to belong to the token's host.
+
+One piece: the console's half of the report protocol, the mirror of fleet.reporting;
+parsing, the host check and recording are one transaction's steps.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import heapq
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from jobs_app.collectors.base import CollectedJob, Collection
+from jobs_app.linking import job_id_for, job_index
 from jobs_app.models import AuditEntry, Job
-from monitor_app import published
+from monitor_app import job_controls, published
 from monitor_app.events import EventOutbox, PendingEvent
-from monitor_app.live import SILENT_AFTER_INTERVALS, Snapshot, sample_is_stale
+from monitor_app.job_controls import ActionResult, audited
+from monitor_app.job_status import record_collections
 from monitor_app.models import Event, EventKind, HostSample, RemoteAction
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
+from monitor_app.snapshot import Snapshot
 from sessions_app import ingest, remote_transcripts
 from sessions_app.models import (
     LIVE_STATUSES,
@@ -43,9 +47,6 @@ from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
 from wrapper.formats import FormatError, Sidecar, SpoolRecord, is_session_id, parse_iso
 
 log = logging.getLogger(__name__)
-
-# An operator request not carried out within this long is expired, with the reason.
-ACTION_TTL = timedelta(seconds=120)
 
 
 class ReportRejected(Exception):
@@ -175,8 +176,6 @@ def parse_report(payload: object, host: str) -> Parsed:
 
 def parse_jobs(value: object, host: str):
     """A host's latest scheduler collection (jobs_app collectors, run on the host)."""
-    from jobs_app.collectors.base import CollectedJob, Collection
-
     if value is None:
         return None
     _require(isinstance(value, list), "jobs is a list of collections")
@@ -284,8 +283,6 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     if parsed.snapshot.active_dir_error is None:
         close_lost_rows(parsed.snapshot, host, set(recorded), now)
     if parsed.jobs is not None:
-        from monitor_app.job_status import record_collections
-
         record_collections(parsed.jobs, now, host=host)
     outbox.pending.extend(parsed.events)
     outbox.flush()
@@ -332,8 +329,6 @@ def clean_leftovers(members: list) -> list[dict]:
 
 def record_host_audit(audit: dict, host: str) -> None:
     """What a host's own rules did (the watchdog, the leftover rule), in the audit log."""
-    from jobs_app.linking import job_id_for
-
     tag = str(audit.get("script_tag") or "")
     detail = audit.get("detail") if isinstance(audit.get("detail"), dict) else {}
     AuditEntry.objects.create(
@@ -350,8 +345,6 @@ def record_host_audit(audit: dict, host: str) -> None:
 def host_policy(host: str) -> dict:
     """The console's rules for a host's runs: per tag, its job's time limit and
     leftover rule, and the defaults for runs of no job."""
-    from jobs_app.linking import job_index
-
     ids = {job_id for (job_host, _tag), job_id in job_index().items() if job_host == host}
     jobs = Job.objects.in_bulk(ids) if ids else {}
     tags = {}
@@ -426,62 +419,6 @@ def close_lost_rows(snapshot: Snapshot, host: str, recorded: set[str], now: date
 
 
 # ----------------------------------------------------------------------------- requests
-
-
-def request_action(
-    kind: str, session: Session, actor: str, now: datetime | None = None
-) -> RemoteAction:
-    """An operator's stop or kill-leftovers for a run on another host: queued for its
-    monitor's next report, audited when asked and again when the host answers."""
-    now = now or timezone.now()
-    action = RemoteAction.objects.create(
-        host=session.host,
-        kind=kind,
-        session_id=session.session_id,
-        requested_by=actor,
-        requested_at=now,
-    )
-    AuditEntry.objects.create(
-        actor=actor,
-        action=f"request_{kind}",
-        job=session.job,
-        target=str(session.session_id),
-        ok=True,
-        output="",
-        detail={"host": session.host, "remote_action": action.pk, "state": "pending"},
-    )
-    return action
-
-
-def request_job_action(
-    kind: str, job: Job, actor: str, schedule: str = "", now: datetime | None = None
-) -> RemoteAction:
-    """Run now, enable, disable or a new schedule for a job on another host: queued for
-    its monitor, which carries it out with monitor_app.job_controls.execute."""
-    action = RemoteAction.objects.create(
-        host=job.host,
-        kind=kind,
-        job=job,
-        arguments={"schedule": schedule} if kind == RemoteAction.Kind.SCHEDULE else {},
-        requested_by=actor,
-        requested_at=now or timezone.now(),
-    )
-    AuditEntry.objects.create(
-        actor=actor,
-        action=f"request_{kind}"[:32],
-        job=job,
-        target=job.label[:1000],
-        ok=True,
-        output="",
-        detail={
-            "message": f"asked {job.host}'s monitor (request {action.pk}): pending",
-            "host": job.host,
-            "remote_action": action.pk,
-            "state": "pending",
-            **action.arguments,
-        },
-    )
-    return action
 
 
 def deliver_actions(host: str, now: datetime) -> list[dict]:
@@ -573,8 +510,6 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
 
 def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
     """What the host answered, on record as if done here (monitor_app.job_controls.record)."""
-    from monitor_app.job_controls import ActionResult, audited, record
-
     outcome = ActionResult(
         ok=action.state == RemoteAction.State.DONE,
         message=f"{host} answered: {action.message}",
@@ -586,7 +521,7 @@ def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
         audited(action.kind, None, action.requested_by, "", outcome)
         return
     schedule = action.arguments.get("schedule", "")
-    record(action.job, action.kind, action.requested_by, outcome, schedule)
+    job_controls.record(action.job, action.kind, action.requested_by, outcome, schedule)
 
 
 def plain_items(value: object, most: int = 20) -> dict:
@@ -606,358 +541,7 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def expire_actions(now: datetime | None = None) -> int:
-    """Requests nobody will carry out: the host went silent, or never answered."""
-    now = now or timezone.now()
-    expired = 0
-    open_rows = RemoteAction.objects.filter(state__in=RemoteAction.OPEN_STATES).select_related(
-        "job"
-    )
-    hosts = {h.host: h for h in HostSample.objects.filter(host__in=open_rows.values("host"))}
-    for action in open_rows:
-        sample = hosts.get(action.host)
-        silent_since = None
-        if sample is None:
-            silent_since = "it never reported"
-        elif is_silent(sample, now):
-            silent_since = f"its last report was at {last_heard(sample):%Y-%m-%d %H:%M:%S} UTC"
-        too_old = now - (action.sent_at or action.requested_at) > ACTION_TTL
-        if silent_since and action.state == RemoteAction.State.PENDING:
-            message = (
-                f"expired: host {action.host} is silent ({silent_since}); "
-                "the request was never delivered and nothing was done"
-            )
-        elif too_old:
-            message = (
-                f"expired: host {action.host} was handed the request at "
-                f"{action.sent_at:%H:%M:%S} UTC and never reported an outcome"
-                if action.sent_at
-                else f"expired: host {action.host} did not collect the request within "
-                f"{int(ACTION_TTL.total_seconds())} s"
-            )
-        else:
-            continue
-        updated = RemoteAction.objects.filter(pk=action.pk, state=action.state).update(
-            state=RemoteAction.State.EXPIRED, finished_at=now, message=message
-        )
-        if updated:
-            expired += 1
-            AuditEntry.objects.create(
-                actor=action.requested_by,
-                action=action.kind,
-                job=action.job,
-                target=str(action.session_id or "") or (action.job.label if action.job else ""),
-                ok=False,
-                output=message,
-                detail={"message": message, "host": action.host, "remote_action": action.pk},
-            )
-    return expired
-
-
 # ----------------------------------------------------------------------------- hosts
 
 
-def last_heard(sample: HostSample) -> datetime:
-    """The console's clock when it has one (a reported sample), else the host's own."""
-    return sample.received_at or sample.taken_at
-
-
-def is_silent(
-    sample: HostSample, now: datetime | None = None, since: datetime | None = None
-) -> bool:
-    now = now or datetime.now(UTC)
-    limit = SILENT_AFTER_INTERVALS * max(sample.interval_seconds, 0.5)
-    heard = last_heard(sample) if since is None else max(last_heard(sample), since)
-    return (now - heard).total_seconds() > limit
-
-
-def check_silent_hosts(
-    now: datetime | None = None, watching_since: datetime | None = None
-) -> list[str]:
-    """A monitor_silent event once per silence (keyed by the last sample's seq).
-
-    `watching_since`: when the console's monitor started. A host is not called silent
-    for the time the console itself was down (its reports could not arrive)."""
-    now = now or timezone.now()
-    silent = []
-    rows = HostSample.objects.only("host", "seq", "taken_at", "received_at", "interval_seconds")
-    events = []
-    for sample in rows:
-        if not is_silent(sample, now):
-            continue
-        if watching_since is not None and not is_silent(sample, now, since=watching_since):
-            continue
-        silent.append(sample.host)
-        heard = last_heard(sample)
-        events.append(
-            Event(
-                at=now,
-                host=sample.host,
-                kind=EventKind.MONITOR_SILENT,
-                message=f"monitor on {sample.host} silent: last sample "
-                f"{heard:%Y-%m-%d %H:%M:%S} UTC, {int((now - heard).total_seconds())} s ago",
-                detail={"last_seq": sample.seq, "last_heard": heard.isoformat()},
-                dedupe_key=f"{sample.host}:monitor_silent:{sample.seq}"[:200],
-            )
-        )
-    if events:
-        Event.objects.bulk_create(events, ignore_conflicts=True)
-    return silent
-
-
-@dataclass
-class HostRow:
-    host: str
-    sample: HostSample | None
-    age_seconds: float | None
-    silent: bool
-    live_runs: int
-    leftovers: int
-    quota_until: str | None
-    jobs: int
-    this_host: bool
-    tokens: int
-    runs_30d: int = 0
-    cost_30d: float | None = None
-
-
-def host_rows(now: datetime | None = None) -> list[HostRow]:
-    from django.db.models import Count, Sum
-
-    from monitor_app.models import HostToken
-
-    now = now or timezone.now()
-    # Totals across machines: runs and cost of the last 30 days, per host, one query.
-    recent = {
-        host: (runs, cost)
-        for host, runs, cost in Session.objects.filter(started_at__gte=now - timedelta(days=30))
-        .values("host")
-        .annotate(runs=Count("session_id"), cost=Sum("cost_usd"))
-        .values_list("host", "runs", "cost")
-    }
-    samples = {s.host: s for s in HostSample.objects.all()}
-    jobs = dict(Job.objects.values_list("host").annotate(n=Count("id")))
-    tokens = dict(
-        HostToken.objects.filter(revoked_at=None).values_list("host").annotate(n=Count("id"))
-    )
-    rows = []
-    for host in sorted(set(samples) | set(tokens) | set(recent) | {settings.OPSCONSOLE_HOST}):
-        sample = samples.get(host)
-        live = leftovers = 0
-        quota = None
-        if sample is not None:
-            try:
-                api = json.loads(sample.api_document)
-                live, leftovers = len(api.get("sessions", [])), len(api.get("leftovers", []))
-                quota = api.get("quota_until")
-            except ValueError:
-                pass
-        rows.append(
-            HostRow(
-                host=host,
-                sample=sample,
-                age_seconds=(now - last_heard(sample)).total_seconds() if sample else None,
-                silent=sample is None or is_silent(sample, now),
-                live_runs=live,
-                leftovers=leftovers,
-                quota_until=quota,
-                jobs=jobs.get(host, 0),
-                this_host=host == settings.OPSCONSOLE_HOST,
-                tokens=tokens.get(host, 0),
-                runs_30d=recent.get(host, (0, None))[0],
-                cost_30d=float(c) if (c := recent.get(host, (0, None))[1]) is not None else None,
-            )
-        )
-    return rows
-
-
 # ----------------------------------------------------------------------------- the fleet view
-
-
-@dataclass
-class FleetLive:
-    """What the all-hosts live page shows: every host's most recent runs, as listed in
-    their API documents, and the banners and leftovers of the hosts that have any."""
-
-    runs: list  # monitor_app.runs.Run, most recent first, at most `limit`
-    runs_total: int
-    snapshot: Snapshot  # banners and leftovers only: its `sessions` are not the fleet's
-
-
-class HostListing:
-    """One host's API document, parsed once per version. Its sessions and leftovers are
-    serialised as JSON array items when the fleet's body first needs them: the body is
-    these pieces joined, never 2,000 runs encoded again."""
-
-    def __init__(self, version: tuple[int, str], text: str) -> None:
-        self.version = version  # (seq, ETag): a restarted monitor may send a seq again
-        self.document = json.loads(text)
-        self.taken_at = parse_iso(self.document["taken_at"])
-
-    @cached_property
-    def sessions_json(self) -> bytes:
-        return _array_items(self.document.get("sessions", []))
-
-    @cached_property
-    def leftovers_json(self) -> bytes:
-        return _array_items(self.document.get("leftovers", []))
-
-
-def _array_items(items: list) -> bytes:
-    return json.dumps(items, separators=(",", ":")).encode()[1:-1]
-
-
-class FleetReader:
-    """Every host's latest sample, parsed once per version; what is combined from them
-    is built once per change of any host and shared by every thread of the process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._api: dict[str, HostListing] = {}
-        self._snapshots: dict[str, tuple[tuple[int, str], Snapshot]] = {}
-        self._combined: tuple[tuple, bytes, str] | None = None
-        self._live: tuple[tuple, FleetLive] | None = None
-
-    def _heads(self) -> list[tuple[str, tuple[int, str]]]:
-        """(host, version) of every host's latest sample: one narrow query."""
-        rows = HostSample.objects.order_by("host").values_list("host", "seq", "etag")
-        return [(host, (seq, etag)) for host, seq, etag in rows]
-
-    def _rows(self, hosts: list[str], fields: tuple[str, ...]):
-        return HostSample.objects.filter(host__in=hosts).values_list("host", "seq", "etag", *fields)
-
-    def _listings(self, heads: list[tuple[str, tuple[int, str]]]) -> list[tuple[str, HostListing]]:
-        """Each host's parsed API document; only those whose version changed are read again."""
-        stale = [h for h, version in heads if (h in self._api and self._api[h].version) != version]
-        for host, seq, etag, text in self._rows(stale, ("api_document",)) if stale else ():
-            try:
-                self._api[host] = HostListing((seq, etag), text)
-            except (ValueError, KeyError, TypeError):
-                continue
-        return [(host, self._api[host]) for host, _version in heads if host in self._api]
-
-    def api_document(self) -> tuple[bytes, str]:
-        """The fleet's /api/claude-active body (every host's sessions) and its ETag.
-
-        Rebuilt when any host's sample or silence changes: the hosts' own pieces are
-        joined as they are, so a rebuild costs the bytes copied, not a re-encoding."""
-        import hashlib
-
-        now = datetime.now(UTC)
-        listings = self._listings(self._heads())
-        key = tuple(
-            (
-                host,
-                listing.version,
-                sample_is_stale(listing.taken_at, listing.document["interval_seconds"], now),
-            )
-            for host, listing in listings
-        )
-        combined = self._combined
-        if combined is not None and combined[0] == key:
-            return combined[1], combined[2]
-        hosts = [
-            {
-                "host": host,
-                "seq": listing.document["seq"],
-                "taken_at": listing.document["taken_at"],
-                "silent": silent,
-                "live": len(listing.document.get("sessions", [])),
-            }
-            for (host, _version, silent), (_host, listing) in zip(key, listings, strict=True)
-        ]
-        body = b"".join(
-            (
-                b'{"host":"all","hosts":',
-                json.dumps(hosts, separators=(",", ":")).encode(),
-                b',"sessions":[',
-                b",".join(item.sessions_json for _host, item in listings if item.sessions_json),
-                b'],"leftovers":[',
-                b",".join(item.leftovers_json for _host, item in listings if item.leftovers_json),
-                b"]}",
-            )
-        )
-        # The key names every piece of the body, so its digest is the body's ETag.
-        etag = '"' + hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest() + '"'
-        with self._lock:
-            self._combined = (key, body, etag)
-        return body, etag
-
-    def live(self, limit: int) -> FleetLive:
-        """The all-hosts live page's runs: the `limit` most recent of the fleet.
-
-        Built from the API documents (a tenth of the state documents' bytes, and parsed
-        for /api/claude-active?host=all anyway); only the listed runs become Run objects.
-        Leftovers, skipped sidecars and quota stamps come from the state documents of
-        the few hosts that report any."""
-        from monitor_app.runs import run_from_listing
-
-        heads = self._heads()
-        key = (tuple(heads), limit)
-        cached = self._live
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        documents = [(host, listing.document) for host, listing in self._listings(heads)]
-        listed = [item for _host, doc in documents for item in doc.get("sessions", [])]
-        # As sorted(..., reverse=True)[:limit], host order kept among equal start times.
-        recent = heapq.nlargest(limit, listed, key=lambda item: item["started_at"])
-        noted = [
-            host
-            for host, doc in documents
-            if doc.get("leftovers") or doc.get("skipped_sidecars") or doc.get("quota_until")
-        ]
-        snapshot = Snapshot(taken_at=datetime.now(UTC), source="monitor")
-        if noted:
-            noted_snapshot = self.snapshot(noted)
-            snapshot.leftovers = noted_snapshot.leftovers
-            snapshot.skipped = noted_snapshot.skipped
-            snapshot.quota_until = noted_snapshot.quota_until
-            snapshot.quota_reason = noted_snapshot.quota_reason
-        view = FleetLive(
-            runs=[run_from_listing(item) for item in recent],
-            runs_total=len(listed),
-            snapshot=snapshot,
-        )
-        with self._lock:
-            self._live = (key, view)
-        return view
-
-    def snapshot(self, hosts: list[str] | None = None) -> Snapshot:
-        """One Snapshot of every host's live sessions (or of the named hosts)."""
-        heads = [(h, v) for h, v in self._heads() if hosts is None or h in hosts]
-        stale = [h for h, version in heads if self._snapshots.get(h, (None,))[0] != version]
-        if stale:
-            fields = ("state_document", "taken_at")
-            for host, seq, etag, document, taken_at in self._rows(stale, fields):
-                try:
-                    snap = published.snapshot_from_state(
-                        json.loads(document), seq=seq, source="monitor"
-                    )
-                except (ValueError, KeyError, TypeError):
-                    continue
-                snap.taken_at = taken_at
-                self._snapshots[host] = ((seq, etag), snap)
-        combined = Snapshot(taken_at=datetime.now(UTC), source="monitor")
-        oldest = None
-        for host, _version in heads:
-            item = self._snapshots.get(host)
-            if item is None:
-                continue
-            snap = item[1]
-            combined.sessions.extend(snap.sessions)
-            combined.leftovers.extend(snap.leftovers)
-            combined.skipped.extend(snap.skipped)
-            if snap.quota_until and not combined.quota_until:
-                combined.quota_until, combined.quota_reason = snap.quota_until, snap.quota_reason
-            if oldest is None or snap.taken_at < oldest.taken_at:
-                oldest = snap
-        if oldest is not None and hosts is not None and len(hosts) == 1:
-            combined.taken_at, combined.interval_seconds = oldest.taken_at, oldest.interval_seconds
-            combined.seq = oldest.seq
-            # PIDs mean something within one host only: ancestry joins for one host's view.
-            combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)
-        combined.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
-        return combined
-
-
-fleet = FleetReader()

@@ -8,6 +8,9 @@ pending events stay on disk until the console's answer names them, so nothing
 is lost to a console restart or a network cut, and a monitor restart re-sends
 what was not acknowledged (the console records by session id and event key:
 twice changes nothing).
+
+One piece: the host's half of the report protocol; what a report carries and what its
+acknowledgement releases must be read side by side.
 """
 
 from __future__ import annotations
@@ -28,11 +31,18 @@ from fleet.report import (
     MAX_COMPLETIONS_PER_REPORT,
     MAX_EVENTS_PER_REPORT,
     REPORT_FORMAT,
+    Reporter,
     ReportError,
 )
+from jobs_app.collectors import collect_all
+from jobs_app.models import Job
 from monitor_app import published
-from monitor_app.live import Snapshot
+from monitor_app.job_controls import execute
 from monitor_app.models import JOB_ACTION_KINDS
+from monitor_app.monitor import Leftovers, Monitor
+from monitor_app.snapshot import Snapshot
+from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
+from sessions_app import transcript_store
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
 from wrapper.formats import (
@@ -48,8 +58,9 @@ log = logging.getLogger(__name__)
 
 
 class ReportState:
-    def __init__(self, monitor) -> None:
+    def __init__(self, monitor: Monitor, reporter: Reporter) -> None:
         self.monitor = monitor
+        self.reporter = reporter
         monitor.events.save()
         self.states: dict[str, str] = {}  # session id -> state last reported live
         self.gone: dict[str, Sidecar] = {}  # sidecars whose owners are gone, until acked
@@ -129,8 +140,6 @@ class ReportState:
             thread.start()
 
     def stop_overdue(self, live, detail: dict) -> None:
-        from monitor_app.stopping import stop_session
-
         outcome = stop_session(
             live,
             actor="watchdog",
@@ -157,8 +166,6 @@ class ReportState:
 
     def leftover_rule(self, now: datetime) -> None:
         """TERM a run's leftovers after the grace period, KILL a stop-grace later."""
-        from monitor_app.stopping import kill_leftover_processes
-
         grace = timedelta(seconds=self.policy.get("leftover_grace_seconds", 120))
         stop_grace = timedelta(seconds=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
         for item in list(self.monitor.leftovers.values()):
@@ -194,8 +201,6 @@ class ReportState:
 
     def load_leftovers(self) -> None:
         """Leftovers followed before a restart are followed again (no database to ask)."""
-        from monitor_app.monitor import Leftovers
-
         try:
             items = json.loads(self.leftovers_file.read_text())["leftovers"]
             for item in items:
@@ -239,8 +244,6 @@ class ReportState:
 
     def collect_jobs(self, now: datetime) -> None:
         """This host's scheduler jobs, for the console to record under this host."""
-        from jobs_app.collectors import collect_all
-
         try:
             collections = collect_all(now, self.known_labels)
         except Exception:  # a collector bug must not stop sampling
@@ -269,8 +272,6 @@ class ReportState:
         self.collected = collected
 
     def follow_transcripts(self, snapshot: Snapshot, live_ids: set[str]) -> None:
-        from sessions_app import transcript_store
-
         for live in snapshot.sessions:
             if live.session_id not in self.transcripts:
                 path = transcript_store.find_live_transcript(live.sidecar)
@@ -367,7 +368,7 @@ class ReportState:
         monitor = self.monitor
         payload = self.payload(snapshot, now)
         try:
-            answer = monitor.reporter.send(payload)
+            answer = self.reporter.send(payload)
         except ReportError as exc:
             if self.last_error is None or str(self.last_error) != str(exc):
                 log.warning("report not taken (kept for the next one): %s", exc)
@@ -440,8 +441,6 @@ class ReportState:
         thread.start()
 
     def carry_out(self, action: dict, snapshot: Snapshot) -> None:
-        from monitor_app.stopping import stop_leftovers, stop_session
-
         monitor = self.monitor
         session_id = str(action.get("session_id") or "")
         actor = str(action.get("requested_by") or "console")[:150]
@@ -496,9 +495,6 @@ class ReportState:
     def act_on_job(self, action: dict) -> dict:
         """Run now, enable, disable or reschedule one of this host's jobs, with the code
         the console runs for its own (monitor_app.job_controls.execute)."""
-        from jobs_app.models import Job
-        from monitor_app.job_controls import execute
-
         named = action.get("job") if isinstance(action.get("job"), dict) else {}
         key = (str(named.get("scheduler") or ""), str(named.get("label") or ""))
         collected = self.collected.get(key)
@@ -532,3 +528,9 @@ class ReportState:
         for thread in self.threads:
             thread.join(timeout=settings.OPSCONSOLE_STOP_GRACE_SECONDS + 5)
         self.monitor.events.save()
+
+
+def reporting_monitor(reporter: Reporter, **options) -> Monitor:
+    """A monitor in report mode: it keeps no history on this host, and every sample
+    goes to the console through `reporter`."""
+    return Monitor(reporting=lambda monitor: ReportState(monitor, reporter), **options)

@@ -5,6 +5,9 @@ whether it worked or not, and whatever went wrong; a scheduler command that fail
 comes back with its exit code and stderr. Input is checked before anything runs:
 a value that reaches an argv always comes after `--`, so it is never an option.
 Permission checks belong to the caller (views, API).
+
+One piece: each action for launchd, systemd and cron side by side, so a fix to one
+scheduler's control is seen against the other two.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from django.utils import timezone
 from jobs_app import cronrun
 from jobs_app.collectors.cron import find_entry
 from jobs_app.models import AuditEntry, Job
+from monitor_app.fleet_reader import fleet
 from monitor_app.job_status import live_runs_of
 from monitor_app.live import get_snapshot
+from monitor_app.remote_actions import request_action, request_job_action
 from monitor_app.stopping import stop_session
+from sessions_app.models import Session
 from wrapper.formats import StatePaths, atomic_file, ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -568,9 +574,6 @@ def perform_remote(job: Job, action: str, actor: str, schedule: str = "") -> Act
     """A job on a reporting host. Its live runs are stopped, and its scheduler acted on,
     by requests its monitor picks up with its next report and answers with the one after
     (fleet.console); what can be checked here is checked before anything is asked."""
-    from fleet.console import fleet, request_action, request_job_action
-    from sessions_app.models import Session
-
     if action == "schedule":
         try:
             check_schedule_for(job, schedule)

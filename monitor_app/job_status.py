@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import DatabaseError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -21,8 +19,8 @@ from jobs_app.collectors import collect_all
 from jobs_app.collectors.base import CollectedJob, Collection
 from jobs_app.linking import forget_index
 from jobs_app.models import Job
-from monitor_app.live import Snapshot, get_snapshot
 from monitor_app.runs import Run, run_from_live
+from monitor_app.snapshot import Snapshot
 from sessions_app.models import LIVE_STATUSES, Session
 from sessions_app.outcome import outcome_of
 from wrapper.formats import EXIT_QUOTA_SKIP
@@ -106,22 +104,6 @@ def collect_and_record(now: datetime | None = None) -> CollectionReport:
         errors={c.scheduler: c.errors for c in collections if c.errors},
         schedulers=[c.scheduler for c in collections],
     )
-
-
-def current_report() -> CollectionReport:
-    """The latest collection. The monitor collects on its own cadence; without one,
-    the collectors run here, at most once per snapshot window."""
-    snapshot = get_snapshot()
-    if snapshot.source != "on-demand":
-        return recorded_report()
-    report = cache.get(CACHE_KEY)
-    if report is None:
-        try:
-            report = collect_and_record()
-        except DatabaseError as exc:
-            report = CollectionReport(timezone.now(), {"database": [str(exc)]})
-        cache.set(CACHE_KEY, report, timeout=settings.OPSCONSOLE_SNAPSHOT_SECONDS)
-    return report
 
 
 def recorded_report() -> CollectionReport:
@@ -312,12 +294,11 @@ def outcome_badges(job: Job, last: Session | None) -> list[Badge]:
 
 
 def job_statuses(
-    snapshot: Snapshot | None = None,
+    snapshot: Snapshot,
     now: datetime | None = None,
     *,
     record_links: bool | None = None,
 ) -> list[JobStatus]:
-    snapshot = snapshot or get_snapshot()
     now = now or timezone.now()
     statuses = []
     for job in Job.objects.all().order_by("label"):

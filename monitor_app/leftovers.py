@@ -15,7 +15,8 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from jobs_app.models import AuditEntry
-from monitor_app.live import LeftoverRun, Snapshot
+from monitor_app.remote_actions import request_action
+from monitor_app.snapshot import LeftoverRun, Snapshot
 from monitor_app.stopping import StopOutcome, stop_leftovers
 from sessions_app.models import Session
 
@@ -53,8 +54,6 @@ def kill_leftovers(session: Session, actor: str) -> LeftoversKilled:
     (fleet.console), which answers with its next report."""
     outcome = StopOutcome(str(session.session_id))
     if session.host != settings.OPSCONSOLE_HOST:
-        from fleet.console import request_action
-
         action = request_action("kill_leftovers", session, actor)
         return LeftoversKilled(
             outcome,

@@ -11,108 +11,21 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError
+from django.utils import timezone
 
-from sessions_app.proctree import ProcessDetail, TreeFigures
-from wrapper.formats import Sidecar, StatePaths, parse_iso
-
-
-@dataclass
-class LiveSession(TreeFigures):
-    # For an unwrapped session, a sidecar made from its registry entry: the agent is
-    # both "wrapper" and agent, its tag is "unwrapped" and its platform the entrypoint.
-    sidecar: Sidecar
-    state: str  # "live", "orphaned" or "unwrapped"
-    processes: list[ProcessDetail]
-    last_tool_call: str | None = None
-    wrapped: bool = True
-    # When the transcript last grew or the tree last used CPU, if not in the latest sample.
-    idle_since: datetime | None = None
-    running_cost_usd: float | None = None
-    transcript_bytes: int | None = None
-
-    @property
-    def session_id(self) -> str:
-        return self.sidecar.session_id
-
-    @property
-    def started_at(self) -> datetime:
-        return parse_iso(self.sidecar.started_at)
-
-    @property
-    def retrying(self) -> bool:
-        return self.sidecar.attempt > 1
-
-
-@dataclass
-class SkippedSidecar:
-    name: str
-    reason: str
-
-
-# A sample older than this many of its intervals means its monitor has fallen silent.
-SILENT_AFTER_INTERVALS = 3
-
-
-def sample_is_stale(taken_at: datetime, interval_seconds: float, now: datetime | None = None):
-    """True when a sample is older than SILENT_AFTER_INTERVALS of its interval."""
-    age = ((now or datetime.now(UTC)) - taken_at).total_seconds()
-    return age > SILENT_AFTER_INTERVALS * interval_seconds
-
-
-@dataclass
-class LeftoverRun(TreeFigures):
-    """A run that ended while processes of its tree lived on (reparented to PID 1)."""
-
-    session_id: str
-    script_tag: str
-    host: str
-    ended_at: datetime
-    processes: list[ProcessDetail]
-
-
-@dataclass
-class Snapshot:
-    taken_at: datetime
-    sessions: list[LiveSession] = field(default_factory=list)
-    leftovers: list[LeftoverRun] = field(default_factory=list)
-    skipped: list[SkippedSidecar] = field(default_factory=list)
-    # Every ancestor PID of a session's wrapper -> the sessions under it: how a
-    # scheduler's job PID finds its live session in O(1).
-    sessions_by_ancestor: dict[int, list[str]] = field(default_factory=dict)
-    active_dir_error: str | None = None
-    database_error: str | None = None
-    rejected_spool_files: int = 0
-    scan_ms: float = 0.0
-    # Where this snapshot came from: "monitor" (published), "local" (the monitor's file,
-    # the database being unreadable), or "on-demand" (no monitor: this process sampled).
-    source: str = "on-demand"
-    seq: int = 0
-    interval_seconds: float = 2.0
-    quota_until: str | None = None
-    quota_reason: str | None = None
-    # For an on-demand snapshot: when the monitor last published, if it ever did.
-    monitor_last_seen: datetime | None = None
-
-    @property
-    def stale(self) -> bool:
-        """Older than three sample intervals: the monitor is silent."""
-        return sample_is_stale(self.taken_at, self.interval_seconds)
-
-    def leftover_run(self, session_id: str) -> LeftoverRun | None:
-        return next((r for r in self.leftovers if r.session_id == session_id), None)
-
-    def get(self, session_id: str) -> LiveSession | None:
-        return next((s for s in self.sessions if s.session_id == session_id), None)
-
-    def sessions_for_pid(self, pid: int) -> list[LiveSession]:
-        ids = set(self.sessions_by_ancestor.get(pid, ()))
-        ids.update(s.session_id for s in self.sessions if s.sidecar.wrapper_pid == pid)
-        return [s for s in self.sessions if s.session_id in ids]
-
+from monitor_app.fleet_reader import fleet
+from monitor_app.job_status import CACHE_KEY, CollectionReport, collect_and_record, recorded_report
+from monitor_app.monitor import Monitor
+from monitor_app.published import is_fresh, reader
+from monitor_app.runs import Run, run_from_live, run_from_record
+from monitor_app.snapshot import LiveSession, Snapshot
+from sessions_app.models import LIVE_STATUSES, Session
+from wrapper.formats import StatePaths, is_session_id
 
 _on_demand_lock = threading.Lock()
 # Per state root: the in-process monitor that samples when no monitor is publishing,
@@ -127,8 +40,6 @@ def get_snapshot(*, fresh: bool = False) -> Snapshot:
     intervals), this process samples on demand, at most once per
     OPSCONSOLE_SNAPSHOT_SECONDS, and the snapshot says so (`source`).
     """
-    from monitor_app.published import reader
-
     published = reader.snapshot(settings.OPSCONSOLE_HOST)
     if published is not None and not published.stale:
         return published
@@ -140,8 +51,6 @@ def get_snapshot(*, fresh: bool = False) -> Snapshot:
 def ensure_history_current() -> None:
     """For pages that show history: with a monitor publishing, history is already
     current (one small query says so); without one, sample on demand first."""
-    from monitor_app.published import is_fresh, reader
-
     item, _ = reader.published(settings.OPSCONSOLE_HOST)
     if item is None or not is_fresh(item):
         _sample_on_demand(settings.OPSCONSOLE_STATE, fresh=False)
@@ -153,8 +62,6 @@ def take_snapshot(paths: StatePaths) -> Snapshot:
 
 
 def _sample_on_demand(paths: StatePaths, *, fresh: bool) -> Snapshot:
-    from monitor_app.monitor import Monitor
-
     with _on_demand_lock:
         monitor, snapshot, expires = _on_demand.get(paths, (None, None, 0.0))
         if not fresh and snapshot is not None and time.monotonic() < expires:
@@ -168,3 +75,61 @@ def _sample_on_demand(paths: StatePaths, *, fresh: bool) -> Snapshot:
             _on_demand.clear()
         _on_demand[paths] = (monitor, snapshot, expires)
         return snapshot
+
+
+RECHECK_AFTER = timedelta(seconds=0.2)
+
+
+def find_run(
+    session_id: str, snapshot: Snapshot | None = None, *, fresh_tried: bool = False
+) -> Run | None:
+    """The run with this session id, live or on record; None if unknown or not a UUID."""
+    if not is_session_id(session_id):
+        return None
+    snapshot = snapshot or get_snapshot()
+    try:
+        record = Session.objects.filter(session_id=session_id).first()
+    except DatabaseError:
+        record = None  # the live view does not need the database
+    live = snapshot.get(session_id)
+    if live is None and record is not None and record.host != settings.OPSCONSOLE_HOST:
+        live = _reported_live(record)
+    stale = timezone.now() - snapshot.taken_at > RECHECK_AFTER
+    if live is None and record is None and not fresh_tried and stale:
+        # Started within the cache window: look once more before saying "not found"
+        # (bounded, so unknown ids cannot force a process scan per request).
+        return find_run(session_id, get_snapshot(fresh=True), fresh_tried=True)
+    if live is not None:
+        return run_from_live(live, record)
+    return run_from_record(record) if record is not None else None
+
+
+def _reported_live(record: Session) -> LiveSession | None:
+    """A live run on a reporting host: its tree from that host's latest sample."""
+    if record.status not in LIVE_STATUSES:
+        return None
+    try:
+        return fleet.snapshot([record.host]).get(str(record.session_id))
+    except DatabaseError:
+        return None
+
+
+def live_runs(snapshot: Snapshot | None = None) -> list[Run]:
+    snapshot = snapshot or get_snapshot()
+    return [run_from_live(live) for live in snapshot.sessions]
+
+
+def current_report() -> CollectionReport:
+    """The latest collection. The monitor collects on its own cadence; without one,
+    the collectors run here, at most once per snapshot window."""
+    snapshot = get_snapshot()
+    if snapshot.source != "on-demand":
+        return recorded_report()
+    report = cache.get(CACHE_KEY)
+    if report is None:
+        try:
+            report = collect_and_record()
+        except DatabaseError as exc:
+            report = CollectionReport(timezone.now(), {"database": [str(exc)]})
+        cache.set(CACHE_KEY, report, timeout=settings.OPSCONSOLE_SNAPSHOT_SECONDS)
+    return report

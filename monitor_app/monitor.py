@@ -9,6 +9,9 @@ collected and the watchdog runs on their own cadences inside the same loop.
 With the database down it keeps sampling and publishing to its local file;
 what it could not write waits (spool, sidecars, pending events) and is written
 when the database is back.
+
+One piece: one round, in the order it runs; the state it carries from one sample to
+the next (trees, leftovers, endings) is read and written only here.
 """
 
 from __future__ import annotations
@@ -18,18 +21,25 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from jobs_app.linking import job_index
+from jobs_app.models import AuditEntry, Job
 from monitor_app import published
 from monitor_app.events import EventOutbox, prune_events
-from monitor_app.live import LeftoverRun, LiveSession, Snapshot
+from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
+from monitor_app.snapshot import LeftoverRun, LiveSession, Snapshot
+from monitor_app.stopping import kill_leftover_processes
+from monitor_app.watchdog import find_overdue, stop_overdue
 from sessions_app import ingest, transcript_store
 from sessions_app.models import (
     LIVE_STATUSES,
@@ -52,7 +62,17 @@ STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
-HOSTS_STARTUP_GRACE = timedelta(seconds=15)
+
+# One round of a layer above the engine, run after each recorded sample.
+Step = Callable[["Monitor", Snapshot, datetime], None]
+
+
+class Reporting(Protocol):
+    """Report mode's side of a sample (fleet.reporting.ReportState)."""
+
+    def note(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None: ...
+    def report(self, snapshot: Snapshot, now: datetime) -> bool: ...
+    def stopped(self) -> None: ...
 
 
 @dataclass
@@ -103,7 +123,8 @@ class Monitor:
         interval: float | None = None,
         publish: bool = True,
         cadences: bool = True,
-        reporter=None,
+        steps: Sequence[Step] = (),
+        reporting: Callable[[Monitor], Reporting] | None = None,
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -137,14 +158,14 @@ class Monitor:
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
         self.watching_since = datetime.now(UTC)
-        # Report mode (fleet.report.Reporter): no database here; history goes to
-        # the console with each sample and leaves this host once acknowledged.
-        self.reporter = reporter
+        # The rounds of the layers above the engine (the fleet's, the alerts'), given by
+        # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
+        self.steps = tuple(steps)
+        # Report mode (fleet.reporting): no database here; history goes to the console
+        # with each sample and leaves this host once acknowledged.
         self.reporting = None
-        if reporter is not None:
-            from fleet.reporting import ReportState
-
-            self.reporting = ReportState(self)
+        if reporting is not None:
+            self.reporting = reporting(self)
             self.leftovers_loaded = True  # nothing on record here to load them from
 
     # ------------------------------------------------------------------ one round
@@ -165,7 +186,7 @@ class Monitor:
         else:
             self.sync(snapshot, gone, now)
             self.run_cadences(snapshot, now)
-            self.run_alerts(snapshot, now)
+            self.run_steps(snapshot, now)
         snapshot.scan_ms = round((time.perf_counter() - began) * 1000, 1)
         if self.reporting is not None:
             self.reporting.report(snapshot, now)
@@ -591,13 +612,6 @@ class Monitor:
             self.next_watchdog = mono + settings.OPSCONSOLE_WATCHDOG_SECONDS
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
-        if self.publish:
-            # Reporting hosts fall silent and requests to them expire without anyone looking.
-            from fleet.console import check_silent_hosts, expire_actions
-
-            # Hosts get a moment after a (re)start: the web workers may still be booting.
-            check_silent_hosts(now, watching_since=self.watching_since + HOSTS_STARTUP_GRACE)
-            expire_actions(now)
         if self.next_prune is None or now >= self.next_prune:
             self.next_prune = now + PRUNE_EVERY
             try:
@@ -605,24 +619,21 @@ class Monitor:
             except DatabaseError as exc:
                 log.warning("event retention skipped: %s", exc)
 
-    def run_alerts(self, snapshot: Snapshot, now: datetime) -> None:
-        """The alert rules on this sample's events and live runs; delivery has a thread of
-        its own, so a slow receiver never holds a sample back."""
+    def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
+        """The rounds of the layers above (alert rules, the fleet's silent hosts): each
+        one's failure is its own, so a rule's bug never stops sampling."""
         if not self.database_ok or not self.cadences:
             return  # the events wait in the database; the alert cursor has not moved
-        from alerts_app import engine
-
-        try:
-            engine.tick(now, snapshot)
-        except DatabaseError as exc:
-            log.warning("alert round deferred: %s", exc)
-            close_old_connections()
-        except Exception:  # a rule's bug must not stop sampling
-            log.exception("alert round failed")
+        for step in self.steps:
+            try:
+                step(self, snapshot, now)
+            except DatabaseError as exc:
+                log.warning("%s deferred: %s", step.__name__, exc)
+                close_old_connections()
+            except Exception:  # one layer's bug must not stop sampling
+                log.exception("%s failed", step.__name__)
 
     def collect_jobs(self, snapshot: Snapshot, now: datetime) -> None:
-        from monitor_app.job_status import collect_and_record, job_statuses
-
         try:
             report = collect_and_record(now)
             for scheduler, errors in report.errors.items():
@@ -655,8 +666,6 @@ class Monitor:
 
     def watchdog(self, snapshot: Snapshot, now: datetime) -> None:
         """Runs past their limit are stopped in a thread: a stop waits its grace period."""
-        from monitor_app.watchdog import find_overdue
-
         if self.watchdog_thread is not None and self.watchdog_thread.is_alive():
             return
         overdue = find_overdue(snapshot, now)
@@ -664,8 +673,6 @@ class Monitor:
             return
 
         def stop_all():
-            from monitor_app.watchdog import stop_overdue
-
             try:
                 stop_overdue(overdue, grace=settings.OPSCONSOLE_STOP_GRACE_SECONDS)
             finally:
@@ -676,10 +683,6 @@ class Monitor:
 
     def kill_due_leftovers(self, now: datetime) -> None:
         """The leftover rule: TERM after the grace period, KILL a stop-grace later."""
-        from jobs_app.linking import job_index
-        from jobs_app.models import AuditEntry, Job
-        from monitor_app.stopping import kill_leftover_processes
-
         grace = timedelta(seconds=settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS)
         due = [
             item

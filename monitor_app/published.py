@@ -23,15 +23,9 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from monitor_app.leftovers import leftover_payload
-from monitor_app.live import (
-    LeftoverRun,
-    LiveSession,
-    SkippedSidecar,
-    Snapshot,
-    sample_is_stale,
-)
 from monitor_app.models import HostSample
 from monitor_app.runs import session_url_templates
+from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot, sample_is_stale
 from sessions_app.proctree import ProcessDetail
 from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 

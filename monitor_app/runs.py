@@ -7,20 +7,17 @@ is its Session row. `find_run` joins the two so callers never have to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.urls import get_script_prefix, get_urlconf, reverse
-from django.utils import timezone
 
-from monitor_app.live import LiveSession, Snapshot, get_snapshot
-from sessions_app.models import LIVE_STATUSES, Session
+from monitor_app.snapshot import LiveSession
+from sessions_app.models import Session
 from sessions_app.proctree import ProcessDetail, TreeFigures
-from wrapper.formats import is_session_id, parse_iso
-
-RECHECK_AFTER = timedelta(seconds=0.2)
+from wrapper.formats import parse_iso
 
 
 @dataclass
@@ -186,47 +183,6 @@ def run_from_record(session: Session) -> Run:
         claude_pid=session.claude_pid,
         record=session,
     )
-
-
-def find_run(
-    session_id: str, snapshot: Snapshot | None = None, *, fresh_tried: bool = False
-) -> Run | None:
-    """The run with this session id, live or on record; None if unknown or not a UUID."""
-    if not is_session_id(session_id):
-        return None
-    snapshot = snapshot or get_snapshot()
-    try:
-        record = Session.objects.filter(session_id=session_id).first()
-    except DatabaseError:
-        record = None  # the live view does not need the database
-    live = snapshot.get(session_id)
-    if live is None and record is not None and record.host != settings.OPSCONSOLE_HOST:
-        live = _reported_live(record)
-    stale = timezone.now() - snapshot.taken_at > RECHECK_AFTER
-    if live is None and record is None and not fresh_tried and stale:
-        # Started within the cache window: look once more before saying "not found"
-        # (bounded, so unknown ids cannot force a process scan per request).
-        return find_run(session_id, get_snapshot(fresh=True), fresh_tried=True)
-    if live is not None:
-        return run_from_live(live, record)
-    return run_from_record(record) if record is not None else None
-
-
-def _reported_live(record: Session) -> LiveSession | None:
-    """A live run on a reporting host: its tree from that host's latest sample."""
-    from fleet.console import fleet
-
-    if record.status not in LIVE_STATUSES:
-        return None
-    try:
-        return fleet.snapshot([record.host]).get(str(record.session_id))
-    except DatabaseError:
-        return None
-
-
-def live_runs(snapshot: Snapshot | None = None) -> list[Run]:
-    snapshot = snapshot or get_snapshot()
-    return [run_from_live(live) for live in snapshot.sessions]
 
 
 def retry_chain(run: Run) -> list[Run]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor_app.live import SkippedSidecar, Snapshot
+from monitor_app.snapshot import SkippedSidecar, Snapshot
 from sessions_app import transcript_store
 from sessions_app.transcripts.locate import regular_file_within
 from sessions_app.trust import sidecar_trust_problem

@@ -18,7 +18,7 @@ import psutil
 from django.conf import settings
 from django.db import DatabaseError
 
-from monitor_app.live import LiveSession
+from monitor_app.snapshot import LiveSession
 from sessions_app.models import LIVE_STATUSES, Session, leftover_members
 from wrapper.formats import same_start_time
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
-from monitor_app.live import LiveSession, Snapshot, get_snapshot
+from monitor_app.snapshot import LiveSession, Snapshot
 from monitor_app.stopping import StopOutcome, stop_session
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,10 @@ def find_overdue(snapshot: Snapshot, now: datetime) -> list[Overdue]:
     return overdue
 
 
-def run_watchdog(*, dry_run: bool, grace: float, now: datetime | None = None) -> WatchdogReport:
+def run_watchdog(
+    snapshot: Snapshot, *, dry_run: bool, grace: float, now: datetime | None = None
+) -> WatchdogReport:
     report = WatchdogReport()
-    snapshot = get_snapshot(fresh=True)
     report.skipped += [f"sidecar {s.name}: {s.reason}" for s in snapshot.skipped]
     if snapshot.active_dir_error:
         report.skipped.append(f"sidecar directory: {snapshot.active_dir_error}")

@@ -22,6 +22,7 @@ from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from opsconsole.middleware import OUTAGE_USERNAME_KEY
 from opsconsole.models import ApiToken, hash_token
 
 
@@ -112,8 +113,6 @@ def forget_tokens(**_kwargs) -> None:
 @receiver(user_logged_in)
 def remember_username(sender, request, user, **_kwargs) -> None:
     """The session says who is logged in, for the read-only live view during an outage."""
-    from opsconsole.middleware import OUTAGE_USERNAME_KEY
-
     if request is not None and hasattr(request, "session"):
         request.session[OUTAGE_USERNAME_KEY] = user.get_username()
 

@@ -19,9 +19,10 @@ from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from alerts_app.engine import consecutive_failures
 from alerts_app.models import Alert, Channel, Delivery
+from alerts_app.outcome_rules import consecutive_failures
 from jobs_app.models import Job
+from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
 from sessions_app.models import LIVE_STATUSES, Session, Status
@@ -114,8 +115,6 @@ class ConsoleCollector:
                     counts[key] = counts.get(key, 0) + 1
         if not samples:  # no monitor has published yet: the in-process snapshot
             try:
-                from monitor_app.live import get_snapshot
-
                 for entry in get_snapshot().sessions:
                     key = (entry.sidecar.host, entry.state)
                     counts[key] = counts.get(key, 0) + 1

@@ -23,6 +23,8 @@ from django.template.loader import render_to_string
 from django.utils.cache import patch_cache_control
 from django.views.defaults import server_error as django_server_error
 
+from opsconsole.views import sessions as views
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
@@ -121,8 +123,6 @@ def live_view_during_outage(request, reason: str) -> HttpResponse | None:
     """The live page for a session that logged in before the outage (read from the
     session cache, never the database), or None for anyone else."""
     from django.core.cache import caches
-
-    from opsconsole.views import sessions as views
 
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)

@@ -18,6 +18,10 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 
+from alerts_app.engine import monitor_silent  # the alerts app, when installed
+from monitor_app.published import read_local_sample
+from monitor_app.snapshot import sample_is_stale
+
 log = logging.getLogger("opsconsole.supervise")
 
 # A monitor that dies sooner than this after starting counts towards the back-off.
@@ -85,9 +89,6 @@ class Supervisor:
 
     def silent(self) -> bool:
         """No sample in the monitor's local file for three intervals."""
-        from monitor_app.live import sample_is_stale
-        from monitor_app.published import read_local_sample
-
         sample = read_local_sample()
         if sample is None:
             return True
@@ -101,12 +102,6 @@ class Supervisor:
             return
         self.silent_reported = True
         try:
-            from alerts_app.engine import monitor_silent  # the alerts app, when installed
-        except ImportError:
-            return
-        try:
-            from monitor_app.published import read_local_sample
-
             sample = read_local_sample()
             monitor_silent(
                 settings.OPSCONSOLE_HOST, sample.taken_at if sample else None, datetime.now(UTC)

@@ -226,7 +226,7 @@ def sidecar_values(sidecar: Sidecar, status: str) -> dict:
 def record_live(sessions: list) -> dict[str, str]:
     """Make sure every live session has a row, and that its status is current.
 
-    `sessions` are live sessions (monitor_app.live.LiveSession). One SELECT for all
+    `sessions` are live sessions (monitor_app.snapshot.LiveSession). One SELECT for all
     of them; writes only for what is new or changed. A row that already ended (its
     completion record came first) is never turned back to live. Returns each
     session's status on record afterwards.

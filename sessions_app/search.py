@@ -16,6 +16,7 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
+from sessions_app.models import Session
 from sessions_app.transcripts.parse import record_entries
 
 TABLE = "sessions_app_transcriptline"
@@ -224,8 +225,6 @@ def indexed_lines() -> int:
 
 def search_with_sessions(query: str, limit: int = RESULTS) -> list[Hit]:
     """`search`, each hit carrying its Session row (tag, start) when there is one."""
-    from sessions_app.models import Session
-
     hits = search(query, limit)
     rows = Session.objects.in_bulk([hit.session_id for hit in hits], field_name="session_id")
     by_id = {str(key): value for key, value in rows.items()}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from sessions_app import search
+from sessions_app import remote_transcripts, search
+from sessions_app.remote_transcripts import cache_root
 from sessions_app.transcripts.locate import Located, find_subagent_transcripts, locate_transcript
 from sessions_app.transcripts.parse import UsageSummary, fold_noise, iter_records, to_entries
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
@@ -37,8 +38,6 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
     run on a reporting host, the copy the console keeps of it (remote_transcripts:
     from object storage, a private local copy brought up to date first)."""
     if session is not None and session.host and session.host != settings.OPSCONSOLE_HOST:
-        from sessions_app import remote_transcripts
-
         copy = remote_transcripts.readable_copy(session.host, session_id)
         if copy is not None:
             return Located(copy, "archive")
@@ -58,8 +57,6 @@ def locate(session_id: str, *, sidecar: Sidecar | None = None, session=None) -> 
 
 def roots() -> list[Path]:
     """Everything the console may read transcripts from."""
-    from sessions_app.remote_transcripts import cache_root
-
     return [
         *(Path(r) for r in settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS),
         Path(settings.OPSCONSOLE_STATE.archive),

@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.utils import timezone
 
-from alerts_app import engine
+from alerts_app import engine, incidents, live_rules
 from alerts_app.channel_urls import redact_url
 from alerts_app.delivery import send, send_test
 from alerts_app.models import (
@@ -29,8 +29,8 @@ from alerts_app.models import (
     Rule,
 )
 from jobs_app.models import AuditEntry, Job
-from monitor_app.live import LiveSession, Snapshot
 from monitor_app.models import Event, EventKind, HostSample
+from monitor_app.snapshot import LiveSession, Snapshot
 from sessions_app.ingest import record_completion
 from sessions_app.models import Session, Status
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id
@@ -153,7 +153,7 @@ def alert_settings(settings, console_state):
     settings.OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND = False
     engine._env_synced_at = None
     engine._pruned_at = None
-    engine._usual_runtime.clear()
+    incidents._usual_runtime.clear()
     yield settings
     engine._env_synced_at = None
 
@@ -700,7 +700,7 @@ def test_stop_on_cost_cap_stops_the_run(webhook, job, console_state, runs, setti
     started = time_module.monotonic()
     engine.tick(T0 + timedelta(seconds=2), snapshot(T0, live))
     assert time_module.monotonic() - started < 1.0, "the tick waited for the stop"
-    for thread in engine._stop_threads:
+    for thread in live_rules._stop_threads:
         thread.join(timeout=15)
     assert run.wrapper.wait(timeout=10) is not None
     assert run.agent.wait(timeout=10) is not None

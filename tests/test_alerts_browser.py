@@ -27,7 +27,7 @@ from alerts_app.models import Channel, JobAlertSettings
 from jobs_app.models import Job
 from monitor_app.models import Event
 from sessions_app.ingest import record_completion
-from monitor_app.live import Snapshot
+from monitor_app.snapshot import Snapshot
 from wrapper.formats import SpoolRecord, new_session_id
 
 host = settings.OPSCONSOLE_HOST

@@ -33,8 +33,8 @@ def bearer(token: str) -> dict:
 API_PATHS = [
     "/api/claude-active",
     "/api/sessions",
-    f"/api/sessions/{uuid.uuid4()}",
-    f"/api/claude-jsonl/{uuid.uuid4()}",
+    "/api/sessions/7d3c1f0e-5a2b-4c6d-8e9f-0a1b2c3d4e5f",
+    "/api/claude-jsonl/2b9e4d7a-1c3f-4e5a-9b8c-7d6e5f4a3b2c",
 ]
 
 

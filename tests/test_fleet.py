@@ -24,12 +24,14 @@ from django.contrib.auth import get_user_model
 from django.core.files.storage import InMemoryStorage
 from django.test import Client
 
-from fleet.console import check_silent_hosts, expire_actions, fleet
+from fleet.hosts import check_silent_hosts, expire_actions
 from fleet.report import Reporter, check_report_url
+from fleet.reporting import reporting_monitor
 from jobs_app.models import AuditEntry
+from monitor_app.fleet_reader import fleet
+from monitor_app.live import live_runs
 from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
 from monitor_app.monitor import Monitor
-from monitor_app.runs import live_runs
 from sessions_app.models import Session, Status
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.live_helpers import start_fake_run, wait_until
@@ -59,10 +61,10 @@ def host_a(console_state, monkeypatch):
     """A monitor reporting as host-a (its runs carry that host name) and its token."""
     monkeypatch.setenv("OPSCONSOLE_HOST_NAME", "host-a")
     _row, token = HostToken.issue("host-a")
-    monitor = Monitor(
+    monitor = reporting_monitor(
+        Reporter("http://127.0.0.1:1", token, transport=client_transport(Client())),
         host="host-a",
         interval=1.0,
-        reporter=Reporter("http://127.0.0.1:1", token, transport=client_transport(Client())),
     )
     return monitor
 
@@ -149,7 +151,7 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     assert pending_before >= 0
 
     _row, token = HostToken.issue("host-a")
-    host_a.reporter.token = token
+    host_a.reporting.reporter.token = token
     latest = report_once(host_a)
     assert not spool_file.exists()
     ingested = list((console_state.paths.spool / "ingested").rglob(f"{record.session_id}.json"))
@@ -166,17 +168,17 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     payload["completions"] = [asdict(record)]
     events_before = Event.objects.count()
     for _ in range(2):
-        host_a.reporter.send(payload)
+        host_a.reporting.reporter.send(payload)
     assert Session.objects.filter(session_id=record.session_id).count() == 1
     assert Event.objects.count() == events_before
     assert Event.objects.filter(kind=EventKind.RUN_ENDED, session_id=record.session_id).count() == 1
 
     # An old report retried never takes the sample back; a restarted monitor's always counts.
     current = HostSample.objects.get(host="host-a").seq
-    host_a.reporter.send(dict(payload, sample=dict(payload["sample"], seq=1)))
+    host_a.reporting.reporter.send(dict(payload, sample=dict(payload["sample"], seq=1)))
     assert HostSample.objects.get(host="host-a").seq == current
     restarted = dict(payload["sample"], seq=1, monitor_pid=payload["sample"]["monitor_pid"] + 1)
-    host_a.reporter.send(dict(payload, sample=restarted))
+    host_a.reporting.reporter.send(dict(payload, sample=restarted))
     assert HostSample.objects.get(host="host-a").seq == 1
 
 
@@ -195,7 +197,7 @@ def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(hos
         ).status_code
 
     assert post(payload, token_b) == 403, "host-a's sample with host-b's token"
-    token_a = host_a.reporter.token
+    token_a = host_a.reporting.reporter.token
     foreign = dict(payload, completions=[asdict(spool_record(console_state.paths, "host-b"))])
     assert post(foreign, token_a) == 403, "a record naming host-b in host-a's report"
     assert not Session.objects.filter(host="host-b").exists()
@@ -567,7 +569,7 @@ def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what
     report_once(host_a)  # leftovers seen
     fleet_rows = staff.get("/live/rows/?host=all").content.decode()
     assert f'<tr data-session-id="{leaver.session_id}" class="leftover-row">' in fleet_rows
-    restarted = Monitor(host="host-a", interval=1.0, reporter=host_a.reporter)
+    restarted = reporting_monitor(host_a.reporting.reporter, host="host-a", interval=1.0)
     assert [p for p, _ in restarted.leftovers[leaver.session_id].members] == [tool.pid], (
         "a restarted reporting monitor follows the leftovers it knew"
     )

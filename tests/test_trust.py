@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from monitor_app.live import LiveSession
+from monitor_app.snapshot import LiveSession
 from monitor_app.stopping import stop_session
 from sessions_app.trust import is_trusted_sidecar, may_signal, sidecar_trust_problem
 from tests.live_helpers import SLEEPER, kill, sidecar_for

@@ -4,6 +4,9 @@ One definition of each file format: the sidecar (one per live wrapper), the
 spool record (one per finished attempt), the quota stamp (org-level), and the
 paths they live at. Stdlib only: the console imports this module too, and the
 wrapper must run on a host with nothing but Python.
+
+One piece: the protocol in one file, so each format has exactly one definition that
+the wrapper and the console share.
 """
 
 from __future__ import annotations

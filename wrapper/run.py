@@ -3,6 +3,9 @@ a completion record and an archived transcript for every attempt.
 
 The console is never needed here: everything the wrapper knows ends up in files
 under $OPSCONSOLE_HOME, which the console ingests whenever it next looks.
+
+One piece: one process's life (attempts, signals, sidecar, completion record), read
+top to bottom as it happens.
 """
 
 from __future__ import annotations

@@ -14,15 +14,15 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from fleet.console import (
-    ReportRejected,
-    expire_actions,
-    host_rows,
-    receive_report,
-    request_action,
-)
+from fleet.console import ReportRejected, receive_report
+from fleet.hosts import expire_actions, host_rows
 from jobs_app.models import AuditEntry
+from monitor_app import published
+from monitor_app.fleet_reader import fleet
+from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostToken, RemoteAction
+from monitor_app.remote_actions import request_action
+from monitor_app.stopping import stop_session
 from opsconsole.auth import api_view, json_error, unauthorized
 from sessions_app.models import LIVE_STATUSES, Session
 from wrapper.formats import is_session_id
@@ -141,9 +141,6 @@ def hosts_report(request):
 @require_POST
 def session_stop(request, session_id: str):
     """Stop a live run, on this host or on a reporting host (then a pending request)."""
-    from monitor_app.live import get_snapshot
-    from monitor_app.stopping import stop_session
-
     if not request.user.is_staff:
         return json_error("Operator actions need admin rights (staff status).", 403)
     session = (
@@ -239,9 +236,6 @@ def hosts(request):
 def claude_active_of(request, host: str):
     """/api/claude-active?host=NAME|all: a reporting host's sample, or the fleet's."""
     from django.http import HttpResponse, HttpResponseNotModified
-
-    from fleet.console import fleet
-    from monitor_app import published
 
     if host == "all":
         body, etag = fleet.api_document()

@@ -17,8 +17,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from monitor_app import published
 from monitor_app.leftovers import kill_leftovers, leftover_payload, leftovers_of
-from monitor_app.live import ensure_history_current, get_snapshot
-from monitor_app.runs import find_run, run_from_record, run_payload
+from monitor_app.live import ensure_history_current, find_run, get_snapshot
+from monitor_app.runs import run_from_record, run_payload
+from opsconsole.api.hosts import claude_active_of
 from opsconsole.auth import api_view, json_error
 from sessions_app import transcript_store
 from sessions_app.export import json_chunks
@@ -45,8 +46,6 @@ def claude_active(request):
     `?host=NAME`: that host's latest sample; `?host=all`: every host's (the fleet)."""
     host = request.GET.get("host", "")
     if host and host != settings.OPSCONSOLE_HOST:
-        from opsconsole.api.hosts import claude_active_of
-
         return claude_active_of(request, host)
     item, source = published.reader.published(settings.OPSCONSOLE_HOST)
     if item is None or not published.is_fresh(item):

@@ -9,8 +9,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from fleet.console import expire_actions, host_rows, request_action
+from fleet.hosts import expire_actions, host_rows
+from jobs_app.models import AuditEntry, Job
+from monitor_app.live import get_snapshot
 from monitor_app.models import RemoteAction
+from monitor_app.remote_actions import request_action
+from monitor_app.stopping import stop_session
 from sessions_app.models import LIVE_STATUSES, Session
 from wrapper.formats import is_session_id
 
@@ -57,8 +61,6 @@ def requests_for_session(session_id, host: str) -> dict:
 @require_GET
 def remote_requests(request):
     """The requests section of a job or session page, re-read while a request is open."""
-    from jobs_app.models import Job
-
     job_id, session_id = request.GET.get("job", ""), request.GET.get("session", "")
     if job_id.isdigit():
         context = requests_for_job(get_object_or_404(Job, pk=int(job_id)))
@@ -92,10 +94,6 @@ def session_stop(request, session_id):
             "monitor's next report; the Hosts page shows the outcome",
         )
     else:
-        from jobs_app.models import AuditEntry
-        from monitor_app.live import get_snapshot
-        from monitor_app.stopping import stop_session
-
         live = get_snapshot(fresh=True).get(str(session_id))
         if live is None:
             messages.error(request, "stop: the run is not live on this host")

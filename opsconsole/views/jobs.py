@@ -15,7 +15,8 @@ from django.views.decorators.http import require_GET, require_POST
 from jobs_app.models import Job
 from jobs_app.runs import recent_runs
 from monitor_app.job_controls import ControlError, perform
-from monitor_app.job_status import current_report, job_statuses, status_payload
+from monitor_app.job_status import job_statuses, status_payload
+from monitor_app.live import current_report, get_snapshot
 from opsconsole.auth import api_view, json_error
 from opsconsole.views.hosts import requests_for_job
 from opsconsole.views.job_charts import cost_chart, duration_chart
@@ -23,7 +24,7 @@ from opsconsole.views.job_charts import cost_chart, duration_chart
 
 def _dashboard_context(request) -> dict:
     report = current_report()
-    statuses = job_statuses()
+    statuses = job_statuses(get_snapshot())
     # Jobs of every host, counted per host; ?host=NAME shows one host's.
     hosts = Counter(status.job.host for status in statuses)
     host = request.GET.get("host", "")[:255]
@@ -58,7 +59,7 @@ def status(request):
     report = current_report()
     return JsonResponse(
         {
-            "jobs": [status_payload(s) for s in job_statuses()],
+            "jobs": [status_payload(s) for s in job_statuses(get_snapshot())],
             "collector_errors": report.errors,
             "schedulers": report.schedulers,
             "collected_at": report.taken_at.isoformat(),
@@ -69,7 +70,7 @@ def status(request):
 @require_GET
 def job_page(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
-    status = next(s for s in job_statuses() if s.job.pk == job.pk)
+    status = next(s for s in job_statuses(get_snapshot()) if s.job.pk == job.pk)
     runs = recent_runs(job)
     return render(
         request,

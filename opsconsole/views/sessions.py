@@ -21,10 +21,14 @@ from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from fleet.hosts import is_silent
 from jobs_app.models import Job
+from monitor_app.fleet_reader import fleet
 from monitor_app.leftovers import kill_leftovers, leftovers_of
-from monitor_app.live import ensure_history_current, get_snapshot
-from monitor_app.runs import find_run, live_runs, retry_chain
+from monitor_app.live import ensure_history_current, find_run, get_snapshot, live_runs
+from monitor_app.models import HostSample
+from monitor_app.runs import retry_chain
+from opsconsole.views.hosts import requests_for_session
 from sessions_app import transcript_store
 from sessions_app.charts import cost_chart
 from sessions_app.costs import cost_report
@@ -45,8 +49,6 @@ def _live_context(request, snapshot=None) -> dict:
     # ?host=NAME shows a reporting host's runs, ?host=all the whole fleet (fleet.console).
     host = request.GET.get("host", "")[:255]
     if host == "all":
-        from fleet.console import fleet
-
         # A page of thousands of rows helps nobody and costs ~0.1 ms a row: the most
         # recent ones, the rest one host away.
         view = fleet.live(settings.OPSCONSOLE_FLEET_LIVE_ROWS)
@@ -58,8 +60,6 @@ def _live_context(request, snapshot=None) -> dict:
             "runs_hidden": view.runs_total - len(view.runs),
         }
     if host and host != settings.OPSCONSOLE_HOST:
-        from fleet.console import fleet
-
         snapshot = fleet.snapshot([host])
     else:
         host, snapshot = "", snapshot or get_snapshot()
@@ -114,9 +114,6 @@ def render_live(request, *, outage_reason: str | None = None):
         "outage_reason": outage_reason,
     }
     if outage_reason is None:
-        from fleet.console import is_silent
-        from monitor_app.models import HostSample
-
         samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
         # Reporting hosts only: a one-host console shows no host filter.
         context["fleet_hosts"] = [
@@ -160,12 +157,9 @@ def session_page(request, session_id):
     page = transcript_store.read_page(
         session_id, sidecar=sidecar, session=run.record, before=before, at=at
     )
-    from opsconsole.views.hosts import requests_for_session
 
     snapshot = get_snapshot()
     if run.host != settings.OPSCONSOLE_HOST:  # a reporting host's run: its latest sample
-        from fleet.console import fleet
-
         snapshot = fleet.snapshot([run.host])
     return render(
         request,

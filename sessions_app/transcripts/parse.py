@@ -7,6 +7,8 @@ raw. Produces plain text only; templates escape it.
 Token totals count each API response once, per (message.id, requestId), keeping
 the largest usage: the CLI writes one line per content block and repeats the
 usage on each, which otherwise inflates totals 1.4-2.5x.
+
+One piece: every record shape of every CLI version, decided in one place.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections, connection
 
 from alerts_app import engine
+from monitor_app.live import get_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ class Command(BaseCommand):
         snapshot = None
         if not no_live:
             try:
-                from monitor_app.live import get_snapshot
-
                 snapshot = get_snapshot()
             except Exception as exc:  # rules on events still run
                 log.warning("no live snapshot this round: %s", exc)

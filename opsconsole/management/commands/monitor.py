@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from fleet.report import Reporter
-from monitor_app.monitor import Monitor
+from fleet.reporting import reporting_monitor
+from opsconsole.monitoring import console_monitor
 
 
 class Command(BaseCommand):
@@ -55,7 +56,7 @@ class Command(BaseCommand):
         if report_to:
             return self.report_mode(report_to, token, insecure, interval, once)
         shorten_database_timeouts()
-        monitor = Monitor(interval=interval)
+        monitor = console_monitor(interval=interval)
         if once:
             snapshot = monitor.tick()
             self.stdout.write(
@@ -78,7 +79,7 @@ class Command(BaseCommand):
             reporter = Reporter(url, token, insecure=insecure)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        monitor = Monitor(interval=interval, reporter=reporter)
+        monitor = reporting_monitor(reporter, interval=interval)
         if once:
             snapshot = monitor.tick()
             error = monitor.reporting.last_error

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from sessions_app import search
 from sessions_app.models import LIVE_STATUSES, Session
+from sessions_app.remote_transcripts import cache_root
 from wrapper.formats import is_session_id
 
 
@@ -72,8 +73,6 @@ class Command(BaseCommand):
         the private copies of those in object storage), last written before the cutoff;
         a run still live is kept. Objects in object storage are the bucket's lifecycle
         rules' to expire."""
-        from sessions_app.remote_transcripts import cache_root
-
         limit = cutoff.timestamp()
         found = []
         for root in (settings.OPSCONSOLE_STATE.archive / "hosts", cache_root()):

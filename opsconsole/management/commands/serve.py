@@ -10,6 +10,8 @@ import os
 
 from django.core.management.base import BaseCommand
 
+from opsconsole.cli import main
+
 
 class Command(BaseCommand):
     help = (
@@ -26,6 +28,4 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=8)
 
     def handle(self, *args, **options):
-        from opsconsole.cli import main
-
         main(["serve", "--bind", options["bind"], "--threads", str(options["threads"])])

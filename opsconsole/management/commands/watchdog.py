@@ -8,6 +8,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from monitor_app.live import get_snapshot
 from monitor_app.watchdog import run_watchdog
 
 
@@ -45,7 +46,7 @@ class Command(BaseCommand):
                 return
 
     def check_once(self, dry_run: bool, grace: float) -> None:
-        report = run_watchdog(dry_run=dry_run, grace=grace)
+        report = run_watchdog(get_snapshot(fresh=True), dry_run=dry_run, grace=grace)
         verb = "would stop" if dry_run else "stopped"
         for item in report.overdue:
             self.stdout.write(f"{verb}: {item.describe()}")

@@ -1,0 +1,200 @@
+"""The console's view of the hosts that report to it: when each was last heard, which
+have fallen silent (an event, once), the Hosts page's rows, and requests to them
+that expire unanswered. `fleet_round` runs these as a step of the console's monitor."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from jobs_app.models import AuditEntry, Job
+from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
+from monitor_app.monitor import Monitor
+from monitor_app.snapshot import SILENT_AFTER_INTERVALS, Snapshot
+from sessions_app.models import (
+    Session,
+)
+
+log = logging.getLogger(__name__)
+
+
+# An operator request not carried out within this long is expired, with the reason.
+ACTION_TTL = timedelta(seconds=120)
+
+
+# Hosts get a moment after the console's monitor (re)starts: web workers may still boot.
+HOSTS_STARTUP_GRACE = timedelta(seconds=15)
+
+
+def expire_actions(now: datetime | None = None) -> int:
+    """Requests nobody will carry out: the host went silent, or never answered."""
+    now = now or timezone.now()
+    expired = 0
+    open_rows = RemoteAction.objects.filter(state__in=RemoteAction.OPEN_STATES).select_related(
+        "job"
+    )
+    hosts = {h.host: h for h in HostSample.objects.filter(host__in=open_rows.values("host"))}
+    for action in open_rows:
+        sample = hosts.get(action.host)
+        silent_since = None
+        if sample is None:
+            silent_since = "it never reported"
+        elif is_silent(sample, now):
+            silent_since = f"its last report was at {last_heard(sample):%Y-%m-%d %H:%M:%S} UTC"
+        too_old = now - (action.sent_at or action.requested_at) > ACTION_TTL
+        if silent_since and action.state == RemoteAction.State.PENDING:
+            message = (
+                f"expired: host {action.host} is silent ({silent_since}); "
+                "the request was never delivered and nothing was done"
+            )
+        elif too_old:
+            message = (
+                f"expired: host {action.host} was handed the request at "
+                f"{action.sent_at:%H:%M:%S} UTC and never reported an outcome"
+                if action.sent_at
+                else f"expired: host {action.host} did not collect the request within "
+                f"{int(ACTION_TTL.total_seconds())} s"
+            )
+        else:
+            continue
+        updated = RemoteAction.objects.filter(pk=action.pk, state=action.state).update(
+            state=RemoteAction.State.EXPIRED, finished_at=now, message=message
+        )
+        if updated:
+            expired += 1
+            AuditEntry.objects.create(
+                actor=action.requested_by,
+                action=action.kind,
+                job=action.job,
+                target=str(action.session_id or "") or (action.job.label if action.job else ""),
+                ok=False,
+                output=message,
+                detail={"message": message, "host": action.host, "remote_action": action.pk},
+            )
+    return expired
+
+
+def last_heard(sample: HostSample) -> datetime:
+    """The console's clock when it has one (a reported sample), else the host's own."""
+    return sample.received_at or sample.taken_at
+
+
+def is_silent(
+    sample: HostSample, now: datetime | None = None, since: datetime | None = None
+) -> bool:
+    now = now or datetime.now(UTC)
+    limit = SILENT_AFTER_INTERVALS * max(sample.interval_seconds, 0.5)
+    heard = last_heard(sample) if since is None else max(last_heard(sample), since)
+    return (now - heard).total_seconds() > limit
+
+
+def check_silent_hosts(
+    now: datetime | None = None, watching_since: datetime | None = None
+) -> list[str]:
+    """A monitor_silent event once per silence (keyed by the last sample's seq).
+
+    `watching_since`: when the console's monitor started. A host is not called silent
+    for the time the console itself was down (its reports could not arrive)."""
+    now = now or timezone.now()
+    silent = []
+    rows = HostSample.objects.only("host", "seq", "taken_at", "received_at", "interval_seconds")
+    events = []
+    for sample in rows:
+        if not is_silent(sample, now):
+            continue
+        if watching_since is not None and not is_silent(sample, now, since=watching_since):
+            continue
+        silent.append(sample.host)
+        heard = last_heard(sample)
+        events.append(
+            Event(
+                at=now,
+                host=sample.host,
+                kind=EventKind.MONITOR_SILENT,
+                message=f"monitor on {sample.host} silent: last sample "
+                f"{heard:%Y-%m-%d %H:%M:%S} UTC, {int((now - heard).total_seconds())} s ago",
+                detail={"last_seq": sample.seq, "last_heard": heard.isoformat()},
+                dedupe_key=f"{sample.host}:monitor_silent:{sample.seq}"[:200],
+            )
+        )
+    if events:
+        Event.objects.bulk_create(events, ignore_conflicts=True)
+    return silent
+
+
+@dataclass
+class HostRow:
+    host: str
+    sample: HostSample | None
+    age_seconds: float | None
+    silent: bool
+    live_runs: int
+    leftovers: int
+    quota_until: str | None
+    jobs: int
+    this_host: bool
+    tokens: int
+    runs_30d: int = 0
+    cost_30d: float | None = None
+
+
+def host_rows(now: datetime | None = None) -> list[HostRow]:
+    from django.db.models import Count, Sum
+
+    now = now or timezone.now()
+    # Totals across machines: runs and cost of the last 30 days, per host, one query.
+    recent = {
+        host: (runs, cost)
+        for host, runs, cost in Session.objects.filter(started_at__gte=now - timedelta(days=30))
+        .values("host")
+        .annotate(runs=Count("session_id"), cost=Sum("cost_usd"))
+        .values_list("host", "runs", "cost")
+    }
+    samples = {s.host: s for s in HostSample.objects.all()}
+    jobs = dict(Job.objects.values_list("host").annotate(n=Count("id")))
+    tokens = dict(
+        HostToken.objects.filter(revoked_at=None).values_list("host").annotate(n=Count("id"))
+    )
+    rows = []
+    for host in sorted(set(samples) | set(tokens) | set(recent) | {settings.OPSCONSOLE_HOST}):
+        sample = samples.get(host)
+        live = leftovers = 0
+        quota = None
+        if sample is not None:
+            try:
+                api = json.loads(sample.api_document)
+                live, leftovers = len(api.get("sessions", [])), len(api.get("leftovers", []))
+                quota = api.get("quota_until")
+            except ValueError:
+                pass
+        rows.append(
+            HostRow(
+                host=host,
+                sample=sample,
+                age_seconds=(now - last_heard(sample)).total_seconds() if sample else None,
+                silent=sample is None or is_silent(sample, now),
+                live_runs=live,
+                leftovers=leftovers,
+                quota_until=quota,
+                jobs=jobs.get(host, 0),
+                this_host=host == settings.OPSCONSOLE_HOST,
+                tokens=tokens.get(host, 0),
+                runs_30d=recent.get(host, (0, None))[0],
+                cost_30d=float(c) if (c := recent.get(host, (0, None))[1]) is not None else None,
+            )
+        )
+    return rows
+
+
+def fleet_round(monitor: Monitor, snapshot: Snapshot, now: datetime) -> None:
+    """The console's rules about other hosts, each sample: reporting hosts fall silent,
+    and requests to them expire, without anyone looking."""
+    if not monitor.publish:
+        return
+    check_silent_hosts(now, watching_since=monitor.watching_since + HOSTS_STARTUP_GRACE)
+    expire_actions(now)

@@ -1,0 +1,204 @@
+"""Every host's latest published sample, read back for the console: the fleet's
+/api/claude-active body, the all-hosts live page and one Snapshot of any hosts.
+Each host's document is parsed once per version and shared by every thread."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+
+from monitor_app import published
+from monitor_app.models import HostSample
+from monitor_app.runs import run_from_listing
+from monitor_app.snapshot import Snapshot, sample_is_stale
+from wrapper.formats import parse_iso
+
+
+@dataclass
+class FleetLive:
+    """What the all-hosts live page shows: every host's most recent runs, as listed in
+    their API documents, and the banners and leftovers of the hosts that have any."""
+
+    runs: list  # monitor_app.runs.Run, most recent first, at most `limit`
+    runs_total: int
+    snapshot: Snapshot  # banners and leftovers only: its `sessions` are not the fleet's
+
+
+class HostListing:
+    """One host's API document, parsed once per version. Its sessions and leftovers are
+    serialised as JSON array items when the fleet's body first needs them: the body is
+    these pieces joined, never 2,000 runs encoded again."""
+
+    def __init__(self, version: tuple[int, str], text: str) -> None:
+        self.version = version  # (seq, ETag): a restarted monitor may send a seq again
+        self.document = json.loads(text)
+        self.taken_at = parse_iso(self.document["taken_at"])
+
+    @cached_property
+    def sessions_json(self) -> bytes:
+        return _array_items(self.document.get("sessions", []))
+
+    @cached_property
+    def leftovers_json(self) -> bytes:
+        return _array_items(self.document.get("leftovers", []))
+
+
+def _array_items(items: list) -> bytes:
+    return json.dumps(items, separators=(",", ":")).encode()[1:-1]
+
+
+class FleetReader:
+    """Every host's latest sample, parsed once per version; what is combined from them
+    is built once per change of any host and shared by every thread of the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._api: dict[str, HostListing] = {}
+        self._snapshots: dict[str, tuple[tuple[int, str], Snapshot]] = {}
+        self._combined: tuple[tuple, bytes, str] | None = None
+        self._live: tuple[tuple, FleetLive] | None = None
+
+    def _heads(self) -> list[tuple[str, tuple[int, str]]]:
+        """(host, version) of every host's latest sample: one narrow query."""
+        rows = HostSample.objects.order_by("host").values_list("host", "seq", "etag")
+        return [(host, (seq, etag)) for host, seq, etag in rows]
+
+    def _rows(self, hosts: list[str], fields: tuple[str, ...]):
+        return HostSample.objects.filter(host__in=hosts).values_list("host", "seq", "etag", *fields)
+
+    def _listings(self, heads: list[tuple[str, tuple[int, str]]]) -> list[tuple[str, HostListing]]:
+        """Each host's parsed API document; only those whose version changed are read again."""
+        stale = [h for h, version in heads if (h in self._api and self._api[h].version) != version]
+        for host, seq, etag, text in self._rows(stale, ("api_document",)) if stale else ():
+            try:
+                self._api[host] = HostListing((seq, etag), text)
+            except (ValueError, KeyError, TypeError):
+                continue
+        return [(host, self._api[host]) for host, _version in heads if host in self._api]
+
+    def api_document(self) -> tuple[bytes, str]:
+        """The fleet's /api/claude-active body (every host's sessions) and its ETag.
+
+        Rebuilt when any host's sample or silence changes: the hosts' own pieces are
+        joined as they are, so a rebuild costs the bytes copied, not a re-encoding."""
+        now = datetime.now(UTC)
+        listings = self._listings(self._heads())
+        key = tuple(
+            (
+                host,
+                listing.version,
+                sample_is_stale(listing.taken_at, listing.document["interval_seconds"], now),
+            )
+            for host, listing in listings
+        )
+        combined = self._combined
+        if combined is not None and combined[0] == key:
+            return combined[1], combined[2]
+        hosts = [
+            {
+                "host": host,
+                "seq": listing.document["seq"],
+                "taken_at": listing.document["taken_at"],
+                "silent": silent,
+                "live": len(listing.document.get("sessions", [])),
+            }
+            for (host, _version, silent), (_host, listing) in zip(key, listings, strict=True)
+        ]
+        body = b"".join(
+            (
+                b'{"host":"all","hosts":',
+                json.dumps(hosts, separators=(",", ":")).encode(),
+                b',"sessions":[',
+                b",".join(item.sessions_json for _host, item in listings if item.sessions_json),
+                b'],"leftovers":[',
+                b",".join(item.leftovers_json for _host, item in listings if item.leftovers_json),
+                b"]}",
+            )
+        )
+        # The key names every piece of the body, so its digest is the body's ETag.
+        etag = '"' + hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest() + '"'
+        with self._lock:
+            self._combined = (key, body, etag)
+        return body, etag
+
+    def live(self, limit: int) -> FleetLive:
+        """The all-hosts live page's runs: the `limit` most recent of the fleet.
+
+        Built from the API documents (a tenth of the state documents' bytes, and parsed
+        for /api/claude-active?host=all anyway); only the listed runs become Run objects.
+        Leftovers, skipped sidecars and quota stamps come from the state documents of
+        the few hosts that report any."""
+        heads = self._heads()
+        key = (tuple(heads), limit)
+        cached = self._live
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        documents = [(host, listing.document) for host, listing in self._listings(heads)]
+        listed = [item for _host, doc in documents for item in doc.get("sessions", [])]
+        # As sorted(..., reverse=True)[:limit], host order kept among equal start times.
+        recent = heapq.nlargest(limit, listed, key=lambda item: item["started_at"])
+        noted = [
+            host
+            for host, doc in documents
+            if doc.get("leftovers") or doc.get("skipped_sidecars") or doc.get("quota_until")
+        ]
+        snapshot = Snapshot(taken_at=datetime.now(UTC), source="monitor")
+        if noted:
+            noted_snapshot = self.snapshot(noted)
+            snapshot.leftovers = noted_snapshot.leftovers
+            snapshot.skipped = noted_snapshot.skipped
+            snapshot.quota_until = noted_snapshot.quota_until
+            snapshot.quota_reason = noted_snapshot.quota_reason
+        view = FleetLive(
+            runs=[run_from_listing(item) for item in recent],
+            runs_total=len(listed),
+            snapshot=snapshot,
+        )
+        with self._lock:
+            self._live = (key, view)
+        return view
+
+    def snapshot(self, hosts: list[str] | None = None) -> Snapshot:
+        """One Snapshot of every host's live sessions (or of the named hosts)."""
+        heads = [(h, v) for h, v in self._heads() if hosts is None or h in hosts]
+        stale = [h for h, version in heads if self._snapshots.get(h, (None,))[0] != version]
+        if stale:
+            fields = ("state_document", "taken_at")
+            for host, seq, etag, document, taken_at in self._rows(stale, fields):
+                try:
+                    snap = published.snapshot_from_state(
+                        json.loads(document), seq=seq, source="monitor"
+                    )
+                except (ValueError, KeyError, TypeError):
+                    continue
+                snap.taken_at = taken_at
+                self._snapshots[host] = ((seq, etag), snap)
+        combined = Snapshot(taken_at=datetime.now(UTC), source="monitor")
+        oldest = None
+        for host, _version in heads:
+            item = self._snapshots.get(host)
+            if item is None:
+                continue
+            snap = item[1]
+            combined.sessions.extend(snap.sessions)
+            combined.leftovers.extend(snap.leftovers)
+            combined.skipped.extend(snap.skipped)
+            if snap.quota_until and not combined.quota_until:
+                combined.quota_until, combined.quota_reason = snap.quota_until, snap.quota_reason
+            if oldest is None or snap.taken_at < oldest.taken_at:
+                oldest = snap
+        if oldest is not None and hosts is not None and len(hosts) == 1:
+            combined.taken_at, combined.interval_seconds = oldest.taken_at, oldest.interval_seconds
+            combined.seq = oldest.seq
+            # PIDs mean something within one host only: ancestry joins for one host's view.
+            combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)
+        combined.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
+        return combined
+
+
+fleet = FleetReader()

@@ -1,0 +1,105 @@
+"""What one sample saw: the live sessions, the leftovers of ended runs and the sidecars
+skipped, as plain data. The monitor makes these, publishes them, and every reader
+(pages, the fleet, alerts) gets them back the same shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sessions_app.proctree import ProcessDetail, TreeFigures
+from wrapper.formats import Sidecar, parse_iso
+
+
+@dataclass
+class LiveSession(TreeFigures):
+    # For an unwrapped session, a sidecar made from its registry entry: the agent is
+    # both "wrapper" and agent, its tag is "unwrapped" and its platform the entrypoint.
+    sidecar: Sidecar
+    state: str  # "live", "orphaned" or "unwrapped"
+    processes: list[ProcessDetail]
+    last_tool_call: str | None = None
+    wrapped: bool = True
+    # When the transcript last grew or the tree last used CPU, if not in the latest sample.
+    idle_since: datetime | None = None
+    running_cost_usd: float | None = None
+    transcript_bytes: int | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self.sidecar.session_id
+
+    @property
+    def started_at(self) -> datetime:
+        return parse_iso(self.sidecar.started_at)
+
+    @property
+    def retrying(self) -> bool:
+        return self.sidecar.attempt > 1
+
+
+@dataclass
+class SkippedSidecar:
+    name: str
+    reason: str
+
+
+# A sample older than this many of its intervals means its monitor has fallen silent.
+SILENT_AFTER_INTERVALS = 3
+
+
+def sample_is_stale(taken_at: datetime, interval_seconds: float, now: datetime | None = None):
+    """True when a sample is older than SILENT_AFTER_INTERVALS of its interval."""
+    age = ((now or datetime.now(UTC)) - taken_at).total_seconds()
+    return age > SILENT_AFTER_INTERVALS * interval_seconds
+
+
+@dataclass
+class LeftoverRun(TreeFigures):
+    """A run that ended while processes of its tree lived on (reparented to PID 1)."""
+
+    session_id: str
+    script_tag: str
+    host: str
+    ended_at: datetime
+    processes: list[ProcessDetail]
+
+
+@dataclass
+class Snapshot:
+    taken_at: datetime
+    sessions: list[LiveSession] = field(default_factory=list)
+    leftovers: list[LeftoverRun] = field(default_factory=list)
+    skipped: list[SkippedSidecar] = field(default_factory=list)
+    # Every ancestor PID of a session's wrapper -> the sessions under it: how a
+    # scheduler's job PID finds its live session in O(1).
+    sessions_by_ancestor: dict[int, list[str]] = field(default_factory=dict)
+    active_dir_error: str | None = None
+    database_error: str | None = None
+    rejected_spool_files: int = 0
+    scan_ms: float = 0.0
+    # Where this snapshot came from: "monitor" (published), "local" (the monitor's file,
+    # the database being unreadable), or "on-demand" (no monitor: this process sampled).
+    source: str = "on-demand"
+    seq: int = 0
+    interval_seconds: float = 2.0
+    quota_until: str | None = None
+    quota_reason: str | None = None
+    # For an on-demand snapshot: when the monitor last published, if it ever did.
+    monitor_last_seen: datetime | None = None
+
+    @property
+    def stale(self) -> bool:
+        """Older than three sample intervals: the monitor is silent."""
+        return sample_is_stale(self.taken_at, self.interval_seconds)
+
+    def leftover_run(self, session_id: str) -> LeftoverRun | None:
+        return next((r for r in self.leftovers if r.session_id == session_id), None)
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return next((s for s in self.sessions if s.session_id == session_id), None)
+
+    def sessions_for_pid(self, pid: int) -> list[LiveSession]:
+        ids = set(self.sessions_by_ancestor.get(pid, ()))
+        ids.update(s.session_id for s in self.sessions if s.sidecar.wrapper_pid == pid)
+        return [s for s in self.sessions if s.session_id in ids]
