@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
@@ -39,7 +38,7 @@ from jobs_app.models import Job
 from monitor_app import published
 from monitor_app.job_controls import execute
 from monitor_app.models import JOB_ACTION_KINDS
-from monitor_app.monitor import Leftovers, Monitor
+from monitor_app.monitor import Cadence, Leftovers, Monitor
 from monitor_app.snapshot import Snapshot
 from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
 from sessions_app import transcript_store
@@ -75,11 +74,11 @@ class ReportState:
         # console's requests act on (never paths or commands the console sends).
         self.collected: dict[tuple[str, str], object] = {}
         self.known_labels: dict[str, set[str]] = {}
-        self.next_collect = 0.0
+        self.collecting = Cadence()
         # The console's rules for this host (job time limits, leftover rule), from its
         # latest answer; this host's watchdog and leftover rule wait until it is known.
         self.policy: dict | None = None
-        self.next_watchdog = 0.0
+        self.watching = Cadence()
         self.stopping: set[str] = set()
         self.stops: list[dict] = []  # runs the watchdog is stopping, until reported
         self.audits: list[dict] = []  # what the host's rules did, until reported
@@ -106,12 +105,10 @@ class ReportState:
         if monitor.leftovers or self.leftovers_file.exists():
             self.save_leftovers()
         self.follow_transcripts(snapshot, live_ids)
-        if monitor.cadences and time.monotonic() >= self.next_collect:
-            self.next_collect = time.monotonic() + settings.OPSCONSOLE_COLLECT_SECONDS
+        if monitor.cadences and self.collecting.due(now, settings.OPSCONSOLE_COLLECT_SECONDS):
             self.collect_jobs(now)
         if self.policy is not None and monitor.cadences:
-            if time.monotonic() >= self.next_watchdog:
-                self.next_watchdog = time.monotonic() + settings.OPSCONSOLE_WATCHDOG_SECONDS
+            if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
                 self.watchdog(snapshot, now)
             self.leftover_rule(now)
 
@@ -515,7 +512,7 @@ class ReportState:
         )
         arguments = action.get("arguments") if isinstance(action.get("arguments"), dict) else {}
         outcome = execute(job, action["kind"], str(arguments.get("schedule") or ""))
-        self.next_collect = 0.0  # the console sees the job's new state with the next report
+        self.collecting.reset()  # the console sees the job's new state with the next report
         return {
             "ok": outcome.ok,
             "message": outcome.message,

@@ -63,6 +63,26 @@ PRUNE_EVERY = timedelta(hours=1)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 
+
+class Cadence:
+    """Work done every so many seconds inside the sample loop, decided on the sample's
+    clock (`now`), so a test hands it the time. Due on the first call, then once the
+    interval has passed either way: a clock set back does not stall it."""
+
+    def __init__(self) -> None:
+        self.last: datetime | None = None
+
+    def due(self, now: datetime, every_seconds: float) -> bool:
+        if self.last is not None and abs((now - self.last).total_seconds()) < every_seconds:
+            return False
+        self.last = now
+        return True
+
+    def reset(self) -> None:
+        """Due again at the next call."""
+        self.last = None
+
+
 # One round of a layer above the engine, run after each recorded sample.
 Step = Callable[["Monitor", Snapshot, datetime], None]
 
@@ -151,9 +171,9 @@ class Monitor:
         self.cost_reads_left = COST_READS_PER_SAMPLE
         self.quota: QuotaStamp | None = None
         self.quota_known = False
-        self.next_collect = 0.0
-        self.next_watchdog = 0.0
-        self.next_prune: datetime | None = None
+        self.collecting = Cadence()
+        self.watching = Cadence()
+        self.pruning = Cadence()
         self.database_ok = True
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
@@ -604,16 +624,12 @@ class Monitor:
     def run_cadences(self, snapshot: Snapshot, now: datetime) -> None:
         if not self.database_ok or not self.cadences:
             return
-        mono = time.monotonic()
-        if mono >= self.next_collect:
-            self.next_collect = mono + settings.OPSCONSOLE_COLLECT_SECONDS
+        if self.collecting.due(now, settings.OPSCONSOLE_COLLECT_SECONDS):
             self.collect_jobs(snapshot, now)
-        if mono >= self.next_watchdog:
-            self.next_watchdog = mono + settings.OPSCONSOLE_WATCHDOG_SECONDS
+        if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
-        if self.next_prune is None or now >= self.next_prune:
-            self.next_prune = now + PRUNE_EVERY
+        if self.pruning.due(now, PRUNE_EVERY.total_seconds()):
             try:
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
             except DatabaseError as exc:

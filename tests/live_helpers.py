@@ -7,6 +7,7 @@ vanished, reused PID) without waiting for the wrapper to get there.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -167,3 +168,35 @@ def write_sidecar_raw(state: State, name: str, content: bytes, mode: int = 0o600
     path.write_bytes(content)
     path.chmod(mode)
     return path
+
+
+def monitor_sample(state: State) -> tuple[dict, dict] | None:
+    """The header and state document of the sample a monitor process last published
+    (its local copy), or None before its first: what *that* monitor saw, not what a
+    web worker sampled on demand."""
+    try:
+        lines = (state.home / "monitor" / "sample.json").read_bytes().split(b"\n")
+        return json.loads(lines[0]), json.loads(lines[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def monitor_session(state: State, session_id: str) -> dict | None:
+    """The session as the monitor's latest published sample lists it."""
+    sample = monitor_sample(state)
+    if sample is None:
+        return None
+    return next(
+        (s for s in sample[1]["sessions"] if s["sidecar"]["session_id"] == session_id), None
+    )
+
+
+def wait_for_samples(state: State, count: int, timeout: float = 60.0) -> dict:
+    """Until the monitor has published `count` more samples: "nothing new happened for
+    two samples" measured in samples, which a loaded machine slows down with it."""
+    first = monitor_sample(state)
+    start = first[0]["seq"] if first else -1
+    return wait_until(
+        lambda: (s := monitor_sample(state)) and s[0]["seq"] >= start + count and s[0],
+        timeout=timeout,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,18 +66,15 @@ def manage(env: dict, *args: str) -> str:
     return result.stdout
 
 
-@pytest.fixture
-def console_server(state: State, tmp_path: Path):
-    """`opsconsole serve` (gunicorn) on a free port, reading this test's state dirs."""
-    port = free_port()
+@pytest.fixture(scope="session")
+def console_database(tmp_path_factory) -> tuple[Path, str]:
+    """A migrated console database with the admin user and an API token, made once per
+    test process; each console_server starts from a copy of it."""
+    folder = tmp_path_factory.mktemp("console-database")
     env = dict(
-        state.env,
-        DATABASE_URL=f"sqlite:///{tmp_path / 'console.sqlite3'}",
-        OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir),
-        OPSCONSOLE_SNAPSHOT_SECONDS="1",
-        OPSCONSOLE_SAMPLE_SECONDS="1",
-        OPSCONSOLE_POLL_SECONDS="1",
-        OPSCONSOLE_SCHEDULERS="cron",
+        os.environ,
+        OPSCONSOLE_HOME=str(folder / "home"),
+        DATABASE_URL=f"sqlite:///{folder / 'console.sqlite3'}",
         DJANGO_SETTINGS_MODULE="opsconsole.settings",
     )
     env.pop("OPSCONSOLE_DEBUG", None)
@@ -90,10 +88,33 @@ def console_server(state: State, tmp_path: Path):
         f"get_user_model().objects.create_superuser('ops', password='{ADMIN_PASSWORD}')",
     )
     token = manage(env, "create_api_token", "ops").strip().splitlines()[-1]
+    return folder / "console.sqlite3", token
+
+
+def serve_console(
+    state: State, tmp_path: Path, console_database: tuple[Path, str], *, monitor: bool
+):
+    """Start `opsconsole serve` on a free port, on a copy of the template database, and
+    return once it answers (with its monitor: once the monitor's own sample answers)."""
+    port = free_port()
+    template, token = console_database
+    shutil.copyfile(template, tmp_path / "console.sqlite3")
+    env = dict(
+        state.env,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'console.sqlite3'}",
+        OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir),
+        OPSCONSOLE_SNAPSHOT_SECONDS="1",
+        OPSCONSOLE_SAMPLE_SECONDS="1",
+        OPSCONSOLE_POLL_SECONDS="1",
+        OPSCONSOLE_SCHEDULERS="cron",
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+    )
+    env.pop("OPSCONSOLE_DEBUG", None)
     log = tmp_path / "console.log"
+    argv = [PYTHON, "-m", "opsconsole.cli", "serve", "--bind", f"127.0.0.1:{port}"]
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [PYTHON, "-m", "opsconsole.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+            argv if monitor else [*argv, "--no-monitor"],
             env=env,
             cwd=REPO_ROOT,
             stdout=handle,
@@ -101,21 +122,44 @@ def console_server(state: State, tmp_path: Path):
             start_new_session=True,
         )
     console = Console(f"http://127.0.0.1:{port}", token, "ops", ADMIN_PASSWORD, process, log, env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
+    # A page served from a web worker's own on-demand sample is not what the test is
+    # about: with a monitor, wait until the monitor's published sample answers.
+    wanted = "monitor" if monitor else "on-demand"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         try:
-            if console.get("/api/claude-active")[0] == 200:
-                break
+            status, headers, _body = console.get("/api/claude-active")
+            if status == 200 and headers.get("X-Sample-Source") == wanted:
+                return console
         except OSError:
             pass
         if process.poll() is not None:
             pytest.fail(f"the console exited:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    else:
-        pytest.fail(f"the console did not answer:\n{log.read_text()[-3000:]}")
-    yield console
-    os.killpg(process.pid, signal.SIGTERM)
+    stop_console(console)
+    pytest.fail(f"the console did not answer from its {wanted} sample:\n{log.read_text()[-3000:]}")
+
+
+def stop_console(console: Console) -> None:
+    os.killpg(console.process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=10)
+        console.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(console.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def console_server(state: State, tmp_path: Path, console_database: tuple[Path, str]):
+    """`opsconsole serve` (gunicorn and its monitor) reading this test's state dirs."""
+    console = serve_console(state, tmp_path, console_database, monitor=True)
+    yield console
+    stop_console(console)
+
+
+@pytest.fixture
+def console_without_monitor(state: State, tmp_path: Path, console_database: tuple[Path, str]):
+    """`opsconsole serve --no-monitor`: for a test that drives the alert rounds itself on a
+    fixed clock, which a monitor ticking on the real clock would race."""
+    console = serve_console(state, tmp_path, console_database, monitor=False)
+    yield console
+    stop_console(console)

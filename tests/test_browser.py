@@ -11,7 +11,7 @@ import pytest
 
 from tests.browser_fixtures import ARTIFACTS
 from tests.conftest import PYTHON, REPO_ROOT, wrapper_command
-from tests.live_helpers import start_fake_run
+from tests.live_helpers import monitor_session, start_fake_run
 from tests.server_fixtures import manage
 from tests.test_collectors import stand_in
 from tests.test_e2e import eventually
@@ -233,10 +233,13 @@ def test_live_page_shows_an_unwrapped_session_and_a_leftovers_row(page, console_
     registry_file_for(state.config_dir, terminal.pid, unwrapped_id, "/home/dev/ide-project")
     doomed = start_fake_run(state, tag="leaves-a-tool-behind", with_agent=False)
     try:
-        eventually(lambda: psutil.Process(doomed.wrapper.pid).children(), bool)
+        child = eventually(lambda: psutil.Process(doomed.wrapper.pid).children(), bool)[0]
+        # Leftovers are what the monitor saw in the run's tree while it was alive: kill
+        # the wrapper only once the monitor's own published sample lists the child.
         eventually(
-            lambda: console_server.json("/api/claude-active")["sessions"],
-            lambda sessions: doomed.session_id in {s["session_id"] for s in sessions},
+            lambda: monitor_session(state, doomed.session_id),
+            lambda live: bool(live) and child.pid in {p["pid"] for p in live["processes"]},
+            timeout=60,
         )
         os.kill(doomed.wrapper.pid, signal.SIGKILL)
         doomed.wrapper.wait()

@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from jobs_app.models import AuditEntry
 from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostSample
-from monitor_app.monitor import Monitor
+from monitor_app.monitor import Cadence, Monitor
 from monitor_app.published import read_local_sample
 from sessions_app.models import Session, Status
 from tests.live_helpers import start_fake_run, start_monitor, wait_until
@@ -583,3 +583,16 @@ def test_a_live_run_has_its_running_cost_from_its_transcript(console_state, runs
     assert second == pytest.approx(2 * first)
     listed = json.loads(logged_in.get("/api/claude-active").content)["sessions"]
     assert listed[0]["running_cost_usd"] == pytest.approx(second)
+
+
+def test_a_cadence_is_decided_on_the_clock_it_is_handed():
+    cadence = Cadence()
+    t0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    assert cadence.due(t0, 60)  # the first call
+    assert not cadence.due(t0 + timedelta(seconds=59), 60)
+    assert cadence.due(t0 + timedelta(seconds=60), 60)
+    # A clock set back by more than the interval does not stall the work.
+    assert cadence.due(t0 - timedelta(hours=1), 60)
+    assert not cadence.due(t0 - timedelta(hours=1) + timedelta(seconds=1), 60)
+    cadence.reset()
+    assert cadence.due(t0 - timedelta(hours=1) + timedelta(seconds=2), 60)

@@ -282,7 +282,8 @@ def test_an_unwrapped_real_claude_is_listed_then_killed_leaving_a_leftover_the_r
 
         def listed_with_tool():
             live = monitor.tick().get(session_id)
-            tool_seen = live and any("sleep 45" in p.cmdline for p in live.processes)
+            # The tool's own `sleep`, not only the shell that will start it.
+            tool_seen = live and any(p.cmdline.startswith("sleep 45") for p in live.processes)
             return live if tool_seen else None
 
         live = wait_until(listed_with_tool)
