@@ -15,7 +15,7 @@ def job_index() -> dict[tuple[str, str], int]:
     index = cache.get(CACHE_KEY)
     if index is None:
         index = {}
-        for job_id, host, tags in Job.objects.values_list("id", "host", "tags"):
+        for job_id, host, tags in Job.objects.order_by("id").values_list("id", "host", "tags"):
             for tag in tags or []:
                 index.setdefault((host, str(tag)), job_id)
         cache.set(CACHE_KEY, index, timeout=settings.OPSCONSOLE_SNAPSHOT_SECONDS)
@@ -23,7 +23,15 @@ def job_index() -> dict[tuple[str, str], int]:
 
 
 def job_id_for(host: str, tag: str) -> int | None:
-    return job_index().get((host, tag))
+    """The job a run of `tag` on `host` belongs to. A run is linked once, when its row is
+    made: a miss asks the database about the host's jobs, so a job made in another
+    process since the index was cached still claims its runs."""
+    found = job_index().get((host, tag))
+    if found is None:
+        for job_id, tags in Job.objects.filter(host=host).order_by("id").values_list("id", "tags"):
+            if tag in (tags or []):
+                return job_id
+    return found
 
 
 def forget_index() -> None:

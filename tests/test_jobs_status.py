@@ -231,3 +231,18 @@ def test_a_failing_collector_is_shown_and_the_others_go_on(
 
     assert [row["label"] for row in body["jobs"]] == ["nightly"]
     assert "unexpected" in body["collector_errors"]["launchd"][0]
+
+
+def test_a_job_made_after_the_index_was_cached_still_claims_its_runs(console_state, settings):
+    """A run is linked to its job once, when its row is made: a job made (by another
+    process, say) while the monitor's index was cached used to leave it linked to none."""
+    from jobs_app.linking import job_id_for, job_index
+
+    settings.OPSCONSOLE_SNAPSHOT_SECONDS = 600
+    assert job_index() == {}  # cached, before the job exists
+    job = Job.objects.create(
+        scheduler="cron", label="waiting agent", host=settings.OPSCONSOLE_HOST, tags=["waiter"]
+    )
+    assert job_id_for(settings.OPSCONSOLE_HOST, "waiter") == job.pk
+    assert job_id_for(settings.OPSCONSOLE_HOST, "someone-else") is None
+    assert job_id_for("another-host", "waiter") is None
