@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -15,7 +15,7 @@ from django.utils import timezone
 from jobs_app.models import AuditEntry, Job
 from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
 from monitor_app.monitor import Monitor
-from monitor_app.snapshot import SILENT_AFTER_INTERVALS, Snapshot
+from monitor_app.snapshot import Snapshot
 from sessions_app.models import (
     Session,
 )
@@ -44,8 +44,8 @@ def expire_actions(now: datetime | None = None) -> int:
         silent_since = None
         if sample is None:
             silent_since = "it never reported"
-        elif is_silent(sample, now):
-            silent_since = f"its last report was at {last_heard(sample):%Y-%m-%d %H:%M:%S} UTC"
+        elif sample.is_silent(now):
+            silent_since = f"its last report was at {sample.last_heard:%Y-%m-%d %H:%M:%S} UTC"
         too_old = now - (action.sent_at or action.requested_at) > ACTION_TTL
         if silent_since and action.state == RemoteAction.State.PENDING:
             message = (
@@ -79,20 +79,6 @@ def expire_actions(now: datetime | None = None) -> int:
     return expired
 
 
-def last_heard(sample: HostSample) -> datetime:
-    """The console's clock when it has one (a reported sample), else the host's own."""
-    return sample.received_at or sample.taken_at
-
-
-def is_silent(
-    sample: HostSample, now: datetime | None = None, since: datetime | None = None
-) -> bool:
-    now = now or datetime.now(UTC)
-    limit = SILENT_AFTER_INTERVALS * max(sample.interval_seconds, 0.5)
-    heard = last_heard(sample) if since is None else max(last_heard(sample), since)
-    return (now - heard).total_seconds() > limit
-
-
 def check_silent_hosts(
     now: datetime | None = None, watching_since: datetime | None = None
 ) -> list[str]:
@@ -105,12 +91,12 @@ def check_silent_hosts(
     rows = HostSample.objects.only("host", "seq", "taken_at", "received_at", "interval_seconds")
     events = []
     for sample in rows:
-        if not is_silent(sample, now):
+        if not sample.is_silent(now):
             continue
-        if watching_since is not None and not is_silent(sample, now, since=watching_since):
+        if watching_since is not None and not sample.is_silent(now, since=watching_since):
             continue
         silent.append(sample.host)
-        heard = last_heard(sample)
+        heard = sample.last_heard
         events.append(
             Event(
                 at=now,
@@ -176,8 +162,8 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
             HostRow(
                 host=host,
                 sample=sample,
-                age_seconds=(now - last_heard(sample)).total_seconds() if sample else None,
-                silent=sample is None or is_silent(sample, now),
+                age_seconds=(now - sample.last_heard).total_seconds() if sample else None,
+                silent=sample is None or sample.is_silent(now),
                 live_runs=live,
                 leftovers=leftovers,
                 quota_until=quota,

@@ -15,8 +15,7 @@ from functools import cached_property
 from monitor_app import published
 from monitor_app.models import HostSample
 from monitor_app.runs import run_from_listing
-from monitor_app.snapshot import Snapshot, sample_is_stale
-from wrapper.formats import parse_iso
+from monitor_app.snapshot import Snapshot
 
 
 @dataclass
@@ -34,10 +33,10 @@ class HostListing:
     serialised as JSON array items when the fleet's body first needs them: the body is
     these pieces joined, never 2,000 runs encoded again."""
 
-    def __init__(self, version: tuple[int, str], text: str) -> None:
+    def __init__(self, version: tuple[int, str], text: str, sample: HostSample) -> None:
         self.version = version  # (seq, ETag): a restarted monitor may send a seq again
         self.document = json.loads(text)
-        self.taken_at = parse_iso(self.document["taken_at"])
+        self.sample = sample  # the row without its documents: when it was heard, how often
 
     @cached_property
     def sessions_json(self) -> bytes:
@@ -74,27 +73,28 @@ class FleetReader:
     def _listings(self, heads: list[tuple[str, tuple[int, str]]]) -> list[tuple[str, HostListing]]:
         """Each host's parsed API document; only those whose version changed are read again."""
         stale = [h for h, version in heads if (h in self._api and self._api[h].version) != version]
-        for host, seq, etag, text in self._rows(stale, ("api_document",)) if stale else ():
+        fields = ("api_document", "taken_at", "received_at", "interval_seconds")
+        for host, seq, etag, text, taken, received, interval in (
+            self._rows(stale, fields) if stale else ()
+        ):
+            sample = HostSample(
+                host=host, taken_at=taken, received_at=received, interval_seconds=interval
+            )
             try:
-                self._api[host] = HostListing((seq, etag), text)
+                self._api[host] = HostListing((seq, etag), text, sample)
             except (ValueError, KeyError, TypeError):
                 continue
         return [(host, self._api[host]) for host, _version in heads if host in self._api]
 
-    def api_document(self) -> tuple[bytes, str]:
+    def api_document(self, now: datetime | None = None) -> tuple[bytes, str]:
         """The fleet's /api/claude-active body (every host's sessions) and its ETag.
 
         Rebuilt when any host's sample or silence changes: the hosts' own pieces are
         joined as they are, so a rebuild costs the bytes copied, not a re-encoding."""
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         listings = self._listings(self._heads())
         key = tuple(
-            (
-                host,
-                listing.version,
-                sample_is_stale(listing.taken_at, listing.document["interval_seconds"], now),
-            )
-            for host, listing in listings
+            (host, listing.version, listing.sample.is_silent(now)) for host, listing in listings
         )
         combined = self._combined
         if combined is not None and combined[0] == key:

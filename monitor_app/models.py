@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 
 from django.db import models
 from django.utils import timezone
+
+from monitor_app.snapshot import sample_is_stale
 
 HOST_TOKEN_PREFIX = "oc_host_"  # noqa: S105 - a marker, not a secret
 
@@ -93,6 +96,17 @@ class HostSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.host} #{self.seq} at {self.taken_at:%H:%M:%S}"
+
+    @property
+    def last_heard(self) -> datetime:
+        """The console's clock when it has one (a reported sample), else the host's own."""
+        return self.received_at or self.taken_at
+
+    def is_silent(self, now: datetime, since: datetime | None = None) -> bool:
+        """No sample for three of its intervals at `now` (counted from `since` if later):
+        the one definition the Hosts page, the fleet's API and the alerts share."""
+        heard = self.last_heard if since is None else max(self.last_heard, since)
+        return sample_is_stale(heard, self.interval_seconds, now)
 
 
 def hash_host_token(token: str) -> str:

@@ -377,7 +377,7 @@ class Monitor:
 
     def follow_leftovers(self, snapshot: Snapshot, table: ProcessTable, now: datetime) -> None:
         if not self.leftovers_loaded:
-            self.load_leftovers()
+            self.load_leftovers(now)
         mono = time.monotonic()
         for session_id in list(self.leftovers):
             leftovers = self.leftovers[session_id]
@@ -411,7 +411,7 @@ class Monitor:
                 detail={"killed_by": leftovers.killed_by} if killed else {},
             )
 
-    def load_leftovers(self) -> None:
+    def load_leftovers(self, now: datetime) -> None:
         """Leftovers on record from before a restart are followed again."""
         try:
             rows = (
@@ -430,7 +430,7 @@ class Monitor:
                             str(session_id),
                             tag,
                             host,
-                            ended_at or datetime.now(UTC),
+                            ended_at or now,
                             parsed,
                             persons_own=not wrapped and status != Status.KILLED,
                         ),
@@ -441,7 +441,7 @@ class Monitor:
         self.leftovers_loaded = True
 
     def check_quota(self, snapshot: Snapshot, now: datetime) -> None:
-        stamp = read_quota_stamp(self.paths)
+        stamp = read_quota_stamp(self.paths, now)
         if stamp is not None:
             snapshot.quota_until, snapshot.quota_reason = stamp.until, stamp.reason
         previous, self.quota = self.quota, stamp
@@ -554,7 +554,7 @@ class Monitor:
         """GC: the wrapper and the agent are both gone (checked by PID and start time)."""
         if not ingest.has_completion_record(sidecar.session_id, self.paths):
             session = ingest.record_vanished(
-                sidecar, self.paths, transcript_store.find_live_transcript(sidecar)
+                sidecar, self.paths, transcript_store.find_live_transcript(sidecar), now=now
             )
             log.info(
                 "session %s (%s) vanished; recorded as killed",

@@ -48,10 +48,14 @@ class SkippedSidecar:
 SILENT_AFTER_INTERVALS = 3
 
 
+# A sampler claiming a shorter interval is held to this one: never silent at once.
+SHORTEST_INTERVAL_SECONDS = 0.5
+
+
 def sample_is_stale(taken_at: datetime, interval_seconds: float, now: datetime | None = None):
     """True when a sample is older than SILENT_AFTER_INTERVALS of its interval."""
     age = ((now or datetime.now(UTC)) - taken_at).total_seconds()
-    return age > SILENT_AFTER_INTERVALS * interval_seconds
+    return age > SILENT_AFTER_INTERVALS * max(interval_seconds, SHORTEST_INTERVAL_SECONDS)
 
 
 @dataclass

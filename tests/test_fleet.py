@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import time_machine
 from django.contrib.auth import get_user_model
 from django.core.files.storage import InMemoryStorage
 from django.test import Client
@@ -289,7 +290,6 @@ def test_the_fleet_document_holds_every_host_s_runs_and_follows_silence(staff):
         1,
         [{"session_id": "a1"}, {"session_id": "a2", "note": tricky}],
         leftovers=[{"session_id": "a0"}],
-        interval=0.1,
     )
     store_sample("host-b", 1, [])
     store_sample("host-c", 4, [{"session_id": "c1", "nested": {"list": [1, 2.5, None]}}])
@@ -314,10 +314,14 @@ def test_the_fleet_document_holds_every_host_s_runs_and_follows_silence(staff):
     assert [s["session_id"] for s in second.json()["sessions"]] == ["a1", "a2", "c2"]
 
     # host-a falls silent with no new sample: the fleet's body says so, under a new ETag.
-    time.sleep(0.5)
-    third = staff.get("/api/claude-active?host=all", HTTP_IF_NONE_MATCH=second["ETag"])
+    # (host-b and host-c report again, at a slower pace: still heard from)
+    store_sample("host-b", 2, [], interval=10.0)
+    store_sample("host-c", 5, [{"session_id": "c2"}], interval=10.0)
+    with time_machine.travel(datetime.now(UTC) + timedelta(seconds=6.5), tick=False):
+        third = staff.get("/api/claude-active?host=all", HTTP_IF_NONE_MATCH=second["ETag"])
     assert third.status_code == 200
-    assert {h["host"]: h["silent"] for h in third.json()["hosts"]}["host-a"] is True
+    silent = {h["host"]: h["silent"] for h in third.json()["hosts"]}
+    assert silent == {"host-a": True, "host-b": False, "host-c": False}
 
 
 def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):

@@ -596,3 +596,23 @@ def test_a_cadence_is_decided_on_the_clock_it_is_handed():
     assert not cadence.due(t0 - timedelta(hours=1) + timedelta(seconds=1), 60)
     cadence.reset()
     assert cadence.due(t0 - timedelta(hours=1) + timedelta(seconds=2), 60)
+
+
+def test_a_quota_stamp_expires_on_the_clock_the_monitor_is_handed(console_state):
+    """The stamp's file stays; at its `until` the monitor says the quota cleared."""
+    monitor = Monitor(paths=console_state.paths)
+    t0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    write_json_atomic(
+        console_state.paths.quota_stamp,
+        {
+            "until": (t0 + timedelta(hours=1)).isoformat(),
+            "set_at": t0.isoformat(),
+            "reason": "API Error: Request rejected (429)",
+        },
+    )
+    assert monitor.tick(t0).quota_until is not None
+    assert monitor.tick(t0 + timedelta(minutes=59)).quota_until is not None
+    assert monitor.tick(t0 + timedelta(minutes=61)).quota_until is None
+    assert len(events(EventKind.QUOTA_SET)) == 1
+    assert len(events(EventKind.QUOTA_CLEARED)) == 1
+    assert console_state.paths.quota_stamp.exists()

@@ -727,15 +727,16 @@ class QuotaStamp:
         return parse_iso(self.until) > (now or datetime.now(UTC))
 
 
-def read_quota_stamp(paths: StatePaths) -> QuotaStamp | None:
-    """The stamp in force, or None. A stamp that cannot be read holds nothing."""
+def read_quota_stamp(paths: StatePaths, now: datetime | None = None) -> QuotaStamp | None:
+    """The stamp in force at `now` (default: the clock), or None. A stamp that cannot be
+    read holds nothing."""
     if not os.path.lexists(paths.quota_stamp):
         return None
     try:
         stamp = QuotaStamp.from_dict(read_json_record(paths.quota_stamp))
     except FormatError:
         return None
-    return stamp if stamp.holds() else None
+    return stamp if stamp.holds(now) else None
 
 
 def clear_quota_stamp(paths: StatePaths) -> bool:

@@ -18,10 +18,10 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
-from fleet.hosts import is_silent
 from jobs_app.models import Job
 from monitor_app.fleet_reader import fleet
 from monitor_app.leftovers import kill_leftovers, leftovers_of
@@ -116,8 +116,9 @@ def render_live(request, *, outage_reason: str | None = None):
     if outage_reason is None:
         samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
         # Reporting hosts only: a one-host console shows no host filter.
+        now = timezone.now()
         context["fleet_hosts"] = [
-            (s.host, is_silent(s)) for s in samples if s.host != settings.OPSCONSOLE_HOST
+            (s.host, s.is_silent(now)) for s in samples if s.host != settings.OPSCONSOLE_HOST
         ]
     return render(request, "sessions_app/live.html", context)
 
