@@ -7,11 +7,12 @@ import os
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from monitor_app.live import get_snapshot, take_snapshot
 from sessions_app.models import Session, Status
-from tests.live_helpers import SLEEPER, kill, start_fake_run, write_sidecar_raw
+from tests.live_helpers import SLEEPER, kill, start_fake_run, wait_until, write_sidecar_raw
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +41,8 @@ def tool_call_line(session_id: str, command: str) -> bytes:
 def test_live_session_is_listed_with_its_process_tree(console_state, runs):
     run = start_fake_run(console_state)
     runs.append(run)
-    time.sleep(0.3)  # let the sleepers spawn their `sleep` children
+    # The sleepers' own `sleep` children, there before the sample (no fixed wait).
+    wait_until(lambda: psutil.Process(run.wrapper.pid).children(), timeout=30)
 
     snapshot = take_snapshot(console_state.paths)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wrapper_command
+from tests.live_helpers import wait_until
 from wrapper.formats import (
     EXIT_NO_CLAUDE,
     EXIT_QUOTA_SKIP,
@@ -134,6 +135,12 @@ def test_signals_are_forwarded_and_the_sidecar_removed(state, fake_claude, signu
     assert (record.end_reason, record.signal) == ("signalled", signum)
 
 
+def ignores_term(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def test_claude_ignoring_term_is_killed_after_the_grace(state, fake_claude):
     proc = start(
         state,
@@ -143,7 +150,8 @@ def test_claude_ignoring_term_is_killed_after_the_grace(state, fake_claude):
         OPSCONSOLE_KILL_GRACE_SECONDS="0.5",
     )
     sidecar = wait_for_sidecar(state, proc)
-    time.sleep(0.3)  # let the stand-in install its handler
+    # TERM only once the stand-in ignores it (the kernel says so), else the grace is moot.
+    wait_until(lambda: ignores_term(sidecar.claude_pid), timeout=30)
 
     proc.terminate()
 
