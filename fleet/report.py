@@ -63,7 +63,7 @@ def check_report_url(url: str, *, insecure: bool = False) -> str:
     if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname):
         raise ValueError(
             f"refusing to send a host token in clear text to {parts.hostname}: use https:// "
-            "(TLS in front of `opsconsole serve`, see the README) or --insecure"
+            "(TLS in front of `opsconsole serve`, see docs/many-hosts.md) or --insecure"
         )
     return url.rstrip("/")
 

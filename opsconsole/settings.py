@@ -1,4 +1,4 @@
-"""Settings, all from the environment (see the settings table in README.md).
+"""Settings, all from the environment (see the table in docs/settings.md).
 
 The embedded default needs nothing: SQLite and a generated secret key under
 $OPSCONSOLE_HOME. A team points DATABASE_URL at PostgreSQL.
