@@ -126,3 +126,15 @@ def runs():
     yield started
     for run in started:
         run.kill_all()
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tests that use the Django test database (`-m database`): CI's second pass,
+    on PostgreSQL, runs those. The rest run their consoles on SQLite files of their own
+    (or no database), and the first pass already ran them."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"db", "transactional_db"} or item.get_closest_marker(
+            "django_db"
+        ):
+            item.add_marker(pytest.mark.database)
