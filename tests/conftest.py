@@ -134,7 +134,5 @@ def pytest_collection_modifyitems(items):
     (or no database), and the first pass already ran them."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"db", "transactional_db"} or item.get_closest_marker(
-            "django_db"
-        ):
+        if fixtures & {"db", "transactional_db"} or item.get_closest_marker("django_db"):
             item.add_marker(pytest.mark.database)

@@ -75,8 +75,12 @@ def test_live_page_shows_a_run_appear_and_leave_without_a_reload(page, state, fa
         row = page.locator("#live-table tbody tr")
         row.first.wait_for()
         assert "nightly-report" in row.first.inner_text()
-        page.wait_for_function(
-            "document.querySelector('#live-table tbody tr td.mono').textContent.includes('sleep')"
+        from playwright.sync_api import expect
+
+        # A locator waits without evaluating a string, which the page's CSP forbids once
+        # Playwright has to poll (the first check alone passed when the row came fast).
+        expect(page.locator("#live-table tbody tr td.mono").first).to_contain_text(
+            "sleep", timeout=30_000
         )
         shot(page, "live-running")
         assert proc.wait(timeout=30) == 0
