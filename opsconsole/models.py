@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -18,10 +19,10 @@ def hash_token(token: str) -> str:
 
 
 class ApiTokenQuerySet(models.QuerySet):
-    def active(self):
-        """Not revoked, not expired, of an active user."""
+    def active(self, now: datetime | None = None):
+        """Not revoked, not expired at `now` (default: the clock), of an active user."""
         return self.filter(
-            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=timezone.now()),
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now or timezone.now()),
             revoked_at__isnull=True,
             user__is_active=True,
         )
@@ -63,18 +64,21 @@ class ApiToken(models.Model):
 
     @property
     def expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
+        return self.expired_at(timezone.now())
+
+    def expired_at(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     @classmethod
-    def authenticate(cls, plain: str):
-        """The active user a plain token belongs to, or None."""
+    def authenticate(cls, plain: str, now: datetime | None = None):
+        """The active user a plain token belongs to at `now` (default: the clock), or None."""
         if not plain.startswith(TOKEN_PREFIX) or len(plain) > 200:
             return None
-        token = cls.objects.active().select_related("user").filter(token_hash=hash_token(plain))
+        now = now or timezone.now()
+        token = cls.objects.active(now).select_related("user").filter(token_hash=hash_token(plain))
         row = token.first()
         if row is None:
             return None
-        now = timezone.now()
         if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
             cls.objects.filter(pk=row.pk).update(last_used_at=now)
         return row.user

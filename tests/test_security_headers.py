@@ -8,7 +8,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -157,3 +157,13 @@ def test_sqlite_database_is_created_0600(tmp_path):
             assert stat.S_IMODE(companion.stat().st_mode) == 0o600, companion
     finally:
         connection.close()
+
+
+def test_a_token_expires_at_its_time_on_the_clock_it_is_handed(console_state):
+    user = get_user_model().objects.create_user("script")
+    t0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    row, plain = ApiToken.issue(user, expires_at=t0 + timedelta(hours=1))
+    assert ApiToken.authenticate(plain, now=t0 + timedelta(minutes=59)) == user
+    assert not row.expired_at(t0 + timedelta(minutes=59))
+    assert ApiToken.authenticate(plain, now=t0 + timedelta(hours=1)) is None
+    assert row.expired_at(t0 + timedelta(hours=1))
