@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from django.contrib.auth import get_user_model
 from django.core.files.storage import InMemoryStorage
 from django.test import Client
 
-from fleet.hosts import check_silent_hosts, expire_actions
+from fleet.hosts import ACTION_TTL, check_silent_hosts, expire_actions
 from fleet.report import Reporter, check_report_url
 from fleet.reporting import reporting_monitor
 from jobs_app.models import AuditEntry
@@ -982,3 +983,42 @@ def test_a_whole_object_from_before_the_pieces_is_read_and_continued(object_stor
     odd = remote_transcripts.cache_path("../../etc", sid)
     assert odd.resolve().is_relative_to(remote_transcripts.cache_root().resolve())
     assert remote_transcripts.readable_copy("../../etc", sid) is None
+
+
+def test_a_request_a_live_host_never_answers_expires_after_its_ttl(db):
+    """The host keeps reporting but never says how the request ended: after ACTION_TTL
+    the request expires, decided on the clock handed to expire_actions."""
+    t0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    action = RemoteAction.objects.create(
+        host="host-a",
+        kind=RemoteAction.Kind.STOP,
+        session_id=uuid.uuid4(),
+        requested_by="ops",
+        requested_at=t0,
+        state=RemoteAction.State.SENT,
+        sent_at=t0,
+    )
+
+    def heard_at(moment):
+        HostSample.objects.update_or_create(
+            host="host-a",
+            defaults={
+                "seq": int(moment.timestamp()),
+                "taken_at": moment,
+                "received_at": moment,
+                "interval_seconds": 2.0,
+                "sample_ms": 1.0,
+                "etag": f'"{moment.timestamp()}"',
+                "api_document": "{}",
+                "state_document": "{}",
+                "reported": True,
+            },
+        )
+
+    heard_at(t0 + ACTION_TTL - timedelta(seconds=2))
+    assert expire_actions(t0 + ACTION_TTL - timedelta(seconds=1)) == 0
+    heard_at(t0 + ACTION_TTL)
+    assert expire_actions(t0 + ACTION_TTL + timedelta(seconds=1)) == 1
+    action.refresh_from_db()
+    assert action.state == RemoteAction.State.EXPIRED
+    assert "never reported an outcome" in action.message
