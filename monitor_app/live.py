@@ -1,10 +1,12 @@
-"""The live snapshot: what is running on this host now, as the monitor last saw it.
+"""What a request asks of the host engine: the live snapshot, a run by its id, the
+jobs' latest collection, as the monitor last published them.
 
 `get_snapshot()` is what every page, API call and command asks. It reads the
-sample the monitor (monitor_app) published; requests never scan /proc, read
-sidecars or write history themselves, except when no monitor is publishing:
-then one request per OPSCONSOLE_SNAPSHOT_SECONDS samples on demand (and pages
-say so with a banner).
+sample the monitor published; requests never scan /proc, read sidecars or write
+history themselves, except when no monitor is publishing: then one request per
+OPSCONSOLE_SNAPSHOT_SECONDS samples on demand (and pages say so with a banner).
+It sits above monitor.py for that reason; what the monitor's round needs takes
+the snapshot as an argument instead of asking here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One run as known, live or on record: what pages, the API and commands show.
 
 A live session's truth is its sidecar and the process table; a finished one's
-is its Session row. `find_run` joins the two so callers never have to.
+is its Session row. `live.find_run` joins the two so callers never have to.
 """
 
 from __future__ import annotations
