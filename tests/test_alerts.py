@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from alerts_app import engine, incidents, live_rules
 from alerts_app.channel_urls import redact_url
-from alerts_app.delivery import send, send_test
+from alerts_app.delivery import deliver_due, send, send_test
 from alerts_app.models import (
     Alert,
     AlertPolicy,
@@ -981,3 +981,19 @@ def test_old_alerts_and_resolved_incidents_are_pruned(webhook, monitor, job):
     engine.tick(T0 + timedelta(days=91), snapshot(T0))
     assert Alert.objects.count() == 1 and Delivery.objects.count() == 1
     assert list(Incident.objects.values_list("resolved_at", flat=True)) == [None]
+
+
+def test_a_delivery_round_slowed_before_it_sent_anything_still_sends_one(webhook, monitor, job):
+    """The round's budget is real time; a loaded host or a locked database used to spend
+    it before the first attempt, and then a fixed-clock round sent nothing at all."""
+    receiver = webhook([500, 500])  # the first attempt of each alert fails
+    json_channel(receiver)
+    monitor.run("nightly", T0, "failed", exit_code=1)
+    monitor.run("weekly", T0, "failed", exit_code=2)
+    engine.tick(T0 + timedelta(seconds=1), snapshot(T0), background_delivery=False)
+    assert Delivery.objects.filter(delivered_at__isnull=True).count() == 2
+    ticks = iter(range(0, 1000, 3))  # every look at the clock: 3 s later
+
+    sent = deliver_due(T0 + timedelta(minutes=5), budget_seconds=2.0, clock=lambda: next(ticks))
+    assert (sent.attempted, sent.delivered) == (1, 1)
+    assert Delivery.objects.filter(delivered_at__isnull=True).count() == 1
