@@ -102,11 +102,10 @@ def test_a_run_refused_on_every_attempt_reaches_the_webhook_within_one_interval(
 ):
     real_claude.script("draft the memo", {"kind": "refuse"})
     assert run_wrapped(state, "memo", "draft the memo") == 1
-    ended = time.monotonic()
     monitor_sample(state)
     call_command("deliver_alerts", "--once", "--no-live")
-    hook.wait_for(1)
-    assert time.monotonic() - ended < SAMPLE_SECONDS
+    # Within one interval: the one round after the sample delivers it (in line).
+    assert len(hook.accepted) == 1
     [text] = texts(hook)
     assert "memo was refused" in text and "attempt 3" in text
     last = Session.objects.get(attempt=3)
