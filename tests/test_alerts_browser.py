@@ -11,7 +11,7 @@ import pytest
 
 from tests.alert_receivers import webhook  # noqa: F401 - a fixture
 from tests.server_fixtures import manage
-from tests.test_browser import page, shot  # noqa: F401 - a fixture and a helper
+from tests.test_browser import logged_in_page, shot
 
 with contextlib.suppress(ImportError):  # main has it in tests/browser_fixtures.py, a plugin
     from tests.test_browser import browser  # noqa: F401
@@ -62,10 +62,15 @@ print("job", job.pk)
 """
 
 
-def test_alerts_pages(page, console_without_monitor, state, tmp_path, webhook):  # noqa: F811
-    # No monitor: SETUP drives the alert rounds on its own fixed clock, and a monitor
-    # ticking the same outbox on the real clock would take its retries over.
-    console_server = console_without_monitor
+@pytest.fixture
+def quiet_page(browser, console_without_monitor):
+    """No monitor behind the pages: SETUP drives the alert rounds on its own fixed clock,
+    and a monitor ticking the same outbox on the real clock took its retries over."""
+    yield from logged_in_page(browser, console_without_monitor)
+
+
+def test_alerts_pages(quiet_page, console_without_monitor, state, tmp_path, webhook):  # noqa: F811
+    page, console_server = quiet_page, console_without_monitor
     receiver = webhook([500, 500, 500])
     env = dict(
         state.env,

@@ -22,14 +22,19 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def page(browser, console_server):
+    yield from logged_in_page(browser, console_server)
+
+
+def logged_in_page(browser, console):
+    """A browser tab logged in to `console`, closed afterwards."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     tab = context.new_page()
     tab.set_default_timeout(15_000)
-    tab.goto(console_server.url + "/")
-    tab.fill("#id_username", console_server.username)
-    tab.fill("#id_password", console_server.password)
+    tab.goto(console.url + "/")
+    tab.fill("#id_username", console.username)
+    tab.fill("#id_password", console.password)
     tab.click("button[type=submit]")
-    tab.wait_for_url(console_server.url + "/")
+    tab.wait_for_url(console.url + "/")
     yield tab
     context.close()
 
