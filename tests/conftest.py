@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +119,20 @@ def fake_claude(state: State, tmp_path: Path) -> Path:
 
 def wrapper_command(tag: str, *claude_args: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [PYTHON, "-m", "wrapper", "--tag", tag, *extra, "--", *claude_args]
+
+
+def wrapper_start_seconds(env: dict) -> float:
+    """How long the wrapper takes to start and exit having done nothing, measured now:
+    the yardstick for "at once" on this machine at this moment, loaded or not."""
+    began = time.monotonic()
+    subprocess.run([PYTHON, "-m", "wrapper", "--help"], env=env, capture_output=True, check=True)
+    return time.monotonic() - began
+
+
+def at_once(elapsed: float, env: dict) -> bool:
+    """`elapsed` is no more than a wrapper's start and exit, measured side by side (with
+    room for the stamp's read and the record's write): nothing waited or retried."""
+    return elapsed < 2 * max(wrapper_start_seconds(env), wrapper_start_seconds(env)) + 0.5
 
 
 @pytest.fixture

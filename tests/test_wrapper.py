@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wrapper_command
+from tests.conftest import at_once, wrapper_command
 from tests.live_helpers import wait_until
 from wrapper.formats import (
     EXIT_NO_CLAUDE,
@@ -192,7 +192,7 @@ def test_429_stamps_and_the_next_run_skips_fast_without_claude(state, fake_claud
     elapsed = time.monotonic() - began
 
     assert second.returncode == EXIT_QUOTA_SKIP
-    assert elapsed < 1.0
+    assert at_once(elapsed, state.env), elapsed
     assert len(calls(fake_claude)) == 1, "claude must not start while the stamp holds"
     assert b"--clear-quota-stamp" in second.stderr
     failed, skipped = sorted(spool_records(state), key=lambda r: r.end_reason)
