@@ -262,9 +262,10 @@ def is_fresh(item: Published | Snapshot, now: datetime | None = None) -> bool:
     return not sample_is_stale(item.taken_at, item.interval_seconds, now)
 
 
-def read_local_sample() -> Published | None:
-    """The monitor's local copy of its latest sample, or None if there is none to trust."""
-    path = local_sample_path()
+def read_local_sample(path: Path | None = None) -> Published | None:
+    """The monitor's local copy of its latest sample (at `path`, default this host's), or
+    None if there is none to trust."""
+    path = path or local_sample_path()
     try:
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
         with os.fdopen(os.open(path, flags), "rb") as handle:

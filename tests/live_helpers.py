@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monitor_app.published import Published, read_local_sample
 from tests.conftest import State
 from wrapper.formats import (
     Sidecar,
@@ -170,15 +171,14 @@ def write_sidecar_raw(state: State, name: str, content: bytes, mode: int = 0o600
     return path
 
 
-def monitor_sample(state: State) -> tuple[dict, dict] | None:
-    """The header and state document of the sample a monitor process last published
-    (its local copy), or None before its first: what *that* monitor saw, not what a
-    web worker sampled on demand."""
-    try:
-        lines = (state.home / "monitor" / "sample.json").read_bytes().split(b"\n")
-        return json.loads(lines[0]), json.loads(lines[2])
-    except (OSError, IndexError, ValueError):
+def monitor_sample(state: State) -> tuple[Published, dict] | None:
+    """The sample a monitor process last published (its local copy) and its state
+    document, or None before its first: what *that* monitor saw, not what a web worker
+    sampled on demand."""
+    published = read_local_sample(state.home / "monitor" / "sample.json")
+    if published is None:
         return None
+    return published, json.loads(published.state_document)
 
 
 def monitor_session(state: State, session_id: str) -> dict | None:
@@ -191,12 +191,12 @@ def monitor_session(state: State, session_id: str) -> dict | None:
     )
 
 
-def wait_for_samples(state: State, count: int, timeout: float = 60.0) -> dict:
+def wait_for_samples(state: State, count: int, timeout: float = 60.0) -> Published:
     """Until the monitor has published `count` more samples: "nothing new happened for
     two samples" measured in samples, which a loaded machine slows down with it."""
     first = monitor_sample(state)
-    start = first[0]["seq"] if first else -1
+    start = first[0].seq if first else -1
     return wait_until(
-        lambda: (s := monitor_sample(state)) and s[0]["seq"] >= start + count and s[0],
+        lambda: (s := monitor_sample(state)) and s[0].seq >= start + count and s[0],
         timeout=timeout,
     )

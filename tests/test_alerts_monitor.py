@@ -88,10 +88,10 @@ def test_a_run_refused_on_every_attempt_is_told_within_one_sample_interval(
 ):
     real_claude.script("draft the memo", {"kind": "refuse"})
     assert run_wrapped(state, "memo", "draft the memo") == 1
-    ended_at_seq = monitor_sample(state)[0]["seq"]
+    ended_at_seq = monitor_sample(state)[0].seq
     # The monitor's seq read in the same poll that first sees the message.
     told_at_seq, [text] = wait_for(
-        lambda: (told := about(monitored, "memo")) and (monitor_sample(state)[0]["seq"], told),
+        lambda: (told := about(monitored, "memo")) and (monitor_sample(state)[0].seq, told),
         timeout=60,
     )
     # Within one sample interval, counted in samples (a loaded machine slows both): the
