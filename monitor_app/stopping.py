@@ -75,6 +75,26 @@ def walk(roots: list[psutil.Process]) -> list[tuple[int, psutil.Process]]:
     return sorted(found.values(), key=lambda item: -item[0])
 
 
+# Rounds of walk-and-stop before the tree is taken as it is (each round only finds
+# children started between the previous walk and its SIGSTOP).
+FREEZE_ROUNDS = 10
+
+
+def freeze(roots: list[psutil.Process], outcome: StopOutcome) -> list[psutil.Process]:
+    """SIGSTOP the roots and every descendant, walking again until a walk finds nothing
+    new, and return them deepest first. A stopped process starts no child, so the KILL
+    that follows leaves none behind: a single walk raced a trap that forks on TERM."""
+    frozen: dict[int, tuple[int, psutil.Process]] = {}
+    for _ in range(FREEZE_ROUNDS):
+        found = [(depth, proc) for depth, proc in walk(roots) if proc.pid not in frozen]
+        if not found:
+            break
+        for depth, proc in found:
+            frozen[proc.pid] = (depth, proc)
+            _signal(proc, signal.SIGSTOP, outcome)
+    return [proc for _, proc in sorted(frozen.values(), key=lambda item: -item[0])]
+
+
 def _depth_below(proc: psutil.Process, root: psutil.Process) -> int:
     depth = 1
     try:
@@ -131,9 +151,9 @@ def stop_session(
         if _signal(proc, signal.SIGTERM, outcome):
             outcome.terminated.append(proc.pid)
     psutil.wait_procs([proc for _, proc in first], timeout=grace)
-    # Walk again: survivors may have started children after the TERM.
+    # Survivors may have started children after the TERM, and may still be starting them.
     survivors = [proc for _, proc in first if _alive(proc)]
-    for _, proc in walk(survivors + [r for r in roots if _alive(r)]):
+    for proc in freeze(survivors + [r for r in roots if _alive(r)], outcome):
         if _alive(proc) and _signal(proc, signal.SIGKILL, outcome):
             outcome.killed.append(proc.pid)
     if not recorded and not _record_stopper(live.session_id, actor, reason):
