@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from sessions_app.fields import CleanCharField, CleanJSONField, CleanTextField
+
 
 class Scheduler(models.TextChoices):
     LAUNCHD = "launchd", "launchd"
@@ -33,45 +35,45 @@ COLLECTED_FIELDS = (
 
 
 class Job(models.Model):
-    scheduler = models.CharField(max_length=16, choices=Scheduler.choices)
-    label = models.CharField(
+    scheduler = CleanCharField(max_length=16, choices=Scheduler.choices)
+    label = CleanCharField(
         max_length=255, help_text="launchd label, systemd unit, or the cron entry's name"
     )
-    host = models.CharField(max_length=255)
+    host = CleanCharField(max_length=255)
 
     # ---- collected
-    tags = models.JSONField(default=list, blank=True, help_text="wrapper --tag values it runs")
-    command = models.TextField(blank=True, default="")
-    schedule_raw = models.TextField(blank=True, default="", help_text="as the scheduler states it")
-    schedule_text = models.CharField(max_length=255, blank=True, default="")
+    tags = CleanJSONField(default=list, blank=True, help_text="wrapper --tag values it runs")
+    command = CleanTextField(blank=True, default="")
+    schedule_raw = CleanTextField(blank=True, default="", help_text="as the scheduler states it")
+    schedule_text = CleanCharField(max_length=255, blank=True, default="")
     interval_seconds = models.IntegerField(null=True, blank=True)
     next_run_at = models.DateTimeField(null=True, blank=True)
     previous_run_at = models.DateTimeField(
         null=True, blank=True, help_text="the latest time the schedule said it should have run"
     )
-    pids = models.JSONField(default=list, blank=True)
+    pids = CleanJSONField(default=list, blank=True)
     last_exit_status = models.IntegerField(
         null=True, blank=True, help_text="negative: killed by that signal (launchd)"
     )
-    state = models.CharField(max_length=64, blank=True, default="")
+    state = CleanCharField(max_length=64, blank=True, default="")
     scheduler_enabled = models.BooleanField(default=True)
-    source = models.TextField(blank=True, default="", help_text="plist, unit or crontab file")
-    scope = models.CharField(
+    source = CleanTextField(blank=True, default="", help_text="plist, unit or crontab file")
+    scope = CleanCharField(
         max_length=16,
         blank=True,
         default="",
         help_text="systemd: user or system manager; launchd: gui (agent) or system (daemon)",
     )
-    collector_error = models.TextField(blank=True, default="")
+    collector_error = CleanTextField(blank=True, default="")
     collected_at = models.DateTimeField(null=True, blank=True)
     present = models.BooleanField(
         default=True, help_text="seen by the latest collection (gone jobs are kept, not deleted)"
     )
 
     # ---- edited by people in the admin
-    description = models.TextField(blank=True, default="")
-    owner = models.CharField(max_length=150, blank=True, default="")
-    platform = models.CharField(max_length=100, blank=True, default="")
+    description = CleanTextField(blank=True, default="")
+    owner = CleanCharField(max_length=150, blank=True, default="")
+    platform = CleanCharField(max_length=100, blank=True, default="")
     enabled = models.BooleanField(
         default=True, help_text="Unticked: expected not to run (no 'late' badge)"
     )
@@ -83,7 +85,7 @@ class Job(models.Model):
         help_text="Let the watchdog kill processes a run left behind (after "
         "OPSCONSOLE_LEFTOVER_GRACE_SECONDS)",
     )
-    notes = models.TextField(blank=True, default="")
+    notes = CleanTextField(blank=True, default="")
 
     class Meta:
         ordering = ["platform", "label"]
@@ -101,16 +103,16 @@ class AuditEntry(models.Model):
     """Every operator action and every watchdog stop: who, what, when, and what came back."""
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.CharField(max_length=150, help_text="a user name, or 'watchdog'")
-    action = models.CharField(max_length=32)
+    actor = CleanCharField(max_length=150, help_text="a user name, or 'watchdog'")
+    action = CleanCharField(max_length=32)
     job = models.ForeignKey(
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit"
     )
-    target = models.TextField(help_text="what was acted on: a label, unit, entry or session")
+    target = CleanTextField(help_text="what was acted on: a label, unit, entry or session")
     ok = models.BooleanField()
     exit_code = models.IntegerField(null=True, blank=True)
-    output = models.TextField(blank=True, default="", help_text="the scheduler's own output")
-    detail = models.JSONField(default=dict, blank=True)
+    output = CleanTextField(blank=True, default="", help_text="the scheduler's own output")
+    detail = CleanJSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-at", "-id"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from sessions_app.fields import CleanCharField, CleanJSONField, CleanTextField
+
 
 class Status(models.TextChoices):
     LIVE = "live", "live"
@@ -34,15 +36,15 @@ class Session(models.Model):
     """One attempt of one wrapped `claude` run, keyed by its pre-assigned session UUID."""
 
     session_id = models.UUIDField(unique=True)
-    script_tag = models.CharField(max_length=100, db_index=True)
-    platform = models.CharField(max_length=100, blank=True, default="")
-    host = models.CharField(max_length=255, blank=True, default="")
+    script_tag = CleanCharField(max_length=100, db_index=True)
+    platform = CleanCharField(max_length=100, blank=True, default="")
+    host = CleanCharField(max_length=255, blank=True, default="")
     attempt = models.PositiveSmallIntegerField(default=1)
     retry_of = models.UUIDField(null=True, blank=True, db_index=True)
-    status = models.CharField(max_length=16, choices=Status.choices)
-    end_reason = models.CharField(max_length=32, blank=True, default="")
+    status = CleanCharField(max_length=16, choices=Status.choices)
+    end_reason = CleanCharField(max_length=32, blank=True, default="")
     exit_code = models.IntegerField(null=True, blank=True)
-    error = models.TextField(blank=True, default="")
+    error = CleanTextField(blank=True, default="")
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.BigIntegerField(null=True, blank=True)
@@ -63,27 +65,27 @@ class Session(models.Model):
     # Byte size of the transcripts when they were put in the search index; NULL: not yet.
     search_indexed_bytes = models.BigIntegerField(null=True, blank=True)
     is_error = models.BooleanField(null=True, blank=True)
-    stop_reason = models.CharField(max_length=64, blank=True, default="")
+    stop_reason = CleanCharField(max_length=64, blank=True, default="")
     api_error_status = models.IntegerField(null=True, blank=True)
-    model = models.CharField(max_length=100, blank=True, default="")
-    cwd = models.TextField(blank=True, default="")
+    model = CleanCharField(max_length=100, blank=True, default="")
+    cwd = CleanTextField(blank=True, default="")
     wrapper_pid = models.IntegerField(null=True, blank=True)
     claude_pid = models.IntegerField(null=True, blank=True)
-    claude_config_dir = models.TextField(blank=True, default="")
-    transcript_path = models.TextField(blank=True, default="")  # where claude wrote it
-    archive_path = models.TextField(blank=True, default="")  # the copy that outlives claude's
+    claude_config_dir = CleanTextField(blank=True, default="")
+    transcript_path = CleanTextField(blank=True, default="")  # where claude wrote it
+    archive_path = CleanTextField(blank=True, default="")  # the copy that outlives claude's
     job = models.ForeignKey(
         "jobs_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
     )
-    stopped_by = models.CharField(
+    stopped_by = CleanCharField(
         max_length=150, blank=True, default="", help_text="who stopped it: a user, or watchdog"
     )
     wrapped = models.BooleanField(
         default=True, help_text="started by opsconsole-run (False: seen in Claude Code's registry)"
     )
     # Processes of this run's tree that outlived its agent: [{pid, started, cmdline}].
-    leftovers = models.JSONField(default=list, blank=True)
-    recorded_from = models.CharField(
+    leftovers = CleanJSONField(default=list, blank=True)
+    recorded_from = CleanCharField(
         max_length=16,
         blank=True,
         default="",

@@ -421,6 +421,88 @@ FLOAT_RANGES: dict[str, tuple[float, float]] = {
 TIME_FIELDS = ("started_at", "ended_at", "until", "set_at")
 
 
+# A report's other items (fleet.console takes them one by one): an event
+# (monitor_app.models.Event), a job a host's collector found (jobs_app.models.Job), an
+# entry of a host's own rules (jobs_app.models.AuditEntry), the sample's sequence number
+# (HostSample.seq). Same rule: what passes fits its column.
+REPORT_NAME_LIMITS: dict[str, int] = {
+    "kind": 32,
+    "status": 16,
+    "dedupe_key": 200,
+    "scheduler": 16,
+    "label": 255,
+    "schedule_text": 255,
+    "state": 64,
+    "scope": 16,
+    "actor": 150,
+    "action": 32,
+}
+REPORT_TEXT_LIMITS: dict[str, int] = {
+    "message": MAX_ERROR_CHARS,
+    "command": 20_000,
+    "schedule_raw": 20_000,
+    "source": MAX_PATH_CHARS,
+    "target": 2000,
+    "output": 20_000,
+}
+REPORT_INT_RANGES: dict[str, tuple[int, int]] = {
+    "seq": (0, INT64_MAX),
+    "monitor_pid": (2, INT32_MAX),
+    "interval_seconds": (0, INT32_MAX),
+    "last_exit_status": (-INT32_MAX, INT32_MAX),
+}
+
+
+def report_item_problem(item: dict[str, Any]) -> str | None:
+    """Why one item of a host's report cannot be recorded (the first field that does not
+    fit), or None. Fields without a limit here are checked by the code that reads them."""
+    for name, value in item.items():
+        problem = _report_field_problem(name, value)
+        if problem:
+            return problem
+    return None
+
+
+def _report_field_problem(name: str, value: object) -> str | None:
+    # Free text may hold a NUL or a lone surrogate: clean_text removes them where it is
+    # written (sessions_app.fields). A name may not.
+    limit = REPORT_NAME_LIMITS.get(name) or REPORT_TEXT_LIMITS.get(name)
+    if limit is not None and isinstance(value, str):
+        if name in REPORT_NAME_LIMITS and _CONTROL_RE.search(value):
+            return f"{name} holds a control character"
+        if name in REPORT_NAME_LIMITS and _LONE_SURROGATE_RE.search(value):
+            return f"{name} is not valid UTF-8 (a lone surrogate)"
+        if len(value) > limit:
+            return f"{name} is {len(value)} characters long (at most {limit})"
+        return None
+    if name in REPORT_INT_RANGES and isinstance(value, int) and not isinstance(value, bool):
+        low, high = REPORT_INT_RANGES[name]
+        return None if low <= value <= high else f"{name} {_short(value)} is out of range"
+    return field_problem(name, value)
+
+
+_LONE_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """Text a database column can hold on every backend: no NUL (PostgreSQL refuses it),
+    no lone surrogate (not encodable as UTF-8; U+FFFD instead)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return _LONE_SURROGATE_RE.sub("\ufffd", value)
+
+
+def clean_json(value: Any) -> Any:
+    """clean_text on every string of a JSON value, keys included."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_json(key): clean_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(item) for item in value]
+    return value
+
+
 def field_problem(name: str, value: object) -> str | None:
     """Why `value` cannot be field `name` of a protocol file, or None when it can."""
     if value is None:
