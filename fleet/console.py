@@ -1,38 +1,51 @@
-"""Many hosts, one console: what the console does with reports, and the fleet's view.
+"""Many hosts, one console: what the console does with a host's report.
 
 A reporting host's monitor posts its sample, its unacknowledged events and the
-completion records in its spool (fleet.reporting). `receive_report`
-records them exactly as a console's own monitor would (the same ingest code,
-idempotent by session id and event key), writes the host's HostSample row, and
-answers with what it recorded and the operator requests waiting for the host.
-Every row a report touches is checked to belong to the token's host.
+completion records in its spool (fleet.reporting). `receive_report` records them
+exactly as a console's own monitor would (the same ingest code, idempotent by session
+id and event key), writes the host's HostSample row, and answers with what it recorded,
+what it refused (fleet.report_items: item by item, kept with why in RefusedItem) and
+the operator requests waiting for the host.
 
-One piece: the console's half of the report protocol, the mirror of fleet.reporting;
-parsing, the host check and recording are one transaction's steps.
+Each item is recorded in a savepoint of its own: a value the database will not take
+refuses that item, never the report. Only a database that is away (OperationalError,
+InterfaceError) fails the whole report, and the host sends it again.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from jobs_app.collectors.base import CollectedJob, Collection
+from fleet.budgets import (
+    Budgets,
+    locked_budget,
+    seconds_to_next_hour,
+    spend_transcript,
+    transcript_allowance,
+)
+from fleet.host_requests import deliver_actions, finish_action
+from fleet.report_items import Parsed, Refusal, ReportRejected, parse_report
 from jobs_app.linking import job_id_for, job_index
 from jobs_app.models import AuditEntry, Job
-from monitor_app import job_controls, published
-from monitor_app.events import EventOutbox, PendingEvent
-from monitor_app.job_controls import ActionResult, audited
+from monitor_app import published
+from monitor_app.events import EventOutbox
 from monitor_app.job_status import record_collections
-from monitor_app.models import Event, EventKind, HostSample, RemoteAction
+from monitor_app.models import (
+    Event,
+    EventKind,
+    HostBudget,
+    HostSample,
+    RefusedItem,
+)
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
 from monitor_app.snapshot import Snapshot
 from sessions_app import ingest, remote_transcripts
@@ -43,257 +56,165 @@ from sessions_app.models import (
     leftover_members,
     leftover_record,
 )
-from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
-from wrapper.formats import FormatError, Sidecar, SpoolRecord, is_session_id, parse_iso
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ReportRejected", "receive_report"]
 
-class ReportRejected(Exception):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _require(condition: bool, message: str, status: int = 400) -> None:
-    if not condition:
-        raise ReportRejected(message, status)
+# Refused items written per report; the rest are counted in one row (an attack of a
+# million bad events costs a million rows nowhere).
+MAX_REFUSALS_KEPT = 100
+MAX_REFUSALS_ANSWERED = 1000
 
 
-def _check_host(named: object, host: str, what: str) -> None:
-    if named != host:
-        raise ReportRejected(f"this token is for host {host!r}; {what} names host {named!r}", 403)
-
-
-@dataclass
-class Parsed:
-    sample: dict
-    snapshot: Snapshot
-    completions: list[SpoolRecord]
-    rejected: list[str]
-    vanished: list[Sidecar]
-    endings: list[tuple[Sidecar, str, datetime]]
-    leftovers: dict[str, list]
-    events: list[PendingEvent]
-    results: list[dict]
-    transcripts: list[tuple[str, int, bytes]]
-    jobs: list | None = None
-    stops: list[dict] = field(default_factory=list)
-    audits: list[dict] = field(default_factory=list)
-
-
-def parse_report(payload: object, host: str) -> Parsed:
-    """Validate a report against the token's host, before anything is written."""
-    _require(isinstance(payload, dict), "a report is a JSON object")
-    _require(payload.get("format") == 1, "unknown report format")
-    _check_host(payload.get("host"), host, "the report")
-    sample = payload.get("sample")
-    _require(isinstance(sample, dict), "sample missing")
-    try:
-        api = json.loads(sample["api_document"])
-        state = json.loads(sample["state_document"])
-        snapshot = published.snapshot_from_state(state, seq=int(sample["seq"]), source="monitor")
-        parse_iso(sample["taken_at"])
-        float(sample["interval_seconds"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReportRejected(f"sample unreadable: {exc}", 400) from exc
-    _check_host(api.get("host"), host, "the sample")
-    for live in snapshot.sessions:
-        _check_host(live.sidecar.host, host, f"live session {live.session_id}")
-    for run in snapshot.leftovers:
-        _check_host(run.host, host, f"leftovers of {run.session_id}")
-    completions, rejected = [], []
-    for item in _list(payload, "completions"):
-        try:
-            record = SpoolRecord.from_dict(item)
-        except (FormatError, TypeError) as exc:
-            session_id = item.get("session_id") if isinstance(item, dict) else None
-            log.warning("completion record from %s rejected: %s", host, exc)
-            if isinstance(session_id, str):
-                rejected.append(session_id)
-            continue
-        _check_host(record.host, host, f"completion record {record.session_id}")
-        completions.append(record)
-    vanished = [_sidecar(item, host) for item in _list(payload, "vanished")]
-    endings = []
-    for item in _list(payload, "endings"):
-        try:
-            status = item["status"]
-            _require(status in (Status.EXITED, Status.KILLED), "ending status")
-            endings.append((_sidecar(item["sidecar"], host), status, parse_iso(item["ended_at"])))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReportRejected(f"ending unreadable: {exc}", 400) from exc
-    leftovers = payload.get("leftovers") or {}
-    _require(isinstance(leftovers, dict), "leftovers is an object")
-    events = []
-    for item in _list(payload, "events"):
-        try:
-            event = PendingEvent(**item)
-            parse_iso(event.at)
-        except (TypeError, ValueError) as exc:
-            raise ReportRejected(f"event unreadable: {exc}", 400) from exc
-        _check_host(event.host, host, f"event {event.dedupe_key}")
-        _require(event.kind in EventKind.values, f"unknown event kind {event.kind!r}")
-        _require(
-            event.dedupe_key.startswith(f"{host}:"), "an event's key starts with its host", 403
-        )
-        events.append(event)
-    results = [r for r in _list(payload, "action_results") if isinstance(r, dict)]
-    transcripts = []
-    for item in _list(payload, "transcripts"):
-        try:
-            session_id, offset = item["session_id"], item["offset"]
-            data = base64.b64decode(item["data"], validate=True)
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise ReportRejected(f"transcript chunk unreadable: {exc}", 400) from exc
-        _require(is_session_id(session_id), "a transcript chunk names a session id")
-        _require(isinstance(offset, int) and offset >= 0, "a chunk's offset is a byte count")
-        _require(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
-        transcripts.append((session_id, offset, data))
-    jobs = parse_jobs(payload.get("jobs"), host)
-    stops = [
-        s
-        for s in _list(payload, "stops")
-        if isinstance(s, dict) and is_session_id(s.get("session_id"))
-    ]
-    audits = [a for a in _list(payload, "audits") if isinstance(a, dict)]
-    return Parsed(
-        stops=stops,
-        audits=audits,
-        jobs=jobs,
-        sample=sample,
-        snapshot=snapshot,
-        completions=completions,
-        rejected=rejected,
-        vanished=vanished,
-        endings=endings,
-        leftovers=leftovers,
-        events=events,
-        results=results,
-        transcripts=transcripts,
-    )
-
-
-def parse_jobs(value: object, host: str):
-    """A host's latest scheduler collection (jobs_app collectors, run on the host)."""
-    if value is None:
-        return None
-    _require(isinstance(value, list), "jobs is a list of collections")
-    collections = []
-    for item in value:
-        try:
-            collection = Collection(
-                scheduler=str(item["scheduler"])[:16],
-                errors=[str(e)[:500] for e in item.get("errors") or []],
-            )
-            for job in item.get("jobs") or []:
-                found = CollectedJob(**job)
-                for name in ("next_run_at", "previous_run_at"):
-                    raw = getattr(found, name)
-                    setattr(found, name, parse_iso(raw) if raw else None)
-                _check_host(found.host, host, f"job {found.label}")
-                collection.jobs.append(found)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReportRejected(f"job collection unreadable: {exc}", 400) from exc
-        collections.append(collection)
-    return collections
-
-
-def _list(payload: dict, name: str) -> list:
-    value = payload.get(name) or []
-    _require(isinstance(value, list), f"{name} is a list")
-    return value
-
-
-def _sidecar(item: object, host: str) -> Sidecar:
-    try:
-        sidecar = Sidecar.from_dict(item)
-    except (FormatError, TypeError) as exc:
-        raise ReportRejected(f"sidecar unreadable: {exc}", 400) from exc
-    _check_host(sidecar.host, host, f"session {sidecar.session_id}")
-    return sidecar
-
-
-def receive_report(payload: object, host: str, received_at: datetime | None = None) -> dict:
-    """Record one report of `host`; the answer (acks and requests). ReportRejected if not."""
+def receive_report(
+    payload: object, host: str, received_at: datetime | None = None, limits: Budgets | None = None
+) -> dict:
+    """Record one report of `host`; the answer (acks, refusals and requests).
+    ReportRejected only when it is not a report of this host at all."""
     received_at = received_at or timezone.now()
-    parsed = parse_report(payload, host)
+    limits = limits or Budgets.from_settings()
+    parsed = parse_report(payload, host, sessions_per_report=limits.sessions_per_report)
     with transaction.atomic():
-        return _record(parsed, payload, host, received_at)
+        parsed.drop_sessions(owners_elsewhere(parsed.named_sessions(), host))
+        budget = locked_budget(host)
+        answer = _record(parsed, payload, host, received_at, budget, limits)
+        budget.save()
+        record_refusals(parsed.refused, host, received_at)
+    return answer
 
 
-def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> dict:
-    outbox = EventOutbox(host, None)
-    recorded: list[str] = []
-    # Sessions this host already has on record under another host are not its to write.
-    ids = [r.session_id for r in parsed.completions] + [s.session_id for s in parsed.vanished]
-    ids += [s.session_id for s, _, _ in parsed.endings] + list(parsed.leftovers)
-    ids += [live.session_id for live in parsed.snapshot.sessions]
-    ids += [session_id for session_id, _, _ in parsed.transcripts]
-    ids += [stop["session_id"] for stop in parsed.stops]
-    # Unordered: first() would sort by the model's ordering, and PostgreSQL may then walk
-    # every session newest first looking for one that is not there (a millisecond a
-    # report at a few thousand rows, and more with every run on record).
-    foreign = (
-        Session.objects.filter(session_id__in=[i for i in ids if is_session_id(i)])
+def owners_elsewhere(ids: set[str], host: str) -> dict[str, str]:
+    """Session ids another host recorded first, with that host: a session id belongs
+    to the host that first recorded it."""
+    if not ids:
+        return {}
+    # Unordered: ordering by the model's default would make PostgreSQL walk every
+    # session newest first looking for ones that are not there.
+    rows = (
+        Session.objects.filter(session_id__in=list(ids))
         .exclude(host=host)
         .order_by()
-        .values_list("session_id", flat=True)[:1]
+        .values_list("session_id", "host")
     )
-    if foreign:
-        raise ReportRejected(f"session {foreign[0]} is on record for another host", 403)
+    return {str(session_id): owner for session_id, owner in rows}
 
-    write_sample(parsed, host, payload.get("monitor_version", ""), received_at)
+
+def one_item(
+    parsed: Parsed, kind: str, key: object, item: object, write: Callable, *args: Any
+) -> Any:
+    """`write(*args)` in a savepoint: what it returns, or None with the item refused when
+    the database (or our code) will not take it. A database that is away propagates."""
+    try:
+        with transaction.atomic():
+            return write(*args)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        log.warning("%s %s of a report not recorded: %s", kind, key, exc, exc_info=True)
+        parsed.refuse(kind, key, f"not recorded: {type(exc).__name__}: {exc}", item)
+        return None
+
+
+def _record(
+    parsed: Parsed,
+    payload: dict,
+    host: str,
+    received_at: datetime,
+    budget: HostBudget,
+    limits: Budgets,
+) -> dict:
     now = received_at
+    outbox = EventOutbox(host, None)
+    recorded: list[str] = []
+    current = parsed.snapshot is not None and one_item(
+        parsed,
+        "sample",
+        parsed.sample.get("seq"),
+        None,
+        write_sample,
+        parsed,
+        host,
+        payload.get("monitor_version", ""),
+        received_at,
+    )
     for result in parsed.results:
-        finish_action(result, host, now)
+        one_item(parsed, "result", result.get("id"), result, finish_action, result, host, now)
     for stop in parsed.stops:
         # The host's watchdog is stopping it: on record before its completion record.
-        Session.objects.filter(
-            session_id=stop["session_id"], host=host, status__in=LIVE_STATUSES
-        ).update(
-            stopped_by=str(stop.get("actor") or "watchdog")[:150],
-            end_reason=str(stop.get("reason") or "watchdog")[:32],
-        )
+        one_item(parsed, "stop", stop["session_id"], stop, record_host_stop, stop, host)
     for audit in parsed.audits:
-        record_host_audit(audit, host)
+        one_item(parsed, "audit", audit["target"], audit, record_host_audit, audit, host)
     for record in parsed.completions:
-        session = ingest.record_completion(record)
-        add_end_event(outbox, session, now)
-        recorded.append(record.session_id)
-    for sidecar in parsed.vanished:
-        existing = Session.objects.filter(session_id=sidecar.session_id).first()
-        if existing is None or existing.status in (*LIVE_STATUSES, Status.UNKNOWN):
-            session = ingest.record_vanished(sidecar, settings.OPSCONSOLE_STATE, None, now=now)
-            add_end_event(outbox, session, now)
-        recorded.append(sidecar.session_id)
-    for sidecar, status, ended_at in parsed.endings:
-        session = ingest.record_unwrapped_end(
-            sidecar, status, ended_at, settings.OPSCONSOLE_STATE, None
+        session = one_item(
+            parsed,
+            "completion",
+            record.session_id,
+            asdict(record),
+            ingest.record_completion,
+            record,
         )
-        if session.status == status:
-            add_end_event(outbox, session, ended_at)
-        recorded.append(sidecar.session_id)
+        if session is not None:
+            add_end_event(outbox, session, now)
+            recorded.append(record.session_id)
+    for sidecar in parsed.vanished:
+        if one_item(
+            parsed,
+            "vanished",
+            sidecar.session_id,
+            sidecar.to_dict(),
+            record_vanished,
+            sidecar,
+            outbox,
+            now,
+        ):
+            recorded.append(sidecar.session_id)
+    for sidecar, status, ended_at in parsed.endings:
+        if one_item(
+            parsed,
+            "ending",
+            sidecar.session_id,
+            sidecar.to_dict(),
+            record_ending,
+            sidecar,
+            status,
+            ended_at,
+            outbox,
+        ):
+            recorded.append(sidecar.session_id)
     for session_id, members in parsed.leftovers.items():
-        if is_session_id(session_id) and isinstance(members, list):
-            Session.objects.filter(session_id=session_id, host=host).update(
-                leftovers=clean_leftovers(members)
-            )
-    ingest.record_live(parsed.snapshot.sessions)
-    if parsed.snapshot.active_dir_error is None:
-        close_lost_rows(parsed.snapshot, host, set(recorded), now)
+        one_item(
+            parsed,
+            "leftovers",
+            session_id,
+            members,
+            record_leftovers,
+            session_id,
+            members,
+            host,
+        )
+    if current:
+        # A replayed older sample is not the host's present: nothing live or lost from it.
+        snapshot = parsed.snapshot
+        one_item(parsed, "live", "sample", None, ingest.record_live, snapshot.sessions)
+        if snapshot.active_dir_error is None:
+            close_lost_rows(snapshot, host, set(recorded), now)
     if parsed.jobs is not None:
-        record_collections(parsed.jobs, now, host=host)
-    outbox.pending.extend(parsed.events)
-    outbox.flush()
-    held = store_transcripts(parsed, host, recorded)
+        one_item(parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host)
+    flush_events(parsed, outbox)
+    held, paused = store_transcripts(parsed, host, recorded, budget, limits, now)
+    refused = parsed.refused
+    refused_events = {r.key for r in refused if r.kind == "event"}
     return {
         "ok": True,
         "ack": {
             "sessions": recorded,
-            "rejected": parsed.rejected,
-            "events": [e.dedupe_key for e in parsed.events],
+            # Completion records refused: the host moves them to spool/rejected/.
+            "rejected": [r.key for r in refused if r.kind == "completion"],
+            "refused": [r.answer() for r in refused[:MAX_REFUSALS_ANSWERED]],
+            "events": [e.dedupe_key for e in parsed.events if e.dedupe_key not in refused_events],
             "transcripts": held,
+            "transcripts_paused_seconds": paused,
         },
         "actions": deliver_actions(host, now),
         "policy": host_policy(host),
@@ -301,14 +222,95 @@ def _record(parsed: Parsed, payload: dict, host: str, received_at: datetime) -> 
     }
 
 
-def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[str, int]:
-    """New transcript bytes into the console's copy; the Session row points at it, so the
-    session page, tail and Range follower read it as an archived transcript."""
-    held = {}
+def record_vanished(sidecar, outbox: EventOutbox, now: datetime) -> bool:
+    existing = Session.objects.filter(session_id=sidecar.session_id).first()
+    if existing is None or existing.status in (*LIVE_STATUSES, Status.UNKNOWN):
+        session = ingest.record_vanished(sidecar, settings.OPSCONSOLE_STATE, None, now=now)
+        add_end_event(outbox, session, now)
+    return True
+
+
+def record_ending(sidecar, status: str, ended_at: datetime, outbox: EventOutbox) -> bool:
+    session = ingest.record_unwrapped_end(
+        sidecar, status, ended_at, settings.OPSCONSOLE_STATE, None
+    )
+    if session.status == status:
+        add_end_event(outbox, session, ended_at)
+    return True
+
+
+def record_host_stop(stop: dict, host: str) -> None:
+    Session.objects.filter(
+        session_id=stop["session_id"], host=host, status__in=LIVE_STATUSES
+    ).update(stopped_by=HOST_STOPPER, end_reason=str(stop.get("reason") or "watchdog")[:32])
+
+
+HOST_STOPPER = "watchdog"
+
+
+def flush_events(parsed: Parsed, outbox: EventOutbox) -> None:
+    """The host's events with those of this report's records, in one insert; when the
+    database refuses the batch, one by one, so only the bad ones are refused."""
+    own = list(outbox.pending)
+    outbox.pending.extend(parsed.events)
+    try:
+        with transaction.atomic():
+            outbox.flush()
+        return
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        outbox.pending = []
+    for event in own + parsed.events:
+        outbox.pending = [event]
+        one_item(parsed, "event", event.dedupe_key, asdict(event), outbox.flush)
+    outbox.pending = []
+
+
+def store_transcripts(
+    parsed: Parsed,
+    host: str,
+    recorded: list[str],
+    budget: HostBudget,
+    limits: Budgets,
+    now: datetime,
+) -> tuple[dict[str, int], int]:
+    """New transcript bytes into the console's copy, within the host's budget; the
+    Session row points at it, so the session page, tail and Range follower read it as
+    an archived transcript. Returns what is held per session, and the seconds the host
+    should stop sending chunks (0: go on)."""
+    held: dict[str, int] = {}
+    paused = 0
+    allowance = transcript_allowance(budget, now, limits)
     for session_id, offset, data in parsed.transcripts:
+        if len(data) > allowance:
+            reason = (
+                f"over this host's transcript budget ({limits.transcript_bytes_per_hour} "
+                f"bytes an hour, {limits.transcript_bytes_total} in all)"
+            )
+            parsed.refuse("transcript", session_id, reason, {"offset": offset}, 429)
+            paused = seconds_to_next_hour(budget, now)
+            over_budget_event(host, "transcript", budget, reason)
+            continue
         if not Session.objects.filter(session_id=session_id, host=host).exists():
             continue  # no row yet: the host sends it again with the next report
-        held[session_id] = remote_transcripts.append_chunk(host, session_id, offset, data)
+        before = held.get(session_id, offset)
+        stored = one_item(
+            parsed,
+            "transcript",
+            session_id,
+            {"offset": offset},
+            remote_transcripts.append_chunk,
+            host,
+            session_id,
+            offset,
+            data,
+        )
+        if stored is not None:
+            held[session_id] = stored
+            spent = max(0, stored - max(before, offset))
+            spend_transcript(budget, spent)
+            allowance -= spent
     for session_id in set(held) | set(recorded):
         path = remote_transcripts.local_path(host, session_id)
         if path is None and (held.get(session_id) or session_id in recorded):
@@ -318,7 +320,44 @@ def store_transcripts(parsed: Parsed, host: str, recorded: list[str]) -> dict[st
             Session.objects.filter(session_id=session_id, host=host).exclude(
                 archive_path=path
             ).update(archive_path=path)
-    return held
+    return held, paused
+
+
+def over_budget_event(host: str, budget_name: str, budget: HostBudget, reason: str) -> None:
+    """One event per host, budget and hour: the alert rules and the Hosts page see it."""
+    window = budget.hour_started_at.strftime("%Y%m%dT%H%M") if budget.hour_started_at else "-"
+    Event.objects.get_or_create(
+        dedupe_key=f"{host}:over_budget:{budget_name}:{window}"[:200],
+        defaults={
+            "at": timezone.now() if budget.hour_started_at is None else budget.hour_started_at,
+            "host": host,
+            "kind": EventKind.HOST_OVER_BUDGET,
+            "message": f"{host}: {reason}; refused until the hour turns",
+            "detail": {"budget": budget_name},
+        },
+    )
+
+
+def record_refusals(refused: list[Refusal], host: str, now: datetime) -> None:
+    """What the console did not record, kept with why (the Hosts page, the admin)."""
+    kept, more = refused[:MAX_REFUSALS_KEPT], refused[MAX_REFUSALS_KEPT:]
+    if more:
+        kept.append(Refusal("more", "more", f"{len(more)} more refused items in one report", None))
+    for refusal in kept:
+        if refusal.status == 429:
+            continue  # not refused for good: sent again when the budget allows
+        values = {"reason": refusal.reason, "last_at": now, "item": refusal.item_text()}
+        rows = RefusedItem.objects.filter(host=host, kind=refusal.kind, key=refusal.key)
+        if not rows.update(count=F("count") + 1, **values):
+            RefusedItem.objects.create(
+                host=host, kind=refusal.kind, key=refusal.key, first_at=now, **values
+            )
+
+
+def record_leftovers(session_id: str, members: list, host: str) -> None:
+    Session.objects.filter(session_id=session_id, host=host).update(
+        leftovers=clean_leftovers(members)
+    )
 
 
 def clean_leftovers(members: list) -> list[dict]:
@@ -328,14 +367,15 @@ def clean_leftovers(members: list) -> list[dict]:
 
 
 def record_host_audit(audit: dict, host: str) -> None:
-    """What a host's own rules did (the watchdog, the leftover rule), in the audit log."""
+    """What a host's own rules did (the watchdog, the leftover rule), in the audit log:
+    checked to be that rule's (fleet.report_items), and said to be this host's."""
     tag = str(audit.get("script_tag") or "")
     detail = audit.get("detail") if isinstance(audit.get("detail"), dict) else {}
     AuditEntry.objects.create(
-        actor=str(audit.get("actor") or "watchdog")[:150],
-        action=str(audit.get("action") or "")[:32],
+        actor=HOST_STOPPER,
+        action=audit["action"],
         job_id=job_id_for(host, tag) if tag else None,
-        target=str(audit.get("target") or "")[:2000],
+        target=audit["target"],
         ok=bool(audit.get("ok")),
         output=str(audit.get("output") or "")[-20_000:],
         detail={**detail, "host": host},
@@ -363,10 +403,11 @@ def host_policy(host: str) -> dict:
     }
 
 
-def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> None:
-    """The host's HostSample row. Both documents are rebuilt here from the checked
-    snapshot: what the console serves is what it validated (no session of another host,
-    its own URLs), never the host's bytes as sent."""
+def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> bool:
+    """The host's HostSample row, when this sample is newer than the one on record.
+    Both documents are rebuilt here from the checked snapshot: what the console serves
+    is what it validated (no session of another host, its own URLs), never the host's
+    bytes as sent. False for a replayed or retried older sample."""
     sample = parsed.sample
     snapshot = parsed.snapshot
     snapshot.interval_seconds = float(sample["interval_seconds"])
@@ -388,160 +429,35 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
         "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
         "reported": True,
     }
-    # Only a newer sample of the same monitor replaces the row (a retried old report must
-    # not go back in time); a restarted monitor's always does (its clock may have gone back).
-    newer = Q(seq__lte=values["seq"]) | ~Q(monitor_pid=pid) | Q(monitor_pid=None)
-    updated = HostSample.objects.filter(newer, host=host).update(**values)
-    if not updated and not HostSample.objects.filter(host=host).exists():
-        HostSample.objects.get_or_create(host=host, defaults=values)
+    on_record = HostSample.objects.select_for_update().filter(host=host).first()
+    if on_record is None:
+        HostSample.objects.create(host=host, **values)
+        return True
+    if not is_newer_sample(on_record, document.seq, pid, taken_at):
+        return False
+    HostSample.objects.filter(pk=on_record.pk).update(**values)
+    return True
+
+
+def is_newer_sample(on_record: HostSample, seq: int, pid: int | None, taken_at: datetime) -> bool:
+    """The same monitor counts up; another monitor (a restart) must not have taken its
+    sample before the one on record, so a replayed old report never turns a host back."""
+    if pid is not None and pid == on_record.monitor_pid:
+        return seq > on_record.seq
+    return taken_at >= on_record.taken_at
 
 
 def close_lost_rows(snapshot: Snapshot, host: str, recorded: set[str], now: datetime) -> None:
     """Rows of `host` marked live that its sample no longer names and nothing ended: the
     console lost sight of them (as the local monitor's own rule; a record arriving later
-    still wins)."""
+    still wins). One statement, however many."""
     live_ids = {s.session_id for s in snapshot.sessions} | recorded
-    lost = (
-        Session.objects.filter(
-            status__in=LIVE_STATUSES, host=host, started_at__lt=now - STALE_LIVE_ROW_GRACE
-        )
-        .exclude(session_id__in=live_ids)
-        .values_list("pk", flat=True)
+    Session.objects.filter(
+        status__in=LIVE_STATUSES, host=host, started_at__lt=now - STALE_LIVE_ROW_GRACE
+    ).exclude(session_id__in=live_ids).update(
+        status=Status.UNKNOWN,
+        end_reason="lost",
+        ended_at=now,
+        error=f"The console lost sight of this run: {host}'s monitor no longer reports it "
+        "and sent no completion record.",
     )
-    for pk in lost:
-        Session.objects.filter(pk=pk, status__in=LIVE_STATUSES).update(
-            status=Status.UNKNOWN,
-            end_reason="lost",
-            ended_at=now,
-            error=f"The console lost sight of this run: {host}'s monitor no longer reports it "
-            "and sent no completion record.",
-        )
-
-
-# ----------------------------------------------------------------------------- requests
-
-
-def deliver_actions(host: str, now: datetime) -> list[dict]:
-    """The host's pending requests, marked sent. Runs inside the report's transaction,
-    which holds their locks; asked of every report and almost always empty, so the query
-    is kept narrow (a job action's job is read only when there is one)."""
-    with transaction.atomic(savepoint=False):
-        rows = list(
-            RemoteAction.objects.select_for_update().filter(
-                host=host, state=RemoteAction.State.PENDING
-            )
-        )
-        for action in rows:
-            action.state, action.sent_at = RemoteAction.State.SENT, now
-            action.save(update_fields=["state", "sent_at"])
-            if action.kind == RemoteAction.Kind.STOP:
-                # On record before the host acts, so the completion record keeps the reason.
-                Session.objects.filter(
-                    session_id=action.session_id, status__in=LIVE_STATUSES
-                ).update(stopped_by=action.requested_by, end_reason="stopped")
-    return [delivered(a) for a in rows]
-
-
-def delivered(action: RemoteAction) -> dict:
-    """A request as the host receives it. A job is named by scheduler and label only: the
-    host acts on the job as its own collector last saw it, never on paths sent to it."""
-    item = {
-        "id": action.pk,
-        "kind": action.kind,
-        "session_id": str(action.session_id) if action.session_id else None,
-        "requested_by": action.requested_by,
-    }
-    if action.is_job_action:
-        job = action.job
-        item["job"] = {"scheduler": job.scheduler, "label": job.label} if job else None
-        item["arguments"] = action.arguments
-    return item
-
-
-def finish_action(result: dict, host: str, now: datetime) -> None:
-    action = RemoteAction.objects.filter(pk=result.get("id"), host=host).select_related("job")
-    action = action.first()
-    if action is None or action.state not in RemoteAction.OPEN_STATES:
-        return
-    ok = bool(result.get("ok"))
-    action.state = RemoteAction.State.DONE if ok else RemoteAction.State.FAILED
-    action.finished_at = now
-    action.message = str(result.get("message") or "")[:2000]
-    if action.is_job_action:
-        action.detail = {
-            **plain_items(result.get("detail")),
-            "exit_code": _int_or_none(result.get("exit_code")),
-        }
-    else:
-        action.detail = {
-            "terminated": result.get("terminated") or [],
-            "killed": result.get("killed") or [],
-        }
-    action.save()
-    if action.is_job_action:
-        record_job_outcome(action, result, host)
-    else:
-        session = Session.objects.filter(session_id=action.session_id).select_related("job")
-        session = session.first()
-        AuditEntry.objects.create(
-            actor=action.requested_by,
-            action=action.kind,
-            job=session.job if session else None,
-            target=str(action.session_id or ""),
-            ok=ok,
-            output=action.message,
-            detail={"host": host, "remote_action": action.pk, **action.detail},
-        )
-    Event.objects.get_or_create(
-        dedupe_key=f"{host}:remote_action:{action.pk}"[:200],
-        defaults={
-            "at": now,
-            "host": host,
-            "kind": EventKind.REMOTE_ACTION,
-            "session_id": action.session_id,
-            "job": action.job,
-            "status": action.state,
-            "message": f"{action.get_kind_display()} asked by {action.requested_by}: "
-            f"{action.message}"[:2000],
-            "detail": {"remote_action": action.pk, "ok": ok},
-        },
-    )
-
-
-def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
-    """What the host answered, on record as if done here (monitor_app.job_controls.record)."""
-    outcome = ActionResult(
-        ok=action.state == RemoteAction.State.DONE,
-        message=f"{host} answered: {action.message}",
-        exit_code=action.detail.get("exit_code"),
-        output=str(result.get("output") or "")[-20_000:],
-        detail={"host": host, "remote_action": action.pk, **action.detail},
-    )
-    if action.job is None:  # the job's row was deleted since: the answer is still on record
-        audited(action.kind, None, action.requested_by, "", outcome)
-        return
-    schedule = action.arguments.get("schedule", "")
-    job_controls.record(action.job, action.kind, action.requested_by, outcome, schedule)
-
-
-def plain_items(value: object, most: int = 20) -> dict:
-    """A host's detail (the run seen, a backup's path) as short plain values, bounded."""
-    if not isinstance(value, dict):
-        return {}
-    items = {}
-    for key, item in list(value.items())[:most]:
-        if isinstance(item, str):
-            items[str(key)[:64]] = item[:1000]
-        elif item is None or isinstance(item, bool | int | float):
-            items[str(key)[:64]] = item
-    return items
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-# ----------------------------------------------------------------------------- hosts
-
-
-# ----------------------------------------------------------------------------- the fleet view

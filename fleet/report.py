@@ -30,6 +30,10 @@ MAX_COMPLETIONS_PER_REPORT = 100
 MAX_EVENTS_PER_REPORT = 1000
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # the console refuses more (413)
 GZIP_ABOVE_BYTES = 32 * 1024
+# A host's own rules act as this actor, and only these actions (the console records
+# nothing else from a host's audit entries).
+HOST_RULE_ACTOR = "watchdog"
+HOST_RULE_ACTIONS = ("stop", "kill_leftovers")
 
 
 class ReportError(Exception):
@@ -42,8 +46,9 @@ class ReportError(Exception):
     @property
     def refused(self) -> bool:
         """The console answered and said no (auth, host mismatch, malformed): retrying
-        the same report will not help, unlike a network error or a 5xx."""
-        return 400 <= self.status < 500
+        the same report will not help, unlike a network error, a 5xx or a 429 (too
+        many reports this minute: the next one is taken)."""
+        return 400 <= self.status < 500 and self.status != 429
 
 
 def is_loopback(hostname: str) -> bool:

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from fleet.report import (
+    HOST_RULE_ACTOR,
     MAX_COMPLETIONS_PER_REPORT,
     MAX_EVENTS_PER_REPORT,
     REPORT_FORMAT,
@@ -86,6 +87,7 @@ class ReportState:
         self.load_leftovers()
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
+        self.transcripts_paused_until: datetime | None = None
 
     # ------------------------------------------------------------------ noting
 
@@ -127,7 +129,7 @@ class ReportState:
                 continue
             self.stopping.add(live.session_id)
             self.stops.append(
-                {"session_id": live.session_id, "actor": "watchdog", "reason": "watchdog"}
+                {"session_id": live.session_id, "actor": HOST_RULE_ACTOR, "reason": "watchdog"}
             )
             detail = {"runtime_minutes": int(runtime.total_seconds() // 60), "limit": minutes}
             thread = threading.Thread(
@@ -147,7 +149,7 @@ class ReportState:
         with self.results_lock:
             self.audits.append(
                 {
-                    "actor": "watchdog",
+                    "actor": HOST_RULE_ACTOR,
                     "action": "stop",
                     "target": live.session_id,
                     "script_tag": live.sidecar.script_tag,
@@ -182,7 +184,7 @@ class ReportState:
             with self.results_lock:
                 self.audits.append(
                     {
-                        "actor": "watchdog",
+                        "actor": HOST_RULE_ACTOR,
                         "action": "kill_leftovers",
                         "target": item.session_id,
                         "script_tag": item.script_tag,
@@ -277,8 +279,10 @@ class ReportState:
         for session_id, follow in self.transcripts.items():
             follow[2] = session_id in live_ids
 
-    def transcript_chunks(self) -> list[dict]:
+    def transcript_chunks(self, now: datetime) -> list[dict]:
         """New bytes of each followed transcript, from what the console holds (bounded)."""
+        if self.transcripts_paused_until and now < self.transcripts_paused_until:
+            return []  # over the host's transcript budget: the console said when to resume
         budget = MAX_REPORT_TRANSCRIPT_BYTES
         chunks = []
         for session_id, (path, offset, _live) in list(self.transcripts.items()):
@@ -355,7 +359,7 @@ class ReportState:
             "leftovers": dict(monitor.leftover_writes),
             "events": [asdict(e) for e in monitor.events.pending[:MAX_EVENTS_PER_REPORT]],
             "action_results": results,
-            "transcripts": self.transcript_chunks(),
+            "transcripts": self.transcript_chunks(now),
             "jobs": self.jobs,
             "stops": list(self.stops),
             "audits": audits,
@@ -377,7 +381,7 @@ class ReportState:
             log.info("console reachable again: pending history sent")
         self.last_error, self.last_answer = None, answer
         self.reports += 1
-        self.acknowledged(payload, answer.get("ack") or {})
+        self.acknowledged(payload, answer.get("ack") or {}, now)
         if isinstance(answer.get("policy"), dict):
             self.policy = answer["policy"]
         live_ids = {s.session_id for s in snapshot.sessions}
@@ -386,7 +390,7 @@ class ReportState:
             self.start_action(action, snapshot)
         return True
 
-    def acknowledged(self, payload: dict, ack: dict) -> None:
+    def acknowledged(self, payload: dict, ack: dict, now: datetime) -> None:
         monitor = self.monitor
         paths = monitor.paths
         recorded = set(ack.get("sessions") or [])
@@ -395,10 +399,27 @@ class ReportState:
             if session_id in recorded:
                 day = record["started_at"][:10] if record["started_at"][:4].isdigit() else "x"
                 _move_aside(paths.spool_path(session_id), paths.spool / "ingested" / day)
-        for session_id in ack.get("rejected") or []:
+        refused = refused_items(ack)
+        for session_id in set(ack.get("rejected") or []) | refused["completion"]:
             spool_file = paths.spool_path(str(session_id))
             if spool_file.exists():
                 _move_aside(spool_file, paths.spool / "rejected")
+        # The console keeps what it refused, with why (its Hosts page): sending it again
+        # would be refused again, every sample.
+        for session_id in refused["vanished"] | refused["ending"]:
+            sidecar = self.gone.pop(session_id, None)
+            if sidecar is not None:
+                paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
+        monitor.endings = [
+            e for e in monitor.endings if e.sidecar.session_id not in refused["ending"]
+        ]
+        for session_id in refused["leftovers"]:
+            monitor.leftover_writes.pop(session_id, None)
+        for session_id in refused["transcript"]:
+            self.transcripts.pop(session_id, None)
+        paused = ack.get("transcripts_paused_seconds")
+        if isinstance(paused, int | float) and paused > 0:
+            self.transcripts_paused_until = now + timedelta(seconds=min(paused, 3600))
         for session_id in [s for s in self.gone if s in recorded]:
             sidecar = self.gone.pop(session_id)
             paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
@@ -406,7 +427,7 @@ class ReportState:
         for session_id, members in payload["leftovers"].items():
             if monitor.leftover_writes.get(session_id) == members:
                 del monitor.leftover_writes[session_id]
-        monitor.events.acknowledge(set(ack.get("events") or []))
+        monitor.events.acknowledge(set(ack.get("events") or []) | refused["event"])
         if payload["jobs"] is self.jobs:
             self.jobs = None
         self.stops = self.stops[len(payload["stops"]) :]
@@ -525,6 +546,19 @@ class ReportState:
         for thread in self.threads:
             thread.join(timeout=settings.OPSCONSOLE_STOP_GRACE_SECONDS + 5)
         self.monitor.events.save()
+
+
+def refused_items(ack: dict) -> dict[str, set[str]]:
+    """Keys of the items the console refused for good, by kind (fleet.report_items); a
+    429 (over a budget) is not among them: that item is sent again later."""
+    refused: dict[str, set[str]] = {
+        kind: set() for kind in ("completion", "vanished", "ending", "leftovers", "event")
+    }
+    refused["transcript"] = set()
+    for item in ack.get("refused") or []:
+        if isinstance(item, dict) and item.get("status") != 429 and item.get("kind") in refused:
+            refused[item["kind"]].add(str(item.get("key")))
+    return refused
 
 
 def reporting_monitor(reporter: Reporter, **options) -> Monitor:

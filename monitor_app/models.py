@@ -16,6 +16,7 @@ from django.db import models
 from django.utils import timezone
 
 from monitor_app.snapshot import sample_is_stale
+from sessions_app.fields import CleanCharField, CleanJSONField, CleanTextField
 
 HOST_TOKEN_PREFIX = "oc_host_"  # noqa: S105 - a marker, not a secret
 
@@ -39,25 +40,27 @@ class EventKind(models.TextChoices):
     # A reporting host's monitor sent nothing for three of its intervals (once per silence).
     MONITOR_SILENT = "monitor_silent", "monitor silent"
     REMOTE_ACTION = "remote_action", "remote action"  # an operator's request answered by a host
+    # A reporting host went past one of its budgets (once per host, budget and window).
+    HOST_OVER_BUDGET = "host_over_budget", "host over budget"
 
 
 class Event(models.Model):
     """One state change on one host. Written by the monitor; never edited."""
 
     at = models.DateTimeField(help_text="when the monitor saw the change")
-    host = models.CharField(max_length=255)
-    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    host = CleanCharField(max_length=255)
+    kind = CleanCharField(max_length=32, choices=EventKind.choices)
     session_id = models.UUIDField(null=True, blank=True)
     job = models.ForeignKey(
         "jobs_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
     )
-    script_tag = models.CharField(max_length=100, blank=True, default="")
+    script_tag = CleanCharField(max_length=100, blank=True, default="")
     # For run events: the run's status then (live, succeeded, failed, killed, ...).
-    status = models.CharField(max_length=16, blank=True, default="")
-    message = models.TextField(help_text="one line a person can act on")
-    detail = models.JSONField(default=dict, blank=True)
+    status = CleanCharField(max_length=16, blank=True, default="")
+    message = CleanTextField(help_text="one line a person can act on")
+    detail = CleanJSONField(default=dict, blank=True)
     # The same change seen twice (a database blip, a monitor restart) is recorded once.
-    dedupe_key = models.CharField(max_length=200, unique=True)
+    dedupe_key = CleanCharField(max_length=200, unique=True)
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -76,18 +79,18 @@ class Event(models.Model):
 class HostSample(models.Model):
     """The latest published sample of one host's monitor."""
 
-    host = models.CharField(max_length=255, unique=True)
+    host = CleanCharField(max_length=255, unique=True)
     seq = models.BigIntegerField(help_text="increases with every published sample")
     taken_at = models.DateTimeField()
     interval_seconds = models.FloatField()
     sample_ms = models.FloatField(help_text="how long the sample took")
     monitor_pid = models.IntegerField(null=True, blank=True)
-    monitor_version = models.CharField(max_length=32, blank=True, default="")
-    etag = models.CharField(max_length=64)
+    monitor_version = CleanCharField(max_length=32, blank=True, default="")
+    etag = CleanCharField(max_length=64)
     # The /api/claude-active body, byte for byte: served as is.
-    api_document = models.TextField()
+    api_document = CleanTextField()
     # Everything a page needs to rebuild the live snapshot (sidecars, trees, leftovers).
-    state_document = models.TextField()
+    state_document = CleanTextField()
     # For a sample a host reported (not this host's own): when the console received it,
     # and how far the host's clock is ahead of the console's (taken_at - received_at).
     received_at = models.DateTimeField(null=True, blank=True)
@@ -118,9 +121,9 @@ class HostToken(models.Model):
     """What a remote monitor presents: bound to one host name, it writes only that host's
     rows. Only a hash is stored; the token is shown once."""
 
-    host = models.CharField(max_length=255, db_index=True)
-    key_prefix = models.CharField(max_length=20, help_text="first characters, to tell apart")
-    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    host = CleanCharField(max_length=255, db_index=True)
+    key_prefix = CleanCharField(max_length=20, help_text="first characters, to tell apart")
+    token_hash = CleanCharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -180,8 +183,8 @@ class RemoteAction(models.Model):
 
     OPEN_STATES = (State.PENDING, State.SENT)
 
-    host = models.CharField(max_length=255)
-    kind = models.CharField(max_length=32, choices=Kind.choices)
+    host = CleanCharField(max_length=255)
+    kind = CleanCharField(max_length=32, choices=Kind.choices)
     session_id = models.UUIDField(null=True, blank=True)
     job = models.ForeignKey(
         "jobs_app.Job",
@@ -191,14 +194,14 @@ class RemoteAction(models.Model):
         related_name="remote_actions",
     )
     # What the action needs besides its target (a new schedule).
-    arguments = models.JSONField(default=dict, blank=True)
-    requested_by = models.CharField(max_length=150)
+    arguments = CleanJSONField(default=dict, blank=True)
+    requested_by = CleanCharField(max_length=150)
     requested_at = models.DateTimeField(default=timezone.now)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    state = CleanCharField(max_length=16, choices=State.choices, default=State.PENDING)
     sent_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    message = models.TextField(blank=True, default="", help_text="what the host answered")
-    detail = models.JSONField(default=dict, blank=True)
+    message = CleanTextField(blank=True, default="", help_text="what the host answered")
+    detail = CleanJSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-requested_at", "-id"]
@@ -219,3 +222,42 @@ JOB_ACTION_KINDS = (
     RemoteAction.Kind.DISABLE,
     RemoteAction.Kind.SCHEDULE,
 )
+
+
+class RefusedItem(models.Model):
+    """One item of a host's report the console did not record (a field out of its
+    limits, another host's session, an unknown kind), kept with why. The rest of that
+    report was recorded; the host was told and does not send this item again. One row
+    per host, kind and key: a live run refused every sample counts up, not out."""
+
+    host = CleanCharField(max_length=255)
+    kind = CleanCharField(max_length=32, help_text="sample, live, completion, event, ...")
+    key = CleanCharField(max_length=200, help_text="the item's session id or event key")
+    reason = CleanTextField()
+    item = CleanTextField(blank=True, default="", help_text="the item as sent (clipped)")
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField(db_index=True)
+    count = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-last_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "kind", "key"], name="refused_item_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host} {self.kind} {self.key}: {self.reason}"
+
+
+class HostBudget(models.Model):
+    """What a host's token has spent in the current windows (fleet.budgets decides)."""
+
+    host = CleanCharField(max_length=255, unique=True)
+    minute_started_at = models.DateTimeField(null=True, blank=True)
+    minute_reports = models.PositiveIntegerField(default=0)
+    hour_started_at = models.DateTimeField(null=True, blank=True)
+    hour_transcript_bytes = models.BigIntegerField(default=0)
+    transcript_bytes_total = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.minute_reports} reports this minute"

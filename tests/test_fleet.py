@@ -32,7 +32,14 @@ from fleet.reporting import reporting_monitor
 from jobs_app.models import AuditEntry
 from monitor_app.fleet_reader import fleet
 from monitor_app.live import live_runs
-from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
+from monitor_app.models import (
+    Event,
+    EventKind,
+    HostSample,
+    HostToken,
+    RefusedItem,
+    RemoteAction,
+)
 from monitor_app.monitor import Monitor
 from sessions_app.models import Session, Status
 from tests.conftest import PYTHON, REPO_ROOT
@@ -190,38 +197,50 @@ def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(hos
     snapshot = host_a.tick()
     payload = host_a.reporting.payload(snapshot, datetime.now(UTC))
 
-    def post(body: dict, token: str) -> int:
+    def post(body: dict, token: str):
         return client.post(
             "/api/hosts/report",
             json.dumps(body),
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Bearer {token}",
-        ).status_code
+        )
 
-    assert post(payload, token_b) == 403, "host-a's sample with host-b's token"
+    def refused(response) -> dict[str, str]:
+        assert response.status_code == 200, response.content
+        return {r["key"]: r["reason"] for r in response.json()["ack"]["refused"]}
+
+    assert post(payload, token_b).status_code == 403, "host-a's report with host-b's token"
     token_a = host_a.reporting.reporter.token
-    foreign = dict(payload, completions=[asdict(spool_record(console_state.paths, "host-b"))])
-    assert post(foreign, token_a) == 403, "a record naming host-b in host-a's report"
+    # An item naming host-b in host-a's report is refused; the report is taken.
+    record_b = spool_record(console_state.paths, "host-b")
+    answer = post(dict(payload, completions=[asdict(record_b)]), token_a)
+    assert "names host 'host-b'" in refused(answer)[record_b.session_id]
+    assert answer.json()["ack"]["rejected"] == [record_b.session_id]
     assert not Session.objects.filter(host="host-b").exists()
     # A run host-b has on record cannot be rewritten by host-a, whatever the record says.
-    b_record = spool_record(console_state.paths, "host-b")
-    (console_state.paths.spool_path(b_record.session_id)).unlink()
-    assert post(dict(payload, host="host-b", completions=[asdict(b_record)]), token_b) == 403
-    # A live session of host-b slipped into host-a's sample is refused too.
+    (console_state.paths.spool_path(record_b.session_id)).unlink()
+    post(dict(payload, host="host-b", sample=None, completions=[asdict(record_b)]), token_b)
+    assert Session.objects.get(session_id=record_b.session_id).host == "host-b"
+    record_a = dict(asdict(record_b), host="host-a", exit_code=1, end_reason="failed")
+    reason = refused(post(dict(payload, completions=[record_a]), token_a))[record_b.session_id]
+    assert "on record for host 'host-b'" in reason
+    assert Session.objects.get(session_id=record_b.session_id).exit_code == 0
+    # A live session of host-b slipped into host-a's sample is refused, the sample kept.
     state = json.loads(payload["sample"]["state_document"])
     smuggled = start_fake_run(host_a_state(host_a), "smuggled")
     try:
         sidecar = dict(smuggled.sidecar.to_dict(), host="host-b")
         state["sessions"] = [{"sidecar": sidecar, "state": "live", "processes": []}]
         sample = dict(payload["sample"], state_document=json.dumps(state))
-        assert post(dict(payload, sample=sample), token_a) == 403
+        assert smuggled.session_id in refused(post(dict(payload, sample=sample), token_a))
     finally:
         smuggled.kill_all()
     assert not Session.objects.filter(session_id=smuggled.session_id).exists()
-    assert post(payload, "oc_host_not-a-token") == 401
-    assert post(payload, token_a) == 200
+    assert RefusedItem.objects.filter(host="host-a", kind="live").exists()
+    assert post(payload, "oc_host_not-a-token").status_code == 401
+    assert post(payload, token_a).status_code == 200
     HostToken.objects.get(host="host-b").revoke()
-    assert post(dict(payload, host="host-b"), token_b) == 401
+    assert post(dict(payload, host="host-b"), token_b).status_code == 401
     anonymous = client.post("/api/hosts/report", "{}", content_type="application/json")
     assert anonymous.status_code == 401
 

@@ -8,12 +8,14 @@ import zlib
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from fleet.budgets import Budgets, admit_report
 from fleet.console import ReportRejected, receive_report
 from fleet.hosts import expire_actions, host_rows
 from jobs_app.models import AuditEntry
@@ -77,7 +79,6 @@ def events(request):
 # ----------------------------------------------------------------------------- hosts
 
 MAX_REPORT_BYTES = 8 * 1024 * 1024
-MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 
 def host_of_request(request) -> tuple[str | None, JsonResponse | None]:
@@ -106,7 +107,8 @@ def read_report_body(request) -> bytes:
     if encoding == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            body = inflater.decompress(body, MAX_INFLATED_BYTES)
+            # Never inflated past the limit: a small bomb costs the limit, not its size.
+            body = inflater.decompress(body, settings.OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES)
         except zlib.error as exc:
             raise ReportRejected(f"gzip body unreadable: {exc}", 400) from exc
         if inflater.unconsumed_tail:
@@ -124,14 +126,25 @@ def hosts_report(request):
     host, refusal = host_of_request(request)
     if refusal is not None:
         return refusal
+    limits = Budgets.from_settings()
     try:
+        wait = admit_report(host, timezone.now(), limits)
+        if wait is not None:
+            raise ReportRejected(
+                f"over {limits.reports_per_minute} reports a minute: send the next one later",
+                429,
+                retry_after=wait,
+            )
         payload = json.loads(read_report_body(request))
-        answer = receive_report(payload, host)
+        answer = receive_report(payload, host, limits=limits)
     except ValueError as exc:
         return json_error(f"report is not JSON: {exc}", 400)
     except ReportRejected as exc:
-        return json_error(str(exc), exc.status)
-    except DatabaseError as exc:
+        response = json_error(str(exc), exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
+    except (OperationalError, InterfaceError) as exc:
         log.warning("report of %s not recorded: %s", host, exc)
         return json_error("database unavailable: report not recorded, send it again", 503)
     return JsonResponse(answer)

@@ -1,0 +1,419 @@
+"""A host's report, item by item: what may be recorded, and what is refused and why.
+
+A report is refused whole only when it is not a report of the token's host at all (not
+an object, an unknown format, another host's name). Everything else is an item (the
+sample, each live run in it, each completion record, sidecar, ending, event, chunk of
+transcript, job, stop and audit entry), checked against the same limits as the files a
+host writes (wrapper.formats) and against the host's own runs. An item that fails is
+refused with its reason, the others are recorded, and the answer names what was
+refused, so the host drops it instead of sending it again every two seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from fleet.report import HOST_RULE_ACTIONS, HOST_RULE_ACTOR
+from jobs_app.collectors.base import CollectedJob, Collection
+from monitor_app import published
+from monitor_app.events import PendingEvent
+from monitor_app.models import EventKind
+from monitor_app.snapshot import Snapshot
+from sessions_app.models import LIVE_STATUSES, Status
+from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
+from wrapper.formats import (
+    FormatError,
+    Sidecar,
+    SpoolRecord,
+    is_session_id,
+    parse_iso,
+    report_item_problem,
+)
+
+MAX_DETAIL_BYTES = 64 * 1024  # an event's detail, as JSON
+MAX_ITEM_CHARS_KEPT = 10_000  # of a refused item, for the Hosts page
+
+
+class ReportRejected(Exception):
+    """The whole report is refused (`status` is the HTTP answer)."""
+
+    def __init__(self, message: str, status: int, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ItemRefused(Exception):
+    """One item is refused; the report goes on."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class Refusal:
+    kind: str  # sample, live, leftovers, completion, vanished, ending, event, ...
+    key: str  # what the host knows the item by: a session id, an event key, a seq
+    reason: str
+    item: object = None
+    status: int = 400  # 429: over a budget, send it later; anything else: never again
+
+    def answer(self) -> dict:
+        return {"kind": self.kind, "key": self.key, "reason": self.reason, "status": self.status}
+
+    def item_text(self) -> str:
+        try:
+            text = json.dumps(self.item, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(self.item)
+        return text[:MAX_ITEM_CHARS_KEPT]
+
+
+@dataclass
+class Parsed:
+    sample: dict | None = None
+    snapshot: Snapshot | None = None
+    completions: list[SpoolRecord] = field(default_factory=list)
+    vanished: list[Sidecar] = field(default_factory=list)
+    endings: list[tuple[Sidecar, str, datetime]] = field(default_factory=list)
+    leftovers: dict[str, list] = field(default_factory=dict)
+    events: list[PendingEvent] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+    transcripts: list[tuple[str, int, bytes]] = field(default_factory=list)
+    jobs: list[Collection] | None = None
+    stops: list[dict] = field(default_factory=list)
+    audits: list[dict] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    def refuse(self, kind: str, key: object, reason: str, item: object, status: int = 400):
+        self.refused.append(Refusal(kind, str(key)[:200], reason[:2000], item, status))
+
+    def named_sessions(self) -> set[str]:
+        """Every session id an item names: each must be this host's."""
+        ids = {r.session_id for r in self.completions} | {s.session_id for s in self.vanished}
+        ids |= {s.session_id for s, _, _ in self.endings} | set(self.leftovers)
+        ids |= {session_id for session_id, _, _ in self.transcripts}
+        ids |= {stop["session_id"] for stop in self.stops}
+        ids |= {audit["target"] for audit in self.audits}
+        ids |= {e.session_id for e in self.events if e.session_id}
+        if self.snapshot is not None:
+            ids |= {live.session_id for live in self.snapshot.sessions}
+        return ids
+
+    def drop_sessions(self, owners: dict[str, str]) -> None:
+        """Refuse every item naming a session another host recorded first (`owners`:
+        session id -> that host). Only those items: never the host."""
+        if not owners:
+            return
+
+        def foreign(kind: str, session_id: str, item: object) -> bool:
+            if session_id not in owners:
+                return False
+            reason = f"session {session_id} is on record for host {owners[session_id]!r}"
+            self.refuse(kind, session_id, reason, item, 409)
+            return True
+
+        self.completions = [
+            r for r in self.completions if not foreign("completion", r.session_id, asdict(r))
+        ]
+        self.vanished = [
+            s for s in self.vanished if not foreign("vanished", s.session_id, s.to_dict())
+        ]
+        self.endings = [
+            e for e in self.endings if not foreign("ending", e[0].session_id, e[0].to_dict())
+        ]
+        for session_id in [s for s in self.leftovers if s in owners]:
+            foreign("leftovers", session_id, self.leftovers.pop(session_id))
+        self.transcripts = [
+            t for t in self.transcripts if not foreign("transcript", t[0], {"offset": t[1]})
+        ]
+        self.stops = [s for s in self.stops if not foreign("stop", s["session_id"], s)]
+        self.audits = [a for a in self.audits if not foreign("audit", a["target"], a)]
+        self.events = [
+            e
+            for e in self.events
+            if not (e.session_id and foreign("event", e.session_id, asdict(e)))
+        ]
+        if self.snapshot is not None:
+            self.snapshot.sessions = [
+                live
+                for live in self.snapshot.sessions
+                if not foreign("live", live.session_id, live.sidecar.to_dict())
+            ]
+
+
+def parse_report(payload: object, host: str, *, sessions_per_report: int) -> Parsed:
+    """Check a report of `host` before anything is written: ReportRejected when it is
+    not one, otherwise what may be recorded and what is refused."""
+    if not isinstance(payload, dict):
+        raise ReportRejected("a report is a JSON object", 400)
+    if payload.get("format") != 1:
+        raise ReportRejected("unknown report format", 400)
+    if payload.get("host") != host:
+        raise ReportRejected(
+            f"this token is for host {host!r}; the report names host {payload.get('host')!r}",
+            403,
+        )
+    parsed = Parsed()
+    _parse_sample(parsed, payload.get("sample"), host, sessions_per_report)
+    for name, parse_one, key_of in ITEMS:
+        items = payload.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            parsed.refuse(name, name, f"{name} is not a list", None)
+            continue
+        for item in items:
+            try:
+                parse_one(parsed, item, host)
+            except ItemRefused as exc:
+                parsed.refuse(KINDS[name], key_of(item), str(exc), item, exc.status)
+    _parse_leftovers(parsed, payload.get("leftovers"), host)
+    _parse_jobs(parsed, payload.get("jobs"), host)
+    return parsed
+
+
+def _check(condition: bool, reason: str, status: int = 400) -> None:
+    if not condition:
+        raise ItemRefused(reason, status)
+
+
+def _fits(item: dict) -> None:
+    problem = report_item_problem(item)
+    _check(problem is None, problem or "")
+
+
+def _own(named: object, host: str, what: str) -> None:
+    _check(named == host, f"{what} names host {named!r}, not this token's {host!r}", 403)
+
+
+def _key(item: object, name: str = "session_id") -> str:
+    return str(item.get(name, "")) if isinstance(item, dict) else ""
+
+
+# ----------------------------------------------------------------------------- the sample
+
+
+def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
+    seq = sample.get("seq") if isinstance(sample, dict) else None
+    try:
+        _check(isinstance(sample, dict), "sample missing")
+        _check(isinstance(seq, int) and not isinstance(seq, bool), "seq is not a whole number")
+        _fits({"seq": seq, "monitor_pid": sample.get("monitor_pid")})
+        interval = sample.get("interval_seconds")
+        _check(
+            isinstance(interval, int | float) and math.isfinite(interval) and 0 < interval < 3600,
+            "interval_seconds is not a number of seconds",
+        )
+        try:
+            api = json.loads(sample["api_document"])
+            state = json.loads(sample["state_document"])
+            parse_iso(sample["taken_at"])
+            snapshot = published.snapshot_from_state(state, seq=seq, source="monitor")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise ItemRefused(f"sample unreadable: {exc}") from exc
+        _check(isinstance(api, dict), "api_document is not an object")
+        _own(api.get("host"), host, "the sample")
+        _check(
+            len(snapshot.sessions) <= most,
+            f"{len(snapshot.sessions)} live sessions in one sample (at most {most})",
+            413,
+        )
+    except ItemRefused as exc:
+        parsed.refuse("sample", seq, str(exc), sample, exc.status)
+        return
+    kept = []
+    for live in snapshot.sessions:
+        try:
+            _own(live.sidecar.host, host, f"live session {live.session_id}")
+            Sidecar.from_dict(live.sidecar.to_dict())  # the limits of a sidecar file
+            _check(live.state in LIVE_STATUSES, f"state {live.state!r} is not a live state")
+            kept.append(live)
+        except (ItemRefused, FormatError, TypeError, AttributeError) as exc:
+            status = exc.status if isinstance(exc, ItemRefused) else 400
+            parsed.refuse("live", live.session_id, str(exc), live.sidecar.to_dict(), status)
+    snapshot.sessions = kept
+    snapshot.leftovers = [run for run in snapshot.leftovers if run.host == host]
+    parsed.sample, parsed.snapshot = sample, snapshot
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _completion(parsed: Parsed, item: object, host: str) -> None:
+    try:
+        record = SpoolRecord.from_dict(item)
+    except (FormatError, TypeError, AttributeError) as exc:
+        raise ItemRefused(f"completion record unreadable: {exc}") from exc
+    _own(record.host, host, f"completion record {record.session_id}")
+    parsed.completions.append(record)
+
+
+def _sidecar(item: object, host: str) -> Sidecar:
+    try:
+        sidecar = Sidecar.from_dict(item)
+    except (FormatError, TypeError, AttributeError) as exc:
+        raise ItemRefused(f"sidecar unreadable: {exc}") from exc
+    _own(sidecar.host, host, f"session {sidecar.session_id}")
+    return sidecar
+
+
+def _vanished(parsed: Parsed, item: object, host: str) -> None:
+    parsed.vanished.append(_sidecar(item, host))
+
+
+def _ending(parsed: Parsed, item: object, host: str) -> None:
+    _check(isinstance(item, dict), "an ending is an object")
+    _check(item.get("status") in (Status.EXITED, Status.KILLED), "ending status")
+    try:
+        ended_at = parse_iso(item["ended_at"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ItemRefused(f"ending unreadable: {exc}") from exc
+    parsed.endings.append((_sidecar(item.get("sidecar"), host), item["status"], ended_at))
+
+
+def _transcript(parsed: Parsed, item: object, host: str) -> None:
+    try:
+        session_id, offset = item["session_id"], item["offset"]
+        data = base64.b64decode(item["data"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ItemRefused(f"transcript chunk unreadable: {exc}") from exc
+    _check(is_session_id(session_id), "a transcript chunk names a session id")
+    _check(
+        isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset < 2**62,
+        "a chunk's offset is a byte count",
+    )
+    _check(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
+    parsed.transcripts.append((session_id, offset, data))
+
+
+def _parse_leftovers(parsed: Parsed, value: object, host: str) -> None:
+    if not value:
+        return
+    if not isinstance(value, dict):
+        parsed.refuse("leftovers", "leftovers", "leftovers is not an object", None)
+        return
+    for session_id, members in value.items():
+        if is_session_id(session_id) and isinstance(members, list):
+            parsed.leftovers[session_id] = members
+        else:
+            parsed.refuse("leftovers", session_id, "not a session id and a list", members)
+
+
+# ----------------------------------------------------------------------------- the rest
+
+
+def _event(parsed: Parsed, item: object, host: str) -> None:
+    try:
+        event = PendingEvent(**item)
+        parse_iso(event.at)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ItemRefused(f"event unreadable: {exc}") from exc
+    _own(event.host, host, f"event {event.dedupe_key}")
+    _check(isinstance(event.dedupe_key, str), "an event's key is text")
+    _check(event.dedupe_key.startswith(f"{host}:"), "an event's key starts with its host", 403)
+    _check(event.kind in EventKind.values, f"unknown event kind {event.kind!r}")
+    _check(
+        event.session_id is None or is_session_id(event.session_id),
+        "an event's session_id is a session id",
+    )
+    _check(isinstance(event.detail, dict), "an event's detail is an object")
+    _check(len(json.dumps(event.detail, default=str)) <= MAX_DETAIL_BYTES, "event detail too large")
+    for name in ("message", "script_tag", "status"):
+        _check(isinstance(getattr(event, name), str), f"an event's {name} is text")
+    _fits(asdict(event) | {"detail": None})
+    parsed.events.append(event)
+
+
+def _result(parsed: Parsed, item: object, host: str) -> None:
+    _check(isinstance(item, dict), "an action result is an object")
+    parsed.results.append(item)
+
+
+def _stop(parsed: Parsed, item: object, host: str) -> None:
+    _check(isinstance(item, dict), "a stop is an object")
+    _check(is_session_id(item.get("session_id")), "a stop names a session id")
+    _check(item.get("actor", HOST_RULE_ACTOR) == HOST_RULE_ACTOR, "a host's stop is its watchdog's")
+    parsed.stops.append(item)
+
+
+def _audit(parsed: Parsed, item: object, host: str) -> None:
+    """What a host's own rules did: only those rules may be the actor, only on its runs."""
+    _check(isinstance(item, dict), "an audit entry is an object")
+    _check(
+        item.get("actor") == HOST_RULE_ACTOR,
+        f"a host's audit entry is its {HOST_RULE_ACTOR}'s, not {item.get('actor')!r}'s",
+        403,
+    )
+    _check(item.get("action") in HOST_RULE_ACTIONS, f"unknown action {item.get('action')!r}")
+    _check(is_session_id(item.get("target")), "an audit entry's target is a session id")
+    _fits({k: v for k, v in item.items() if k in ("script_tag", "output", "target")})
+    parsed.audits.append(item)
+
+
+def _parse_jobs(parsed: Parsed, value: object, host: str) -> None:
+    """A host's latest scheduler collection (jobs_app collectors, run on the host)."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        parsed.refuse("job", "jobs", "jobs is not a list of collections", None)
+        return
+    parsed.jobs = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("jobs") or [], list):
+            parsed.refuse("job", "collection", "a collection is an object with jobs", item)
+            continue
+        collection = Collection(
+            scheduler=str(item.get("scheduler"))[:16],
+            errors=[str(e)[:500] for e in item.get("errors") or []][:100],
+        )
+        for job in item.get("jobs") or []:
+            try:
+                collection.jobs.append(_job(job, host))
+            except ItemRefused as exc:
+                parsed.refuse("job", _key(job, "label"), str(exc), job, exc.status)
+        parsed.jobs.append(collection)
+
+
+def _job(item: object, host: str) -> CollectedJob:
+    _check(isinstance(item, dict), "a job is an object")
+    _fits(item)
+    try:
+        found = CollectedJob(**item)
+        for name in ("next_run_at", "previous_run_at"):
+            raw = getattr(found, name)
+            setattr(found, name, parse_iso(raw) if raw else None)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ItemRefused(f"job unreadable: {exc}") from exc
+    _own(found.host, host, f"job {found.label}")
+    _check(isinstance(found.tags, list) and isinstance(found.pids, list), "tags and pids are lists")
+    return found
+
+
+# name in the report, what parses one item, the item's key; KINDS: its refusal's kind
+ITEMS = (
+    ("completions", _completion, _key),
+    ("vanished", _vanished, _key),
+    ("endings", _ending, lambda item: _key(item.get("sidecar")) if isinstance(item, dict) else ""),
+    ("events", _event, lambda item: _key(item, "dedupe_key")),
+    ("action_results", _result, lambda item: _key(item, "id")),
+    ("transcripts", _transcript, _key),
+    ("stops", _stop, _key),
+    ("audits", _audit, lambda item: _key(item, "target")),
+)
+KINDS = {
+    "completions": "completion",
+    "vanished": "vanished",
+    "endings": "ending",
+    "events": "event",
+    "action_results": "result",
+    "transcripts": "transcript",
+    "stops": "stop",
+    "audits": "audit",
+}
