@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs_app.models import AuditEntry, Job
-from monitor_app.models import Event, EventKind, HostSample, HostToken, RemoteAction
+from monitor_app.models import Event, EventKind, HostSample, HostToken, RefusedItem, RemoteAction
 from monitor_app.monitor import Monitor
 from monitor_app.snapshot import Snapshot
 from sessions_app.models import (
@@ -127,6 +127,7 @@ class HostRow:
     tokens: int
     runs_30d: int = 0
     cost_30d: float | None = None
+    refused_items: int = 0  # items of its reports the console did not record (RefusedItem)
 
 
 def host_rows(now: datetime | None = None) -> list[HostRow]:
@@ -146,6 +147,7 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
     tokens = dict(
         HostToken.objects.filter(revoked_at=None).values_list("host").annotate(n=Count("id"))
     )
+    refused = dict(RefusedItem.objects.values_list("host").annotate(n=Count("id")))
     rows = []
     for host in sorted(set(samples) | set(tokens) | set(recent) | {settings.OPSCONSOLE_HOST}):
         sample = samples.get(host)
@@ -172,6 +174,7 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
                 tokens=tokens.get(host, 0),
                 runs_30d=recent.get(host, (0, None))[0],
                 cost_30d=float(c) if (c := recent.get(host, (0, None))[1]) is not None else None,
+                refused_items=refused.get(host, 0),
             )
         )
     return rows

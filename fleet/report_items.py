@@ -173,10 +173,23 @@ def parse_report(payload: object, host: str, *, sessions_per_report: int) -> Par
             try:
                 parse_one(parsed, item, host)
             except ItemRefused as exc:
-                parsed.refuse(KINDS[name], key_of(item), str(exc), item, exc.status)
-    _parse_leftovers(parsed, payload.get("leftovers"), host)
-    _parse_jobs(parsed, payload.get("jobs"), host)
+                parsed.refuse(KINDS[name], _safe_key(key_of, item), str(exc), item, exc.status)
+            except Exception as exc:
+                reason = f"unreadable: {type(exc).__name__}: {exc}"
+                parsed.refuse(KINDS[name], _safe_key(key_of, item), reason, item)
+    for name, parse_part in (("leftovers", _parse_leftovers), ("jobs", _parse_jobs)):
+        try:
+            parse_part(parsed, payload.get(name), host)
+        except Exception as exc:
+            parsed.refuse(name, name, f"unreadable: {type(exc).__name__}: {exc}", None)
     return parsed
+
+
+def _safe_key(key_of, item: object) -> str:
+    try:
+        return str(key_of(item))
+    except Exception:
+        return ""
 
 
 def _check(condition: bool, reason: str, status: int = 400) -> None:
@@ -228,6 +241,9 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
     except ItemRefused as exc:
         parsed.refuse("sample", seq, str(exc), sample, exc.status)
         return
+    except Exception as exc:
+        parsed.refuse("sample", seq, f"unreadable: {type(exc).__name__}: {exc}", sample)
+        return
     kept = []
     for live in snapshot.sessions:
         try:
@@ -235,7 +251,7 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
             Sidecar.from_dict(live.sidecar.to_dict())  # the limits of a sidecar file
             _check(live.state in LIVE_STATUSES, f"state {live.state!r} is not a live state")
             kept.append(live)
-        except (ItemRefused, FormatError, TypeError, AttributeError) as exc:
+        except Exception as exc:
             status = exc.status if isinstance(exc, ItemRefused) else 400
             parsed.refuse("live", live.session_id, str(exc), live.sidecar.to_dict(), status)
     snapshot.sessions = kept

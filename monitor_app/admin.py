@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from monitor_app.models import Event, HostSample, HostToken, RemoteAction
+from monitor_app.models import Event, HostSample, HostToken, RefusedItem, RemoteAction
 
 
 @admin.register(Event)
@@ -68,4 +68,20 @@ class RemoteActionAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RefusedItem)
+class RefusedItemAdmin(admin.ModelAdmin):
+    """What the console did not record from hosts' reports, and why (read only)."""
+
+    list_display = ("last_at", "host", "kind", "key", "reason", "count")
+    list_filter = ("host", "kind")
+    search_fields = ("host", "key", "reason")
+    readonly_fields = ("host", "kind", "key", "reason", "item", "first_at", "last_at", "count")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

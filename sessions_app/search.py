@@ -18,6 +18,7 @@ from django.db import connection, transaction
 
 from sessions_app.models import Session
 from sessions_app.transcripts.parse import record_entries
+from wrapper.formats import clean_text
 
 TABLE = "sessions_app_transcriptline"
 # Entries worth finding; progress, snapshots and other bookkeeping are left out.
@@ -84,6 +85,9 @@ class Indexer:
                 text = entry.text[:INDEXED_CHARS]
                 if entry.label and entry.kind == "tool_call":
                     text = f"{entry.label} {text}"
+                # Raw SQL, past sessions_app.fields: cleaned here (an agent that reads a
+                # binary file writes a NUL, which PostgreSQL's text refuses).
+                text = clean_text(text)
                 self._batch.append((self.session_id, part, entry.offset, entry.kind, text))
         if len(self._batch) >= BATCH_ROWS:
             self._flush()

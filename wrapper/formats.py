@@ -161,6 +161,8 @@ def parse_iso(value: str) -> datetime:
 
     ValueError (or OverflowError, for year 1 or 9999 with an offset) when it is not one.
     """
+    if not isinstance(value, str):
+        raise ValueError(f"{type(value).__name__} is not an ISO 8601 time")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)

@@ -4,45 +4,95 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitor_app', '0003_remote_job_actions'),
+        ("monitor_app", "0003_remote_job_actions"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='HostBudget',
+            name="HostBudget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('host', models.CharField(max_length=255, unique=True)),
-                ('minute_started_at', models.DateTimeField(blank=True, null=True)),
-                ('minute_reports', models.PositiveIntegerField(default=0)),
-                ('hour_started_at', models.DateTimeField(blank=True, null=True)),
-                ('hour_transcript_bytes', models.BigIntegerField(default=0)),
-                ('transcript_bytes_total', models.BigIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("host", models.CharField(max_length=255, unique=True)),
+                ("minute_started_at", models.DateTimeField(blank=True, null=True)),
+                ("minute_reports", models.PositiveIntegerField(default=0)),
+                ("hour_started_at", models.DateTimeField(blank=True, null=True)),
+                ("hour_transcript_bytes", models.BigIntegerField(default=0)),
+                ("transcript_bytes_total", models.BigIntegerField(default=0)),
             ],
         ),
         migrations.AlterField(
-            model_name='event',
-            name='kind',
-            field=models.CharField(choices=[('run_started', 'run started'), ('run_retried', 'run retried'), ('run_ended', 'run ended'), ('run_vanished', 'run vanished'), ('run_orphaned', 'run orphaned'), ('run_stopped', 'run stopped'), ('leftovers_seen', 'leftovers seen'), ('leftovers_gone', 'leftovers gone'), ('leftovers_killed', 'leftovers killed'), ('quota_set', 'quota stamp set'), ('quota_cleared', 'quota stamp cleared'), ('job_late', 'job late'), ('collector_error', 'collector error'), ('monitor_started', 'monitor started'), ('monitor_stopped', 'monitor stopped'), ('monitor_silent', 'monitor silent'), ('remote_action', 'remote action'), ('host_over_budget', 'host over budget')], max_length=32),
+            model_name="event",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("run_started", "run started"),
+                    ("run_retried", "run retried"),
+                    ("run_ended", "run ended"),
+                    ("run_vanished", "run vanished"),
+                    ("run_orphaned", "run orphaned"),
+                    ("run_stopped", "run stopped"),
+                    ("leftovers_seen", "leftovers seen"),
+                    ("leftovers_gone", "leftovers gone"),
+                    ("leftovers_killed", "leftovers killed"),
+                    ("quota_set", "quota stamp set"),
+                    ("quota_cleared", "quota stamp cleared"),
+                    ("job_late", "job late"),
+                    ("collector_error", "collector error"),
+                    ("monitor_started", "monitor started"),
+                    ("monitor_stopped", "monitor stopped"),
+                    ("monitor_silent", "monitor silent"),
+                    ("remote_action", "remote action"),
+                    ("host_over_budget", "host over budget"),
+                ],
+                max_length=32,
+            ),
         ),
         migrations.CreateModel(
-            name='RefusedItem',
+            name="RefusedItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('host', models.CharField(max_length=255)),
-                ('kind', models.CharField(help_text='sample, live, completion, event, ...', max_length=32)),
-                ('key', models.CharField(help_text="the item's session id or event key", max_length=200)),
-                ('reason', models.TextField()),
-                ('item', models.TextField(blank=True, default='', help_text='the item as sent (clipped)')),
-                ('first_at', models.DateTimeField()),
-                ('last_at', models.DateTimeField(db_index=True)),
-                ('count', models.PositiveIntegerField(default=1)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("host", models.CharField(max_length=255)),
+                (
+                    "kind",
+                    models.CharField(
+                        help_text="sample, live, completion, event, ...", max_length=32
+                    ),
+                ),
+                (
+                    "key",
+                    models.CharField(
+                        help_text="the item's session id or event key", max_length=200
+                    ),
+                ),
+                ("reason", models.TextField()),
+                (
+                    "item",
+                    models.TextField(
+                        blank=True, default="", help_text="the item as sent (clipped)"
+                    ),
+                ),
+                ("first_at", models.DateTimeField()),
+                ("last_at", models.DateTimeField(db_index=True)),
+                ("count", models.PositiveIntegerField(default=1)),
             ],
             options={
-                'ordering': ['-last_at'],
-                'constraints': [models.UniqueConstraint(fields=('host', 'kind', 'key'), name='refused_item_once')],
+                "ordering": ["-last_at"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("host", "kind", "key"), name="refused_item_once"
+                    )
+                ],
             },
         ),
     ]

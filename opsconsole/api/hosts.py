@@ -239,6 +239,7 @@ def hosts(request):
                     "jobs": row.jobs,
                     "runs_30d": row.runs_30d,
                     "cost_usd_30d": row.cost_30d,
+                    "refused_items": row.refused_items,
                 }
                 for row in host_rows()
             ]

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from fleet.hosts import expire_actions, host_rows
 from jobs_app.models import AuditEntry, Job
 from monitor_app.live import get_snapshot
-from monitor_app.models import RemoteAction
+from monitor_app.models import RefusedItem, RemoteAction
 from monitor_app.remote_actions import request_action
 from monitor_app.stopping import stop_session
 from sessions_app.models import LIVE_STATUSES, Session
@@ -33,6 +33,7 @@ def hosts(request):
             "total_runs_30d": sum(r.runs_30d for r in rows),
             "total_cost_30d": sum(r.cost_30d or 0 for r in rows),
             "actions": RemoteAction.objects.select_related("job")[:30],
+            "refused": RefusedItem.objects.all()[:30],
             "console_host": settings.OPSCONSOLE_HOST,
         },
     )
