@@ -4,6 +4,13 @@ server's threads."""
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
+import threading
+import time
+import urllib.request
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -11,7 +18,7 @@ from django.contrib.auth.models import Permission
 from alerts_app.models import Channel
 from jobs_app.models import AuditEntry
 
-pytest_plugins = ["tests.alert_receivers"]
+pytest_plugins = ["tests.alert_receivers", "tests.server_fixtures"]
 
 PASSWORD = "correct horse battery staple"
 PATH_SECRET = "hooks-Xk2p9PATHsecret"
@@ -92,3 +99,70 @@ def test_finding7_channel_url_secrets_shown_only_to_superusers(client, webhook, 
         shown = client.get(path).content.decode()
         assert PATH_SECRET in shown and TOPIC_SECRET in shown, path
         assert USER_SECRET not in shown, path
+
+
+SLOW_CLIENTS = 200
+
+
+class SlowClients:
+    """SLOW_CLIENTS connections that send a request head one byte at a time and never
+    finish it (slowloris), from one thread, for at most `seconds`."""
+
+    HEAD = b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+    def __init__(self, port: int, seconds: float = 90.0):
+        self.sockets = [
+            socket.create_connection(("127.0.0.1", port), 5) for _ in range(SLOW_CLIENTS)
+        ]
+        for sock in self.sockets:
+            sock.setblocking(False)
+        self.rounds = 0
+        self.deadline = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.trickle, daemon=True)
+        self.thread.start()
+
+    def trickle(self) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            i = self.rounds
+            byte = self.HEAD[i : i + 1] or b"a"
+            for sock in self.sockets:
+                # A connection the server dropped is counted by still_open().
+                with contextlib.suppress(OSError):
+                    sock.send(byte)
+            self.rounds += 1
+            self.stop.wait(0.5)
+
+    def still_open(self) -> int:
+        """Connections the server has not closed (a closed one reads as EOF)."""
+        readable, _, _ = select.select(self.sockets, [], [], 0)
+        return len(self.sockets) - len(readable)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_finding7_slow_clients_cannot_starve_the_workers(console_without_monitor):
+    """200 connections sending their headers a byte at a time held every thread of
+    `serve` (gthread reads a head in a thread): /login/ did not answer. Now the event
+    loop gathers heads and only whole requests reach a thread."""
+    console = console_without_monitor
+    port = int(console.url.rsplit(":", 1)[1])
+    slow = SlowClients(port)
+    try:
+        # Every connection has begun its head (the first bytes make gthread hand each
+        # one to a thread) before the login page is asked for.
+        deadline = time.monotonic() + 30
+        while slow.rounds < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert slow.rounds >= 4
+        with urllib.request.urlopen(console.url + "/login/", timeout=20) as response:
+            assert response.status == 200
+            assert b"password" in response.read()
+        # ... while the slow connections were still open, not because they were dropped.
+        assert slow.still_open() >= SLOW_CLIENTS * 0.9
+    finally:
+        slow.close()
