@@ -5,6 +5,7 @@ server's threads."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import select
 import socket
 import threading
@@ -12,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
@@ -145,6 +147,28 @@ class SlowClients:
             sock.close()
 
 
+def response_head(sock: socket.socket) -> bytes:
+    """One response read off a connection, whole (its Content-Length says how long)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head
+
+
 def test_finding7_slow_clients_cannot_starve_the_workers(console_without_monitor):
     """200 connections sending their headers a byte at a time held every thread of
     `serve` (gthread reads a head in a thread): /login/ did not answer. Now the event
@@ -164,5 +188,37 @@ def test_finding7_slow_clients_cannot_starve_the_workers(console_without_monitor
             assert b"password" in response.read()
         # ... while the slow connections were still open, not because they were dropped.
         assert slow.still_open() >= SLOW_CLIENTS * 0.9
+        # A head that arrives in pieces, on a kept-alive connection, is still served; one
+        # larger than any real request's is refused.
+        with socket.create_connection(("127.0.0.1", port), 20) as sock:
+            head = b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            for _ in range(2):
+                sock.sendall(head)
+                time.sleep(0.2)  # the rest comes later, as over a slow link
+                sock.sendall(b"\r\n")
+                assert response_head(sock).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port), 20) as sock:
+            sock.sendall(head + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+            assert response_head(sock).startswith(b"HTTP/1.1 431")
     finally:
         slow.close()
+
+
+@pytest.mark.django_db
+def test_finding7_send_test_audit_rows_written_before_lose_their_secrets():
+    """The data migration rewrites what channel_test wrote before: scheme and host stay."""
+    forget = importlib.import_module(
+        "alerts_app.migrations.0002_audit_rows_without_channel_secrets"
+    ).forget_channel_secrets
+    old = AuditEntry.objects.create(
+        actor="ops",
+        action="alert_test",
+        target=f"channel team (hook) (json://127.0.0.1:9/{PATH_SECRET}?method=POST)",
+        ok=True,
+    )
+    other = AuditEntry.objects.create(actor="ops", action="stop", target=PATH_SECRET, ok=True)
+    forget(apps, None)
+    old.refresh_from_db()
+    other.refresh_from_db()
+    assert old.target == "channel team (hook) (json://127.0.0.1:9/…)"
+    assert other.target == PATH_SECRET  # only Send test rows are touched
