@@ -73,11 +73,6 @@ class HeadFirstWorker(ThreadWorker):
         self.pending_conns.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
 
-    def on_pending_socket_readable(self, conn, client):
-        if getattr(conn, "head", None) is None:
-            return super().on_pending_socket_readable(conn, client)
-        return self.on_head_readable(conn, client)
-
     def on_head_readable(self, conn, client):
         try:
             data = conn.sock.recv(HEAD_MAX_BYTES)
@@ -85,8 +80,10 @@ class HeadFirstWorker(ThreadWorker):
             return
         except OSError:
             data = b""
+        # Only the new bytes (and the 3 before them) are searched: a head sent a byte at
+        # a time must not cost its length squared (an earlier end was handed over).
         conn.head += data
-        end = conn.head.find(HEAD_END)
+        end = conn.head.find(HEAD_END, max(0, len(conn.head) - len(data) - len(HEAD_END) + 1))
         if data and end < 0 and len(conn.head) <= HEAD_MAX_BYTES:
             return  # not all there yet
         self.poller.unregister(client)
