@@ -39,6 +39,23 @@ class ChannelAdmin(admin.ModelAdmin):
     readonly_fields = ("redacted", "from_environment", "last_test_at", "last_test_ok")
     search_fields = ("name",)
 
+    # The redacted URL still holds json:// paths and ntfy topics: superusers only.
+    def get_list_display(self, request):
+        return self._url_column(request, super().get_list_display(request))
+
+    def get_readonly_fields(self, request, obj=None):
+        return self._url_column(request, super().get_readonly_fields(request, obj))
+
+    @staticmethod
+    def _url_column(request, names):
+        if request.user.is_superuser:
+            return names
+        return tuple("address" if name == "redacted" else name for name in names)
+
+    @admin.display(description="URL (scheme and host)")
+    def address(self, obj):
+        return obj.address
+
     @admin.display(description="last test")
     def last_test(self, obj):
         if obj.last_test_at is None:

@@ -1,9 +1,10 @@
-"""A channel's Apprise URL: the plugin it names, its redacted form for pages and logs,
+"""A channel's Apprise URL: the plugin it names, its redacted forms for pages and logs,
 and scrubbing the URL's secrets out of a receiver's error text. Below the models,
-which store the redacted form."""
+which store Apprise's redacted form."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -28,6 +29,41 @@ def redact_url(url: str) -> str:
         return plugin.url(privacy=True)
     except Exception:
         return f"{url.split('://', 1)[0]}://…"
+
+
+# A DNS name (labels of letters, digits and hyphens, at least one dot) or "localhost".
+HOSTNAME = re.compile(r"^(localhost|[a-z0-9-]+(\.[a-z0-9-]+)+)$", re.IGNORECASE)
+
+
+def shown_url(redacted: str, *, superuser: bool) -> str:
+    """What a person may see of a channel's URL, from its stored redacted form.
+
+    Apprise's privacy mode hides passwords and tokens but not a json:// path or an
+    ntfy topic, which are secrets too: only a superuser sees that form. Everyone else,
+    and every audit row, gets the scheme and the host (and port) alone.
+    """
+    if superuser:
+        return redacted
+    parts = urlsplit(redacted)
+    try:
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        host, port = "", None
+    if not _is_network_host(host):  # ntfy://topic, slack://Token/…: the "host" is a secret
+        return f"{parts.scheme or '?'}://…"
+    shown = f"[{host}]" if ":" in host else host
+    if port:
+        shown = f"{shown}:{port}"
+    tail = "/…" if parts.path.strip("/") or parts.query or "@" in parts.netloc else ""
+    return f"{parts.scheme}://{shown}{tail}"
+
+
+def _is_network_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(HOSTNAME.match(host))
 
 
 def scrub(text: str, url: str) -> str:

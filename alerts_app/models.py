@@ -13,7 +13,7 @@ import hashlib
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from alerts_app.channel_urls import redact_url
+from alerts_app.channel_urls import redact_url, shown_url
 
 
 class Rule(models.TextChoices):
@@ -67,6 +67,15 @@ class Channel(models.Model):
         self.url_hash = url_fingerprint(self.url)
         self.redacted = redact_url(self.url)[:500]
         super().save(*args, **kwargs)
+
+    def url_shown_to(self, user) -> str:
+        """The URL as this person may see it (paths and topics for superusers only)."""
+        return shown_url(self.redacted, superuser=bool(getattr(user, "is_superuser", False)))
+
+    @property
+    def address(self) -> str:
+        """Scheme and host only: safe for anyone, and for audit rows."""
+        return shown_url(self.redacted, superuser=False)
 
 
 def url_fingerprint(url: str) -> str:

@@ -157,7 +157,7 @@ def login_slots() -> LoginSlots:
 
 class ThrottledLoginView(LoginView):
     """Django's login, with the password check bounded (login_slots) and throttled per
-    account and per address by django-axes (its backend refuses a locked-out one)."""
+    account and address together by django-axes (its backend refuses a locked-out one)."""
 
     def post(self, request, *args, **kwargs):
         slots = login_slots()

@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         args.bind,
         "--workers",
         str(args.workers),
+        # gthread, with request heads read by the event loop: slow clients cannot hold
+        # the threads (opsconsole.web_worker).
         "--worker-class",
-        "gthread",
+        "opsconsole.web_worker.HeadFirstWorker",
         "--threads",
         str(args.threads),
         "--access-logfile",

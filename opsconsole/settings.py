@@ -201,13 +201,16 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-# Login throttling (django-axes): after OPSCONSOLE_LOGIN_FAILURE_LIMIT wrong passwords an
-# account is locked, and so is the address they came from, each on its own, for
-# OPSCONSOLE_LOGIN_COOLOFF_MINUTES. Unlock early with `opsconsole axes_reset`.
+# Login throttling (django-axes): after OPSCONSOLE_LOGIN_FAILURE_LIMIT wrong passwords for
+# one account from one address, that account is locked from that address for
+# OPSCONSOLE_LOGIN_COOLOFF_MINUTES. The pair, not each alone: a lock per address would
+# lock out everyone behind one NAT or proxy, and one per account would let anyone lock
+# out an operator. Unlock early with `opsconsole axes_reset`.
 AXES_ENABLED = env_bool("OPSCONSOLE_LOGIN_THROTTLING", True)
 AXES_FAILURE_LIMIT = env_int("OPSCONSOLE_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_float("OPSCONSOLE_LOGIN_COOLOFF_MINUTES", 15))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# A nested list is the combination; a flat one would be "username OR address".
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "opsconsole/locked_out.html"
 AXES_VERBOSE = False

@@ -24,24 +24,20 @@ def login(client, username: str, password: str, address: str = "127.0.0.1"):
     return client.post("/login/", {"username": username, "password": password}, REMOTE_ADDR=address)
 
 
-def test_no_login_throttling_wrong_passwords_lock_the_account(client, ops, settings):
-    """Before: unlimited guesses. After the limit, even the right password from another
-    address is refused until the cool-off ends."""
-    for attempt in range(settings.AXES_FAILURE_LIMIT - 1):
-        assert login(client, "ops", "guess", f"10.0.0.{attempt + 1}").status_code == 200
-    assert login(client, "ops", "guess", "10.0.0.99").status_code == 429  # the limit-th
-    refused = login(client, "ops", PASSWORD, "10.0.1.1")
+def test_no_login_throttling_wrong_passwords_lock_the_account_from_that_address(
+    client, ops, settings
+):
+    """Before: unlimited guesses. After the limit, even the right password is refused from
+    that address until the cool-off ends; from another address the account still logs in
+    (issue 21: a lock is per account and address, see test_hardening_web)."""
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert login(client, "ops", "guess", "10.0.0.1").status_code == 200
+    assert login(client, "ops", "guess", "10.0.0.1").status_code == 429  # the limit-th
+    refused = login(client, "ops", PASSWORD, "10.0.0.1")
     assert refused.status_code == 429
     assert b"Too many failed logins" in refused.content
     assert "_auth_user_id" not in client.session
-
-
-def test_no_login_throttling_wrong_passwords_lock_the_address(client, ops, settings):
-    for attempt in range(settings.AXES_FAILURE_LIMIT):
-        login(client, f"someone{attempt}", "guess", "10.0.0.9")
-    assert login(client, "ops", PASSWORD, "10.0.0.9").status_code == 429
-    # Another address logs in as usual.
-    assert login(client, "ops", PASSWORD, "10.0.0.10").status_code == 302
+    assert login(client, "ops", PASSWORD, "10.0.1.1").status_code == 302
 
 
 def test_a_right_password_resets_the_count(client, ops, settings):
@@ -90,7 +86,7 @@ def test_behind_a_trusted_proxy_one_person_s_typos_lock_out_only_their_address(
     settings.OPSCONSOLE_TRUSTED_PROXIES = 1
     for attempt in range(settings.AXES_FAILURE_LIMIT):
         # The attacker's own X-Forwarded-For entry changes every time; the proxy's does not.
-        via_proxy(f"someone{attempt}", "guess", f"10.9.9.{attempt}, 203.0.113.7")
+        via_proxy("ops", "guess", f"10.9.9.{attempt}, 203.0.113.7")
     assert via_proxy("ops", PASSWORD, "203.0.113.7").status_code == 429
     assert via_proxy("ops", PASSWORD, "198.51.100.20").status_code == 302
 
@@ -100,7 +96,7 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(client, ops, setting
     for attempt in range(settings.AXES_FAILURE_LIMIT):
         client.post(
             "/login/",
-            {"username": f"someone{attempt}", "password": "guess"},
+            {"username": "ops", "password": "guess"},
             REMOTE_ADDR="10.0.0.9",
             HTTP_X_FORWARDED_FOR=f"10.1.1.{attempt}",
         )

@@ -26,12 +26,15 @@ def alerts_page(request):
         Prefetch("deliveries", queryset=Delivery.objects.select_related("channel"))
     )
     page = Paginator(alerts, ALERTS_PER_PAGE).get_page(request.GET.get("page"))
+    channels = list(Channel.objects.all())
+    for channel in channels:
+        channel.shown_url = channel.url_shown_to(request.user)
     return render(
         request,
         "alerts_app/alerts.html",
         {
             "page": page,
-            "channels": Channel.objects.all(),
+            "channels": channels,
             "open_incidents": Incident.objects.filter(resolved_at__isnull=True).select_related(
                 "job"
             ),
@@ -50,7 +53,8 @@ def channel_test(request, pk: int):
     AuditEntry.objects.create(
         actor=request.user.get_username(),
         action="alert_test",
-        target=f"channel {channel.name} ({channel.redacted})",
+        # Scheme and host only: audit rows are read by every staff user.
+        target=f"channel {channel.name} ({channel.address})",
         ok=result.delivered_at is not None,
         output=result.last_error,
         detail={"channel_id": channel.pk, "alert_id": result.alert_id},
