@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
+from django.db import OperationalError
 
 from tests.conftest import PYTHON, REPO_ROOT, wrapper_command
 from tests.live_helpers import monitor_sample, wait_until
@@ -152,6 +153,74 @@ def end_events(tag: str) -> int:
         tag,
     )
     return count
+
+
+def test_finding6_silent_database_a_pooled_connection_gives_up_at_its_deadline(
+    silent_database_proxy, django_db_blocker
+):
+    """The backend alone: a persistent connection whose server falls silent ends its
+    wait at the client-side deadline, is then found unusable at once, and a new one
+    works when the server answers again. A wait that ended leaves nothing armed."""
+    from django.db.utils import ConnectionHandler
+
+    from opsconsole.postgresql.base import deadlines
+
+    proxy = silent_database_proxy
+    handler = ConnectionHandler(
+        {
+            "default": {
+                "ENGINE": "opsconsole.postgresql",
+                "NAME": DATABASE,
+                "USER": SERVER["user"],
+                "PASSWORD": SERVER["password"],
+                "HOST": "127.0.0.1",
+                "PORT": proxy.port,
+                "CONN_MAX_AGE": 60,
+                "CONN_HEALTH_CHECKS": True,
+                "OPTIONS": {"connect_timeout": CONNECT_TIMEOUT},
+                "CLIENT_TIMEOUT": 1.0,
+            }
+        }
+    )
+    connection = handler["default"]
+    try:
+        django_db_blocker.unblock()  # a database of its own, not the test database
+        with connection.cursor() as cursor:
+            cursor.execute("select 1")
+            assert cursor.fetchone() == (1,)
+        assert deadlines.pending() == 0
+
+        proxy.go_silent()
+
+        errors = []
+
+        def query_the_silent_server():
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("select 2")
+            except OperationalError as exc:
+                errors.append(exc)
+
+        # In a thread of its own, so that a wait without a deadline fails the test
+        # (closing the proxy then ends it) instead of hanging it.
+        connection.inc_thread_sharing()
+        waiting = threading.Thread(target=query_the_silent_server, daemon=True)
+        waiting.start()
+        waiting.join(timeout=BOUND)
+        connection.dec_thread_sharing()
+        assert not waiting.is_alive(), "still waiting for the silent server"
+        assert "did not answer within 1 s" in str(errors[0])
+        assert deadlines.pending() == 0
+        assert not connection.is_usable()  # the socket is shut: no second wait
+
+        proxy.forward_again()
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("select 3")
+            assert cursor.fetchone() == (3,)
+    finally:
+        connection.close()
+        django_db_blocker.restore()
 
 
 def test_finding6_silent_database_mid_load_bounded_answers_monitor_samples_runs_kept(

@@ -66,6 +66,11 @@ class Deadlines:
                 return True
             return False
 
+    def pending(self) -> int:
+        """How many waits are armed now (none once every wait has ended)."""
+        with self._changed:
+            return len(self._armed)
+
     def _watch(self) -> None:
         with self._changed:
             while True:
