@@ -104,20 +104,21 @@ class Command(BaseCommand):
 
 def shorten_database_timeouts(interval: float) -> None:
     """A database that is locked or silent must not stall sampling: fail fast, retry the
-    next round. Each wait for PostgreSQL (connecting included) ends within
-    max(3 s, 1.5 intervals), well inside the three intervals after which the sample
-    counts as stale; the server's own statement timeout comes a second sooner."""
+    next round. Each wait for PostgreSQL (connecting included) ends within two sample
+    intervals (at least 2 s), inside the three after which the sample counts as stale."""
     connection = connections["default"]
     options = connection.settings_dict.setdefault("OPTIONS", {})
     if connection.vendor == "sqlite":
         options["timeout"] = min(float(options.get("timeout", 2)), 2.0)
     elif connection.vendor == "postgresql":
-        bound = max(3.0, 1.5 * interval)
-        configured = connection.settings_dict.get(CLIENT_TIMEOUT_KEY) or bound
-        bound = min(bound, configured)
+        bound = monitor_database_bound(interval, connection.settings_dict.get(CLIENT_TIMEOUT_KEY))
         connection.settings_dict[CLIENT_TIMEOUT_KEY] = bound
         options["connect_timeout"] = max(2, min(int(options.get("connect_timeout", 3)), int(bound)))
-        statement_ms = int(min(5.0, max(1.0, bound - 1.0)) * 1000)
-        options["options"] = (
-            options.get("options", "") + f" -c statement_timeout={statement_ms}"
-        ).strip()
+        options["options"] = (options.get("options", "") + " -c statement_timeout=5000").strip()
+
+
+def monitor_database_bound(interval: float, configured: float | None) -> float:
+    """The monitor's client-side bound on a wait for PostgreSQL: two intervals, at least
+    2 s (libpq's shortest connect timeout), at most what the console is configured with."""
+    bound = max(2.0, 2.0 * interval)
+    return min(bound, configured) if configured else bound
