@@ -98,6 +98,8 @@ def shut_down(fd: int) -> None:
 
 
 deadlines = Deadlines()
+# A forked child (a gunicorn worker) starts with none armed and its own watching thread.
+os.register_at_fork(after_in_child=deadlines.__init__)
 
 
 class DeadlineConnection(psycopg.Connection):
