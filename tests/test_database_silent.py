@@ -223,6 +223,47 @@ def test_finding6_silent_database_a_pooled_connection_gives_up_at_its_deadline(
         django_db_blocker.restore()
 
 
+# The supervisor's report of a silent monitor, against a database that never answers.
+REPORT_SILENT_MONITOR = """
+import json, time, django
+django.setup()
+from opsconsole.supervise import Supervisor
+supervisor = Supervisor(web=[], monitor=None)
+supervisor.report_silent()
+waiting = supervisor.reporter.is_alive()
+supervisor.reporter.join(60)
+print(json.dumps({"waiting_after_return": waiting, "ended": not supervisor.reporter.is_alive()}))
+"""
+
+
+def test_finding6_silent_database_the_supervisor_never_waits_for_it(state):
+    """Before: the supervisor wrote the alert about a silent monitor itself, and with the
+    database silent it stopped supervising (the web server and the monitor) for good."""
+    proxy = SilentProxy(("127.0.0.1", 9))
+    proxy.go_silent()  # accepts, never answers
+    try:
+        result = subprocess.run(
+            [PYTHON, "-c", REPORT_SILENT_MONITOR],
+            env=dict(
+                state.env,
+                DJANGO_SETTINGS_MODULE="opsconsole.settings",
+                DATABASE_URL=f"postgres://nobody@127.0.0.1:{proxy.port}/opsconsole",
+                OPSCONSOLE_DB_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
+            ),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        proxy.close()
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    # report_silent() returned while the report still waited for the database, which
+    # then gave up (logged) within its connect timeout.
+    assert outcome == {"waiting_after_return": True, "ended": True}, result.stderr
+    assert "could not report the silent monitor" in result.stderr
+
+
 def test_finding6_silent_database_mid_load_bounded_answers_monitor_samples_runs_kept(
     state, fake_claude, tmp_path, silent_database_proxy
 ):
