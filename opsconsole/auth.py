@@ -22,7 +22,7 @@ from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from opsconsole.middleware import OUTAGE_USERNAME_KEY
+from opsconsole.middleware import OUTAGE_USERNAME_KEY, is_outage, outage
 from opsconsole.models import ApiToken, hash_token
 
 
@@ -86,10 +86,16 @@ def authenticate_token(plain: str):
     cached = _token_cache.get(key)
     if cached is not None and cached[1] > now:
         return cached[0]
+    # An outage on record: asking the database again would wait out its timeout.
+    in_grace = cached is not None and now - cached[1] < TOKEN_OUTAGE_GRACE_SECONDS
+    if in_grace and outage.current() is not None:
+        return cached[0]
     try:
         user = ApiToken.authenticate(plain)
-    except DatabaseError:
+    except DatabaseError as exc:
         if cached is not None and now - cached[1] < TOKEN_OUTAGE_GRACE_SECONDS:
+            if is_outage(exc):
+                outage.record(exc)  # the next polls need not wait for it again
             return cached[0]
         raise
     with _token_cache_lock:

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     call_command("migrate", interactive=False, verbosity=0)
     refresh_planner_statistics()
     ensure_first_user()
+    # The supervisor itself needs no database from here on: hold no connection to it.
+    from django.db import connections
+
+    connections.close_all()
     web = [
         sys.executable,
         "-m",

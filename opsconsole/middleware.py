@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import time
+from importlib import import_module
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -114,7 +115,7 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        if isinstance(exception, DatabaseError) and _is_outage(exception):
+        if isinstance(exception, DatabaseError) and is_outage(exception):
             return database_unavailable(request, outage.record(exception))
         return None
 
@@ -125,6 +126,11 @@ def live_view_during_outage(request, reason: str) -> HttpResponse | None:
     from django.core.cache import caches
 
     session = getattr(request, "session", None)
+    if session is None:
+        # Answered before SessionMiddleware ran (an outage already on record): the
+        # session from its cookie, never loaded (that would ask the database).
+        key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        session = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
     key = getattr(session, "session_key", None)
     if not key or not hasattr(session, "cache_key"):
         return None
@@ -163,7 +169,7 @@ class OutageUser:
         return self.username
 
 
-def _is_outage(exc: DatabaseError) -> bool:
+def is_outage(exc: DatabaseError) -> bool:
     """A database that cannot be reached or gave up (connection lost, timeout), as opposed
     to a query it refused (IntegrityError, DataError): those are bugs, answered 500."""
     return isinstance(exc, OperationalError | InterfaceError)
@@ -173,7 +179,7 @@ def server_error(request, *args, **kwargs):
     """handler500: a database outage met outside a view (the session or user lookup in a
     middleware) is a 503 too; anything else is Django's own 500."""
     exc = sys.exc_info()[1]
-    if isinstance(exc, DatabaseError) and _is_outage(exc):
+    if isinstance(exc, DatabaseError) and is_outage(exc):
         return database_unavailable(request, outage.record(exc))
     return django_server_error(request, *args, **kwargs)
 

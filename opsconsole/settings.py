@@ -134,6 +134,12 @@ DATABASES = {
 # not a thread forever: connect and statement timeouts (PostgreSQL), lock wait (SQLite).
 OPSCONSOLE_DB_CONNECT_TIMEOUT = env_float("OPSCONSOLE_DB_CONNECT_TIMEOUT", 3.0)
 OPSCONSOLE_DB_STATEMENT_TIMEOUT = env_float("OPSCONSOLE_DB_STATEMENT_TIMEOUT", 15.0)
+# Client-side: the longest any wait for PostgreSQL's answer on an open connection lasts
+# (opsconsole.postgresql). Longer than the statement timeout, so that a server that is
+# alive cancels a slow query itself first and the connection stays usable.
+OPSCONSOLE_DB_TIMEOUT_SECONDS = env_float(
+    "OPSCONSOLE_DB_TIMEOUT_SECONDS", OPSCONSOLE_DB_STATEMENT_TIMEOUT + 5.0
+)
 # After the database was found unreachable, requests answer 503 at once for this long
 # before the next connection attempt.
 OPSCONSOLE_DB_RETRY_SECONDS = env_float("OPSCONSOLE_DB_RETRY_SECONDS", 5.0)
@@ -146,8 +152,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    # Django's backend, with the client-side bound on every wait for an answer.
+    DATABASES["default"]["ENGINE"] = "opsconsole.postgresql"
+    DATABASES["default"]["CLIENT_TIMEOUT"] = OPSCONSOLE_DB_TIMEOUT_SECONDS
     _options = DATABASES["default"].setdefault("OPTIONS", {})
     _options.setdefault("connect_timeout", max(1, round(OPSCONSOLE_DB_CONNECT_TIMEOUT)))
+    # A host that went away (no TCP answer at all) is noticed by the kernel too: probes
+    # on an idle connection, and unacknowledged data given up after the client timeout.
+    _options.setdefault("keepalives", 1)
+    _options.setdefault("keepalives_idle", 30)
+    _options.setdefault("keepalives_interval", 5)
+    _options.setdefault("keepalives_count", 3)
+    _options.setdefault("tcp_user_timeout", int(OPSCONSOLE_DB_TIMEOUT_SECONDS * 1000))
     _statement_ms = int(OPSCONSOLE_DB_STATEMENT_TIMEOUT * 1000)
     _options["options"] = (
         f"{_options.get('options', '')} -c statement_timeout={_statement_ms}".strip()

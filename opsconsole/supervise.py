@@ -3,7 +3,9 @@
 The web server is the product's front: if it exits, everything stops with its
 exit code. The monitor is restarted when it dies, and also when it is alive but
 silent (no sample for three intervals: stuck), with a back-off so a monitor that
-cannot start does not spin. SIGTERM, SIGINT and SIGHUP stop both.
+cannot start does not spin. SIGTERM, SIGINT and SIGHUP stop both. The supervisor's
+loop never touches the database (a silent one would stop it supervising): the
+alert about a silent monitor is written from a thread of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.db import connections
 
 from alerts_app.engine import monitor_silent  # the alerts app, when installed
 from monitor_app.published import read_local_sample
@@ -41,6 +44,7 @@ class Supervisor:
         self.backoff = 1.0
         self.restarts = 0
         self.silent_reported = False
+        self.reporter: threading.Thread | None = None
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -98,16 +102,30 @@ class Supervisor:
         return silent
 
     def report_silent(self) -> None:
+        """Open the alert about the silent monitor, in a thread of its own: the database
+        may be why the monitor fell silent, and the supervisor must never wait on it."""
         if self.silent_reported:
             return
         self.silent_reported = True
+        if self.reporter is not None and self.reporter.is_alive():
+            return  # the last report still waits for the database
+        sample = read_local_sample()
+        self.reporter = threading.Thread(
+            target=self._report_silent,
+            args=(sample.taken_at if sample else None,),
+            name="report-silent-monitor",
+            daemon=True,
+        )
+        self.reporter.start()
+
+    @staticmethod
+    def _report_silent(last_sample_at: datetime | None) -> None:
         try:
-            sample = read_local_sample()
-            monitor_silent(
-                settings.OPSCONSOLE_HOST, sample.taken_at if sample else None, datetime.now(UTC)
-            )
+            monitor_silent(settings.OPSCONSOLE_HOST, last_sample_at, datetime.now(UTC))
         except Exception:
             log.exception("could not report the silent monitor")
+        finally:
+            connections.close_all()
 
     @staticmethod
     def terminate(process: subprocess.Popen, grace: float = 10.0) -> None:

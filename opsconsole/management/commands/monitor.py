@@ -13,6 +13,7 @@ from django.db import connections
 from fleet.report import Reporter
 from fleet.reporting import reporting_monitor
 from opsconsole.monitoring import console_monitor
+from opsconsole.postgresql.base import CLIENT_TIMEOUT_KEY
 
 
 class Command(BaseCommand):
@@ -55,7 +56,7 @@ class Command(BaseCommand):
         interval = interval or settings.OPSCONSOLE_SAMPLE_SECONDS
         if report_to:
             return self.report_mode(report_to, token, insecure, interval, once)
-        shorten_database_timeouts()
+        shorten_database_timeouts(interval)
         monitor = console_monitor(interval=interval)
         if once:
             snapshot = monitor.tick()
@@ -101,12 +102,23 @@ class Command(BaseCommand):
         monitor.run_forever(stop)
 
 
-def shorten_database_timeouts() -> None:
-    """A database that is locked or silent must not stall sampling: fail fast, retry later."""
-    options = connections["default"].settings_dict.setdefault("OPTIONS", {})
-    vendor = connections["default"].vendor
-    if vendor == "sqlite":
+def shorten_database_timeouts(interval: float) -> None:
+    """A database that is locked or silent must not stall sampling: fail fast, retry the
+    next round. Each wait for PostgreSQL (connecting included) ends within two sample
+    intervals (at least 2 s), inside the three after which the sample counts as stale."""
+    connection = connections["default"]
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    if connection.vendor == "sqlite":
         options["timeout"] = min(float(options.get("timeout", 2)), 2.0)
-    elif vendor == "postgresql":
-        options.setdefault("connect_timeout", 3)
+    elif connection.vendor == "postgresql":
+        bound = monitor_database_bound(interval, connection.settings_dict.get(CLIENT_TIMEOUT_KEY))
+        connection.settings_dict[CLIENT_TIMEOUT_KEY] = bound
+        options["connect_timeout"] = max(2, min(int(options.get("connect_timeout", 3)), int(bound)))
         options["options"] = (options.get("options", "") + " -c statement_timeout=5000").strip()
+
+
+def monitor_database_bound(interval: float, configured: float | None) -> float:
+    """The monitor's client-side bound on a wait for PostgreSQL: two intervals, at least
+    2 s (libpq's shortest connect timeout), at most what the console is configured with."""
+    bound = max(2.0, 2.0 * interval)
+    return min(bound, configured) if configured else bound
