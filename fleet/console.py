@@ -32,7 +32,7 @@ from monitor_app import job_controls, published
 from monitor_app.events import EventOutbox, PendingEvent
 from monitor_app.job_controls import ActionResult, audited
 from monitor_app.job_status import record_collections
-from monitor_app.models import Event, EventKind, HostSample, RemoteAction
+from monitor_app.models import Event, EventKind, HostSample, RemoteAction, own_host_problem
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
 from monitor_app.snapshot import Snapshot
 from sessions_app import ingest, remote_transcripts
@@ -217,6 +217,9 @@ def _sidecar(item: object, host: str) -> Sidecar:
 def receive_report(payload: object, host: str, received_at: datetime | None = None) -> dict:
     """Record one report of `host`; the answer (acks and requests). ReportRejected if not."""
     received_at = received_at or timezone.now()
+    problem = own_host_problem(host)
+    if problem:  # whatever the token: the console's own runs are its own monitor's
+        raise ReportRejected(problem, 403)
     parsed = parse_report(payload, host)
     with transaction.atomic():
         return _record(parsed, payload, host, received_at)
