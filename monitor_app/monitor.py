@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections
 
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
@@ -482,20 +482,17 @@ class Monitor:
         try:
             self.record_completions(now)
             self.record_live(snapshot, now)
-            batch = gone[:RECORDS_PER_SAMPLE]
-            with transaction.atomic():  # one commit for the batch, not two per run
-                for sidecar in batch:
-                    self.record_gone_sidecar(sidecar, now)
-            for sidecar in batch:  # once on record: a failed batch is tried again
-                self.paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
+            for sidecar in gone[:RECORDS_PER_SAMPLE]:
+                self.record_gone_sidecar(sidecar, now)
             self.record_endings()
             self.write_leftovers()
-            # Runs whose end waits for a later batch are not lost: their turn comes.
-            waiting = {s.session_id for s in gone[RECORDS_PER_SAMPLE:]}
-            waiting.update(e.sidecar.session_id for e in self.endings)
-            self.records_waiting = len(waiting) + self.spool_waiting
-            if snapshot.active_dir_error is None and not self.spool_waiting:
-                self.close_lost_rows(snapshot, now, waiting)
+            self.records_waiting = (
+                max(0, len(gone) - RECORDS_PER_SAMPLE) + len(self.endings) + self.spool_waiting
+            )
+            # A row is lost only when nothing left to record may say how its run ended:
+            # while ended runs wait for a later batch, their rows are not lost.
+            if snapshot.active_dir_error is None and not self.records_waiting:
+                self.close_lost_rows(snapshot, now)
             self.events.flush()
             if not self.database_ok:
                 log.info("database reachable again: pending history written")
@@ -581,6 +578,7 @@ class Monitor:
             session = Session.objects.get(session_id=sidecar.session_id)
         self.on_record[sidecar.session_id] = session.status
         self.event_for_end(session, now)
+        self.paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
 
     def record_endings(self) -> None:
         for _ in range(min(len(self.endings), RECORDS_PER_SAMPLE)):
@@ -604,16 +602,14 @@ class Monitor:
             )
             del self.leftover_writes[session_id]
 
-    def close_lost_rows(
-        self, snapshot: Snapshot, now: datetime, waiting: set[str] | None = None
-    ) -> None:
+    def close_lost_rows(self, snapshot: Snapshot, now: datetime) -> None:
         """Rows of this host still marked live whose session no sidecar or registry names
-        (`waiting`: ended runs to be recorded in a later batch, not lost).
+        (at most RECORDS_PER_SAMPLE a sample).
 
         Without evidence of how it ended, the run is "unknown", not killed: the
         console lost sight of it. A completion record arriving later still wins.
         """
-        live_ids = {s.session_id for s in snapshot.sessions} | (waiting or set())
+        live_ids = {s.session_id for s in snapshot.sessions}
         lost = (
             Session.objects.filter(
                 status__in=LIVE_STATUSES, host=self.host, started_at__lt=now - STALE_LIVE_ROW_GRACE
