@@ -130,7 +130,13 @@ def sidecar_for(
 
 
 def write_dead_sidecars(
-    paths: StatePaths, *, count: int, cwd: str, config_dir: Path, tag: str = "dead"
+    paths: StatePaths,
+    *,
+    count: int,
+    cwd: str,
+    config_dir: Path,
+    tag: str = "dead",
+    host: str | None = None,
 ) -> list[Sidecar]:
     """`count` sidecars of runs whose wrapper is gone (PIDs above pid_max: no process can
     have them) and that left no completion record: dead runs for the monitor to record."""
@@ -151,7 +157,7 @@ def write_dead_sidecars(
             started_at=utc_now_iso(),
             attempt=1,
             platform="linux-test",
-            host=host_name(),
+            host=host or host_name(),
             cwd=cwd,
             claude_config_dir=str(config_dir),
             transcript_path=str(transcript_path(config_dir, cwd, session_id)),

@@ -17,7 +17,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from fleet.report import Reporter
+from fleet.report import MAX_COMPLETIONS_PER_REPORT, Reporter
 from fleet.reporting import reporting_monitor
 from jobs_app.models import AuditEntry
 from monitor_app import monitor as monitor_module
@@ -283,3 +283,29 @@ def test_finding7_every_dead_run_is_recorded_once_its_batch_comes(console_state,
     assert sorted(rows.values_list("end_reason", flat=True)) == ["vanished"] * 5
     assert Event.objects.filter(kind=EventKind.RUN_VANISHED).count() == 5
     assert monitor.records_waiting == 0
+
+
+def test_finding7_a_reporting_host_ships_dead_runs_a_batch_per_report(console_state):
+    """A reporting host's dead runs go to the console a batch per report, so no report
+    grows past what the console takes, and each batch's sidecars go once it is on record."""
+    _row, token = HostToken.issue("host-a")
+    host = reporting_monitor(
+        Reporter("http://127.0.0.1:1", token, transport=client_transport(Client())),
+        host="host-a",
+        interval=1.0,
+    )
+    count = 2 * MAX_COMPLETIONS_PER_REPORT + 50
+    write_dead_sidecars(
+        console_state.paths,
+        count=count,
+        cwd=str(console_state.workdir),
+        config_dir=console_state.config_dir,
+        host="host-a",
+    )
+    for round_number, expected in enumerate(
+        (MAX_COMPLETIONS_PER_REPORT, 2 * MAX_COMPLETIONS_PER_REPORT, count), start=1
+    ):
+        host.tick(T0 + timedelta(seconds=2 * round_number))
+        assert host.reporting.last_error is None, host.reporting.last_error
+        assert Session.objects.filter(host="host-a", end_reason="vanished").count() == expected
+    assert not list(console_state.paths.active.glob("*.json"))
