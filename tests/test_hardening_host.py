@@ -147,7 +147,10 @@ def test_finding5_claude_code_is_told_by_its_executable_and_command_line(tmp_pat
         wait_until(lambda: psutil.Process(disguised.pid).cmdline()[:1] == ["claude"])
         assert "not Claude Code" in claude_code_problem(disguised.pid)
         if runner is not None:
-            assert claude_code_problem(runner.pid) is None
+            # Popen returns once exec began; the new command line is in place a moment later.
+            wait_until(lambda: len(psutil.Process(runner.pid).cmdline()) == 2)
+            problem = claude_code_problem(runner.pid)
+            assert problem is None, problem
     finally:
         for proc in (disguised, runner):
             if proc is not None:
