@@ -45,6 +45,7 @@ from monitor_app.models import (
     HostBudget,
     HostSample,
     RefusedItem,
+    own_host_problem,
 )
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
 from monitor_app.snapshot import Snapshot
@@ -73,6 +74,9 @@ def receive_report(
     """Record one report of `host`; the answer (acks, refusals and requests).
     ReportRejected only when it is not a report of this host at all."""
     received_at = received_at or timezone.now()
+    problem = own_host_problem(host)
+    if problem:  # whatever the token: the console's own runs are its own monitor's
+        raise ReportRejected(problem, 403)
     limits = limits or Budgets.from_settings()
     parsed = parse_report(payload, host, sessions_per_report=limits.sessions_per_report)
     with transaction.atomic():

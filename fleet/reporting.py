@@ -23,6 +23,7 @@ import signal
 import threading
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from itertools import islice
 
 from django.conf import settings
 
@@ -321,11 +322,18 @@ class ReportState:
                 _move_aside(path, paths.spool / "rejected")
                 rejected_here += 1
         shipped = {c["session_id"] for c in completions}
-        vanished = [
-            sidecar.to_dict()
-            for session_id, sidecar in self.gone.items()
-            if session_id not in shipped and not paths.spool_path(session_id).exists()
-        ]
+        # Dead runs go a batch per report, like completions: ten thousand at once would
+        # make one report too large for the console ever to take.
+        vanished = list(
+            islice(
+                (
+                    sidecar.to_dict()
+                    for session_id, sidecar in self.gone.items()
+                    if session_id not in shipped and not paths.spool_path(session_id).exists()
+                ),
+                MAX_COMPLETIONS_PER_REPORT,
+            )
+        )
         snapshot.rejected_spool_files = rejected_here
         document = published.build(snapshot, monitor.host, monitor.seq, os.getpid())
         with self.results_lock:
@@ -354,7 +362,7 @@ class ReportState:
                     "status": e.status,
                     "ended_at": e.ended_at.isoformat(),
                 }
-                for e in monitor.endings
+                for e in monitor.endings[:MAX_COMPLETIONS_PER_REPORT]
             ],
             "leftovers": dict(monitor.leftover_writes),
             "events": [asdict(e) for e in monitor.events.pending[:MAX_EVENTS_PER_REPORT]],

@@ -1,6 +1,14 @@
+from django import forms
 from django.contrib import admin, messages
 
-from monitor_app.models import Event, HostSample, HostToken, RefusedItem, RemoteAction
+from monitor_app.models import (
+    Event,
+    HostSample,
+    HostToken,
+    RefusedItem,
+    RemoteAction,
+    own_host_problem,
+)
 
 
 @admin.register(Event)
@@ -32,9 +40,24 @@ class HostSampleAdmin(admin.ModelAdmin):
         return False
 
 
+class HostTokenForm(forms.ModelForm):
+    class Meta:
+        model = HostToken
+        fields = ("host",)
+
+    def clean_host(self):
+        host = self.cleaned_data["host"].strip()
+        problem = own_host_problem(host)
+        if problem:
+            raise forms.ValidationError(problem)
+        return host
+
+
 @admin.register(HostToken)
 class HostTokenAdmin(admin.ModelAdmin):
     """Host tokens: add one (the token is shown once, here), revoke with the action."""
+
+    form = HostTokenForm
 
     list_display = ("host", "key_prefix", "created_at", "last_used_at", "revoked_at")
     list_filter = ("host",)

@@ -12,6 +12,7 @@ import hashlib
 import secrets
 from datetime import datetime
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -117,6 +118,19 @@ def hash_host_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def own_host_problem(host: str) -> str | None:
+    """Why `host` may not report to this console: it is the console's own host name, whose
+    runs only the console's own monitor samples. A token bound to it could mark the
+    console's live runs lost with an empty sample, and its leftovers would be signalled
+    here. None when it may."""
+    if host.strip().casefold() == settings.OPSCONSOLE_HOST.strip().casefold():
+        return (
+            f"{host} is this console's own host name (OPSCONSOLE_HOST_NAME): its runs are "
+            "sampled by the console's own monitor, never reported with a host token"
+        )
+    return None
+
+
 class HostToken(models.Model):
     """What a remote monitor presents: bound to one host name, it writes only that host's
     rows. Only a hash is stored; the token is shown once."""
@@ -136,6 +150,10 @@ class HostToken(models.Model):
 
     @classmethod
     def issue(cls, host: str) -> tuple[HostToken, str]:
+        """A new token for `host`; ValueError for the console's own host name."""
+        problem = own_host_problem(host)
+        if problem:
+            raise ValueError(problem)
         plain = HOST_TOKEN_PREFIX + secrets.token_urlsafe(32)
         row = cls.objects.create(
             host=host, key_prefix=plain[:14], token_hash=hash_host_token(plain)

@@ -37,7 +37,7 @@ from monitor_app.events import EventOutbox, prune_events
 from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
-from monitor_app.snapshot import LeftoverRun, LiveSession, Snapshot
+from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from monitor_app.stopping import kill_leftover_processes
 from monitor_app.watchdog import find_overdue, stop_overdue
 from sessions_app import ingest, transcript_store
@@ -62,6 +62,11 @@ STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
+# Ended runs put on record per sample at most, of each kind: completion records from the
+# spool, dead runs' sidecars (each a row, an archived transcript, an event), unwrapped
+# sessions seen to end. Ten thousand dead runs found at once are drained over the next
+# samples, a batch each, so the sample keeps its cadence; the rest wait where they are.
+RECORDS_PER_SAMPLE = 25
 
 
 class Cadence:
@@ -169,6 +174,8 @@ class Monitor:
         # session id -> (incremental reader of its transcripts, the cost so far)
         self.running: dict[str, tuple[RunningCost, float | None]] = {}
         self.cost_reads_left = COST_READS_PER_SAMPLE
+        self.spool_waiting = 0  # completion records left in the spool for the next batch
+        self.records_waiting = 0  # ended runs of any kind left for the next batches
         self.quota: QuotaStamp | None = None
         self.quota_known = False
         self.collecting = Cadence()
@@ -234,30 +241,30 @@ class Monitor:
                 gone.append(sidecar)
         claimed = {s.session_id for s in sidecars}
         unwrapped_now: dict[str, Sidecar] = {}
-        for config_dir, _path, entry in registry:
+        for config_dir, path, entry in registry:
             if entry.session_id in claimed:
                 continue  # a wrapped run: its sidecar speaks for it, never shown twice
-            claimed.add(entry.session_id)
-            started = entry.process_started
-            process = table.entries.get(entry.pid)
-            alive = (
-                table.is_same_process(entry.pid, started)
-                if started is not None
-                else process is not None
-            )
-            if alive:
-                sidecar = sidecar_for_unwrapped(
-                    config_dir, entry, started or process.started, self.host
+            started, problem = self.sampler.registry_process(path, entry, table)
+            if problem is not None:
+                # Not Claude Code (or not provably the writer): never a session, so never
+                # stopped or signalled. Listed with the skipped files; logged once.
+                snapshot.skipped.append(
+                    SkippedSidecar(f"{path.parent.name}/{path.name} ({config_dir})", problem)
                 )
+                continue
+            claimed.add(entry.session_id)
+            if started is not None:
+                sidecar = sidecar_for_unwrapped(config_dir, entry, started, self.host)
                 unwrapped_now[entry.session_id] = sidecar
                 roots.append((LiveSession(sidecar, Status.UNWRAPPED, [], wrapped=False), entry.pid))
             elif entry.session_id not in self.stale_handled:
                 # Left behind: Claude Code removes it on every normal exit. Killed.
                 sidecar = self.unwrapped_live.get(entry.session_id) or sidecar_for_unwrapped(
-                    config_dir, entry, started or 0.0, self.host
+                    config_dir, entry, entry.process_started or 0.0, self.host
                 )
                 self.endings.append(Ending(sidecar, Status.KILLED, now))
                 self.stale_handled.add(entry.session_id)
+        self.sampler.forget_exited(table, {str(path) for _, path, _ in registry})
         for session_id, sidecar in self.unwrapped_live.items():
             if session_id not in unwrapped_now and session_id not in self.stale_handled:
                 self.endings.append(Ending(sidecar, Status.EXITED, now))
@@ -475,11 +482,16 @@ class Monitor:
         try:
             self.record_completions(now)
             self.record_live(snapshot, now)
-            for sidecar in gone:
+            for sidecar in gone[:RECORDS_PER_SAMPLE]:
                 self.record_gone_sidecar(sidecar, now)
             self.record_endings()
             self.write_leftovers()
-            if snapshot.active_dir_error is None:
+            self.records_waiting = (
+                max(0, len(gone) - RECORDS_PER_SAMPLE) + len(self.endings) + self.spool_waiting
+            )
+            # A row is lost only when nothing left to record may say how its run ended:
+            # while ended runs wait for a later batch, their rows are not lost.
+            if snapshot.active_dir_error is None and not self.records_waiting:
                 self.close_lost_rows(snapshot, now)
             self.events.flush()
             if not self.database_ok:
@@ -494,7 +506,8 @@ class Monitor:
             close_old_connections()
 
     def record_completions(self, now: datetime) -> None:
-        result = ingest.ingest_spool(self.paths)
+        result = ingest.ingest_spool(self.paths, limit=RECORDS_PER_SAMPLE)
+        self.spool_waiting = result.waiting
         for session in result.sessions:
             self.on_record[str(session.session_id)] = session.status
             self.event_for_end(session, now)
@@ -568,7 +581,7 @@ class Monitor:
         self.paths.sidecar_path(sidecar.wrapper_pid).unlink(missing_ok=True)
 
     def record_endings(self) -> None:
-        while self.endings:
+        for _ in range(min(len(self.endings), RECORDS_PER_SAMPLE)):
             ending = self.endings[0]
             session = ingest.record_unwrapped_end(
                 ending.sidecar,
@@ -590,7 +603,8 @@ class Monitor:
             del self.leftover_writes[session_id]
 
     def close_lost_rows(self, snapshot: Snapshot, now: datetime) -> None:
-        """Rows of this host still marked live whose session no sidecar or registry names.
+        """Rows of this host still marked live whose session no sidecar or registry names
+        (at most RECORDS_PER_SAMPLE a sample).
 
         Without evidence of how it ended, the run is "unknown", not killed: the
         console lost sight of it. A completion record arriving later still wins.
@@ -601,7 +615,7 @@ class Monitor:
                 status__in=LIVE_STATUSES, host=self.host, started_at__lt=now - STALE_LIVE_ROW_GRACE
             )
             .exclude(session_id__in=live_ids)
-            .only("session_id", "started_at")
+            .only("session_id", "started_at")[:RECORDS_PER_SAMPLE]
         )
         for row in lost:
             session_id = str(row.session_id)

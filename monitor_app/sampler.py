@@ -16,8 +16,9 @@ from pathlib import Path
 
 from monitor_app.snapshot import SkippedSidecar, Snapshot
 from sessions_app import transcript_store
+from sessions_app.proctree import ProcessTable
 from sessions_app.transcripts.locate import regular_file_within
-from sessions_app.trust import sidecar_trust_problem
+from sessions_app.trust import claude_code_problem, sidecar_trust_problem
 from wrapper.formats import (
     FormatError,
     RegistryEntry,
@@ -33,6 +34,10 @@ from wrapper.formats import (
 )
 
 log = logging.getLogger(__name__)
+
+# Where start times come from /proc (Linux), a registry file must give procStart: it is
+# what tells the process that wrote the file from a later one with the same PID.
+PROC_START_REQUIRED = Path("/proc/stat").exists()
 
 # Transcripts not found yet (claude has not written a line) are searched for each
 # sample, but at most this many per sample, so a thousand new runs cannot stall one.
@@ -97,6 +102,12 @@ class Sampler:
         self.registry_files = FileCache()
         self.transcripts: dict[str, TranscriptWatch] = {}
         self.searches_left = SEARCHES_PER_SAMPLE
+        # (pid, start) -> why the process a registry file names is not Claude Code, None
+        # when it is: judged (and a refusal logged) once per process, never every sample.
+        self.registry_verdicts: dict[tuple[int, float], str | None] = {}
+        # Registry files (path, pid) once refused: when their process exits they are not
+        # a killed session either, only a file that was never believed.
+        self.registry_refused: set[tuple[str, int]] = set()
 
     def new_sample(self) -> None:
         self.searches_left = SEARCHES_PER_SAMPLE
@@ -170,6 +181,43 @@ class Sampler:
                 )
         self.registry_files.forget_unseen()
         return found
+
+    def registry_process(
+        self, path: Path, entry: RegistryEntry, table: ProcessTable
+    ) -> tuple[float | None, str | None]:
+        """What the process a registry file names is: (its start time, None) when it is
+        the live Claude Code process that wrote the file; (None, None) when that process
+        is gone (the file was left behind); (None, why) when the file is not believed, so
+        nothing it names is shown, stopped or signalled."""
+        started = entry.process_started
+        process = table.entries.get(entry.pid)
+        if started is None:
+            if PROC_START_REQUIRED:
+                return None, "no procStart: nothing tells that this pid wrote the file"
+            if process is None:
+                return None, None
+            started = process.started  # no /proc to anchor procStart to (macOS)
+        elif not table.is_same_process(entry.pid, started):
+            if (str(path), entry.pid) in self.registry_refused:
+                return None, "named a process that was not Claude Code"
+            return None, None
+        key = (entry.pid, started)
+        if key not in self.registry_verdicts:
+            problem = claude_code_problem(entry.pid)
+            self.registry_verdicts[key] = problem
+            if problem is not None:
+                log.warning("%s not believed (never signalled): %s", path, problem)
+        problem = self.registry_verdicts[key]
+        if problem is not None:
+            self.registry_refused.add((str(path), entry.pid))
+            return None, problem
+        return started, None
+
+    def forget_exited(self, table: ProcessTable, registry_files: set[str]) -> None:
+        """Drop verdicts on processes that are gone and refusals of files that are."""
+        for key in [k for k in self.registry_verdicts if not table.is_same_process(*k)]:
+            del self.registry_verdicts[key]
+        self.registry_refused = {r for r in self.registry_refused if r[0] in registry_files}
 
     # ------------------------------------------------------------------ transcripts
 

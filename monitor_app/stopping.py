@@ -4,7 +4,8 @@ SIGTERM goes deepest-first (tools before the agent before the wrapper); after a
 grace period the tree is walked again, because a process may start children
 after the first TERM, and everything still alive gets SIGKILL. Identity is
 checked by PID *and* start time, so a reused PID is never signalled; and a process
-of another user is never signalled unless OPSCONSOLE_SIGNAL_OTHER_USERS=1.
+of another user is never signalled unless OPSCONSOLE_SIGNAL_OTHER_USERS=1. A session
+known only from Claude Code's registry is signalled only while its agent is Claude Code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.db import DatabaseError
 
 from monitor_app.snapshot import LiveSession
 from sessions_app.models import LIVE_STATUSES, Session, leftover_members
+from sessions_app.trust import claude_code_problem
 from wrapper.formats import same_start_time
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,10 @@ class StopOutcome:
         return text
 
 
-def verified_roots(live: LiveSession) -> list[psutil.Process]:
-    """The wrapper and the agent, if each is still the process the sidecar names."""
+def verified_roots(live: LiveSession, outcome: StopOutcome | None = None) -> list[psutil.Process]:
+    """The wrapper and the agent, if each is still the process the sidecar names. For a
+    session no wrapper started (Claude Code's registry named it), the agent must also be
+    Claude Code, checked again now: a registry file is never a way to signal anything else."""
     roots = []
     sidecar = live.sidecar
     for pid, started in (
@@ -52,10 +56,17 @@ def verified_roots(live: LiveSession) -> list[psutil.Process]:
             continue
         try:
             proc = psutil.Process(pid)
-            if same_start_time(proc.create_time(), started):
-                roots.append(proc)
+            if not same_start_time(proc.create_time(), started):
+                continue
         except psutil.Error:
             continue
+        problem = None if live.wrapped else claude_code_problem(pid)
+        if problem is not None:
+            log.warning("stop of %s: pid %s not signalled: %s", live.session_id, pid, problem)
+            if outcome is not None and problem not in outcome.errors:
+                outcome.errors.append(problem)
+            continue
+        roots.append(proc)
     return roots
 
 
@@ -145,7 +156,7 @@ def stop_session(
     # On record first, so the completion record that follows keeps the reason. A stop is
     # a safety action: a locked or unreachable database must not keep it from happening.
     recorded = not on_record or _record_stopper(live.session_id, actor, reason)
-    roots = verified_roots(live)
+    roots = verified_roots(live, outcome)
     first = walk(roots)
     for _, proc in first:
         if _signal(proc, signal.SIGTERM, outcome):

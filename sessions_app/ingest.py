@@ -56,6 +56,7 @@ class IngestResult:
     recorded: int = 0
     sessions: list[Session] = field(default_factory=list)  # the rows just completed
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+    waiting: int = 0  # left in the spool by a `limit`, for the next pass
 
 
 def pending_spool_files(paths: StatePaths) -> list[Path]:
@@ -70,11 +71,17 @@ def pending_spool_files(paths: StatePaths) -> list[Path]:
 
 
 def ingest_spool(
-    paths: StatePaths, *, progress: Callable[[int, int], None] | None = None
+    paths: StatePaths,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
 ) -> IngestResult:
-    """Record every completion record waiting in the spool. Database errors propagate."""
+    """Record the completion records waiting in the spool (the first `limit` of them, if
+    given: the rest stay for the next pass). Database errors propagate."""
     result = IngestResult()
     files = pending_spool_files(paths)
+    if limit is not None:
+        files, result.waiting = files[:limit], max(0, len(files) - limit)
     for index, path in enumerate(files, start=1):
         ingest_spool_file(path, paths, result)
         if progress:

@@ -6,6 +6,10 @@ host. A sidecar is trusted only when the wrapper it names (and its agent, when i
 one) is the very process it says (PID and start time) and runs as the user who owns the
 sidecar file, and that user is one the console is configured to watch. Plain functions
 (no Django): the monitor, the live view and stopping call them.
+
+Claude Code's own registry (`sessions/<pid>.json`) is a file too: a process it names is
+believed to be a Claude Code session only when its executable and command line are
+Claude Code's (`is_claude_code`), so a file naming any other process is never signalled.
 """
 
 from __future__ import annotations
@@ -100,3 +104,51 @@ def signal_other_users_configured(environ: dict[str, str] | None = None) -> bool
         "yes",
         "on",
     }
+
+
+# The native binary, as npm installs it (bin/claude.exe, the platform package's `claude`),
+# as Homebrew or a package manager names it, or as the native installer keeps it
+# (~/.local/share/claude/versions/<version>, started through the `claude` symlink).
+CLAUDE_BINARY_NAMES = frozenset({"claude", "claude.exe"})
+# The npm package's JavaScript entry point, run by node (older builds): .../claude-code/cli.js
+CLAUDE_SCRIPT_NAMES = frozenset({"cli.js", "cli.mjs"})
+CLAUDE_PACKAGE_DIR = "claude-code"
+
+
+def is_claude_code(exe: str, argv: list[str]) -> bool:
+    """Whether a process with this executable path and command line is Claude Code: the
+    native binary (its file, or the native installer's versions/<version>, started as
+    `claude`), or node running the claude-code package's cli.js. Judged by where the
+    executable is and how it was started, never by the process name (which a process
+    sets for itself)."""
+    exe = exe.removesuffix(" (deleted)")  # replaced on disk by an upgrade while it runs
+    if not exe or not argv:
+        return False
+    binary = Path(exe)
+    started_as = Path(argv[0]).name
+    if binary.name in CLAUDE_BINARY_NAMES:
+        return started_as in CLAUDE_BINARY_NAMES or started_as == binary.name
+    if binary.parent.name == "versions" and binary.parent.parent.name == "claude":
+        return started_as in CLAUDE_BINARY_NAMES or started_as == binary.name
+    if binary.name.startswith("node"):
+        return any(
+            Path(arg).name in CLAUDE_SCRIPT_NAMES and Path(arg).parent.name == CLAUDE_PACKAGE_DIR
+            for arg in argv[1:]
+        )
+    return False
+
+
+def claude_code_problem(pid: int) -> str | None:
+    """Why `pid` is not a Claude Code process, or None when it is."""
+    try:
+        proc = psutil.Process(pid)
+        exe = proc.exe()
+        argv = proc.cmdline()
+    except psutil.NoSuchProcess:
+        return f"pid {pid} is gone"
+    except psutil.Error as exc:
+        return f"pid {pid} cannot be inspected ({type(exc).__name__})"
+    if is_claude_code(exe, argv):
+        return None
+    shown = " ".join(argv)[:120] or "no command line"
+    return f"pid {pid} runs {exe or 'an unknown executable'} ({shown}), not Claude Code"

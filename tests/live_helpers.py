@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from monitor_app.published import Published, read_local_sample
 from tests.conftest import State
 from wrapper.formats import (
     Sidecar,
+    StatePaths,
     ensure_private_dir,
     host_name,
     new_session_id,
@@ -35,6 +37,18 @@ SLEEPER = [
     "-c",
     "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)",
 ]
+
+
+def claude_lookalike(folder: Path, program: str = "sleep") -> Path:
+    """A copy of `program` (sleep, bash) installed as `<folder>/<program>/claude`. The
+    monitor judges a registry file's process by its executable's path and how it was
+    started (sessions_app.trust.is_claude_code), so this passes for Claude Code's native
+    binary, where the plain `sleep` a registry file might name does not."""
+    target = folder / program / "claude"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shutil.which(program), target)
+    return target
 
 
 @dataclass
@@ -113,6 +127,47 @@ def sidecar_for(
         claude_pid=agent_pid,
         claude_started=_start_time(agent_pid) if agent_pid else None,
     )
+
+
+def write_dead_sidecars(
+    paths: StatePaths,
+    *,
+    count: int,
+    cwd: str,
+    config_dir: Path,
+    tag: str = "dead",
+    host: str | None = None,
+) -> list[Sidecar]:
+    """`count` sidecars of runs whose wrapper is gone (PIDs above pid_max: no process can
+    have them) and that left no completion record: dead runs for the monitor to record."""
+    ensure_private_dir(paths.active)
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except OSError:
+        pid_max = 99_999  # macOS
+    sidecars = []
+    started = time.time() - 3600
+    for index in range(count):
+        session_id = new_session_id()
+        sidecar = Sidecar(
+            session_id=session_id,
+            script_tag=tag,
+            wrapper_pid=pid_max + 1 + index,
+            wrapper_started=started,
+            started_at=utc_now_iso(),
+            attempt=1,
+            platform="linux-test",
+            host=host or host_name(),
+            cwd=cwd,
+            claude_config_dir=str(config_dir),
+            transcript_path=str(transcript_path(config_dir, cwd, session_id)),
+        )
+        # As the wrapper leaves it (0600), without an fsync each: ten thousand of them.
+        fd = os.open(paths.sidecar_path(sidecar.wrapper_pid), os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(sidecar.to_dict(), handle)
+        sidecars.append(sidecar)
+    return sidecars
 
 
 def _start_time(pid: int) -> float:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.browser_fixtures import ARTIFACTS
 from tests.conftest import PYTHON, REPO_ROOT, wrapper_command
-from tests.live_helpers import monitor_session, start_fake_run
+from tests.live_helpers import claude_lookalike, monitor_session, start_fake_run
 from tests.server_fixtures import manage
 from tests.test_collectors import stand_in
 from tests.test_e2e import eventually
@@ -237,7 +237,9 @@ def test_live_page_shows_an_unwrapped_session_and_a_leftovers_row(page, console_
     from tests.test_monitor import registry_file_for
     from wrapper.formats import new_session_id
 
-    terminal = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    terminal = subprocess.Popen(
+        [claude_lookalike(state.workdir.parent), "120"], start_new_session=True
+    )
     unwrapped_id = new_session_id()
     registry_file_for(state.config_dir, terminal.pid, unwrapped_id, "/home/dev/ide-project")
     doomed = start_fake_run(state, tag="leaves-a-tool-behind", with_agent=False)

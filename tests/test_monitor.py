@@ -21,7 +21,7 @@ from monitor_app.models import Event, EventKind, HostSample
 from monitor_app.monitor import Cadence, Monitor
 from monitor_app.published import read_local_sample
 from sessions_app.models import Session, Status
-from tests.live_helpers import start_fake_run, start_monitor, wait_until
+from tests.live_helpers import claude_lookalike, start_fake_run, start_monitor, wait_until
 from wrapper.formats import ensure_private_dir, new_session_id, write_json_atomic
 
 pytestmark = pytest.mark.django_db
@@ -182,13 +182,14 @@ def test_quota_stamp_set_and_cleared_are_one_event_each(console_state):
 # ----------------------------------------------------------------------------- unwrapped
 
 
-def sleeper(seconds: int = 300) -> subprocess.Popen:
-    return subprocess.Popen(["sleep", str(seconds)], start_new_session=True)
+def sleeper(folder: Path, seconds: int = 300) -> subprocess.Popen:
+    """A terminal's Claude Code session, as far as the registry check can tell."""
+    return subprocess.Popen([claude_lookalike(folder), str(seconds)], start_new_session=True)
 
 
 def test_an_unwrapped_session_is_live_then_recorded_as_exited(console_state):
     monitor = Monitor(paths=console_state.paths)
-    agent = sleeper()
+    agent = sleeper(console_state.workdir.parent)
     session_id = new_session_id()
     try:
         registry = registry_file_for(
@@ -222,7 +223,7 @@ def test_a_stale_registry_file_means_killed_and_a_wrapped_run_is_never_shown_twi
     registry_file_for(
         console_state.config_dir, wrapped.agent.pid, wrapped.session_id, str(console_state.workdir)
     )
-    killed = sleeper()
+    killed = sleeper(console_state.workdir.parent)
     killed_id = new_session_id()
     registry_file_for(console_state.config_dir, killed.pid, killed_id, "/srv/ide-project")
     snapshot = monitor.tick()
@@ -522,11 +523,7 @@ def test_what_a_persons_own_session_left_running_is_not_killed(console_state, se
     settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS = 0
     monitor = Monitor(paths=console_state.paths)
     agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import subprocess,time; subprocess.Popen(['sleep','300']); time.sleep(300)",
-        ],
+        [claude_lookalike(console_state.workdir.parent, "bash"), "-c", "sleep 300 & wait"],
         start_new_session=True,
     )
     session_id = new_session_id()

@@ -22,7 +22,7 @@ from jobs_app.models import AuditEntry
 from monitor_app import published
 from monitor_app.fleet_reader import fleet
 from monitor_app.live import get_snapshot
-from monitor_app.models import Event, EventKind, HostToken, RemoteAction
+from monitor_app.models import Event, EventKind, HostToken, RemoteAction, own_host_problem
 from monitor_app.remote_actions import request_action
 from monitor_app.stopping import stop_session
 from opsconsole.auth import api_view, json_error, unauthorized
@@ -92,6 +92,9 @@ def host_of_request(request) -> tuple[str | None, JsonResponse | None]:
     row = HostToken.authenticate(token.strip())
     if row is None:
         return None, unauthorized("Invalid or revoked host token.")
+    problem = own_host_problem(row.host)
+    if problem:  # a token issued before issuing one for this name was refused
+        return None, json_error(f"{problem}: revoke this token (revoke_host_token).", 403)
     return row.host, None
 
 

@@ -21,6 +21,9 @@ class Command(BaseCommand):
         host = host.strip()
         if not host or len(host) > 255 or any(c.isspace() for c in host):
             raise CommandError("HOSTNAME must be one word of at most 255 characters.")
-        _row, plain = HostToken.issue(host)
+        try:
+            _row, plain = HostToken.issue(host)
+        except ValueError as exc:  # the console's own host name
+            raise CommandError(f"{exc}.") from exc
         self.stderr.write(f"host token for {host} (shown once; revoke: revoke_host_token):")
         self.stdout.write(plain)
