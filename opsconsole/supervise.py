@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 
+from alerts_app.delivery import base_url_warning
 from alerts_app.engine import monitor_silent  # the alerts app, when installed
 from monitor_app.published import read_local_sample
 from monitor_app.snapshot import sample_is_stale
@@ -43,6 +44,9 @@ class Supervisor:
         self.silent_reported = False
 
     def run(self) -> int:
+        warning = base_url_warning()
+        if warning:
+            print(f"opsconsole: WARNING: {warning}", file=sys.stderr, flush=True)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: self.stop.set())
         web = subprocess.Popen(self.web_argv)
