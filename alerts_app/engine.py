@@ -61,8 +61,19 @@ class TickResult:
 # ----------------------------------------------------------------------------- other events
 
 
+def recorded_time_words(value) -> str | None:
+    """A time an event recorded as ISO 8601, in the one human format; else as recorded."""
+    if not value:
+        return None
+    try:
+        return messages.when_words(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
+
+
 def on_quota_set(event: Event, now: datetime) -> None:
-    until = event.detail.get("until") or event.detail.get("reset_at")
+    until_recorded = event.detail.get("until") or event.detail.get("reset_at")
+    until = recorded_time_words(until_recorded)
     reason = event.detail.get("reason") or event.message
     lines = [
         f"Every run on {event.host} is skipped (exit 79) until {until or 'the stamp is cleared'}.",
@@ -82,7 +93,7 @@ def on_quota_set(event: Event, now: datetime) -> None:
         title,
         body,
         host=event.host,
-        detail={"until": until},
+        detail={"until": until_recorded},
     )
 
 
@@ -105,7 +116,7 @@ def on_job_late(event: Event, now: datetime) -> None:
     job = event_job(event)
     if job is None or not rule_settings(job).alert_on_late:
         return
-    expected = event.detail.get("expected_at") or "its schedule"
+    expected = recorded_time_words(event.detail.get("expected_at")) or "its schedule"
     title, body = messages.plain_message(
         f"{job.label} is late: its run expected at {expected} did not happen",
         event.host or job.host,
