@@ -145,7 +145,16 @@ class AlertAdmin(admin.ModelAdmin):
 
 @admin.register(Incident)
 class IncidentAdmin(admin.ModelAdmin):
-    list_display = ("opened_at", "rule", "key", "job", "resolved_at", "notified")
+    list_display = (
+        "opened_at",
+        "rule",
+        "key",
+        "job",
+        "acknowledged_by",
+        "resolved_at",
+        "resolved_by",
+        "notified",
+    )
     list_filter = ("rule", "notified")
     search_fields = ("key", "summary")
     readonly_fields = [f.name for f in Incident._meta.fields]

@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 
 import apprise
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 
 from alerts_app.channel_urls import instantiate, scrub
 from alerts_app.models import Alert, AlertPolicy, Channel, Delivery, url_fingerprint
+from sessions_app.human_time import human_time
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,32 @@ def sync_environment_channels() -> None:
         Channel.objects.filter(pk__in=gone).update(enabled=False)
 
 
+BASE_URL_WARNING = (
+    "OPSCONSOLE_BASE_URL is not set, but alerts are sent ({channels}): their links are "
+    "paths (/sessions/...) a phone cannot open. Set it to the console's address as "
+    "people reach it, e.g. OPSCONSOLE_BASE_URL=https://ops.example.com"
+)
+
+
+def base_url_warning() -> str | None:
+    """What `serve` and `doctor` say when messages go out with links nobody can follow."""
+    if settings.OPSCONSOLE_BASE_URL:
+        return None
+    from_env = [u for u in settings.OPSCONSOLE_ALERT_URLS if u.strip()]
+    try:
+        stored = Channel.objects.filter(enabled=True, from_environment=False).count()
+    except DatabaseError:
+        stored = 0  # the database's own problem is reported elsewhere
+    if not from_env and not stored:
+        return None
+    where = []
+    if from_env:
+        where.append(f"{len(from_env)} in OPSCONSOLE_ALERT_URLS")
+    if stored:
+        where.append(f"{stored} channel(s) under Admin -> Channels")
+    return BASE_URL_WARNING.format(channels=", ".join(where))
+
+
 def channels_for(job) -> list[Channel]:
     settings_row = getattr(job, "alert_settings", None) if job is not None else None
     query = Q(pk__in=[])
@@ -122,9 +149,9 @@ def enqueue(alert: Alert, now: datetime, channels: list[Channel] | None = None) 
     if channels is None:
         job_settings = getattr(alert.job, "alert_settings", None) if alert.job else None
         if policy.muted_until and policy.muted_until > now:
-            alert.suppressed = f"muted until {policy.muted_until:%Y-%m-%d %H:%M} UTC"
+            alert.suppressed = f"muted until {human_time(policy.muted_until)}"
         elif job_settings and job_settings.muted_until and job_settings.muted_until > now:
-            alert.suppressed = f"job muted until {job_settings.muted_until:%Y-%m-%d %H:%M} UTC"
+            alert.suppressed = f"job muted until {human_time(job_settings.muted_until)}"
         channels = [] if alert.suppressed else channels_for(alert.job)
         if not channels and not alert.suppressed:
             alert.suppressed = "no channel"

@@ -22,7 +22,13 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from alerts_app import delivery, messages
-from alerts_app.incidents import _alert, open_incident, resolve_incident, rule_settings
+from alerts_app.incidents import (
+    _alert,
+    open_incident,
+    resolve_incident,
+    rule_settings,
+    send_due_repeats,
+)
 from alerts_app.live_rules import check_live
 from alerts_app.models import Alert, EngineCursor, Incident, Rule
 from alerts_app.outcome_rules import on_run_outcome
@@ -55,8 +61,19 @@ class TickResult:
 # ----------------------------------------------------------------------------- other events
 
 
+def recorded_time_words(value) -> str | None:
+    """A time an event recorded as ISO 8601, in the one human format; else as recorded."""
+    if not value:
+        return None
+    try:
+        return messages.when_words(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
+
+
 def on_quota_set(event: Event, now: datetime) -> None:
-    until = event.detail.get("until") or event.detail.get("reset_at")
+    until_recorded = event.detail.get("until") or event.detail.get("reset_at")
+    until = recorded_time_words(until_recorded)
     reason = event.detail.get("reason") or event.message
     lines = [
         f"Every run on {event.host} is skipped (exit 79) until {until or 'the stamp is cleared'}.",
@@ -76,7 +93,7 @@ def on_quota_set(event: Event, now: datetime) -> None:
         title,
         body,
         host=event.host,
-        detail={"until": until},
+        detail={"until": until_recorded},
     )
 
 
@@ -99,7 +116,7 @@ def on_job_late(event: Event, now: datetime) -> None:
     job = event_job(event)
     if job is None or not rule_settings(job).alert_on_late:
         return
-    expected = event.detail.get("expected_at") or "its schedule"
+    expected = recorded_time_words(event.detail.get("expected_at")) or "its schedule"
     title, body = messages.plain_message(
         f"{job.label} is late: its run expected at {expected} did not happen",
         event.host or job.host,
@@ -186,9 +203,36 @@ def on_collector_error(event: Event, now: datetime) -> None:
     )
 
 
+def silent_key(host: str) -> str:
+    """One incident per host whose monitor is silent: this console's own (raised by
+    `serve`'s supervisor) or a reporting host's (a monitor_silent event, fleet.hosts)."""
+    return f"monitor:{host}:silent"
+
+
 def on_monitor_started(event: Event, now: datetime) -> None:
     title, body = messages.plain_message("The monitor is sampling again", event.host, [])
-    resolve_incident(f"monitor:{event.host}:silent", now, title, body)
+    resolve_incident(silent_key(event.host), now, title, body)
+
+
+def on_host_silent(event: Event, now: datetime) -> None:
+    """A reporting host sent nothing for three of its intervals: one incident, one alert.
+    Handled late, after the host already reported again, it is history: nobody is told."""
+    sample = HostSample.objects.filter(host=event.host).first()
+    try:
+        heard = datetime.fromisoformat(event.detail["last_heard"])
+    except (KeyError, TypeError, ValueError):
+        heard = None
+    if sample is not None and heard is not None and sample.last_heard > heard:
+        return
+    title, body = messages.plain_message(
+        "Host silent: its monitor has not reported for 3 intervals",
+        event.host,
+        [
+            f"Last report: {messages.when_words(heard)}",
+            "Its live runs, its jobs' status and alerts about its runs wait until it is back.",
+        ],
+    )
+    open_incident(silent_key(event.host), Rule.MONITOR_SILENT, now, title, body, host=event.host)
 
 
 def handle(event: Event, snapshot, now: datetime) -> str:
@@ -214,6 +258,8 @@ def handle(event: Event, snapshot, now: datetime) -> str:
         on_collector_error(event, now)
     elif kind == EventKind.MONITOR_STARTED:
         on_monitor_started(event, now)
+    elif kind == EventKind.MONITOR_SILENT:
+        on_host_silent(event, now)
     return "done"
 
 
@@ -278,10 +324,13 @@ def collector_recovered(incident: Incident) -> bool:
 
 
 def check_timers(now: datetime) -> None:
-    """What time alone decides: damped incidents now due, quiet collectors, new days."""
+    """What time alone decides: damped incidents now due, repeats of incidents nobody
+    owns, quiet collectors, new days, silent monitors heard again."""
     for incident in Incident.objects.filter(
         resolved_at__isnull=True, notified=False, notify_after__lte=now
-    ):
+    ).exclude(snoozed_until__gt=now):
+        if incident.acknowledged_at is not None:
+            continue  # a person owned it on the page before anyone was told
         incident.notified = True
         incident.save(update_fields=["notified"])
         _alert(
@@ -305,9 +354,11 @@ def check_timers(now: datetime) -> None:
             resolve_incident(incident.key, now, announce=False)
     for incident in Incident.objects.filter(rule=Rule.MONITOR_SILENT, resolved_at__isnull=True):
         sample = HostSample.objects.filter(host=incident.host).first()
-        if sample is not None and sample.taken_at > incident.opened_at:
+        # last_heard: when the console received it (a reporting host's clock may be off)
+        if sample is not None and sample.last_heard > incident.opened_at:
             title, body = messages.plain_message("The monitor is sampling again", incident.host, [])
             resolve_incident(incident.key, now, title, body)
+    send_due_repeats(now)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -398,9 +449,7 @@ def monitor_silent(host: str, last_sample_at: datetime | None, now: datetime | N
         ],
     )
     with transaction.atomic():
-        alert = open_incident(
-            f"monitor:{host}:silent", Rule.MONITOR_SILENT, now, title, body, host=host
-        )
+        alert = open_incident(silent_key(host), Rule.MONITOR_SILENT, now, title, body, host=host)
     delivery.deliver_due(now)
     return alert
 

@@ -1,6 +1,8 @@
 """Incidents and what every alert rule asks of its subject: open or resolve an
-incident (one alert when it opens, one when it resolves, flapping damped), the job's
-rule settings, the subject key, and the subject's usual runtime."""
+incident (one alert when it opens, one when it resolves, flapping damped), repeat it
+while nobody owns it, what a person does with it (acknowledge, snooze, resolve with
+a note, each audited), the job's rule settings, the subject key, and the subject's
+usual runtime."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import statistics
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
-from alerts_app import delivery
+from alerts_app import delivery, messages
 from alerts_app.models import Alert, Incident, JobAlertSettings
-from jobs_app.models import Job
+from jobs_app.models import AuditEntry, Job
+from sessions_app.human_time import human_time
 from sessions_app.models import Session, Status
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,9 @@ def resolve_incident(
 
 
 def _alert(incident: Incident, phase: str, now: datetime, title: str, body: str) -> Alert:
+    if phase in (Alert.Phase.OPENED, Alert.Phase.REPEATED):
+        incident.last_told_at = now
+        incident.save(update_fields=["last_told_at"])
     alert = Alert.objects.create(
         created_at=now,
         rule=incident.rule,
@@ -101,6 +108,129 @@ def _alert(incident: Incident, phase: str, now: datetime, title: str, body: str)
     )
     delivery.enqueue(alert, now)
     return alert
+
+
+# ----------------------------------------------------------------------------- repeats
+
+
+def repeat_every() -> timedelta | None:
+    minutes = settings.OPSCONSOLE_ALERT_REPEAT_MINUTES
+    return timedelta(minutes=minutes) if minutes > 0 else None
+
+
+def next_repeat_at(incident: Incident, every: timedelta | None) -> datetime | None:
+    """When people are next told this open incident is still open, or None: never
+    (repeats off, resolved, not yet told, or acknowledged by a person).
+
+    A snooze holds repeats until it ends; one is due then if the incident is still open.
+    """
+    if every is None or incident.resolved_at is not None or not incident.notified:
+        return None
+    if incident.acknowledged_at is not None:
+        return None
+    last_told = incident.last_told_at or incident.opened_at
+    if incident.snoozed_until is not None and incident.snoozed_until > last_told:
+        return incident.snoozed_until
+    return last_told + every
+
+
+def repeat_due(incident: Incident, now: datetime, every: timedelta | None) -> bool:
+    due = next_repeat_at(incident, every)
+    return due is not None and due <= now
+
+
+def repeat_alert(incident: Incident, now: datetime) -> Alert:
+    """Tell people again: still open, since when, and where to own it."""
+    title = incident.detail.get("title") or f"[opsconsole] {incident.summary}"
+    body = incident.detail.get("body") or incident.summary
+    since = f"Still open since {human_time(incident.opened_at)}, nobody has acknowledged it."
+    own = f"Acknowledge, snooze or resolve it: {messages.link('/alerts/')}"
+    title = "[opsconsole] Still open: " + title.removeprefix("[opsconsole] ")
+    return _alert(incident, Alert.Phase.REPEATED, now, title, f"{since}\n{body}\n{own}")
+
+
+def send_due_repeats(now: datetime) -> int:
+    every = repeat_every()
+    if every is None:
+        return 0
+    sent = 0
+    for incident in Incident.objects.filter(
+        resolved_at__isnull=True, notified=True, acknowledged_at__isnull=True
+    ):
+        if repeat_due(incident, now, every):
+            repeat_alert(incident, now)
+            sent += 1
+    return sent
+
+
+# ----------------------------------------------------------------------------- people
+
+
+class IncidentActionError(ValueError):
+    """What a person asked cannot be done (the incident is resolved, a time is past)."""
+
+
+def _audit(incident: Incident, actor: str, action: str, detail: dict) -> None:
+    AuditEntry.objects.create(
+        actor=actor,
+        action=action,
+        job=incident.job,
+        target=f"incident {incident.pk}: {incident.summary}"[:500],
+        ok=True,
+        detail={"incident_id": incident.pk, "key": incident.key, **detail},
+    )
+
+
+def _still_open(incident: Incident) -> None:
+    if incident.resolved_at is not None:
+        by = f" by {incident.resolved_by}" if incident.resolved_by else ""
+        when = human_time(incident.resolved_at)
+        raise IncidentActionError(f"Incident {incident.pk} was already resolved{by} at {when}.")
+
+
+def acknowledge(incident: Incident, actor: str, now: datetime) -> Incident:
+    """A person is on it: no more repeats. Who and when are shown and audited."""
+    _still_open(incident)
+    incident.acknowledged_at = now
+    incident.acknowledged_by = actor
+    incident.save(update_fields=["acknowledged_at", "acknowledged_by"])
+    _audit(incident, actor, "incident_ack", {"at": now.isoformat()})
+    return incident
+
+
+def snooze(incident: Incident, actor: str, until: datetime, now: datetime) -> Incident:
+    """No repeats until `until`; then, still open, it is told again and repeats resume."""
+    _still_open(incident)
+    if until <= now:
+        raise IncidentActionError(f"Snooze until a time to come, not {human_time(until)}.")
+    incident.snoozed_until = until
+    incident.snoozed_by = actor
+    incident.save(update_fields=["snoozed_until", "snoozed_by"])
+    _audit(incident, actor, "incident_snooze", {"until": until.isoformat()})
+    return incident
+
+
+def resolve_by_person(incident: Incident, actor: str, note: str, now: datetime) -> Alert | None:
+    """A person closes it, saying why. The condition coming back opens a new incident.
+    People told it opened are told who resolved it; the alert, if any."""
+    _still_open(incident)
+    note = note.strip()
+    if not note:
+        raise IncidentActionError("Say in a note why it is resolved (what was done).")
+    incident.resolved_at = now
+    incident.resolved_by = actor
+    incident.resolution_note = note[:5000]
+    incident.save(update_fields=["resolved_at", "resolved_by", "resolution_note"])
+    _audit(incident, actor, "incident_resolve", {"note": incident.resolution_note})
+    if not incident.notified:
+        return None
+    incident.recovery_told = True
+    incident.save(update_fields=["recovery_told"])
+    title = f"[opsconsole] Resolved by {actor}: {incident.summary}"
+    body = f"Resolved by {actor} at {human_time(now)}\nNote: {incident.resolution_note}"
+    return _alert(
+        incident, Alert.Phase.RESOLVED, now, title, f"{body}\nAlerts: {messages.link('/alerts/')}"
+    )
 
 
 def rule_settings(job: Job | None) -> JobAlertSettings:
@@ -142,3 +272,62 @@ def usual_seconds(job: Job | None, host: str, tag: str, now: datetime) -> float 
     median = statistics.median(history) / 1000 if len(history) >= RUNTIME_MIN_HISTORY else None
     _usual_runtime[key] = (now, median)
     return median
+
+
+# ----------------------------------------------------------------------------- one entry
+
+INCIDENT_ACTIONS = ("acknowledge", "snooze", "resolve")
+SNOOZE_CHOICES_MINUTES = (30, 60, 240, 720)
+SNOOZE_MAX = timedelta(days=30)
+
+
+def snooze_until(now: datetime, minutes: str = "", until: str = "") -> datetime:
+    """The end of a snooze a person asked for: `minutes` from now, or `until` (ISO 8601;
+    without a zone, the console's)."""
+    if until:
+        try:
+            moment = datetime.fromisoformat(until.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise IncidentActionError(
+                f"until must be an ISO 8601 time (2026-12-07T09:00), not {until[:40]!r}."
+            ) from exc
+        if timezone.is_naive(moment):
+            moment = timezone.make_aware(moment, timezone.get_default_timezone())
+    elif minutes:
+        try:
+            count = float(minutes)
+        except ValueError as exc:
+            raise IncidentActionError(f"minutes must be a number, not {minutes[:40]!r}.") from exc
+        if not 0 < count <= SNOOZE_MAX.total_seconds() / 60:
+            raise IncidentActionError("minutes must be above 0 and at most 30 days.")
+        moment = now + timedelta(minutes=count)
+    else:
+        raise IncidentActionError("Snooze needs minutes or until.")
+    if moment - now > SNOOZE_MAX:
+        raise IncidentActionError("A snooze lasts at most 30 days.")
+    return moment
+
+
+def act(
+    incident: Incident,
+    action: str,
+    actor: str,
+    now: datetime,
+    *,
+    minutes: str = "",
+    until: str = "",
+    note: str = "",
+) -> str:
+    """What the Alerts page and the API do for a person: one of INCIDENT_ACTIONS.
+    Returns what was done, in words; raises IncidentActionError when it cannot be."""
+    if action == "acknowledge":
+        acknowledge(incident, actor, now)
+        return f"Incident {incident.pk} acknowledged by {actor}: no more repeats."
+    if action == "snooze":
+        end = snooze_until(now, minutes, until)
+        snooze(incident, actor, end, now)
+        return f"Incident {incident.pk} snoozed until {human_time(end)}."
+    if action == "resolve":
+        resolve_by_person(incident, actor, note, now)
+        return f"Incident {incident.pk} resolved by {actor}."
+    raise IncidentActionError(f"action must be one of {', '.join(INCIDENT_ACTIONS)}.")

@@ -12,6 +12,7 @@ from datetime import datetime
 from django.conf import settings
 
 from sessions_app import transcript_store
+from sessions_app.human_time import human_time
 from sessions_app.models import Session, Status
 from sessions_app.transcripts.parse import iter_records, to_entries
 from sessions_app.transcripts.tail import read_tail
@@ -54,7 +55,8 @@ def cost_words(cost) -> str:
 
 
 def when_words(moment: datetime | None) -> str:
-    return "unknown" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
+    """The one human format pages use too (sessions_app.human_time), zone named."""
+    return human_time(moment)
 
 
 def subject_name(job, script_tag: str) -> str:

@@ -172,8 +172,13 @@ class JobAlertSettings(models.Model):
 class Incident(models.Model):
     """One thing that went wrong, from the moment a rule opens it until it is resolved.
 
-    A person hears once when it opens and once when it resolves. `key` names what it
-    is about (a job and a rule, a host's quota stamp, one run's stall).
+    A person hears once when it opens and once when it resolves, and again every
+    OPSCONSOLE_ALERT_REPEAT_MINUTES while it stays open and nobody owns it. `key` names
+    what it is about (a job and a rule, a host's quota stamp, one run's stall).
+
+    A person owns it by acknowledging it (no more repeats), snoozing it (no repeats
+    until a time), or resolving it with a note (closed; the condition coming back
+    opens a new one).
     """
 
     key = models.CharField(max_length=200, db_index=True)
@@ -191,6 +196,15 @@ class Incident(models.Model):
     notified = models.BooleanField(default=False)
     notify_after = models.DateTimeField(null=True, blank=True)
     recovery_told = models.BooleanField(default=False)
+    # When people were last told it is open (its opening or a repeat).
+    last_told_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=150, blank=True, default="")
+    snoozed_until = models.DateTimeField(null=True, blank=True)
+    snoozed_by = models.CharField(max_length=150, blank=True, default="")
+    # Empty when a rule resolved it (the condition cleared); a username when a person did.
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
+    resolution_note = models.TextField(blank=True, default="")
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:
@@ -214,6 +228,7 @@ class Alert(models.Model):
 
     class Phase(models.TextChoices):
         OPENED = "opened", "opened"
+        REPEATED = "repeated", "still open"
         RESOLVED = "resolved", "resolved"
         TEST = "test", "test"
 

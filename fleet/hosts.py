@@ -16,6 +16,7 @@ from jobs_app.models import AuditEntry, Job
 from monitor_app.models import Event, EventKind, HostSample, HostToken, RefusedItem, RemoteAction
 from monitor_app.monitor import Monitor
 from monitor_app.snapshot import Snapshot
+from sessions_app.human_time import human_time
 from sessions_app.models import (
     Session,
 )
@@ -45,7 +46,7 @@ def expire_actions(now: datetime | None = None) -> int:
         if sample is None:
             silent_since = "it never reported"
         elif sample.is_silent(now):
-            silent_since = f"its last report was at {sample.last_heard:%Y-%m-%d %H:%M:%S} UTC"
+            silent_since = f"its last report was at {human_time(sample.last_heard)}"
         too_old = now - (action.sent_at or action.requested_at) > ACTION_TTL
         if silent_since and action.state == RemoteAction.State.PENDING:
             message = (
@@ -55,7 +56,7 @@ def expire_actions(now: datetime | None = None) -> int:
         elif too_old:
             message = (
                 f"expired: host {action.host} was handed the request at "
-                f"{action.sent_at:%H:%M:%S} UTC and never reported an outcome"
+                f"{human_time(action.sent_at)} and never reported an outcome"
                 if action.sent_at
                 else f"expired: host {action.host} did not collect the request within "
                 f"{int(ACTION_TTL.total_seconds())} s"
@@ -103,7 +104,7 @@ def check_silent_hosts(
                 host=sample.host,
                 kind=EventKind.MONITOR_SILENT,
                 message=f"monitor on {sample.host} silent: last sample "
-                f"{heard:%Y-%m-%d %H:%M:%S} UTC, {int((now - heard).total_seconds())} s ago",
+                f"{human_time(heard)}, {int((now - heard).total_seconds())} s ago",
                 detail={"last_seq": sample.seq, "last_heard": heard.isoformat()},
                 dedupe_key=f"{sample.host}:monitor_silent:{sample.seq}"[:200],
             )

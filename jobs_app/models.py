@@ -66,6 +66,8 @@ class Job(models.Model):
     )
     collector_error = CleanTextField(blank=True, default="")
     collected_at = models.DateTimeField(null=True, blank=True)
+    # The first collection that found it: a run due before then is not "late".
+    first_seen_at = models.DateTimeField(null=True, blank=True)
     present = models.BooleanField(
         default=True, help_text="seen by the latest collection (gone jobs are kept, not deleted)"
     )

@@ -166,6 +166,7 @@ def record_collections(
                     label=found.label,
                     host=host,
                     collected_at=now,
+                    first_seen_at=now,
                     **values,
                 )
                 existing[key] = job
@@ -269,7 +270,9 @@ def badges_for(
     grace = timedelta(seconds=settings.OPSCONSOLE_LATE_GRACE_SECONDS)
     if enabled and not live and expected is not None and expected + grace < now:
         ran = last is not None and last.started_at >= expected - EARLY_START_SLACK
-        if not ran:
+        # A run due before the console first saw the job was nobody's to watch.
+        unseen = job.first_seen_at is not None and expected < job.first_seen_at
+        if not ran and not unseen:
             badges.append(Badge("late", "late"))
     if job.collector_error:
         badges.append(Badge("error", "collector: " + job.collector_error[:80]))

@@ -41,6 +41,7 @@ from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snaps
 from monitor_app.stopping import kill_leftover_processes
 from monitor_app.watchdog import find_overdue, stop_overdue
 from sessions_app import ingest, transcript_store
+from sessions_app.human_time import human_time
 from sessions_app.models import (
     LIVE_STATUSES,
     Session,
@@ -680,7 +681,7 @@ class Monitor:
                     job = status.job
                     self.events.add(
                         EventKind.JOB_LATE,
-                        f"{job.label} did not run at {status.expected_run_at:%Y-%m-%d %H:%M} UTC",
+                        f"{job.label} did not run at {human_time(status.expected_run_at)}",
                         key=f"job_late:{job.pk}:{status.expected_run_at.isoformat()}",
                         at=now,
                         script_tag=(job.tags or [""])[0],

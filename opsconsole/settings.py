@@ -360,6 +360,8 @@ OPSCONSOLE_ALERT_RETRY_MAX = env_float("OPSCONSOLE_ALERT_RETRY_MAX", 900.0)
 OPSCONSOLE_ALERT_MAX_ATTEMPTS = env_int("OPSCONSOLE_ALERT_MAX_ATTEMPTS", 12)
 # Flapping: an incident that re-opens this soon after it resolved waits this long to be told.
 OPSCONSOLE_ALERT_FLAP_SECONDS = env_int("OPSCONSOLE_ALERT_FLAP_SECONDS", 600)
+# An open incident nobody acknowledged is told again this often (0, the default: told once).
+OPSCONSOLE_ALERT_REPEAT_MINUTES = env_float("OPSCONSOLE_ALERT_REPEAT_MINUTES", 0.0)
 # Alerts and resolved incidents older than this are deleted (hourly, by the alert round).
 OPSCONSOLE_ALERT_RETENTION_DAYS = env_int("OPSCONSOLE_ALERT_RETENTION_DAYS", 90)
 # /metrics without a token: client addresses (CIDRs, comma-separated) allowed to scrape.

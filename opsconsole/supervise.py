@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.db import connections
 
+from alerts_app.delivery import base_url_warning
 from alerts_app.engine import monitor_silent  # the alerts app, when installed
 from monitor_app.published import read_local_sample
 from monitor_app.snapshot import sample_is_stale
@@ -47,6 +48,9 @@ class Supervisor:
         self.reporter: threading.Thread | None = None
 
     def run(self) -> int:
+        warning = base_url_warning()
+        if warning:
+            print(f"opsconsole: WARNING: {warning}", file=sys.stderr, flush=True)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: self.stop.set())
         web = subprocess.Popen(self.web_argv)

@@ -6,6 +6,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from opsconsole.api import hosts as host_api
+from opsconsole.api import incidents as incident_api
 from opsconsole.api import sessions as session_api
 from opsconsole.auth import ThrottledLoginView
 from opsconsole.views import alerts as alert_views
@@ -74,6 +75,17 @@ urlpatterns = [
     path("api/status", job_views.status, name="api-status"),
     # alerts
     path("alerts/", alert_views.alerts_page, name="alerts"),
+    path(
+        "alerts/incidents/<int:pk>/<str:action>",
+        alert_views.incident_action,
+        name="incident-action",
+    ),
+    path("api/incidents", incident_api.incidents, name="api-incidents"),
+    path(
+        "api/incidents/<int:pk>/<str:action>",
+        incident_api.incident_action,
+        name="api-incident-action",
+    ),
     path("alerts/channels/<int:pk>/test", alert_views.channel_test, name="channel-test"),
     path("alerts/deliveries/<int:pk>/retry", alert_views.delivery_retry, name="delivery-retry"),
     path("jobs/<int:pk>/alerts/", alert_views.job_alerts, name="job-alerts"),

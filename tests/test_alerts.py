@@ -31,6 +31,7 @@ from alerts_app.models import (
 from jobs_app.models import AuditEntry, Job
 from monitor_app.models import Event, EventKind, HostSample
 from monitor_app.snapshot import LiveSession, Snapshot
+from sessions_app.human_time import human_time
 from sessions_app.ingest import record_completion
 from sessions_app.models import Session, Status
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id
@@ -542,7 +543,7 @@ def test_one_quota_alert_for_a_429_and_two_skips_and_one_cleared(webhook, monito
     engine.tick(until, snapshot(until))
     texts = messages_of(receiver)
     assert len(texts) == 2, texts
-    assert "Quota hit" in texts[0] and iso(until) in texts[0]
+    assert "Quota hit" in texts[0] and human_time(until) in texts[0]  # "... 05:00:00 UTC"
     assert "Quota cleared" in texts[1]
 
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from sessions_app.human_time import human_time
 from sessions_app.outcome import outcome_of
 
 register = template.Library()
@@ -42,6 +43,12 @@ def age(value) -> str:
     if isinstance(value, datetime):
         return _span((timezone.now() - value).total_seconds())
     return _span(time.time() - float(value))
+
+
+@register.filter
+def when(value) -> str:
+    """A moment as every page and message writes it: '2026-12-07 02:14:05 UTC'."""
+    return human_time(value) if isinstance(value, datetime) else "—"
 
 
 @register.filter(expects_localtime=True)

@@ -7,18 +7,28 @@ from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Prefetch
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from alerts_app import delivery
+from alerts_app.incidents import (
+    INCIDENT_ACTIONS,
+    SNOOZE_CHOICES_MINUTES,
+    IncidentActionError,
+    act,
+    next_repeat_at,
+    repeat_every,
+)
 from alerts_app.models import Alert, AlertPolicy, Channel, Delivery, Incident, JobAlertSettings
 from jobs_app.models import AuditEntry, Job
 from opsconsole import metrics
 
 ALERTS_PER_PAGE = 50
+RESOLVED_SHOWN = 20
 
 
 def alerts_page(request):
@@ -29,19 +39,51 @@ def alerts_page(request):
     channels = list(Channel.objects.all())
     for channel in channels:
         channel.shown_url = channel.url_shown_to(request.user)
+    open_incidents = list(Incident.objects.filter(resolved_at__isnull=True).select_related("job"))
+    every = repeat_every()
+    for incident in open_incidents:
+        incident.next_repeat_at = next_repeat_at(incident, every)
     return render(
         request,
         "alerts_app/alerts.html",
         {
             "page": page,
             "channels": channels,
-            "open_incidents": Incident.objects.filter(resolved_at__isnull=True).select_related(
-                "job"
-            ),
+            "open_incidents": open_incidents,
+            "resolved_by_people": Incident.objects.exclude(resolved_by="").select_related("job")[
+                :RESOLVED_SHOWN
+            ],
+            "snooze_choices": SNOOZE_CHOICES_MINUTES,
             "policy": AlertPolicy.current(),
             "now": timezone.now(),
         },
     )
+
+
+@require_POST
+def incident_action(request, pk: int, action: str):
+    """Acknowledge, snooze or resolve an open incident (staff; audited in alerts_app)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff can acknowledge, snooze or resolve incidents.")
+    if action not in INCIDENT_ACTIONS:
+        raise Http404(f"No incident action {action!r}.")
+    with transaction.atomic():
+        incident = get_object_or_404(Incident.objects.select_for_update(), pk=pk)
+        try:
+            done = act(
+                incident,
+                action,
+                request.user.get_username(),
+                timezone.now(),
+                minutes=request.POST.get("minutes", ""),
+                until=request.POST.get("until", ""),
+                note=request.POST.get("note", ""),
+            )
+        except IncidentActionError as exc:
+            flash.error(request, str(exc))
+        else:
+            flash.success(request, done)
+    return redirect("alerts")
 
 
 @require_POST

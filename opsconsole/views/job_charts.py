@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from opsconsole.templatetags.console import duration_ms, usd
+from sessions_app.human_time import human_time
 from sessions_app.models import Session
 from sessions_app.outcome import outcome_of
 
@@ -24,7 +25,7 @@ MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 62, 24, 12
 
 def run_title(run: Session) -> str:
     return (
-        f"{run.started_at:%Y-%m-%d %H:%M} UTC · {duration_ms(run.duration_ms)} · "
+        f"{human_time(run.started_at)} · {duration_ms(run.duration_ms)} · "
         f"{usd(run.cost_usd)} · {outcome_of(run).label}"
     )
 

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
+from alerts_app.delivery import base_url_warning
 from jobs_app.doctor import PROBLEM, WARNING, Report, diagnose_console, diagnose_job
 from jobs_app.models import Job
 from monitor_app.job_status import collect_and_record
@@ -37,6 +38,10 @@ class Command(BaseCommand):
             self.stderr.write(f"database unavailable ({exc}); checking this environment only")
             jobs = []
         reports = [diagnose_job(job) for job in jobs] or [diagnose_console()]
+        warning = base_url_warning()
+        if warning:
+            reports.append(Report("alert messages"))
+            reports[-1].add(WARNING, "links in alerts", warning, "set OPSCONSOLE_BASE_URL")
         for report in reports:
             self.show(report)
         problems = sum(report.problems for report in reports)
