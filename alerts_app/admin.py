@@ -10,6 +10,7 @@ from jobs_app.models import Job
 class ChannelForm(forms.ModelForm):
     # Write-only: the stored URL holds secrets and is never rendered back into the page.
     url = forms.CharField(
+        label="Apprise URL",
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"size": 80}),
         help_text="An Apprise URL (slack://…, mailto://…, json://…, ntfy://…). "
@@ -19,6 +20,12 @@ class ChannelForm(forms.ModelForm):
     class Meta:
         model = Channel
         fields = ("name", "url", "enabled", "is_default")
+        labels = {"is_default": "Default channel"}
+        help_texts = {
+            "name": "How alerts and the Alerts page name this channel",
+            "enabled": "Untick to stop sending here without deleting the channel",
+            "is_default": "Receives every alert (a job can opt out of the default channels)",
+        }
 
     def clean_url(self):
         url = (self.cleaned_data.get("url") or "").strip()
@@ -34,10 +41,14 @@ class ChannelForm(forms.ModelForm):
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
     form = ChannelForm
-    list_display = ("name", "redacted", "enabled", "is_default", "from_environment", "last_test")
+    list_display = ("name", "saved_url", "enabled", "is_default", "from_environment", "last_test")
     list_filter = ("enabled", "is_default", "from_environment")
-    readonly_fields = ("redacted", "from_environment", "last_test_at", "last_test_ok")
+    readonly_fields = ("saved_url", "from_environment", "last_test")
     search_fields = ("name",)
+
+    @admin.display(description="saved URL (secrets hidden)")
+    def saved_url(self, obj):
+        return obj.redacted or "none saved yet"
 
     @admin.display(description="last test")
     def last_test(self, obj):

@@ -252,7 +252,7 @@ def test_live_page_shows_an_unwrapped_session_and_a_leftovers_row(page, console_
         )
         os.kill(doomed.wrapper.pid, signal.SIGKILL)
         doomed.wrapper.wait()
-        page.goto(console_server.url + "/")
+        page.goto(console_server.url + "/live/")
         page.wait_for_selector(f"tr[data-session-id='{unwrapped_id}'] .badge--unwrapped")
         page.wait_for_selector(f"tr.leftover-row[data-session-id='{doomed.session_id}']")
         assert "1 process left: sleep 300" in page.inner_text(".leftover-row")
@@ -297,14 +297,14 @@ def test_pages_run_under_the_csp_without_a_violation(page, console_server, state
             "/admin/monitor_app/hosttoken/add/",
             "/admin/alerts_app/",
         )
-        pages = ("/", "/history/", "/costs/?days=7", "/jobs/", "/hosts/", "/alerts/")
+        pages = ("/", "/live/", "/history/", "/costs/?days=7", "/jobs/", "/hosts/", "/alerts/")
         for path in (*pages, f"/sessions/{run.session_id}/", *admin_pages):
             response = page.goto(console_server.url + path)
             assert response.ok and "/login/" not in page.url, (path, response.status)
             page.wait_for_load_state("networkidle")
         # At least one htmx refresh of the live list, under the same policy.
         with page.expect_response(lambda r: "/live/rows/" in r.url, timeout=30_000):
-            page.goto(console_server.url + "/")
+            page.goto(console_server.url + "/live/")
     finally:
         run.kill_all()
     assert violations == []
@@ -327,10 +327,13 @@ def test_a_logged_in_person_keeps_the_live_view_through_a_database_outage(
         database.rename(aside)
         database.mkdir()
         try:
-            page.goto(console_server.url + "/")
+            page.goto(console_server.url + "/live/")
             page.wait_for_selector("#outage-banner")
             assert page.locator(f"tr[data-session-id='{run.session_id}']").count() == 1
             shot(page, "live-during-database-outage")
+            # The overview needs the database: `/` shows the live page from the sample.
+            response = page.goto(console_server.url + "/")
+            assert response.status == 200 and page.locator("#outage-banner").count() == 1
             response = page.goto(console_server.url + "/history/")
             assert response.status == 503
             assert "Database unreachable" in page.inner_text("main")
@@ -339,7 +342,7 @@ def test_a_logged_in_person_keeps_the_live_view_through_a_database_outage(
             aside.rename(database)
         # The outage is retried after OPSCONSOLE_DB_RETRY_SECONDS: history comes back.
         eventually(lambda: page.goto(console_server.url + "/history/").status, lambda s: s == 200)
-        page.goto(console_server.url + "/")
+        page.goto(console_server.url + "/live/")
         assert page.locator("#outage-banner").count() == 0
     finally:
         run.kill_all()
