@@ -3,7 +3,7 @@ real database, the on-demand sample of this host and a second host's real report
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -23,7 +23,7 @@ from sessions_app.models import Session, Status
 from tests.conftest import State
 from tests.live_helpers import start_fake_run
 from tests.test_fleet import client_transport, report_once
-from wrapper.formats import StatePaths, new_session_id
+from wrapper.formats import QuotaStamp, StatePaths, new_session_id, write_json_atomic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,3 +176,18 @@ def test_a_failing_late_or_skipped_job_is_listed_worst_first(console_state, view
     jobs = overview(get_snapshot()).jobs
     assert [item.status.job.label for item in jobs] == ["zz failing", "aa skipped"]
     assert [badge.kind for badge in jobs[1].badges] == ["quota_skip"]
+
+
+def test_a_quota_stamp_in_force_is_on_the_overview(console_state, viewer):
+    now = datetime.now(UTC)
+    until = (now + timedelta(hours=1)).isoformat(timespec="seconds")
+    write_json_atomic(
+        console_state.paths.quota_stamp,
+        QuotaStamp(
+            until=until, set_at=now.isoformat(timespec="seconds"), reason="usage limit"
+        ).to_dict(),
+    )
+    page = viewer.get("/").content.decode()
+    assert f'data-quota-host="{settings.OPSCONSOLE_HOST}"' in page
+    assert until in page and "usage limit" in page
+    assert 'id="all-clear"' not in page
