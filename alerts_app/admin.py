@@ -10,6 +10,7 @@ from jobs_app.models import Job
 class ChannelForm(forms.ModelForm):
     # Write-only: the stored URL holds secrets and is never rendered back into the page.
     url = forms.CharField(
+        label="Apprise URL",
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"size": 80}),
         help_text="An Apprise URL (slack://…, mailto://…, json://…, ntfy://…). "
@@ -19,6 +20,12 @@ class ChannelForm(forms.ModelForm):
     class Meta:
         model = Channel
         fields = ("name", "url", "enabled", "is_default")
+        labels = {"is_default": "Default channel"}
+        help_texts = {
+            "name": "How alerts and the Alerts page name this channel",
+            "enabled": "Untick to stop sending here without deleting the channel",
+            "is_default": "Receives every alert (a job can opt out of the default channels)",
+        }
 
     def clean_url(self):
         url = (self.cleaned_data.get("url") or "").strip()
@@ -34,12 +41,16 @@ class ChannelForm(forms.ModelForm):
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
     form = ChannelForm
-    list_display = ("name", "redacted", "enabled", "is_default", "from_environment", "last_test")
+    list_display = ("name", "saved_url", "enabled", "is_default", "from_environment", "last_test")
     list_filter = ("enabled", "is_default", "from_environment")
-    readonly_fields = ("redacted", "from_environment", "last_test_at", "last_test_ok")
+    readonly_fields = ("saved_url", "from_environment", "last_test")
     search_fields = ("name",)
 
-    # The redacted URL still holds json:// paths and ntfy topics: superusers only.
+    @admin.display(description="saved URL (secrets hidden)")
+    def saved_url(self, obj):
+        return obj.redacted or "none saved yet"
+
+    # The saved URL (redacted) still holds json:// paths and ntfy topics: superusers only.
     def get_list_display(self, request):
         return self._url_column(request, super().get_list_display(request))
 
@@ -50,7 +61,7 @@ class ChannelAdmin(admin.ModelAdmin):
     def _url_column(request, names):
         if request.user.is_superuser:
             return names
-        return tuple("address" if name == "redacted" else name for name in names)
+        return tuple("address" if name == "saved_url" else name for name in names)
 
     @admin.display(description="URL (scheme and host)")
     def address(self, obj):

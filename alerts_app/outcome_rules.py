@@ -49,6 +49,11 @@ FAILURE_STATUSES = (Status.FAILED, Status.KILLED, Status.REFUSED)
 VERDICT_STATUSES = (*FAILURE_STATUSES, Status.SUCCEEDED, Status.FALSE_SUCCESS)
 
 
+def budget_day_start(now: datetime) -> datetime:
+    """Where a daily budget's day begins: local midnight (TIME_ZONE)."""
+    return timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def subject_runs(session: Session):
     if session.job_id is not None:
         return Session.objects.filter(job_id=session.job_id)
@@ -265,7 +270,7 @@ def check_costs(session, job, rules, subject, name, now) -> None:
         elif session.cost_usd <= rules.cost_per_run_usd:
             resolve_incident(key, now, announce=False)
     if rules.cost_per_day_usd is not None:
-        day_start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+        day_start = budget_day_start(now)
         spent = subject_runs(session).filter(started_at__gte=day_start).aggregate(
             total=Sum("cost_usd")
         )["total"] or Decimal(0)

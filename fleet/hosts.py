@@ -114,6 +114,20 @@ def check_silent_hosts(
     return silent
 
 
+def silent_hosts(now: datetime | None = None) -> list[str]:
+    """Hosts that report here and have fallen silent, and hosts given a token that never
+    reported: what the overview and the navigation count. Cheap (no sample document is
+    read). A console that never ran a monitor of its own (on-demand sampling) is not
+    counted: its live page says so."""
+    now = now or timezone.now()
+    samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
+    heard = {sample.host: sample for sample in samples}
+    silent = {host for host, sample in heard.items() if sample.is_silent(now)}
+    tokened = HostToken.objects.filter(revoked_at=None).values_list("host", flat=True)
+    silent.update(host for host in tokened if host not in heard)
+    return sorted(silent)
+
+
 @dataclass
 class HostRow:
     host: str

@@ -1,6 +1,6 @@
 """Report mode, the host's side: each sample posted to a central console.
 
-`opsconsole monitor --report-to URL --token oc_host_...` makes the monitor a
+`opsconsole monitor --report-to URL --token-file PATH` makes the monitor a
 second kind of sink: instead of writing a database it posts every sample (the
 published documents), the events it has not had acknowledged, and the
 completion records waiting in its spool to `POST /api/hosts/report`. The
@@ -16,6 +16,8 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
+import os
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -73,6 +75,49 @@ def check_report_url(url: str, *, insecure: bool = False) -> str:
     return url.rstrip("/")
 
 
+# Names of environment variables, not secrets.
+TOKEN_ENV = "OPSCONSOLE_REPORT_TOKEN"  # noqa: S105
+TOKEN_FILE_ENV = "OPSCONSOLE_REPORT_TOKEN_FILE"  # noqa: S105
+TOKEN_ON_COMMAND_LINE = (
+    "warning: --token puts the host token on the command line, where every user of this "
+    f"host reads it (ps, /proc): use {TOKEN_ENV} or --token-file (mode 0600) instead"
+)
+
+
+def read_token_file(path: str) -> str:
+    """The host token from a file only its owner can read (first line), or ValueError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    with os.fdopen(fd) as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"the token file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ValueError(
+                f"the token file {path} is readable by others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}"
+            )
+        token = handle.readline().strip()
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
+
+
+def host_token(
+    flag: str | None, token_file: str | None, environ: dict[str, str]
+) -> tuple[str, str | None]:
+    """(token, warning): from --token-file (or OPSCONSOLE_REPORT_TOKEN_FILE), else --token
+    (with a warning: it shows in `ps`), else OPSCONSOLE_REPORT_TOKEN; "" when none."""
+    token_file = token_file or environ.get(TOKEN_FILE_ENV, "")
+    if token_file:
+        return read_token_file(token_file), None
+    if flag:
+        return flag, TOKEN_ON_COMMAND_LINE
+    return environ.get(TOKEN_ENV, ""), None
+
+
 Transport = Callable[[bytes, dict[str, str]], tuple[int, bytes]]
 
 
@@ -88,7 +133,9 @@ class Reporter:
     def __post_init__(self) -> None:
         self.url = check_report_url(self.url, insecure=self.insecure)
         if not self.token:
-            raise ValueError("a host token is needed (--token or OPSCONSOLE_REPORT_TOKEN)")
+            raise ValueError(
+                f"a host token is needed: --token-file PATH (mode 0600) or {TOKEN_ENV}"
+            )
 
     @property
     def endpoint(self) -> str:

@@ -2,6 +2,12 @@ from django.contrib import admin, messages
 
 from opsconsole.models import ApiToken
 
+# The console's own name on every admin page, not Django's.
+admin.site.site_header = "opsconsole"
+admin.site.site_title = "opsconsole admin"
+admin.site.index_title = "Settings and records"
+admin.site.site_url = "/"
+
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):

@@ -1,8 +1,8 @@
-"""`opsconsole serve`: migrate, make sure someone can log in, then serve the console
-and run the monitor beside it, restarting the monitor if it dies or falls silent.
-
-Any other arguments are passed to Django's manage.py, so `opsconsole
-create_api_token alice` works from anywhere without knowing where manage.py is.
+"""The `opsconsole` command. `opsconsole serve`: migrate, make sure someone can log in,
+then serve the console and run the monitor beside it, restarting the monitor if it dies
+or falls silent. Every other command (`opsconsole create_api_token alice`) is one of
+the console's management commands, run from anywhere without knowing where manage.py
+is; `opsconsole --help` lists them, one line each.
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsconsole.settings")
-    if not argv or argv[0] != "serve":
+    if not argv or argv in (["--help"], ["-h"], ["help"]):
+        print(usage(), end="")
+        return 0
+    if argv[0] != "serve":
         from django.core.management import execute_from_command_line
 
+        if argv == ["help", "--django"]:
+            argv = ["help"]  # Django's own list: every command of every app
         execute_from_command_line(["opsconsole", *argv])
         return 0
 
-    parser = argparse.ArgumentParser(prog="opsconsole serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="opsconsole serve", description=SERVE_DESCRIPTION)
     parser.add_argument(
         "--bind",
         default=os.environ.get("OPSCONSOLE_BIND", "127.0.0.1:8000"),
@@ -79,6 +84,75 @@ def main(argv: list[str] | None = None) -> int:
     from opsconsole.supervise import Supervisor
 
     return Supervisor(web=web, monitor=monitor).run()
+
+
+SERVE_DESCRIPTION = (
+    "Migrate the database, create 'admin' on a fresh one, then serve the console with "
+    "gunicorn and run this host's monitor beside it (restarted if it dies or falls silent)."
+)
+
+
+# Django's commands a person running the console may want; the rest are for developers.
+DJANGO_COMMANDS_WORTH_KNOWING = ("changepassword", "createsuperuser", "migrate")
+
+
+# `opsconsole --help`: one line each. A command missing here shows its help's first clause.
+SUMMARIES = {
+    "serve": "serve the console and run this host's monitor beside it",
+    "monitor": "sample this host's runs; --report-to URL reports them to a console",
+    "doctor": "check what a job meets when its scheduler starts it; says what to fix",
+    "collect_jobs": "read launchd / systemd / cron for the jobs that run opsconsole-run",
+    "archive_sessions": "ingest completion records into history; record vanished runs",
+    "backfill_transcripts": "import Claude Code transcripts already on disk into history",
+    "prune_archive": "list or delete archived transcripts (and records) older than N days",
+    "watchdog": "stop every run past its job's maximum runtime",
+    "deliver_alerts": "evaluate the alert rules and deliver due alerts",
+    "create_api_token": "create an API token for a user (printed once)",
+    "create_host_token": "create a token for a host that reports here (printed once)",
+    "revoke_host_token": "revoke a host's tokens",
+}
+
+
+def our_commands() -> list[tuple[str, str]]:
+    """(name, first line of its help) for the console's own management commands."""
+    import django
+    from django.core.management import get_commands, load_command_class
+
+    django.setup()
+    found = []
+    for name, app in sorted(get_commands().items()):
+        if app == "opsconsole":
+            text = "" if name in SUMMARIES else (load_command_class(app, name).help or "")
+            found.append((name, SUMMARIES.get(name) or first_clause(text)))
+    return found
+
+
+def first_clause(text: str, limit: int = 90) -> str:
+    """A command's help, cut to its first clause and to one line of `limit` characters."""
+    text = " ".join(text.split())
+    for stop in (". ", ": ", "; ", " ("):
+        text = text.split(stop)[0]
+    text = text.rstrip(".")
+    if len(text) > limit:
+        text = text[: limit - 1].rsplit(" ", 1)[0] + "…"
+    return text
+
+
+def usage() -> str:
+    commands = our_commands()
+    width = max(len(name) for name, _ in commands)
+    lines = [
+        "usage: opsconsole <command> [options]",
+        "",
+        "Commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in commands),
+        "",
+        f"Django's commands work too ({', '.join(DJANGO_COMMANDS_WORTH_KNOWING)}, ...):",
+        "  opsconsole help --django     lists them all",
+        "  opsconsole help <command>    one command's options (serve: opsconsole serve --help)",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def refresh_planner_statistics() -> None:

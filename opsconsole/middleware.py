@@ -69,8 +69,9 @@ def needs_no_database(request) -> bool:
     return path.startswith(static) or (path == "/login/" and request.method in ("GET", "HEAD"))
 
 
-# Pages a person already logged in still gets during an outage, from the monitor's sample.
-LIVE_PATHS = ("/", "/live/rows/")
+# Pages a person already logged in still gets during an outage, from the monitor's sample
+# (the overview at / needs the database: the live page stands in for it).
+LIVE_PATHS = ("/", "/live/", "/live/rows/")
 
 
 def polls_with_a_token(request) -> bool:

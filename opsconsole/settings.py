@@ -230,6 +230,8 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "opsconsole/locked_out.html"
 AXES_VERBOSE = False
+# Its access logs stay out of the admin: a lock-out is lifted with `opsconsole axes_reset`.
+AXES_ENABLE_ADMIN = False
 # How many reverse proxies (nginx, Caddy) stand in front of the console: behind them the
 # client's address comes from X-Forwarded-For (opsconsole.proxy) and HTTPS from
 # X-Forwarded-Proto. 0 (the default): the connection's own address, headers ignored.
@@ -243,7 +245,7 @@ if OPSCONSOLE_TRUSTED_PROXIES > 0:
 OPSCONSOLE_LOGIN_CONCURRENCY = env_int("OPSCONSOLE_LOGIN_CONCURRENCY", 1)
 OPSCONSOLE_LOGIN_WAIT_SECONDS = env_float("OPSCONSOLE_LOGIN_WAIT_SECONDS", 0.25)
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "live"
+LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"

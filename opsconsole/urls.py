@@ -12,6 +12,7 @@ from opsconsole.auth import ThrottledLoginView
 from opsconsole.views import alerts as alert_views
 from opsconsole.views import hosts as host_views
 from opsconsole.views import jobs as job_views
+from opsconsole.views import overview as overview_views
 from opsconsole.views import sessions as session_views
 
 # Browsers ask for /favicon.ico on their own (API responses, downloads): no 404 for it.
@@ -33,7 +34,8 @@ urlpatterns = [
     path("hosts/requests/", host_views.remote_requests, name="remote-requests"),
     path("sessions/<uuid:session_id>/stop/", host_views.session_stop, name="session-stop"),
     # sessions: live, history, costs, transcripts
-    path("", session_views.live, name="live"),
+    path("", overview_views.overview_page, name="overview"),
+    path("live/", session_views.live, name="live"),
     path("live/rows/", session_views.live_rows, name="live-rows"),
     path("history/", session_views.history, name="history"),
     path("history/export.csv", session_views.history_csv, name="history-csv"),

@@ -255,13 +255,27 @@ def scheduler(env: dict, api, stop: threading.Event) -> None:
         if stop.wait(12):
             return
         os.killpg(sweeper.pid, signal.SIGKILL)  # the run dies with no completion record
-        say("SIGKILLed log-sweeper: it will show as killed, its transcript kept")
+        if cycle == 1:
+            say("each minute: log-sweeper SIGKILLed (shown as killed, its transcript kept)")
         stop.wait(4)
         start_agent(env, "usage-digest", "hit the limit", "429")
         stop.wait(4)
         start_agent(env, "nightly-report", "write the report", "sleep:8")  # exits 79
         if stop.wait(CYCLE_SECONDS - 24):
             return
+
+
+def wait_for_port(port: int, server: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """True once the console accepts connections; False if it exits first or never does."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def main() -> int:
@@ -284,15 +298,26 @@ def main() -> int:
         env=env,
         check=True,
     )
-    server = subprocess.Popen(
-        [*manage, "serve", "--bind", f"127.0.0.1:{args.port}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    # The server's own lines (requests, the monitor's supervisor) go to a file: the
+    # terminal keeps the few a person needs.
+    log = DEMO / "console.log"
+    with log.open("ab") as log_file:
+        server = subprocess.Popen(
+            [*manage, "serve", "--bind", f"127.0.0.1:{args.port}"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    if not wait_for_port(args.port, server):
+        say(f"the console did not start; the end of {log}:")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), flush=True)
+        stop_started(server)
+        return 1
     stop = threading.Event()
     threading.Thread(target=scheduler, args=(env, api, stop), daemon=True).start()
     say(f"console at http://127.0.0.1:{args.port}/  (user demo, password demo); Ctrl-C stops")
+    say(f"the console's log: {log}")
     print_api_access(manage, env, args.port)
     try:
         server.wait()

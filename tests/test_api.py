@@ -224,7 +224,7 @@ def test_live_page_shows_the_run(client, console_state, user, runs):
     runs.append(run)
     client.force_login(user)
 
-    page = client.get("/")
+    page = client.get("/live/")
     rows = client.get("/live/rows/")
 
     assert page.status_code == 200 and rows.status_code == 200

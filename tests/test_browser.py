@@ -62,7 +62,10 @@ def test_login_is_required_and_works(browser, console_server):
     context.close()
 
 
-def test_live_page_shows_a_run_appear_and_leave_without_a_reload(page, state, fake_claude):
+def test_live_page_shows_a_run_appear_and_leave_without_a_reload(
+    page, console_server, state, fake_claude
+):
+    page.goto(console_server.url + "/live/")
     assert page.locator(".empty").is_visible()
     shot(page, "live-empty")
     navigations = []
@@ -254,7 +257,7 @@ def test_live_page_shows_an_unwrapped_session_and_a_leftovers_row(page, console_
         )
         os.kill(doomed.wrapper.pid, signal.SIGKILL)
         doomed.wrapper.wait()
-        page.goto(console_server.url + "/")
+        page.goto(console_server.url + "/live/")
         page.wait_for_selector(f"tr[data-session-id='{unwrapped_id}'] .badge--unwrapped")
         page.wait_for_selector(f"tr.leftover-row[data-session-id='{doomed.session_id}']")
         assert "1 process left: sleep 300" in page.inner_text(".leftover-row")
@@ -299,14 +302,14 @@ def test_pages_run_under_the_csp_without_a_violation(page, console_server, state
             "/admin/monitor_app/hosttoken/add/",
             "/admin/alerts_app/",
         )
-        pages = ("/", "/history/", "/costs/?days=7", "/jobs/", "/hosts/", "/alerts/")
+        pages = ("/", "/live/", "/history/", "/costs/?days=7", "/jobs/", "/hosts/", "/alerts/")
         for path in (*pages, f"/sessions/{run.session_id}/", *admin_pages):
             response = page.goto(console_server.url + path)
             assert response.ok and "/login/" not in page.url, (path, response.status)
             page.wait_for_load_state("networkidle")
         # At least one htmx refresh of the live list, under the same policy.
         with page.expect_response(lambda r: "/live/rows/" in r.url, timeout=30_000):
-            page.goto(console_server.url + "/")
+            page.goto(console_server.url + "/live/")
     finally:
         run.kill_all()
     assert violations == []
@@ -329,6 +332,7 @@ def test_a_logged_in_person_keeps_the_live_view_through_a_database_outage(
         database.rename(aside)
         database.mkdir()
         try:
+            # The overview needs the database: `/` shows the live page from the sample.
             page.goto(console_server.url + "/")
             page.wait_for_selector("#outage-banner")
             assert page.locator(f"tr[data-session-id='{run.session_id}']").count() == 1
@@ -341,7 +345,7 @@ def test_a_logged_in_person_keeps_the_live_view_through_a_database_outage(
             aside.rename(database)
         # The outage is retried after OPSCONSOLE_DB_RETRY_SECONDS: history comes back.
         eventually(lambda: page.goto(console_server.url + "/history/").status, lambda s: s == 200)
-        page.goto(console_server.url + "/")
+        page.goto(console_server.url + "/live/")
         assert page.locator("#outage-banner").count() == 0
     finally:
         run.kill_all()

@@ -163,7 +163,8 @@ def test_every_page_fits_desktop_and_phone_with_status_visible(
             if pages is None:
                 nightly = job_id(tab, console_server, "nightly report")
                 pages = {
-                    "live": "/",
+                    "overview": "/",
+                    "live": "/live/",
                     "history": "/history/",
                     "jobs": "/jobs/",
                     "job": f"/jobs/{nightly}/",

@@ -124,7 +124,7 @@ def test_a_reporting_host_s_runs_appear_live_and_vanish_on_record(host_a, runs, 
     assert [s["session_id"] for s in body["sessions"]] == [run.session_id]
     fleet = staff.get("/api/claude-active?host=all").json()
     assert run.session_id in {s["session_id"] for s in fleet["sessions"]}
-    page = staff.get("/?host=host-a").content.decode()
+    page = staff.get("/live/?host=host-a").content.decode()
     assert run.session_id[:8] in page and "remote-nightly" in page
     assert "remote-nightly" in staff.get(f"/sessions/{run.session_id}/").content.decode()
     hosts = staff.get("/hosts/").content.decode()
@@ -384,7 +384,10 @@ def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     assert "silent" in action.message and "never delivered" in action.message
     page = staff.get("/hosts/").content.decode()
     assert "silent" in page and "never delivered" in page
-    assert 'host-c <strong class="silent">(silent)</strong>' in staff.get("/").content.decode()
+    assert (
+        'host-c <span class="badge badge--silent">silent</span>'
+        in staff.get("/live/").content.decode()
+    )
     hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
     assert hosts["host-c"]["silent"] is True
     anonymous = Client()
@@ -495,10 +498,10 @@ def test_the_fleet_live_page_lists_the_most_recent_runs_up_to_its_cap(
         runs.append(start_fake_run(host_a_state(host_a), tag))
         time.sleep(1.1)  # started_at has second resolution
     report_once(host_a)
-    page = staff.get("/?host=all").content.decode()
+    page = staff.get("/live/?host=all").content.decode()
     assert "Showing the 1 most recent of 2 live runs" in page
     assert "newer-run" in page and "older-run" not in page
-    host_page = staff.get("/?host=host-a").content.decode()
+    host_page = staff.get("/live/?host=host-a").content.decode()
     assert "newer-run" in host_page and "older-run" in host_page
 
 
@@ -517,7 +520,7 @@ def test_the_fleet_live_page_shows_a_new_report_s_run_by_the_next_poll(host_a, r
         time.sleep(0.02)
     rows = staff.get("/live/rows/?host=all").content.decode()
     assert "first-run" in rows and "second-run" in rows
-    assert "second-run" in staff.get("/?host=all").content.decode()
+    assert "second-run" in staff.get("/live/?host=all").content.decode()
     # Listed from the API documents, the rows say what the full snapshots say.
     shown = ("session_id", "script_tag", "platform", "host", "attempt", "status")
     shown += ("started_at", "last_tool_call", "cpu_percent", "rss", "html_url")
@@ -527,8 +530,8 @@ def test_the_fleet_live_page_shows_a_new_report_s_run_by_the_next_poll(host_a, r
 
     long_ago = datetime.now(UTC) - timedelta(seconds=60)
     HostSample.objects.filter(host="host-a").update(taken_at=long_ago, received_at=long_ago)
-    page = staff.get("/?host=all").content.decode()
-    assert 'host-a <strong class="silent">(silent)</strong>' in page
+    page = staff.get("/live/?host=all").content.decode()
+    assert 'host-a <span class="badge badge--silent">silent</span>' in page
     assert "first-run" in page and "second-run" in page
 
 

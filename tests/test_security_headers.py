@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.django_db
 
-PAGES = ["/", "/live/rows/", "/history/", "/costs/", "/jobs/"]
+PAGES = ["/", "/live/", "/live/rows/", "/history/", "/costs/", "/jobs/"]
 INLINE = [
     re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>"),  # a script element without src
     re.compile(rb"\son[a-z]+\s*=", re.IGNORECASE),  # onclick=, onload=...

@@ -10,8 +10,8 @@ from monitor_app.models import HostToken
 class Command(BaseCommand):
     help = (
         "Make a host token bound to HOSTNAME (the host's OPSCONSOLE_HOST_NAME or hostname). "
-        "It is printed once; only its hash is kept. The host runs "
-        "`opsconsole monitor --report-to https://console --token TOKEN`."
+        "It is printed once; only its hash is kept. The host keeps it in a 0600 file and runs "
+        "`opsconsole monitor --report-to https://console --token-file PATH`."
     )
 
     def add_arguments(self, parser):

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from fleet.report import Reporter
+from fleet.report import TOKEN_ENV, TOKEN_FILE_ENV, Reporter, host_token
 from fleet.reporting import reporting_monitor
 from opsconsole.monitoring import console_monitor
 from opsconsole.postgresql.base import CLIENT_TIMEOUT_KEY
@@ -40,10 +40,15 @@ class Command(BaseCommand):
             "here (env OPSCONSOLE_REPORT_TO)",
         )
         parser.add_argument(
+            "--token-file",
+            metavar="PATH",
+            help="a file (mode 0600) holding the host token from `opsconsole create_host_token "
+            f"HOSTNAME` on the console (env {TOKEN_FILE_ENV}); or set {TOKEN_ENV}",
+        )
+        parser.add_argument(
             "--token",
-            default=os.environ.get("OPSCONSOLE_REPORT_TOKEN", ""),
-            help="the host token from `opsconsole create_host_token HOSTNAME` on the console "
-            "(env OPSCONSOLE_REPORT_TOKEN)",
+            help="the host token itself: shows in `ps` to every user here, prefer "
+            f"--token-file or {TOKEN_ENV}",
         )
         parser.add_argument(
             "--insecure",
@@ -52,9 +57,15 @@ class Command(BaseCommand):
             "travels in clear text)",
         )
 
-    def handle(self, *args, interval, once, report_to, token, insecure, **options):
+    def handle(self, *args, interval, once, report_to, token, token_file, insecure, **options):
         interval = interval or settings.OPSCONSOLE_SAMPLE_SECONDS
         if report_to:
+            try:
+                token, warning = host_token(token, token_file, dict(os.environ))
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
+            if warning:
+                self.stderr.write(warning)
             return self.report_mode(report_to, token, insecure, interval, once)
         shorten_database_timeouts(interval)
         monitor = console_monitor(interval=interval)
