@@ -226,6 +226,7 @@ def hosts(request):
                     "jobs": row.jobs,
                     "runs_30d": row.runs_30d,
                     "cost_usd_30d": row.cost_30d,
+                    "unknown_cost_runs_30d": row.unknown_cost_30d,
                 }
                 for row in host_rows()
             ]
