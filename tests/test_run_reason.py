@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -375,6 +376,10 @@ def test_bad_api_key_reason_on_page_api_and_alert(state, real_claude, hook, clie
     monitor_sample(state)
     session = Session.objects.get(script_tag="digest")
     assert session.status == Status.FAILED
+    # As in the issue, the transcript is gone by the time someone looks (Claude Code's
+    # cleanup, a removed directory): the words must not depend on it.
+    for path in (session.transcript_path, session.archive_path):
+        Path(path).unlink()
 
     client.force_login(get_user_model().objects.create_user("ops"))
     page = client.get(f"/sessions/{session.session_id}/").content.decode()
@@ -382,6 +387,7 @@ def test_bad_api_key_reason_on_page_api_and_alert(state, real_claude, hook, clie
         page.index('id="run-ending"') : page.index("</section>", page.index("run-ending"))
     ]
     assert said in ending
+    assert "claude wrote a transcript, but the file has since been removed" in page
     api = client.get(f"/api/sessions/{session.session_id}").json()
     assert api["reason"]["line"] == said
     assert said in json.dumps(api["reason"], ensure_ascii=False)
