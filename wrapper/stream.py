@@ -142,7 +142,7 @@ class Pump(threading.Thread):
         self.observed = observed
         self.scan = scan
         self.tail = b""
-        self.text_tail = b""  # lines that were not stream-json events (scanned pipes)
+        self.text_tail = bytearray()  # lines that were not stream-json events (scanned pipes)
         self._line = bytearray()
         self._line_too_long = False
 
@@ -195,7 +195,9 @@ class Pump(threading.Thread):
         if isinstance(event, dict):
             self.observed.see_event(event)
         elif stripped:
-            self.text_tail = (self.text_tail + line + b"\n")[-TAIL_KEPT:]
+            self.text_tail += line + b"\n"
+            if len(self.text_tail) > 2 * TAIL_KEPT:  # trimmed now and then, not per line
+                del self.text_tail[:-TAIL_KEPT]
 
 
 @dataclass
@@ -218,6 +220,6 @@ class Pumps:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.threads:
             self.observed.stdout_tail = self.threads[0].tail
-            self.observed.stdout_text_tail = self.threads[0].text_tail
+            self.observed.stdout_text_tail = bytes(self.threads[0].text_tail[-TAIL_KEPT:])
             self.observed.stderr_tail = self.threads[1].tail
         return self.observed
