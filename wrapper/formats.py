@@ -1,12 +1,13 @@
 """The on-disk protocol between the run wrapper and the console.
 
 One definition of each file format: the sidecar (one per live wrapper), the
-spool record (one per finished attempt), the quota stamp (org-level), and the
-paths they live at. Stdlib only: the console imports this module too, and the
+spool record (one per finished attempt, with what claude said about why it ended,
+bounded and redacted), the quota stamp (org-level), and the paths they live at.
+Stdlib only: the console imports this module too, and the
 wrapper must run on a host with nothing but Python.
 
-One piece: the protocol in one file, so each format has exactly one definition that
-the wrapper and the console share.
+One piece: the protocol in one file, so each format and each limit has exactly one
+definition that the wrapper, the console and a reporting host share.
 """
 
 from __future__ import annotations
