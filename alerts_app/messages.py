@@ -12,6 +12,7 @@ from datetime import datetime
 from django.conf import settings
 
 from sessions_app import transcript_store
+from sessions_app.ending import reason_lines, shows_ending
 from sessions_app.human_time import human_time
 from sessions_app.models import Session, Status
 from sessions_app.transcripts.parse import iter_records, to_entries
@@ -90,8 +91,10 @@ def reason_words(session: Session) -> str:
 
 
 def last_lines(session: Session) -> list[str]:
-    """The last words of the run: its error, else the end of its transcript's last answer."""
-    lines: list[str] = []
+    """The last words of the run: why it ended in claude's own words (its result text,
+    the API error, what it printed last), then the wrapper's error and the end of its
+    transcript's last answer."""
+    lines: list[str] = reason_lines(session, LAST_LINES) if shows_ending(session) else []
     if session.error:
         lines.extend(session.error.strip().splitlines()[-LAST_LINES:])
     try:
@@ -110,7 +113,8 @@ def last_lines(session: Session) -> list[str]:
         line = line.strip()[:LINE_CHARS]
         if line and line not in seen:
             seen.append(line)
-    return seen[-LAST_LINES:]
+    # Why it ended comes first and stays; the transcript's words fill what is left.
+    return seen[:LAST_LINES] if shows_ending(session) else seen[-LAST_LINES:]
 
 
 def run_message(session: Session, job, headline: str) -> tuple[str, str]:
@@ -122,7 +126,7 @@ def run_message(session: Session, job, headline: str) -> tuple[str, str]:
         f"Status: {session.get_status_display()} ({reason_words(session)})",
         f"Started: {when_words(session.started_at)}, "
         f"duration {duration_words(session.duration_ms)}, attempt {session.attempt}",
-        f"Cost: {cost_words(session.cost_usd)}",
+        f"Cost: {cost_words(session.shown_cost_usd)}",
     ]
     words = last_lines(session)
     if words:

@@ -26,7 +26,7 @@ from alerts_app.incidents import (
 from alerts_app.models import Incident, Rule
 from jobs_app.models import Job
 from monitor_app.models import Event
-from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.models import LIVE_STATUSES, Session, Status, run_cost_expression
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +246,15 @@ def check_runtime(session, job, rules, subject, name, now) -> None:
 
 
 def check_costs(session, job, rules, subject, name, now) -> None:
-    if session.cost_usd is None:
+    cost = session.shown_cost_usd
+    if cost is None:
         return
     if rules.cost_per_run_usd is not None:
         key = f"{subject}:cost_run"
         capped = Incident.objects.filter(key=f"run:{session.session_id}:cost_cap").exists()
-        if session.cost_usd > rules.cost_per_run_usd and not capped:
+        if cost > rules.cost_per_run_usd and not capped:
             headline = (
-                f"cost {messages.cost_words(session.cost_usd)}, over its run budget of "
+                f"cost {messages.cost_words(cost)}, over its run budget of "
                 f"{messages.cost_words(rules.cost_per_run_usd)}"
             )
             title, body = messages.run_message(session, job, headline)
@@ -267,12 +268,12 @@ def check_costs(session, job, rules, subject, name, now) -> None:
                 host=session.host,
                 session_id=session.session_id,
             )
-        elif session.cost_usd <= rules.cost_per_run_usd:
+        elif cost <= rules.cost_per_run_usd:
             resolve_incident(key, now, announce=False)
     if rules.cost_per_day_usd is not None:
         day_start = budget_day_start(now)
         spent = subject_runs(session).filter(started_at__gte=day_start).aggregate(
-            total=Sum("cost_usd")
+            total=Sum(run_cost_expression())
         )["total"] or Decimal(0)
         if spent > rules.cost_per_day_usd:
             day = day_start.date().isoformat()

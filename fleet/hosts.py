@@ -16,10 +16,9 @@ from jobs_app.models import AuditEntry, Job
 from monitor_app.models import Event, EventKind, HostSample, HostToken, RefusedItem, RemoteAction
 from monitor_app.monitor import Monitor
 from monitor_app.snapshot import Snapshot
+from sessions_app.costs import total_words
 from sessions_app.human_time import human_time
-from sessions_app.models import (
-    Session,
-)
+from sessions_app.models import Session, run_cost_expression, unknown_cost_q
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +142,11 @@ class HostRow:
     runs_30d: int = 0
     cost_30d: float | None = None
     refused_items: int = 0  # items of its reports the console did not record (RefusedItem)
+    unknown_cost_30d: int = 0  # runs whose cost is unknown, not in cost_30d
+
+    @property
+    def cost_30d_words(self) -> str:
+        return total_words(self.cost_30d, self.unknown_cost_30d, self.runs_30d)
 
 
 def host_rows(now: datetime | None = None) -> list[HostRow]:
@@ -151,11 +155,17 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
     now = now or timezone.now()
     # Totals across machines: runs and cost of the last 30 days, per host, one query.
     recent = {
-        host: (runs, cost)
-        for host, runs, cost in Session.objects.filter(started_at__gte=now - timedelta(days=30))
+        host: (runs, cost, unknown)
+        for host, runs, cost, unknown in Session.objects.filter(
+            started_at__gte=now - timedelta(days=30)
+        )
         .values("host")
-        .annotate(runs=Count("session_id"), cost=Sum("cost_usd"))
-        .values_list("host", "runs", "cost")
+        .annotate(
+            runs=Count("session_id"),
+            cost=Sum(run_cost_expression()),
+            unknown=Count("session_id", filter=unknown_cost_q()),
+        )
+        .values_list("host", "runs", "cost", "unknown")
     }
     samples = {s.host: s for s in HostSample.objects.all()}
     jobs = dict(Job.objects.values_list("host").annotate(n=Count("id")))
@@ -187,8 +197,9 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
                 jobs=jobs.get(host, 0),
                 this_host=host == settings.OPSCONSOLE_HOST,
                 tokens=tokens.get(host, 0),
-                runs_30d=recent.get(host, (0, None))[0],
-                cost_30d=float(c) if (c := recent.get(host, (0, None))[1]) is not None else None,
+                runs_30d=recent.get(host, (0, None, 0))[0],
+                cost_30d=float(c) if (c := recent.get(host, (0, None, 0))[1]) is not None else None,
+                unknown_cost_30d=recent.get(host, (0, None, 0))[2],
                 refused_items=refused.get(host, 0),
             )
         )

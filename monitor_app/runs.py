@@ -168,7 +168,7 @@ def run_from_record(session: Session) -> Run:
         exit_code=session.exit_code,
         end_reason=session.end_reason,
         error=session.error,
-        cost_usd=session.cost_usd,
+        cost_usd=session.shown_cost_usd,  # the run's cost, as History shows it
         duration_ms=session.duration_ms,
         num_turns=session.num_turns,
         input_tokens=session.input_tokens,

@@ -25,7 +25,13 @@ from jobs_app.models import Job
 from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
-from sessions_app.models import LIVE_STATUSES, Session, Status
+from sessions_app.models import (
+    LIVE_STATUSES,
+    Session,
+    Status,
+    run_cost_expression,
+    unknown_cost_q,
+)
 from wrapper.formats import parse_iso, read_quota_stamp
 
 log = logging.getLogger(__name__)
@@ -177,13 +183,14 @@ class ConsoleCollector:
             "opsconsole_tokens", "Tokens used, by tag and kind", labels=["tag", "kind"]
         )
         sums = {f"sum_{kind}": Sum(column) for kind, column in TOKEN_COLUMNS.items()}
-        for row in Session.objects.values("script_tag").annotate(cost=Sum("cost_usd"), **sums):
+        by_tag = Session.objects.values("script_tag")
+        for row in by_tag.annotate(cost=Sum(run_cost_expression()), **sums):
             cost.add_metric([row["script_tag"]], float(row["cost"] or 0))
             for kind in TOKEN_COLUMNS:
                 tokens.add_metric([row["script_tag"], kind], row[f"sum_{kind}"] or 0)
         for row in (
-            Session.objects.filter(cost_usd__isnull=True)
-            .exclude(status__in=(*LIVE_STATUSES, Status.QUOTA_SKIP))
+            Session.objects.filter(unknown_cost_q())
+            .exclude(status__in=LIVE_STATUSES)
             .values("script_tag")
             .annotate(n=Count("id"))
         ):

@@ -1,7 +1,8 @@
-"""Cost and tokens per job and per day. A run's cost is the one the CLI reported (its
-`result` event) or, when it reported none (imported, killed, plain-text runs), the one
-computed from its transcript with the price table; a run with neither is counted as
-unknown, never added in as $0."""
+"""Cost and tokens per job and per day. A run's cost is Session.shown_cost_usd: the one
+the CLI reported (its `result` event) or, when it reported none (imported, killed,
+plain-text runs), the one computed from its transcript with the price table; $0 for a
+quota skip; a run with neither is counted as unknown, never added in as $0, and a total
+that leaves some out says so (total_words)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.db.models import CharField, Count, Q, Sum
 from django.db.models.functions import Cast, Coalesce, Substr
 from django.utils import timezone
 
-from sessions_app.models import LIVE_STATUSES, Session
+from sessions_app.models import LIVE_STATUSES, Session, run_cost_expression, unknown_cost_q
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
 
@@ -51,10 +52,10 @@ def _aggregates() -> dict:
         Coalesce(Sum(TOKEN_COLUMNS[0]), 0),
     )
     return {
-        "cost": Sum(Coalesce("cost_usd", "cost_computed_usd")),
+        "cost": Sum(run_cost_expression()),
         "computed": Count("id", filter=Q(cost_usd__isnull=True, cost_computed_usd__isnull=False)),
         "runs": Count("id"),
-        "unknown": Count("id", filter=Q(cost_usd__isnull=True, cost_computed_usd__isnull=True)),
+        "unknown": Count("id", filter=unknown_cost_q()),
         "tokens": tokens,
     }
 
@@ -126,3 +127,25 @@ def cost_report(days: int = 30, now: datetime | None = None, host: str = "") -> 
         by_host=sorted(hosts.values(), key=lambda line: (-line.cost_usd, line.key)),
         host=host,
     )
+
+
+def total_words(amount: Decimal | float | None, unknown_runs: int, runs: int | None = None) -> str:
+    """A sum of run costs in words: "$1.20"; "≥ $1.20 + 3 unknown" when some runs' cost
+    is unknown; "unknown" when no run's is known. Never "$0.00" for unknowns."""
+    known = (runs - unknown_runs) if runs is not None else None
+    if unknown_runs and (known == 0 or (known is None and not amount)):
+        return "unknown"
+    dollars = usd_words(amount or Decimal("0"))
+    return f"≥ {dollars} + {unknown_runs} unknown" if unknown_runs else dollars
+
+
+def usd_words(amount) -> str:
+    """Dollars as every page shows them; None is "unknown", never $0."""
+    if amount is None or amount == "":
+        return "unknown"
+    amount = Decimal(str(amount))
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) < 1:
+        return f"${amount:.4f}"
+    return f"${amount:,.2f}"

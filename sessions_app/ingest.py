@@ -23,6 +23,7 @@ from jobs_app.linking import job_id_for
 from sessions_app import transcript_store
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from wrapper.formats import (
+    REASON_FIELDS,
     FormatError,
     Sidecar,
     SpoolRecord,
@@ -179,12 +180,15 @@ def record_completion(record: SpoolRecord) -> Session:
         "model": record.model or "",
         "cwd": record.cwd or "",
         "wrapper_pid": record.wrapper_pid,
+        "end_details": end_details(record),
         "claude_config_dir": record.claude_config_dir or "",
         "transcript_path": record.transcript_path or "",
         "archive_path": record.archive_path or "",
         "recorded_from": "spool",
         "job_id": job_id_for(record.host, record.script_tag),
     }
+    if record.claude_pid is not None:  # older records name none: keep what the sidecar said
+        values["claude_pid"] = record.claude_pid
     false_success = false_success_reason(record)
     if false_success:
         values.update(status=Status.FALSE_SUCCESS, error=record.error or false_success)
@@ -205,6 +209,15 @@ def record_completion(record: SpoolRecord) -> Session:
     # Tokens with subagents, the cost computed from the transcript, the search index.
     transcript_store.record_transcript_figures(session)
     return session
+
+
+def end_details(record: SpoolRecord) -> dict:
+    """What the record says about why the run ended (REASON_FIELDS), the fields it has."""
+    return {
+        name: getattr(record, name)
+        for name in REASON_FIELDS
+        if getattr(record, name) not in (None, [], "")
+    }
 
 
 def _decimal(value: float | None) -> Decimal | None:

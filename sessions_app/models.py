@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.db import models
+from django.db.models import Case, Q, Value, When
+from django.db.models.functions import Coalesce
 
 from sessions_app.fields import CleanCharField, CleanJSONField, CleanTextField
 
@@ -83,6 +87,10 @@ class Session(models.Model):
     wrapped = models.BooleanField(
         default=True, help_text="started by opsconsole-run (False: seen in Claude Code's registry)"
     )
+    # Why the run ended, as the wrapper saw it (wrapper.formats.REASON_FIELDS: stderr and
+    # stdout tails, the result event's text and error fields, the last API error, whether
+    # claude started and wrote a transcript); {} for records from before format 2.
+    end_details = models.JSONField(default=dict, blank=True)
     # Processes of this run's tree that outlived its agent: [{pid, started, cmdline}].
     leftovers = CleanJSONField(default=list, blank=True)
     recorded_from = CleanCharField(
@@ -121,15 +129,47 @@ class Session(models.Model):
         return self.status in LIVE_STATUSES
 
     @property
-    def shown_cost_usd(self):
-        """The CLI's own figure when it reported one, else ours: what pages show."""
-        return self.cost_usd if self.cost_usd is not None else self.cost_computed_usd
+    def shown_cost_usd(self) -> Decimal | None:
+        """The run's cost: the one rule every page, chart, alert, total and the API use
+        (run_cost_expression() is the same rule for a query). The CLI's own figure when it
+        reported one, else ours from the transcript; $0 for a quota skip (claude never
+        ran); None (unknown) otherwise, never made up."""
+        if self.cost_usd is not None:
+            return self.cost_usd
+        if self.cost_computed_usd is not None:
+            return self.cost_computed_usd
+        return NOT_RUN_COST if self.status == Status.QUOTA_SKIP else None
 
     @property
     def shown_cost_source(self) -> str:
+        """reported, computed, not run (a quota skip), or "" when unknown."""
         if self.cost_usd is not None:
             return "reported"
-        return "computed" if self.cost_computed_usd is not None else ""
+        if self.cost_computed_usd is not None:
+            return "computed"
+        return "not run" if self.status == Status.QUOTA_SKIP else ""
+
+
+# A run whose claude never started (exit 79, a quota skip) cost nothing.
+NOT_RUN_COST = Decimal("0")
+
+
+def run_cost_expression():
+    """Session.shown_cost_usd as a query expression, for sums over many runs."""
+    return Coalesce(
+        "cost_usd",
+        "cost_computed_usd",
+        Case(
+            When(status=Status.QUOTA_SKIP, then=Value(NOT_RUN_COST)),
+            default=None,
+            output_field=models.DecimalField(max_digits=12, decimal_places=6),
+        ),
+    )
+
+
+def unknown_cost_q() -> Q:
+    """The runs whose Session.shown_cost_usd is None (unknown)."""
+    return Q(cost_usd__isnull=True, cost_computed_usd__isnull=True) & ~Q(status=Status.QUOTA_SKIP)
 
 
 def leftover_members(record, *, limit: int | None = None) -> dict[tuple[int, float], str]:

@@ -10,6 +10,8 @@ Behaviours:
   {"kind": "refuse", "times": N}                   stop_reason "refusal" (the first N
                                                    conversations only, if N is given)
   {"kind": "429"}                                  HTTP 429, unified status rejected
+  {"kind": "401"}                                  HTTP 401 authentication_error (a bad key)
+  {"kind": "500", "times": N}                      HTTP 500 api_error (the CLI retries)
   {"kind": "stall", "seconds": N, "text": "..."}   hold the stream open, then answer
 
 Run it for a demo: python -m tests.messages_api --port 8765 [--script rules.json]
@@ -27,6 +29,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 DEFAULT = {"kind": "text", "text": "Done."}
+# Error answers the real API gives: (HTTP status, error type, message).
+API_ERRORS = {
+    "401": (401, "authentication_error", "invalid x-api-key"),
+    "500": (500, "api_error", "Internal server error"),
+}
 MODEL = "claude-sonnet-4-5-20250929"
 
 
@@ -176,6 +183,14 @@ class ScriptedApi:
                     "retry-after": "3600",
                     "x-should-retry": "false",
                 },
+            )
+            return
+        if kind in API_ERRORS:
+            status, error_type, message = API_ERRORS[kind]
+            handler._json(
+                status,
+                {"type": "error", "error": {"type": error_type, "message": message}},
+                {"x-should-retry": "false"} if status == 401 else None,
             )
             return
         if not main_request:

@@ -1044,3 +1044,30 @@ def test_a_request_a_live_host_never_answers_expires_after_its_ttl(db):
     action.refresh_from_db()
     assert action.state == RemoteAction.State.EXPIRED
     assert "never reported an outcome" in action.message
+
+
+def test_a_remote_run_s_reason_travels_to_the_console_within_the_limits(host_a, console_state):
+    """Why a run ended (format 2's reason fields) reaches the console with its completion
+    record; a tail past the limits (another wrapper's) is clipped and redacted there, by
+    the same formats module, not refused."""
+    record = spool_record(console_state.paths, "host-a")
+    written = dict(
+        asdict(record),
+        end_reason="failed",
+        exit_code=1,
+        stderr_tail="\n".join(f"line {i} sk-ant-api03-leakedKEY{i}" for i in range(100)),
+        result_text="Invalid API key · Please run /login",
+        last_api_error="authentication_failed (HTTP 401), retry 10 of 10",
+        claude_started=True,
+        transcript_written=False,
+    )
+    write_json_atomic(console_state.paths.spool_path(record.session_id), written)
+    report_once(host_a)
+    session = Session.objects.get(session_id=record.session_id)
+    details = session.end_details
+    assert details["result_text"] == "Invalid API key · Please run /login"
+    assert details["last_api_error"].startswith("authentication_failed (HTTP 401)")
+    assert (details["claude_started"], details["transcript_written"]) == (True, False)
+    lines = details["stderr_tail"].splitlines()
+    assert len(lines) == 40 and lines[-1] == "line 99 sk-ant-[redacted]"
+    assert "leakedKEY" not in details["stderr_tail"]

@@ -1,12 +1,13 @@
 """The on-disk protocol between the run wrapper and the console.
 
 One definition of each file format: the sidecar (one per live wrapper), the
-spool record (one per finished attempt), the quota stamp (org-level), and the
-paths they live at. Stdlib only: the console imports this module too, and the
+spool record (one per finished attempt, with what claude said about why it ended,
+bounded and redacted), the quota stamp (org-level), and the paths they live at.
+Stdlib only: the console imports this module too, and the
 wrapper must run on a host with nothing but Python.
 
-One piece: the protocol in one file, so each format has exactly one definition that
-the wrapper and the console share.
+One piece: the protocol in one file, so each format and each limit has exactly one
+definition that the wrapper, the console and a reporting host share.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-FORMAT_VERSION = 1
+# 2: spool records carry why the run ended (REASON_FIELDS). Readers of either version
+# read both: a field an older record lacks is None.
+FORMAT_VERSION = 2
 
 # Exit codes the wrapper itself chooses (everything else is claude's own).
 EXIT_QUOTA_SKIP = 79
@@ -371,6 +374,11 @@ INT64_MAX = 2**63 - 1
 MAX_PATH_CHARS = 4096
 MAX_COST_USD = 10**6  # DecimalField(max_digits=12, decimal_places=6) holds less than this
 MAX_ERROR_CHARS = 4000
+# The tail of claude's stderr and stdout a completion record keeps (each).
+TAIL_CHARS = 4000
+TAIL_LINES = 40
+MAX_LIST_ITEMS = 10
+LIST_ITEM_CHARS = 500
 # Epoch seconds a start time may be: after 1970, before 2514 (2**34).
 MAX_EPOCH_SECONDS = float(2**34)
 MIN_YEAR, MAX_YEAR = 1970, 9000
@@ -384,6 +392,7 @@ NAME_LIMITS: dict[str, int] = {
     "stop_reason": 64,
     "end_reason": 32,
     "subtype": 64,
+    "terminal_reason": 64,
     "session_id": 36,
     "retry_of": 36,
     "started_at": 40,
@@ -399,6 +408,17 @@ TEXT_LIMITS: dict[str, int] = {
     "archive_path": MAX_PATH_CHARS,
     "error": MAX_ERROR_CHARS,
     "reason": MAX_ERROR_CHARS,
+    "stderr_tail": TAIL_CHARS,
+    "stdout_tail": TAIL_CHARS,
+    "result_text": MAX_ERROR_CHARS,
+    "last_api_error": LIST_ITEM_CHARS,
+}
+# Claude's own words kept in a spool record: at most this many lines each.
+LINE_LIMITS: dict[str, int] = {"stderr_tail": TAIL_LINES, "stdout_tail": TAIL_LINES}
+# Lists of short texts: (most items, most characters per item).
+LIST_LIMITS: dict[str, tuple[int, int]] = {
+    "errors": (MAX_LIST_ITEMS, LIST_ITEM_CHARS),
+    "permission_denials": (MAX_LIST_ITEMS, LIST_ITEM_CHARS),
 }
 INT_RANGES: dict[str, tuple[int, int]] = {
     "attempt": (1, 32767),  # PositiveSmallIntegerField
@@ -519,10 +539,22 @@ def field_problem(name: str, value: object) -> str | None:
         limit = NAME_LIMITS.get(name) or TEXT_LIMITS.get(name)
         if limit is not None and len(value) > limit:
             return f"{name} is {len(value)} characters long (at most {limit})"
+        if name in LINE_LIMITS and value.count("\n") >= LINE_LIMITS[name]:
+            return f"{name} has more than {LINE_LIMITS[name]} lines"
         if name in NAME_LIMITS and _CONTROL_RE.search(value):
             return f"{name} holds a control character"
         if name in TIME_FIELDS:
             return _time_problem(name, value)
+        return None
+    if isinstance(value, list) and name in LIST_LIMITS:
+        most, chars = LIST_LIMITS[name]
+        if len(value) > most:
+            return f"{name} has {len(value)} items (at most {most})"
+        for item in value:
+            if not isinstance(item, str):
+                return f"{name} holds a {type(item).__name__}, not text"
+            if len(item) > chars or "\x00" in item:
+                return f"{name} holds an item longer than {chars} characters or with a NUL"
         return None
     if isinstance(value, bool):
         return None
@@ -618,12 +650,145 @@ def fit_usage(usage: object) -> dict[str, int] | None:
     return kept
 
 
+# --------------------------------------------------------------------------- why a run ended
+
+# What a completion record says about why the run ended, beyond its exit code: the end
+# of claude's stderr and stdout, the `result` event's text and error fields, the last
+# API error it retried on, and whether claude started and wrote a transcript. The
+# console keeps them together (sessions_app.models.Session.end_details).
+REASON_FIELDS = (
+    "stderr_tail",
+    "stdout_tail",
+    "result_text",
+    "subtype",
+    "terminal_reason",
+    "errors",
+    "permission_denials",
+    "last_api_error",
+    "claude_started",
+    "transcript_written",
+)
+
+# Credentials that must never reach a record, a page or an alert, whatever printed them.
+_SECRETS = (
+    (re.compile(r"sk-ant-[A-Za-z0-9_-]+"), "sk-ant-[redacted]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"), "sk-[redacted]"),
+    (re.compile(r"\boc_(host_)?[A-Za-z0-9_-]{8,}"), r"oc_\1[redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1\2[redacted]"),
+    # A password in a URL: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@"), r"\1[redacted]@"),
+    (
+        re.compile(
+            r"(?i)\b((?:x-api-key|authorization|password|passwd|secret|api[_-]?key"
+            r"|[a-z0-9_]*_(?:api_key|token|secret|password))\s*[=:]\s*)[^\s\"',;]+"
+        ),
+        r"\1[redacted]",
+    ),
+)
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+_CONTROL_BUT_LINES_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def redact(text: str) -> str:
+    """`text` with API keys, bearer tokens, opsconsole tokens and URL passwords replaced."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def fit_tail(name: str, raw: bytes | str | None) -> str | None:
+    """The end of what claude printed, as field `name` keeps it: decoded, colours and
+    control characters dropped, secrets redacted (before clipping, so a key cut in
+    half cannot slip through), then its last lines and characters; None when empty."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = _ANSI_RE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = redact(_CONTROL_BUT_LINES_RE.sub("", text)).encode("utf-8", "replace").decode()
+    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
+    lines = lines[-LINE_LIMITS.get(name, TAIL_LINES) :]
+    kept = "\n".join(lines).strip()[-TEXT_LIMITS.get(name, TAIL_CHARS) :]
+    return kept or None
+
+
+def fit_message(name: str, value: object) -> str | None:
+    """A message from claude (its result text, an API error) for field `name`: secrets
+    redacted, no NUL or control characters but newlines, clipped to its limit."""
+    if not isinstance(value, str):
+        return None
+    text = redact(_CONTROL_BUT_LINES_RE.sub("", _ANSI_RE.sub("", value)))
+    text = text.encode("utf-8", "replace").decode().strip()
+    return text[: TEXT_LIMITS.get(name, MAX_ERROR_CHARS)] or None
+
+
+def fit_list(name: str, items: object) -> list[str] | None:
+    """A list from claude's result event (`errors`, `permission_denials`) as short texts:
+    an object is shown as `tool_name: tool_input` (a denial) or as JSON."""
+    if not isinstance(items, list):
+        return None
+    most, chars = LIST_LIMITS[name]
+    kept: list[str] = []
+    for item in items[:most]:
+        if isinstance(item, dict) and "tool_name" in item:
+            item = f"{item.get('tool_name')}: {json.dumps(item.get('tool_input'), default=str)}"
+        elif not isinstance(item, str):
+            item = json.dumps(item, default=str)
+        text = fit_message("error", item)
+        if text:
+            kept.append(text[:chars])
+    return kept
+
+
+def fit_reason(record: SpoolRecord) -> SpoolRecord:
+    """Make the record's reason fields (and its error line) fit their limits, secrets
+    redacted: what the wrapper does before it writes and the console after it reads, so
+    a record from any wrapper (or host) is held to the same limits. Idempotent."""
+    for name in ("stderr_tail", "stdout_tail"):
+        setattr(record, name, fit_tail(name, getattr(record, name)))
+    for name in ("result_text", "last_api_error"):
+        setattr(record, name, fit_message(name, getattr(record, name)))
+    if record.error:  # the wrapper's line may quote claude (a usage-limit message)
+        record.error = redact(record.error)[:MAX_ERROR_CHARS]
+    for name in ("errors", "permission_denials"):
+        setattr(record, name, fit_list(name, getattr(record, name)))
+    record.terminal_reason = fit_name("terminal_reason", record.terminal_reason)
+    # The whole file stays under MAX_RECORD_BYTES (JSON escapes can make a character six
+    # bytes): the reason fields give way, halving, what says least about the end first.
+    for name in _GIVE_WAY_ORDER:
+        while getattr(record, name) and _encoded_size(record) > MAX_RECORD_BYTES:
+            setattr(record, name, _halved(name, getattr(record, name)))
+    return record
+
+
+_GIVE_WAY_ORDER = (
+    "stdout_tail",
+    "permission_denials",
+    "errors",
+    "stderr_tail",
+    "result_text",
+    "last_api_error",
+)
+
+
+def _halved(name: str, value: str | list[str]) -> str | list[str] | None:
+    """Half of a reason field: a tail keeps its end, a message its start, a list its first
+    items; None once too little is left to say anything."""
+    if isinstance(value, list):
+        return value[: len(value) // 2] or None
+    kept = value[len(value) // 2 :] if name.endswith("_tail") else value[: len(value) // 2]
+    return kept if len(kept) >= 16 else None
+
+
+def _encoded_size(record: SpoolRecord) -> int:
+    return len(json.dumps(record.to_dict(), sort_keys=True, indent=1).encode("utf-8")) + 1
+
+
 # --------------------------------------------------------------------------- typed records
 
 
-def _check_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+def _check_fields(cls: type, data: dict[str, Any], fitted: tuple[str, ...] = ()) -> dict[str, Any]:
     """Keep known fields, check each against its declared type and its limits; unknown keys
-    are ignored."""
+    are ignored. Fields named in `fitted` are only type-checked: the caller makes them fit."""
     values: dict[str, Any] = {}
     for spec in dataclasses.fields(cls):
         if spec.name not in data:
@@ -640,7 +805,7 @@ def _check_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
             raise FormatError(f"field {spec.name!r} has the wrong type (bool)")
         if not isinstance(value, allowed):
             raise FormatError(f"field {spec.name!r} has the wrong type ({type(value).__name__})")
-        problem = field_problem(spec.name, value)
+        problem = None if spec.name in fitted else field_problem(spec.name, value)
         if problem:
             raise FormatError(problem)
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
@@ -680,6 +845,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "float | None": (float, int, type(None)),
     "bool | None": (bool, type(None)),
     "dict[str, int] | None": (dict, type(None)),
+    "list[str] | None": (list, type(None)),
 }
 
 
@@ -763,6 +929,17 @@ class SpoolRecord:
     cost_usd: float | None = None  # total_cost_usd; None when unknown, never made up
     usage: dict[str, int] | None = None  # input/output/cache token counts, when given
     model: str | None = None
+    # Why it ended (REASON_FIELDS; format 2, None in older records), bounded and redacted.
+    claude_pid: int | None = None
+    claude_started: bool | None = None  # False: the wrapper never started claude
+    transcript_written: bool | None = None  # claude's transcript existed when it ended
+    stderr_tail: str | None = None  # the last TAIL_LINES lines / TAIL_CHARS characters
+    stdout_tail: str | None = None  # the same, without the stream-json event lines
+    result_text: str | None = None  # the `result` event's text
+    terminal_reason: str | None = None
+    errors: list[str] | None = None  # the `result` event's errors[]
+    permission_denials: list[str] | None = None  # "tool_name: tool_input" each
+    last_api_error: str | None = None  # from the last system/api_retry event
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -770,7 +947,9 @@ class SpoolRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolRecord:
-        record = cls(**_check_fields(cls, data))
+        # Claude's words are clipped and redacted, not refused: a long tail is no reason
+        # to quarantine how a run ended.
+        record = fit_reason(cls(**_check_fields(cls, data, fitted=REASON_FIELDS)))
         if record.usage is not None:
             record.usage = {
                 str(k): v

@@ -38,8 +38,12 @@ from wrapper.formats import (
     copy_into_archive,
     ensure_private_dir,
     field_problem,
+    fit_list,
+    fit_message,
     fit_name,
     fit_number,
+    fit_reason,
+    fit_tail,
     fit_text,
     fit_usage,
     host_name,
@@ -436,8 +440,21 @@ class Wrapper:
             cost_usd=fit_number("cost_usd", cost),
             usage=fit_usage(result.get("usage")),
             model=fit_name("model", observed.model),
+            # Why it ended, in claude's own words (bounded and redacted by fit_reason).
+            claude_pid=sidecar.claude_pid,
+            claude_started=sidecar.claude_pid is not None,
+            stderr_tail=fit_tail("stderr_tail", observed.stderr_tail),
+            stdout_tail=fit_tail("stdout_tail", observed.stdout_text_tail),
+            result_text=fit_message("result_text", result.get("result")),
+            terminal_reason=fit_name("terminal_reason", result.get("terminal_reason")),
+            errors=fit_list("errors", result.get("errors")),
+            permission_denials=fit_list("permission_denials", result.get("permission_denials")),
+            last_api_error=fit_message("last_api_error", observed.last_api_error()),
         )
-        record.archive_path = self.archive_transcript(sidecar)
+        transcript = self.find_transcript(sidecar)
+        record.transcript_written = transcript is not None
+        record.archive_path = self.archive_transcript(sidecar, transcript)
+        fit_reason(record)
         if not self.write_spool(record) and self.sidecar_written:
             self.mark_sidecar_ended(sidecar, record)
         return record
@@ -473,14 +490,17 @@ class Wrapper:
         self.keep_sidecar = True
         say(f"the sidecar {path} keeps this run's outcome ({record.end_reason}) for the console")
 
-    def archive_transcript(self, sidecar: Sidecar) -> str | None:
+    def find_transcript(self, sidecar: Sidecar) -> Path | None:
         source = Path(sidecar.transcript_path)
-        if not source.is_file():
-            # Long cwds get a hash suffix we cannot compute: find the file by session id.
-            found = list(self.config_dir.glob(f"projects/*/{sidecar.session_id}.jsonl"))
-            if not found:
-                return None
-            source = found[0]
+        if source.is_file():
+            return source
+        # Long cwds get a hash suffix we cannot compute: find the file by session id.
+        found = list(self.config_dir.glob(f"projects/*/{sidecar.session_id}.jsonl"))
+        return found[0] if found else None
+
+    def archive_transcript(self, sidecar: Sidecar, source: Path | None) -> str | None:
+        if source is None:
+            return None
         dest = self.paths.archive_path(sidecar.started_at, sidecar.script_tag, sidecar.session_id)
         try:
             copy_into_archive(source, dest)
@@ -537,6 +557,8 @@ class Wrapper:
                 cwd=self.cwd,
                 claude_config_dir=str(self.config_dir),
                 error=fit_text("error", error),
+                claude_started=False,
+                transcript_written=False,
             )
         )
 

@@ -21,7 +21,9 @@ from typing import Any
 CHUNK = 64 * 1024
 # A stream-json line can carry a large tool result; the events we read are small.
 MAX_SCANNED_LINE = 8 * 1024 * 1024
-TAIL_KEPT = 4096
+# More than a record keeps (formats.TAIL_CHARS): secrets are redacted before the tail is
+# clipped, so a key cut at this buffer's edge falls outside what is kept.
+TAIL_KEPT = 16 * 1024
 
 # The CLI's own words when an account or org limit is hit (seen across 1.x-2.1.x).
 USAGE_LIMIT_RE = re.compile(
@@ -41,6 +43,11 @@ class Observed:
     model: str | None = None
     stdout_tail: bytes = b""
     stderr_tail: bytes = b""
+    # stdout without its stream-json event lines: what a person would have read there.
+    stdout_text_tail: bytes = b""
+    # The last `system`/`api_retry` event: {"attempt", "max_retries", "error_status",
+    # "error", ...}: the API error claude was retrying on.
+    api_retry: dict[str, Any] | None = None
 
     @property
     def refused(self) -> bool:
@@ -90,6 +97,23 @@ class Observed:
             self.refusal_event = True
         elif kind == "system" and subtype == "init" and isinstance(event.get("model"), str):
             self.model = event["model"]
+        elif kind == "system" and subtype == "api_retry":
+            self.api_retry = event
+
+    def last_api_error(self) -> str | None:
+        """The API error of the last retry, in words: 'authentication_failed (HTTP 401),
+        retry 10 of 10'."""
+        retry = self.api_retry
+        if retry is None:
+            return None
+        words = str(retry.get("error") or "API error")
+        if isinstance(retry.get("error_status"), int):
+            words += f" (HTTP {retry['error_status']})"
+        if retry.get("attempt") is not None:
+            words += f", retry {retry['attempt']}"
+            if retry.get("max_retries") is not None:
+                words += f" of {retry['max_retries']}"
+        return words
 
 
 def _write_all(fd: int, data: bytes) -> bool:
@@ -118,6 +142,7 @@ class Pump(threading.Thread):
         self.observed = observed
         self.scan = scan
         self.tail = b""
+        self.text_tail = bytearray()  # lines that were not stream-json events (scanned pipes)
         self._line = bytearray()
         self._line_too_long = False
 
@@ -163,14 +188,16 @@ class Pump(threading.Thread):
 
     def _see_line(self, line: bytes) -> None:
         stripped = line.strip()
-        if not stripped.startswith(b"{"):
-            return
-        try:
-            event = json.loads(stripped)
-        except ValueError:
-            return
+        event = None
+        if stripped.startswith(b"{"):
+            with contextlib.suppress(ValueError, RecursionError):
+                event = json.loads(stripped)
         if isinstance(event, dict):
             self.observed.see_event(event)
+        elif stripped:
+            self.text_tail += line + b"\n"
+            if len(self.text_tail) > 2 * TAIL_KEPT:  # trimmed now and then, not per line
+                del self.text_tail[:-TAIL_KEPT]
 
 
 @dataclass
@@ -193,5 +220,6 @@ class Pumps:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.threads:
             self.observed.stdout_tail = self.threads[0].tail
+            self.observed.stdout_text_tail = bytes(self.threads[0].text_tail[-TAIL_KEPT:])
             self.observed.stderr_tail = self.threads[1].tail
         return self.observed

@@ -243,6 +243,7 @@ def hosts(request):
                     "runs_30d": row.runs_30d,
                     "cost_usd_30d": row.cost_30d,
                     "refused_items": row.refused_items,
+                    "unknown_cost_runs_30d": row.unknown_cost_30d,
                 }
                 for row in host_rows()
             ]

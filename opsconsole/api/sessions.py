@@ -22,6 +22,7 @@ from monitor_app.runs import run_from_record, run_payload
 from opsconsole.api.hosts import claude_active_of
 from opsconsole.auth import api_view, json_error
 from sessions_app import transcript_store
+from sessions_app.ending import ending_payload
 from sessions_app.export import json_chunks
 from sessions_app.history import HistoryFilters
 from sessions_app.models import Session, Status
@@ -125,6 +126,8 @@ def with_record_fields(payload: dict, record: Session | None) -> dict:
     payload["rate_limit_reset_at"] = (
         outcome.reset_at.isoformat() if outcome and outcome.reset_at else None
     )
+    payload["cost_source"] = (record.shown_cost_source or None) if record is not None else None
+    payload["reason"] = ending_payload(record)
     return payload
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from decimal import Decimal
 
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from sessions_app.costs import total_words, usd_words
+from sessions_app.ending import reason_line, shows_ending
 from sessions_app.human_time import human_time
 from sessions_app.outcome import outcome_of
 
@@ -83,14 +84,13 @@ def filesize(value) -> str:
 @register.filter
 def usd(value) -> str:
     """Dollars; an unknown cost says so rather than pretending to be free."""
-    if value is None or value == "":
-        return "unknown"
-    amount = Decimal(str(value))
-    if amount == 0:
-        return "$0.00"
-    if abs(amount) < 1:
-        return f"${amount:.4f}"
-    return f"${amount:,.2f}"
+    return usd_words(value)
+
+
+@register.filter
+def cost_total(line) -> str:
+    """A sum over runs (a costs.CostLine): never "$0.00" when some runs' cost is unknown."""
+    return total_words(line.cost_usd, line.unknown_cost_runs, line.runs)
 
 
 @register.filter
@@ -177,3 +177,9 @@ def describe_stopper(stopped_by: str, end_reason: str = "") -> str:
 @register.filter
 def attempt_label(attempt) -> str:
     return f"attempt {attempt}"
+
+
+@register.filter
+def ending_line(session) -> str:
+    """One line of why a failed, refused, killed or rate-limited run ended; "" otherwise."""
+    return reason_line(session) if shows_ending(session) else ""

@@ -15,6 +15,7 @@ from monitor_app.live import get_snapshot
 from monitor_app.models import RefusedItem, RemoteAction
 from monitor_app.remote_actions import request_action
 from monitor_app.stopping import stop_session
+from sessions_app.costs import total_words
 from sessions_app.models import LIVE_STATUSES, Session
 from wrapper.formats import is_session_id
 
@@ -31,7 +32,11 @@ def hosts(request):
             "rows": rows,
             "total_live": sum(r.live_runs for r in rows),
             "total_runs_30d": sum(r.runs_30d for r in rows),
-            "total_cost_30d": sum(r.cost_30d or 0 for r in rows),
+            "total_cost_30d": total_words(
+                sum(r.cost_30d or 0 for r in rows),
+                sum(r.unknown_cost_30d for r in rows),
+                sum(r.runs_30d for r in rows),
+            ),
             "actions": RemoteAction.objects.select_related("job")[:30],
             "refused": RefusedItem.objects.all()[:30],
             "console_host": settings.OPSCONSOLE_HOST,

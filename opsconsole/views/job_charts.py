@@ -2,7 +2,9 @@
 
 Each bar is coloured by how the run ended (a CSS class, so dark mode applies), has
 a <title> that says when, how long, what it cost and how it ended, and links to
-the run. A run of unknown cost is drawn as a "?" on the axis, never as a $0 bar.
+the run. A run's cost is Session.shown_cost_usd, as History shows it (reported, else
+computed from its transcript); one of unknown cost is drawn as a "?" on the axis,
+never as a $0 bar.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 62, 24, 12
 def run_title(run: Session) -> str:
     return (
         f"{human_time(run.started_at)} · {duration_ms(run.duration_ms)} · "
-        f"{usd(run.cost_usd)} · {outcome_of(run).label}"
+        f"{usd(run.shown_cost_usd)} · {outcome_of(run).label}"
     )
 
 
@@ -132,7 +134,7 @@ def duration_chart(runs: list[Session]) -> SafeString:
 def cost_chart(runs: list[Session]) -> SafeString:
     return _bars(
         runs,
-        value=lambda run: None if run.cost_usd is None else float(run.cost_usd),
+        value=lambda run: None if run.shown_cost_usd is None else float(run.shown_cost_usd),
         axis=lambda dollars: (
             f"${Decimal(str(dollars)):.2f}" if dollars >= 0.1 or dollars == 0 else f"${dollars:.3f}"
         ),

@@ -32,6 +32,7 @@ from opsconsole.views.hosts import requests_for_session
 from sessions_app import transcript_store
 from sessions_app.charts import cost_chart
 from sessions_app.costs import cost_report
+from sessions_app.ending import ending_of, no_transcript_reason
 from sessions_app.export import csv_lines
 from sessions_app.history import HistoryFilters, history_page
 from sessions_app.models import Session, Status
@@ -179,6 +180,8 @@ def session_page(request, session_id):
             "subagents": transcript_store.subagents(page.located),
             "open_agent": request.GET.get("agent", ""),
             "running_cost": _running_cost(run, sidecar),
+            "ending": None if run.live else ending_of(run.record),
+            "no_transcript": "" if run.live else no_transcript_reason(run.record),
         },
     )
 
