@@ -90,7 +90,7 @@ class Session(models.Model):
     # Why the run ended, as the wrapper saw it (wrapper.formats.REASON_FIELDS: stderr and
     # stdout tails, the result event's text and error fields, the last API error, whether
     # claude started and wrote a transcript); {} for records from before format 2.
-    end_details = models.JSONField(default=dict, blank=True)
+    end_details = CleanJSONField(default=dict, blank=True)
     # Processes of this run's tree that outlived its agent: [{pid, started, cmdline}].
     leftovers = CleanJSONField(default=list, blank=True)
     recorded_from = CleanCharField(
