@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from alerts_app.incidents import acknowledge
 from alerts_app.models import Incident, JobAlertSettings, Rule
 from fleet.report import Reporter
 from fleet.reporting import reporting_monitor
@@ -191,3 +192,14 @@ def test_a_quota_stamp_in_force_is_on_the_overview(console_state, viewer):
     assert f'data-quota-host="{settings.OPSCONSOLE_HOST}"' in page
     assert until in page and "usage limit" in page
     assert 'id="all-clear"' not in page
+
+
+def test_the_overview_names_who_is_on_each_incident(console_state, viewer):
+    owned = open_incident(Rule.RUN_FAILED, "nightly failed", timedelta(minutes=9))
+    open_incident(Rule.RUN_FAILED, "backup failed", timedelta(minutes=3))
+    acknowledge(owned, "alice", timezone.now())
+    page = viewer.get("/").content.decode()
+    rows = page.split('id="overview-incidents"')[1].split("</table>")[0].split("<tr data-incident")
+    (nightly,) = [row for row in rows if "nightly failed" in row]
+    (backup,) = [row for row in rows if "backup failed" in row]
+    assert "alice" in nightly and "nobody yet" in backup
