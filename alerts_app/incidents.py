@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -308,18 +309,11 @@ def snooze_until(now: datetime, minutes: str = "", until: str = "") -> datetime:
     return moment
 
 
-def act(
-    incident: Incident,
-    action: str,
-    actor: str,
-    now: datetime,
-    *,
-    minutes: str = "",
-    until: str = "",
-    note: str = "",
-) -> str:
-    """What the Alerts page and the API do for a person: one of INCIDENT_ACTIONS.
-    Returns what was done, in words; raises IncidentActionError when it cannot be."""
+def act(incident: Incident, action: str, actor: str, now: datetime, form: Mapping) -> str:
+    """What the Alerts page and the API do for a person: one of INCIDENT_ACTIONS, with
+    its fields from `form` (a request's POST: minutes or until, note). Returns what was
+    done, in words; raises IncidentActionError when it cannot be."""
+    minutes, until, note = (str(form.get(name, "")) for name in ("minutes", "until", "note"))
     if action == "acknowledge":
         acknowledge(incident, actor, now)
         return f"Incident {incident.pk} acknowledged by {actor}: no more repeats."

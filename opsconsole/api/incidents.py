@@ -75,15 +75,7 @@ def incident_action(request, pk: int, action: str):
         if incident is None:
             return json_error(f"No incident {pk}.", 404)
         try:
-            done = act(
-                incident,
-                action,
-                request.user.get_username(),
-                timezone.now(),
-                minutes=request.POST.get("minutes", ""),
-                until=request.POST.get("until", ""),
-                note=request.POST.get("note", ""),
-            )
+            done = act(incident, action, request.user.get_username(), timezone.now(), request.POST)
         except IncidentActionError as exc:
             return json_error(str(exc), 409 if incident.resolved_at else 400)
     return JsonResponse(

@@ -70,15 +70,7 @@ def incident_action(request, pk: int, action: str):
     with transaction.atomic():
         incident = get_object_or_404(Incident.objects.select_for_update(), pk=pk)
         try:
-            done = act(
-                incident,
-                action,
-                request.user.get_username(),
-                timezone.now(),
-                minutes=request.POST.get("minutes", ""),
-                until=request.POST.get("until", ""),
-                note=request.POST.get("note", ""),
-            )
+            done = act(incident, action, request.user.get_username(), timezone.now(), request.POST)
         except IncidentActionError as exc:
             flash.error(request, str(exc))
         else:
