@@ -229,7 +229,7 @@ class Monitor:
         """Live sessions into the snapshot; returns the sidecars whose owners are gone."""
         self.sampler.new_sample()
         self.cost_reads_left = COST_READS_PER_SAMPLE
-        sidecars = self.sampler.read_sidecars(snapshot)
+        sidecars = self.sampler.read_sidecars(snapshot, running=table.entries)
         registry = self.sampler.read_registry(snapshot)
         gone: list[Sidecar] = []
         roots: list[tuple[LiveSession, int]] = []
@@ -488,7 +488,10 @@ class Monitor:
             self.record_endings()
             self.write_leftovers()
             self.records_waiting = (
-                max(0, len(gone) - RECORDS_PER_SAMPLE) + len(self.endings) + self.spool_waiting
+                max(0, len(gone) - RECORDS_PER_SAMPLE)
+                + len(self.endings)
+                + self.spool_waiting
+                + self.sampler.unread_sidecars
             )
             # A row is lost only when nothing left to record may say how its run ended:
             # while ended runs wait for a later batch, their rows are not lost.

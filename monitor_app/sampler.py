@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 # Where start times come from /proc (Linux), a registry file must give procStart: it is
 # what tells the process that wrote the file from a later one with the same PID.
 PROC_START_REQUIRED = Path("/proc/stat").exists()
+
+# New sidecars whose wrapper PID is not running (dead runs, by their file name) are parsed
+# at most this many per sample: ten thousand of them at once cost seconds to validate.
+# Those of running wrappers are always read at once.
+DEAD_SIDECAR_READS_PER_SAMPLE = 500
 
 # Transcripts not found yet (claude has not written a line) are searched for each
 # sample, but at most this many per sample, so a thousand new runs cannot stall one.
@@ -102,6 +108,7 @@ class Sampler:
         self.registry_files = FileCache()
         self.transcripts: dict[str, TranscriptWatch] = {}
         self.searches_left = SEARCHES_PER_SAMPLE
+        self.unread_sidecars = 0  # dead runs' sidecars left for the next samples
         # (pid, start) -> why the process a registry file names is not Claude Code, None
         # when it is: judged (and a refusal logged) once per process, never every sample.
         self.registry_verdicts: dict[tuple[int, float], str | None] = {}
@@ -114,8 +121,15 @@ class Sampler:
 
     # ------------------------------------------------------------------ sidecars
 
-    def read_sidecars(self, snapshot: Snapshot) -> list[Sidecar]:
-        """Every trustworthy sidecar; the others are skipped and counted."""
+    def read_sidecars(
+        self, snapshot: Snapshot, running: Container[int] | None = None
+    ) -> list[Sidecar]:
+        """Every trustworthy sidecar; the others are skipped and counted. With `running`
+        (the PIDs of the process table), a new sidecar named after a PID not running is
+        read only within DEAD_SIDECAR_READS_PER_SAMPLE; `unread_sidecars` counts the rest,
+        which wait for the next samples."""
+        self.unread_sidecars = 0
+        reads_left = DEAD_SIDECAR_READS_PER_SAMPLE
         active = self.paths.active
         try:
             check_private_dir(active)
@@ -133,6 +147,15 @@ class Sampler:
         for entry in listing:
             if entry.name.startswith(".") or not entry.name.endswith(".json"):
                 continue  # a wrapper's temp file mid-rename, or not ours
+            if (
+                running is not None
+                and entry.path not in self.sidecar_files.entries
+                and _named_pid(entry.name) not in running
+            ):
+                if reads_left <= 0:
+                    self.unread_sidecars += 1
+                    continue
+                reads_left -= 1
             try:
                 parsed = self.sidecar_files.parse(Path(entry.path), self.read_trusted_sidecar)
             except FormatError as exc:
@@ -256,6 +279,12 @@ class Sampler:
     def forget_transcripts(self, live_ids: set[str]) -> None:
         for session_id in [s for s in self.transcripts if s not in live_ids]:
             del self.transcripts[session_id]
+
+
+def _named_pid(file_name: str) -> int | None:
+    """The wrapper PID a sidecar's file name gives (`<pid>.json`), None if it gives none."""
+    stem = file_name.removesuffix(".json")
+    return int(stem) if stem.isdigit() and len(stem) < 11 else None
 
 
 def sidecar_for_unwrapped(

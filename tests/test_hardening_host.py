@@ -24,12 +24,12 @@ from monitor_app import monitor as monitor_module
 from monitor_app.admin import HostTokenForm
 from monitor_app.models import Event, EventKind, HostToken, hash_host_token
 from monitor_app.monitor import RECORDS_PER_SAMPLE, Monitor
-from monitor_app.sampler import sidecar_for_unwrapped
+from monitor_app.sampler import DEAD_SIDECAR_READS_PER_SAMPLE, sidecar_for_unwrapped
 from monitor_app.snapshot import LiveSession
 from monitor_app.stopping import stop_session
 from sessions_app.models import Session, Status
 from sessions_app.trust import claude_code_problem, is_claude_code
-from tests.live_helpers import wait_until, write_dead_sidecars
+from tests.live_helpers import start_fake_run, wait_until, write_dead_sidecars
 from tests.test_fleet import client_transport
 from tests.test_monitor import registry_file_for
 from tests.test_real_cli import STREAM
@@ -231,10 +231,13 @@ def test_finding5_a_token_bound_to_the_console_s_own_name_cannot_touch_its_local
 # ----------------------------------------------------------------------------- finding 7
 
 
-def test_finding7_ten_thousand_dead_sidecars_do_not_stall_the_sample(console_state):
-    """Ten thousand dead runs found at once are put on record a batch per sample (rows,
-    events), not all inside one sample; a run whose turn has not come is not "lost"."""
+def test_finding7_ten_thousand_dead_sidecars_do_not_stall_the_sample(console_state, runs):
+    """Ten thousand dead runs found at once are read and put on record a batch per sample
+    (sidecars validated, rows, events), not all inside one sample; a live run is seen at
+    once all the same, and a run whose turn has not come is not "lost"."""
     count = 10_000
+    live = start_fake_run(console_state, tag="alive-meanwhile")
+    runs.append(live)
     dead = write_dead_sidecars(
         console_state.paths,
         count=count,
@@ -251,7 +254,11 @@ def test_finding7_ten_thousand_dead_sidecars_do_not_stall_the_sample(console_sta
     )
     monitor = Monitor(paths=console_state.paths, cadences=False, publish=False)
     for round_number in range(1, 4):
-        monitor.tick(T0 + timedelta(seconds=2 * round_number))
+        snapshot = monitor.tick(T0 + timedelta(seconds=2 * round_number))
+        assert [s.session_id for s in snapshot.sessions] == [live.session_id]
+        assert monitor.sampler.unread_sidecars == (
+            count - DEAD_SIDECAR_READS_PER_SAMPLE * round_number
+        )
         assert Session.objects.exclude(status=Status.LIVE).count() == (
             RECORDS_PER_SAMPLE * round_number
         )
@@ -260,7 +267,7 @@ def test_finding7_ten_thousand_dead_sidecars_do_not_stall_the_sample(console_sta
         )
         assert monitor.records_waiting == count - RECORDS_PER_SAMPLE * round_number
         left = sum(1 for _ in console_state.paths.active.glob("*.json"))
-        assert left == count - RECORDS_PER_SAMPLE * round_number
+        assert left == 1 + count - RECORDS_PER_SAMPLE * round_number
     waiting = Session.objects.get(session_id=last.session_id)
     assert (waiting.status, waiting.end_reason) == (Status.LIVE, "")
 
