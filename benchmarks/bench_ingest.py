@@ -6,6 +6,7 @@ simulated hosts' (10 live runs each, a completion every tenth report).
     .venv/bin/python benchmarks/bench_ingest.py                 # 20 hosts x 30 reports
     .venv/bin/python benchmarks/bench_ingest.py --hosts 50 --rounds 20
     .venv/bin/python benchmarks/bench_ingest.py --history 20000  # ended runs per host on record
+    .venv/bin/python benchmarks/bench_ingest.py --database opsconsole_bench_ingest_mine
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ def main() -> None:
     parser.add_argument(
         "--history", type=int, default=0, help="ended runs on record per host, before the reports"
     )
+    parser.add_argument(
+        "--database",
+        default=DATABASE,
+        help="PostgreSQL database name (dropped and made again): one per checkout run side by side",
+    )
     args = parser.parse_args()
+    if not args.database.isidentifier():
+        parser.error("--database is a plain name (letters, digits, _)")
     if not 1 <= args.hosts <= 500 or not 1 <= args.rounds <= 500:
         parser.error("--hosts and --rounds from 1 to 500")
     if not 0 <= args.history <= 200_000:
         parser.error("--history from 0 to 200000")
-    console_in_process(DATABASE, "bench-ingest-")
+    console_in_process(args.database, "bench-ingest-")
     from bench_hosts import SimulatedHost
 
     from fleet.console import receive_report

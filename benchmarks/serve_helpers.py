@@ -139,17 +139,23 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def console_in_process(database: str, home_prefix: str) -> None:
+def console_in_process(database: str | None, home_prefix: str) -> None:
     """Django set up in this process on a fresh PostgreSQL database of the benchmark's
-    own (dropped and made again, then migrated), with a throwaway state root."""
-    pg = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-    for sql in (f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", f"CREATE DATABASE {database}"):
-        subprocess.run(["psql", f"{pg}/postgres", "-q", "-c", sql], check=True)
+    own (dropped and made again, then migrated), with a throwaway state root. With
+    `database` None, the SQLite file in that state root instead."""
     os.environ.update(
         DJANGO_SETTINGS_MODULE="opsconsole.settings",
-        DATABASE_URL=f"{pg}/{database}",
         OPSCONSOLE_HOME=tempfile.mkdtemp(prefix=home_prefix),
     )
+    os.environ.pop("DATABASE_URL", None)
+    if database is not None:
+        pg = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+        for sql in (
+            f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+            f"CREATE DATABASE {database}",
+        ):
+            subprocess.run(["psql", f"{pg}/postgres", "-q", "-c", sql], check=True)
+        os.environ["DATABASE_URL"] = f"{pg}/{database}"
     import django
 
     django.setup()
