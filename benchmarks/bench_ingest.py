@@ -51,21 +51,27 @@ def main() -> None:
     hosts = [SimulatedHost(f"host-{i:03d}", "", 10, 2.0) for i in range(args.hosts)]
     for host in hosts:
         record_history(host.name, args.history)
-    times = []
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    times, statements = [], []
     for _ in range(args.rounds):
         for host in hosts:
             host.posts += 1
             payload = json.loads(host.body())
             started = time.perf_counter()
-            answer = receive_report(payload, host.name)
+            with CaptureQueriesContext(connection) as queries:
+                answer = receive_report(payload, host.name)
             times.append(time.perf_counter() - started)
+            statements.append(len(queries))
             host.acknowledged(answer)
     times.sort()
     median, p90 = statistics.median(times) * 1000, times[int(len(times) * 0.9)] * 1000
     print(
         f"{len(times)} reports ({args.hosts} hosts x {args.rounds}, {args.history:,} ended runs "
         f"on record per host): receive_report median "
-        f"{median:.1f} ms, p90 {p90:.1f} ms"
+        f"{median:.1f} ms, p90 {p90:.1f} ms, {statistics.mean(statements):.1f} statements "
+        "a report"
     )
 
 

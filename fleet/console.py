@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet.budgets import (
@@ -81,9 +81,19 @@ def receive_report(
     parsed = parse_report(payload, host, sessions_per_report=limits.sessions_per_report)
     with transaction.atomic():
         parsed.drop_sessions(owners_elsewhere(parsed.named_sessions(), host))
-        budget = locked_budget(host)
-        answer = _record(parsed, payload, host, received_at, budget, limits)
-        budget.save()
+        refused_before = list(parsed.refused)
+        # Almost every report records cleanly: try it whole, in one savepoint, and only
+        # when the database refuses something go again item by item (a savepoint each),
+        # so a clean report costs what it did before items could be refused.
+        try:
+            with transaction.atomic():
+                answer = _record(parsed, payload, host, received_at, limits)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            log.info("report of %s recorded item by item: %s", host, exc)
+            parsed.refused, parsed.one_by_one = refused_before, True
+            answer = _record(parsed, payload, host, received_at, limits)
         record_refusals(parsed.refused, host, received_at)
     return answer
 
@@ -107,8 +117,11 @@ def owners_elsewhere(ids: set[str], host: str) -> dict[str, str]:
 def one_item(
     parsed: Parsed, kind: str, key: object, item: object, write: Callable, *args: Any
 ) -> Any:
-    """`write(*args)` in a savepoint: what it returns, or None with the item refused when
-    the database (or our code) will not take it. A database that is away propagates."""
+    """`write(*args)`; when the report is taken item by item, in a savepoint: what it
+    returns, or None with the item refused when the database (or our code) will not
+    take it. A database that is away propagates."""
+    if not parsed.one_by_one:
+        return write(*args)
     try:
         with transaction.atomic():
             return write(*args)
@@ -125,7 +138,6 @@ def _record(
     payload: dict,
     host: str,
     received_at: datetime,
-    budget: HostBudget,
     limits: Budgets,
 ) -> dict:
     now = received_at
@@ -206,7 +218,7 @@ def _record(
     if parsed.jobs is not None:
         one_item(parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host)
     flush_events(parsed, outbox)
-    held, paused = store_transcripts(parsed, host, recorded, budget, limits, now)
+    held, paused = store_transcripts(parsed, host, recorded, limits, now)
     refused = parsed.refused
     refused_events = {r.key for r in refused if r.kind == "event"}
     return {
@@ -257,6 +269,11 @@ def flush_events(parsed: Parsed, outbox: EventOutbox) -> None:
     database refuses the batch, one by one, so only the bad ones are refused."""
     own = list(outbox.pending)
     outbox.pending.extend(parsed.events)
+    if not outbox.pending:
+        return
+    if not parsed.one_by_one:
+        outbox.flush()
+        return
     try:
         with transaction.atomic():
             outbox.flush()
@@ -275,7 +292,6 @@ def store_transcripts(
     parsed: Parsed,
     host: str,
     recorded: list[str],
-    budget: HostBudget,
     limits: Budgets,
     now: datetime,
 ) -> tuple[dict[str, int], int]:
@@ -285,6 +301,28 @@ def store_transcripts(
     should stop sending chunks (0: go on)."""
     held: dict[str, int] = {}
     paused = 0
+    if parsed.transcripts:
+        held, paused = store_chunks(parsed, host, limits, now)
+    for session_id in set(held) | set(recorded):
+        path = remote_transcripts.local_path(host, session_id)
+        if path is None and (held.get(session_id) or session_id in recorded):
+            # Object storage: the console's own copy, never the host's path from its record.
+            path = str(remote_transcripts.cache_path(host, session_id))
+        if path is not None:
+            Session.objects.filter(session_id=session_id, host=host).exclude(
+                archive_path=path
+            ).update(archive_path=path)
+    return held, paused
+
+
+def store_chunks(
+    parsed: Parsed, host: str, limits: Budgets, now: datetime
+) -> tuple[dict[str, int], int]:
+    """The report's chunks, counted against the host's budget row (locked: a host's
+    reports are counted one after another)."""
+    held: dict[str, int] = {}
+    paused = 0
+    budget = locked_budget(host)
     allowance = transcript_allowance(budget, now, limits)
     for session_id, offset, data in parsed.transcripts:
         if len(data) > allowance:
@@ -315,15 +353,9 @@ def store_transcripts(
             spent = max(0, stored - max(before, offset))
             spend_transcript(budget, spent)
             allowance -= spent
-    for session_id in set(held) | set(recorded):
-        path = remote_transcripts.local_path(host, session_id)
-        if path is None and (held.get(session_id) or session_id in recorded):
-            # Object storage: the console's own copy, never the host's path from its record.
-            path = str(remote_transcripts.cache_path(host, session_id))
-        if path is not None:
-            Session.objects.filter(session_id=session_id, host=host).exclude(
-                archive_path=path
-            ).update(archive_path=path)
+    budget.save(
+        update_fields=["hour_started_at", "hour_transcript_bytes", "transcript_bytes_total"]
+    )
     return held, paused
 
 
@@ -433,22 +465,23 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
         "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
         "reported": True,
     }
-    on_record = HostSample.objects.select_for_update().filter(host=host).first()
-    if on_record is None:
-        HostSample.objects.create(host=host, **values)
+    newer = newer_than_on_record(document.seq, pid, taken_at)
+    if HostSample.objects.filter(newer, host=host).update(**values):
         return True
-    if not is_newer_sample(on_record, document.seq, pid, taken_at):
+    if HostSample.objects.filter(host=host).exists():
         return False
-    HostSample.objects.filter(pk=on_record.pk).update(**values)
+    HostSample.objects.create(host=host, **values)
     return True
 
 
-def is_newer_sample(on_record: HostSample, seq: int, pid: int | None, taken_at: datetime) -> bool:
-    """The same monitor counts up; another monitor (a restart) must not have taken its
-    sample before the one on record, so a replayed old report never turns a host back."""
-    if pid is not None and pid == on_record.monitor_pid:
-        return seq > on_record.seq
-    return taken_at >= on_record.taken_at
+def newer_than_on_record(seq: int, pid: int | None, taken_at: datetime) -> Q:
+    """The row on record is older than this sample: the same monitor counts up; another
+    monitor (a restart) must not have taken its sample before the one on record, so a
+    replayed old report never turns a host back."""
+    later = Q(taken_at__lte=taken_at)
+    if pid is None:
+        return later
+    return Q(monitor_pid=pid, seq__lt=seq) | (~Q(monitor_pid=pid) & later)
 
 
 def close_lost_rows(snapshot: Snapshot, host: str, recorded: set[str], now: datetime) -> None:

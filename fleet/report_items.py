@@ -90,6 +90,9 @@ class Parsed:
     stops: list[dict] = field(default_factory=list)
     audits: list[dict] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    # Recorded whole in one savepoint (False), or again item by item, a savepoint each,
+    # after the database refused something (fleet.console).
+    one_by_one: bool = False
 
     def refuse(self, kind: str, key: object, reason: str, item: object, status: int = 400):
         self.refused.append(Refusal(kind, str(key)[:200], reason[:2000], item, status))

@@ -545,3 +545,30 @@ def test_jobs_a_host_reports_keep_the_good_ones_when_one_is_refused(console_stat
     answer = host.taken(report_of("host-a", 1, jobs=[{"scheduler": "cron", "jobs": jobs}]))
     assert [r["kind"] for r in answer["ack"]["refused"]] == ["job"]
     assert list(Job.objects.values_list("label", flat=True)) == ["nightly"]
+
+
+def test_finding1_an_item_the_database_refuses_is_refused_alone(console_state):
+    """What passes the checks but fails where it is written (here an action result whose
+    id is not a number) sends the report through again item by item: only that item is
+    refused, the rest of the report is recorded once."""
+    host = Host("host-a")
+    good = completion("host-a")
+    event_before = event("host-a")
+    answer = host.taken(
+        report_of(
+            "host-a",
+            1,
+            completions=[good],
+            events=[event_before],
+            action_results=[{"id": "not-a-number", "ok": True}],
+        )
+    )
+    assert [r["kind"] for r in answer["ack"]["refused"]] == ["result"]
+    assert "not recorded" in answer["ack"]["refused"][0]["reason"]
+    assert answer["ack"]["sessions"] == [good["session_id"]]
+    assert Session.objects.filter(session_id=good["session_id"]).count() == 1
+    assert Event.objects.filter(dedupe_key=event_before["dedupe_key"]).count() == 1
+    assert (
+        Event.objects.filter(kind=EventKind.RUN_ENDED, session_id=good["session_id"]).count() == 1
+    )
+    assert HostSample.objects.get(host="host-a").seq == 1
