@@ -15,41 +15,33 @@ InterfaceError) fails the whole report, and the host sends it again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import asdict
-from datetime import datetime
-from typing import Any
+from dataclasses import asdict, replace
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet.budgets import (
     Budgets,
-    locked_budget,
-    seconds_to_next_hour,
-    spend_transcript,
-    transcript_allowance,
 )
 from fleet.host_requests import deliver_actions, finish_action
-from fleet.report_items import Parsed, Refusal, ReportRejected, parse_report
+from fleet.report_items import Parsed, Refusal, ReportRejected, one_item, parse_report
+from fleet.report_transcripts import store_transcripts
 from jobs_app.linking import job_id_for, job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
 from monitor_app.events import EventOutbox
 from monitor_app.job_status import record_collections
 from monitor_app.models import (
-    Event,
-    EventKind,
-    HostBudget,
     HostSample,
     RefusedItem,
     own_host_problem,
 )
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
-from monitor_app.snapshot import Snapshot
-from sessions_app import ingest, remote_transcripts
+from monitor_app.snapshot import SHORTEST_INTERVAL_SECONDS, SILENT_AFTER_INTERVALS, Snapshot
+from sessions_app import ingest
 from sessions_app.models import (
     LIVE_STATUSES,
     Session,
@@ -114,25 +106,6 @@ def owners_elsewhere(ids: set[str], host: str) -> dict[str, str]:
     return {str(session_id): owner for session_id, owner in rows}
 
 
-def one_item(
-    parsed: Parsed, kind: str, key: object, item: object, write: Callable, *args: Any
-) -> Any:
-    """`write(*args)`; when the report is taken item by item, in a savepoint: what it
-    returns, or None with the item refused when the database (or our code) will not
-    take it. A database that is away propagates."""
-    if not parsed.one_by_one:
-        return write(*args)
-    try:
-        with transaction.atomic():
-            return write(*args)
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception as exc:
-        log.warning("%s %s of a report not recorded: %s", kind, key, exc, exc_info=True)
-        parsed.refuse(kind, key, f"not recorded: {type(exc).__name__}: {exc}", item)
-        return None
-
-
 def _record(
     parsed: Parsed,
     payload: dict,
@@ -162,6 +135,9 @@ def _record(
     for audit in parsed.audits:
         one_item(parsed, "audit", audit["target"], audit, record_host_audit, audit, host)
     for record in parsed.completions:
+        # The host's archive is on the host: the console's copy is set below
+        # (store_transcripts), and nothing is ever written to a path a host names.
+        record = replace(record, archive_path=None)
         session = one_item(
             parsed,
             "completion",
@@ -288,92 +264,6 @@ def flush_events(parsed: Parsed, outbox: EventOutbox) -> None:
     outbox.pending = []
 
 
-def store_transcripts(
-    parsed: Parsed,
-    host: str,
-    recorded: list[str],
-    limits: Budgets,
-    now: datetime,
-) -> tuple[dict[str, int], int]:
-    """New transcript bytes into the console's copy, within the host's budget; the
-    Session row points at it, so the session page, tail and Range follower read it as
-    an archived transcript. Returns what is held per session, and the seconds the host
-    should stop sending chunks (0: go on)."""
-    held: dict[str, int] = {}
-    paused = 0
-    if parsed.transcripts:
-        held, paused = store_chunks(parsed, host, limits, now)
-    for session_id in set(held) | set(recorded):
-        path = remote_transcripts.local_path(host, session_id)
-        if path is None and (held.get(session_id) or session_id in recorded):
-            # Object storage: the console's own copy, never the host's path from its record.
-            path = str(remote_transcripts.cache_path(host, session_id))
-        if path is not None:
-            Session.objects.filter(session_id=session_id, host=host).exclude(
-                archive_path=path
-            ).update(archive_path=path)
-    return held, paused
-
-
-def store_chunks(
-    parsed: Parsed, host: str, limits: Budgets, now: datetime
-) -> tuple[dict[str, int], int]:
-    """The report's chunks, counted against the host's budget row (locked: a host's
-    reports are counted one after another)."""
-    held: dict[str, int] = {}
-    paused = 0
-    budget = locked_budget(host)
-    allowance = transcript_allowance(budget, now, limits)
-    for session_id, offset, data in parsed.transcripts:
-        if len(data) > allowance:
-            reason = (
-                f"over this host's transcript budget ({limits.transcript_bytes_per_hour} "
-                f"bytes an hour, {limits.transcript_bytes_total} in all)"
-            )
-            parsed.refuse("transcript", session_id, reason, {"offset": offset}, 429)
-            paused = seconds_to_next_hour(budget, now)
-            over_budget_event(host, "transcript", budget, reason)
-            continue
-        if not Session.objects.filter(session_id=session_id, host=host).exists():
-            continue  # no row yet: the host sends it again with the next report
-        before = held.get(session_id, offset)
-        stored = one_item(
-            parsed,
-            "transcript",
-            session_id,
-            {"offset": offset},
-            remote_transcripts.append_chunk,
-            host,
-            session_id,
-            offset,
-            data,
-        )
-        if stored is not None:
-            held[session_id] = stored
-            spent = max(0, stored - max(before, offset))
-            spend_transcript(budget, spent)
-            allowance -= spent
-    budget.save(
-        update_fields=["hour_started_at", "hour_transcript_bytes", "transcript_bytes_total"]
-    )
-    return held, paused
-
-
-def over_budget_event(host: str, budget_name: str, budget: HostBudget, reason: str) -> None:
-    """One event per host, budget and hour: the alert rules and the Hosts page see it."""
-    window = budget.hour_started_at.strftime("%Y%m%dT%H%M") if budget.hour_started_at else "-"
-    Event.objects.get_or_create(
-        dedupe_key=f"{host}:over_budget:{budget_name}:{window}"[:200],
-        defaults={
-            "at": timezone.now() if budget.hour_started_at is None else budget.hour_started_at,
-            "host": host,
-            "kind": EventKind.HOST_OVER_BUDGET,
-            "message": f"{host}: {reason}; refused until the hour turns",
-            "detail": {"budget": budget_name},
-        },
-    )
-
-
 def record_refusals(refused: list[Refusal], host: str, now: datetime) -> None:
     """What the console did not record, kept with why (the Hosts page, the admin)."""
     kept, more = refused[:MAX_REFUSALS_KEPT], refused[MAX_REFUSALS_KEPT:]
@@ -384,10 +274,15 @@ def record_refusals(refused: list[Refusal], host: str, now: datetime) -> None:
             continue  # not refused for good: sent again when the budget allows
         values = {"reason": refusal.reason, "last_at": now, "item": refusal.item_text()}
         rows = RefusedItem.objects.filter(host=host, kind=refusal.kind, key=refusal.key)
-        if not rows.update(count=F("count") + 1, **values):
-            RefusedItem.objects.create(
-                host=host, kind=refusal.kind, key=refusal.key, first_at=now, **values
-            )
+        if rows.update(count=F("count") + 1, **values):
+            continue
+        try:
+            with transaction.atomic():
+                RefusedItem.objects.create(
+                    host=host, kind=refusal.kind, key=refusal.key, first_at=now, **values
+                )
+        except IntegrityError:  # the same item refused in a report of the host's at once
+            rows.update(count=F("count") + 1, **values)
 
 
 def record_leftovers(session_id: str, members: list, host: str) -> None:
@@ -465,7 +360,7 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
         "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
         "reported": True,
     }
-    newer = newer_than_on_record(document.seq, pid, taken_at)
+    newer = newer_than_on_record(document.seq, pid, taken_at, received_at, document)
     if HostSample.objects.filter(newer, host=host).update(**values):
         return True
     if HostSample.objects.filter(host=host).exists():
@@ -474,11 +369,18 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
     return True
 
 
-def newer_than_on_record(seq: int, pid: int | None, taken_at: datetime) -> Q:
+def newer_than_on_record(
+    seq: int, pid: int | None, taken_at: datetime, received_at: datetime, document
+) -> Q:
     """The row on record is older than this sample: the same monitor counts up; another
     monitor (a restart) must not have taken its sample before the one on record, so a
-    replayed old report never turns a host back."""
-    later = Q(taken_at__lte=taken_at)
+    replayed old report never turns a host back; unless the row on record has gone
+    silent (by the console's clock), so a host whose clock was wrong and is put right
+    is heard again within three intervals, never held back by its own future."""
+    silent_for = timedelta(
+        seconds=SILENT_AFTER_INTERVALS * max(document.interval_seconds, SHORTEST_INTERVAL_SECONDS)
+    )
+    later = Q(taken_at__lte=taken_at) | Q(received_at__lte=received_at - silent_for)
     if pid is None:
         return later
     return Q(monitor_pid=pid, seq__lt=seq) | (~Q(monitor_pid=pid) & later)

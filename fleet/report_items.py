@@ -14,12 +14,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
+from django.db import InterfaceError, OperationalError, transaction
+
+from fleet.item_checks import (
+    ItemRefused,
+    check,
+    check_live_figures,
+    check_processes,
+    check_snapshot_fields,
+    collected_job,
+    fits,
+    own,
+)
 from fleet.report import HOST_RULE_ACTIONS, HOST_RULE_ACTOR
-from jobs_app.collectors.base import CollectedJob, Collection
+from jobs_app.collectors.base import Collection
 from monitor_app import published
 from monitor_app.events import PendingEvent
 from monitor_app.models import EventKind
@@ -32,8 +47,9 @@ from wrapper.formats import (
     SpoolRecord,
     is_session_id,
     parse_iso,
-    report_item_problem,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_DETAIL_BYTES = 64 * 1024  # an event's detail, as JSON
 MAX_ITEM_CHARS_KEPT = 10_000  # of a refused item, for the Hosts page
@@ -46,14 +62,6 @@ class ReportRejected(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
-
-
-class ItemRefused(Exception):
-    """One item is refused; the report goes on."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 @dataclass
@@ -71,7 +79,9 @@ class Refusal:
         try:
             text = json.dumps(self.item, default=str, ensure_ascii=False)
         except (TypeError, ValueError):
-            text = repr(self.item)
+            text = repr(self.item)[:MAX_ITEM_CHARS_KEPT]
+        except RecursionError:
+            text = "(nested too deeply to keep)"
         return text[:MAX_ITEM_CHARS_KEPT]
 
 
@@ -115,11 +125,13 @@ class Parsed:
         if not owners:
             return
 
-        def foreign(kind: str, session_id: str, item: object) -> bool:
+        def foreign(kind: str, session_id: str, item: object, key: str | None = None) -> bool:
+            """Refused when it names another host's session; `key` is what the host
+            knows the item by, when not the session id (an event: its dedupe key)."""
             if session_id not in owners:
                 return False
             reason = f"session {session_id} is on record for host {owners[session_id]!r}"
-            self.refuse(kind, session_id, reason, item, 409)
+            self.refuse(kind, key or session_id, reason, item, 409)
             return True
 
         self.completions = [
@@ -141,7 +153,7 @@ class Parsed:
         self.events = [
             e
             for e in self.events
-            if not (e.session_id and foreign("event", e.session_id, asdict(e)))
+            if not (e.session_id and foreign("event", e.session_id, asdict(e), e.dedupe_key))
         ]
         if self.snapshot is not None:
             self.snapshot.sessions = [
@@ -149,6 +161,25 @@ class Parsed:
                 for live in self.snapshot.sessions
                 if not foreign("live", live.session_id, live.sidecar.to_dict())
             ]
+
+
+def one_item(
+    parsed: Parsed, kind: str, key: object, item: object, write: Callable, *args: Any
+) -> Any:
+    """`write(*args)`; when the report is taken item by item, in a savepoint: what it
+    returns, or None with the item refused when the database (or our code) will not
+    take it. A database that is away propagates."""
+    if not parsed.one_by_one:
+        return write(*args)
+    try:
+        with transaction.atomic():
+            return write(*args)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        log.warning("%s %s of a report not recorded: %s", kind, key, exc, exc_info=True)
+        parsed.refuse(kind, key, f"not recorded: {type(exc).__name__}: {exc}", item)
+        return None
 
 
 def parse_report(payload: object, host: str, *, sessions_per_report: int) -> Parsed:
@@ -195,20 +226,6 @@ def _safe_key(key_of, item: object) -> str:
         return ""
 
 
-def _check(condition: bool, reason: str, status: int = 400) -> None:
-    if not condition:
-        raise ItemRefused(reason, status)
-
-
-def _fits(item: dict) -> None:
-    problem = report_item_problem(item)
-    _check(problem is None, problem or "")
-
-
-def _own(named: object, host: str, what: str) -> None:
-    _check(named == host, f"{what} names host {named!r}, not this token's {host!r}", 403)
-
-
 def _key(item: object, name: str = "session_id") -> str:
     return str(item.get(name, "")) if isinstance(item, dict) else ""
 
@@ -219,11 +236,11 @@ def _key(item: object, name: str = "session_id") -> str:
 def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
     seq = sample.get("seq") if isinstance(sample, dict) else None
     try:
-        _check(isinstance(sample, dict), "sample missing")
-        _check(isinstance(seq, int) and not isinstance(seq, bool), "seq is not a whole number")
-        _fits({"seq": seq, "monitor_pid": sample.get("monitor_pid")})
+        check(isinstance(sample, dict), "sample missing")
+        check(isinstance(seq, int) and not isinstance(seq, bool), "seq is not a whole number")
+        fits({"seq": seq, "monitor_pid": sample.get("monitor_pid")})
         interval = sample.get("interval_seconds")
-        _check(
+        check(
             isinstance(interval, int | float) and math.isfinite(interval) and 0 < interval < 3600,
             "interval_seconds is not a number of seconds",
         )
@@ -234,9 +251,10 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
             snapshot = published.snapshot_from_state(state, seq=seq, source="monitor")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ItemRefused(f"sample unreadable: {exc}") from exc
-        _check(isinstance(api, dict), "api_document is not an object")
-        _own(api.get("host"), host, "the sample")
-        _check(
+        check(isinstance(api, dict), "api_document is not an object")
+        check_snapshot_fields(snapshot)
+        own(api.get("host"), host, "the sample")
+        check(
             len(snapshot.sessions) <= most,
             f"{len(snapshot.sessions)} live sessions in one sample (at most {most})",
             413,
@@ -250,15 +268,27 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
     kept = []
     for live in snapshot.sessions:
         try:
-            _own(live.sidecar.host, host, f"live session {live.session_id}")
+            own(live.sidecar.host, host, f"live session {live.session_id}")
             Sidecar.from_dict(live.sidecar.to_dict())  # the limits of a sidecar file
-            _check(live.state in LIVE_STATUSES, f"state {live.state!r} is not a live state")
+            check(live.state in LIVE_STATUSES, f"state {live.state!r} is not a live state")
+            check_live_figures(live)
             kept.append(live)
         except Exception as exc:
             status = exc.status if isinstance(exc, ItemRefused) else 400
             parsed.refuse("live", live.session_id, str(exc), live.sidecar.to_dict(), status)
     snapshot.sessions = kept
-    snapshot.leftovers = [run for run in snapshot.leftovers if run.host == host]
+    leftovers = []
+    for run in snapshot.leftovers:
+        try:
+            own(run.host, host, f"leftovers of {run.session_id}")
+            check(is_session_id(run.session_id), "leftovers name a session id")
+            fits({"script_tag": run.script_tag})
+            check_processes(run.processes)
+            leftovers.append(run)
+        except Exception as exc:
+            status = exc.status if isinstance(exc, ItemRefused) else 400
+            parsed.refuse("leftovers", _safe_key(str, run.session_id), str(exc), None, status)
+    snapshot.leftovers = leftovers
     parsed.sample, parsed.snapshot = sample, snapshot
 
 
@@ -270,7 +300,7 @@ def _completion(parsed: Parsed, item: object, host: str) -> None:
         record = SpoolRecord.from_dict(item)
     except (FormatError, TypeError, AttributeError) as exc:
         raise ItemRefused(f"completion record unreadable: {exc}") from exc
-    _own(record.host, host, f"completion record {record.session_id}")
+    own(record.host, host, f"completion record {record.session_id}")
     parsed.completions.append(record)
 
 
@@ -279,7 +309,7 @@ def _sidecar(item: object, host: str) -> Sidecar:
         sidecar = Sidecar.from_dict(item)
     except (FormatError, TypeError, AttributeError) as exc:
         raise ItemRefused(f"sidecar unreadable: {exc}") from exc
-    _own(sidecar.host, host, f"session {sidecar.session_id}")
+    own(sidecar.host, host, f"session {sidecar.session_id}")
     return sidecar
 
 
@@ -288,8 +318,8 @@ def _vanished(parsed: Parsed, item: object, host: str) -> None:
 
 
 def _ending(parsed: Parsed, item: object, host: str) -> None:
-    _check(isinstance(item, dict), "an ending is an object")
-    _check(item.get("status") in (Status.EXITED, Status.KILLED), "ending status")
+    check(isinstance(item, dict), "an ending is an object")
+    check(item.get("status") in (Status.EXITED, Status.KILLED), "ending status")
     try:
         ended_at = parse_iso(item["ended_at"])
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -303,12 +333,12 @@ def _transcript(parsed: Parsed, item: object, host: str) -> None:
         data = base64.b64decode(item["data"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise ItemRefused(f"transcript chunk unreadable: {exc}") from exc
-    _check(is_session_id(session_id), "a transcript chunk names a session id")
-    _check(
+    check(is_session_id(session_id), "a transcript chunk names a session id")
+    check(
         isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset < 2**62,
         "a chunk's offset is a byte count",
     )
-    _check(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
+    check(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
     parsed.transcripts.append((session_id, offset, data))
 
 
@@ -334,45 +364,45 @@ def _event(parsed: Parsed, item: object, host: str) -> None:
         parse_iso(event.at)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ItemRefused(f"event unreadable: {exc}") from exc
-    _own(event.host, host, f"event {event.dedupe_key}")
-    _check(isinstance(event.dedupe_key, str), "an event's key is text")
-    _check(event.dedupe_key.startswith(f"{host}:"), "an event's key starts with its host", 403)
-    _check(event.kind in EventKind.values, f"unknown event kind {event.kind!r}")
-    _check(
+    own(event.host, host, f"event {event.dedupe_key}")
+    check(isinstance(event.dedupe_key, str), "an event's key is text")
+    check(event.dedupe_key.startswith(f"{host}:"), "an event's key starts with its host", 403)
+    check(event.kind in EventKind.values, f"unknown event kind {event.kind!r}")
+    check(
         event.session_id is None or is_session_id(event.session_id),
         "an event's session_id is a session id",
     )
-    _check(isinstance(event.detail, dict), "an event's detail is an object")
-    _check(len(json.dumps(event.detail, default=str)) <= MAX_DETAIL_BYTES, "event detail too large")
+    check(isinstance(event.detail, dict), "an event's detail is an object")
+    check(len(json.dumps(event.detail, default=str)) <= MAX_DETAIL_BYTES, "event detail too large")
     for name in ("message", "script_tag", "status"):
-        _check(isinstance(getattr(event, name), str), f"an event's {name} is text")
-    _fits(asdict(event) | {"detail": None})
+        check(isinstance(getattr(event, name), str), f"an event's {name} is text")
+    fits(asdict(event) | {"detail": None})
     parsed.events.append(event)
 
 
 def _result(parsed: Parsed, item: object, host: str) -> None:
-    _check(isinstance(item, dict), "an action result is an object")
+    check(isinstance(item, dict), "an action result is an object")
     parsed.results.append(item)
 
 
 def _stop(parsed: Parsed, item: object, host: str) -> None:
-    _check(isinstance(item, dict), "a stop is an object")
-    _check(is_session_id(item.get("session_id")), "a stop names a session id")
-    _check(item.get("actor", HOST_RULE_ACTOR) == HOST_RULE_ACTOR, "a host's stop is its watchdog's")
+    check(isinstance(item, dict), "a stop is an object")
+    check(is_session_id(item.get("session_id")), "a stop names a session id")
+    check(item.get("actor", HOST_RULE_ACTOR) == HOST_RULE_ACTOR, "a host's stop is its watchdog's")
     parsed.stops.append(item)
 
 
 def _audit(parsed: Parsed, item: object, host: str) -> None:
     """What a host's own rules did: only those rules may be the actor, only on its runs."""
-    _check(isinstance(item, dict), "an audit entry is an object")
-    _check(
+    check(isinstance(item, dict), "an audit entry is an object")
+    check(
         item.get("actor") == HOST_RULE_ACTOR,
         f"a host's audit entry is its {HOST_RULE_ACTOR}'s, not {item.get('actor')!r}'s",
         403,
     )
-    _check(item.get("action") in HOST_RULE_ACTIONS, f"unknown action {item.get('action')!r}")
-    _check(is_session_id(item.get("target")), "an audit entry's target is a session id")
-    _fits({k: v for k, v in item.items() if k in ("script_tag", "output", "target")})
+    check(item.get("action") in HOST_RULE_ACTIONS, f"unknown action {item.get('action')!r}")
+    check(is_session_id(item.get("target")), "an audit entry's target is a session id")
+    fits({k: v for k, v in item.items() if k in ("script_tag", "output", "target")})
     parsed.audits.append(item)
 
 
@@ -394,25 +424,10 @@ def _parse_jobs(parsed: Parsed, value: object, host: str) -> None:
         )
         for job in item.get("jobs") or []:
             try:
-                collection.jobs.append(_job(job, host))
+                collection.jobs.append(collected_job(job, host))
             except ItemRefused as exc:
                 parsed.refuse("job", _key(job, "label"), str(exc), job, exc.status)
         parsed.jobs.append(collection)
-
-
-def _job(item: object, host: str) -> CollectedJob:
-    _check(isinstance(item, dict), "a job is an object")
-    _fits(item)
-    try:
-        found = CollectedJob(**item)
-        for name in ("next_run_at", "previous_run_at"):
-            raw = getattr(found, name)
-            setattr(found, name, parse_iso(raw) if raw else None)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ItemRefused(f"job unreadable: {exc}") from exc
-    _own(found.host, host, f"job {found.label}")
-    _check(isinstance(found.tags, list) and isinstance(found.pids, list), "tags and pids are lists")
-    return found
 
 
 # name in the report, what parses one item, the item's key; KINDS: its refusal's kind

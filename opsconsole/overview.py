@@ -23,8 +23,9 @@ from fleet.hosts import HostRow, host_rows, silent_hosts
 from monitor_app.job_status import Badge, JobStatus, job_statuses
 from monitor_app.live import live_runs
 from monitor_app.snapshot import Snapshot
+from opsconsole.middleware import is_outage, outage
 from sessions_app.costs import CostLine, cost_report
-from sessions_app.models import Session
+from sessions_app.models import Session, run_cost_expression
 
 # Badge kinds (monitor_app.job_status) that put a job on the overview, worst first.
 FAILING_KINDS = ("failed", "killed", "refused", "false_success", "hung", "rate_limited", "error")
@@ -118,7 +119,7 @@ def daily_budgets(now: datetime) -> list[Budget]:
             job_id__in=[rule.job_id for rule in rules], started_at__gte=budget_day_start(now)
         )
         .values("job_id")
-        .annotate(total=Sum("cost_usd"))
+        .annotate(total=Sum(run_cost_expression()))
         .values_list("job_id", "total")
     )
     budgets = [
@@ -164,7 +165,8 @@ def overview(snapshot: Snapshot, now: datetime | None = None) -> Overview:
         quotas=quota_stamps(rows, snapshot),
         silent=[row for row in rows if row.host in silent],
         hosts_live=sorted(hosts_live, key=lambda h: (-h.live_runs, not h.this_host, h.host)),
-        spend_today=cost_report(days=1, now=now).total,
+        # Today as the budgets count it: from local midnight (TIME_ZONE), not UTC's.
+        spend_today=cost_report(days=1, now=timezone.localtime(now)).total,
         budgets=daily_budgets(now),
     )
 
@@ -180,12 +182,21 @@ class NavCounts:
     def incidents(self) -> int | None:
         try:
             return Incident.objects.filter(resolved_at__isnull=True).count()
-        except DatabaseError:
+        except DatabaseError as exc:
+            note_outage(exc)
             return None
 
     @cached_property
     def silent_hosts(self) -> int | None:
         try:
             return len(silent_hosts(self.now))
-        except DatabaseError:
+        except DatabaseError as exc:
+            note_outage(exc)
             return None
+
+
+def note_outage(exc: DatabaseError) -> None:
+    """A count that timed out is an outage on record: the next pages answer from the
+    sample at once instead of each waiting out the database's timeout again."""
+    if is_outage(exc):
+        outage.record(exc)

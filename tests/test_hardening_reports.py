@@ -409,6 +409,8 @@ def test_finding7_events_and_audits_may_only_name_the_host_s_own_runs(console_st
     )
     reasons = [r["reason"] for r in answer["ack"]["refused"]]
     assert len(reasons) == 3, reasons
+    # Named by what the host acknowledges events by, so it drops it from its outbox.
+    assert refusals(answer)[forged["dedupe_key"]]["kind"] == "event"
     assert not Event.objects.filter(message="pwn").exists()
     assert not AuditEntry.objects.exists()
     # The host's own watchdog on its own run is recorded, said to be that host's.
@@ -572,3 +574,70 @@ def test_finding1_an_item_the_database_refuses_is_refused_alone(console_state):
         Event.objects.filter(kind=EventKind.RUN_ENDED, session_id=good["session_id"]).count() == 1
     )
     assert HostSample.objects.get(host="host-a").seq == 1
+
+
+def test_finding1_a_sample_s_bad_figures_refuse_that_run_and_never_break_a_page(
+    console_state, admin_client
+):
+    """A live run whose process figures are not numbers, and leftovers naming no session:
+    refused alone; the sample is taken and every page showing the host still answers."""
+    host = Host("host-a")
+    bad_run = live(sidecar_of("host-a", pid=4100))
+    good_run = live(sidecar_of("host-a", pid=4200))
+    payload = report_of("host-a", 1, [bad_run, good_run])
+    state = json.loads(payload["sample"]["state_document"])
+    process = {"pid": 4100, "ppid": 1, "depth": 0, "name": "a", "cmdline": "a"}
+    state["sessions"][0]["processes"] = [process | {"cpu_percent": 0, "rss": "x", "started": 0}]
+    state["leftovers"] = [
+        {
+            "session_id": "x",
+            "script_tag": "t",
+            "host": "host-a",
+            "ended_at": NOW.isoformat(),
+            "processes": [],
+        }
+    ]
+    payload["sample"]["state_document"] = json.dumps(state)
+    answer = host.taken(payload)
+    kinds = {r["key"]: r["kind"] for r in answer["ack"]["refused"]}
+    assert kinds == {bad_run.session_id: "live", "x": "leftovers"}
+    assert HostSample.objects.get(host="host-a").seq == 1
+    assert Session.objects.filter(session_id=good_run.session_id).exists()
+    for path in ("/live/?host=all", "/live/?host=host-a", "/hosts/", "/"):
+        assert admin_client.get(path).status_code == 200, path
+
+
+def test_finding7_a_host_whose_clock_was_put_right_is_heard_again(console_state):
+    """A sample dated three days ahead, then the monitor restarted with the clock put
+    right: its samples are older than the one on record, and are taken once the one on
+    record has gone silent by the console's clock (three intervals)."""
+    Host("host-a")
+    ahead = {
+        "format": 1,
+        "host": "host-a",
+        "sample": sample_of("host-a", 9, taken_at=NOW + timedelta(days=3), pid=100),
+    }
+    receive_report(ahead, "host-a", NOW, LIMITS)
+    right = {"format": 1, "host": "host-a", "sample": sample_of("host-a", 1, taken_at=NOW, pid=200)}
+    receive_report(right, "host-a", NOW + timedelta(seconds=2), LIMITS)
+    assert HostSample.objects.get(host="host-a").seq == 9, "not silent yet: a replay, maybe"
+    receive_report(right, "host-a", NOW + timedelta(seconds=7), LIMITS)
+    assert HostSample.objects.get(host="host-a").monitor_pid == 200
+
+
+def test_finding1_a_report_nested_past_any_report_is_a_400(console_state):
+    host = Host("host-a")
+    response = host.post(None, raw=b"[" * 100_000)
+    assert response.status_code == 400
+    assert host.taken(report_of("host-a", 1))["ok"]
+
+
+def test_finding1_a_job_of_the_wrong_types_is_refused_alone(console_state):
+    host = Host("host-a")
+    jobs = [
+        {"scheduler": "cron", "label": "nightly", "host": "host-a"},
+        {"scheduler": "cron", "label": "weekly", "host": "host-a", "interval_seconds": "abc"},
+    ]
+    answer = host.taken(report_of("host-a", 1, jobs=[{"scheduler": "cron", "jobs": jobs}]))
+    assert [(r["kind"], r["key"]) for r in answer["ack"]["refused"]] == [("job", "weekly")]
+    assert list(Job.objects.values_list("label", flat=True)) == ["nightly"]

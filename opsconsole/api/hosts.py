@@ -140,8 +140,8 @@ def hosts_report(request):
             )
         payload = json.loads(read_report_body(request))
         answer = receive_report(payload, host, limits=limits)
-    except ValueError as exc:
-        return json_error(f"report is not JSON: {exc}", 400)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past any report
+        return json_error(f"report is not JSON: {type(exc).__name__}: {exc}"[:500], 400)
     except ReportRejected as exc:
         response = json_error(str(exc), exc.status)
         if exc.retry_after is not None:

@@ -125,7 +125,12 @@ def shorten_database_timeouts(interval: float) -> None:
         bound = monitor_database_bound(interval, connection.settings_dict.get(CLIENT_TIMEOUT_KEY))
         connection.settings_dict[CLIENT_TIMEOUT_KEY] = bound
         options["connect_timeout"] = max(2, min(int(options.get("connect_timeout", 3)), int(bound)))
-        options["options"] = (options.get("options", "") + " -c statement_timeout=5000").strip()
+        # The server gives up first (a plain QueryCanceled, the connection kept), before
+        # the client's bound shuts the socket and leaves the statement running there.
+        statement_ms = max(500, int((bound - 0.5) * 1000))
+        options["options"] = (
+            options.get("options", "") + f" -c statement_timeout={statement_ms}"
+        ).strip()
 
 
 def monitor_database_bound(interval: float, configured: float | None) -> float:
