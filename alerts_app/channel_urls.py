@@ -69,15 +69,23 @@ def _is_network_host(host: str) -> bool:
 def scrub(text: str, url: str) -> str:
     """Take every secret-looking piece of the URL out of a message before it is kept.
 
-    The host and port stay (they say where it failed); user names, passwords, path
-    segments (webhook tokens) and query values of six characters or more go.
+    A network host and its port stay (they say where it failed); user names, passwords,
+    path segments (webhook tokens), query values of six characters or more go, and so
+    does a "host" that is no network host (an ntfy topic, a Slack token), as
+    `shown_url` treats it.
     """
     parts = urlsplit(url.strip())
+    # As written: urlsplit lower-cases .hostname, and a topic keeps its case in messages.
+    host = parts.netloc.rpartition("@")[2].partition(":")[0]
     try:
-        keep = {parts.hostname or "", str(parts.port or "")}
+        keep = {str(parts.port or "")}
     except ValueError:
         keep = set()
     pieces = {url.strip(), parts.username or "", parts.password or ""}
+    if _is_network_host(parts.hostname or ""):
+        keep.add(parts.hostname or "")
+    else:
+        pieces.add(host)
     pieces.update(unquote(p) for p in re.split(r"[/@]+", parts.path))
     pieces.update(unquote(p) for p in parts.path.split("/"))
     for field in re.split(r"[&;]", parts.query):

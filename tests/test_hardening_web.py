@@ -17,6 +17,7 @@ from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
+from alerts_app.channel_urls import scrub
 from alerts_app.models import Channel
 from jobs_app.models import AuditEntry
 
@@ -167,6 +168,39 @@ def response_head(sock: socket.socket) -> bytes:
             break
         body += chunk
     return head
+
+
+SLACK_TOKENS = ("T1AbCdEfGh", "B2IjKlMnOp", "Zr8SLACKtokenC3")
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "secrets"),
+    [
+        (
+            f"ntfy://{TOPIC_SECRET}",
+            f"Failed to send to topic {TOPIC_SECRET}: 429",
+            [TOPIC_SECRET],
+        ),
+        (
+            "slack://{}/{}/{}".format(*SLACK_TOKENS),
+            "Slack rejected {} (/{}/{})".format(*SLACK_TOKENS),
+            list(SLACK_TOKENS),
+        ),
+    ],
+)
+def test_finding7_delivery_errors_lose_a_host_that_is_a_secret(url, error, secrets):
+    """An ntfy topic or a Slack token sits where a host would: shown_url hides it, so the
+    error kept on a Delivery or a Channel (shown to every user on /alerts/) must too,
+    whatever its case (urlsplit lower-cases hostnames)."""
+    scrubbed = scrub(error, url)
+    assert [s for s in secrets if s in scrubbed or s.lower() in scrubbed] == [], scrubbed
+    assert scrubbed.startswith(error.split()[0])
+
+
+def test_finding7_delivery_errors_keep_a_network_host():
+    url = f"json://user:{USER_SECRET}@hooks.Example.com:8443/{PATH_SECRET}"
+    scrubbed = scrub(f"Timeout to hooks.example.com:8443 for {PATH_SECRET}", url)
+    assert scrubbed == "Timeout to hooks.example.com:8443 for …"
 
 
 def test_finding7_slow_clients_cannot_starve_the_workers(console_without_monitor):

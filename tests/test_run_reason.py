@@ -36,6 +36,7 @@ from wrapper.formats import (
     FormatError,
     QuotaStamp,
     SpoolRecord,
+    fit_list,
     fit_reason,
     fit_tail,
     host_name,
@@ -90,8 +91,74 @@ def test_redact_hides_api_keys_bearer_tokens_host_tokens_and_url_passwords(secre
         assert leaked not in text, text
 
 
-def test_redact_keeps_what_a_person_needs_to_read():
-    message = "Invalid API key · Please run /login (input_tokens: 5) at http://127.0.0.1:8080/v1"
+@pytest.mark.parametrize(
+    ("secret", "redacted"),
+    [
+        # Quoted keys, as json.dumps writes a denied tool's input.
+        ('{"password": "hunter2hunter2"}', '{"password": "[redacted]"}'),
+        ('{"api_key": "abcdefghijklmnop"}', '{"api_key": "[redacted]"}'),
+        # Quoted values, and a value quoted inside a JSON string.
+        ('DB_PASSWORD="hunter2"', 'DB_PASSWORD="[redacted]"'),
+        ('ANTHROPIC_API_KEY="sk-abc"', 'ANTHROPIC_API_KEY="[redacted]"'),
+        ("password='hunter2 with spaces'", "password='[redacted]'"),
+        (
+            json.dumps({"command": 'PGPASSWORD="hunter2 x" psql -h db'}),
+            '{"command": "PGPASSWORD=\\"[redacted]\\" psql -h db"}',
+        ),
+        ('password="hunter2 cut off', "password=[redacted] cut off"),
+        # Authorization with any scheme: the whole value goes.
+        ("Authorization: token ghp_Ab12Cd34Ef56Gh78Ij90", "Authorization: [redacted]"),
+        (
+            'Authorization: Digest username="ops", response="6629fae49393a0539745"',
+            "Authorization: [redacted]",
+        ),
+        (
+            '{"Authorization": "token hunter2abc", "url": "x"}',
+            '{"Authorization": "[redacted]", "url": "x"}',
+        ),
+        # Key names outside the old list.
+        ("token=ghp_Ab12Cd34Ef56Gh78Ij90", "token=[redacted]"),
+        (
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCY",
+            "AWS_SECRET_ACCESS_KEY=[redacted]",
+        ),
+        ("PGPASSWORD=s3cret psql -h db", "PGPASSWORD=[redacted] psql -h db"),
+        ("client_secret: hunter2abc", "client_secret: [redacted]"),
+        ("Cookie: sessionid=hunter2abc; csrftoken=zz", "Cookie: [redacted]"),
+        ("Set-Cookie: sessionid=hunter2abc; Path=/", "Set-Cookie: [redacted]"),
+        # Tokens known by their shape, wherever they stand.
+        ("cloning with ghp_Ab12Cd34Ef56Gh78Ij90 failed", "cloning with ghp_[redacted] failed"),
+        ("gho_Ab12Cd34Ef56Gh78Ij90 and ghs_Ab12Cd34Ef56", "gho_[redacted] and ghs_[redacted]"),
+        ("use github_pat_11AB12Cd34_Ef56Gh78", "use github_pat_[redacted]"),
+        ("slack xoxb-1234567890-Ab12Cd34Ef", "slack xoxb-[redacted]"),
+        ("key AKIAIOSFODNN7EXAMPLE rejected", "key AKIA[redacted] rejected"),
+    ],
+)
+def test_redact_hides_quoted_keys_quoted_values_any_authorization_and_known_token_shapes(
+    secret, redacted
+):
+    assert redact(secret) == redacted
+    assert redact(redacted) == redacted  # fit_reason runs on every read: idempotent
+
+
+def test_a_permission_denial_keeps_the_tool_and_loses_the_password():
+    """Denials are built with json.dumps(tool_input): always the quoted-key form."""
+    denial = {"tool_name": "Bash", "tool_input": {"command": "psql", "password": "hunter2x"}}
+    (text,) = fit_list("permission_denials", [denial])
+    assert text == 'Bash: {"command": "psql", "password": "[redacted]"}'
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Invalid API key · Please run /login (input_tokens: 5) at http://127.0.0.1:8080/v1",
+        "Invalid API key · Fix external API key",
+        "Not logged in · Please run /login",
+        '{"input_tokens": 5, "output_tokens": 120, "max_tokens": 4096}',
+        "connect to db.internal:5432 refused; retry at https://api.example.com:8443/v1",
+    ],
+)
+def test_redact_keeps_what_a_person_needs_to_read(message):
     assert redact(message) == message
 
 

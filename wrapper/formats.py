@@ -669,28 +669,56 @@ REASON_FIELDS = (
     "transcript_written",
 )
 
+# A value after `key=` or `key:`: quoted (a JSON string, escapes and all; or quoted
+# inside one, `\"…\"`, as json.dumps writes a shell command), or one word.
+_QUOTED = r"""\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'"""
+_VALUE = rf"""({_QUOTED}|\\?["']?[^\s"',;]+)"""
+# A header whose whole value is the secret (any scheme, every cookie): quoted, or the rest
+# of the line.
+_HEADER_VALUE = rf"""({_QUOTED}|[^\r\n]+)"""
+# A key that names a secret, bare or quoted (`"password": "…"`, as json.dumps writes a
+# denied tool's input), with any prefix or suffix: PGPASSWORD, AWS_SECRET_ACCESS_KEY.
+_SECRET_KEY = re.compile(
+    r"(?i)([\"']?\b[\w-]*(?:api[_-]?key|token|secret|passw(?:or)?d|access[_-]?key"
+    r"|private[_-]?key|credential)[\w-]*[\"']?\s*[=:]\s*)" + _VALUE
+)
+_SECRET_HEADER = re.compile(
+    r"(?i)([\"']?\b(?:proxy-)?(?:authorization|set-cookie|cookie)[\"']?\s*[=:]\s*)" + _HEADER_VALUE
+)
+
+
+def _redact_value(match: re.Match[str]) -> str:
+    key, value = match.group(1), match.group(2)
+    if value.rstrip(")]}").isdigit() and re.search(r"(?i)tokens[\"']?\s*[=:]\s*$", key):
+        return match.group(0)  # input_tokens: 5 is a count, not a credential
+    quote = next((q for q in ('\\"', '"', "'") if value.startswith(q)), "")
+    quote = quote if len(value) >= 2 * len(quote) and value.endswith(quote) else ""
+    return f"{key}{quote}[redacted]{quote}"
+
+
 # Credentials that must never reach a record, a page or an alert, whatever printed them.
 _SECRETS = (
     (re.compile(r"sk-ant-[A-Za-z0-9_-]+"), "sk-ant-[redacted]"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"), "sk-[redacted]"),
     (re.compile(r"\boc_(host_)?[A-Za-z0-9_-]{8,}"), r"oc_\1[redacted]"),
+    (re.compile(r"\b(gh[pousr]_)[A-Za-z0-9]{8,}"), r"\1[redacted]"),  # GitHub tokens
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{8,}"), "github_pat_[redacted]"),
+    (re.compile(r"\b(xox[baprs]-)[A-Za-z0-9-]{8,}"), r"\1[redacted]"),  # Slack tokens
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), r"\1[redacted]"),  # AWS access key ids
     (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1\2[redacted]"),
     # A password in a URL: scheme://user:password@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@"), r"\1[redacted]@"),
-    (
-        re.compile(
-            r"(?i)\b((?:x-api-key|authorization|password|passwd|secret|api[_-]?key"
-            r"|[a-z0-9_]*_(?:api_key|token|secret|password))\s*[=:]\s*)[^\s\"',;]+"
-        ),
-        r"\1[redacted]",
-    ),
+    (_SECRET_HEADER, _redact_value),
+    (_SECRET_KEY, _redact_value),
 )
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
 _CONTROL_BUT_LINES_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def redact(text: str) -> str:
-    """`text` with API keys, bearer tokens, opsconsole tokens and URL passwords replaced."""
+    """`text` with API keys, tokens (bearer, opsconsole, GitHub, Slack, AWS key ids),
+    URL passwords, Authorization and Cookie headers and `secret-key=value` pairs (quoted
+    or not, as in JSON) replaced by `[redacted]`. Idempotent."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
