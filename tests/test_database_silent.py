@@ -156,11 +156,15 @@ def end_events(tag: str) -> int:
 
 
 def test_finding6_silent_database_a_pooled_connection_gives_up_at_its_deadline(
-    silent_database_proxy, django_db_blocker
+    silent_database_proxy, django_db_blocker, monkeypatch
 ):
     """The backend alone: a persistent connection whose server falls silent ends its
     wait at the client-side deadline, is then found unusable at once, and a new one
     works when the server answers again. A wait that ended leaves nothing armed."""
+    # A browser test earlier in this worker leaves Playwright's event loop set on this
+    # thread (its browser lives for the session), and Django then refuses to open a
+    # connection here; this test's connections are plain synchronous ones.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from django.db.utils import ConnectionHandler
 
     from opsconsole.postgresql.base import deadlines
