@@ -14,6 +14,7 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONE, SELF
 
+from opsconsole.postgresql import CLIENT_TIMEOUT_KEY
 from wrapper.formats import StatePaths, claude_config_dir, ensure_private_dir, host_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -154,7 +155,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
     # Django's backend, with the client-side bound on every wait for an answer.
     DATABASES["default"]["ENGINE"] = "opsconsole.postgresql"
-    DATABASES["default"]["CLIENT_TIMEOUT"] = OPSCONSOLE_DB_TIMEOUT_SECONDS
+    DATABASES["default"][CLIENT_TIMEOUT_KEY] = OPSCONSOLE_DB_TIMEOUT_SECONDS
     _options = DATABASES["default"].setdefault("OPTIONS", {})
     _options.setdefault("connect_timeout", max(1, round(OPSCONSOLE_DB_CONNECT_TIMEOUT)))
     # A host that went away (no TCP answer at all) is noticed by the kernel too: probes

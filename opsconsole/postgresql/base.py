@@ -31,7 +31,7 @@ import types
 import psycopg
 from django.db.backends.postgresql import base
 
-CLIENT_TIMEOUT_KEY = "CLIENT_TIMEOUT"
+from opsconsole.postgresql import CLIENT_TIMEOUT_KEY
 
 
 class Deadlines:

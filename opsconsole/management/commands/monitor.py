@@ -13,7 +13,7 @@ from django.db import connections
 from fleet.report import TOKEN_ENV, TOKEN_FILE_ENV, Reporter, host_token
 from fleet.reporting import reporting_monitor
 from opsconsole.monitoring import console_monitor
-from opsconsole.postgresql.base import CLIENT_TIMEOUT_KEY
+from opsconsole.postgresql import CLIENT_TIMEOUT_KEY
 
 
 class Command(BaseCommand):
