@@ -83,8 +83,13 @@ def resolve_incident(
     incident = Incident.objects.filter(key=key, resolved_at__isnull=True).first()
     if incident is None:
         return None
+    # Resolved only if still open: a person may have resolved it since it was read, and
+    # then their resolution (and its message) stands, not a second one.
+    if not Incident.objects.filter(pk=incident.pk, resolved_at__isnull=True).update(
+        resolved_at=now
+    ):
+        return None
     incident.resolved_at = now
-    incident.save(update_fields=["resolved_at"])
     if not (announce and incident.notified and title):
         return None
     incident.recovery_told = True
@@ -158,7 +163,13 @@ def send_due_repeats(now: datetime) -> int:
     for incident in Incident.objects.filter(
         resolved_at__isnull=True, notified=True, acknowledged_at__isnull=True
     ):
-        if repeat_due(incident, now, every):
+        if not repeat_due(incident, now, every):
+            continue
+        # Told again only if nobody acknowledged or resolved it since it was read.
+        still_open = Incident.objects.filter(
+            pk=incident.pk, resolved_at__isnull=True, acknowledged_at__isnull=True
+        )
+        if still_open.update(last_told_at=now):
             repeat_alert(incident, now)
             sent += 1
     return sent
