@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -27,6 +27,7 @@ from fleet.budgets import (
     Budgets,
 )
 from fleet.host_requests import deliver_actions, finish_action
+from fleet.report import HOST_RULE_ACTOR
 from fleet.report_items import Parsed, Refusal, ReportRejected, one_item, parse_report
 from fleet.report_transcripts import store_transcripts
 from jobs_app.linking import job_id_for, job_index
@@ -42,6 +43,7 @@ from monitor_app.models import (
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
 from monitor_app.snapshot import SHORTEST_INTERVAL_SECONDS, SILENT_AFTER_INTERVALS, Snapshot
 from sessions_app import ingest
+from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import (
     LIVE_STATUSES,
     Session,
@@ -80,7 +82,7 @@ def receive_report(
         try:
             with transaction.atomic():
                 answer = _record(parsed, payload, host, received_at, limits)
-        except (OperationalError, InterfaceError):
+        except DATABASE_AWAY:
             raise
         except Exception as exc:
             log.info("report of %s recorded item by item: %s", host, exc)
@@ -234,10 +236,7 @@ def record_ending(sidecar, status: str, ended_at: datetime, outbox: EventOutbox)
 def record_host_stop(stop: dict, host: str) -> None:
     Session.objects.filter(
         session_id=stop["session_id"], host=host, status__in=LIVE_STATUSES
-    ).update(stopped_by=HOST_STOPPER, end_reason=str(stop.get("reason") or "watchdog")[:32])
-
-
-HOST_STOPPER = "watchdog"
+    ).update(stopped_by=HOST_RULE_ACTOR, end_reason=str(stop.get("reason") or "watchdog")[:32])
 
 
 def flush_events(parsed: Parsed, outbox: EventOutbox) -> None:
@@ -254,7 +253,7 @@ def flush_events(parsed: Parsed, outbox: EventOutbox) -> None:
         with transaction.atomic():
             outbox.flush()
         return
-    except (OperationalError, InterfaceError):
+    except DATABASE_AWAY:
         raise
     except Exception:
         outbox.pending = []
@@ -303,7 +302,7 @@ def record_host_audit(audit: dict, host: str) -> None:
     tag = str(audit.get("script_tag") or "")
     detail = audit.get("detail") if isinstance(audit.get("detail"), dict) else {}
     AuditEntry.objects.create(
-        actor=HOST_STOPPER,
+        actor=HOST_RULE_ACTOR,
         action=audit["action"],
         job_id=job_id_for(host, tag) if tag else None,
         target=audit["target"],

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 
 from fleet.item_checks import (
     ItemRefused,
@@ -39,6 +39,7 @@ from monitor_app import published
 from monitor_app.events import PendingEvent
 from monitor_app.models import EventKind
 from monitor_app.snapshot import Snapshot
+from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Status
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
 from wrapper.formats import (
@@ -174,7 +175,7 @@ def one_item(
     try:
         with transaction.atomic():
             return write(*args)
-    except (OperationalError, InterfaceError):
+    except DATABASE_AWAY:
         raise
     except Exception as exc:
         log.warning("%s %s of a report not recorded: %s", kind, key, exc, exc_info=True)

@@ -18,13 +18,14 @@ import time
 from importlib import import_module
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError
 from django.http import HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.utils.cache import patch_cache_control
 from django.views.defaults import server_error as django_server_error
 
 from opsconsole.views import sessions as views
+from sessions_app.database import DATABASE_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class OutageUser:
 def is_outage(exc: DatabaseError) -> bool:
     """A database that cannot be reached or gave up (connection lost, timeout), as opposed
     to a query it refused (IntegrityError, DataError): those are bugs, answered 500."""
-    return isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, DATABASE_AWAY)
 
 
 def server_error(request, *args, **kwargs):

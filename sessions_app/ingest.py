@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 
 from jobs_app.linking import job_id_for
 from sessions_app import transcript_store
+from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from wrapper.formats import (
     REASON_FIELDS,
@@ -99,7 +100,7 @@ def ingest_spool_file(path: Path, paths: StatePaths, result: IngestResult) -> bo
     try:
         with transaction.atomic():  # a savepoint: a failed row leaves the connection usable
             session = record_completion(record)
-    except (OperationalError, InterfaceError):
+    except DATABASE_AWAY:
         raise  # the database is down, not this record: keep it for the next pass
     except Exception as exc:  # DataError, IntegrityError, ValueError, OverflowError...
         _quarantine(path, paths, result, f"could not be recorded: {type(exc).__name__}: {exc}")

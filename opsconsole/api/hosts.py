@@ -8,7 +8,6 @@ import zlib
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -26,6 +25,7 @@ from monitor_app.models import Event, EventKind, HostToken, RemoteAction, own_ho
 from monitor_app.remote_actions import request_action
 from monitor_app.stopping import stop_session
 from opsconsole.auth import api_view, json_error, unauthorized
+from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Session
 from wrapper.formats import is_session_id
 
@@ -147,7 +147,7 @@ def hosts_report(request):
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
         return response
-    except (OperationalError, InterfaceError) as exc:
+    except DATABASE_AWAY as exc:
         log.warning("report of %s not recorded: %s", host, exc)
         return json_error("database unavailable: report not recorded, send it again", 503)
     return JsonResponse(answer)
