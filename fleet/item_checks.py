@@ -10,7 +10,7 @@ import math
 
 from jobs_app.collectors.base import CollectedJob
 from monitor_app.snapshot import Snapshot
-from wrapper.formats import parse_iso, report_item_problem
+from wrapper.formats import MAX_COST_USD, MAX_EPOCH_SECONDS, parse_iso, report_item_problem
 
 
 class ItemRefused(Exception):
@@ -38,6 +38,17 @@ def own(named: object, host: str, what: str) -> None:
 # What the pages compute with: a number that is not one would fail a page, not a write.
 MAX_PROCESSES = 10_000
 MAX_CMDLINE_CHARS = 20_000
+JOB_TEXT_FIELDS = (
+    "scheduler",
+    "label",
+    "command",
+    "schedule_raw",
+    "schedule_text",
+    "state",
+    "source",
+    "scope",
+    "error",
+)
 
 
 def number(value: object, low: float, high: float) -> bool:
@@ -57,7 +68,7 @@ def check_processes(processes: object) -> None:
             check(isinstance(value, int) and number(value, 0, 2**31), f"a process's {name}")
         check(number(process.rss, 0, 2**62), "a process's rss")
         check(number(process.cpu_percent, 0, 1e6), "a process's cpu_percent")
-        check(number(process.started, 0, 2**34), "a process's start time")
+        check(number(process.started, 0, MAX_EPOCH_SECONDS), "a process's start time")
         check(isinstance(process.name, str) and len(process.name) <= 255, "a process's name")
         check(
             isinstance(process.cmdline, str) and len(process.cmdline) <= MAX_CMDLINE_CHARS,
@@ -91,7 +102,7 @@ def check_live_figures(live) -> None:
         "last_tool_call is text",
     )
     check(
-        live.running_cost_usd is None or number(live.running_cost_usd, 0, 10**6),
+        live.running_cost_usd is None or number(live.running_cost_usd, 0, MAX_COST_USD),
         "running_cost_usd is a number of dollars",
     )
     check(
@@ -127,8 +138,6 @@ def collected_job(item: object, host: str) -> CollectedJob:
             f"{name} is a whole number",
         )
     check(isinstance(found.enabled, bool), "enabled is true or false")
-    for name in ("scheduler", "label", "command", "schedule_raw", "schedule_text", "state"):
-        check(isinstance(getattr(found, name), str), f"{name} is text")
-    for name in ("source", "scope", "error"):
+    for name in JOB_TEXT_FIELDS:
         check(isinstance(getattr(found, name), str), f"{name} is text")
     return found
