@@ -39,6 +39,13 @@ from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from monitor_app.stopping import kill_leftover_processes
+from monitor_app.telemetry_receiver import (
+    Inbox,
+    Receiver,
+    keep_rollups,
+    load_rollups,
+    start_receiver,
+)
 from monitor_app.watchdog import find_overdue, stop_overdue
 from sessions_app import ingest, transcript_store
 from sessions_app.human_time import human_time
@@ -50,6 +57,7 @@ from sessions_app.models import (
     leftover_record,
 )
 from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_process_table
+from sessions_app.telemetry import prune_spans, write_rollups, write_spans
 from sessions_app.transcripts.running_cost import RunningCost
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
 
@@ -185,6 +193,9 @@ class Monitor:
         self.database_ok = True
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
+        # Claude Code's own telemetry, taken by the receiver (run_forever starts it).
+        self.telemetry: Inbox | None = None
+        self.receiver: Receiver | None = None
         self.watching_since = datetime.now(UTC)
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
         # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
@@ -213,6 +224,7 @@ class Monitor:
             self.reporting.note(snapshot, gone, now)
         else:
             self.sync(snapshot, gone, now)
+            self.record_telemetry(snapshot, now)
             self.run_cadences(snapshot, now)
             self.run_steps(snapshot, now)
         snapshot.scan_ms = round((time.perf_counter() - began) * 1000, 1)
@@ -650,8 +662,55 @@ class Monitor:
         if self.pruning.due(now, PRUNE_EVERY.total_seconds()):
             try:
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
+                prune_spans(timedelta(days=settings.OPSCONSOLE_TELEMETRY_SPAN_DAYS), now)
             except DatabaseError as exc:
                 log.warning("event retention skipped: %s", exc)
+
+    # ------------------------------------------------------------------ telemetry
+
+    def start_telemetry(self) -> None:
+        """Take Claude Code's OTLP on loopback; a receiver that cannot start costs the
+        telemetry, never the monitor."""
+        if not settings.OPSCONSOLE_TELEMETRY_RECEIVER or self.receiver is not None:
+            return
+        self.telemetry = Inbox(load_rollups(self.paths))
+        try:
+            self.receiver = start_receiver(
+                self.paths,
+                self.telemetry,
+                port=settings.OPSCONSOLE_OTLP_PORT,
+                max_body=settings.OPSCONSOLE_OTLP_MAX_BODY_BYTES,
+            )
+        except OSError as exc:
+            log.warning("telemetry receiver not started: %s", exc)
+            self.telemetry = None
+            return
+        log.info("telemetry receiver on %s", self.receiver.endpoint)
+
+    def stop_telemetry(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
+
+    def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
+        """What the receiver took since the last sample, on record: rollups and spans."""
+        if self.telemetry is None:
+            return
+        drained = self.telemetry.drain()
+        if self.database_ok and (drained.rollups or drained.spans):
+            try:
+                written = write_rollups(drained.rollups, self.host)
+                write_spans(drained.spans, self.host)
+                if written.refused:
+                    self.telemetry.count("refused: another host's session", len(written.refused))
+            except DatabaseError as exc:
+                log.warning("telemetry kept for later: %s", exc)
+                self.telemetry.put_back(drained)
+                close_old_connections()
+        elif drained.rollups or drained.spans:
+            self.telemetry.put_back(drained)
+        if drained.rollups or self.pruning.last is None:
+            keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
         """The rounds of the layers above (alert rules, the fleet's silent hosts): each
@@ -804,6 +863,7 @@ class Monitor:
     def run_forever(self, stop: threading.Event) -> None:
         """Sample every interval until `stop` is set (SIGTERM/SIGINT in the command)."""
         self.started()
+        self.start_telemetry()
         try:
             while not stop.is_set():
                 began = time.monotonic()
@@ -814,6 +874,7 @@ class Monitor:
                     close_old_connections()
                 stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
         finally:
+            self.stop_telemetry()
             self.stopped()
 
 

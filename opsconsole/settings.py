@@ -384,3 +384,12 @@ OPSCONSOLE_HOST_TRANSCRIPT_BYTES_TOTAL = env_int(
 OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES = env_int(
     "OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES", 16 * 1024 * 1024
 )
+
+# Claude Code's own telemetry (OTLP/HTTP), taken by each host's monitor on loopback.
+OPSCONSOLE_TELEMETRY_RECEIVER = env_bool("OPSCONSOLE_TELEMETRY_RECEIVER", True)
+# The receiver's port; taken by something else, an ephemeral one (otlp.json says which).
+OPSCONSOLE_OTLP_PORT = env_int("OPSCONSOLE_OTLP_PORT", 4319)
+OPSCONSOLE_OTLP_MAX_BODY_BYTES = env_int("OPSCONSOLE_OTLP_MAX_BODY_BYTES", 8 * 1024 * 1024)
+OPSCONSOLE_TELEMETRY_SPAN_DAYS = env_int("OPSCONSOLE_TELEMETRY_SPAN_DAYS", 14)
+# Costs of one run that differ by more than this (percent) are shown as a drift.
+OPSCONSOLE_COST_DRIFT_PERCENT = env_float("OPSCONSOLE_COST_DRIFT_PERCENT", 10.0)

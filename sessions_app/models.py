@@ -59,6 +59,9 @@ class Session(models.Model):
     # Priced by us from the transcript's usage (main file + subagents) and the price
     # table (sessions_app.pricing); NULL when some response's model has no price.
     cost_computed_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    # Summed from Claude Code's own telemetry (`api_request` events, auxiliary requests such
+    # as the session title included: the transcript never sees those); NULL: none came.
+    cost_telemetry_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)
     cache_read_tokens = models.BigIntegerField(null=True, blank=True)
@@ -132,19 +135,24 @@ class Session(models.Model):
     def shown_cost_usd(self) -> Decimal | None:
         """The run's cost: the one rule every page, chart, alert, total and the API use
         (run_cost_expression() is the same rule for a query). The CLI's own figure when it
-        reported one, else ours from the transcript; $0 for a quota skip (claude never
-        ran); None (unknown) otherwise, never made up."""
+        reported one, else the sum its telemetry reported (auxiliary requests included),
+        else ours from the transcript; $0 for a quota skip (claude never ran); None
+        (unknown) otherwise, never made up."""
         if self.cost_usd is not None:
             return self.cost_usd
+        if self.cost_telemetry_usd is not None:
+            return self.cost_telemetry_usd
         if self.cost_computed_usd is not None:
             return self.cost_computed_usd
         return NOT_RUN_COST if self.status == Status.QUOTA_SKIP else None
 
     @property
     def shown_cost_source(self) -> str:
-        """reported, computed, not run (a quota skip), or "" when unknown."""
+        """reported, telemetry, computed, not run (a quota skip), or "" when unknown."""
         if self.cost_usd is not None:
             return "reported"
+        if self.cost_telemetry_usd is not None:
+            return "telemetry"
         if self.cost_computed_usd is not None:
             return "computed"
         return "not run" if self.status == Status.QUOTA_SKIP else ""
@@ -158,6 +166,7 @@ def run_cost_expression():
     """Session.shown_cost_usd as a query expression, for sums over many runs."""
     return Coalesce(
         "cost_usd",
+        "cost_telemetry_usd",
         "cost_computed_usd",
         Case(
             When(status=Status.QUOTA_SKIP, then=Value(NOT_RUN_COST)),
@@ -169,7 +178,9 @@ def run_cost_expression():
 
 def unknown_cost_q() -> Q:
     """The runs whose Session.shown_cost_usd is None (unknown)."""
-    return Q(cost_usd__isnull=True, cost_computed_usd__isnull=True) & ~Q(status=Status.QUOTA_SKIP)
+    return Q(
+        cost_usd__isnull=True, cost_telemetry_usd__isnull=True, cost_computed_usd__isnull=True
+    ) & ~Q(status=Status.QUOTA_SKIP)
 
 
 def leftover_members(record, *, limit: int | None = None) -> dict[tuple[int, float], str]:
@@ -194,3 +205,59 @@ def leftover_record(members: dict[tuple[int, float], str]) -> list[dict]:
         {"pid": pid, "started": started, "cmdline": cmdline}
         for (pid, started), cmdline in members.items()
     ]
+
+
+class RunTelemetry(models.Model):
+    """One run's telemetry rolled up (sessions_app.telemetry.Rollup), by its session id.
+
+    Not a foreign key: telemetry may come before the run's row, and an unwrapped session
+    that points its telemetry at the receiver is joined by `session.id` alone."""
+
+    session_id = models.UUIDField(unique=True)
+    host = CleanCharField(max_length=255)
+    job_tag = CleanCharField(max_length=100, blank=True, default="", db_index=True)
+    trace_id = CleanCharField(max_length=32, blank=True, default="", db_index=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    api_requests = models.IntegerField(default=0)
+    api_errors = models.IntegerField(default=0)
+    tool_calls = models.IntegerField(default=0)
+    tool_failures = models.IntegerField(default=0)
+    ttft_p50_ms = models.FloatField(null=True, blank=True)
+    ttft_p95_ms = models.FloatField(null=True, blank=True)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    rollup = CleanJSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "run telemetry"
+
+    def __str__(self) -> str:
+        return f"telemetry of {self.session_id}"
+
+
+class TelemetrySpan(models.Model):
+    """A span of a run's trace (Claude Code's, or the wrapper's root and attempt spans);
+    kept OPSCONSOLE_TELEMETRY_SPAN_DAYS."""
+
+    trace_id = CleanCharField(max_length=32)
+    span_id = CleanCharField(max_length=16)
+    parent_span_id = CleanCharField(max_length=16, blank=True, default="")
+    session_id = models.UUIDField(null=True, blank=True, db_index=True)
+    host = CleanCharField(max_length=255)
+    name = CleanCharField(max_length=100)
+    start_at = models.DateTimeField(db_index=True)
+    duration_ms = models.FloatField()
+    error = models.BooleanField(default=False)
+    attributes = CleanJSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["start_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["trace_id", "span_id"], name="span_unique_in_trace")
+        ]
+        indexes = [models.Index(fields=["trace_id", "start_at"], name="span_trace_start")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.span_id}"

@@ -59,6 +59,7 @@ from wrapper.formats import (
     write_json_atomic,
 )
 from wrapper.stream import Observed, Pumps
+from wrapper.telemetry import RunTelemetry, Span
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DEFAULT_QUOTA_COOLDOWN_SECONDS = 3600
@@ -109,6 +110,10 @@ class Wrapper:
         # with how the run ended, stays behind for the console instead.
         self.keep_sidecar = False
         self.claim: Path | None = None
+        # Claude Code's own telemetry for this fire: one trace, the wrapper's span its root.
+        self.telemetry = RunTelemetry.plan(self.env, self.paths, job=options.tag, host=self.host)
+        if self.telemetry.warning:
+            say(f"telemetry: the console gets none from this run: {self.telemetry.warning}")
 
     # ------------------------------------------------------------------ the run
 
@@ -129,7 +134,7 @@ class Wrapper:
 
         stamp = read_quota_stamp(self.paths)
         if stamp is not None:
-            return self.skip_for_quota(session_id, stamp)
+            return self.end_trace(self.skip_for_quota(session_id, stamp), "quota_skip", 0)
 
         try:
             for folder in (self.paths.home, self.paths.active, self.paths.spool):
@@ -253,7 +258,22 @@ class Wrapper:
                 )
                 retry_of, session_id = session_id, new_session_id()
         assert outcome is not None  # max_attempts >= 1
-        return outcome.exit_code
+        return self.end_trace(outcome.exit_code, outcome.end_reason, attempt)
+
+    def end_trace(self, exit_code: int, end_reason: str, attempts: int) -> int:
+        """Close the fire's root span and report it; the exit code passes through."""
+        root = self.telemetry.root
+        root.end_ns = time.time_ns()
+        root.attributes.update(
+            {
+                "opsconsole.end_reason": end_reason,
+                "opsconsole.exit_code": exit_code,
+                "opsconsole.attempts": attempts,
+            }
+        )
+        root.error = end_reason != "succeeded"
+        self.telemetry.send(root)
+        return exit_code
 
     def attempt(
         self,
@@ -281,7 +301,8 @@ class Wrapper:
             orchestrator_cost_usd=fit_number("orchestrator_cost_usd", earlier_cost),
         )
         self.write_sidecar(sidecar)
-        child_env = dict(self.env, CLAUDE_SESSION_ID=session_id)
+        span = self.telemetry.attempt_span(session_id, attempt)
+        child_env = self.telemetry.child_env(dict(self.env, CLAUDE_SESSION_ID=session_id), span)
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         try:
@@ -296,6 +317,7 @@ class Wrapper:
                 os.close(fd)
             say(f"could not start {claude}: {exc}")
             self.record(sidecar, started_at, EXIT_NO_CLAUDE, "failed", Observed(), error=str(exc))
+            self.end_attempt_span(span, "failed", EXIT_NO_CLAUDE)
             return AttemptOutcome(session_id, EXIT_NO_CLAUDE, "failed")
         finally:
             os.close(stdout_write)
@@ -336,9 +358,18 @@ class Wrapper:
             error=error,
             signal_number=self.received_signal,
         )
+        self.end_attempt_span(span, end_reason, exit_code)
         return AttemptOutcome(
             session_id, exit_code, end_reason, record.cost_usd, self.received_signal
         )
+
+    def end_attempt_span(self, span: Span, end_reason: str, exit_code: int) -> None:
+        span.end_ns = time.time_ns()
+        span.attributes.update(
+            {"opsconsole.end_reason": end_reason, "opsconsole.exit_code": exit_code}
+        )
+        span.error = end_reason != "succeeded"
+        self.telemetry.send(span)
 
     def wait_for_child(self) -> int:
         assert self.child is not None

@@ -1,0 +1,147 @@
+"""Claude Code's own telemetry, from the real CLI through the wrapper to the run's record.
+
+The monitor's OTLP receiver runs in the test process (as it does in the monitor), the
+wrapper turns telemetry on for the real CLI it starts, and the monitor's round puts
+what came on record: the run's rollup, its cost, and one trace per fire.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from decimal import Decimal
+
+import pytest
+
+from monitor_app.monitor import Monitor
+from sessions_app.models import RunTelemetry, Session, Status, TelemetrySpan
+from tests.conftest import wrapper_command
+from tests.live_helpers import wait_until
+from wrapper.telemetry import read_receiver_address
+
+pytestmark = [pytest.mark.real_cli, pytest.mark.django_db(transaction=True)]
+
+STREAM = ("--output-format", "stream-json", "--verbose", "--allowedTools", "Bash")
+
+
+@pytest.fixture
+def monitor(console_state, settings):
+    settings.OPSCONSOLE_OTLP_PORT = 0
+    monitor = Monitor(paths=console_state.paths, cadences=False, publish=False)
+    monitor.start_telemetry()
+    assert read_receiver_address(console_state.paths) is not None
+    yield monitor
+    monitor.stop_telemetry()
+
+
+def run_wrapped(state, tag: str, prompt: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        wrapper_command(tag, "-p", prompt, *STREAM),
+        env={**state.env, **env},
+        cwd=state.workdir,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def on_record(monitor: Monitor, session_id: str, done) -> RunTelemetry:
+    """Tick the monitor until the run's telemetry row satisfies `done`."""
+
+    def check():
+        monitor.tick()
+        row = RunTelemetry.objects.filter(session_id=session_id).first()
+        return row if row is not None and done(row) else None
+
+    return wait_until(check, timeout=30)
+
+
+def test_a_wrapped_run_rolls_up_to_the_cost_it_reported_in_one_trace_per_fire(
+    state, monitor, real_claude
+):
+    real_claude.script("tidy", {"kind": "bash", "command": "sleep 1", "text": "Tidied."})
+
+    done = run_wrapped(state, "tidy-up", "tidy the notes")
+    assert done.returncode == 0, done.stderr
+
+    monitor.tick()
+    run = Session.objects.get(script_tag="tidy-up")
+    assert run.status == Status.SUCCEEDED and run.cost_usd > 0
+    row = on_record(monitor, str(run.session_id), lambda r: r.cost_usd >= run.cost_usd)
+    # Every API request the CLI made is in its telemetry: the rollup's cost is the one the
+    # CLI reported, auxiliary requests included; the transcript's never exceeds it.
+    assert row.cost_usd == run.cost_usd
+    assert row.api_requests >= 2
+    assert row.tool_calls == 1 and row.tool_failures == 0
+    assert row.rollup["tools"]["Bash"]["slowest_ms"] >= 1000
+    assert row.ttft_p50_ms is not None
+    run.refresh_from_db()
+    assert run.cost_telemetry_usd == row.cost_usd
+
+    spans = wait_until(
+        lambda: (
+            list(TelemetrySpan.objects.filter(trace_id=row.trace_id))
+            if TelemetrySpan.objects.filter(trace_id=row.trace_id, name="opsconsole.run").exists()
+            else monitor.tick() and None
+        ),
+        timeout=30,
+    )
+    by_name = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    (root,) = by_name["opsconsole.run"]
+    (attempt,) = by_name["opsconsole.attempt"]
+    assert root.parent_span_id == "" and attempt.parent_span_id == root.span_id
+    assert str(attempt.session_id) == str(run.session_id)
+    (interaction,) = by_name["claude_code.interaction"]
+    assert interaction.parent_span_id == attempt.span_id
+    assert {s.trace_id for s in spans} == {row.trace_id}
+    assert len(by_name["claude_code.llm_request"]) >= 2
+    assert by_name["claude_code.tool"][0].attributes["tool_name"] == "Bash"
+
+
+def test_a_retry_is_a_second_child_of_the_same_fire(state, monitor, real_claude):
+    real_claude.script("draft the memo", {"kind": "refuse", "times": 1})
+
+    done = run_wrapped(state, "memo", "draft the memo")
+    assert done.returncode == 0, done.stderr
+
+    monitor.tick()
+    first, second = Session.objects.order_by("attempt")
+    assert (first.status, second.status) == (Status.REFUSED, Status.SUCCEEDED)
+    rows = [on_record(monitor, str(s.session_id), lambda r: r.trace_id) for s in (first, second)]
+    assert rows[0].trace_id == rows[1].trace_id  # one trace per fire
+
+    def attempts():
+        monitor.tick()
+        found = TelemetrySpan.objects.filter(trace_id=rows[0].trace_id)
+        if found.filter(name="opsconsole.run").exists():
+            return list(found.filter(name="opsconsole.attempt").order_by("start_at"))
+        return None
+
+    spans = wait_until(attempts, timeout=30)
+    root = TelemetrySpan.objects.get(trace_id=rows[0].trace_id, name="opsconsole.run")
+    assert [str(s.session_id) for s in spans] == [str(first.session_id), str(second.session_id)]
+    assert {s.parent_span_id for s in spans} == {root.span_id}
+    assert [s.attributes["opsconsole.end_reason"] for s in spans] == ["refused", "succeeded"]
+
+
+def test_a_429_shows_as_an_api_error_on_the_run(state, monitor, real_claude):
+    real_claude.script("summarize", {"kind": "429"})
+
+    run_wrapped(state, "summary", "summarize the inbox")
+
+    monitor.tick()
+    run = Session.objects.get(script_tag="summary")
+    row = on_record(monitor, str(run.session_id), lambda r: r.api_errors)
+    assert row.rollup["errors_by_status"] == {"429": 1}
+    assert "rate limit" in row.rollup["last_errors"][-1]["error"]
+
+
+def test_the_off_switch_leaves_the_run_without_telemetry(state, monitor, real_claude):
+    done = run_wrapped(state, "quiet", "say hello", OPSCONSOLE_TELEMETRY="off")
+    assert done.returncode == 0, done.stderr
+    monitor.tick()
+    run = Session.objects.get(script_tag="quiet")
+    monitor.tick()
+    assert not RunTelemetry.objects.filter(session_id=run.session_id).exists()
+    assert monitor.telemetry.figures().get("records", 0) == 0
+    assert run.cost_usd > 0 and run.cost_telemetry_usd is None
