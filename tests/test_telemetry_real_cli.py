@@ -8,7 +8,6 @@ what came on record: the run's rollup, its cost, and one trace per fire.
 from __future__ import annotations
 
 import subprocess
-from decimal import Decimal
 
 import pytest
 
