@@ -24,6 +24,7 @@ from alerts_app.models import Incident, Rule
 from jobs_app.models import AuditEntry, Job
 from monitor_app.stopping import stop_session
 from sessions_app.models import Session
+from sessions_app.timeline import stall_words
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,14 @@ def check_stall(live, job, rules, now: datetime, open_keys: set[str]) -> None:
     if not rules.alert_on_stall or now - idle_since < limit or key in open_keys:
         return
     idle = messages.duration_words(int((now - idle_since).total_seconds() * 1000))
+    # Which kind of stall, from its telemetry: a tool running, an API retry storm, no
+    # telemetry at all (a startup hang).
+    kind = stall_words(live.session_id, started_at=live.started_at, wrapped=live.wrapped, now=now)
     title, body = messages.plain_message(
         f"{name} is stalled: no transcript growth and no CPU for {idle}",
         sidecar.host,
         [
+            *([f"Telemetry: {kind}"] if kind else []),
             f"Started {messages.when_words(live.started_at)}, attempt {sidecar.attempt}",
             f"State: {live.state}, CPU {getattr(live, 'cpu_percent', 0) or 0:.0f}%",
             f"Session (stop it there): {messages.session_link(live.session_id)}",

@@ -21,6 +21,7 @@ from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app.snapshot import LiveSession, Snapshot
 from monitor_app.stopping import StopOutcome, stop_session
+from sessions_app.timeline import stall_words
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,16 @@ class Overdue:
     job: Job | None
     limit: timedelta
     runtime: timedelta
+    stall: str = ""  # which kind of stall its telemetry shows, if it shows one
 
     def describe(self) -> str:
         minutes = int(self.runtime.total_seconds() // 60)
         limit = int(self.limit.total_seconds() // 60)
         owner = self.job.label if self.job else "no job"
+        kind = f"; {self.stall}" if self.stall else ""
         return (
             f"{self.live.sidecar.script_tag} ({self.live.session_id}, {self.live.state}, "
-            f"{owner}): running {minutes} min, limit {limit} min"
+            f"{owner}): running {minutes} min, limit {limit} min{kind}"
         )
 
 
@@ -65,7 +68,10 @@ def find_overdue(snapshot: Snapshot, now: datetime) -> list[Overdue]:
         limit = timedelta(minutes=job.max_runtime_minutes) if job else default
         runtime = now - live.started_at
         if runtime > limit:
-            overdue.append(Overdue(live, job, limit, runtime))
+            stall = stall_words(
+                live.session_id, started_at=live.started_at, wrapped=live.wrapped, now=now
+            )
+            overdue.append(Overdue(live, job, limit, runtime, stall))
     return overdue
 
 

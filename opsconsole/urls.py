@@ -48,6 +48,11 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/", session_views.session_page, name="session"),
     path("sessions/<uuid:session_id>/header/", session_views.session_header, name="session-header"),
     path(
+        "sessions/<uuid:session_id>/timeline/",
+        session_views.session_timeline,
+        name="session-timeline",
+    ),
+    path(
         "sessions/<uuid:session_id>/kill-leftovers/",
         session_views.kill_leftovers_view,
         name="session-kill-leftovers",

@@ -213,7 +213,8 @@ def stall_kind(
     if rollup is None or not rollup.events:
         if telemetry_on and (now - since).total_seconds() > 60:
             return StallKind(
-                "no_telemetry", "no telemetry at all since it started (a startup hang?)"
+                "no_telemetry",
+                "no telemetry since it started: a startup hang, or telemetry turned off",
             )
         return None
     if rollup.open_tools:

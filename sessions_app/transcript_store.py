@@ -17,7 +17,13 @@ from django.conf import settings
 from sessions_app import remote_transcripts, search
 from sessions_app.remote_transcripts import cache_root
 from sessions_app.transcripts.locate import Located, find_subagent_transcripts, locate_transcript
-from sessions_app.transcripts.parse import UsageSummary, fold_noise, iter_records, to_entries
+from sessions_app.transcripts.parse import (
+    UsageSummary,
+    fold_noise,
+    iter_records,
+    to_entries,
+    tool_calls_by_id,
+)
 from sessions_app.transcripts.parse import last_tool_call as last_tool_call_in
 from sessions_app.transcripts.running_cost import RunningCost
 from sessions_app.transcripts.tail import OffsetBeyondEnd, read_before, read_from, read_tail
@@ -207,6 +213,21 @@ def last_tool_call(path: Path) -> str | None:
     its transcript (never the whole file). OSError when it cannot be read."""
     chunk = read_tail(path, LAST_TOOL_CALL_WINDOW)
     return last_tool_call_in(iter_records(chunk.data, base_offset=chunk.start))
+
+
+# How much of a transcript's end the timeline reads for its tools' commands.
+TOOL_CALLS_WINDOW = 4 * 1024 * 1024
+
+
+def tool_calls(located: Located | None) -> dict[str, str]:
+    """tool_use id -> one line naming the call, from the transcript's last few MB."""
+    if located is None:
+        return {}
+    try:
+        chunk = read_tail(located.path, TOOL_CALLS_WINDOW)
+    except OSError:
+        return {}
+    return tool_calls_by_id(iter_records(chunk.data, base_offset=chunk.start))
 
 
 @dataclass

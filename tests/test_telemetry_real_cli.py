@@ -144,3 +144,46 @@ def test_the_off_switch_leaves_the_run_without_telemetry(state, monitor, real_cl
     assert not RunTelemetry.objects.filter(session_id=run.session_id).exists()
     assert monitor.telemetry.figures().get("records", 0) == 0
     assert run.cost_usd > 0 and run.cost_telemetry_usd is None
+
+
+def test_a_tool_that_sleeps_shows_on_the_live_timeline_while_it_runs(
+    state, monitor, real_claude, admin_client
+):
+    real_claude.script(
+        "wait for it", {"kind": "bash", "command": "sleep 6; echo waited", "text": "Waited."}
+    )
+    proc = subprocess.Popen(
+        wrapper_command("waiter", "-p", "wait for it", *STREAM),
+        env=state.env,
+        cwd=state.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def open_tool():
+            monitor.tick()
+            row = RunTelemetry.objects.filter(job_tag="waiter").first()
+            return row if row is not None and row.rollup.get("open_tools") else None
+
+        row = wait_until(open_tool, timeout=60)
+        assert proc.poll() is None  # still running: the tool is open now
+        page = admin_client.get(f"/sessions/{row.session_id}/timeline/")
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert "timeline__row--open" in html and "running now" in html
+        assert "Bash: sleep 6; echo waited" in html  # named by its command, from the transcript
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    def closed():
+        monitor.tick()
+        row = RunTelemetry.objects.get(job_tag="waiter")
+        return row if row.tool_calls == 1 and not row.rollup["open_tools"] else None
+
+    row = wait_until(closed, timeout=30)
+    html = admin_client.get(f"/sessions/{row.session_id}/").content.decode()
+    assert "Where the time went" in html and "timeline__row--open" not in html
+    assert "reported by the CLI" in html and "from telemetry" in html

@@ -37,6 +37,7 @@ from sessions_app.export import csv_lines
 from sessions_app.history import HistoryFilters, history_page
 from sessions_app.models import Session, Status
 from sessions_app.search import search_with_sessions as transcript_search
+from sessions_app.timeline import run_timeline
 from sessions_app.transcripts.tail import open_transcript, parse_offset
 
 # The live section, rendered once per second however many tabs poll, and once per sample
@@ -181,6 +182,7 @@ def session_page(request, session_id):
             "open_agent": request.GET.get("agent", ""),
             "running_cost": _running_cost(run, sidecar),
             "ending": None if run.live else ending_of(run.record),
+            "timeline": _timeline(run, page.located),
             "no_transcript": "" if run.live else no_transcript_reason(run.record),
         },
     )
@@ -190,6 +192,29 @@ def _running_cost(run, sidecar):
     if not run.live:
         return None
     return transcript_store.live_running_cost(run.session_id, sidecar=sidecar, session=run.record)
+
+
+def _timeline(run, located):
+    return run_timeline(
+        run.session_id,
+        record=run.record,
+        started_at=run.started_at,
+        live=run.live,
+        now=timezone.now(),
+        commands=transcript_store.tool_calls(located),
+    )
+
+
+@require_GET
+def session_timeline(request, session_id):
+    """The timeline alone, polled while the run lives."""
+    run = _run_or_404(str(session_id))
+    located = transcript_store.locate(
+        run.session_id, sidecar=_sidecar_of(run.session_id), session=run.record
+    )
+    return render(
+        request, "sessions_app/_timeline.html", {"run": run, "timeline": _timeline(run, located)}
+    )
 
 
 @require_GET

@@ -434,6 +434,22 @@ def last_tool_call(records: Iterable[Record]) -> str | None:
     return latest
 
 
+def tool_calls_by_id(records: Iterable[Record]) -> dict[str, str]:
+    """tool_use id -> 'Bash: sleep 30' for every tool call in these records: what the
+    timeline names a tool span by (telemetry carries the id, not the command)."""
+    calls = {}
+    for record in records:
+        if record.type != "assistant":
+            continue
+        content = _message(record).get("content")
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+                calls[str(block.get("id"))] = _tool_summary(
+                    str(block.get("name") or "tool"), block.get("input")
+                )
+    return calls
+
+
 USAGE_KEYS = (
     "input_tokens",
     "output_tokens",
