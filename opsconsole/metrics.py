@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from ipaddress import ip_address, ip_network
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -27,6 +27,7 @@ from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
 from sessions_app.models import (
     LIVE_STATUSES,
+    RunTelemetry,
     Session,
     Status,
     run_cost_expression,
@@ -82,6 +83,7 @@ class ConsoleCollector:
         yield from self.monitor()
         yield from self.jobs()
         yield from self.runs()
+        yield from self.telemetry()
         yield from self.quota()
         yield from self.alerts()
 
@@ -196,6 +198,55 @@ class ConsoleCollector:
         ):
             unknown.add_metric([row["script_tag"]], row["n"])
         yield from (runs, cost, unknown, tokens)
+
+    # -------------------------------------------------------------- Claude Code's telemetry
+    def telemetry(self):
+        """Per-job rollups of the runs' own telemetry (never a series per session)."""
+        labels = ["tag"]
+        families = {
+            "api_requests": CounterMetricFamily(
+                "opsconsole_telemetry_api_requests",
+                "API requests the runs' telemetry reported, auxiliary ones included",
+                labels=labels,
+            ),
+            "api_errors": CounterMetricFamily(
+                "opsconsole_telemetry_api_errors",
+                "API errors the runs' telemetry reported (429, 529, ...)",
+                labels=labels,
+            ),
+            "tool_calls": CounterMetricFamily(
+                "opsconsole_telemetry_tool_calls", "Tool calls of the runs", labels=labels
+            ),
+            "tool_failures": CounterMetricFamily(
+                "opsconsole_telemetry_tool_failures", "Tool calls that failed", labels=labels
+            ),
+            "cost": CounterMetricFamily(
+                "opsconsole_telemetry_cost_usd",
+                "Cost the runs' telemetry reported, in USD",
+                labels=labels,
+            ),
+        }
+        ttft = GaugeMetricFamily(
+            "opsconsole_telemetry_ttft_p95_seconds",
+            "The worst p95 time to first token of the job's runs in the last day",
+            labels=labels,
+        )
+        rows = RunTelemetry.objects.values("job_tag").annotate(
+            api_requests=Sum("api_requests"),
+            api_errors=Sum("api_errors"),
+            tool_calls=Sum("tool_calls"),
+            tool_failures=Sum("tool_failures"),
+            cost=Sum("cost_usd"),
+        )
+        for row in rows:
+            for name, family in families.items():
+                family.add_metric([row["job_tag"]], float(row[name] or 0))
+        recent = RunTelemetry.objects.filter(
+            last_event_at__gte=self.now - timedelta(days=1), ttft_p95_ms__isnull=False
+        )
+        for row in recent.values("job_tag").annotate(worst=Max("ttft_p95_ms")):
+            ttft.add_metric([row["job_tag"]], (row["worst"] or 0) / 1000)
+        yield from (*families.values(), ttft)
 
     # -------------------------------------------------------------- quota stamp
     def quota(self):

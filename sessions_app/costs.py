@@ -26,6 +26,7 @@ class CostLine:
     runs: int = 0
     unknown_cost_runs: int = 0
     computed_cost_runs: int = 0  # priced from the transcript: the CLI reported no cost
+    telemetry_cost_runs: int = 0  # from its telemetry: the CLI reported no cost
     tokens: int = 0
     by_tag: dict[str, Decimal] = field(default_factory=dict)  # days only
 
@@ -53,7 +54,15 @@ def _aggregates() -> dict:
     )
     return {
         "cost": Sum(run_cost_expression()),
-        "computed": Count("id", filter=Q(cost_usd__isnull=True, cost_computed_usd__isnull=False)),
+        "telemetry": Count("id", filter=Q(cost_usd__isnull=True, cost_telemetry_usd__isnull=False)),
+        "computed": Count(
+            "id",
+            filter=Q(
+                cost_usd__isnull=True,
+                cost_telemetry_usd__isnull=True,
+                cost_computed_usd__isnull=False,
+            ),
+        ),
         "runs": Count("id"),
         "unknown": Count("id", filter=unknown_cost_q()),
         "tokens": tokens,
@@ -67,6 +76,7 @@ def _line(key: str, row: dict) -> CostLine:
         runs=row["runs"],
         unknown_cost_runs=row["unknown"],
         computed_cost_runs=row["computed"],
+        telemetry_cost_runs=row["telemetry"],
         tokens=int(row["tokens"] or 0),
     )
 
@@ -76,6 +86,7 @@ def _add(line: CostLine, row: dict) -> None:
     line.runs += row["runs"]
     line.unknown_cost_runs += row["unknown"]
     line.computed_cost_runs += row["computed"]
+    line.telemetry_cost_runs += row["telemetry"]
     line.tokens += int(row["tokens"] or 0)
 
 

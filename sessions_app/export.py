@@ -29,6 +29,7 @@ COLUMNS = (
     "duration_ms",
     "num_turns",
     "cost_usd",
+    "cost_telemetry_usd",
     "cost_computed_usd",
     "input_tokens",
     "output_tokens",
@@ -94,7 +95,9 @@ def json_chunks(filters: HistoryFilters) -> Iterator[str]:
                 row[key] = value.isoformat()
             elif key in ("session_id", "retry_of") and value is not None:
                 row[key] = str(value)
-            elif key in ("cost_usd", "cost_computed_usd") and value is not None:
+            elif (
+                key in ("cost_usd", "cost_telemetry_usd", "cost_computed_usd") and value is not None
+            ):
                 row[key] = float(value)
         yield ("" if first else ",") + json.dumps(row)
         first = False

@@ -117,6 +117,10 @@ def session_kill_leftovers(request, session_id: str):
     )
 
 
+def _usd(value) -> float | None:
+    return float(value) if value is not None else None
+
+
 def with_record_fields(payload: dict, record: Session | None) -> dict:
     """Who stopped the run, and how it ended in words (rate-limited, with the reset time)."""
     outcome = outcome_of(record) if record is not None else None
@@ -127,6 +131,16 @@ def with_record_fields(payload: dict, record: Session | None) -> dict:
         outcome.reset_at.isoformat() if outcome and outcome.reset_at else None
     )
     payload["cost_source"] = (record.shown_cost_source or None) if record is not None else None
+    # All three, each as its source gave it (None: that source has none).
+    payload["costs"] = (
+        {
+            "reported": _usd(record.cost_usd),
+            "telemetry": _usd(record.cost_telemetry_usd),
+            "computed": _usd(record.cost_computed_usd),
+        }
+        if record is not None
+        else None
+    )
     payload["reason"] = ending_payload(record)
     return payload
 
