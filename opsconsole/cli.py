@@ -110,6 +110,7 @@ SUMMARIES = {
     "create_api_token": "create an API token for a user (printed once)",
     "create_host_token": "create a token for a host that reports here (printed once)",
     "revoke_host_token": "revoke a host's tokens",
+    "telemetry_env": "print the lines that send a hand-started session's telemetry here",
 }
 
 

@@ -7,13 +7,18 @@ what came on record: the run's rollup, its cost, and one trace per fire.
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
 from monitor_app.monitor import Monitor
 from sessions_app.models import RunTelemetry, Session, Status, TelemetrySpan
-from tests.conftest import wrapper_command
+from tests.conftest import REPO_ROOT, wrapper_command
 from tests.live_helpers import wait_until
 from wrapper.telemetry import read_receiver_address
 
@@ -187,3 +192,39 @@ def test_a_tool_that_sleeps_shows_on_the_live_timeline_while_it_runs(
     html = admin_client.get(f"/sessions/{row.session_id}/").content.decode()
     assert "Where the time went" in html and "timeline__row--open" not in html
     assert "reported by the CLI" in html and "from telemetry" in html
+
+
+def test_a_session_nobody_wrapped_is_joined_by_its_session_id(state, monitor, real_claude):
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "opsconsole"), "telemetry_env"],
+        env=state.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    exported = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in out.stdout.splitlines()
+    )
+    session_id = str(uuid.uuid4())
+    done = subprocess.run(
+        [
+            state.env["OPSCONSOLE_CLAUDE_BIN"],
+            "-p",
+            "say hello",
+            "--session-id",
+            session_id,
+            *STREAM,
+        ],
+        env={**state.env, **exported},
+        cwd=state.workdir,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    reported = json.loads(done.stdout.decode().splitlines()[-1])["total_cost_usd"]
+    row = on_record(monitor, session_id, lambda r: r.api_requests)
+    assert float(row.cost_usd) == pytest.approx(reported)
+    assert row.job_tag == ""  # no wrapper tagged it: joined by session.id alone

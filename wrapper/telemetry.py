@@ -250,6 +250,22 @@ def _own_tee(env: dict[str, str]) -> Tee | str | None:
 # --------------------------------------------------------------------------- the env
 
 
+def receiver_env(address: ReceiverAddress, protocol: str = "http/protobuf") -> dict[str, str]:
+    """The variables that point Claude Code's telemetry (events, metrics, spans) at this
+    host's receiver: what the wrapper sets for its runs, and what `opsconsole
+    telemetry-env` prints for a session started by hand."""
+    return {
+        "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_ENHANCED_TELEMETRY_BETA": "1",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": address.endpoint,
+        "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {address.token}",
+    }
+
+
 @dataclass
 class RunTelemetry:
     """One fire's telemetry plan: where it goes, its trace, and the spans the wrapper sends."""
@@ -321,13 +337,7 @@ class RunTelemetry:
         ours = ",".join(f"{k}={urllib.parse.quote(str(v), safe='')}" for k, v in attributes.items())
         theirs = env.get("OTEL_RESOURCE_ATTRIBUTES", "").strip().strip(",")
         child.update(
-            CLAUDE_CODE_ENABLE_TELEMETRY="1",
-            CLAUDE_CODE_ENHANCED_TELEMETRY_BETA="1",
-            OTEL_LOGS_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="otlp",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_PROTOCOL=self.tee.protocol if self.tee else "http/protobuf",
-            OTEL_EXPORTER_OTLP_ENDPOINT=self.address.endpoint,
+            receiver_env(self.address, self.tee.protocol if self.tee else "http/protobuf"),
             OTEL_EXPORTER_OTLP_HEADERS=headers,
             OTEL_RESOURCE_ATTRIBUTES=f"{theirs},{ours}" if theirs else ours,
             TRACEPARENT=traceparent(self.trace_id, span.span_id),
