@@ -25,6 +25,9 @@ class Rule(models.TextChoices):
     RUNTIME = "runtime", "runtime outside the usual"
     COST_RUN = "cost_run", "run cost over budget"
     COST_DAY = "cost_day", "daily cost over budget"
+    # Two costs of one run disagree (reported, telemetry, computed): off unless
+    # OPSCONSOLE_COST_DRIFT_ALERT is set.
+    COST_DRIFT = "cost_drift", "costs of a run disagree"
     LEFTOVERS = "leftovers", "leftover processes"
     COLLECTOR_ERROR = "collector_error", "collector error"
     MONITOR_SILENT = "monitor_silent", "monitor silent"

@@ -26,7 +26,14 @@ from alerts_app.incidents import (
 from alerts_app.models import Incident, Rule
 from jobs_app.models import Job
 from monitor_app.models import Event
-from sessions_app.models import LIVE_STATUSES, Session, Status, run_cost_expression
+from sessions_app.models import (
+    LIVE_STATUSES,
+    RunTelemetry,
+    Session,
+    Status,
+    run_cost_expression,
+)
+from sessions_app.timeline import three_costs
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +252,32 @@ def check_runtime(session, job, rules, subject, name, now) -> None:
     )
 
 
+def check_cost_drift(session, job, now) -> None:
+    """One alert for a run whose costs disagree by more than OPSCONSOLE_COST_DRIFT_PERCENT
+    (telemetry lost, a price table behind, a CLI that under-reports)."""
+    telemetry = RunTelemetry.objects.filter(session_id=session.session_id).first()
+    _, drift = three_costs(session, telemetry)
+    if not drift:
+        return
+    title, body = messages.run_message(session, job, f"cost drift: {drift}")
+    open_incident(
+        f"run:{session.session_id}:cost_drift",
+        Rule.COST_DRIFT,
+        now,
+        title,
+        body,
+        job=job,
+        host=session.host,
+        session_id=session.session_id,
+    )
+
+
 def check_costs(session, job, rules, subject, name, now) -> None:
     cost = session.shown_cost_usd
     if cost is None:
         return
+    if settings.OPSCONSOLE_COST_DRIFT_ALERT:
+        check_cost_drift(session, job, now)
     if rules.cost_per_run_usd is not None:
         key = f"{subject}:cost_run"
         capped = Incident.objects.filter(key=f"run:{session.session_id}:cost_cap").exists()

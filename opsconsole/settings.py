@@ -393,3 +393,6 @@ OPSCONSOLE_OTLP_MAX_BODY_BYTES = env_int("OPSCONSOLE_OTLP_MAX_BODY_BYTES", 8 * 1
 OPSCONSOLE_TELEMETRY_SPAN_DAYS = env_int("OPSCONSOLE_TELEMETRY_SPAN_DAYS", 14)
 # Costs of one run that differ by more than this (percent) are shown as a drift.
 OPSCONSOLE_COST_DRIFT_PERCENT = env_float("OPSCONSOLE_COST_DRIFT_PERCENT", 10.0)
+# ... and alerted, once per run (the transcript's cost always lags the CLI's by the
+# auxiliary requests, so this is for those who watch their price table).
+OPSCONSOLE_COST_DRIFT_ALERT = env_bool("OPSCONSOLE_COST_DRIFT_ALERT", False)

@@ -34,6 +34,8 @@ from monitor_app.snapshot import LiveSession, Snapshot
 from sessions_app.human_time import human_time
 from sessions_app.ingest import record_completion
 from sessions_app.models import Session, Status
+from sessions_app.otlp import Event as OtlpEvent
+from sessions_app.telemetry import Rollup, write_rollups
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id
 
 pytest_plugins = ["tests.alert_receivers"]
@@ -1000,3 +1002,20 @@ def test_a_delivery_round_slowed_before_it_sent_anything_still_sends_one(webhook
     sent = deliver_due(T0 + timedelta(minutes=5), budget_seconds=2.0, clock=lambda: next(ticks))
     assert (sent.attempted, sent.delivered) == (1, 1)
     assert Delivery.objects.filter(delivered_at__isnull=True).count() == 1
+
+
+def test_a_run_whose_costs_disagree_alerts_once_when_asked_to(webhook, monitor, job, settings):
+    receiver = webhook()
+    json_channel(receiver)
+    for hour, (alert_on, telemetry_cost) in enumerate(((False, 0.5), (True, 0.9), (True, 0.5))):
+        settings.OPSCONSOLE_COST_DRIFT_ALERT = alert_on
+        at = T0 + timedelta(hours=hour)
+        session = monitor.run("nightly", at, "succeeded", exit_code=0, cost=0.9)
+        rollup = Rollup(str(session.session_id))
+        rollup.take_event(OtlpEvent("claude_code.api_request", 1, {"cost_usd": telemetry_cost}))
+        write_rollups([rollup], session.host)
+        engine.tick(at, snapshot(at))
+        engine.tick(at + timedelta(minutes=1), snapshot(at))
+    # Off: nothing; agreeing: nothing; reported $0.90 against telemetry's $0.50: once.
+    (text,) = messages_of(receiver)
+    assert "cost drift: telemetry is 44% under reported" in text
