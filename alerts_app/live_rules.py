@@ -126,7 +126,7 @@ def check_stall(live, job, rules, now: datetime, open_keys: set[str]) -> None:
     idle = messages.duration_words(int((now - idle_since).total_seconds() * 1000))
     # Which kind of stall, from its telemetry: a tool running, an API retry storm, no
     # telemetry at all (a startup hang).
-    kind = stall_words(live.session_id, started_at=live.started_at, wrapped=live.wrapped, now=now)
+    kind = stall_words(live, now=now)
     title, body = messages.plain_message(
         f"{name} is stalled: no transcript growth and no CPU for {idle}",
         sidecar.host,

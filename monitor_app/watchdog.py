@@ -68,9 +68,7 @@ def find_overdue(snapshot: Snapshot, now: datetime) -> list[Overdue]:
         limit = timedelta(minutes=job.max_runtime_minutes) if job else default
         runtime = now - live.started_at
         if runtime > limit:
-            stall = stall_words(
-                live.session_id, started_at=live.started_at, wrapped=live.wrapped, now=now
-            )
+            stall = stall_words(live, now=now)
             overdue.append(Overdue(live, job, limit, runtime, stall))
     return overdue
 

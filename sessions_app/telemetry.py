@@ -206,10 +206,18 @@ class StallKind:
 
 
 def stall_kind(
-    rollup: Rollup | None, *, telemetry_on: bool, now: datetime, since: datetime
+    rollup: Rollup | None,
+    *,
+    telemetry_on: bool,
+    now: datetime,
+    since: datetime,
+    awaiting: dict[str, str] | None = None,
 ) -> StallKind | None:
     """Which kind of stall a quiet run is in, from its telemetry, or None when it says
-    nothing. `since`: when the run started."""
+    nothing. `since`: when the run started; `awaiting`: tool calls its transcript shows
+    without a result (id -> what), which telemetry tells apart: decided on and running,
+    or not decided on yet (waiting for permission)."""
+    awaiting = awaiting or {}
     if rollup is None or not rollup.events:
         if telemetry_on and (now - since).total_seconds() > 60:
             return StallKind(
@@ -220,7 +228,15 @@ def stall_kind(
     if rollup.open_tools:
         use = min(rollup.open_tools.values(), key=lambda t: t["since_ns"])
         minutes = max(0, int((now - ns_to_datetime(use["since_ns"])).total_seconds() // 60))
-        return StallKind("tool", f"a tool has been running {minutes} min: {use['name']}")
+        what = (awaiting or {}).get(
+            min(rollup.open_tools, key=lambda k: rollup.open_tools[k]["since_ns"])
+        )
+        return StallKind("tool", f"a tool has been running {minutes} min: {what or use['name']}")
+    undecided = [
+        what for use_id, what in (awaiting or {}).items() if use_id not in rollup.open_tools
+    ]
+    if undecided:
+        return StallKind("permission", f"waiting for permission to run {undecided[0]}")
     if rollup.last_errors and rollup.max_attempt >= RETRY_STORM_ATTEMPT:
         last = rollup.last_errors[-1]
         if (now - ns_to_datetime(last["at_ns"])).total_seconds() < 600:

@@ -16,8 +16,10 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from sessions_app import transcript_store
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
 from sessions_app.telemetry import Rollup, StallKind, ns_to_datetime, run_spans, stall_kind
+from sessions_app.transcripts.parse import ToolCalls
 
 # The span names a person reads, in Claude Code's terms.
 SPAN_KINDS = {
@@ -142,9 +144,10 @@ def run_timeline(
     started_at: datetime,
     live: bool,
     now: datetime,
-    commands: dict[str, str] | None = None,
+    tools: ToolCalls | None = None,
 ) -> Timeline:
-    commands = commands or {}
+    tools = tools or ToolCalls()
+    commands = tools.named
     row = RunTelemetry.objects.filter(session_id=session_id).first()
     rollup = Rollup.from_dict(row.rollup) if row is not None and row.rollup else None
     spans = run_spans(row.trace_id if row else "", session_id)
@@ -185,15 +188,21 @@ def run_timeline(
     return timeline
 
 
-def stall_words(session_id: str, *, started_at: datetime, wrapped: bool, now: datetime) -> str:
-    """Which kind of stall a live run is in, in words, or '' when its telemetry says
-    nothing: for the stall alert and the watchdog."""
-    row = RunTelemetry.objects.filter(session_id=session_id).only("rollup").first()
+def stall_words(live, *, now: datetime) -> str:
+    """Which kind of stall a live run (monitor_app.snapshot.LiveSession) is in, in words,
+    or '' when its telemetry says nothing: for the stall alert and the watchdog."""
+    row = RunTelemetry.objects.filter(session_id=live.session_id).only("rollup").first()
     rollup = Rollup.from_dict(row.rollup) if row is not None and row.rollup else None
+    tools = ToolCalls()
+    if rollup is not None and rollup.events:
+        tools = transcript_store.tool_calls(
+            transcript_store.locate(live.session_id, sidecar=live.sidecar)
+        )
     kind = stall_kind(
         rollup,
-        telemetry_on=wrapped and settings.OPSCONSOLE_TELEMETRY_RECEIVER,
+        telemetry_on=live.wrapped and settings.OPSCONSOLE_TELEMETRY_RECEIVER,
         now=now,
-        since=started_at,
+        since=live.started_at,
+        awaiting={use_id: tools.named[use_id] for use_id in tools.pending},
     )
     return kind.text if kind else ""

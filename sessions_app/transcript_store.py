@@ -18,6 +18,7 @@ from sessions_app import remote_transcripts, search
 from sessions_app.remote_transcripts import cache_root
 from sessions_app.transcripts.locate import Located, find_subagent_transcripts, locate_transcript
 from sessions_app.transcripts.parse import (
+    ToolCalls,
     UsageSummary,
     fold_noise,
     iter_records,
@@ -219,14 +220,14 @@ def last_tool_call(path: Path) -> str | None:
 TOOL_CALLS_WINDOW = 4 * 1024 * 1024
 
 
-def tool_calls(located: Located | None) -> dict[str, str]:
-    """tool_use id -> one line naming the call, from the transcript's last few MB."""
+def tool_calls(located: Located | None) -> ToolCalls:
+    """The tool calls in the transcript's last few MB: named, and which await a result."""
     if located is None:
-        return {}
+        return ToolCalls()
     try:
         chunk = read_tail(located.path, TOOL_CALLS_WINDOW)
     except OSError:
-        return {}
+        return ToolCalls()
     return tool_calls_by_id(iter_records(chunk.data, base_offset=chunk.start))
 
 

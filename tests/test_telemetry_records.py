@@ -3,6 +3,7 @@ the stall kinds (on a fixed clock), and the per-job rollups /metrics serves."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +15,7 @@ from sessions_app.models import RunTelemetry, Session, Status
 from sessions_app.otlp import Event
 from sessions_app.telemetry import Rollup, stall_kind, write_rollups
 from sessions_app.timeline import three_costs
+from sessions_app.transcripts.parse import iter_records, tool_calls_by_id
 
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 NS = int(NOW.timestamp() * 1e9)
@@ -149,3 +151,56 @@ def test_metrics_carry_per_job_rollups_and_never_a_series_per_session(admin_clie
     assert found["opsconsole_telemetry_cost_usd"].samples[0].value == 0.75
     assert found["opsconsole_telemetry_api_errors"].samples[0].value == 2
     assert "session" not in text.split("opsconsole_telemetry", 1)[1]
+
+
+def test_a_tool_call_not_yet_decided_on_is_a_wait_for_permission():
+    transcript = b"".join(
+        json.dumps(line).encode() + b"\n"
+        for line in (
+            {
+                "type": "assistant",
+                "message": {
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "t1",
+                            "name": "Bash",
+                            "input": {"command": "ls"},
+                        },
+                    ]
+                },
+            },
+            {
+                "type": "user",
+                "message": {"content": [{"type": "tool_result", "tool_use_id": "t1"}]},
+            },
+            {
+                "type": "assistant",
+                "message": {
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "t2",
+                            "name": "Bash",
+                            "input": {"command": "rm -rf build"},
+                        },
+                    ]
+                },
+            },
+        )
+    )
+    calls = tool_calls_by_id(iter_records(transcript))
+    assert calls.named == {"t1": "Bash: ls", "t2": "Bash: rm -rf build"} and calls.pending == ["t2"]
+    awaiting = {use_id: calls.named[use_id] for use_id in calls.pending}
+    rollup = Rollup("s")
+    rollup.take_event(event("api_request", cost_usd=0.01))
+    kind = stall_kind(rollup, telemetry_on=True, now=NOW, since=NOW, awaiting=awaiting)
+    assert kind.text == "waiting for permission to run Bash: rm -rf build"
+    # Decided on: now it is a tool running, named by its command.
+    rollup.take_event(
+        event(
+            "tool_decision", NS - 120 * 10**9, decision="accept", tool_name="Bash", tool_use_id="t2"
+        )
+    )
+    kind = stall_kind(rollup, telemetry_on=True, now=NOW, since=NOW, awaiting=awaiting)
+    assert kind.text == "a tool has been running 2 min: Bash: rm -rf build"

@@ -201,7 +201,7 @@ def _timeline(run, located):
         started_at=run.started_at,
         live=run.live,
         now=timezone.now(),
-        commands=transcript_store.tool_calls(located),
+        tools=transcript_store.tool_calls(located),
     )
 
 

@@ -434,19 +434,30 @@ def last_tool_call(records: Iterable[Record]) -> str | None:
     return latest
 
 
-def tool_calls_by_id(records: Iterable[Record]) -> dict[str, str]:
-    """tool_use id -> 'Bash: sleep 30' for every tool call in these records: what the
-    timeline names a tool span by (telemetry carries the id, not the command)."""
-    calls = {}
+@dataclass
+class ToolCalls:
+    """Tool calls in a stretch of transcript: what each one was (tool_use id -> 'Bash:
+    sleep 30'), the timeline's names for telemetry's tool spans, and which have no result
+    yet, which a live run's stall rule reads."""
+
+    named: dict[str, str] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # ids, in call order
+
+
+def tool_calls_by_id(records: Iterable[Record]) -> ToolCalls:
+    calls = ToolCalls()
+    answered = set()
     for record in records:
-        if record.type != "assistant":
-            continue
         content = _message(record).get("content")
         for block in content if isinstance(content, list) else []:
-            if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
-                calls[str(block.get("id"))] = _tool_summary(
-                    str(block.get("name") or "tool"), block.get("input")
-                )
+            if not isinstance(block, dict):
+                continue
+            if record.type == "assistant" and block.get("type") in ("tool_use", "server_tool_use"):
+                name = str(block.get("name") or "tool")
+                calls.named[str(block.get("id"))] = _tool_summary(name, block.get("input"))
+            elif record.type == "user" and block.get("type") == "tool_result":
+                answered.add(str(block.get("tool_use_id")))
+    calls.pending = [use_id for use_id in calls.named if use_id not in answered]
     return calls
 
 
