@@ -225,16 +225,15 @@ def stall_kind(
                 "no telemetry since it started: a startup hang, or telemetry turned off",
             )
         return None
+    awaiting = awaiting or {}
     if rollup.open_tools:
-        use = min(rollup.open_tools.values(), key=lambda t: t["since_ns"])
-        minutes = max(0, int((now - ns_to_datetime(use["since_ns"])).total_seconds() // 60))
-        what = (awaiting or {}).get(
-            min(rollup.open_tools, key=lambda k: rollup.open_tools[k]["since_ns"])
-        )
-        return StallKind("tool", f"a tool has been running {minutes} min: {what or use['name']}")
-    undecided = [
-        what for use_id, what in (awaiting or {}).items() if use_id not in rollup.open_tools
-    ]
+        use_id = min(rollup.open_tools, key=lambda k: rollup.open_tools[k]["since_ns"])
+        use = rollup.open_tools[use_id]
+        seconds = max(0, int((now - ns_to_datetime(use["since_ns"])).total_seconds()))
+        took = f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+        what = awaiting.get(use_id) or use["name"]
+        return StallKind("tool", f"a tool has been running {took}: {what}")
+    undecided = [what for use_id, what in awaiting.items() if use_id not in rollup.open_tools]
     if undecided:
         return StallKind("permission", f"waiting for permission to run {undecided[0]}")
     if rollup.last_errors and rollup.max_attempt >= RETRY_STORM_ATTEMPT:
