@@ -69,6 +69,7 @@ ACTIVE_CPU_PERCENT = 1.0
 # was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
+ROLLUPS_KEPT_EVERY = timedelta(seconds=15)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -190,6 +191,7 @@ class Monitor:
         self.collecting = Cadence()
         self.watching = Cadence()
         self.pruning = Cadence()
+        self.keeping_rollups = Cadence()
         self.database_ok = True
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
@@ -691,6 +693,8 @@ class Monitor:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+            live = set(self.trees)
+            keep_rollups(self.paths, self.telemetry, live, datetime.now(UTC))
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
         """What the receiver took since the last sample, on record: rollups and spans."""
@@ -709,7 +713,9 @@ class Monitor:
                 close_old_connections()
         elif drained.rollups or drained.spans:
             self.telemetry.put_back(drained)
-        if drained.rollups or self.pruning.last is None:
+        # Written down every so often (and at stop), not every sample: a restarted monitor
+        # adds on to what it kept, losing at most that much of a run's rollup.
+        if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
             keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
