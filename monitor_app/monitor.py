@@ -34,6 +34,7 @@ from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
 from monitor_app.events import EventOutbox, prune_events
+from monitor_app.job_join import JobJoin
 from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
@@ -151,6 +152,7 @@ class Monitor:
         cadences: bool = True,
         steps: Sequence[Step] = (),
         reporting: Callable[[Monitor], Reporting] | None = None,
+        proc_root: str | Path = "/proc",
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -160,6 +162,8 @@ class Monitor:
         self.cadences = cadences
         self.config_dirs = list(config_dirs or settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS)
         self.sampler = Sampler(self.paths, self.config_dirs, settings.OPSCONSOLE_TRUSTED_UIDS)
+        # Each run tied to the scheduler job that started it, from its processes.
+        self.join = JobJoin(self.host, proc_root)
         self.events = EventOutbox(self.host, self.paths.home / "monitor" / "pending-events.json")
         # Milliseconds since the epoch: increases across restarts without asking anyone.
         self.seq = int(time.time() * 1000)
@@ -280,6 +284,7 @@ class Monitor:
             live.last_tool_call = watch.last_tool_call
             live.running_cost_usd = self.running_cost(live.session_id, watch.path, grew)
             live.transcript_bytes = watch.size if watch.path else None
+            self.join.read(live, root, table)
             if (
                 grew
                 or live.cpu_percent >= ACTIVE_CPU_PERCENT
@@ -312,6 +317,7 @@ class Monitor:
             del self.activity[session_id]
         for session_id in [s for s in self.running if s not in live_ids]:
             del self.running[session_id]
+        self.join.forget(table, live_ids, {e.sidecar.session_id for e in self.endings})
         self.end_trees(snapshot, table, live_ids, now)
         return gone
 
@@ -482,6 +488,7 @@ class Monitor:
         """Everything the database must learn from this sample; kept for later if it can't."""
         try:
             self.record_completions(now)
+            self.join.tie(snapshot, now, collect=self.cadences)
             self.record_live(snapshot, now)
             for sidecar in gone[:RECORDS_PER_SAMPLE]:
                 self.record_gone_sidecar(sidecar, now)
@@ -593,6 +600,7 @@ class Monitor:
                 ending.ended_at,
                 self.paths,
                 transcript_store.find_live_transcript(ending.sidecar),
+                job_id=self.join.job_of_ended(ending.sidecar.session_id),
             )
             self.on_record[ending.sidecar.session_id] = session.status
             if session.status == ending.status:
