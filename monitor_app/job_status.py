@@ -340,6 +340,7 @@ def status_payload(status: JobStatus) -> dict:
         "html_url": reverse("job", args=[job.pk]),
         "label": job.label,
         "scheduler": job.scheduler,
+        "wrapped": job.wrapped,
         "host": job.host,
         "platform": status.platform,
         "tags": job.tags,

@@ -4,16 +4,19 @@ that started it, read from a /proc tree of real files, and the Job it is tied to
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from crontab import CronTab
+from django.contrib.auth import get_user_model
 
 from jobs_app.collectors.base import job_kind, wrapping_line
 from jobs_app.collectors.cron import jobs_in
 from jobs_app.linking import job_for_origin, match_origin, wrapping_suggestion
 from jobs_app.models import Job
+from sessions_app.models import Session, Status
 from sessions_app.origins import Origin, OriginReader, ci_origin, launchd_origin, parse_cgroup
 from sessions_app.proctree import ProcessEntry, ProcessTable
 
@@ -261,3 +264,38 @@ def test_an_origin_is_tied_to_the_collected_job_else_a_found_one_is_made():
         wrapping_suggestion(entry)
         == 'cd /srv && opsconsole-run --tag nightly-agent -- -p "nightly"'
     )
+
+
+@pytest.mark.django_db
+def test_a_found_job_s_page_offers_the_line_that_wraps_it(client, console_state, settings):
+    settings.OPSCONSOLE_SCHEDULERS = ["none"]
+    client.force_login(get_user_model().objects.create_user("ops"))
+    job = Job.objects.create(
+        scheduler="cron",
+        label="nightly-agent",
+        host=settings.OPSCONSOLE_HOST,
+        command='cd /srv && claude -p "<b>nightly</b>" >>/tmp/n.log',
+        wrapped=False,
+    )
+    Session.objects.create(
+        session_id=uuid.uuid4(),
+        script_tag="unwrapped",
+        status=Status.EXITED,
+        started_at=NOW,
+        ended_at=NOW,
+        host=settings.OPSCONSOLE_HOST,
+        wrapped=False,
+        job=job,
+    )
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="not-wrapped"' in page
+    line = "cd /srv &amp;&amp; opsconsole-run --tag nightly-agent -- -p &quot;&lt;b&gt;nightly&lt;/b&gt;&quot; &gt;&gt;/tmp/n.log"
+    assert f'id="wrap-line" class="mono" readonly size="80" value="{line}"' in page
+    assert 'data-copy="wrap-line"' in page
+    assert "<b>nightly" not in page  # the command is escaped everywhere
+    # Its run found from its processes is on the page and in History's filter.
+    assert page.count("exited") >= 1
+    assert client.get("/api/status").json()["jobs"][0]["wrapped"] is False
+
+    wrapped = Job.objects.create(scheduler="cron", label="w", host="h", tags=["w"], command="x")
+    assert 'id="wrap-hint"' not in client.get(f"/jobs/{wrapped.pk}/").content.decode()
