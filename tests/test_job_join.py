@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from crontab import CronTab
 from django.contrib.auth import get_user_model
+from django.utils.html import escape
 
 from jobs_app.collectors.base import job_kind, wrapping_line
 from jobs_app.collectors.cron import jobs_in
@@ -289,7 +290,10 @@ def test_a_found_job_s_page_offers_the_line_that_wraps_it(client, console_state,
     )
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="not-wrapped"' in page
-    line = "cd /srv &amp;&amp; opsconsole-run --tag nightly-agent -- -p &quot;&lt;b&gt;nightly&lt;/b&gt;&quot; &gt;&gt;/tmp/n.log"
+    line = escape(
+        'cd /srv && opsconsole-run --tag nightly-agent -- -p "<b>nightly</b>" >>/tmp/n.log'
+    )
+    assert "&lt;b&gt;" in line
     assert f'id="wrap-line" class="mono" readonly size="80" value="{line}"' in page
     assert 'data-copy="wrap-line"' in page
     assert "<b>nightly" not in page  # the command is escaped everywhere
