@@ -374,7 +374,10 @@ class Monitor:
                 host=tree.sidecar.host,
                 ended_at=now,
                 members=members,
-                persons_own=not tree.wrapped and not killed,
+                # An unwrapped run its scheduler started is a job's, not a person's.
+                persons_own=not tree.wrapped
+                and not killed
+                and session_id not in self.join.session_jobs,
             )
             self.leftovers[session_id] = leftovers
             self.leftover_writes[session_id] = leftovers.as_record()
@@ -432,10 +435,17 @@ class Monitor:
                 Session.objects.filter(host=self.host)
                 .exclude(leftovers=[])
                 .values_list(
-                    "session_id", "script_tag", "host", "ended_at", "leftovers", "wrapped", "status"
+                    "session_id",
+                    "script_tag",
+                    "host",
+                    "ended_at",
+                    "leftovers",
+                    "wrapped",
+                    "status",
+                    "job_id",
                 )
             )
-            for session_id, tag, host, ended_at, members, wrapped, status in rows:
+            for session_id, tag, host, ended_at, members, wrapped, status, job_id in rows:
                 parsed = leftover_members(members)
                 if parsed:
                     self.leftovers.setdefault(
@@ -446,7 +456,7 @@ class Monitor:
                             host,
                             ended_at or now,
                             parsed,
-                            persons_own=not wrapped and status != Status.KILLED,
+                            persons_own=not wrapped and status != Status.KILLED and not job_id,
                         ),
                     )
         except DatabaseError as exc:

@@ -20,6 +20,7 @@ from jobs_app.collectors.base import CollectedJob, Collection
 from jobs_app.linking import wrapping_suggestion
 from jobs_app.models import Job
 from monitor_app.job_status import collect_and_record, job_statuses, record_collections
+from monitor_app.models import Event, EventKind
 from monitor_app.monitor import Monitor
 from monitor_app.snapshot import Snapshot
 from sessions_app.models import LIVE_STATUSES, Session, Status
@@ -106,6 +107,12 @@ def test_an_unwrapped_claude_run_by_cron_is_tied_to_its_crontab_entry(
         if cron.poll() is None:
             cron.kill()
     assert (row.status, row.wrapped, row.job_id) == (Status.EXITED, False, job.pk)
+    # Its events are the job's: the alert rules (late resolved, channels, mutes) follow.
+    events = Event.objects.filter(session_id=live.session_id)
+    assert {(e.kind, e.job_id) for e in events} == {
+        (EventKind.RUN_STARTED, job.pk),
+        (EventKind.RUN_ENDED, job.pk),
+    }
     status, late = late_badges(job, later)
     assert late == [] and status.last_session == row
 
