@@ -109,7 +109,7 @@ def job_for_origin(
             "command": origin.command or command,
             "scope": origin.scope[:16],
             "state": "found from its runs",
-            "source": origin.describe()[:2000],
+            "source": origin.description[:2000],
             "first_seen_at": now,
         },
     )

@@ -40,7 +40,7 @@ class JobJoin:
         origin = self.reader.origin(table, root)
         if origin is None:
             return
-        live.origin = origin.describe()
+        live.origin = origin.description
         self.origins[live.session_id] = (origin, root)
         live.job_id = self.jobs.get(origin)
         if live.job_id is not None:
@@ -51,7 +51,8 @@ class JobJoin:
         self.reader.forget_exited(table)
         for session_id in [s for s in self.origins if s not in live_ids]:
             del self.origins[session_id]
-        for session_id in [s for s in self.session_jobs if s not in live_ids | ending_ids]:
+        keep = live_ids | ending_ids
+        for session_id in [s for s in self.session_jobs if s not in keep]:
             del self.session_jobs[session_id]
 
     def tie(self, snapshot: Snapshot, now: datetime, *, collect: bool) -> None:

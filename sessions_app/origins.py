@@ -22,6 +22,7 @@ import itertools
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import psutil
@@ -76,7 +77,9 @@ class Origin:
     run_id: str = ""  # ci: this run's id (GITHUB_RUN_ID, CI_JOB_ID, ...)
     detail: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
-    def describe(self) -> str:
+    @cached_property
+    def description(self) -> str:
+        """In words, for a person (computed once: each sample shows it)."""
         if self.scheduler == "cron":
             return f"cron: {self.command or ' '.join(self.argv)}"
         if self.scheduler == "systemd":
