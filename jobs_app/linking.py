@@ -85,6 +85,16 @@ def found_job_label(origin: Origin) -> str:
     return origin.label
 
 
+def makes_a_job(origin: Origin) -> bool:
+    """Whether a run of `origin` with no job on record makes one. A systemd unit does
+    only when it is transient (`systemd-run`: `run-*`): a long-lived service that merely
+    hosts agents deep in its tree (a CI runner, a terminal server) is not their job, and
+    a unit whose ExecStart runs claude is collected already."""
+    if origin.scheduler == "systemd":
+        return origin.label.startswith("run-")
+    return True
+
+
 def job_for_origin(
     host: str,
     origin: Origin,
@@ -93,11 +103,12 @@ def job_for_origin(
     wrapped: bool,
     command: str,
     now: datetime,
-) -> int:
-    """The job `origin` names, made when there is none yet: with its scheduler, marked
-    not wrapped when the run that found it was not (a wrapped one lends its tag)."""
+) -> int | None:
+    """The job `origin` names, made when there is none yet (makes_a_job): with its
+    scheduler, marked not wrapped when the run that found it was not (a wrapped one
+    lends its tag). None: a unit that is no job of ours."""
     found = match_origin(host, origin)
-    if found is not None:
+    if found is not None or not makes_a_job(origin):
         return found
     job, created = Job.objects.get_or_create(
         scheduler=origin.scheduler,

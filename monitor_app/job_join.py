@@ -34,6 +34,7 @@ class JobJoin:
         # session id -> (its origin, its root process), while it is live
         self.origins: dict[str, tuple[Origin, int]] = {}
         self.session_jobs: dict[str, int] = {}  # session id -> job, until its end is on record
+        self.unmatched: set[str] = set()  # live sessions whose origin names no job of ours
 
     def read(self, live: LiveSession, root: int, table: ProcessTable) -> None:
         """The origin of a live session's root process, and its job if already known."""
@@ -51,6 +52,7 @@ class JobJoin:
         self.reader.forget_exited(table)
         for session_id in [s for s in self.origins if s not in live_ids]:
             del self.origins[session_id]
+        self.unmatched &= live_ids
         keep = live_ids | ending_ids
         for session_id in [s for s in self.session_jobs if s not in keep]:
             del self.session_jobs[session_id]
@@ -61,6 +63,8 @@ class JobJoin:
         for live in snapshot.sessions:
             if live.job_id is not None or live.session_id not in self.origins:
                 continue
+            if live.session_id in self.unmatched:
+                continue  # its origin names no job of ours: asked once per run
             sidecar = live.sidecar
             if live.wrapped and job_id_for(sidecar.host, sidecar.script_tag) is not None:
                 continue  # its tag ties it (jobs_app.linking)
@@ -83,6 +87,9 @@ class JobJoin:
                 command=shlex.join(self.reader.argv(root)),
                 now=now,
             )
+            if job_id is None:
+                self.unmatched.add(live.session_id)
+                continue
             self.jobs[origin] = live.job_id = job_id
             self.session_jobs[live.session_id] = job_id
             Session.objects.filter(session_id=live.session_id, job__isnull=True).update(job=job_id)

@@ -261,6 +261,14 @@ def test_an_origin_is_tied_to_the_collected_job_else_a_found_one_is_made():
     )
     assert (found.scheduler, found.scope, found.wrapped) == ("systemd", "user", False)
     assert wrapping_suggestion(found) == "opsconsole-run --tag run-u9 -- -p x"
+    # A long-lived service hosting agents (a CI runner) makes no job; a collected one ties.
+    runner = Origin("systemd", "actions.runner.acme.service", scope="system")
+    kwargs = {"script_tag": "unwrapped", "wrapped": False, "command": "", "now": NOW}
+    assert job_for_origin("h", runner, **kwargs) is None
+    collected = Job.objects.create(
+        scheduler="systemd", label="actions.runner.acme.service", host="h"
+    )
+    assert job_for_origin("h", runner, **kwargs) == collected.pk
     assert (
         wrapping_suggestion(entry)
         == 'cd /srv && opsconsole-run --tag nightly-agent -- -p "nightly"'
