@@ -126,6 +126,8 @@ class Leftovers:
     # What a person's own session (unwrapped, ended normally) left running is theirs: a
     # dev server started from a terminal session is not an orphan to clean up.
     persons_own: bool = False
+    # The job its run was tied to by its processes (monitor_app.job_join), if not by tag.
+    job_id: int | None = None
 
     def as_record(self) -> list[dict]:
         return leftover_record(self.members)
@@ -378,6 +380,7 @@ class Monitor:
                 persons_own=not tree.wrapped
                 and not killed
                 and session_id not in self.join.session_jobs,
+                job_id=self.join.session_jobs.get(session_id),
             )
             self.leftovers[session_id] = leftovers
             self.leftover_writes[session_id] = leftovers.as_record()
@@ -457,6 +460,7 @@ class Monitor:
                             ended_at or now,
                             parsed,
                             persons_own=not wrapped and status != Status.KILLED and not job_id,
+                            job_id=job_id,
                         ),
                     )
         except DatabaseError as exc:
@@ -749,11 +753,10 @@ class Monitor:
         if not due:
             return
         index = job_index()
-        jobs = Job.objects.in_bulk(
-            {index[(i.host, i.script_tag)] for i in due if (i.host, i.script_tag) in index}
-        )
+        job_ids = {i.job_id or index.get((i.host, i.script_tag)) for i in due}
+        jobs = Job.objects.in_bulk(job_ids - {None})
         for item in due:
-            job = jobs.get(index.get((item.host, item.script_tag)))
+            job = jobs.get(item.job_id or index.get((item.host, item.script_tag)))
             allowed = job.kill_leftovers if job else settings.OPSCONSOLE_KILL_LEFTOVERS
             if not allowed or item.persons_own:
                 continue
