@@ -20,6 +20,7 @@ from jobs_app.models import Job
 from sessions_app.models import Session, Status
 from sessions_app.origins import Origin, OriginReader, ci_origin, launchd_origin, parse_cgroup
 from sessions_app.proctree import ProcessEntry, ProcessTable
+from tests.server_fixtures import manage
 
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 
@@ -311,3 +312,40 @@ def test_a_found_job_s_page_offers_the_line_that_wraps_it(client, console_state,
 
     wrapped = Job.objects.create(scheduler="cron", label="w", host="h", tags=["w"], command="x")
     assert 'id="wrap-hint"' not in client.get(f"/jobs/{wrapped.pk}/").content.decode()
+
+
+@pytest.mark.browser
+def test_the_copy_button_copies_the_wrapping_line(browser, console_server):
+    """In a real browser: the job page's Copy button puts the line on the clipboard."""
+    command = 'cd /srv && /opt/bin/claude -p "nightly" >>/tmp/n.log 2>&1'
+    made = manage(
+        console_server.env,
+        "shell",
+        "-c",
+        "from jobs_app.models import Job; "
+        f"print(Job.objects.create(scheduler='cron', label='nightly-agent', host='h', "
+        f"wrapped=False, command={command!r}).pk)",
+    )
+    job_id = int(made.strip().splitlines()[-1])
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    try:
+        tab.goto(console_server.url + "/")
+        tab.fill("#id_username", console_server.username)
+        tab.fill("#id_password", console_server.password)
+        tab.click("button[type=submit]")
+        tab.wait_for_url(console_server.url + "/")
+        tab.goto(f"{console_server.url}/jobs/{job_id}/")
+        expected = (
+            "cd /srv && OPSCONSOLE_CLAUDE_BIN=/opt/bin/claude opsconsole-run --tag nightly-agent"
+            ' -- -p "nightly" >>/tmp/n.log 2>&1'
+        )
+        assert tab.input_value("#wrap-line") == expected
+        tab.click("button[data-copy=wrap-line]")
+        tab.wait_for_function(
+            "document.querySelector('button[data-copy]').textContent === 'Copied'"
+        )
+        assert tab.evaluate("navigator.clipboard.readText()") == expected
+    finally:
+        context.close()
