@@ -43,7 +43,7 @@ class JobJoin:
             return
         live.origin = origin.description
         self.origins[live.session_id] = (origin, root)
-        live.job_id = self.jobs.get(origin)
+        live.job_id = self.session_jobs.get(live.session_id) or self.jobs.get(origin)
         if live.job_id is not None:
             self.session_jobs[live.session_id] = live.job_id
 
@@ -53,6 +53,9 @@ class JobJoin:
         for session_id in [s for s in self.origins if s not in live_ids]:
             del self.origins[session_id]
         self.unmatched &= live_ids
+        if len(self.jobs) > 2 * len(self.origins) + 100:  # each CI run is an origin of its own
+            live = {origin for origin, _ in self.origins.values()}
+            self.jobs = {o: job for o, job in self.jobs.items() if o in live}
         keep = live_ids | ending_ids
         for session_id in [s for s in self.session_jobs if s not in keep]:
             del self.session_jobs[session_id]
@@ -66,8 +69,10 @@ class JobJoin:
             if live.session_id in self.unmatched:
                 continue  # its origin names no job of ours: asked once per run
             sidecar = live.sidecar
-            if live.wrapped and job_id_for(sidecar.host, sidecar.script_tag) is not None:
-                continue  # its tag ties it (jobs_app.linking)
+            by_tag = job_id_for(sidecar.host, sidecar.script_tag) if live.wrapped else None
+            if by_tag is not None:  # its tag ties it (jobs_app.linking): asked once per run
+                live.job_id = self.session_jobs[live.session_id] = by_tag
+                continue
             origin, root = self.origins[live.session_id]
             if (
                 origin.scheduler == "cron"
