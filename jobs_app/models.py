@@ -11,6 +11,8 @@ class Scheduler(models.TextChoices):
     LAUNCHD = "launchd", "launchd"
     SYSTEMD = "systemd", "systemd"
     CRON = "cron", "cron"
+    # A CI job (GitHub Actions, GitLab CI, ...), found from a run's environment.
+    CI = "ci", "CI"
 
 
 # Written by collectors (collect_jobs, the live status read); read-only in the admin.
@@ -31,6 +33,7 @@ COLLECTED_FIELDS = (
     "collector_error",
     "collected_at",
     "present",
+    "wrapped",
 )
 
 
@@ -70,6 +73,11 @@ class Job(models.Model):
     first_seen_at = models.DateTimeField(null=True, blank=True)
     present = models.BooleanField(
         default=True, help_text="seen by the latest collection (gone jobs are kept, not deleted)"
+    )
+    wrapped = models.BooleanField(
+        default=True,
+        help_text="its command runs opsconsole-run (False: it runs claude directly, and was "
+        "found from its runs' processes or its command line)",
     )
 
     # ---- edited by people in the admin

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -140,6 +141,7 @@ def _collected_values(found: CollectedJob, now: datetime) -> dict:
         "scope": found.scope,
         "collector_error": found.error,
         "present": True,
+        "wrapped": found.wrapped,
     }
 
 
@@ -222,16 +224,21 @@ def live_runs_of(job: Job, snapshot: Snapshot, *, record_links: bool | None = No
         # reads the monitor's sample writes nothing.)
         Session.objects.filter(session_id__in=list(found), job__isnull=True).update(job=job)
     for live in snapshot.sessions:
-        if live.sidecar.script_tag in (job.tags or []) and live.sidecar.host == job.host:
+        if live.sidecar.host != job.host:
+            continue
+        # By the wrapper tag, or by the job the process itself names (jobs_app.linking).
+        if live.sidecar.script_tag in (job.tags or []) or live.job_id == job.pk:
             found[live.session_id] = live
     return [run_from_live(live) for live in found.values()]
 
 
 def last_finished_session(job: Job) -> Session | None:
-    if not job.tags:
-        return None
+    """Its runs by tag, and those tied to it from their processes (Session.job)."""
+    runs = Q(job=job)
+    if job.tags:
+        runs |= Q(host=job.host, script_tag__in=job.tags)
     return (
-        Session.objects.filter(host=job.host, script_tag__in=job.tags)
+        Session.objects.filter(runs)
         .exclude(status__in=LIVE_STATUSES)
         .order_by("-started_at")
         .first()
@@ -333,6 +340,7 @@ def status_payload(status: JobStatus) -> dict:
         "html_url": reverse("job", args=[job.pk]),
         "label": job.label,
         "scheduler": job.scheduler,
+        "wrapped": job.wrapped,
         "host": job.host,
         "platform": status.platform,
         "tags": job.tags,

@@ -34,6 +34,7 @@ from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
 from monitor_app.events import EventOutbox, prune_events
+from monitor_app.job_join import JobJoin
 from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
@@ -134,6 +135,8 @@ class Leftovers:
     # What a person's own session (unwrapped, ended normally) left running is theirs: a
     # dev server started from a terminal session is not an orphan to clean up.
     persons_own: bool = False
+    # The job its run was tied to by its processes (monitor_app.job_join), if not by tag.
+    job_id: int | None = None
 
     def as_record(self) -> list[dict]:
         return leftover_record(self.members)
@@ -160,6 +163,7 @@ class Monitor:
         cadences: bool = True,
         steps: Sequence[Step] = (),
         reporting: Callable[[Monitor], Reporting] | None = None,
+        proc_root: str | Path = "/proc",
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -169,6 +173,8 @@ class Monitor:
         self.cadences = cadences
         self.config_dirs = list(config_dirs or settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS)
         self.sampler = Sampler(self.paths, self.config_dirs, settings.OPSCONSOLE_TRUSTED_UIDS)
+        # Each run tied to the scheduler job that started it, from its processes.
+        self.join = JobJoin(self.host, proc_root)
         self.events = EventOutbox(self.host, self.paths.home / "monitor" / "pending-events.json")
         # Milliseconds since the epoch: increases across restarts without asking anyone.
         self.seq = int(time.time() * 1000)
@@ -294,6 +300,7 @@ class Monitor:
             live.last_tool_call = watch.last_tool_call
             live.running_cost_usd = self.running_cost(live.session_id, watch.path, grew)
             live.transcript_bytes = watch.size if watch.path else None
+            self.join.read(live, root, table)
             if (
                 grew
                 or live.cpu_percent >= ACTIVE_CPU_PERCENT
@@ -326,6 +333,7 @@ class Monitor:
             del self.activity[session_id]
         for session_id in [s for s in self.running if s not in live_ids]:
             del self.running[session_id]
+        self.join.forget(table, live_ids, {e.sidecar.session_id for e in self.endings})
         self.end_trees(snapshot, table, live_ids, now)
         return gone
 
@@ -382,7 +390,11 @@ class Monitor:
                 host=tree.sidecar.host,
                 ended_at=now,
                 members=members,
-                persons_own=not tree.wrapped and not killed,
+                # An unwrapped run its scheduler started is a job's, not a person's.
+                persons_own=not tree.wrapped
+                and not killed
+                and session_id not in self.join.session_jobs,
+                job_id=self.join.session_jobs.get(session_id),
             )
             self.leftovers[session_id] = leftovers
             self.leftover_writes[session_id] = leftovers.as_record()
@@ -440,10 +452,17 @@ class Monitor:
                 Session.objects.filter(host=self.host)
                 .exclude(leftovers=[])
                 .values_list(
-                    "session_id", "script_tag", "host", "ended_at", "leftovers", "wrapped", "status"
+                    "session_id",
+                    "script_tag",
+                    "host",
+                    "ended_at",
+                    "leftovers",
+                    "wrapped",
+                    "status",
+                    "job_id",
                 )
             )
-            for session_id, tag, host, ended_at, members, wrapped, status in rows:
+            for session_id, tag, host, ended_at, members, wrapped, status, job_id in rows:
                 parsed = leftover_members(members)
                 if parsed:
                     self.leftovers.setdefault(
@@ -454,7 +473,8 @@ class Monitor:
                             host,
                             ended_at or now,
                             parsed,
-                            persons_own=not wrapped and status != Status.KILLED,
+                            persons_own=not wrapped and status != Status.KILLED and not job_id,
+                            job_id=job_id,
                         ),
                     )
         except DatabaseError as exc:
@@ -496,6 +516,7 @@ class Monitor:
         """Everything the database must learn from this sample; kept for later if it can't."""
         try:
             self.record_completions(now)
+            self.join.tie(snapshot, now, collect=self.cadences)
             self.record_live(snapshot, now)
             for sidecar in gone[:RECORDS_PER_SAMPLE]:
                 self.record_gone_sidecar(sidecar, now)
@@ -607,6 +628,7 @@ class Monitor:
                 ending.ended_at,
                 self.paths,
                 transcript_store.find_live_transcript(ending.sidecar),
+                job_id=self.join.job_of_ended(ending.sidecar.session_id),
             )
             self.on_record[ending.sidecar.session_id] = session.status
             if session.status == ending.status:
@@ -796,11 +818,10 @@ class Monitor:
         if not due:
             return
         index = job_index()
-        jobs = Job.objects.in_bulk(
-            {index[(i.host, i.script_tag)] for i in due if (i.host, i.script_tag) in index}
-        )
+        job_ids = {i.job_id or index.get((i.host, i.script_tag)) for i in due}
+        jobs = Job.objects.in_bulk(job_ids - {None})
         for item in due:
-            job = jobs.get(index.get((item.host, item.script_tag)))
+            job = jobs.get(item.job_id or index.get((item.host, item.script_tag)))
             allowed = job.kill_leftovers if job else settings.OPSCONSOLE_KILL_LEFTOVERS
             if not allowed or item.persons_own:
                 continue

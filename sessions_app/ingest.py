@@ -190,6 +190,8 @@ def record_completion(record: SpoolRecord) -> Session:
     }
     if record.claude_pid is not None:  # older records name none: keep what the sidecar said
         values["claude_pid"] = record.claude_pid
+    if values["job_id"] is None:
+        del values["job_id"]  # keep a link the run's processes made (monitor_app.job_join)
     false_success = false_success_reason(record)
     if false_success:
         values.update(status=Status.FALSE_SUCCESS, error=record.error or false_success)
@@ -268,6 +270,8 @@ def record_live(sessions: list) -> dict[str, str]:
             values = sidecar_values(sidecar, status)
             if not live.wrapped:
                 values.update(wrapped=False, recorded_from="registry")
+            if values["job_id"] is None:
+                values["job_id"] = getattr(live, "job_id", None)  # tied by its processes
             new_rows.append(Session(session_id=sidecar.session_id, **values))
             known[sidecar.session_id] = status
         elif current != status and current in (*LIVE_STATUSES, Status.UNKNOWN):
@@ -281,7 +285,12 @@ def record_live(sessions: list) -> dict[str, str]:
 
 
 def record_unwrapped_end(
-    sidecar: Sidecar, status: str, ended_at: datetime, paths: StatePaths, transcript: Path | None
+    sidecar: Sidecar,
+    status: str,
+    ended_at: datetime,
+    paths: StatePaths,
+    transcript: Path | None,
+    job_id: int | None = None,
 ) -> Session:
     """An unwrapped session is gone: "exited" when Claude Code removed its registry file
     (a normal exit), "killed" when the file was left behind. Its transcript is archived."""
@@ -300,6 +309,7 @@ def record_unwrapped_end(
         error=error,
         now=ended_at,
         wrapped=False,
+        job_id=job_id,
     )
 
 
@@ -314,6 +324,7 @@ def record_vanished(
     "(killed, crashed, or the host went down).",
     now: datetime | None = None,
     wrapped: bool = True,
+    job_id: int | None = None,
 ) -> Session:
     """A session whose wrapper and agent are both gone, with no completion record: killed,
     unless the wrapper wrote into its sidecar how the run ended.
@@ -340,6 +351,7 @@ def record_vanished(
     )
     if not wrapped:
         values.update(wrapped=False, recorded_from="registry")
+    values["job_id"] = values["job_id"] or job_id  # by its tag, else by its processes
     if sidecar.end_reason in END_REASON_STATUS and sidecar.ended_at:
         # The wrapper saw the run end but could not write its completion record (disk
         # full): it left its outcome in the sidecar. Not killed.
@@ -362,6 +374,8 @@ def record_vanished(
                 values.pop("end_reason")  # keep the reason it was stopped for
                 values["status"] = Status.KILLED
                 values["error"] = f"Stopped by {session.stopped_by} ({session.end_reason})."
+            if values["job_id"] is None:
+                del values["job_id"]  # keep the link made while it was live
             for name, value in values.items():
                 setattr(session, name, value)
             session.save()

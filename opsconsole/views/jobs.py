@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from jobs_app.linking import wrapping_suggestion
 from jobs_app.models import Job
 from jobs_app.runs import recent_runs
 from monitor_app.job_controls import ControlError, perform
@@ -86,6 +87,7 @@ def job_page(request, pk: int):
             **requests_for_job(job),
             "console_host": settings.OPSCONSOLE_HOST,
             "can_act": request.user.is_staff,
+            "wrap_line": wrapping_suggestion(job),
         },
     )
 
