@@ -43,7 +43,7 @@ from monitor_app.models import JOB_ACTION_KINDS
 from monitor_app.monitor import Cadence, Leftovers, Monitor
 from monitor_app.snapshot import Snapshot
 from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
-from sessions_app import transcript_store
+from sessions_app import output_checks, transcript_store
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
 from wrapper.formats import (
@@ -89,6 +89,9 @@ class ReportState:
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
         self.transcripts_paused_until: datetime | None = None
+        # session id -> its output checks' verdict, judged here once (the files are here)
+        # and sent with its completion record until the console acknowledges it.
+        self.verdicts: dict[str, dict | None] = {}
 
     # ------------------------------------------------------------------ noting
 
@@ -316,7 +319,7 @@ class ReportState:
         completions, rejected_here = [], 0
         for path in pending_spool_files(paths)[:MAX_COMPLETIONS_PER_REPORT]:
             try:
-                completions.append(asdict(read_spool_record(path)))
+                completions.append(asdict(self.judged(read_spool_record(path))))
             except FormatError as exc:
                 log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path, exc)
                 _move_aside(path, paths.spool / "rejected")
@@ -373,6 +376,18 @@ class ReportState:
             "audits": audits,
         }
 
+    def judged(self, record):
+        """The record with its job's output checks judged on this host, where its files
+        are: the checks come with the console's rules (host_policy), so a run that ends
+        before the first answer is judged once that answer is in."""
+        if self.policy is None:
+            return record
+        if record.session_id not in self.verdicts:
+            checks = self.rule_for(record.script_tag).get("checks") or {}
+            self.verdicts[record.session_id] = output_checks.judge(checks, record)
+        record.output_check = self.verdicts[record.session_id]
+        return record
+
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
         monitor = self.monitor
         payload = self.payload(snapshot, now)
@@ -407,6 +422,7 @@ class ReportState:
             if session_id in recorded:
                 day = record["started_at"][:10] if record["started_at"][:4].isdigit() else "x"
                 _move_aside(paths.spool_path(session_id), paths.spool / "ingested" / day)
+                self.verdicts.pop(session_id, None)
         refused = refused_items(ack)
         for session_id in set(ack.get("rejected") or []) | refused["completion"]:
             spool_file = paths.spool_path(str(session_id))
