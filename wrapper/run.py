@@ -208,19 +208,21 @@ class Wrapper:
         except (UnsafeDirectory, OSError) as exc:
             say(f"could not open the overlap lock ({exc}); judging by sidecars alone")
             fd = None
+        held = False
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                os.close(fd)
-                return f"another run of {self.options.tag} holds its turn"
+                held = True
         tag = self.options.tag
         others = [s for s in live_sidecars(self.paths, tag=tag) if s.wrapper_pid != self.pid]
-        if others:
+        if others or held:
             if fd is not None:
-                os.close(fd)  # closing drops the lock
+                os.close(fd)  # closing drops the lock, if it was ours
+            if not others:
+                return f"another run of {tag} holds its turn (it is starting or queued)"
             return (
-                f"the previous run of {self.options.tag} is live "
+                f"the previous run of {tag} is live "
                 f"(wrapper pid {others[0].wrapper_pid}, session {others[0].session_id})"
             )
         self.turn_fd = fd
