@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -262,3 +263,50 @@ def test_a_reporting_hosts_verdict_reaches_the_console_with_its_record(host_a, t
         SpoolRecord.from_dict({**asdict(record), "output_check": {"verdict": "maybe"}})
     with pytest.raises(FormatError):
         SpoolRecord.from_dict({**asdict(record), "output_check": {"verdict": "x" * 600}})
+
+
+# ----------------------------------------------------------------------------- the real CLI
+
+REAL_STREAM = ("--output-format", "stream-json", "--verbose", "--allowedTools", "Bash")
+
+
+@pytest.mark.real_cli
+@pytest.mark.django_db(transaction=True)
+def test_with_the_real_cli_a_run_that_wrote_no_report_fails_its_check_and_a_fixed_one_recovers(
+    console_state, real_claude, checked_job
+):
+    def run() -> int:
+        return subprocess.run(
+            wrapper_command("nightly", "-p", "write the nightly report", *REAL_STREAM),
+            env=console_state.env,
+            cwd=console_state.workdir,
+            capture_output=True,
+            timeout=180,
+        ).returncode
+
+    monitor = Monitor(paths=console_state.paths, steps=(alert_round,), publish=False)
+    real_claude.script("nightly report", {"kind": "text", "text": "Report done."})
+    assert run() == 0  # exit 0, and no file written
+    monitor.tick()
+    failed = Session.objects.get(job=checked_job)
+    assert failed.status == Status.CHECK_FAILED, failed.error
+    assert failed.end_details["output_check"]["check"] == "files_changed"
+    assert Alert.objects.filter(phase=Alert.Phase.OPENED).count() == 1
+
+    real_claude.rules.clear()
+    real_claude.script(
+        "nightly report",
+        {
+            "kind": "bash",
+            "command": "mkdir -p reports && echo ok > reports/today.md",
+            "text": "Report written.",
+        },
+    )
+    assert run() == 0
+    monitor.tick()
+    fixed = Session.objects.filter(job=checked_job).latest("started_at")
+    assert fixed.status == Status.SUCCEEDED, (fixed.error, fixed.end_details)
+    assert (console_state.workdir / "reports" / "today.md").exists()
+    assert output_checks.count_tool_calls(Path(fixed.archive_path)) == 1
+    assert Alert.objects.filter(phase=Alert.Phase.OPENED).count() == 1
+    assert Alert.objects.filter(phase=Alert.Phase.RESOLVED).count() == 1
