@@ -425,6 +425,7 @@ class ReportState:
                 self.verdicts.pop(session_id, None)
         refused = refused_items(ack)
         for session_id in set(ack.get("rejected") or []) | refused["completion"]:
+            self.verdicts.pop(str(session_id), None)
             spool_file = paths.spool_path(str(session_id))
             if spool_file.exists():
                 _move_aside(spool_file, paths.spool / "rejected")

@@ -106,8 +106,8 @@ def ingest_spool_file(path: Path, paths: StatePaths, result: IngestResult) -> bo
         _quarantine(path, paths, result, str(exc))
         return False
     try:
+        judge_here(record)  # before the savepoint: a git log may take seconds
         with transaction.atomic():  # a savepoint: a failed row leaves the connection usable
-            judge_here(record)
             session = record_completion(record)
     except DATABASE_AWAY:
         raise  # the database is down, not this record: keep it for the next pass

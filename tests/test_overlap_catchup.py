@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 
 from jobs_app.models import AuditEntry, CatchUp, Job
 from monitor_app.catchup import CATCH_UP_ACTOR, JobFacts, catchup_round, decide
@@ -68,7 +69,7 @@ def nightly(console_state):
 
 @pytest.mark.parametrize("first_policy", ["skip", "allow"])
 def test_with_overlap_skip_a_fire_during_a_live_run_is_overlap_skip(
-    console_state, fake_claude, nightly, first_policy
+    console_state, fake_claude, nightly, first_policy, client
 ):
     # The live run may have been started under any policy: its sidecar says it is live.
     first = wrapped(console_state, first_policy, "sleep:30", wait=False)
@@ -98,6 +99,12 @@ def test_with_overlap_skip_a_fire_during_a_live_run_is_overlap_skip(
         first.wait(timeout=30)
     # The previous run is over: the next fire runs.
     assert wrapped(console_state, "skip").returncode == 0
+    nightly.command = "opsconsole-run --tag nightly --overlap skip -- -p x"
+    nightly.save()
+    client.force_login(get_user_model().objects.create_superuser("admin", password="pw"))
+    page = client.get(f"/jobs/{nightly.pk}/").content.decode()
+    assert 'id="overlap-policy"><span class="mono">skip</span>' in page
+    assert "badge--overlap_skip" in page and "overlap-policy" in page
 
 
 def test_with_overlap_queue_a_fire_waits_for_the_live_run_then_runs(console_state, fake_claude):
@@ -190,7 +197,7 @@ def test_catch_up_all_missed_one_run_per_miss_within_the_window():
 
 
 def test_a_stamp_skips_two_fires_then_after_its_reset_the_job_runs_exactly_once(
-    console_state, fake_claude, tools, settings
+    console_state, fake_claude, tools, settings, client
 ):
     settings.OPSCONSOLE_CATCHUP_SECONDS = 0
     settings.OPSCONSOLE_RUN_NOW_WAIT_SECONDS = 30
@@ -255,3 +262,8 @@ def test_a_stamp_skips_two_fires_then_after_its_reset_the_job_runs_exactly_once(
     latest_miss = Session.objects.filter(job=job, status=Status.QUOTA_SKIP).latest("started_at")
     assert job.caught_up_through == latest_miss.started_at
     assert Event.objects.filter(kind=EventKind.CATCH_UP).count() == 1
+    # The job page shows the policy and what it did.
+    client.force_login(get_user_model().objects.create_superuser("admin", password="pw"))
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="catchup-policy"><span class="mono">once</span>' in page
+    assert "catch-up run" in page and audit.detail["session_id"][:8] in page
