@@ -92,6 +92,10 @@ class ReportState:
         # session id -> its output checks' verdict, judged here once (the files are here)
         # and sent with its completion record until the console acknowledges it.
         self.verdicts: dict[str, dict | None] = {}
+        # tag -> its job's output checks, from the console's latest answer; kept on disk
+        # so a restarted monitor judges its backlog before that answer comes.
+        self.checks_file = monitor.paths.home / "monitor" / "output-checks.json"
+        self.checks: dict[str, dict] | None = self.load_checks()
 
     # ------------------------------------------------------------------ noting
 
@@ -378,15 +382,41 @@ class ReportState:
 
     def judged(self, record):
         """The record with its job's output checks judged on this host, where its files
-        are: the checks come with the console's rules (host_policy), so a run that ends
-        before the first answer is judged once that answer is in."""
-        if self.policy is None:
+        are. The checks come with the console's rules (host_policy) and are kept on disk:
+        only a host that never had an answer sends its first runs unjudged."""
+        if self.checks is None:
             return record
         if record.session_id not in self.verdicts:
-            checks = self.rule_for(record.script_tag).get("checks") or {}
+            checks = self.checks.get(record.script_tag) or {}
             self.verdicts[record.session_id] = output_checks.judge(checks, record)
         record.output_check = self.verdicts[record.session_id]
         return record
+
+    def load_checks(self) -> dict[str, dict] | None:
+        try:
+            checks = json.loads(self.checks_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("output checks in %s unreadable (%s)", self.checks_file, exc)
+            return None
+        return checks if isinstance(checks, dict) else None
+
+    def keep_checks(self, policy: dict) -> None:
+        tags = policy.get("tags") if isinstance(policy.get("tags"), dict) else {}
+        checks = {
+            str(tag): rule["checks"]
+            for tag, rule in tags.items()
+            if isinstance(rule, dict) and isinstance(rule.get("checks"), dict) and rule["checks"]
+        }
+        if checks == self.checks:
+            return
+        self.checks = checks
+        try:
+            ensure_private_dir(self.checks_file.parent)
+            write_json_atomic(self.checks_file, checks)
+        except OSError as exc:  # UnsafeDirectory too: judged from memory until a restart
+            log.warning("could not keep the output checks in %s: %s", self.checks_file, exc)
 
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
         monitor = self.monitor
@@ -407,6 +437,7 @@ class ReportState:
         self.acknowledged(payload, answer.get("ack") or {}, now)
         if isinstance(answer.get("policy"), dict):
             self.policy = answer["policy"]
+            self.keep_checks(self.policy)
         live_ids = {s.session_id for s in snapshot.sessions}
         self.stopping &= live_ids
         for action in answer.get("actions") or []:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from alerts_app.engine import alert_round
 from alerts_app.models import Alert, Incident
 from fleet.console import host_policy
+from fleet.reporting import reporting_monitor
 from jobs_app.models import AuditEntry, Job
 from monitor_app.models import Event, EventKind
 from monitor_app.monitor import Monitor
@@ -32,6 +33,7 @@ from wrapper.formats import (
     SpoolRecord,
     host_name,
     new_session_id,
+    read_spool_record,
     write_json_atomic,
 )
 
@@ -246,12 +248,16 @@ def test_a_reporting_hosts_verdict_reaches_the_console_with_its_record(host_a, t
     checks = host_policy("host-a")["tags"]["nightly"]["checks"]
     assert checks == {"files_changed": "reports", "max_cost_usd": "1.500000"}
     report_once(host_a)  # the first answer brings them
-    # ...the host judges them where the files are, and its record carries the verdict.
-    paths = host_a.paths
+    # ...the host judges them where the files are, and its record carries the verdict;
+    # a restarted monitor too, before the console has answered it (they are on disk).
+    restarted = reporting_monitor(host_a.reporting.reporter, host="host-a", interval=1.0)
+    paths = restarted.paths
     record = a_record(tmp_path, datetime.now(UTC), host="host-a")
     paths.spool.mkdir(parents=True, exist_ok=True)
     write_json_atomic(paths.spool_path(record.session_id), asdict(record))
-    report_once(host_a)
+    judged = restarted.reporting.judged(read_spool_record(paths.spool_path(record.session_id)))
+    assert judged.output_check["check"] == "files_changed"
+    report_once(restarted)
     session = Session.objects.get(session_id=record.session_id)
     assert (session.status, session.host, session.job) == (Status.CHECK_FAILED, "host-a", job)
     assert session.end_details["output_check"]["check"] == "files_changed"
