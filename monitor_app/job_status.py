@@ -24,7 +24,7 @@ from monitor_app.runs import Run, run_from_live
 from monitor_app.snapshot import Snapshot
 from sessions_app.models import LIVE_STATUSES, Session
 from sessions_app.outcome import outcome_of
-from wrapper.formats import EXIT_QUOTA_SKIP
+from wrapper.formats import EXIT_OVERLAP_SKIP, EXIT_QUOTA_SKIP
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,8 @@ def outcome_badges(job: Job, last: Session | None) -> list[Badge]:
         return []
     if status == EXIT_QUOTA_SKIP:
         return [Badge("quota_skip", "quota skip")]  # a skip, never a failure
+    if status == EXIT_OVERLAP_SKIP:
+        return [Badge("overlap_skip", "overlap skip")]  # the previous run was still live
     if status < 0:
         return [Badge("killed", f"killed (signal {-status})")]
     if status > 0:

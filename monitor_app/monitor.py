@@ -208,6 +208,8 @@ class Monitor:
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
         # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
         self.steps = tuple(steps)
+        # What a step keeps from one round to the next (its cadence...), by step name.
+        self.step_state: dict[str, object] = {}
         # Report mode (fleet.reporting): no database here; history goes to the console
         # with each sample and leaves this host once acknowledged.
         self.reporting = None
