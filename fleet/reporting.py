@@ -35,6 +35,7 @@ from fleet.report import (
     Reporter,
     ReportError,
 )
+from fleet.telemetry_outbox import TelemetryOutbox
 from jobs_app.collectors import collect_all
 from jobs_app.models import Job
 from monitor_app import published
@@ -43,6 +44,7 @@ from monitor_app.models import JOB_ACTION_KINDS
 from monitor_app.monitor import Cadence, Leftovers, Monitor
 from monitor_app.snapshot import Snapshot
 from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
+from monitor_app.telemetry_receiver import Drained
 from sessions_app import transcript_store
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
@@ -89,6 +91,8 @@ class ReportState:
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
         self.transcripts_paused_until: datetime | None = None
+        # Claude Code's telemetry of this host's runs (the receiver's), until acknowledged.
+        self.telemetry = TelemetryOutbox(monitor.paths.home / "monitor" / "telemetry-outbox.json")
 
     # ------------------------------------------------------------------ noting
 
@@ -114,6 +118,13 @@ class ReportState:
             if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
                 self.watchdog(snapshot, now)
             self.leftover_rule(now)
+
+    def note_telemetry(self, drained: Drained) -> None:
+        """What the receiver took since the last sample: it goes with the reports."""
+        dropped = self.telemetry.add(drained)
+        if self.monitor.telemetry is not None:
+            for kind, n in dropped.items():
+                self.monitor.telemetry.count(f"dropped: {kind} waiting for the console", n)
 
     def rule_for(self, tag: str) -> dict:
         return (self.policy or {}).get("tags", {}).get(tag, {})
@@ -339,6 +350,7 @@ class ReportState:
         with self.results_lock:
             results = list(self.results)
             audits = list(self.audits)
+        rollups, spans = self.telemetry.batch()
         return {
             "format": REPORT_FORMAT,
             "host": monitor.host,
@@ -371,6 +383,8 @@ class ReportState:
             "jobs": self.jobs,
             "stops": list(self.stops),
             "audits": audits,
+            "telemetry_rollups": rollups,
+            "telemetry_spans": spans,
         }
 
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
@@ -384,6 +398,7 @@ class ReportState:
             self.last_error = exc
             snapshot.database_error = f"console: {exc}"
             monitor.events.save()
+            self.telemetry.save(now)
             return False
         if self.last_error is not None:
             log.info("console reachable again: pending history sent")
@@ -451,6 +466,9 @@ class ReportState:
                     done = True
                 if done:  # ended and all of it shipped
                     del self.transcripts[session_id]
+        self.telemetry.acknowledged(
+            payload["telemetry_rollups"], payload["telemetry_spans"], ack.get("telemetry")
+        )
         done = {r["id"] for r in payload["action_results"]}
         with self.results_lock:
             self.results = [r for r in self.results if r["id"] not in done]
@@ -554,6 +572,7 @@ class ReportState:
         for thread in self.threads:
             thread.join(timeout=settings.OPSCONSOLE_STOP_GRACE_SECONDS + 5)
         self.monitor.events.save()
+        self.telemetry.save()
 
 
 def refused_items(ack: dict) -> dict[str, set[str]]:

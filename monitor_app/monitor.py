@@ -40,6 +40,7 @@ from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from monitor_app.stopping import kill_leftover_processes
 from monitor_app.telemetry_receiver import (
+    Drained,
     Inbox,
     Receiver,
     keep_rollups,
@@ -69,6 +70,9 @@ ACTIVE_CPU_PERCENT = 1.0
 # was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
+# The receiver's rollups are written down when they change, and this often at least (to
+# let go of those of runs that ended).
+KEEP_ROLLUPS_EVERY = timedelta(minutes=1)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -106,6 +110,7 @@ class Reporting(Protocol):
 
     def note(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None: ...
     def report(self, snapshot: Snapshot, now: datetime) -> bool: ...
+    def note_telemetry(self, drained: Drained) -> None: ...
     def stopped(self) -> None: ...
 
 
@@ -190,6 +195,7 @@ class Monitor:
         self.collecting = Cadence()
         self.watching = Cadence()
         self.pruning = Cadence()
+        self.keeping = Cadence()
         self.database_ok = True
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
@@ -222,6 +228,7 @@ class Monitor:
         self.check_quota(snapshot, now)
         if self.reporting is not None:
             self.reporting.note(snapshot, gone, now)
+            self.record_telemetry(snapshot, now)
         else:
             self.sync(snapshot, gone, now)
             self.record_telemetry(snapshot, now)
@@ -693,11 +700,14 @@ class Monitor:
             self.receiver = None
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
-        """What the receiver took since the last sample, on record: rollups and spans."""
+        """What the receiver took since the last sample, on record: rollups and spans (in
+        report mode, handed to the reports, which carry them to the console)."""
         if self.telemetry is None:
             return
         drained = self.telemetry.drain()
-        if self.database_ok and (drained.rollups or drained.spans):
+        if self.reporting is not None:
+            self.reporting.note_telemetry(drained)
+        elif self.database_ok and (drained.rollups or drained.spans):
             try:
                 written = write_rollups(drained.rollups, self.host)
                 write_spans(drained.spans, self.host)
@@ -709,7 +719,7 @@ class Monitor:
                 close_old_connections()
         elif drained.rollups or drained.spans:
             self.telemetry.put_back(drained)
-        if drained.rollups or self.pruning.last is None:
+        if drained.rollups or self.keeping.due(now, KEEP_ROLLUPS_EVERY.total_seconds()):
             keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
