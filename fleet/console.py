@@ -115,12 +115,12 @@ def owners_elsewhere(ids: set[str], host: str) -> dict[str, str]:
 
 def telemetry_owners_elsewhere(parsed: Parsed, host: str) -> dict[str, str]:
     """Sessions whose telemetry another host put on record, and traces another host's
-    spans are in: a run's telemetry, like the run, is its host's alone."""
+    telemetry is in (for the spans of no session): a run's telemetry, like the run, is
+    its host's alone."""
     ids = {r.session_id for r in parsed.rollups} | {
         s["session_id"] for s in parsed.spans if s["session_id"]
     }
-    traces = {s["trace_id"] for s in parsed.spans} | {r.trace_id for r in parsed.rollups}
-    traces.discard("")
+    traces = {s["trace_id"] for s in parsed.spans if not s["session_id"]}
     owners: dict[str, str] = {}
     if ids:
         rows = RunTelemetry.objects.filter(session_id__in=list(ids)).exclude(host=host)

@@ -179,8 +179,10 @@ class Parsed:
             ]
 
     def drop_telemetry(self, owners: dict[str, str]) -> None:
-        """Refuse each rollup and span naming a session, or a span in a trace, that
-        another host owns (`owners`: session id or trace id -> that host); only those."""
+        """Refuse each rollup and span naming a session another host owns, and each span
+        of no session (a wrapper's fire) in a trace another host's telemetry is in
+        (`owners`: session id or trace id -> that host); only those. A run's own spans
+        may share a trace with another host's (a caller's TRACEPARENT across hosts)."""
         if not owners:
             return
 
@@ -196,12 +198,12 @@ class Parsed:
         self.rollups = [
             r
             for r in self.rollups
-            if not foreign("telemetry_rollup", (r.session_id, r.trace_id), asdict(r), r.session_id)
+            if not foreign("telemetry_rollup", (r.session_id,), asdict(r), r.session_id)
         ]
         self.spans = [
             s
             for s in self.spans
-            if not foreign("telemetry_span", (s["session_id"], s["trace_id"]), s, span_key(s))
+            if not foreign("telemetry_span", (s["session_id"] or s["trace_id"],), s, span_key(s))
         ]
 
 

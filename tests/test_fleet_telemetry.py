@@ -344,40 +344,43 @@ def test_a_forged_rollup_or_span_of_another_host_s_session_is_refused_alone(cons
         )
     )
     mine, my_trace = new_session_id(), trace()
-    forged = [
-        rollup_of(theirs["session_id"]),
-        rollup_of(their_telemetry),
-        rollup_of(new_session_id(), trace_id=their_trace),
-    ]
+    # A run of mine in a trace host-b's runs are in too (a caller's TRACEPARENT).
+    shared = new_session_id()
     answer = a.taken(
         report_of(
             "host-a",
             1,
-            telemetry_rollups=[*forged, rollup_of(mine, trace_id=my_trace)],
+            telemetry_rollups=[
+                rollup_of(theirs["session_id"]),
+                rollup_of(their_telemetry),
+                rollup_of(mine, trace_id=my_trace),
+                rollup_of(shared, trace_id=their_trace),
+            ],
             telemetry_spans=[
                 span_of(theirs["session_id"], trace()),
-                span_of(None, their_trace),  # the wrapper's span of a fire of host-b's
+                span_of(None, their_trace),  # a wrapper's span of host-b's fire
                 span_of(mine, my_trace),
+                span_of(shared, their_trace),
             ],
         )
     )
     refused = answer["ack"]["refused"]
     assert {r["kind"] for r in refused} == {"telemetry_rollup", "telemetry_span"}
-    assert len(refused) == 5 and {r["status"] for r in refused} == {409}
+    assert len(refused) == 4 and {r["status"] for r in refused} == {409}
     assert "on record for host 'host-b'" in refusals(answer)[theirs["session_id"]]["reason"]
-    assert answer["ack"]["telemetry"] == {"telemetry_rollups": 4, "telemetry_spans": 3}
+    assert answer["ack"]["telemetry"] == {"telemetry_rollups": 4, "telemetry_spans": 4}
     # Only mine is taken; host-b's telemetry is as host-b sent it.
-    assert set(RunTelemetry.objects.filter(host="host-a").values_list("session_id", flat=True)) == {
-        uuid.UUID(mine)
-    }
+    taken = set(RunTelemetry.objects.filter(host="host-a").values_list("session_id", flat=True))
+    assert taken == {uuid.UUID(mine), uuid.UUID(shared)}
     assert RunTelemetry.objects.get(session_id=their_telemetry).host == "host-b"
     assert not RunTelemetry.objects.filter(session_id=theirs["session_id"]).exists()
     assert Session.objects.get(session_id=theirs["session_id"]).cost_telemetry_usd is None
-    assert set(TelemetrySpan.objects.values_list("trace_id", "host")) == {
-        (their_trace, "host-b"),
-        (my_trace, "host-a"),
+    assert set(TelemetrySpan.objects.values_list("trace_id", "host", "session_id")) == {
+        (their_trace, "host-b", None),
+        (my_trace, "host-a", uuid.UUID(mine)),
+        (their_trace, "host-a", uuid.UUID(shared)),
     }
-    assert RefusedItem.objects.filter(host="host-a").count() == 5
+    assert RefusedItem.objects.filter(host="host-a").count() == 4
 
 
 def deep(n: int) -> object:
