@@ -350,7 +350,7 @@ class ReportState:
         with self.results_lock:
             results = list(self.results)
             audits = list(self.audits)
-        rollups, spans = self.telemetry.batch()
+        rollups, spans = self.telemetry.batch(now, {s.session_id for s in snapshot.sessions})
         return {
             "format": REPORT_FORMAT,
             "host": monitor.host,
@@ -467,7 +467,7 @@ class ReportState:
                 if done:  # ended and all of it shipped
                     del self.transcripts[session_id]
         self.telemetry.acknowledged(
-            payload["telemetry_rollups"], payload["telemetry_spans"], ack.get("telemetry")
+            payload["telemetry_rollups"], payload["telemetry_spans"], ack.get("telemetry"), now
         )
         done = {r["id"] for r in payload["action_results"]}
         with self.results_lock:

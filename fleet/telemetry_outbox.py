@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 BACKLOG_ROLLUPS = 5_000  # sessions (the receiver's inbox keeps as many)
 BACKLOG_SPANS = 50_000
 SAVE_EVERY_SECONDS = 60
+# A live run's rollup changes every sample: it goes at most this often (the latest one
+# then), and at once when the run is no longer live.
+LIVE_ROLLUP_EVERY_SECONDS = 10
 
 
 def size_of(item: dict[str, Any]) -> int:
@@ -53,6 +56,7 @@ class TelemetryOutbox:
         self.rollups: dict[str, tuple[dict[str, Any], int]] = {}
         self.spans: deque[tuple[dict[str, Any], int]] = deque()
         self.dropped: Counter[str] = Counter()
+        self.sent: dict[str, datetime] = {}  # session id -> when its rollup last went
         self.changed = False  # since the file was last written
         self.saving = Cadence()
         self.load()
@@ -64,7 +68,7 @@ class TelemetryOutbox:
         """What the receiver took since the last sample; what did not fit, by kind."""
         dropped: Counter[str] = Counter()
         for rollup in drained.rollups:
-            data = rollup.to_dict()
+            data = dict(vars(rollup))  # the drain's own copy: no need to copy it again
             known = self.rollups.pop(rollup.session_id, None) is not None
             if not known and len(self.rollups) >= BACKLOG_ROLLUPS:
                 dropped["rollups"] += 1
@@ -81,11 +85,19 @@ class TelemetryOutbox:
             self.dropped.update(dropped)
         return dict(dropped)
 
-    def batch(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The rollups and spans the next report carries: oldest first, bounded."""
+    def batch(
+        self, now: datetime, live: set[str]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The rollups and spans the next report carries: oldest first, bounded; a rollup
+        of a `live` run sent less than LIVE_ROLLUP_EVERY_SECONDS ago waits."""
+        for session_id, at in list(self.sent.items()):
+            if abs((now - at).total_seconds()) >= LIVE_ROLLUP_EVERY_SECONDS:
+                del self.sent[session_id]
         budget = MAX_TELEMETRY_BYTES_PER_REPORT
         rollups, spans = [], []
-        for data, size in self.rollups.values():
+        for session_id, (data, size) in self.rollups.items():
+            if session_id in live and session_id in self.sent:
+                continue
             if len(rollups) >= MAX_ROLLUPS_PER_REPORT or (size > budget and rollups):
                 break
             rollups.append(data)
@@ -97,13 +109,16 @@ class TelemetryOutbox:
             budget -= size
         return rollups, spans
 
-    def acknowledged(self, rollups: list[dict], spans: list[dict], read: object) -> None:
+    def acknowledged(
+        self, rollups: list[dict], spans: list[dict], read: object, now: datetime
+    ) -> None:
         """The console read the first `read[name]` items of each kind sent (taken or
         refused for good): those leave; a rollup replaced since it was sent stays."""
         if not isinstance(read, dict):
             return  # a console that does not take telemetry: everything waits
         rollups_read = _count(read.get("telemetry_rollups"), len(rollups))
         for data in rollups[:rollups_read]:
+            self.sent[data["session_id"]] = now
             kept = self.rollups.get(data["session_id"])
             if kept is not None and kept[0] is data:
                 del self.rollups[data["session_id"]]

@@ -17,7 +17,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
@@ -31,9 +31,15 @@ from monitor_app.models import RefusedItem
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
 from sessions_app.telemetry import Rollup
 from tests.conftest import PYTHON, REPO_ROOT
-from tests.live_helpers import wait_until
+from tests.live_helpers import start_fake_run, wait_until
 from tests.server_fixtures import manage
-from tests.test_fleet import client_transport, host_a, report_once, spool_record  # noqa: F401
+from tests.test_fleet import (  # noqa: F401 - host_a: the fixture
+    client_transport,
+    host_a,
+    host_a_state,
+    report_once,
+    spool_record,
+)
 from tests.test_hardening_reports import Host, completion, refusals, report_of
 from wrapper.formats import StatePaths, new_session_id
 from wrapper.telemetry import read_receiver_address
@@ -288,7 +294,7 @@ def test_a_backlog_goes_a_bounded_batch_per_report_and_drops_beyond_are_counted(
     assert monitor.telemetry.figures()["dropped: spans waiting for the console"] == 400
 
     reporter.token = token
-    rollups, spans = waiting.batch()
+    rollups, spans = waiting.batch(datetime.now(UTC), set())
     assert (len(rollups), len(spans)) == (MAX_ROLLUPS_PER_REPORT, MAX_SPANS_PER_REPORT)
     reports = 0
     while len(waiting) and reports < 10:
@@ -297,6 +303,35 @@ def test_a_backlog_goes_a_bounded_batch_per_report_and_drops_beyond_are_counted(
     assert len(waiting) == 0 and reports >= 3, "a batch per report"
     assert RunTelemetry.objects.filter(host="host-a").count() == 251
     assert TelemetrySpan.objects.filter(trace_id=trace_id).count() == 1200
+
+
+def test_a_live_run_s_rollup_goes_every_ten_seconds_and_at_once_when_it_ends(
+    receiving, runs, console_state
+):
+    """A live run's rollup changes every sample: the console gets the latest one at most
+    every LIVE_ROLLUP_EVERY_SECONDS (by the sample's clock), and the last one at once."""
+    monitor = receiving
+    run = start_fake_run(host_a_state(monitor), "remote-nightly")
+    runs.append(run)
+    at = datetime.now(UTC)
+
+    def cost() -> Decimal | None:
+        row = RunTelemetry.objects.filter(session_id=run.session_id).first()
+        return row.cost_usd if row else None
+
+    post_otlp(monitor, "logs", logs_body(run.session_id, "host-a", [0.25]))
+    assert monitor.tick(at).sessions and monitor.reporting.last_error is None
+    assert cost() == Decimal("0.25")
+    post_otlp(monitor, "logs", logs_body(run.session_id, "host-a", [0.5]))
+    monitor.tick(at + timedelta(seconds=2))
+    assert cost() == Decimal("0.25") and list(monitor.reporting.telemetry.rollups)
+    monitor.tick(at + timedelta(seconds=2 + telemetry_outbox.LIVE_ROLLUP_EVERY_SECONDS))
+    assert cost() == Decimal("0.75")
+    post_otlp(monitor, "logs", logs_body(run.session_id, "host-a", [1.0]))
+    run.kill_all()
+    monitor.tick(at + timedelta(seconds=14))
+    assert cost() == Decimal("1.75"), "ended: its last rollup goes at once"
+    assert len(monitor.reporting.telemetry) == 0
 
 
 # ----------------------------------------------------------------------------- refused
