@@ -863,6 +863,8 @@ class Monitor:
             at=now,
         )
         if self.reporting is not None:
+            if self.telemetry is not None:  # what came since the last sample waits too
+                self.reporting.note_telemetry(self.telemetry.drain())
             self.reporting.stopped()
             return
         try:

@@ -255,7 +255,9 @@ def test_a_console_away_loses_nothing_and_a_newer_rollup_replaces_the_waiting_on
     assert waiting.rollups[session_id][0]["cost_usd"] == 0.75, "the latest whole rollup"
     assert not RunTelemetry.objects.exists()
 
-    # The monitor stops while the console is away; the next one sends what waited.
+    # The monitor stops while the console is away; the next one sends what waited, and
+    # what came after the last sample.
+    post_otlp(monitor, "logs", logs_body(session_id, "host-a", [0.125]))
     monitor.stopped()
     restarted = reporting_monitor(
         Reporter("http://127.0.0.1:1", token, transport=client_transport(Client())),
@@ -264,7 +266,7 @@ def test_a_console_away_loses_nothing_and_a_newer_rollup_replaces_the_waiting_on
     )
     assert len(restarted.reporting.telemetry) == 2
     report_once(restarted)
-    assert RunTelemetry.objects.get(session_id=session_id).cost_usd == Decimal("0.75")
+    assert RunTelemetry.objects.get(session_id=session_id).cost_usd == Decimal("0.875")
     assert TelemetrySpan.objects.get(trace_id=trace_id).host == "host-a"
     assert len(restarted.reporting.telemetry) == 0
     restarted.reporting.telemetry.save()
