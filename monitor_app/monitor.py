@@ -41,6 +41,7 @@ from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from monitor_app.stopping import kill_leftover_processes
 from monitor_app.telemetry_receiver import (
+    Drained,
     Inbox,
     Receiver,
     keep_rollups,
@@ -108,6 +109,7 @@ class Reporting(Protocol):
 
     def note(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None: ...
     def report(self, snapshot: Snapshot, now: datetime) -> bool: ...
+    def note_telemetry(self, drained: Drained) -> None: ...
     def stopped(self) -> None: ...
 
 
@@ -232,6 +234,7 @@ class Monitor:
         self.check_quota(snapshot, now)
         if self.reporting is not None:
             self.reporting.note(snapshot, gone, now)
+            self.record_telemetry(snapshot, now)
         else:
             self.sync(snapshot, gone, now)
             self.record_telemetry(snapshot, now)
@@ -721,11 +724,14 @@ class Monitor:
             keep_rollups(self.paths, self.telemetry, live, datetime.now(UTC))
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
-        """What the receiver took since the last sample, on record: rollups and spans."""
+        """What the receiver took since the last sample, on record: rollups and spans (in
+        report mode, handed to the reports, which carry them to the console)."""
         if self.telemetry is None:
             return
         drained = self.telemetry.drain()
-        if self.database_ok and (drained.rollups or drained.spans):
+        if self.reporting is not None:
+            self.reporting.note_telemetry(drained)
+        elif self.database_ok and (drained.rollups or drained.spans):
             try:
                 written = write_rollups(drained.rollups, self.host)
                 write_spans(drained.spans, self.host)
@@ -882,6 +888,8 @@ class Monitor:
             at=now,
         )
         if self.reporting is not None:
+            if self.telemetry is not None:  # what came since the last sample waits too
+                self.reporting.note_telemetry(self.telemetry.drain())
             self.reporting.stopped()
             return
         try:

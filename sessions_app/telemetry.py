@@ -342,7 +342,11 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
         if sid in sessions:
             costs.append(Session(id=sessions[sid][0], cost_telemetry_usd=row.cost_usd))
     RunTelemetry.objects.bulk_create(creates, ignore_conflicts=True)
-    RunTelemetry.objects.bulk_update(updates, ROLLUP_COLUMNS)
+    # This host's rows, rewritten as one upsert: bulk_update's CASE per column costs
+    # seconds for 200 rows (a report's worth), the upsert a tenth of a second.
+    RunTelemetry.objects.bulk_create(
+        updates, update_conflicts=True, unique_fields=["session_id"], update_fields=ROLLUP_COLUMNS
+    )
     Session.objects.bulk_update(costs, ["cost_telemetry_usd"])
     written.rollups = len(creates) + len(updates)
     return written
