@@ -93,8 +93,14 @@ def rollup_item(item: object, host: str) -> Rollup:
     check(tagged in ("", host), f"rollup {session_id} names host {tagged!r}, not {host!r}", 403)
     trace_id = item.get("trace_id", "")
     check(trace_id == "" or is_hex(trace_id, 32), "trace_id is 32 hex digits")
+    segment = item.get("segment", "0")
+    check(
+        isinstance(segment, str) and 1 <= len(segment) <= 32 and segment.isalnum(),
+        "segment is up to 32 letters and digits",
+    )
     built = Rollup(
         session_id=session_id,
+        segment=segment,
         job=text(item.get("job", ""), "job", "job"),
         host=tagged,
         trace_id=trace_id,

@@ -51,9 +51,18 @@ def ns_to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
+def new_segment() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass
 class Rollup:
     session_id: str
+    # Which stretch of the run's records this is: a receiver that (re)starts, or meets a
+    # run it had let go of (a late record, a `--resume`d session), begins a new segment.
+    # The row on record keeps each segment and sums them: writing one replaces only
+    # itself, so a partial rollup never overwrites a whole one.
+    segment: str = field(default_factory=new_segment)
     job: str = ""
     host: str = ""  # opsconsole.host, as the wrapper tagged it
     trace_id: str = ""
@@ -193,6 +202,54 @@ class Rollup:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add(self, other: Rollup) -> None:
+        """Add another segment's records of the same run to this one."""
+        for name in (
+            "events",
+            "cost_usd",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_creation_tokens",
+            "api_requests",
+            "api_errors",
+            "tool_calls",
+            "tool_failures",
+            "compactions",
+            "active_seconds",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.job, self.host = self.job or other.job, self.host or other.host
+        self.trace_id = self.trace_id or other.trace_id
+        self.note_time(other.first_ns)
+        self.note_time(other.last_ns)
+        self.max_attempt = max(self.max_attempt, other.max_attempt)
+        for key, row in other.requests_by.items():
+            if key in self.requests_by or len(self.requests_by) < MODELS_KEPT:
+                mine = self.requests_by.setdefault(
+                    key, {"requests": 0, "cost_usd": 0.0, "output_tokens": 0}
+                )
+                for figure, value in row.items():
+                    mine[figure] = mine.get(figure, 0) + value
+        for status, count in other.errors_by_status.items():
+            if status in self.errors_by_status or len(self.errors_by_status) < MODELS_KEPT:
+                self.errors_by_status[status] = self.errors_by_status.get(status, 0) + count
+        self.last_errors = sorted(self.last_errors + other.last_errors, key=lambda e: e["at_ns"])[
+            -ERRORS_KEPT:
+        ]
+        for name, row in other.tools.items():
+            if name in self.tools or len(self.tools) < TOOLS_KEPT:
+                mine = self.tools.setdefault(name, {"calls": 0, "failures": 0, "slowest_ms": 0.0})
+                mine["calls"] += row["calls"]
+                mine["failures"] += row["failures"]
+                mine["slowest_ms"] = max(mine["slowest_ms"], row["slowest_ms"])
+        if float(other.slowest_tool.get("ms", -1)) > float(self.slowest_tool.get("ms", -1)):
+            self.slowest_tool = dict(other.slowest_tool)
+        self.ttft_ms = (self.ttft_ms + other.ttft_ms)[-TTFT_KEPT:]
+        for use_id, tool in other.open_tools.items():
+            if len(self.open_tools) < TOOLS_KEPT:
+                self.open_tools.setdefault(use_id, dict(tool))
+
     def copy(self) -> Rollup:
         """A copy that later records do not change: containers copied one level down
         (what they hold is numbers and strings, or dicts of them), far cheaper than a
@@ -320,9 +377,9 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
     ids = [r.session_id for r in rollups]
     owners = dict(RunTelemetry.objects.filter(session_id__in=ids).values_list("session_id", "host"))
     sessions = {
-        str(sid): (pk, owner)
-        for sid, pk, owner in Session.objects.filter(session_id__in=ids).values_list(
-            "session_id", "id", "host"
+        str(sid): (pk, owner, cost)
+        for sid, pk, owner, cost in Session.objects.filter(session_id__in=ids).values_list(
+            "session_id", "id", "host", "cost_telemetry_usd"
         )
     }
     owners = {str(k): v for k, v in owners.items()}
@@ -332,14 +389,16 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
     creates, updates, costs = [], [], []
     for rollup in rollups:
         sid = rollup.session_id
-        run_host = sessions.get(sid, (None, host))[1] or host
+        run_host = sessions.get(sid, (None, host, None))[1] or host
         if owners.get(sid, host) != host or run_host != host:
             written.refused.append(sid)
             continue
         row = existing.get(sid) or RunTelemetry(session_id=sid, host=host)
-        fill_row(row, rollup)
+        stored, total = with_segment(row.rollup, rollup)
+        fill_row(row, total)
+        row.rollup = stored
         (updates if row.pk else creates).append(row)
-        if sid in sessions:
+        if sid in sessions and sessions[sid][2] != row.cost_usd:  # most records cost nothing
             costs.append(Session(id=sessions[sid][0], cost_telemetry_usd=row.cost_usd))
     RunTelemetry.objects.bulk_create(creates, ignore_conflicts=True)
     # This host's rows, rewritten as one upsert: bulk_update's CASE per column costs
@@ -350,6 +409,49 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
     Session.objects.bulk_update(costs, ["cost_telemetry_usd"])
     written.rollups = len(creates) + len(updates)
     return written
+
+
+# Segments a row keeps; past this the two oldest are added into one.
+SEGMENTS_KEPT = 8
+
+
+def segments_of(stored: dict[str, Any]) -> dict[str, Rollup]:
+    """A row's rollup segments ({} when none); a row from before segments is one."""
+    if not isinstance(stored, dict):
+        return {}
+    raw = stored.get("segments") if "segments" in stored else {"0": stored} if stored else {}
+    segments = {}
+    for key, value in (raw or {}).items():
+        try:
+            segments[str(key)] = Rollup.from_dict(value)
+        except (TypeError, ValueError):
+            continue
+    return segments
+
+
+def stored_rollup(stored: dict[str, Any]) -> Rollup | None:
+    """The whole run's rollup: its segments added up (None when there are none)."""
+    segments = sorted(segments_of(stored).values(), key=lambda r: r.first_ns)
+    if not segments:
+        return None
+    total = segments[0].copy()
+    for segment in segments[1:]:
+        total.add(segment)
+    return total
+
+
+def with_segment(stored: dict[str, Any], rollup: Rollup) -> tuple[dict[str, Any], Rollup]:
+    """The row's rollup JSON with `rollup` put in as its segment, and the new total."""
+    segments = segments_of(stored)
+    segments[rollup.segment] = rollup
+    while len(segments) > SEGMENTS_KEPT:
+        oldest, older = sorted(segments, key=lambda k: segments[k].first_ns)[:2]
+        merged = segments.pop(oldest).copy()
+        merged.add(segments.pop(older))
+        merged.segment = oldest
+        segments[oldest] = merged
+    total = stored_rollup({"segments": {k: r.to_dict() for k, r in segments.items()}})
+    return {"segments": {k: r.to_dict() for k, r in segments.items()}}, total
 
 
 ROLLUP_COLUMNS = [
@@ -382,7 +484,6 @@ def fill_row(row: RunTelemetry, rollup: Rollup) -> None:
     row.input_tokens = rollup.input_tokens
     row.output_tokens = rollup.output_tokens
     row.last_event_at = ns_to_datetime(rollup.last_ns) if rollup.last_ns else None
-    row.rollup = rollup.to_dict()
 
 
 def write_spans(rows: list[dict[str, Any]], host: str) -> int:

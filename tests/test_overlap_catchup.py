@@ -228,6 +228,7 @@ def test_a_stamp_skips_two_fires_then_after_its_reset_the_job_runs_exactly_once(
         source="crontab -l",
         catchup_policy=CatchUp.ONCE,
     )
+
     def stamp_until(until: datetime) -> None:
         stamp = QuotaStamp(
             until=until.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
