@@ -296,6 +296,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = READ_TIMEOUT_SECONDS
+            # An answer goes out in two writes (headers, body): with Nagle's algorithm a
+            # kept-alive connection waits for the client's delayed ACK, 40 ms an export.
+            disable_nagle_algorithm = True
             server_version = "opsconsole-otlp"
             sys_version = ""
 
