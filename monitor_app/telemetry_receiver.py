@@ -15,6 +15,7 @@ collector never slows the receiver; a full queue drops and counts.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -51,8 +52,9 @@ from wrapper.telemetry import (
 
 log = logging.getLogger(__name__)
 
-# Requests handled at once; more wait in the listen backlog.
+# Requests handled at once; more are told busy (503), and OTLP exporters retry.
 MAX_CONCURRENT_REQUESTS = 16
+LISTEN_BACKLOG = 128
 READ_TIMEOUT_SECONDS = 10.0
 PENDING_SPANS_LIMIT = 50_000
 ROLLUPS_KEPT = 5_000  # runs whose rollups the inbox holds (the oldest are let go)
@@ -61,11 +63,19 @@ TEE_TIMEOUT_SECONDS = 5.0
 CONTENT_TYPES = {"application/json": False, "application/x-protobuf": True}
 
 
+# A body this small is read (and let go) before a refusal is answered: closing a
+# connection with unread data resets it, and the client would never see the answer.
+SMALL_BODY_BYTES = 64 * 1024
+
+
 class Refused(Exception):
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, *, unread: bool = False, framing: bool = False):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.unread = unread  # refused before its body was read
+        # Only a body read whole, and bad, leaves the stream where the next request begins.
+        self.keep_open = status == 400 and not framing
 
 
 @dataclass
@@ -210,7 +220,7 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
             try:
                 chunk = int(line.split(b";")[0].strip(), 16)
             except ValueError:
-                raise Refused(400, "bad chunked encoding") from None
+                raise Refused(400, "bad chunked encoding", framing=True) from None
             if chunk == 0:
                 while handler.rfile.readline(1024).strip():  # trailers
                     pass
@@ -232,6 +242,20 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     return body
 
 
+def skip_small_body(handler: BaseHTTPRequestHandler) -> None:
+    """Read a small Content-Length body that is refused, so the refusal reaches the client."""
+    try:
+        length = int(handler.headers.get("Content-Length", ""))
+    except ValueError:
+        return
+    if (
+        0 < length <= SMALL_BODY_BYTES
+        and "chunked" not in handler.headers.get("Transfer-Encoding", "").lower()
+    ):
+        with contextlib.suppress(OSError):
+            handler.rfile.read(length)
+
+
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
@@ -246,6 +270,13 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     if len(out) > limit or inflater.unconsumed_tail:
         raise Refused(413, f"inflated body over {limit} bytes")
     return out
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Connections waiting to be accepted (socketserver's default is 5: a burst of runs
+    # exporting at once would see connections dropped or reset).
+    request_queue_size = LISTEN_BACKLOG
 
 
 class Receiver:
@@ -264,6 +295,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = READ_TIMEOUT_SECONDS
+            # An answer goes out in two writes (headers, body): with Nagle's algorithm a
+            # kept-alive connection waits for the client's delayed ACK, 40 ms an export.
+            disable_nagle_algorithm = True
             server_version = "opsconsole-otlp"
             sys_version = ""
 
@@ -284,17 +318,19 @@ class Receiver:
                 if close:
                     self.send_header("Connection", "close")
                     self.close_connection = True
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client has gone: nobody to tell
+                    self.close_connection = True
 
         try:
-            self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+            self.server = Server(("127.0.0.1", port), Handler)
         except OSError:
             if not port:
                 raise
             log.warning("OTLP port %s is taken; listening on an ephemeral port", port)
-            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+            self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.threads = [
             threading.Thread(target=self.server.serve_forever, name="otlp-receiver", daemon=True),
@@ -318,6 +354,7 @@ class Receiver:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         if not self.slots.acquire(blocking=False):
             self.inbox.count("refused: busy")
+            skip_small_body(request)
             request.answer(503, {"error": "busy"}, close=True)
             return
         try:
@@ -331,8 +368,9 @@ class Receiver:
             request.answer(200, {})
         except Refused as refused:
             self.inbox.count(f"refused: {refused.status}")
-            # Anything but a bad body leaves the stream in an unknown state: close it.
-            request.answer(refused.status, {"error": refused.reason}, close=refused.status != 400)
+            if refused.unread:
+                skip_small_body(request)
+            request.answer(refused.status, {"error": refused.reason}, close=not refused.keep_open)
         except (OSError, TimeoutError):
             request.close_connection = True
             self.inbox.count("refused: connection")
@@ -343,13 +381,15 @@ class Receiver:
         path = request.path.split("?", 1)[0].rstrip("/")
         signal = path.removeprefix("/v1/")
         if not path.startswith("/v1/") or signal not in SIGNALS:
-            raise Refused(404, f"no OTLP signal at {path}")
+            raise Refused(404, f"no OTLP signal at {path}", unread=True)
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            raise Refused(401, "wrong or missing token")
+            raise Refused(401, "wrong or missing token", unread=True)
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type not in CONTENT_TYPES:
-            raise Refused(415, f"Content-Type {content_type or 'none'}: send JSON or protobuf")
+            raise Refused(
+                415, f"Content-Type {content_type or 'none'}: send JSON or protobuf", unread=True
+            )
         raw = read_body(request, self.max_body)
         body = inflate(raw, request.headers.get("Content-Encoding", ""), self.max_body)
         return signal, CONTENT_TYPES[content_type], body
