@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import queue
+import re
 import secrets
 import threading
 import urllib.error
@@ -60,6 +61,7 @@ PENDING_SPANS_LIMIT = 50_000
 ROLLUPS_KEPT = 5_000  # runs whose rollups the inbox holds (the oldest are let go)
 TEE_QUEUE_LIMIT = 1_000
 TEE_TIMEOUT_SECONDS = 5.0
+CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 CONTENT_TYPES = {"application/json": False, "application/x-protobuf": True}
 
 
@@ -217,10 +219,11 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
         parts, size = [], 0
         while True:
             line = handler.rfile.readline(1024)
-            try:
-                chunk = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise Refused(400, "bad chunked encoding", framing=True) from None
+            # Hex digits only: int() would take "-1" (read to EOF) or "+0x10".
+            size_field = line.split(b";")[0].strip()
+            if not CHUNK_SIZE_RE.fullmatch(size_field):
+                raise Refused(400, "bad chunked encoding", framing=True)
+            chunk = int(size_field, 16)
             if chunk == 0:
                 while handler.rfile.readline(1024).strip():  # trailers
                     pass
@@ -228,8 +231,10 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
             size += chunk
             if size > limit:
                 raise Refused(413, f"body over {limit} bytes")
-            parts.append(handler.rfile.read(chunk))
-            handler.rfile.readline(8)
+            data = handler.rfile.read(chunk)
+            if len(data) != chunk or handler.rfile.readline(8) != b"\r\n":
+                raise Refused(400, "bad chunked encoding", framing=True)
+            parts.append(data)
     try:
         length = int(handler.headers.get("Content-Length", ""))
     except ValueError:

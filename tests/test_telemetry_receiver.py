@@ -454,6 +454,17 @@ def test_one_chunk_claiming_50_mb_is_refused_at_once(receiver):
     good_request(receiver)
 
 
+@pytest.mark.parametrize("size", [b"-1", b"+10", b"0x10", b" ", b"123456789"])
+def test_a_chunk_size_that_is_not_plain_hex_is_refused_without_reading_on(receiver, size):
+    """int("-1", 16) is -1, and read(-1) reads until the client closes: a body past any
+    limit. Only hex digits are a chunk size."""
+    began = time.monotonic()
+    answer = raw_request(receiver.port, head(chunked=True), size + b"\r\n" + b"[" * 65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"bad chunked encoding" in answer
+    assert time.monotonic() - began < telemetry_receiver.READ_TIMEOUT_SECONDS
+    good_request(receiver)
+
+
 def test_a_gzip_bomb_is_refused_once_it_inflates_past_the_limit(receiver):
     bomb = gzip.compress(b"[" * (64 * LIMIT))  # 64 MiB of brackets in about 64 KiB
     assert len(bomb) < LIMIT // 4
