@@ -72,6 +72,7 @@ ACTIVE_CPU_PERCENT = 1.0
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
 ROLLUPS_KEPT_EVERY = timedelta(seconds=15)
+LIVE_ROLLUP_EVERY = timedelta(seconds=10)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -205,6 +206,8 @@ class Monitor:
         self.watchdog_thread: threading.Thread | None = None
         # Claude Code's own telemetry, taken by the receiver (run_forever starts it).
         self.telemetry: Inbox | None = None
+        # Live runs' rollups: when last written, and the tools open then.
+        self.rollups_written: dict[str, tuple[datetime, set[str]]] = {}
         self.receiver: Receiver | None = None
         self.watching_since = datetime.now(UTC)
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
@@ -720,33 +723,59 @@ class Monitor:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
-            live = set(self.trees)
-            keep_rollups(self.paths, self.telemetry, live, datetime.now(UTC))
+            now = datetime.now(UTC)
+            if self.reporting is None:  # what came in the last moments, on record
+                self.write_telemetry(self.telemetry.drain(), now)
+            keep_rollups(self.paths, self.telemetry, set(self.trees), now)
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
         """What the receiver took since the last sample, on record: rollups and spans (in
-        report mode, handed to the reports, which carry them to the console)."""
+        report mode, handed to the reports, which carry them to the console). A live run's
+        rollup is written at most every LIVE_ROLLUP_EVERY (its spans every sample), an
+        ended run's at once: 200 live runs cost the sample a few rows, not 200."""
         if self.telemetry is None:
             return
-        drained = self.telemetry.drain()
         if self.reporting is not None:
-            self.reporting.note_telemetry(drained)
-        elif self.database_ok and (drained.rollups or drained.spans):
-            try:
-                written = write_rollups(drained.rollups, self.host)
-                write_spans(drained.spans, self.host)
-                if written.refused:
-                    self.telemetry.count("refused: another host's session", len(written.refused))
-            except DatabaseError as exc:
-                log.warning("telemetry kept for later: %s", exc)
-                self.telemetry.put_back(drained)
-                close_old_connections()
-        elif drained.rollups or drained.spans:
-            self.telemetry.put_back(drained)
+            self.reporting.note_telemetry(self.telemetry.drain())
+        else:
+            live = {s.session_id for s in snapshot.sessions}
+            self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
+
+            def waits(rollup) -> bool:
+                # A tool opened or closed is written at once: the live timeline shows it.
+                written = self.rollups_written.get(rollup.session_id)
+                return (
+                    rollup.session_id in live
+                    and written is not None
+                    and now - written[0] < LIVE_ROLLUP_EVERY
+                    and written[1] == rollup.open_tools.keys()
+                )
+
+            drained = self.telemetry.drain(waits)
+            self.write_telemetry(drained, now)
+            for rollup in drained.rollups:
+                if rollup.session_id in live:
+                    self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
         # Written down every so often (and at stop), not every sample: a restarted monitor
         # adds on to what it kept, losing at most that much of a run's rollup.
         if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
             keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
+
+    def write_telemetry(self, drained, now: datetime) -> None:
+        if not (drained.rollups or drained.spans):
+            return
+        if not self.database_ok:
+            self.telemetry.put_back(drained)
+            return
+        try:
+            written = write_rollups(drained.rollups, self.host)
+            write_spans(drained.spans, self.host)
+            if written.refused:
+                self.telemetry.count("refused: another host's session", len(written.refused))
+        except DatabaseError as exc:
+            log.warning("telemetry kept for later: %s", exc)
+            self.telemetry.put_back(drained)
+            close_old_connections()
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
         """The rounds of the layers above (alert rules, the fleet's silent hosts): each

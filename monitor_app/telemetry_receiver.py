@@ -26,10 +26,12 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,8 @@ LISTEN_BACKLOG = 128
 READ_TIMEOUT_SECONDS = 10.0
 PENDING_SPANS_LIMIT = 50_000
 ROLLUPS_KEPT = 5_000  # runs whose rollups the inbox holds (the oldest are let go)
+NEW_RUNS_PER_BODY = 100
+EVICTION_LOOKS = 256  # rollups looked at for one to let go (the changed ones wait to be written)
 TEE_QUEUE_LIMIT = 1_000
 TEE_TIMEOUT_SECONDS = 5.0
 CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,8}")
@@ -91,13 +95,18 @@ class Inbox:
 
     def __init__(self, rollups: dict[str, Rollup] | None = None) -> None:
         self.lock = threading.Lock()
-        self.rollups: dict[str, Rollup] = dict(rollups or {})
-        self.changed: set[str] = set()
+        # Least recently touched first: letting one go is O(1), whatever floods in.
+        self.rollups: OrderedDict[str, Rollup] = OrderedDict(rollups or {})
+        self.new_in_body = 0
+        # Kept rollups are written once more at start: the last batch before a stop may
+        # not have been (writing a segment again changes nothing).
+        self.changed: set[str] = set(self.rollups)
         self.spans: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
 
     def take(self, records: Records) -> None:
         with self.lock:
+            self.new_in_body = 0
             for why, n in records.dropped.items():
                 self.counts[f"dropped: {why}"] += n
             for event in records.events:
@@ -126,22 +135,41 @@ class Inbox:
             self.counts["dropped: no session id"] += 1
             return None
         rollup = self.rollups.get(key)
-        if rollup is None:
-            if len(self.rollups) >= ROLLUPS_KEPT:
-                oldest = min(self.rollups, key=lambda k: self.rollups[k].last_ns)
-                del self.rollups[oldest]
+        if rollup is not None:
+            self.rollups.move_to_end(key)
+        else:
+            # One exporter names one run: a body naming hundreds is a flood, not telemetry.
+            if self.new_in_body >= NEW_RUNS_PER_BODY or not self.make_room():
+                self.counts["dropped: too many runs"] += 1
+                return None
+            self.new_in_body += 1
             rollup = self.rollups[key] = Rollup(key)
         self.changed.add(key)
         return rollup
 
-    def drain(self) -> Drained:
-        """Copies of the rollups changed since the last drain, and the spans waiting."""
+    def make_room(self) -> bool:
+        """Let go of the least recently touched rollup already written (a later record of
+        its run starts a segment of its own, added on record); False if none may go."""
+        if len(self.rollups) < ROLLUPS_KEPT:
+            return True
+        for key in islice(self.rollups, EVICTION_LOOKS):
+            if key not in self.changed:
+                del self.rollups[key]
+                return True
+        return False
+
+    def drain(self, waits: Callable[[Rollup], bool] | None = None) -> Drained:
+        """Copies of the rollups changed since the last drain, but those `waits` holds
+        back (they stay changed, for a later drain), and the spans waiting."""
         with self.lock:
-            drained = Drained(
-                [self.rollups[k].copy() for k in self.changed if k in self.rollups],
-                self.spans,
-            )
-            self.changed = set()
+            due = [
+                k
+                for k in self.changed
+                if k in self.rollups and not (waits and waits(self.rollups[k]))
+            ]
+            drained = Drained([self.rollups[k].copy() for k in due], self.spans)
+            self.changed.difference_update(due)
+            self.changed &= self.rollups.keys()
             self.spans = []
         return drained
 
@@ -203,7 +231,9 @@ def keep_rollups(paths: StatePaths, inbox: Inbox, live: set[str], now: datetime)
         for key, rollup in list(inbox.rollups.items()):
             if key not in live and key not in inbox.changed and rollup.last_ns < cutoff:
                 del inbox.rollups[key]
-        data = {"rollups": {k: r.to_dict() for k, r in inbox.rollups.items()}}
+        kept = [rollup.copy() for rollup in inbox.rollups.values()]
+    # Serialised outside the lock: the receiver's threads do not wait on a file.
+    data = {"rollups": {rollup.session_id: rollup.to_dict() for rollup in kept}}
     try:
         write_json_atomic(rollups_file(paths), data)
     except OSError as exc:

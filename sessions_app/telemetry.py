@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -200,7 +200,9 @@ class Rollup:
         return statistics.median(values), cuts[18]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # copy() copies every container: a plain dict of it is JSON-ready, and far cheaper
+        # than dataclasses.asdict's recursion (200 rollups a sample).
+        return dict(vars(self.copy()))
 
     def add(self, other: Rollup) -> None:
         """Add another segment's records of the same run to this one."""

@@ -29,8 +29,8 @@ from monitor_app import telemetry_receiver
 from monitor_app.monitor import Monitor
 from monitor_app.telemetry_receiver import MAX_CONCURRENT_REQUESTS, Inbox, Receiver
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
-from sessions_app.otlp import decode
-from sessions_app.telemetry import write_rollups, write_spans
+from sessions_app.otlp import Event, Records, decode
+from sessions_app.telemetry import stored_rollup, write_rollups, write_spans
 from tests.live_helpers import start_fake_run, wait_until
 from tests.otlp_bodies import (
     SAMPLES,
@@ -786,7 +786,8 @@ def test_values_a_database_refuses_are_cleaned_not_kept_waiting(monitor):
     assert span.attributes["ttft_ms"] == 10 and float(span.attributes["big"]) == 1e308
     assert (span.attributes["nan"], span.attributes["inf"]) == ("nan", "inf")
     assert monitor.telemetry.figures()["dropped: not a finite number"] == 1
-    assert RunTelemetry.objects.get(session_id=sid).rollup["active_seconds"] == 0
+    row = RunTelemetry.objects.get(session_id=sid)
+    assert stored_rollup(row.rollup).active_seconds == 0
     assert monitor.telemetry.drain().spans == []  # nothing left waiting
 
 
@@ -879,3 +880,27 @@ def test_the_sample_loop_keeps_its_pace_while_the_receiver_is_flooded(monitor, s
     finally:
         for run in runs:
             run.kill_all()
+
+
+def test_a_body_naming_thousands_of_runs_takes_a_hundred_and_evicts_no_unwritten_run():
+    """One exporter names one run. A flood of fresh session ids costs its own body, not
+    the lock for minutes, and never pushes out a run whose rollup is not on record yet."""
+    inbox = Inbox()
+    ours = str(uuid.uuid4())
+    inbox.take(
+        Records(events=[Event("claude_code.api_request", 1, {"session.id": ours, "cost_usd": 1.0})])
+    )
+    flood = Records(
+        events=[
+            Event("claude_code.api_request", 2, {"session.id": str(uuid.uuid4()), "cost_usd": 9.0})
+            for _ in range(20_000)
+        ]
+    )
+    began = time.monotonic()
+    for _ in range(60):  # 1.2 M records naming fresh runs: past ROLLUPS_KEPT many times
+        inbox.take(flood)
+    assert time.monotonic() - began < 60
+    figures = inbox.figures()
+    assert figures["dropped: too many runs"] > 1_000_000
+    assert len(inbox.rollups) <= telemetry_receiver.ROLLUPS_KEPT
+    assert inbox.get(ours).cost_usd == 1.0  # not yet written: never let go
