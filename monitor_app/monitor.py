@@ -62,6 +62,7 @@ from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_pr
 from sessions_app.telemetry import prune_spans, write_rollups, write_spans
 from sessions_app.transcripts.running_cost import RunningCost
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
+from wrapper.telemetry import remove_receiver_address
 
 log = logging.getLogger(__name__)
 
@@ -712,6 +713,7 @@ class Monitor:
                 self.telemetry,
                 port=settings.OPSCONSOLE_OTLP_PORT,
                 max_body=settings.OPSCONSOLE_OTLP_MAX_BODY_BYTES,
+                forwards=settings.OPSCONSOLE_TELEMETRY_TEE,
             )
         except OSError as exc:
             log.warning("telemetry receiver not started: %s", exc)
@@ -721,6 +723,8 @@ class Monitor:
 
     def stop_telemetry(self) -> None:
         if self.receiver is not None:
+            # Gone first: a wrapper starting now must not point at a port anyone may take.
+            remove_receiver_address(self.paths)
             self.receiver.stop()
             self.receiver = None
             now = datetime.now(UTC)

@@ -19,11 +19,13 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import queue
 import re
 import secrets
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections import Counter, OrderedDict
@@ -42,6 +44,7 @@ from wrapper.formats import (
     StatePaths,
     UnsafeDirectory,
     ensure_private_dir,
+    process_start_time,
     read_json_record,
     write_json_atomic,
 )
@@ -49,7 +52,7 @@ from wrapper.telemetry import (
     TEE_HEADER,
     ReceiverAddress,
     Tee,
-    read_receiver_address,
+    receiver_file,
     write_receiver_address,
 )
 
@@ -72,6 +75,17 @@ CONTENT_TYPES = {"application/json": False, "application/x-protobuf": True}
 # A body this small is read (and let go) before a refusal is answered: closing a
 # connection with unread data resets it, and the client would never see the answer.
 SMALL_BODY_BYTES = 64 * 1024
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A collector answers; it does not send the body on elsewhere (a redirect would make
+    the monitor fetch any URL, as GET, from where it runs)."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
 
 
 class Refused(Exception):
@@ -317,8 +331,18 @@ class Server(ThreadingHTTPServer):
 class Receiver:
     """The HTTP server on loopback, its threads, and the tee's forwarder."""
 
-    def __init__(self, inbox: Inbox, token: str, *, port: int = 0, max_body: int = 8 * 1024 * 1024):
+    def __init__(
+        self,
+        inbox: Inbox,
+        token: str,
+        *,
+        port: int = 0,
+        max_body: int = 8 * 1024 * 1024,
+        forwards: bool = True,
+    ):
         self.inbox = inbox
+        # Whether a job's own exporter gets what it sent (OPSCONSOLE_TELEMETRY_TEE).
+        self.forwards = forwards
         self.token = token
         self.max_body = max_body
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
@@ -435,13 +459,21 @@ class Receiver:
         header = request.headers.get(TEE_HEADER)
         if not header:
             return
+        if not self.forwards:
+            self.inbox.count("tee: off on this host")
+            return
         try:
             tee = Tee.decode(header)
         except FormatError as exc:
             self.inbox.count("tee: bad header")
             log.info("tee header ignored: %s", exc)
             return
-        headers = {**tee.headers, "Content-Type": request.headers.get("Content-Type", "")}
+        if not tee.exports(signal):  # the job never sent this signal there: nor do we
+            return
+        headers = {
+            **tee.headers_for(signal),
+            "Content-Type": request.headers.get("Content-Type", ""),
+        }
         try:
             self.tee_queue.put_nowait((tee.url(signal), body, headers))
         except queue.Full:
@@ -455,23 +487,39 @@ class Receiver:
             # Tee.decode allows http(s) URLs only.
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
             try:
-                with urllib.request.urlopen(request, timeout=TEE_TIMEOUT_SECONDS) as answer:  # noqa: S310
+                with NO_REDIRECTS.open(request, timeout=TEE_TIMEOUT_SECONDS) as answer:
                     answer.read(65536)
                 self.inbox.count("tee: forwarded")
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 self.inbox.count("tee: failed")
-                log.info("telemetry not forwarded to %s: %s", url, exc)
+                # By host: the URL's path or query may carry a credential.
+                log.info(
+                    "telemetry not forwarded to %s: %s", urllib.parse.urlsplit(url).hostname, exc
+                )
 
 
-def start_receiver(paths: StatePaths, inbox: Inbox, *, port: int, max_body: int) -> Receiver:
+def kept_token(paths: StatePaths) -> str | None:
+    """The token an earlier monitor of this host wrote (kept across restarts, so sessions
+    configured with `opsconsole telemetry_env` stay joined); None if there is none."""
+    try:
+        token = read_json_record(receiver_file(paths), max_bytes=4096).get("token")
+    except FormatError:
+        return None
+    return token if isinstance(token, str) and 16 <= len(token) <= 128 else None
+
+
+def start_receiver(
+    paths: StatePaths, inbox: Inbox, *, port: int, max_body: int, forwards: bool = True
+) -> Receiver:
     """Listen, then say where (and with which token) in otlp.json for the wrapper. The
     token is kept across restarts, so an unwrapped session configured with it stays joined."""
     try:
         ensure_private_dir(paths.home / "monitor")
     except UnsafeDirectory as exc:
         raise OSError(str(exc)) from exc
-    known = read_receiver_address(paths)
-    token = known.token if known else secrets.token_urlsafe(24)
-    receiver = Receiver(inbox, token, port=port, max_body=max_body).start()
-    write_receiver_address(paths, ReceiverAddress(receiver.endpoint, token))
+    token = kept_token(paths) or secrets.token_urlsafe(24)
+    receiver = Receiver(inbox, token, port=port, max_body=max_body, forwards=forwards).start()
+    pid = os.getpid()
+    started = process_start_time(pid) or 0.0
+    write_receiver_address(paths, ReceiverAddress(receiver.endpoint, token, pid, started))
     return receiver
