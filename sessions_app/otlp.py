@@ -161,7 +161,8 @@ def _json_value(value: object, depth: int = 0) -> Scalar:
     if "stringValue" in value or "string_value" in value:
         return _text(_get(value, "stringValue", "string_value", ""))
     if "boolValue" in value or "bool_value" in value:
-        return bool(_get(value, "boolValue", "bool_value", False))
+        flag = _get(value, "boolValue", "bool_value", False)
+        return flag is True or str(flag).lower() == "true"  # "false" is not true
     if "intValue" in value or "int_value" in value:
         return int(_get(value, "intValue", "int_value", 0))
     if "doubleValue" in value or "double_value" in value:

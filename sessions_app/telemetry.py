@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
 from sessions_app.otlp import Event, Point, Span
@@ -290,7 +290,7 @@ def stall_kind(
     without a result (id -> what), which telemetry tells apart: decided on and running,
     or not decided on yet (waiting for permission)."""
     awaiting = awaiting or {}
-    if rollup is None or not rollup.events:
+    if rollup is None or not (rollup.events or rollup.first_ns):  # nothing at all came
         if telemetry_on and (now - since).total_seconds() > 60:
             return StallKind(
                 "no_telemetry",
@@ -379,9 +379,9 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
     ids = [r.session_id for r in rollups]
     owners = dict(RunTelemetry.objects.filter(session_id__in=ids).values_list("session_id", "host"))
     sessions = {
-        str(sid): (pk, owner, cost)
-        for sid, pk, owner, cost in Session.objects.filter(session_id__in=ids).values_list(
-            "session_id", "id", "host", "cost_telemetry_usd"
+        str(sid): (pk, owner, cost, tag)
+        for sid, pk, owner, cost, tag in Session.objects.filter(session_id__in=ids).values_list(
+            "session_id", "id", "host", "cost_telemetry_usd", "script_tag"
         )
     }
     owners = {str(k): v for k, v in owners.items()}
@@ -391,7 +391,7 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
     creates, updates, costs = [], [], []
     for rollup in rollups:
         sid = rollup.session_id
-        run_host = sessions.get(sid, (None, host, None))[1] or host
+        run_host = sessions.get(sid, (None, host, None, ""))[1] or host
         if owners.get(sid, host) != host or run_host != host:
             written.refused.append(sid)
             continue
@@ -399,6 +399,9 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
         stored, total = with_segment(row.rollup, rollup)
         fill_row(row, total)
         row.rollup = stored
+        # The job a row counts under (/metrics) is its run's, never what the sender's
+        # resource attributes claim: unknown until the run is on record.
+        row.job_tag = sessions[sid][3] if sid in sessions else ""
         (updates if row.pk else creates).append(row)
         if sid in sessions and sessions[sid][2] != row.cost_usd:  # most records cost nothing
             costs.append(Session(id=sessions[sid][0], cost_telemetry_usd=row.cost_usd))
@@ -475,7 +478,6 @@ ROLLUP_COLUMNS = [
 
 def fill_row(row: RunTelemetry, rollup: Rollup) -> None:
     p50, p95 = rollup.ttft_percentiles()
-    row.job_tag = rollup.job
     row.trace_id = rollup.trace_id
     row.cost_usd = Decimal(str(round(min(rollup.cost_usd, 10**6 - 1), 6)))
     row.api_requests = rollup.api_requests
@@ -521,8 +523,13 @@ def write_spans(rows: list[dict[str, Any]], host: str) -> int:
 
 
 def prune_spans(keep: timedelta, now: datetime) -> int:
+    """Spans past their days, and rollups of sessions that never came on record here."""
     deleted, _ = TelemetrySpan.objects.filter(start_at__lt=now - keep).delete()
-    return deleted
+    runs = Session.objects.filter(session_id=OuterRef("session_id"))
+    orphans, _ = (
+        RunTelemetry.objects.filter(updated_at__lt=now - keep).filter(~Exists(runs)).delete()
+    )
+    return deleted + orphans
 
 
 def run_spans(rollup_trace: str, session_id: str) -> list[TelemetrySpan]:

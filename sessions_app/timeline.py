@@ -191,7 +191,14 @@ def run_timeline(
                 )
             )
     if live:
-        timeline.stall = stall_kind(rollup, telemetry_on=row is not None, now=now, since=started_at)
+        timeline.stall = stall_kind(
+            rollup,
+            telemetry_on=(record.wrapped if record is not None else True)
+            and settings.OPSCONSOLE_TELEMETRY_RECEIVER,
+            now=now,
+            since=started_at,
+            awaiting={use_id: commands[use_id] for use_id in tools.pending},
+        )
     return timeline
 
 

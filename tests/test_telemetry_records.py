@@ -141,7 +141,8 @@ def test_another_hosts_session_is_refused_and_its_cost_untouched():
 def test_metrics_carry_per_job_rollups_and_never_a_series_per_session(admin_client):
     for cost in ("0.5", "0.25"):
         session = run()
-        rollup = Rollup(str(session.session_id), job="nightly")
+        # What the sender claims is not the label: the run's own tag is.
+        rollup = Rollup(str(session.session_id), job=f"claimed-{session.session_id}")
         rollup.take_event(event("api_request", cost_usd=float(cost)))
         rollup.take_event(event("api_error", status_code=429, attempt=1))
         rollup.take_span("claude_code.llm_request", {"ttft_ms": 200}, "a" * 32, NS, NS)
