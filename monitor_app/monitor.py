@@ -33,6 +33,7 @@ from django.db import DatabaseError, close_old_connections
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
+from monitor_app.duties import RETENTION, DutyLocks
 from monitor_app.events import EventOutbox, prune_events
 from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
@@ -200,6 +201,9 @@ class Monitor:
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
         # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
         self.steps = tuple(steps)
+        # The fleet-wide duties this console holds when several share one PostgreSQL
+        # (monitor_app.duties): asked each round, connected only once asked.
+        self.duties = DutyLocks(name=f"opsconsole {self.host}"[:63])
         # Report mode (fleet.reporting): no database here; history goes to the console
         # with each sample and leaves this host once acknowledged.
         self.reporting = None
@@ -659,7 +663,8 @@ class Monitor:
         if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
-        if self.pruning.due(now, PRUNE_EVERY.total_seconds()):
+        # Retention is fleet-wide: one console of several on one PostgreSQL prunes.
+        if self.pruning.due(now, PRUNE_EVERY.total_seconds()) and self.duties.held(RETENTION, now):
             try:
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
                 prune_spans(timedelta(days=settings.OPSCONSOLE_TELEMETRY_SPAN_DAYS), now)
@@ -876,6 +881,7 @@ class Monitor:
         finally:
             self.stop_telemetry()
             self.stopped()
+            self.duties.release()
 
 
 def add_end_event(outbox: EventOutbox, session: Session, now: datetime) -> None:
