@@ -14,7 +14,8 @@ rules commit event by event, and deliver outside any transaction), so it is not 
 The server is asked to probe this connection (TCP keepalives, set per session), so a
 holder whose machine vanished without closing its socket is given up within a minute.
 
-On SQLite (one console's process tree by definition) every duty is this console's.
+On SQLite (one console's process tree by definition) every duty is this console's. A
+monitor driven round by round by a test or a benchmark is `Alone`: it opens nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def lock_key(duty: str) -> tuple[int, int]:
     """The advisory lock of a duty: two int4s, the second crc32 of its name, signed."""
     crc = zlib.crc32(duty.encode())
     return LOCK_CLASS, crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+class Alone:
+    """The duties of a monitor that shares them with nobody: every one is its own."""
+
+    def held(self, duty: str, round_id: object = None) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
 
 
 class DutyLocks:
@@ -95,7 +106,11 @@ class DutyLocks:
         return bool(taken)
 
     def release(self) -> None:
-        """Give every duty up now (a clean stop): a survivor takes them at its next round."""
+        """Give every duty up now (a clean stop): a survivor takes them at its next round.
+        Unlocked before the connection closes: a closing backend lets go a moment later."""
+        if self._db is not None and self.held_now:
+            with contextlib.suppress(DatabaseError):
+                self._query("SELECT pg_advisory_unlock_all()")
         self._drop(None)
 
     def _query(self, sql: str, params: tuple = ()):

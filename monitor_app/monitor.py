@@ -33,7 +33,7 @@ from django.db import DatabaseError, close_old_connections
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
-from monitor_app.duties import RETENTION, DutyLocks
+from monitor_app.duties import RETENTION, Alone, DutyLocks
 from monitor_app.events import EventOutbox, prune_events
 from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
@@ -160,6 +160,7 @@ class Monitor:
         cadences: bool = True,
         steps: Sequence[Step] = (),
         reporting: Callable[[Monitor], Reporting] | None = None,
+        duties: DutyLocks | Alone | None = None,
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -202,8 +203,8 @@ class Monitor:
         # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
         self.steps = tuple(steps)
         # The fleet-wide duties this console holds when several share one PostgreSQL
-        # (monitor_app.duties): asked each round, connected only once asked.
-        self.duties = DutyLocks(name=f"opsconsole {self.host}"[:63])
+        # (monitor_app.duties; opsconsole.monitoring gives a console's monitor its locks).
+        self.duties = duties or Alone()
         # Report mode (fleet.reporting): no database here; history goes to the console
         # with each sample and leaves this host once acknowledged.
         self.reporting = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.conf import settings
+
 from alerts_app.engine import alert_round, live_round
 from fleet.hosts import fleet_round
-from monitor_app.duties import ALERTS, FLEET
+from monitor_app.duties import ALERTS, FLEET, DutyLocks
 from monitor_app.monitor import Monitor, Step
 from monitor_app.snapshot import Snapshot
 
@@ -30,8 +32,11 @@ def exclusive(duty: str, step: Step) -> Step:
 
 
 def console_monitor(**options) -> Monitor:
-    """A monitor that records this host's history and runs the console's rules."""
+    """A monitor that records this host's history and runs the console's rules; on
+    PostgreSQL, the fleet's rules only while it holds their locks."""
+    host = options.get("host") or settings.OPSCONSOLE_HOST
     return Monitor(
         steps=(live_round, exclusive(FLEET, fleet_round), exclusive(ALERTS, alert_round)),
+        duties=DutyLocks(name=f"opsconsole {host}"[:63]),
         **options,
     )
