@@ -9,7 +9,8 @@ go through a round-robin proxy to both, and SIGKILLs the console holding the dut
 
 The real-process test runs on the PostgreSQL server of DATABASE_URL (if it is one),
 else of OPSCONSOLE_TEST_PG (default postgres://postgres@127.0.0.1:5432), in a database
-of its own; without a server it skips, except in CI.
+of its own (dropped at the next run's start); without a server it skips, unless
+OPSCONSOLE_REQUIRE_POSTGRES=1 (CI sets it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -261,7 +263,8 @@ def replicas(state, fake_claude, tmp_path):
     webhook both alert to, and host h1's `opsconsole monitor --report-to` the proxy."""
     problem = postgres_problem()
     if problem:
-        if os.environ.get("CI") or os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        required = os.environ.get("OPSCONSOLE_REQUIRE_POSTGRES") == "1"
+        if required or os.environ.get("DATABASE_URL", "").startswith("postgres"):
             pytest.fail(problem)
         pytest.skip(problem)
     name = database_name()
@@ -431,6 +434,10 @@ def test_two_consoles_on_one_postgresql_share_the_fleet_duties_and_survive_a_sig
     # Same state, same answer, from either console.
     assert same_answer(consoles, "/api/claude-active?host=all") >= 1
     assert same_answer(consoles, "/api/claude-active?host=h1") >= 1
+    # From here on every alert is the test's doing. (Before, a console's supervisor
+    # may restart its monitor under load while it sends an alert: that one alert is
+    # sent again after its lease, as docs/scale.md says; not this test's subject.)
+    settled_at, posts_before = datetime.now(UTC), len(receiver.received)
 
     # Runs on h1: two fail (an alert each), one succeeds, one runs until it is stopped.
     long_run = run_on_host(host_env, "replica-long", "sleep:120")
@@ -540,22 +547,30 @@ def test_two_consoles_on_one_postgresql_share_the_fleet_duties_and_survive_a_sig
 
     # Every alert sent once: what the webhook received is what the outbox says it
     # delivered, one post per delivery (a duplicate send would be a post too many).
-    delivered = wait_until(
-        lambda: (
-            (d := outbox_delivered(database)) is not None
-            and Counter(titles(receiver)) == Counter(d)
-            and d
-        ),
-        timeout=30,
-    )
+    def sent_once():
+        outbox = outbox_delivered(database, settled_at)
+        if outbox is None:
+            return None
+        delivered, earlier = outbox
+        posts = [
+            r.json["title"]
+            for r, status in zip(
+                receiver.received[posts_before:], receiver.answered[posts_before:], strict=True
+            )
+            if status < 300 and r.json["title"] not in earlier
+        ]
+        delivered = [t for t in delivered if t not in earlier]
+        return Counter(posts) == Counter(delivered) and delivered
+
+    delivered = wait_until(sent_once, timeout=30)
     for tag in ("replica-fail-1", "replica-fail-2", "replica-fail-3"):
         assert sum(tag in t for t in delivered) == 1, delivered
-    assert not any("replica-long" in t or "replica-ok" in t for t in delivered), delivered
+    assert not any("replica-long" in t or "replica-ok" in t for t in titles(receiver))
 
 
-def outbox_delivered(database: str) -> list[str] | None:
-    """The titles of the alerts the outbox delivered, one per delivery; None while any
-    delivery is still due."""
+def outbox_delivered(database: str, since: datetime) -> tuple[list[str], set[str]] | None:
+    """The titles of the alerts raised since `since` the outbox delivered, one per
+    delivery, and the titles of those raised before; None while a delivery is due."""
     with psycopg.connect(f"{server_url()}/{database}", autocommit=True) as db:
         waiting = db.execute(
             "SELECT count(*) FROM alerts_app_delivery "
@@ -565,6 +580,10 @@ def outbox_delivered(database: str) -> list[str] | None:
             return None
         rows = db.execute(
             "SELECT a.title FROM alerts_app_delivery d JOIN alerts_app_alert a "
-            "ON a.id = d.alert_id WHERE d.delivered_at IS NOT NULL"
+            "ON a.id = d.alert_id WHERE d.delivered_at IS NOT NULL AND a.created_at >= %s",
+            [since],
         ).fetchall()
-    return [row[0] for row in rows]
+        earlier = db.execute(
+            "SELECT title FROM alerts_app_alert WHERE created_at < %s", [since]
+        ).fetchall()
+    return [row[0] for row in rows], {row[0] for row in earlier}
