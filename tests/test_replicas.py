@@ -11,6 +11,9 @@ The real-process test runs on the PostgreSQL server of DATABASE_URL (if it is on
 else of OPSCONSOLE_TEST_PG (default postgres://postgres@127.0.0.1:5432), in a database
 of its own (dropped at the next run's start); without a server it skips, unless
 OPSCONSOLE_REQUIRE_POSTGRES=1 (CI sets it).
+
+One piece: the replicas' guarantees and the two-console deployment that shows them
+together, with the consoles, the database and the lock queries they share.
 """
 
 from __future__ import annotations
