@@ -33,6 +33,7 @@ from django.db import DatabaseError, close_old_connections
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
+from monitor_app.duties import RETENTION, Alone, DutyLocks
 from monitor_app.events import EventOutbox, prune_events
 from monitor_app.job_join import JobJoin
 from monitor_app.job_status import collect_and_record, job_statuses
@@ -168,6 +169,7 @@ class Monitor:
         steps: Sequence[Step] = (),
         reporting: Callable[[Monitor], Reporting] | None = None,
         proc_root: str | Path = "/proc",
+        duties: DutyLocks | Alone | None = None,
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -216,6 +218,9 @@ class Monitor:
         self.steps = tuple(steps)
         # What a step keeps from one round to the next (its cadence...), by step name.
         self.step_state: dict[str, object] = {}
+        # The fleet-wide duties this console holds when several share one PostgreSQL
+        # (monitor_app.duties; opsconsole.monitoring gives a console's monitor its locks).
+        self.duties = duties or Alone()
         # Report mode (fleet.reporting): no database here; history goes to the console
         # with each sample and leaves this host once acknowledged.
         self.reporting = None
@@ -692,7 +697,8 @@ class Monitor:
         if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
-        if self.pruning.due(now, PRUNE_EVERY.total_seconds()):
+        # Retention is fleet-wide: one console of several on one PostgreSQL prunes.
+        if self.pruning.due(now, PRUNE_EVERY.total_seconds()) and self.duties.held(RETENTION, now):
             try:
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
                 prune_spans(timedelta(days=settings.OPSCONSOLE_TELEMETRY_SPAN_DAYS), now)
@@ -946,6 +952,7 @@ class Monitor:
         finally:
             self.stop_telemetry()
             self.stopped()
+            self.duties.release()
 
 
 def add_end_event(outbox: EventOutbox, session: Session, now: datetime) -> None:
