@@ -35,10 +35,10 @@ from django.core.management import call_command
 from serve_helpers import free_port, percentile
 
 from monitor_app.published import read_local_sample
-from monitor_app.telemetry_receiver import Inbox, keep_rollups
+from monitor_app.telemetry_inbox import Inbox, keep_rollups
 from sessions_app.models import RunTelemetry, TelemetrySpan
 from sessions_app.otlp import decode
-from sessions_app.telemetry import write_rollups, write_spans
+from sessions_app.telemetry_records import write_rollups, write_spans
 from tests.otlp_bodies import Ev, Sp, logs, resource, traces
 from wrapper.formats import ensure_private_dir
 from wrapper.telemetry import read_receiver_address

@@ -54,7 +54,7 @@ from sessions_app.models import (
     leftover_members,
     leftover_record,
 )
-from sessions_app.telemetry import write_rollups, write_spans
+from sessions_app.telemetry_records import write_rollups, write_spans
 
 log = logging.getLogger(__name__)
 

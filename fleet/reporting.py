@@ -44,7 +44,7 @@ from monitor_app.models import JOB_ACTION_KINDS
 from monitor_app.monitor import Cadence, Leftovers, Monitor
 from monitor_app.snapshot import Snapshot
 from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
-from monitor_app.telemetry_receiver import Drained
+from monitor_app.telemetry_inbox import Drained
 from sessions_app import output_checks, transcript_store
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES

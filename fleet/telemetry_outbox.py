@@ -27,7 +27,7 @@ from fleet.report import (
     MAX_TELEMETRY_BYTES_PER_REPORT,
 )
 from monitor_app.monitor import Cadence
-from monitor_app.telemetry_receiver import Drained
+from monitor_app.telemetry_inbox import Drained
 from wrapper.formats import (
     FormatError,
     ensure_private_dir,

@@ -41,14 +41,8 @@ from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from monitor_app.stopping import kill_leftover_processes
-from monitor_app.telemetry_receiver import (
-    Drained,
-    Inbox,
-    Receiver,
-    keep_rollups,
-    load_rollups,
-    start_receiver,
-)
+from monitor_app.telemetry_inbox import Drained, Inbox, keep_rollups, load_rollups
+from monitor_app.telemetry_receiver import Receiver, start_receiver
 from monitor_app.watchdog import find_overdue, stop_overdue
 from sessions_app import ingest, transcript_store
 from sessions_app.human_time import human_time
@@ -60,7 +54,7 @@ from sessions_app.models import (
     leftover_record,
 )
 from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_process_table
-from sessions_app.telemetry import prune_spans, write_rollups, write_spans
+from sessions_app.telemetry_records import prune_spans, write_rollups, write_spans
 from sessions_app.transcripts.running_cost import RunningCost
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
 from wrapper.telemetry import remove_receiver_address

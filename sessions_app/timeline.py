@@ -18,14 +18,8 @@ from django.conf import settings
 
 from sessions_app import transcript_store
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
-from sessions_app.telemetry import (
-    Rollup,
-    StallKind,
-    ns_to_datetime,
-    run_spans,
-    stall_kind,
-    stored_rollup,
-)
+from sessions_app.telemetry import Rollup, StallKind, ns_to_datetime, stall_kind
+from sessions_app.telemetry_records import run_spans, stored_rollup
 from sessions_app.transcripts.parse import ToolCalls
 
 # The span names a person reads, in Claude Code's terms.

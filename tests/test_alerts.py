@@ -35,7 +35,8 @@ from sessions_app.human_time import human_time
 from sessions_app.ingest import record_completion
 from sessions_app.models import Session, Status
 from sessions_app.otlp import Event as OtlpEvent
-from sessions_app.telemetry import Rollup, write_rollups
+from sessions_app.telemetry import Rollup
+from sessions_app.telemetry_records import write_rollups
 from wrapper.formats import Sidecar, SpoolRecord, new_session_id
 
 pytest_plugins = ["tests.alert_receivers"]

@@ -29,7 +29,8 @@ from fleet.report import MAX_ROLLUPS_PER_REPORT, MAX_SPANS_PER_REPORT, Reporter
 from fleet.reporting import reporting_monitor
 from monitor_app.models import RefusedItem
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
-from sessions_app.telemetry import Rollup, stored_rollup
+from sessions_app.telemetry import Rollup
+from sessions_app.telemetry_records import stored_rollup
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.live_helpers import start_fake_run, wait_until
 from tests.server_fixtures import manage
@@ -53,7 +54,7 @@ def whole(row) -> dict:
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # Records of now: the receiver lets go of an ended run's rollup ten minutes after its
-# last record (monitor_app.telemetry_receiver.keep_rollups), by the monitor's clock.
+# last record (monitor_app.telemetry_inbox.keep_rollups), by the monitor's clock.
 START_NS = time.time_ns()
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from monitor_app.monitor import Monitor
 from sessions_app.models import RunTelemetry, Session, Status, TelemetrySpan
-from sessions_app.telemetry import stored_rollup
+from sessions_app.telemetry_records import stored_rollup
 from tests.conftest import REPO_ROOT, wrapper_command
 from tests.live_helpers import wait_until
 from wrapper.telemetry import read_receiver_address

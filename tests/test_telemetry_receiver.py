@@ -25,12 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from monitor_app import telemetry_receiver
+from monitor_app import telemetry_inbox, telemetry_receiver
 from monitor_app.monitor import Monitor
-from monitor_app.telemetry_receiver import MAX_CONCURRENT_REQUESTS, Inbox, Receiver
+from monitor_app.telemetry_inbox import Inbox
+from monitor_app.telemetry_receiver import MAX_CONCURRENT_REQUESTS, Receiver
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
 from sessions_app.otlp import Event, Records, decode
-from sessions_app.telemetry import stored_rollup, write_rollups, write_spans
+from sessions_app.telemetry_records import stored_rollup, write_rollups, write_spans
 from tests.live_helpers import start_fake_run, wait_until
 from tests.otlp_bodies import (
     SAMPLES,
@@ -902,5 +903,5 @@ def test_a_body_naming_thousands_of_runs_takes_a_hundred_and_evicts_no_unwritten
     assert time.monotonic() - began < 60
     figures = inbox.figures()
     assert figures["dropped: too many runs"] > 1_000_000
-    assert len(inbox.rollups) <= telemetry_receiver.ROLLUPS_KEPT
+    assert len(inbox.rollups) <= telemetry_inbox.ROLLUPS_KEPT
     assert inbox.get(ours).cost_usd == 1.0  # not yet written: never let go

@@ -11,10 +11,11 @@ from decimal import Decimal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor_app.telemetry_receiver import Inbox, keep_rollups, load_rollups
+from monitor_app.telemetry_inbox import Inbox, keep_rollups, load_rollups
 from sessions_app.models import RunTelemetry, Session, Status
 from sessions_app.otlp import Event, Records
-from sessions_app.telemetry import Rollup, stall_kind, stored_rollup, write_rollups
+from sessions_app.telemetry import Rollup, stall_kind
+from sessions_app.telemetry_records import stored_rollup, write_rollups
 from sessions_app.timeline import three_costs
 from sessions_app.transcripts.parse import iter_records, tool_calls_by_id
 from wrapper.formats import StatePaths
