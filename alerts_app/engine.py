@@ -147,8 +147,8 @@ def on_leftovers(event: Event, now: datetime) -> None:
     if event.kind == EventKind.LEFTOVERS_SEEN:
         if not rule_settings(job).alert_on_leftovers:
             return
-        if session is not None and not session.wrapped:
-            return  # a person's own session: its processes are theirs
+        if session is not None and not session.wrapped and session.job_id is None:
+            return  # a person's own session (no job started it): its processes are theirs
         pids = event.detail.get("pids") or []
         name = messages.subject_name(job, event.script_tag)
         title, body = messages.plain_message(

@@ -72,6 +72,8 @@ def reason_words(session: Session) -> str:
         return f"the model refused the request (usage policy){every}"
     if status == Status.FALSE_SUCCESS:
         return session.error or "exit 0, but the result was an error"
+    if status == Status.CHECK_FAILED:
+        return session.error or "exit 0, but an output check failed"
     if status == Status.KILLED:
         if session.stopped_by:
             return f"stopped by {session.stopped_by} ({session.end_reason or 'stop'})"

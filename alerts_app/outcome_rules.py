@@ -1,6 +1,7 @@
 """The rules on how a run ended: failures (one alert per incident, consecutive-failure
-thresholds, a retry that may still follow), false successes, quota errors, runtimes
-outside the usual, and cost budgets per run and per day."""
+thresholds, a retry that may still follow; a failed output check is one), false
+successes, quota errors, runtimes outside the usual, and cost budgets per run and per
+day."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ DEFER_WITHOUT_SNAPSHOT = timedelta(seconds=10)
 DEFER_WITHOUT_RECORD = timedelta(minutes=1)
 
 
-FAILURE_STATUSES = (Status.FAILED, Status.KILLED, Status.REFUSED)
+# A failed output check is a failure like any other: one alert, one recovery.
+FAILURE_STATUSES = (Status.FAILED, Status.KILLED, Status.REFUSED, Status.CHECK_FAILED)
 
 
 # Runs that say something about whether a job works (a quota skip or an import does not).
@@ -170,6 +172,7 @@ def on_run_outcome(event: Event, snapshot, now: datetime) -> str:
                 Status.FAILED: "failed",
                 Status.KILLED: "was killed",
                 Status.REFUSED: "was refused",
+                Status.CHECK_FAILED: "failed its output check",
             }[status]
             if needed > 1:
                 headline += f" ({needed} runs in a row)"

@@ -313,8 +313,8 @@ def record_host_audit(audit: dict, host: str) -> None:
 
 
 def host_policy(host: str) -> dict:
-    """The console's rules for a host's runs: per tag, its job's time limit and
-    leftover rule, and the defaults for runs of no job."""
+    """The console's rules for a host's runs: per tag, its job's time limit, leftover
+    rule and output checks, and the defaults for runs of no job."""
     ids = {job_id for (job_host, _tag), job_id in job_index().items() if job_host == host}
     jobs = Job.objects.in_bulk(ids) if ids else {}
     tags = {}
@@ -324,6 +324,8 @@ def host_policy(host: str) -> dict:
             tags[tag] = {
                 "max_runtime_minutes": job.max_runtime_minutes,
                 "kill_leftovers": job.kill_leftovers,
+                # Judged by the host when a run ends (sessions_app.output_checks).
+                "checks": job.output_checks(),
             }
     return {
         "default_max_runtime_minutes": settings.OPSCONSOLE_DEFAULT_MAX_RUNTIME_MINUTES,

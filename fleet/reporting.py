@@ -43,7 +43,7 @@ from monitor_app.models import JOB_ACTION_KINDS
 from monitor_app.monitor import Cadence, Leftovers, Monitor
 from monitor_app.snapshot import Snapshot
 from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
-from sessions_app import transcript_store
+from sessions_app import output_checks, transcript_store
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
 from wrapper.formats import (
@@ -89,6 +89,13 @@ class ReportState:
         # Transcripts being shipped: session id -> [path, bytes the console holds, live?].
         self.transcripts: dict[str, list] = {}
         self.transcripts_paused_until: datetime | None = None
+        # session id -> its output checks' verdict, judged here once (the files are here)
+        # and sent with its completion record until the console acknowledges it.
+        self.verdicts: dict[str, dict | None] = {}
+        # tag -> its job's output checks, from the console's latest answer; kept on disk
+        # so a restarted monitor judges its backlog before that answer comes.
+        self.checks_file = monitor.paths.home / "monitor" / "output-checks.json"
+        self.checks: dict[str, dict] | None = self.load_checks()
 
     # ------------------------------------------------------------------ noting
 
@@ -316,7 +323,7 @@ class ReportState:
         completions, rejected_here = [], 0
         for path in pending_spool_files(paths)[:MAX_COMPLETIONS_PER_REPORT]:
             try:
-                completions.append(asdict(read_spool_record(path)))
+                completions.append(asdict(self.judged(read_spool_record(path))))
             except FormatError as exc:
                 log.warning("spool record %s rejected: %s (moved to spool/rejected/)", path, exc)
                 _move_aside(path, paths.spool / "rejected")
@@ -373,6 +380,44 @@ class ReportState:
             "audits": audits,
         }
 
+    def judged(self, record):
+        """The record with its job's output checks judged on this host, where its files
+        are. The checks come with the console's rules (host_policy) and are kept on disk:
+        only a host that never had an answer sends its first runs unjudged."""
+        if self.checks is None:
+            return record
+        if record.session_id not in self.verdicts:
+            checks = self.checks.get(record.script_tag) or {}
+            self.verdicts[record.session_id] = output_checks.judge(checks, record)
+        record.output_check = self.verdicts[record.session_id]
+        return record
+
+    def load_checks(self) -> dict[str, dict] | None:
+        try:
+            checks = json.loads(self.checks_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("output checks in %s unreadable (%s)", self.checks_file, exc)
+            return None
+        return checks if isinstance(checks, dict) else None
+
+    def keep_checks(self, policy: dict) -> None:
+        tags = policy.get("tags") if isinstance(policy.get("tags"), dict) else {}
+        checks = {
+            str(tag): rule["checks"]
+            for tag, rule in tags.items()
+            if isinstance(rule, dict) and isinstance(rule.get("checks"), dict) and rule["checks"]
+        }
+        if checks == self.checks:
+            return
+        self.checks = checks
+        try:
+            ensure_private_dir(self.checks_file.parent)
+            write_json_atomic(self.checks_file, checks)
+        except OSError as exc:  # UnsafeDirectory too: judged from memory until a restart
+            log.warning("could not keep the output checks in %s: %s", self.checks_file, exc)
+
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
         monitor = self.monitor
         payload = self.payload(snapshot, now)
@@ -392,6 +437,7 @@ class ReportState:
         self.acknowledged(payload, answer.get("ack") or {}, now)
         if isinstance(answer.get("policy"), dict):
             self.policy = answer["policy"]
+            self.keep_checks(self.policy)
         live_ids = {s.session_id for s in snapshot.sessions}
         self.stopping &= live_ids
         for action in answer.get("actions") or []:
@@ -407,8 +453,10 @@ class ReportState:
             if session_id in recorded:
                 day = record["started_at"][:10] if record["started_at"][:4].isdigit() else "x"
                 _move_aside(paths.spool_path(session_id), paths.spool / "ingested" / day)
+                self.verdicts.pop(session_id, None)
         refused = refused_items(ack)
         for session_id in set(ack.get("rejected") or []) | refused["completion"]:
+            self.verdicts.pop(str(session_id), None)
             spool_file = paths.spool_path(str(session_id))
             if spool_file.exists():
                 _move_aside(spool_file, paths.spool / "rejected")

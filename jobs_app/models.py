@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import re
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from sessions_app.fields import CleanCharField, CleanJSONField, CleanTextField
+from wrapper.formats import overlap_policy_of
 
 
 class Scheduler(models.TextChoices):
     LAUNCHD = "launchd", "launchd"
     SYSTEMD = "systemd", "systemd"
     CRON = "cron", "cron"
+    # A CI job (GitHub Actions, GitLab CI, ...), found from a run's environment.
+    CI = "ci", "CI"
+
+
+class CatchUp(models.TextChoices):
+    NONE = "none", "none"
+    ONCE = "once", "once"
+    ALL_MISSED = "all_missed", "all missed"
+
+
+def validate_pattern(value: str) -> None:
+    """A check's pattern must compile (Python `re`), or it could never be judged."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValidationError(f"not a regular expression: {exc}") from exc
+
+
+# The output checks of a job: Job field -> the name a verdict and a host's rules use.
+OUTPUT_CHECK_FIELDS = {
+    "check_result_matches": "result_matches",
+    "check_result_not_matches": "result_not_matches",
+    "check_files_changed": "files_changed",
+    "check_git_commit": "git_commit",
+    "check_min_turns": "min_turns",
+    "check_min_tool_calls": "min_tool_calls",
+    "check_max_cost_usd": "max_cost_usd",
+}
+
+
+# Who a job's own policies act as, in the audit log: catch-up runs, overlap skips,
+# failed output checks (monitor_app.catchup, sessions_app.ingest).
+POLICY_ACTORS = ("catch-up", "overlap-policy", "output-check")
 
 
 # Written by collectors (collect_jobs, the live status read); read-only in the admin.
@@ -31,6 +68,7 @@ COLLECTED_FIELDS = (
     "collector_error",
     "collected_at",
     "present",
+    "wrapped",
 )
 
 
@@ -71,6 +109,11 @@ class Job(models.Model):
     present = models.BooleanField(
         default=True, help_text="seen by the latest collection (gone jobs are kept, not deleted)"
     )
+    wrapped = models.BooleanField(
+        default=True,
+        help_text="its command runs opsconsole-run (False: it runs claude directly, and was "
+        "found from its runs' processes or its command line)",
+    )
 
     # ---- edited by people in the admin
     description = CleanTextField(blank=True, default="")
@@ -89,6 +132,62 @@ class Job(models.Model):
     )
     notes = CleanTextField(blank=True, default="")
 
+    # ---- output checks (all optional): judged by the host's monitor when a run ends
+    # (sessions_app.output_checks); a run that exited 0 and fails one is check_failed.
+    check_result_matches = CleanCharField(
+        max_length=500,
+        blank=True,
+        default="",
+        validators=[validate_pattern],
+        help_text="The result text must match this regular expression (Python re.search)",
+    )
+    check_result_not_matches = CleanCharField(
+        max_length=500,
+        blank=True,
+        default="",
+        validators=[validate_pattern],
+        help_text="The result text must not match this regular expression",
+    )
+    check_files_changed = CleanTextField(
+        blank=True,
+        default="",
+        help_text="A file under this path (absolute, or relative to the run's working "
+        "directory) must be modified during the run",
+    )
+    check_git_commit = models.BooleanField(
+        default=False, help_text="A git commit must land in the run's working directory"
+    )
+    check_min_turns = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At least this many turns (the result's num_turns)"
+    )
+    check_min_tool_calls = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At least this many tool calls (from the transcript)"
+    )
+    check_max_cost_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="The run's reported cost must stay under this cap (USD)",
+    )
+
+    # ---- catch-up after a quota stamp clears (monitor_app.catchup)
+    catchup_policy = CleanCharField(
+        max_length=16,
+        choices=CatchUp.choices,
+        default=CatchUp.NONE,
+        help_text="After a quota stamp clears: none; once (one run for all the fires it "
+        "skipped); all missed (one run per skipped fire within the window)",
+    )
+    catchup_window_hours = models.PositiveIntegerField(
+        default=24, help_text="Skipped fires older than this are not caught up"
+    )
+    caught_up_through = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The latest skipped fire the catch-up rule has dealt with (never twice)",
+    )
+
     class Meta:
         ordering = ["platform", "label"]
         constraints = [
@@ -99,6 +198,22 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} ({self.scheduler} on {self.host})"
+
+    @property
+    def overlap_policy(self) -> str:
+        """What its wrapper does when the previous run is still live: the --overlap flag
+        its command carries (allow without one), read from what the scheduler runs."""
+        return overlap_policy_of(self.command)
+
+    def output_checks(self) -> dict:
+        """The checks set on this job, by check name (JSON: what a host's rules carry)."""
+        checks = {}
+        for field_name, check in OUTPUT_CHECK_FIELDS.items():
+            value = getattr(self, field_name)
+            if value in (None, "", False):
+                continue
+            checks[check] = str(value) if field_name == "check_max_cost_usd" else value
+        return checks
 
 
 class AuditEntry(models.Model):

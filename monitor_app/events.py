@@ -18,6 +18,7 @@ from django.db import DatabaseError
 
 from jobs_app.linking import job_id_for
 from monitor_app.models import Event, EventKind
+from sessions_app.models import Session
 from wrapper.formats import ensure_private_dir, parse_iso, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -81,20 +82,27 @@ class EventOutbox:
             return 0
         batch = list(self.pending)
         try:
+            by_tag = [
+                job_id_for(item.host, item.script_tag) if item.script_tag else None
+                for item in batch
+            ]
+            tied = jobs_of_sessions(
+                [item.session_id for item, job in zip(batch, by_tag, strict=True) if job is None]
+            )
             rows = [
                 Event(
                     at=parse_iso(item.at),
                     host=item.host,
                     kind=item.kind,
                     session_id=item.session_id,
-                    job_id=job_id_for(item.host, item.script_tag) if item.script_tag else None,
+                    job_id=job or tied.get(item.session_id or ""),
                     script_tag=item.script_tag,
                     status=item.status,
                     message=item.message,
                     detail=item.detail,
                     dedupe_key=item.dedupe_key,
                 )
-                for item in batch
+                for item, job in zip(batch, by_tag, strict=True)
             ]
             Event.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
         except DatabaseError:
@@ -153,3 +161,13 @@ def prune_events(older_than: timedelta, now: datetime) -> int:
         if not ids:
             return deleted
         deleted += Event.objects.filter(id__in=ids).delete()[0]
+
+
+def jobs_of_sessions(session_ids: list[str | None]) -> dict[str, int]:
+    """Session id -> job, for runs their tag ties to no job but their processes did
+    (monitor_app.job_join): an unwrapped run's events are its job's too."""
+    ids = [sid for sid in session_ids if sid]
+    if not ids:
+        return {}
+    rows = Session.objects.filter(session_id__in=ids, job__isnull=False)
+    return {str(sid): job_id for sid, job_id in rows.values_list("session_id", "job_id")}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -23,7 +24,7 @@ from monitor_app.runs import Run, run_from_live
 from monitor_app.snapshot import Snapshot
 from sessions_app.models import LIVE_STATUSES, Session
 from sessions_app.outcome import outcome_of
-from wrapper.formats import EXIT_QUOTA_SKIP
+from wrapper.formats import EXIT_OVERLAP_SKIP, EXIT_QUOTA_SKIP
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def _collected_values(found: CollectedJob, now: datetime) -> dict:
         "scope": found.scope,
         "collector_error": found.error,
         "present": True,
+        "wrapped": found.wrapped,
     }
 
 
@@ -222,16 +224,21 @@ def live_runs_of(job: Job, snapshot: Snapshot, *, record_links: bool | None = No
         # reads the monitor's sample writes nothing.)
         Session.objects.filter(session_id__in=list(found), job__isnull=True).update(job=job)
     for live in snapshot.sessions:
-        if live.sidecar.script_tag in (job.tags or []) and live.sidecar.host == job.host:
+        if live.sidecar.host != job.host:
+            continue
+        # By the wrapper tag, or by the job the process itself names (jobs_app.linking).
+        if live.sidecar.script_tag in (job.tags or []) or live.job_id == job.pk:
             found[live.session_id] = live
     return [run_from_live(live) for live in found.values()]
 
 
 def last_finished_session(job: Job) -> Session | None:
-    if not job.tags:
-        return None
+    """Its runs by tag, and those tied to it from their processes (Session.job)."""
+    runs = Q(job=job)
+    if job.tags:
+        runs |= Q(host=job.host, script_tag__in=job.tags)
     return (
-        Session.objects.filter(host=job.host, script_tag__in=job.tags)
+        Session.objects.filter(runs)
         .exclude(status__in=LIVE_STATUSES)
         .order_by("-started_at")
         .first()
@@ -289,6 +296,8 @@ def outcome_badges(job: Job, last: Session | None) -> list[Badge]:
         return []
     if status == EXIT_QUOTA_SKIP:
         return [Badge("quota_skip", "quota skip")]  # a skip, never a failure
+    if status == EXIT_OVERLAP_SKIP:
+        return [Badge("overlap_skip", "overlap skip")]  # the previous run was still live
     if status < 0:
         return [Badge("killed", f"killed (signal {-status})")]
     if status > 0:
@@ -333,6 +342,7 @@ def status_payload(status: JobStatus) -> dict:
         "html_url": reverse("job", args=[job.pk]),
         "label": job.label,
         "scheduler": job.scheduler,
+        "wrapped": job.wrapped,
         "host": job.host,
         "platform": status.platform,
         "tags": job.tags,

@@ -43,6 +43,8 @@ class EventKind(models.TextChoices):
     REMOTE_ACTION = "remote_action", "remote action"  # an operator's request answered by a host
     # A reporting host went past one of its budgets (once per host, budget and window).
     HOST_OVER_BUDGET = "host_over_budget", "host over budget"
+    # A job's catch-up policy started it after a quota stamp cleared (monitor_app.catchup).
+    CATCH_UP = "catch_up", "catch-up run"
 
 
 class Event(models.Model):

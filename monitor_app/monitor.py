@@ -34,6 +34,7 @@ from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
 from monitor_app.events import EventOutbox, prune_events
+from monitor_app.job_join import JobJoin
 from monitor_app.job_status import collect_and_record, job_statuses
 from monitor_app.models import EventKind
 from monitor_app.sampler import Sampler, sidecar_for_unwrapped
@@ -69,6 +70,7 @@ ACTIVE_CPU_PERCENT = 1.0
 # was lost (its sidecar removed by hand, say); younger ones may just be mid-write.
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
+ROLLUPS_KEPT_EVERY = timedelta(seconds=15)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -133,6 +135,8 @@ class Leftovers:
     # What a person's own session (unwrapped, ended normally) left running is theirs: a
     # dev server started from a terminal session is not an orphan to clean up.
     persons_own: bool = False
+    # The job its run was tied to by its processes (monitor_app.job_join), if not by tag.
+    job_id: int | None = None
 
     def as_record(self) -> list[dict]:
         return leftover_record(self.members)
@@ -159,6 +163,7 @@ class Monitor:
         cadences: bool = True,
         steps: Sequence[Step] = (),
         reporting: Callable[[Monitor], Reporting] | None = None,
+        proc_root: str | Path = "/proc",
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -168,6 +173,8 @@ class Monitor:
         self.cadences = cadences
         self.config_dirs = list(config_dirs or settings.OPSCONSOLE_CLAUDE_CONFIG_DIRS)
         self.sampler = Sampler(self.paths, self.config_dirs, settings.OPSCONSOLE_TRUSTED_UIDS)
+        # Each run tied to the scheduler job that started it, from its processes.
+        self.join = JobJoin(self.host, proc_root)
         self.events = EventOutbox(self.host, self.paths.home / "monitor" / "pending-events.json")
         # Milliseconds since the epoch: increases across restarts without asking anyone.
         self.seq = int(time.time() * 1000)
@@ -190,6 +197,7 @@ class Monitor:
         self.collecting = Cadence()
         self.watching = Cadence()
         self.pruning = Cadence()
+        self.keeping_rollups = Cadence()
         self.database_ok = True
         self.rejected_spool_files = 0  # completion records moved to spool/rejected/
         self.watchdog_thread: threading.Thread | None = None
@@ -200,6 +208,8 @@ class Monitor:
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
         # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
         self.steps = tuple(steps)
+        # What a step keeps from one round to the next (its cadence...), by step name.
+        self.step_state: dict[str, object] = {}
         # Report mode (fleet.reporting): no database here; history goes to the console
         # with each sample and leaves this host once acknowledged.
         self.reporting = None
@@ -292,6 +302,7 @@ class Monitor:
             live.last_tool_call = watch.last_tool_call
             live.running_cost_usd = self.running_cost(live.session_id, watch.path, grew)
             live.transcript_bytes = watch.size if watch.path else None
+            self.join.read(live, root, table)
             if (
                 grew
                 or live.cpu_percent >= ACTIVE_CPU_PERCENT
@@ -324,6 +335,7 @@ class Monitor:
             del self.activity[session_id]
         for session_id in [s for s in self.running if s not in live_ids]:
             del self.running[session_id]
+        self.join.forget(table, live_ids, {e.sidecar.session_id for e in self.endings})
         self.end_trees(snapshot, table, live_ids, now)
         return gone
 
@@ -380,7 +392,11 @@ class Monitor:
                 host=tree.sidecar.host,
                 ended_at=now,
                 members=members,
-                persons_own=not tree.wrapped and not killed,
+                # An unwrapped run its scheduler started is a job's, not a person's.
+                persons_own=not tree.wrapped
+                and not killed
+                and session_id not in self.join.session_jobs,
+                job_id=self.join.session_jobs.get(session_id),
             )
             self.leftovers[session_id] = leftovers
             self.leftover_writes[session_id] = leftovers.as_record()
@@ -438,10 +454,17 @@ class Monitor:
                 Session.objects.filter(host=self.host)
                 .exclude(leftovers=[])
                 .values_list(
-                    "session_id", "script_tag", "host", "ended_at", "leftovers", "wrapped", "status"
+                    "session_id",
+                    "script_tag",
+                    "host",
+                    "ended_at",
+                    "leftovers",
+                    "wrapped",
+                    "status",
+                    "job_id",
                 )
             )
-            for session_id, tag, host, ended_at, members, wrapped, status in rows:
+            for session_id, tag, host, ended_at, members, wrapped, status, job_id in rows:
                 parsed = leftover_members(members)
                 if parsed:
                     self.leftovers.setdefault(
@@ -452,7 +475,8 @@ class Monitor:
                             host,
                             ended_at or now,
                             parsed,
-                            persons_own=not wrapped and status != Status.KILLED,
+                            persons_own=not wrapped and status != Status.KILLED and not job_id,
+                            job_id=job_id,
                         ),
                     )
         except DatabaseError as exc:
@@ -494,6 +518,7 @@ class Monitor:
         """Everything the database must learn from this sample; kept for later if it can't."""
         try:
             self.record_completions(now)
+            self.join.tie(snapshot, now, collect=self.cadences)
             self.record_live(snapshot, now)
             for sidecar in gone[:RECORDS_PER_SAMPLE]:
                 self.record_gone_sidecar(sidecar, now)
@@ -605,6 +630,7 @@ class Monitor:
                 ending.ended_at,
                 self.paths,
                 transcript_store.find_live_transcript(ending.sidecar),
+                job_id=self.join.job_of_ended(ending.sidecar.session_id),
             )
             self.on_record[ending.sidecar.session_id] = session.status
             if session.status == ending.status:
@@ -691,6 +717,8 @@ class Monitor:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+            live = set(self.trees)
+            keep_rollups(self.paths, self.telemetry, live, datetime.now(UTC))
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
         """What the receiver took since the last sample, on record: rollups and spans."""
@@ -709,7 +737,9 @@ class Monitor:
                 close_old_connections()
         elif drained.rollups or drained.spans:
             self.telemetry.put_back(drained)
-        if drained.rollups or self.pruning.last is None:
+        # Written down every so often (and at stop), not every sample: a restarted monitor
+        # adds on to what it kept, losing at most that much of a run's rollup.
+        if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
             keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
@@ -790,11 +820,10 @@ class Monitor:
         if not due:
             return
         index = job_index()
-        jobs = Job.objects.in_bulk(
-            {index[(i.host, i.script_tag)] for i in due if (i.host, i.script_tag) in index}
-        )
+        job_ids = {i.job_id or index.get((i.host, i.script_tag)) for i in due}
+        jobs = Job.objects.in_bulk(job_ids - {None})
         for item in due:
-            job = jobs.get(index.get((item.host, item.script_tag)))
+            job = jobs.get(item.job_id or index.get((item.host, item.script_tag)))
             allowed = job.kill_leftovers if job else settings.OPSCONSOLE_KILL_LEFTOVERS
             if not allowed or item.persons_own:
                 continue

@@ -24,6 +24,10 @@ class LiveSession(TreeFigures):
     idle_since: datetime | None = None
     running_cost_usd: float | None = None
     transcript_bytes: int | None = None
+    # The scheduler job its processes name (sessions_app.origins), in words, and the Job
+    # it was tied to (jobs_app.linking.job_for_origin); a wrapped run is tied by its tag.
+    origin: str = ""
+    job_id: int | None = None
 
     @property
     def session_id(self) -> str:

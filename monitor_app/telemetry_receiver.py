@@ -15,7 +15,6 @@ collector never slows the receiver; a full queue drops and counts.
 
 from __future__ import annotations
 
-import copy
 import hmac
 import json
 import logging
@@ -127,7 +126,7 @@ class Inbox:
         """Copies of the rollups changed since the last drain, and the spans waiting."""
         with self.lock:
             drained = Drained(
-                [copy.deepcopy(self.rollups[k]) for k in self.changed if k in self.rollups],
+                [self.rollups[k].copy() for k in self.changed if k in self.rollups],
                 self.spans,
             )
             self.changed = set()
@@ -146,7 +145,7 @@ class Inbox:
     def get(self, session_id: str) -> Rollup | None:
         with self.lock:
             rollup = self.rollups.get(session_id)
-            return copy.deepcopy(rollup) if rollup else None
+            return rollup.copy() if rollup else None
 
     def count(self, what: str, n: int = 1) -> None:
         with self.lock:

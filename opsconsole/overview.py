@@ -28,8 +28,17 @@ from sessions_app.costs import CostLine, cost_report
 from sessions_app.models import Session, run_cost_expression
 
 # Badge kinds (monitor_app.job_status) that put a job on the overview, worst first.
-FAILING_KINDS = ("failed", "killed", "refused", "false_success", "hung", "rate_limited", "error")
-ATTENTION_KINDS = (*FAILING_KINDS, "late", "quota_skip")
+FAILING_KINDS = (
+    "failed",
+    "killed",
+    "refused",
+    "false_success",
+    "check_failed",
+    "hung",
+    "rate_limited",
+    "error",
+)
+ATTENTION_KINDS = (*FAILING_KINDS, "late", "quota_skip", "overlap_skip")
 
 # Enough to see what is wrong; the Alerts page lists every one.
 INCIDENTS_SHOWN = 15

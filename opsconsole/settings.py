@@ -339,6 +339,8 @@ OPSCONSOLE_SAMPLE_SECONDS = env_float("OPSCONSOLE_SAMPLE_SECONDS", 2.0)
 # Scheduler collectors and the watchdog run inside the monitor on their own cadences.
 OPSCONSOLE_COLLECT_SECONDS = env_float("OPSCONSOLE_COLLECT_SECONDS", 30.0)
 OPSCONSOLE_WATCHDOG_SECONDS = env_float("OPSCONSOLE_WATCHDOG_SECONDS", 30.0)
+# How often the monitor looks for jobs to catch up after a quota stamp clears.
+OPSCONSOLE_CATCHUP_SECONDS = env_float("OPSCONSOLE_CATCHUP_SECONDS", 30.0)
 # Processes a run left behind are killed this long after it ended (jobs can opt out).
 OPSCONSOLE_LEFTOVER_GRACE_SECONDS = env_float("OPSCONSOLE_LEFTOVER_GRACE_SECONDS", 120.0)
 # The leftover rule for runs that belong to no job (unwrapped sessions included).

@@ -13,7 +13,14 @@ from sessions_app.models import Session, Status
 from sessions_app.outcome import RATE_LIMITED, outcome_of
 
 # Runs whose page opens with why they ended.
-SHOWN_FOR = (Status.FAILED, Status.REFUSED, Status.KILLED, Status.FALSE_SUCCESS, RATE_LIMITED)
+SHOWN_FOR = (
+    Status.FAILED,
+    Status.REFUSED,
+    Status.KILLED,
+    Status.FALSE_SUCCESS,
+    Status.CHECK_FAILED,
+    RATE_LIMITED,
+)
 
 
 @dataclass
@@ -62,6 +69,8 @@ def reason_line(session: Session) -> str:
     """One line: claude's result text, else its errors, the API error it retried on, the
     last line it printed on stderr or stdout, else the wrapper's own error; "" if none."""
     details = _details(session)
+    if session.status == Status.CHECK_FAILED and session.error:
+        return _first_line(session.error)  # which check, wanted, seen: the news
     for candidate in (
         _first_line(_text(details, "result_text")),
         _first_line("\n".join(_texts(details, "errors"))),

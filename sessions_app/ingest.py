@@ -20,7 +20,8 @@ from pathlib import Path
 from django.db import transaction
 
 from jobs_app.linking import job_id_for
-from sessions_app import transcript_store
+from jobs_app.models import AuditEntry, Job
+from sessions_app import output_checks, transcript_store
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from wrapper.formats import (
@@ -42,7 +43,14 @@ END_REASON_STATUS = {
     "failed": Status.FAILED,
     "refused": Status.REFUSED,
     "quota_skip": Status.QUOTA_SKIP,
+    "overlap_skip": Status.OVERLAP_SKIP,
     "signalled": Status.KILLED,
+}
+
+# Runs a policy decided, on record in the audit log too: (actor, action) by status.
+POLICY_AUDITS = {
+    Status.CHECK_FAILED: ("output-check", "check_failed"),
+    Status.OVERLAP_SKIP: ("overlap-policy", "overlap_skip"),
 }
 
 USAGE_FIELDS = {
@@ -98,6 +106,7 @@ def ingest_spool_file(path: Path, paths: StatePaths, result: IngestResult) -> bo
         _quarantine(path, paths, result, str(exc))
         return False
     try:
+        judge_here(record)  # before the savepoint: a git log may take seconds
         with transaction.atomic():  # a savepoint: a failed row leaves the connection usable
             session = record_completion(record)
     except DATABASE_AWAY:
@@ -158,8 +167,22 @@ def false_success_reason(record: SpoolRecord) -> str | None:
     return None
 
 
+def checks_for(host: str, script_tag: str) -> dict:
+    """The output checks of the job a run of (host, tag) belongs to; {} for none."""
+    job_id = job_id_for(host, script_tag)
+    job = Job.objects.filter(pk=job_id).first() if job_id else None
+    return job.output_checks() if job is not None else {}
+
+
+def judge_here(record: SpoolRecord) -> None:
+    """A completion record read on the host where the run was: its job's output checks
+    are judged now, against this host's files (whatever the record said before)."""
+    record.output_check = output_checks.judge(checks_for(record.host, record.script_tag), record)
+
+
 def record_completion(record: SpoolRecord) -> Session:
-    """Create or complete the Session row for one finished attempt."""
+    """Create or complete the Session row for one finished attempt. Its output checks'
+    verdict is the record's (judged on its host: judge_here, or a reporting host)."""
     values = {
         "script_tag": record.script_tag,
         "platform": record.platform,
@@ -190,26 +213,58 @@ def record_completion(record: SpoolRecord) -> Session:
     }
     if record.claude_pid is not None:  # older records name none: keep what the sidecar said
         values["claude_pid"] = record.claude_pid
+    if values["job_id"] is None:
+        del values["job_id"]  # keep a link the run's processes made (monitor_app.job_join)
     false_success = false_success_reason(record)
     if false_success:
         values.update(status=Status.FALSE_SUCCESS, error=record.error or false_success)
+    verdict = record.output_check
+    if verdict:
+        values["end_details"]["output_check"] = verdict
+        if verdict.get("verdict") == "failed" and values["status"] == Status.SUCCEEDED:
+            values.update(status=Status.CHECK_FAILED, error=output_checks.failure_words(verdict))
     if record.duration_ms is None:
         elapsed = values["ended_at"] - values["started_at"]
         values["duration_ms"] = max(0, int(elapsed.total_seconds() * 1000))
     for usage_key, column in USAGE_FIELDS.items():
         values[column] = (record.usage or {}).get(usage_key)
-    stopped = (
+    before = (
         Session.objects.filter(session_id=record.session_id)
-        .exclude(stopped_by="")
-        .values_list("end_reason", flat=True)
+        .values_list("status", "stopped_by", "end_reason")
         .first()
     )
-    if stopped:  # an operator or the watchdog stopped it: that is why it ended
-        values.update(status=Status.KILLED, end_reason=stopped)
+    if before and before[1]:  # an operator or the watchdog stopped it: that is why it ended
+        values.update(status=Status.KILLED, end_reason=before[2])
     session, _ = Session.objects.update_or_create(session_id=record.session_id, defaults=values)
+    if session.status in POLICY_AUDITS and (before is None or before[0] != session.status):
+        audit_policy_run(session)
     # Tokens with subagents, the cost computed from the transcript, the search index.
     transcript_store.record_transcript_figures(session)
     return session
+
+
+def audit_policy_run(session: Session) -> None:
+    """A run an output check failed or the overlap policy skipped, in the audit log."""
+    actor, action = POLICY_AUDITS[session.status]
+    AuditEntry.objects.create(
+        actor=actor,
+        action=action,
+        job_id=session.job_id,
+        target=str(session.session_id),
+        ok=session.status == Status.OVERLAP_SKIP,  # the policy did its job; a check failed
+        exit_code=session.exit_code,
+        detail={
+            "message": session.error[:2000],
+            "session_id": str(session.session_id),
+            "script_tag": session.script_tag,
+            "host": session.host,
+            **(
+                {"output_check": session.end_details["output_check"]}
+                if "output_check" in (session.end_details or {})
+                else {}
+            ),
+        },
+    )
 
 
 def end_details(record: SpoolRecord) -> dict:
@@ -268,6 +323,8 @@ def record_live(sessions: list) -> dict[str, str]:
             values = sidecar_values(sidecar, status)
             if not live.wrapped:
                 values.update(wrapped=False, recorded_from="registry")
+            if values["job_id"] is None:
+                values["job_id"] = getattr(live, "job_id", None)  # tied by its processes
             new_rows.append(Session(session_id=sidecar.session_id, **values))
             known[sidecar.session_id] = status
         elif current != status and current in (*LIVE_STATUSES, Status.UNKNOWN):
@@ -281,7 +338,12 @@ def record_live(sessions: list) -> dict[str, str]:
 
 
 def record_unwrapped_end(
-    sidecar: Sidecar, status: str, ended_at: datetime, paths: StatePaths, transcript: Path | None
+    sidecar: Sidecar,
+    status: str,
+    ended_at: datetime,
+    paths: StatePaths,
+    transcript: Path | None,
+    job_id: int | None = None,
 ) -> Session:
     """An unwrapped session is gone: "exited" when Claude Code removed its registry file
     (a normal exit), "killed" when the file was left behind. Its transcript is archived."""
@@ -300,6 +362,7 @@ def record_unwrapped_end(
         error=error,
         now=ended_at,
         wrapped=False,
+        job_id=job_id,
     )
 
 
@@ -314,6 +377,7 @@ def record_vanished(
     "(killed, crashed, or the host went down).",
     now: datetime | None = None,
     wrapped: bool = True,
+    job_id: int | None = None,
 ) -> Session:
     """A session whose wrapper and agent are both gone, with no completion record: killed,
     unless the wrapper wrote into its sidecar how the run ended.
@@ -340,6 +404,7 @@ def record_vanished(
     )
     if not wrapped:
         values.update(wrapped=False, recorded_from="registry")
+    values["job_id"] = values["job_id"] or job_id  # by its tag, else by its processes
     if sidecar.end_reason in END_REASON_STATUS and sidecar.ended_at:
         # The wrapper saw the run end but could not write its completion record (disk
         # full): it left its outcome in the sidecar. Not killed.
@@ -362,6 +427,8 @@ def record_vanished(
                 values.pop("end_reason")  # keep the reason it was stopped for
                 values["status"] = Status.KILLED
                 values["error"] = f"Stopped by {session.stopped_by} ({session.end_reason})."
+            if values["job_id"] is None:
+                del values["job_id"]  # keep the link made while it was live
             for name, value in values.items():
                 setattr(session, name, value)
             session.save()

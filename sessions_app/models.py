@@ -18,9 +18,16 @@ class Status(models.TextChoices):
     # Exit 0, but the result says it was not a success (is_error, an "API Error", no
     # result at all, or no turn made): never counted or shown as succeeded.
     FALSE_SUCCESS = "false_success", "false success"
+    # Exit 0, but one of the job's output checks failed (no file written, no commit, a
+    # result that does not match...): end_details["output_check"] says which, and what
+    # was seen. Never counted or shown as succeeded.
+    CHECK_FAILED = "check_failed", "check failed"
     FAILED = "failed", "failed"
     REFUSED = "refused", "refused"
     QUOTA_SKIP = "quota_skip", "quota skip"
+    # --overlap skip (or queue, after its wait): the job's previous run was still live,
+    # claude was not started (exit 80).
+    OVERLAP_SKIP = "overlap_skip", "overlap skip"
     KILLED = "killed", "killed"
     # A Claude Code session no wrapper started (a terminal, an IDE, CI), seen live in
     # Claude Code's own registry; "exited" once it is gone with no registry file left.
@@ -34,6 +41,8 @@ class Status(models.TextChoices):
 
 
 LIVE_STATUSES = (Status.LIVE, Status.ORPHANED, Status.UNWRAPPED)
+# Runs whose claude the wrapper never started, on purpose: they cost nothing.
+NOT_RUN_STATUSES = (Status.QUOTA_SKIP, Status.OVERLAP_SKIP)
 
 
 class Session(models.Model):
@@ -136,15 +145,15 @@ class Session(models.Model):
         """The run's cost: the one rule every page, chart, alert, total and the API use
         (run_cost_expression() is the same rule for a query). The CLI's own figure when it
         reported one, else the sum its telemetry reported (auxiliary requests included),
-        else ours from the transcript; $0 for a quota skip (claude never ran); None
-        (unknown) otherwise, never made up."""
+        else ours from the transcript; $0 for a quota or overlap skip (claude never ran);
+        None (unknown) otherwise, never made up."""
         if self.cost_usd is not None:
             return self.cost_usd
         if self.cost_telemetry_usd is not None:
             return self.cost_telemetry_usd
         if self.cost_computed_usd is not None:
             return self.cost_computed_usd
-        return NOT_RUN_COST if self.status == Status.QUOTA_SKIP else None
+        return NOT_RUN_COST if self.status in NOT_RUN_STATUSES else None
 
     @property
     def shown_cost_source(self) -> str:
@@ -155,7 +164,7 @@ class Session(models.Model):
             return "telemetry"
         if self.cost_computed_usd is not None:
             return "computed"
-        return "not run" if self.status == Status.QUOTA_SKIP else ""
+        return "not run" if self.status in NOT_RUN_STATUSES else ""
 
 
 # A run whose claude never started (exit 79, a quota skip) cost nothing.
@@ -169,7 +178,7 @@ def run_cost_expression():
         "cost_telemetry_usd",
         "cost_computed_usd",
         Case(
-            When(status=Status.QUOTA_SKIP, then=Value(NOT_RUN_COST)),
+            When(status__in=NOT_RUN_STATUSES, then=Value(NOT_RUN_COST)),
             default=None,
             output_field=models.DecimalField(max_digits=12, decimal_places=6),
         ),
@@ -180,7 +189,7 @@ def unknown_cost_q() -> Q:
     """The runs whose Session.shown_cost_usd is None (unknown)."""
     return Q(
         cost_usd__isnull=True, cost_telemetry_usd__isnull=True, cost_computed_usd__isnull=True
-    ) & ~Q(status=Status.QUOTA_SKIP)
+    ) & ~Q(status__in=NOT_RUN_STATUSES)
 
 
 def leftover_members(record, *, limit: int | None = None) -> dict[tuple[int, float], str]:

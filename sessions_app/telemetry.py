@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from sessions_app.otlp import Event, Point, Span
 
 PREFIX = "claude_code."
 # Time to first token: the latest this many values, for the percentiles.
-TTFT_KEPT = 500
+TTFT_KEPT = 200
 ERRORS_KEPT = 20
 MODELS_KEPT = 32
 TOOLS_KEPT = 64
@@ -192,6 +192,19 @@ class Rollup:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def copy(self) -> Rollup:
+        """A copy that later records do not change: containers copied one level down
+        (what they hold is numbers and strings, or dicts of them), far cheaper than a
+        deepcopy, which the receiver's lock is held for."""
+        copied = replace(self)
+        for name in ("requests_by", "tools", "open_tools"):
+            setattr(copied, name, {k: dict(v) for k, v in getattr(self, name).items()})
+        copied.errors_by_status = dict(self.errors_by_status)
+        copied.last_errors = [dict(e) for e in self.last_errors]
+        copied.slowest_tool = dict(self.slowest_tool)
+        copied.ttft_ms = list(self.ttft_ms)
+        return copied
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rollup:

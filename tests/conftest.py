@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sessions_app.origins import CI_PROVIDERS
 from wrapper.formats import StatePaths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,7 @@ pytest_plugins = [
     "tests.scheduler_tools",
 ]
 PYTHON = sys.executable
+CI_MARKERS = tuple(sorted({provider[1] for provider in CI_PROVIDERS}))
 
 
 @dataclass
@@ -58,6 +60,9 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         PYTHONPATH=str(REPO_ROOT),
     )
     env.pop("CLAUDE_SESSION_ID", None)
+    # The suite run by a CI job: its agents are not that job's runs (sessions_app.origins).
+    for marker in CI_MARKERS:
+        env.pop(marker, None)
     for key in ("OPSCONSOLE_HOME", "OPSCONSOLE_ACTIVE_DIR", "CLAUDE_CONFIG_DIR"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.delenv("CLAUDE_SESSION_ID", raising=False)

@@ -17,6 +17,8 @@ Knobs (environment):
                          (session id), so tests can prove claude did (not) start.
   FAKE_CLAUDE_IGNORE_TERM=1  ignore SIGTERM (a stubborn agent).
   FAKE_CLAUDE_COST       total_cost_usd of a success (default 0.0123).
+  FAKE_CLAUDE_WRITE      a path (relative to the cwd): a success writes it first, as an
+                         agent's Write tool would (output checks).
 """
 
 from __future__ import annotations
@@ -238,6 +240,11 @@ def main() -> int:
         answer = (
             "Summary: the page says Request rejected (429) happens past the monthly usage limit."
         )
+    written = os.environ.get("FAKE_CLAUDE_WRITE")
+    if written:
+        target = Path(written)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"written by {session_id}\n")
     transcript.assistant([{"type": "text", "text": answer}], "msg_answer", usage)
     emit(
         {

@@ -167,8 +167,17 @@ def test_systemd_services_and_timers(systemctl):
     collection = systemd.collect(host="linux", now=NOW, systemctl=systemctl, scopes=("--user",))
     jobs = by_label(collection)
 
-    assert set(jobs) == {"nightly-report.service", "broken-agent.service", "killed-agent.service"}
+    assert set(jobs) == {
+        "nightly-report.service",
+        "broken-agent.service",
+        "killed-agent.service",
+        "direct-agent.service",  # runs claude directly: a job, not wrapped (dbus is none)
+    }
+    direct = jobs["direct-agent.service"]
+    assert (direct.wrapped, direct.tags) == (False, [])
+    assert direct.command == "/home/ops/.local/bin/claude -p Triage the inbox"
     nightly = jobs["nightly-report.service"]
+    assert nightly.wrapped
     assert nightly.tags == ["nightly-report"]
     assert nightly.next_run_at == datetime(2026, 11, 25, 2, 15, tzinfo=UTC)
     assert nightly.schedule_raw == "OnCalendar=*-*-* 02:15:00"

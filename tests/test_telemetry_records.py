@@ -11,11 +11,13 @@ from decimal import Decimal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor_app.telemetry_receiver import Inbox, keep_rollups, load_rollups
 from sessions_app.models import RunTelemetry, Session, Status
-from sessions_app.otlp import Event
+from sessions_app.otlp import Event, Records
 from sessions_app.telemetry import Rollup, stall_kind, write_rollups
 from sessions_app.timeline import three_costs
 from sessions_app.transcripts.parse import iter_records, tool_calls_by_id
+from wrapper.formats import StatePaths
 
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 NS = int(NOW.timestamp() * 1e9)
@@ -204,3 +206,30 @@ def test_a_tool_call_not_yet_decided_on_is_a_wait_for_permission():
     )
     kind = stall_kind(rollup, telemetry_on=True, now=NOW, since=NOW, awaiting=awaiting)
     assert kind.text == "a tool has been running 2 min: Bash: rm -rf build"
+
+
+def test_a_restarted_monitor_adds_on_to_the_rollups_it_kept(tmp_path):
+    paths = StatePaths(home=tmp_path, active=tmp_path / "active")
+    (tmp_path / "monitor").mkdir()
+    inbox = Inbox()
+    live_id, ended_id = str(uuid.uuid4()), str(uuid.uuid4())
+    inbox.take(
+        Records(
+            events=[
+                Event("claude_code.api_request", NS, {"session.id": live_id, "cost_usd": 0.5}),
+                Event("claude_code.api_request", NS, {"session.id": ended_id, "cost_usd": 0.1}),
+            ]
+        )
+    )
+    inbox.drain()
+    # Ten minutes after its last record, an ended run's rollup is on record: let go.
+    keep_rollups(paths, inbox, {live_id}, NOW + timedelta(minutes=11))
+    again = Inbox(load_rollups(paths))
+    assert set(again.rollups) == {live_id}
+    again.take(
+        Records(
+            events=[Event("claude_code.api_request", NS, {"session.id": live_id, "cost_usd": 0.25})]
+        )
+    )
+    (rollup,) = again.drain().rollups
+    assert (rollup.api_requests, rollup.cost_usd) == (2, 0.75)

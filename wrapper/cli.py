@@ -7,17 +7,23 @@ import os
 import sys
 
 from wrapper.formats import (
+    EXIT_OVERLAP_SKIP,
+    EXIT_QUOTA_SKIP,
     INT_RANGES,
     NAME_LIMITS,
+    OVERLAP_POLICIES,
     StatePaths,
     clear_quota_stamp,
     field_problem,
     is_valid_tag,
     read_quota_stamp,
 )
-from wrapper.run import Options, Wrapper, say
+from wrapper.run import DEFAULT_OVERLAP_WAIT_SECONDS, Options, Wrapper, say
 
-USAGE = "opsconsole-run --tag TAG [--platform NAME] [--max-attempts N] -- CLAUDE_ARGS..."
+USAGE = (
+    "opsconsole-run --tag TAG [--platform NAME] [--max-attempts N] "
+    "[--overlap allow|skip|queue] [--overlap-wait SECONDS] -- CLAUDE_ARGS..."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run claude under a pre-assigned session id, visible to opsconsole while it runs "
             "and on record when it ends. claude's output passes through unchanged; the exit "
-            "code is claude's own (79: skipped for a quota stamp, 127: no claude, "
-            "78: unsafe state directory)."
+            f"code is claude's own ({EXIT_QUOTA_SKIP}: skipped for a quota stamp, "
+            f"{EXIT_OVERLAP_SKIP}: skipped because the tag's previous run is still live "
+            "(--overlap), 127: no claude, 78: unsafe state directory)."
         ),
     )
     parser.add_argument("--tag", help="the job's name, as the console shows it ([A-Za-z0-9._-])")
@@ -43,6 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="attempts when the model refuses, each under a fresh session id (default 3)",
+    )
+    parser.add_argument(
+        "--overlap",
+        choices=OVERLAP_POLICIES,
+        default="allow",
+        help="when a run of this tag is still live: allow (start anyway, the default), "
+        f"skip (exit {EXIT_OVERLAP_SKIP}, on record as overlap_skip), or queue (wait for it "
+        "up to --overlap-wait seconds, then skip)",
+    )
+    parser.add_argument(
+        "--overlap-wait",
+        type=float,
+        default=float(
+            os.environ.get("OPSCONSOLE_OVERLAP_WAIT_SECONDS") or DEFAULT_OVERLAP_WAIT_SECONDS
+        ),
+        help="--overlap queue: the longest wait, in seconds (default "
+        "$OPSCONSOLE_OVERLAP_WAIT_SECONDS or 600)",
     )
     parser.add_argument(
         "--clear-quota-stamp",
@@ -84,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if not low <= args.max_attempts <= high:
         say(f"--max-attempts must be between {low} and {high}")
         return 2
+    if not 0 <= args.overlap_wait <= 7 * 24 * 3600:
+        say("--overlap-wait must be between 0 and 604800 seconds")
+        return 2
     if not claude_args:
         say("no claude arguments after '--' (e.g. -- -p 'do the thing')")
         return 2
@@ -92,5 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         platform=args.platform,
         max_attempts=args.max_attempts,
         claude_args=claude_args,
+        overlap=args.overlap,
+        overlap_wait=args.overlap_wait,
     )
     return Wrapper(options).run()

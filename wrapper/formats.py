@@ -38,11 +38,17 @@ EXIT_QUOTA_SKIP = 79
 EXIT_UNSAFE_STATE_DIR = 78  # sysexits EX_CONFIG
 EXIT_NO_CLAUDE = 127
 EXIT_SESSION_ID_IN_USE = 75  # sysexits EX_TEMPFAIL: CLAUDE_SESSION_ID is another run's
+# --overlap skip (or queue, after its wait): the job's previous run was still live.
+EXIT_OVERLAP_SKIP = 80
 
 # Sidecars and spool records are small; anything bigger is not ours.
 MAX_RECORD_BYTES = 64 * 1024
 
-END_REASONS = ("succeeded", "failed", "refused", "quota_skip", "signalled")
+END_REASONS = ("succeeded", "failed", "refused", "quota_skip", "overlap_skip", "signalled")
+
+# What a wrapper does when a run of its tag is still live (`opsconsole-run --overlap`).
+OVERLAP_POLICIES = ("allow", "skip", "queue")
+_OVERLAP_FLAG_RE = re.compile(r"--overlap(?:=|\s+)['\"]?(allow|skip|queue)\b")
 
 # Always fullmatch: `$` also matches before a final newline, and "<uuid>\n" is not an id.
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -242,6 +248,36 @@ START_TIME_TOLERANCE = 1.0
 
 def same_start_time(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and abs(a - b) <= START_TIME_TOLERANCE
+
+
+def owner_alive(sidecar: Sidecar) -> bool:
+    """The sidecar's wrapper still runs: its PID lives and started when the sidecar says
+    (PIDs are reused). What GC calls "gone" is the opposite."""
+    return same_start_time(process_start_time(sidecar.wrapper_pid), sidecar.wrapper_started)
+
+
+def live_sidecars(paths: StatePaths, *, tag: str | None = None) -> list[Sidecar]:
+    """The readable sidecars in the active dir whose owner is alive (of one tag, if
+    given). Unreadable ones are skipped: they name no run anyone can tell is live."""
+    found = []
+    try:
+        entries = list(paths.active.glob("*.json"))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            sidecar = read_sidecar(entry)
+        except (FormatError, OSError):
+            continue
+        if (tag is None or sidecar.script_tag == tag) and owner_alive(sidecar):
+            found.append(sidecar)
+    return found
+
+
+def overlap_policy_of(command: str) -> str:
+    """The --overlap policy a job's command gives its wrapper ("allow" without one)."""
+    match = _OVERLAP_FLAG_RE.search(command or "")
+    return match.group(1) if match else "allow"
 
 
 # --------------------------------------------------------------------------- safe files
@@ -590,6 +626,35 @@ def _time_problem(name: str, value: str) -> str | None:
     return None
 
 
+# An output check's verdict (SpoolRecord.output_check): verdict is "passed" or "failed";
+# check names the one that failed, wanted what it asked, seen what was found; checked
+# lists the checks judged (comma-separated). Each at most OUTPUT_CHECK_CHARS.
+OUTPUT_CHECK_KEYS = ("verdict", "check", "wanted", "seen", "checked")
+OUTPUT_CHECK_CHARS = 500
+
+
+def output_check_problem(verdict: dict[str, Any]) -> str | None:
+    for key, value in verdict.items():
+        if key not in OUTPUT_CHECK_KEYS:
+            return f"output_check has an unknown key {str(key)[:40]!r}"
+        if not isinstance(value, str):
+            return f"output_check[{key!r}] is not text"
+        if len(value) > OUTPUT_CHECK_CHARS or "\x00" in value:
+            return f"output_check[{key!r}] is over {OUTPUT_CHECK_CHARS} characters or holds a NUL"
+    if verdict.get("verdict") not in ("passed", "failed"):
+        return "output_check's verdict is neither passed nor failed"
+    return None
+
+
+def fit_output_check(verdict: dict[str, object]) -> dict[str, str]:
+    """A verdict made to fit its limits: known keys, text, clipped, no NUL."""
+    return {
+        key: str(verdict[key]).replace("\x00", "")[:OUTPUT_CHECK_CHARS]
+        for key in OUTPUT_CHECK_KEYS
+        if verdict.get(key) is not None
+    }
+
+
 def usage_problem(usage: dict[str, Any]) -> str | None:
     if len(usage) > MAX_USAGE_KEYS:
         return f"usage has {len(usage)} keys (at most {MAX_USAGE_KEYS})"
@@ -861,6 +926,11 @@ def check_record(record: Any) -> None:
         problem = usage_problem(usage)
         if problem:
             raise FormatError(problem)
+    verdict = getattr(record, "output_check", None)
+    if verdict is not None:
+        problem = output_check_problem(verdict)
+        if problem:
+            raise FormatError(problem)
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -873,6 +943,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "float | None": (float, int, type(None)),
     "bool | None": (bool, type(None)),
     "dict[str, int] | None": (dict, type(None)),
+    "dict[str, str] | None": (dict, type(None)),
     "list[str] | None": (list, type(None)),
 }
 
@@ -968,6 +1039,9 @@ class SpoolRecord:
     errors: list[str] | None = None  # the `result` event's errors[]
     permission_denials: list[str] | None = None  # "tool_name: tool_input" each
     last_api_error: str | None = None  # from the last system/api_retry event
+    # The verdict of the job's output checks, added by the host's monitor when it reads
+    # the record (never by the wrapper): OUTPUT_CHECK_KEYS, text each. None: not judged.
+    output_check: dict[str, str] | None = None
     version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ top to bottom as it happens.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from wrapper.formats import (
     EXIT_NO_CLAUDE,
+    EXIT_OVERLAP_SKIP,
     EXIT_QUOTA_SKIP,
     EXIT_SESSION_ID_IN_USE,
     EXIT_UNSAFE_STATE_DIR,
@@ -48,12 +50,12 @@ from wrapper.formats import (
     fit_usage,
     host_name,
     is_session_id,
+    live_sidecars,
     new_session_id,
     overwrite_json_in_place,
     process_start_time,
     read_quota_stamp,
-    read_sidecar,
-    same_start_time,
+    safe_tag,
     transcript_path,
     utc_now_iso,
     write_json_atomic,
@@ -67,6 +69,10 @@ DEFAULT_QUOTA_COOLDOWN_SECONDS = 3600
 DEFAULT_KILL_GRACE_SECONDS = 10.0
 # Claude's children may hold its stdout open after it exits; don't wait on them forever.
 PUMP_DRAIN_SECONDS = 5.0
+# --overlap queue: how long a run waits for the previous one by default, and how often
+# it looks again.
+DEFAULT_OVERLAP_WAIT_SECONDS = 600.0
+OVERLAP_POLL_SECONDS = 0.5
 
 
 def say(message: str) -> None:
@@ -81,6 +87,8 @@ class Options:
     max_attempts: int
     claude_args: list[str]
     paths: StatePaths = field(default_factory=StatePaths.from_env)
+    overlap: str = "allow"  # wrapper.formats.OVERLAP_POLICIES
+    overlap_wait: float = DEFAULT_OVERLAP_WAIT_SECONDS
 
 
 @dataclass
@@ -110,6 +118,7 @@ class Wrapper:
         # with how the run ended, stays behind for the console instead.
         self.keep_sidecar = False
         self.claim: Path | None = None
+        self.turn_fd: int | None = None  # the tag's overlap lock, held until exit
         # Claude Code's own telemetry for this fire: one trace, the wrapper's span its root.
         self.telemetry = RunTelemetry.plan(self.env, self.paths, job=options.tag, host=self.host)
         if self.telemetry.warning:
@@ -143,28 +152,98 @@ class Wrapper:
             say(f"state directory not usable, claude not started: {exc}")
             return EXIT_UNSAFE_STATE_DIR
 
-        if first_session_id:
-            in_use = self.claim_session_id(first_session_id)
-            if in_use:
-                return self.refuse_session_id(first_session_id, in_use)
-
         try:
-            claude = self.find_claude()
-            if claude is None:
-                return self.record_missing_claude(session_id)
-
-            previous_handlers = {
-                sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS
-            }
-            try:
-                return self.attempts(claude, session_id)
-            finally:
-                if not self.keep_sidecar:
-                    self.remove_sidecar()
-                for sig, handler in previous_handlers.items():
-                    signal.signal(sig, handler)
+            live = self.take_turn()
+            if live is not None:
+                return self.end_trace(self.skip_for_overlap(session_id, live), "overlap_skip", 0)
+            if first_session_id:
+                in_use = self.claim_session_id(first_session_id)
+                if in_use:
+                    return self.refuse_session_id(first_session_id, in_use)
+            return self.claude_run(session_id)
         finally:
             self.release_claim()
+            self.release_turn()
+
+    def claude_run(self, session_id: str) -> int:
+        claude = self.find_claude()
+        if claude is None:
+            return self.record_missing_claude(session_id)
+        previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in FORWARDED_SIGNALS}
+        try:
+            return self.attempts(claude, session_id)
+        finally:
+            if not self.keep_sidecar:
+                self.remove_sidecar()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+    # ------------------------------------------------------------------ overlap
+
+    def take_turn(self) -> str | None:
+        """--overlap skip or queue: None once this run may start (the tag's lock is then
+        held until the wrapper exits); otherwise which earlier run is still live. queue
+        looks again until --overlap-wait has passed, then skips too."""
+        policy = self.options.overlap
+        if policy not in ("skip", "queue"):
+            return None
+        wait = self.options.overlap_wait if policy == "queue" else 0.0
+        deadline = time.monotonic() + max(0.0, wait)
+        said = False
+        while True:
+            live = self.previous_run_live()
+            if live is None:
+                return None
+            if time.monotonic() >= deadline:
+                return live
+            if not said:
+                say(f"{live}; waiting up to {wait:g} s for it to end (--overlap queue)")
+                said = True
+            time.sleep(OVERLAP_POLL_SECONDS)
+
+    def previous_run_live(self) -> str | None:
+        """Why a run of this tag is live, or None (and the tag's lock is ours). The lock
+        settles two wrappers starting at once; the sidecars see a run started without
+        it (--overlap allow). The kernel drops a dead wrapper's lock: nothing stale."""
+        folder = self.paths.home / "overlap"
+        try:
+            ensure_private_dir(folder)
+            lock = folder / f"{safe_tag(self.options.tag)}.lock"
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except (UnsafeDirectory, OSError) as exc:
+            say(f"could not open the overlap lock ({exc}); judging by sidecars alone")
+            fd = None
+        held = False
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                held = True
+        tag = self.options.tag
+        others = [s for s in live_sidecars(self.paths, tag=tag) if s.wrapper_pid != self.pid]
+        if others or held:
+            if fd is not None:
+                os.close(fd)  # closing drops the lock, if it was ours
+            if not others:
+                return f"another run of {tag} holds its turn (it is starting or queued)"
+            return (
+                f"the previous run of {tag} is live "
+                f"(wrapper pid {others[0].wrapper_pid}, session {others[0].session_id})"
+            )
+        self.turn_fd = fd
+        return None
+
+    def release_turn(self) -> None:
+        if self.turn_fd is not None:
+            os.close(self.turn_fd)
+            self.turn_fd = None
+
+    def skip_for_overlap(self, session_id: str, live: str) -> int:
+        message = f"{live}; claude not started (--overlap {self.options.overlap})"
+        say(message)
+        with contextlib.suppress(UnsafeDirectory, OSError):
+            self.write_bare_record(session_id, "overlap_skip", EXIT_OVERLAP_SKIP, message)
+        return EXIT_OVERLAP_SKIP
 
     # ------------------------------------------------------------------ one id, one run
 
@@ -189,14 +268,8 @@ class Wrapper:
             spool.glob(f"ingested/*/{session_id}.json")
         ):
             return "a completion record for it exists"
-        for entry in self.paths.active.glob("*.json"):
-            try:
-                sidecar = read_sidecar(entry)
-            except FormatError:
-                continue
-            if sidecar.session_id == session_id and same_start_time(
-                process_start_time(sidecar.wrapper_pid), sidecar.wrapper_started
-            ):
+        for sidecar in live_sidecars(self.paths):
+            if sidecar.session_id == session_id:
                 return f"wrapper pid {sidecar.wrapper_pid} is running it"
         return None
 

@@ -4,6 +4,7 @@ recognising a command line that runs our wrapper."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from datetime import datetime
 from croniter import croniter
 
 WRAPPER_NAMES = {"opsconsole-run"}
+# The Claude Code CLI as a job names it (the npm package's native binary is claude.exe).
+CLAUDE_NAMES = {"claude", "claude.exe"}
 SHELLS = {"sh", "bash", "zsh", "dash", "ksh"}
 TOOL_TIMEOUT_SECONDS = 10
 
@@ -39,6 +42,7 @@ class CollectedJob:
     source: str = ""
     scope: str = ""  # systemd: user | system; launchd: gui | system
     error: str = ""
+    wrapped: bool = True  # False: it runs claude directly (runs_claude)
 
 
 @dataclass
@@ -108,6 +112,57 @@ def _command_positions(words: list[str]) -> list[int]:
             positions.append(index)
         expecting_command = word in _SEPARATORS
     return positions
+
+
+def runs_claude(argv: list[str]) -> bool:
+    """True if this command line runs `claude` itself (in command position, directly or
+    through `sh -c "..."`): a job that is ours to watch, though nobody wrapped it."""
+    if not argv:
+        return False
+    if os.path.basename(argv[0]) in SHELLS:
+        for index, arg in enumerate(argv[1:-1], start=1):
+            if arg.startswith("-") and not arg.startswith("--") and "c" in arg:
+                return runs_claude_in_shell_line(" ".join(argv[index + 1 :]))
+    return any(os.path.basename(argv[i]) in CLAUDE_NAMES for i in _command_positions(argv))
+
+
+def runs_claude_in_shell_line(line: str) -> bool:
+    try:
+        return runs_claude(shlex.split(line))
+    except ValueError:
+        return False
+
+
+def job_kind(argv: list[str]) -> tuple[list[str], bool] | None:
+    """(wrapper tags, wrapped) of a job's command line: ([tags], True) when it runs
+    opsconsole-run, ([], False) when it runs claude directly, None when neither."""
+    tags = wrapper_tags(argv)
+    if tags is not None:
+        return tags, True
+    return ([], False) if runs_claude(argv) else None
+
+
+_CLAUDE_WORD = re.compile(r"(?<![\w./-])((?:[^\s'\"]*/)?claude(?:\.exe)?)(?=[\s;|&)]|$)")
+
+
+def wrapping_line(line: str, tag: str) -> str:
+    """`line` with its `claude` word replaced by `opsconsole-run --tag TAG --`: what a
+    person pastes to wrap a job that runs claude directly. A claude named by its path
+    is passed to the wrapper as OPSCONSOLE_CLAUDE_BIN. "" if the line runs no claude."""
+    for match in _CLAUDE_WORD.finditer(line):
+        before = line[: match.start()]
+        try:
+            words = shlex.split(before + "claude")
+        except ValueError:
+            continue
+        if len(words) - 1 not in _command_positions(words):
+            continue  # a word in a prompt, not the command
+        word = match.group(1)
+        runner = f"opsconsole-run --tag {shlex.quote(tag)} --"
+        if word not in CLAUDE_NAMES:
+            runner = f"OPSCONSOLE_CLAUDE_BIN={shlex.quote(word)} {runner}"
+        return before + runner + line[match.end() :]
+    return ""
 
 
 def wrapper_tags_in_shell_line(line: str) -> list[str] | None:

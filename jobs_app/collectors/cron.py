@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 from datetime import datetime
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from jobs_app.collectors.base import (
     CollectorError,
     cron_times,
     describe_cron,
+    job_kind,
     run_tool,
-    wrapper_tags_in_shell_line,
 )
 
 SYSTEM_CRONTABS = ("/etc/crontab", "/etc/cron.d")
@@ -33,18 +34,27 @@ def entry_label(comment: str, tags: list[str], command: str) -> str:
 
 
 def labelled_entries(tab: CronTab):
-    """(label, tags, entry) for each entry that runs the wrapper; one naming rule for
-    the collector and for the controls that edit an entry."""
+    """(label, tags, entry) for each entry that runs the wrapper or claude directly (no
+    tags); one naming rule for the collector, the controls that edit an entry, and the
+    join of an unwrapped run to its entry."""
     seen: dict[str, int] = {}
     for entry in tab:
-        tags = wrapper_tags_in_shell_line(entry.command or "")
-        if tags is None:
+        kind = entry_kind(entry.command or "")
+        if kind is None:
             continue
+        tags = kind[0]
         label = entry_label(entry.comment or "", tags, entry.command)
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label}#{seen[label]}"
         yield label, tags, entry
+
+
+def entry_kind(command: str) -> tuple[list[str], bool] | None:
+    try:
+        return job_kind(shlex.split(command))
+    except ValueError:
+        return None
 
 
 def find_entry(tab: CronTab, label: str):
@@ -71,6 +81,7 @@ def jobs_in(tab: CronTab, *, host: str, now: datetime, source: str) -> list[Coll
                 enabled=entry.is_enabled(),
                 source=source,
                 error="" if entry.is_valid() else f"invalid schedule {expression!r}",
+                wrapped=(entry_kind(entry.command or "") or ([], True))[1],
             )
         )
     return jobs

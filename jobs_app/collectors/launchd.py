@@ -15,8 +15,8 @@ from jobs_app.collectors.base import (
     cron_times,
     describe_cron,
     describe_interval,
+    job_kind,
     run_tool,
-    wrapper_tags,
 )
 
 DEFAULT_PLIST_DIRS = (
@@ -170,9 +170,10 @@ def collect(
             [plist["Program"]] if isinstance(plist.get("Program"), str) else []
         )
         argv = [str(a) for a in argv] if isinstance(argv, list) else []
-        tags = wrapper_tags(argv)
-        if tags is None and label not in known_labels:
-            continue  # not an agent job of ours
+        kind = job_kind(argv)
+        if kind is None and label not in known_labels:
+            continue  # not an agent job of ours (a label its runs named is known)
+        tags = kind[0] if kind else None
         pid, status = loaded.get(label, (None, None))
         job = CollectedJob(
             scheduler="launchd",
@@ -186,6 +187,7 @@ def collect(
             enabled=label in loaded and not plist.get("Disabled", False),
             source=str(path) if path else "",
             scope="system" if path and "LaunchDaemons" in path.parts else "gui",
+            wrapped=kind is not None and kind[1],
         )
         if plist:
             for name, value in schedule_of(plist, now).items():

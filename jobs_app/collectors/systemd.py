@@ -11,8 +11,8 @@ from jobs_app.collectors.base import (
     CollectedJob,
     Collection,
     CollectorError,
+    job_kind,
     run_tool,
-    wrapper_tags,
 )
 
 SERVICE_PROPERTIES = (
@@ -158,9 +158,10 @@ def collect_scope(scope: str, *, host: str, systemctl: str) -> Collection:
             timer_by_service[timer.get("Unit", "")] = timer
     for unit in shown:
         argv = exec_argv(unit.get("ExecStart", ""))
-        tags = wrapper_tags(argv)
-        if tags is None:
+        kind = job_kind(argv)
+        if kind is None:
             continue
+        tags, wrapped = kind
         label = unit.get("Id", "")
         timer = timer_by_service.get(label, {})
         calendar = _CALENDAR_RE.findall(timer.get("TimersCalendar", ""))
@@ -185,6 +186,7 @@ def collect_scope(scope: str, *, host: str, systemctl: str) -> Collection:
                 enabled=enabled_state not in ("disabled", "masked"),
                 source=unit.get("FragmentPath", ""),
                 scope=scope.lstrip("-"),
+                wrapped=wrapped,
             )
         )
     return collection

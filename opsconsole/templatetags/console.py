@@ -19,6 +19,8 @@ register = template.Library()
 
 STATUS_LABELS = {
     "quota_skip": "quota skip",
+    "overlap_skip": "overlap skip",
+    "check_failed": "check failed",
 }
 
 
@@ -144,6 +146,8 @@ STATUS_GLYPHS = {
     "killed": "!",
     "refused": "R",
     "quota_skip": "Q",
+    "overlap_skip": "O",
+    "check_failed": "C",
     "rate_limited": "L",
     "live": "●",
     "orphaned": "◌",

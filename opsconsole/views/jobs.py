@@ -12,7 +12,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from jobs_app.models import Job
+from jobs_app.linking import wrapping_suggestion
+from jobs_app.models import POLICY_ACTORS, Job
 from jobs_app.runs import recent_runs
 from monitor_app.job_controls import ControlError, perform
 from monitor_app.job_status import job_statuses, status_payload
@@ -83,9 +84,11 @@ def job_page(request, pk: int):
             "duration_chart": duration_chart(runs),
             "cost_chart": cost_chart(runs),
             "audit": job.audit.all()[:50],
+            "policy_actions": job.audit.filter(actor__in=POLICY_ACTORS)[:20],
             **requests_for_job(job),
             "console_host": settings.OPSCONSOLE_HOST,
             "can_act": request.user.is_staff,
+            "wrap_line": wrapping_suggestion(job),
         },
     )
 

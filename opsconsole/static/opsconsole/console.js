@@ -6,3 +6,26 @@ document.addEventListener("submit", function (event) {
     event.preventDefault();
   }
 });
+
+// A button with data-copy="ID" copies the text of the input (or <code>) with that id.
+document.addEventListener("click", function (event) {
+  var button = event.target.closest && event.target.closest("button[data-copy]");
+  if (!button) {
+    return;
+  }
+  var source = document.getElementById(button.getAttribute("data-copy"));
+  if (!source) {
+    return;
+  }
+  var text = source.value !== undefined ? source.value : source.textContent;
+  var done = function () {
+    button.textContent = "Copied";
+  };
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(text).then(done);
+  } else if (source.select) {
+    source.select();
+    document.execCommand("copy");
+    done();
+  }
+});
