@@ -7,14 +7,12 @@ that leaves some out says so (total_words)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import CharField, Count, Q, Sum
-from django.db.models.functions import Cast, Coalesce, Substr
 from django.utils import timezone
 
-from sessions_app.models import LIVE_STATUSES, Session, run_cost_expression, unknown_cost_q
+from sessions_app.models import RunDay
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
 
@@ -47,67 +45,23 @@ class CostReport:
     host: str = ""
 
 
-def _aggregates() -> dict:
-    tokens = sum(
-        (Coalesce(Sum(column), 0) for column in TOKEN_COLUMNS[1:]),
-        Coalesce(Sum(TOKEN_COLUMNS[0]), 0),
-    )
-    return {
-        "cost": Sum(run_cost_expression()),
-        "telemetry": Count("id", filter=Q(cost_usd__isnull=True, cost_telemetry_usd__isnull=False)),
-        "computed": Count(
-            "id",
-            filter=Q(
-                cost_usd__isnull=True,
-                cost_telemetry_usd__isnull=True,
-                cost_computed_usd__isnull=False,
-            ),
-        ),
-        "runs": Count("id"),
-        "unknown": Count("id", filter=unknown_cost_q()),
-        "tokens": tokens,
-    }
-
-
-def _line(key: str, row: dict) -> CostLine:
-    return CostLine(
-        key=key,
-        cost_usd=row["cost"] or Decimal("0"),
-        runs=row["runs"],
-        unknown_cost_runs=row["unknown"],
-        computed_cost_runs=row["computed"],
-        telemetry_cost_runs=row["telemetry"],
-        tokens=int(row["tokens"] or 0),
-    )
-
-
-def _add(line: CostLine, row: dict) -> None:
-    line.cost_usd += row["cost"] or Decimal("0")
-    line.runs += row["runs"]
-    line.unknown_cost_runs += row["unknown"]
-    line.computed_cost_runs += row["computed"]
-    line.telemetry_cost_runs += row["telemetry"]
-    line.tokens += int(row["tokens"] or 0)
+def _add(line: CostLine, row: RunDay) -> None:
+    line.cost_usd += row.cost_usd
+    line.runs += row.runs
+    line.unknown_cost_runs += row.unknown_cost_runs
+    line.computed_cost_runs += row.computed_cost_runs
+    line.telemetry_cost_runs += row.telemetry_cost_runs
+    line.tokens += sum(getattr(row, column) for column in TOKEN_COLUMNS)
 
 
 def cost_report(days: int = 30, now: datetime | None = None, host: str = "") -> CostReport:
-    """One GROUP BY (day, tag, host) over the range; per-tag, per-host and total lines are
-    summed from it. `host` narrows the report to one host; the per-host lines always
-    cover every host, so the fleet's total stays in sight."""
+    """The (day, tag, host) rollup over the range, which the database keeps as runs are
+    written (sessions_app.rollups: the UTC day of each run's start); per-tag, per-host
+    and total lines are summed from it. `host` narrows the report to one host; the
+    per-host lines always cover every host, so the fleet's total stays in sight."""
     now = now or timezone.now()
     since = (now - timedelta(days=days - 1)).date()
-    # Compare the timestamp itself (not its date) so the started_at index is used.
-    start = datetime.combine(since, time.min, tzinfo=now.tzinfo)
-    rows = (
-        Session.objects.exclude(status__in=LIVE_STATUSES)
-        .filter(started_at__gte=start)
-        # The stored UTC timestamp's first ten characters: a day key with no per-row
-        # function call (SQLite runs TruncDate in Python), the same on PostgreSQL.
-        .annotate(day=Substr(Cast("started_at", CharField()), 1, 10))
-        .values("day", "script_tag", "host")
-        .annotate(**_aggregates())
-        .order_by()
-    )
+    rows = RunDay.objects.filter(day__gte=since, runs__gt=0).order_by()
     daily = {
         (since + timedelta(days=offset)).isoformat(): CostLine(
             key=(since + timedelta(days=offset)).isoformat()
@@ -118,16 +72,16 @@ def cost_report(days: int = 30, now: datetime | None = None, host: str = "") -> 
     hosts: dict[str, CostLine] = {}
     total = CostLine(key="total")
     for row in rows:
-        _add(hosts.setdefault(row["host"], CostLine(key=row["host"])), row)
-        if host and row["host"] != host:
+        _add(hosts.setdefault(row.host, CostLine(key=row.host)), row)
+        if host and row.host != host:
             continue
-        day = row["day"]
+        day = row.day.isoformat()
         line = daily.setdefault(day, CostLine(key=day))
-        tag = tags.setdefault(row["script_tag"], CostLine(key=row["script_tag"]))
+        tag = tags.setdefault(row.script_tag, CostLine(key=row.script_tag))
         for target in (line, tag, total):
             _add(target, row)
-        if row["cost"]:
-            line.by_tag[row["script_tag"]] = line.by_tag.get(row["script_tag"], 0) + row["cost"]
+        if row.cost_micros:
+            line.by_tag[row.script_tag] = line.by_tag.get(row.script_tag, 0) + row.cost_usd
     by_tag = sorted(tags.values(), key=lambda line: (-line.cost_usd, line.key))
     return CostReport(
         days=days,
