@@ -139,24 +139,20 @@ def sizes() -> None:
         cursor.execute("SELECT count(*) FROM sessions_app_session")
         rows = cursor.fetchone()[0]
         cursor.execute(
-            "SELECT c.relname, pg_relation_size(c.oid), pg_total_relation_size(c.oid) "
+            "SELECT c.relname, pg_relation_size(c.oid), pg_total_relation_size(c.oid), "
+            "i.indrelid = 'sessions_app_session'::regclass OR c.relname = 'sessions_app_session' "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = 'public' AND c.relname LIKE 'sessions_app_%' "
-            "AND c.relkind IN ('r', 'i') ORDER BY 2 DESC"
+            "LEFT JOIN pg_index i ON i.indexrelid = c.oid "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') "
+            "AND pg_total_relation_size(c.oid) > 1048576 ORDER BY 4 DESC, 2 DESC"
         )
         found = cursor.fetchall()
-        cursor.execute(
-            "SELECT indexrelid::regclass::text FROM pg_index "
-            "WHERE indrelid = 'sessions_app_session'::regclass"
-        )
-        session_indexes = {row[0] for row in cursor.fetchall()}
     print(f"\n{rows:,} sessions\n")
     print("| relation | size (MiB) | with indexes, TOAST (MiB) | bytes per session |")
     print("|---|---:|---:|---:|")
-    for name, size, total in found:
-        if name == "sessions_app_session" or name in session_indexes or total > 1 << 20:
-            per_row = f"{size / rows:.1f}" if name.startswith("sessions_app_session") else ""
-            print(f"| {name} | {size / 2**20:,.1f} | {total / 2**20:,.1f} | {per_row} |")
+    for name, size, total, of_sessions in found:
+        per_row = f"{size / rows:.1f}" if of_sessions else ""
+        print(f"| {name} | {size / 2**20:,.1f} | {total / 2**20:,.1f} | {per_row} |")
 
 
 def cases(args, probe: str) -> list[tuple[str, str]]:

@@ -154,7 +154,7 @@ class ConsoleCollector:
         )
         runs = Session.objects.filter(job=OuterRef("pk")).order_by("-started_at", "-id")
         newest = runs.exclude(status__in=LIVE_STATUSES)
-        jobs = Job.objects.filter(present=True).order_by("label")
+        jobs = Job.objects.filter(present=True).order_by("label").only("label", "host", "scheduler")
         # One statement for every job: each subquery reads the job's newest runs by index.
         for job in jobs.annotate(
             last_status=Subquery(newest.values("status")[:1]),
