@@ -400,12 +400,18 @@ def prune(now: datetime) -> int:
 
 
 def tick(
-    now: datetime | None = None, snapshot=None, *, background_delivery: bool | None = None
+    now: datetime | None = None,
+    snapshot=None,
+    *,
+    background_delivery: bool | None = None,
+    live_rules: bool = True,
 ) -> TickResult:
     """One round: events, live runs, timers, then delivery within the time budget.
 
     The monitor calls this once per sample; delivery then runs on a background thread
     (OPSCONSOLE_ALERT_DELIVER_IN_BACKGROUND). `deliver_alerts` delivers in line.
+    `live_rules=False`: the snapshot's live runs are left to `live_round` (the monitor
+    runs those on every console, the rest on one).
     """
     global _env_synced_at, _pruned_at
     now = now or timezone.now()
@@ -417,7 +423,7 @@ def tick(
         delivery.sync_environment_channels()
         _env_synced_at = now
     result.events = process_events(snapshot, now)
-    if snapshot is not None:
+    if snapshot is not None and live_rules:
         with transaction.atomic():
             check_live(snapshot, now)
     with transaction.atomic():
@@ -455,6 +461,16 @@ def monitor_silent(host: str, last_sample_at: datetime | None, now: datetime | N
 
 
 def alert_round(monitor: Monitor, snapshot: Snapshot, now: datetime) -> None:
-    """The alert rules on this sample's events and live runs, as a step of the monitor;
-    delivery has a thread of its own, so a slow receiver never holds a sample back."""
-    tick(now, snapshot)
+    """The fleet's alert rules, as a step of the monitor: every host's events, the
+    timers, retention and the outbox (delivery has a thread of its own, so a slow
+    receiver never holds a sample back). One console of several runs it
+    (opsconsole.monitoring); the live rules on this host's own runs are `live_round`.
+    The sample still tells a refusal's rule whether this host's wrapper will retry."""
+    tick(now, snapshot, live_rules=False)
+
+
+def live_round(monitor: Monitor, snapshot: Snapshot, now: datetime) -> None:
+    """The rules on the runs live on this console's own host (stalls, running cost
+    caps and runtimes), from its own sample: every console runs them for its host."""
+    with transaction.atomic():
+        check_live(snapshot, now)

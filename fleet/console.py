@@ -30,6 +30,7 @@ from fleet.host_requests import deliver_actions, finish_action
 from fleet.report import HOST_RULE_ACTOR
 from fleet.report_items import Parsed, Refusal, ReportRejected, one_item, parse_report
 from fleet.report_transcripts import store_transcripts
+from fleet.telemetry_items import span_key
 from jobs_app.linking import job_id_for, job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
@@ -46,11 +47,14 @@ from sessions_app import ingest
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import (
     LIVE_STATUSES,
+    RunTelemetry,
     Session,
     Status,
+    TelemetrySpan,
     leftover_members,
     leftover_record,
 )
+from sessions_app.telemetry import write_rollups, write_spans
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ def receive_report(
     parsed = parse_report(payload, host, sessions_per_report=limits.sessions_per_report)
     with transaction.atomic():
         parsed.drop_sessions(owners_elsewhere(parsed.named_sessions(), host))
+        parsed.drop_telemetry(telemetry_owners_elsewhere(parsed, host))
         refused_before = list(parsed.refused)
         # Almost every report records cleanly: try it whole, in one savepoint, and only
         # when the database refuses something go again item by item (a savepoint each),
@@ -106,6 +111,44 @@ def owners_elsewhere(ids: set[str], host: str) -> dict[str, str]:
         .values_list("session_id", "host")
     )
     return {str(session_id): owner for session_id, owner in rows}
+
+
+def telemetry_owners_elsewhere(parsed: Parsed, host: str) -> dict[str, str]:
+    """Sessions whose telemetry another host put on record, and traces another host's
+    telemetry is in (for the spans of no session): a run's telemetry, like the run, is
+    its host's alone."""
+    ids = {r.session_id for r in parsed.rollups} | {
+        s["session_id"] for s in parsed.spans if s["session_id"]
+    }
+    traces = {s["trace_id"] for s in parsed.spans if not s["session_id"]}
+    owners: dict[str, str] = {}
+    if ids:
+        rows = RunTelemetry.objects.filter(session_id__in=list(ids)).exclude(host=host)
+        owners |= {str(sid): owner for sid, owner in rows.values_list("session_id", "host")}
+    if traces:
+        for model in (RunTelemetry, TelemetrySpan):
+            rows = model.objects.filter(trace_id__in=list(traces)).exclude(host=host).order_by()
+            owners |= dict(rows.values_list("trace_id", "host").distinct())
+    return owners
+
+
+def record_telemetry(parsed: Parsed, host: str) -> None:
+    """The host's rollups and spans on record (sessions_app.telemetry), in one batch of
+    each; item by item, a savepoint each, when the report is taken so."""
+    refused: list[str] = []
+    if parsed.one_by_one:
+        for rollup in parsed.rollups:
+            key, item = rollup.session_id, rollup.to_dict()
+            written = one_item(parsed, "telemetry_rollup", key, item, write_rollups, [rollup], host)
+            refused += written.refused if written is not None else []
+        for span in parsed.spans:
+            one_item(parsed, "telemetry_span", span_key(span), span, write_spans, [span], host)
+    else:
+        refused = write_rollups(parsed.rollups, host).refused
+        write_spans(parsed.spans, host)
+    for session_id in refused:  # another host's telemetry, come in since the check
+        reason = f"session {session_id}'s telemetry is on record for another host"
+        parsed.refuse("telemetry_rollup", session_id, reason, None, 409)
 
 
 def _record(
@@ -195,6 +238,8 @@ def _record(
             close_lost_rows(snapshot, host, set(recorded), now)
     if parsed.jobs is not None:
         one_item(parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host)
+    if parsed.rollups or parsed.spans:
+        record_telemetry(parsed, host)
     flush_events(parsed, outbox)
     held, paused = store_transcripts(parsed, host, recorded, limits, now)
     refused = parsed.refused
@@ -209,6 +254,11 @@ def _record(
             "events": [e.dedupe_key for e in parsed.events if e.dedupe_key not in refused_events],
             "transcripts": held,
             "transcripts_paused_seconds": paused,
+            # Telemetry items read (taken or refused): the host lets that many go.
+            "telemetry": {
+                name: len(payload[name]) if isinstance(payload.get(name), list) else 0
+                for name in ("telemetry_rollups", "telemetry_spans")
+            },
         },
         "actions": deliver_actions(host, now),
         "policy": host_policy(host),

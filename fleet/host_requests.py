@@ -17,10 +17,15 @@ from sessions_app.models import LIVE_STATUSES, Session
 def deliver_actions(host: str, now: datetime) -> list[dict]:
     """The host's pending requests, marked sent. Runs inside the report's transaction,
     which holds their locks; asked of every report and almost always empty, so the query
-    is kept narrow (a job action's job is read only when there is one)."""
+    is kept narrow (a job action's job is read only when there is one).
+
+    Handed out once: when a host's reports go to several consoles on one PostgreSQL, a
+    request another console's report is handing out right now is locked, and skipped
+    here (SKIP LOCKED), not waited for; once that report commits it is no longer
+    pending. (SQLite has one writer at a time: there, nothing is ever skipped.)"""
     with transaction.atomic(savepoint=False):
         rows = list(
-            RemoteAction.objects.select_for_update().filter(
+            RemoteAction.objects.select_for_update(skip_locked=True).filter(
                 host=host, state=RemoteAction.State.PENDING
             )
         )
@@ -52,6 +57,9 @@ def delivered(action: RemoteAction) -> dict:
 
 
 def finish_action(result: dict, host: str, now: datetime) -> None:
+    """The host's answer to a request, on record once. A host sends an answer again until
+    a report's acknowledgement says it arrived, so two consoles may get the same one:
+    only the one whose update finds the request still open records it."""
     action = RemoteAction.objects.filter(pk=result.get("id"), host=host).select_related("job")
     action = action.first()
     if action is None or action.state not in RemoteAction.OPEN_STATES:
@@ -70,7 +78,14 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
             "terminated": result.get("terminated") or [],
             "killed": result.get("killed") or [],
         }
-    action.save()
+    claimed = RemoteAction.objects.filter(pk=action.pk, state__in=RemoteAction.OPEN_STATES).update(
+        state=action.state,
+        finished_at=action.finished_at,
+        message=action.message,
+        detail=action.detail,
+    )
+    if not claimed:
+        return  # another console recorded this answer meanwhile
     if action.is_job_action:
         record_job_outcome(action, result, host)
     else:

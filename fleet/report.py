@@ -30,6 +30,11 @@ REPORT_FORMAT = 1
 # making one post too big to send.
 MAX_COMPLETIONS_PER_REPORT = 100
 MAX_EVENTS_PER_REPORT = 1000
+# A run's telemetry (fleet.reporting): rollups and spans per report, and the bytes of JSON
+# they may take; the rest wait for the next report. The console refuses more.
+MAX_ROLLUPS_PER_REPORT = 200
+MAX_SPANS_PER_REPORT = 500
+MAX_TELEMETRY_BYTES_PER_REPORT = 2 * 1024 * 1024
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # the console refuses more (413)
 GZIP_ABOVE_BYTES = 32 * 1024
 # A host's own rules act as this actor, and only these actions (the console records

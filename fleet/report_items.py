@@ -7,6 +7,9 @@ transcript, job, stop and audit entry), checked against the same limits as the f
 host writes (wrapper.formats) and against the host's own runs. An item that fails is
 refused with its reason, the others are recorded, and the answer names what was
 refused, so the host drops it instead of sending it again every two seconds.
+
+One piece: every kind of item a report carries, checked into the one `Parsed` the console
+records from; a new kind is read beside the others so it is held to the same rules.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ from fleet.item_checks import (
     fits,
     own,
 )
-from fleet.report import HOST_RULE_ACTIONS, HOST_RULE_ACTOR
+from fleet.report import (
+    HOST_RULE_ACTIONS,
+    HOST_RULE_ACTOR,
+    MAX_ROLLUPS_PER_REPORT,
+    MAX_SPANS_PER_REPORT,
+)
+from fleet.telemetry_items import rollup_item, span_item, span_key
 from jobs_app.collectors.base import Collection
 from monitor_app import published
 from monitor_app.events import PendingEvent
@@ -42,6 +51,7 @@ from monitor_app.snapshot import Snapshot
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Status
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
+from sessions_app.telemetry import Rollup
 from wrapper.formats import (
     FormatError,
     Sidecar,
@@ -100,6 +110,8 @@ class Parsed:
     jobs: list[Collection] | None = None
     stops: list[dict] = field(default_factory=list)
     audits: list[dict] = field(default_factory=list)
+    rollups: list[Rollup] = field(default_factory=list)  # a run's telemetry (fleet.telemetry_items)
+    spans: list[dict] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     # Recorded whole in one savepoint (False), or again item by item, a savepoint each,
     # after the database refused something (fleet.console).
@@ -116,6 +128,8 @@ class Parsed:
         ids |= {stop["session_id"] for stop in self.stops}
         ids |= {audit["target"] for audit in self.audits}
         ids |= {e.session_id for e in self.events if e.session_id}
+        ids |= {r.session_id for r in self.rollups}
+        ids |= {s["session_id"] for s in self.spans if s["session_id"]}
         if self.snapshot is not None:
             ids |= {live.session_id for live in self.snapshot.sessions}
         return ids
@@ -156,12 +170,41 @@ class Parsed:
             for e in self.events
             if not (e.session_id and foreign("event", e.session_id, asdict(e), e.dedupe_key))
         ]
+        self.drop_telemetry(owners)
         if self.snapshot is not None:
             self.snapshot.sessions = [
                 live
                 for live in self.snapshot.sessions
                 if not foreign("live", live.session_id, live.sidecar.to_dict())
             ]
+
+    def drop_telemetry(self, owners: dict[str, str]) -> None:
+        """Refuse each rollup and span naming a session another host owns, and each span
+        of no session (a wrapper's fire) in a trace another host's telemetry is in
+        (`owners`: session id or trace id -> that host); only those. A run's own spans
+        may share a trace with another host's (a caller's TRACEPARENT across hosts)."""
+        if not owners:
+            return
+
+        def foreign(kind: str, named: tuple, item: object, key: str) -> bool:
+            owned = next((n for n in named if n in owners), None)
+            if owned is None:
+                return False
+            what = "session" if "-" in owned else "trace"
+            reason = f"{what} {owned} is on record for host {owners[owned]!r}"
+            self.refuse(kind, key, reason, item, 409)
+            return True
+
+        self.rollups = [
+            r
+            for r in self.rollups
+            if not foreign("telemetry_rollup", (r.session_id,), asdict(r), r.session_id)
+        ]
+        self.spans = [
+            s
+            for s in self.spans
+            if not foreign("telemetry_span", (s["session_id"] or s["trace_id"],), s, span_key(s))
+        ]
 
 
 def one_item(
@@ -204,6 +247,11 @@ def parse_report(payload: object, host: str, *, sessions_per_report: int) -> Par
         if not isinstance(items, list):
             parsed.refuse(name, name, f"{name} is not a list", None)
             continue
+        most = MOST_PER_REPORT.get(name)
+        if most is not None and len(items) > most:
+            reason = f"{len(items)} {name} in one report (at most {most})"
+            parsed.refuse(KINDS[name], name, reason, None, 413)
+            items = items[:most]
         for item in items:
             try:
                 parse_one(parsed, item, host)
@@ -343,6 +391,14 @@ def _transcript(parsed: Parsed, item: object, host: str) -> None:
     parsed.transcripts.append((session_id, offset, data))
 
 
+def _rollup(parsed: Parsed, item: object, host: str) -> None:
+    parsed.rollups.append(rollup_item(item, host))
+
+
+def _span(parsed: Parsed, item: object, host: str) -> None:
+    parsed.spans.append(span_item(item, host))
+
+
 def _parse_leftovers(parsed: Parsed, value: object, host: str) -> None:
     if not value:
         return
@@ -441,7 +497,13 @@ ITEMS = (
     ("transcripts", _transcript, _key),
     ("stops", _stop, _key),
     ("audits", _audit, lambda item: _key(item, "target")),
+    ("telemetry_rollups", _rollup, _key),
+    ("telemetry_spans", _span, span_key),
 )
+MOST_PER_REPORT = {
+    "telemetry_rollups": MAX_ROLLUPS_PER_REPORT,
+    "telemetry_spans": MAX_SPANS_PER_REPORT,
+}
 KINDS = {
     "completions": "completion",
     "vanished": "vanished",
@@ -451,4 +513,6 @@ KINDS = {
     "transcripts": "transcript",
     "stops": "stop",
     "audits": "audit",
+    "telemetry_rollups": "telemetry_rollup",
+    "telemetry_spans": "telemetry_span",
 }

@@ -35,6 +35,7 @@ from fleet.report import (
     Reporter,
     ReportError,
 )
+from fleet.telemetry_outbox import TelemetryOutbox
 from jobs_app.collectors import collect_all
 from jobs_app.models import Job
 from monitor_app import published
@@ -43,6 +44,7 @@ from monitor_app.models import JOB_ACTION_KINDS
 from monitor_app.monitor import Cadence, Leftovers, Monitor
 from monitor_app.snapshot import Snapshot
 from monitor_app.stopping import kill_leftover_processes, stop_leftovers, stop_session
+from monitor_app.telemetry_receiver import Drained
 from sessions_app import output_checks, transcript_store
 from sessions_app.ingest import _move_aside, pending_spool_files
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES, MAX_REPORT_TRANSCRIPT_BYTES
@@ -96,6 +98,8 @@ class ReportState:
         # so a restarted monitor judges its backlog before that answer comes.
         self.checks_file = monitor.paths.home / "monitor" / "output-checks.json"
         self.checks: dict[str, dict] | None = self.load_checks()
+        # Claude Code's telemetry of this host's runs (the receiver's), until acknowledged.
+        self.telemetry = TelemetryOutbox(monitor.paths.home / "monitor" / "telemetry-outbox.json")
 
     # ------------------------------------------------------------------ noting
 
@@ -121,6 +125,13 @@ class ReportState:
             if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
                 self.watchdog(snapshot, now)
             self.leftover_rule(now)
+
+    def note_telemetry(self, drained: Drained) -> None:
+        """What the receiver took since the last sample: it goes with the reports."""
+        dropped = self.telemetry.add(drained)
+        if self.monitor.telemetry is not None:
+            for kind, n in dropped.items():
+                self.monitor.telemetry.count(f"dropped: {kind} waiting for the console", n)
 
     def rule_for(self, tag: str) -> dict:
         return (self.policy or {}).get("tags", {}).get(tag, {})
@@ -346,6 +357,7 @@ class ReportState:
         with self.results_lock:
             results = list(self.results)
             audits = list(self.audits)
+        rollups, spans = self.telemetry.batch(now, {s.session_id for s in snapshot.sessions})
         return {
             "format": REPORT_FORMAT,
             "host": monitor.host,
@@ -378,6 +390,8 @@ class ReportState:
             "jobs": self.jobs,
             "stops": list(self.stops),
             "audits": audits,
+            "telemetry_rollups": rollups,
+            "telemetry_spans": spans,
         }
 
     def judged(self, record):
@@ -429,6 +443,7 @@ class ReportState:
             self.last_error = exc
             snapshot.database_error = f"console: {exc}"
             monitor.events.save()
+            self.telemetry.save(now)
             return False
         if self.last_error is not None:
             log.info("console reachable again: pending history sent")
@@ -499,6 +514,9 @@ class ReportState:
                     done = True
                 if done:  # ended and all of it shipped
                     del self.transcripts[session_id]
+        self.telemetry.acknowledged(
+            payload["telemetry_rollups"], payload["telemetry_spans"], ack.get("telemetry"), now
+        )
         done = {r["id"] for r in payload["action_results"]}
         with self.results_lock:
             self.results = [r for r in self.results if r["id"] not in done]
@@ -602,6 +620,7 @@ class ReportState:
         for thread in self.threads:
             thread.join(timeout=settings.OPSCONSOLE_STOP_GRACE_SECONDS + 5)
         self.monitor.events.save()
+        self.telemetry.save()
 
 
 def refused_items(ack: dict) -> dict[str, set[str]]:

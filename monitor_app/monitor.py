@@ -33,6 +33,7 @@ from django.db import DatabaseError, close_old_connections
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
 from monitor_app import published
+from monitor_app.duties import RETENTION, Alone, DutyLocks
 from monitor_app.events import EventOutbox, prune_events
 from monitor_app.job_join import JobJoin
 from monitor_app.job_status import collect_and_record, job_statuses
@@ -41,6 +42,7 @@ from monitor_app.sampler import Sampler, sidecar_for_unwrapped
 from monitor_app.snapshot import LeftoverRun, LiveSession, SkippedSidecar, Snapshot
 from monitor_app.stopping import kill_leftover_processes
 from monitor_app.telemetry_receiver import (
+    Drained,
     Inbox,
     Receiver,
     keep_rollups,
@@ -61,6 +63,7 @@ from sessions_app.proctree import ProcessTable, describe, forget_exited, scan_pr
 from sessions_app.telemetry import prune_spans, write_rollups, write_spans
 from sessions_app.transcripts.running_cost import RunningCost
 from wrapper.formats import QuotaStamp, Sidecar, StatePaths, read_quota_stamp
+from wrapper.telemetry import remove_receiver_address
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ ACTIVE_CPU_PERCENT = 1.0
 STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
 ROLLUPS_KEPT_EVERY = timedelta(seconds=15)
+LIVE_ROLLUP_EVERY = timedelta(seconds=10)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -108,6 +112,7 @@ class Reporting(Protocol):
 
     def note(self, snapshot: Snapshot, gone: list[Sidecar], now: datetime) -> None: ...
     def report(self, snapshot: Snapshot, now: datetime) -> bool: ...
+    def note_telemetry(self, drained: Drained) -> None: ...
     def stopped(self) -> None: ...
 
 
@@ -164,6 +169,7 @@ class Monitor:
         steps: Sequence[Step] = (),
         reporting: Callable[[Monitor], Reporting] | None = None,
         proc_root: str | Path = "/proc",
+        duties: DutyLocks | Alone | None = None,
     ) -> None:
         self.paths = paths or settings.OPSCONSOLE_STATE
         self.host = host or settings.OPSCONSOLE_HOST
@@ -203,6 +209,8 @@ class Monitor:
         self.watchdog_thread: threading.Thread | None = None
         # Claude Code's own telemetry, taken by the receiver (run_forever starts it).
         self.telemetry: Inbox | None = None
+        # Live runs' rollups: when last written, and the tools open then.
+        self.rollups_written: dict[str, tuple[datetime, set[str]]] = {}
         self.receiver: Receiver | None = None
         self.watching_since = datetime.now(UTC)
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
@@ -210,6 +218,9 @@ class Monitor:
         self.steps = tuple(steps)
         # What a step keeps from one round to the next (its cadence...), by step name.
         self.step_state: dict[str, object] = {}
+        # The fleet-wide duties this console holds when several share one PostgreSQL
+        # (monitor_app.duties; opsconsole.monitoring gives a console's monitor its locks).
+        self.duties = duties or Alone()
         # Report mode (fleet.reporting): no database here; history goes to the console
         # with each sample and leaves this host once acknowledged.
         self.reporting = None
@@ -232,6 +243,7 @@ class Monitor:
         self.check_quota(snapshot, now)
         if self.reporting is not None:
             self.reporting.note(snapshot, gone, now)
+            self.record_telemetry(snapshot, now)
         else:
             self.sync(snapshot, gone, now)
             self.record_telemetry(snapshot, now)
@@ -685,7 +697,8 @@ class Monitor:
         if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
-        if self.pruning.due(now, PRUNE_EVERY.total_seconds()):
+        # Retention is fleet-wide: one console of several on one PostgreSQL prunes.
+        if self.pruning.due(now, PRUNE_EVERY.total_seconds()) and self.duties.held(RETENTION, now):
             try:
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
                 prune_spans(timedelta(days=settings.OPSCONSOLE_TELEMETRY_SPAN_DAYS), now)
@@ -706,6 +719,7 @@ class Monitor:
                 self.telemetry,
                 port=settings.OPSCONSOLE_OTLP_PORT,
                 max_body=settings.OPSCONSOLE_OTLP_MAX_BODY_BYTES,
+                forwards=settings.OPSCONSOLE_TELEMETRY_TEE,
             )
         except OSError as exc:
             log.warning("telemetry receiver not started: %s", exc)
@@ -715,32 +729,63 @@ class Monitor:
 
     def stop_telemetry(self) -> None:
         if self.receiver is not None:
+            # Gone first: a wrapper starting now must not point at a port anyone may take.
+            remove_receiver_address(self.paths)
             self.receiver.stop()
             self.receiver = None
-            live = set(self.trees)
-            keep_rollups(self.paths, self.telemetry, live, datetime.now(UTC))
+            now = datetime.now(UTC)
+            if self.reporting is None:  # what came in the last moments, on record
+                self.write_telemetry(self.telemetry.drain(), now)
+            keep_rollups(self.paths, self.telemetry, set(self.trees), now)
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
-        """What the receiver took since the last sample, on record: rollups and spans."""
+        """What the receiver took since the last sample, on record: rollups and spans (in
+        report mode, handed to the reports, which carry them to the console). A live run's
+        rollup is written at most every LIVE_ROLLUP_EVERY (its spans every sample), an
+        ended run's at once: 200 live runs cost the sample a few rows, not 200."""
         if self.telemetry is None:
             return
-        drained = self.telemetry.drain()
-        if self.database_ok and (drained.rollups or drained.spans):
-            try:
-                written = write_rollups(drained.rollups, self.host)
-                write_spans(drained.spans, self.host)
-                if written.refused:
-                    self.telemetry.count("refused: another host's session", len(written.refused))
-            except DatabaseError as exc:
-                log.warning("telemetry kept for later: %s", exc)
-                self.telemetry.put_back(drained)
-                close_old_connections()
-        elif drained.rollups or drained.spans:
-            self.telemetry.put_back(drained)
+        if self.reporting is not None:
+            self.reporting.note_telemetry(self.telemetry.drain())
+        else:
+            live = {s.session_id for s in snapshot.sessions}
+            self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
+
+            def waits(rollup) -> bool:
+                # A tool opened or closed is written at once: the live timeline shows it.
+                written = self.rollups_written.get(rollup.session_id)
+                return (
+                    rollup.session_id in live
+                    and written is not None
+                    and now - written[0] < LIVE_ROLLUP_EVERY
+                    and written[1] == rollup.open_tools.keys()
+                )
+
+            drained = self.telemetry.drain(waits)
+            self.write_telemetry(drained, now)
+            for rollup in drained.rollups:
+                if rollup.session_id in live:
+                    self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
         # Written down every so often (and at stop), not every sample: a restarted monitor
         # adds on to what it kept, losing at most that much of a run's rollup.
         if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
             keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
+
+    def write_telemetry(self, drained, now: datetime) -> None:
+        if not (drained.rollups or drained.spans):
+            return
+        if not self.database_ok:
+            self.telemetry.put_back(drained)
+            return
+        try:
+            written = write_rollups(drained.rollups, self.host)
+            write_spans(drained.spans, self.host)
+            if written.refused:
+                self.telemetry.count("refused: another host's session", len(written.refused))
+        except DatabaseError as exc:
+            log.warning("telemetry kept for later: %s", exc)
+            self.telemetry.put_back(drained)
+            close_old_connections()
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
         """The rounds of the layers above (alert rules, the fleet's silent hosts): each
@@ -882,6 +927,8 @@ class Monitor:
             at=now,
         )
         if self.reporting is not None:
+            if self.telemetry is not None:  # what came since the last sample waits too
+                self.reporting.note_telemetry(self.telemetry.drain())
             self.reporting.stopped()
             return
         try:
@@ -905,6 +952,7 @@ class Monitor:
         finally:
             self.stop_telemetry()
             self.stopped()
+            self.duties.release()
 
 
 def add_end_event(outbox: EventOutbox, session: Session, now: datetime) -> None:

@@ -335,9 +335,19 @@ class PublishedReader:
             return self._from_local(host), "local"
         if head is None:
             return None, "monitor"
-        seq = head[0]
+        seq, etag = head[0], head[1]
         current = self._published
-        if current is not None and current.host == host and current.seq == seq:
+        # (seq, ETag): the row's version, whichever console wrote it; a restarted monitor
+        # may send a seq again, so the seq alone could keep another document's body.
+        if (
+            current is not None
+            and current.host == host
+            and (current.seq, current.etag)
+            == (
+                seq,
+                etag,
+            )
+        ):
             return current, "monitor"
         try:
             row = HostSample.objects.filter(host=host).first()

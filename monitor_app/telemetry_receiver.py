@@ -15,19 +15,25 @@ collector never slows the receiver; a full queue drops and counts.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import os
 import queue
+import re
 import secrets
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,7 @@ from wrapper.formats import (
     StatePaths,
     UnsafeDirectory,
     ensure_private_dir,
+    process_start_time,
     read_json_record,
     write_json_atomic,
 )
@@ -45,27 +52,50 @@ from wrapper.telemetry import (
     TEE_HEADER,
     ReceiverAddress,
     Tee,
-    read_receiver_address,
+    receiver_file,
     write_receiver_address,
 )
 
 log = logging.getLogger(__name__)
 
-# Requests handled at once; more wait in the listen backlog.
+# Requests handled at once; more are told busy (503), and OTLP exporters retry.
 MAX_CONCURRENT_REQUESTS = 16
+LISTEN_BACKLOG = 128
 READ_TIMEOUT_SECONDS = 10.0
 PENDING_SPANS_LIMIT = 50_000
 ROLLUPS_KEPT = 5_000  # runs whose rollups the inbox holds (the oldest are let go)
+NEW_RUNS_PER_BODY = 100
+EVICTION_LOOKS = 256  # rollups looked at for one to let go (the changed ones wait to be written)
 TEE_QUEUE_LIMIT = 1_000
 TEE_TIMEOUT_SECONDS = 5.0
+CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 CONTENT_TYPES = {"application/json": False, "application/x-protobuf": True}
 
 
+# A body this small is read (and let go) before a refusal is answered: closing a
+# connection with unread data resets it, and the client would never see the answer.
+SMALL_BODY_BYTES = 64 * 1024
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A collector answers; it does not send the body on elsewhere (a redirect would make
+    the monitor fetch any URL, as GET, from where it runs)."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
+
+
 class Refused(Exception):
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, *, unread: bool = False, framing: bool = False):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.unread = unread  # refused before its body was read
+        # Only a body read whole, and bad, leaves the stream where the next request begins.
+        self.keep_open = status == 400 and not framing
 
 
 @dataclass
@@ -79,13 +109,18 @@ class Inbox:
 
     def __init__(self, rollups: dict[str, Rollup] | None = None) -> None:
         self.lock = threading.Lock()
-        self.rollups: dict[str, Rollup] = dict(rollups or {})
-        self.changed: set[str] = set()
+        # Least recently touched first: letting one go is O(1), whatever floods in.
+        self.rollups: OrderedDict[str, Rollup] = OrderedDict(rollups or {})
+        self.new_in_body = 0
+        # Kept rollups are written once more at start: the last batch before a stop may
+        # not have been (writing a segment again changes nothing).
+        self.changed: set[str] = set(self.rollups)
         self.spans: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
 
     def take(self, records: Records) -> None:
         with self.lock:
+            self.new_in_body = 0
             for why, n in records.dropped.items():
                 self.counts[f"dropped: {why}"] += n
             for event in records.events:
@@ -114,22 +149,41 @@ class Inbox:
             self.counts["dropped: no session id"] += 1
             return None
         rollup = self.rollups.get(key)
-        if rollup is None:
-            if len(self.rollups) >= ROLLUPS_KEPT:
-                oldest = min(self.rollups, key=lambda k: self.rollups[k].last_ns)
-                del self.rollups[oldest]
+        if rollup is not None:
+            self.rollups.move_to_end(key)
+        else:
+            # One exporter names one run: a body naming hundreds is a flood, not telemetry.
+            if self.new_in_body >= NEW_RUNS_PER_BODY or not self.make_room():
+                self.counts["dropped: too many runs"] += 1
+                return None
+            self.new_in_body += 1
             rollup = self.rollups[key] = Rollup(key)
         self.changed.add(key)
         return rollup
 
-    def drain(self) -> Drained:
-        """Copies of the rollups changed since the last drain, and the spans waiting."""
+    def make_room(self) -> bool:
+        """Let go of the least recently touched rollup already written (a later record of
+        its run starts a segment of its own, added on record); False if none may go."""
+        if len(self.rollups) < ROLLUPS_KEPT:
+            return True
+        for key in islice(self.rollups, EVICTION_LOOKS):
+            if key not in self.changed:
+                del self.rollups[key]
+                return True
+        return False
+
+    def drain(self, waits: Callable[[Rollup], bool] | None = None) -> Drained:
+        """Copies of the rollups changed since the last drain, but those `waits` holds
+        back (they stay changed, for a later drain), and the spans waiting."""
         with self.lock:
-            drained = Drained(
-                [self.rollups[k].copy() for k in self.changed if k in self.rollups],
-                self.spans,
-            )
-            self.changed = set()
+            due = [
+                k
+                for k in self.changed
+                if k in self.rollups and not (waits and waits(self.rollups[k]))
+            ]
+            drained = Drained([self.rollups[k].copy() for k in due], self.spans)
+            self.changed.difference_update(due)
+            self.changed &= self.rollups.keys()
             self.spans = []
         return drained
 
@@ -191,7 +245,9 @@ def keep_rollups(paths: StatePaths, inbox: Inbox, live: set[str], now: datetime)
         for key, rollup in list(inbox.rollups.items()):
             if key not in live and key not in inbox.changed and rollup.last_ns < cutoff:
                 del inbox.rollups[key]
-        data = {"rollups": {k: r.to_dict() for k, r in inbox.rollups.items()}}
+        kept = [rollup.copy() for rollup in inbox.rollups.values()]
+    # Serialised outside the lock: the receiver's threads do not wait on a file.
+    data = {"rollups": {rollup.session_id: rollup.to_dict() for rollup in kept}}
     try:
         write_json_atomic(rollups_file(paths), data)
     except OSError as exc:
@@ -207,10 +263,11 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
         parts, size = [], 0
         while True:
             line = handler.rfile.readline(1024)
-            try:
-                chunk = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise Refused(400, "bad chunked encoding") from None
+            # Hex digits only: int() would take "-1" (read to EOF) or "+0x10".
+            size_field = line.split(b";")[0].strip()
+            if not CHUNK_SIZE_RE.fullmatch(size_field):
+                raise Refused(400, "bad chunked encoding", framing=True)
+            chunk = int(size_field, 16)
             if chunk == 0:
                 while handler.rfile.readline(1024).strip():  # trailers
                     pass
@@ -218,8 +275,10 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
             size += chunk
             if size > limit:
                 raise Refused(413, f"body over {limit} bytes")
-            parts.append(handler.rfile.read(chunk))
-            handler.rfile.readline(8)
+            data = handler.rfile.read(chunk)
+            if len(data) != chunk or handler.rfile.readline(8) != b"\r\n":
+                raise Refused(400, "bad chunked encoding", framing=True)
+            parts.append(data)
     try:
         length = int(handler.headers.get("Content-Length", ""))
     except ValueError:
@@ -230,6 +289,20 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     if len(body) != length:
         raise Refused(400, "body shorter than its Content-Length")
     return body
+
+
+def skip_small_body(handler: BaseHTTPRequestHandler) -> None:
+    """Read a small Content-Length body that is refused, so the refusal reaches the client."""
+    try:
+        length = int(handler.headers.get("Content-Length", ""))
+    except ValueError:
+        return
+    if (
+        0 < length <= SMALL_BODY_BYTES
+        and "chunked" not in handler.headers.get("Transfer-Encoding", "").lower()
+    ):
+        with contextlib.suppress(OSError):
+            handler.rfile.read(length)
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -248,11 +321,28 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Connections waiting to be accepted (socketserver's default is 5: a burst of runs
+    # exporting at once would see connections dropped or reset).
+    request_queue_size = LISTEN_BACKLOG
+
+
 class Receiver:
     """The HTTP server on loopback, its threads, and the tee's forwarder."""
 
-    def __init__(self, inbox: Inbox, token: str, *, port: int = 0, max_body: int = 8 * 1024 * 1024):
+    def __init__(
+        self,
+        inbox: Inbox,
+        token: str,
+        *,
+        port: int = 0,
+        max_body: int = 8 * 1024 * 1024,
+        forwards: bool = True,
+    ):
         self.inbox = inbox
+        # Whether a job's own exporter gets what it sent (OPSCONSOLE_TELEMETRY_TEE).
+        self.forwards = forwards
         self.token = token
         self.max_body = max_body
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
@@ -264,6 +354,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = READ_TIMEOUT_SECONDS
+            # An answer goes out in two writes (headers, body): with Nagle's algorithm a
+            # kept-alive connection waits for the client's delayed ACK, 40 ms an export.
+            disable_nagle_algorithm = True
             server_version = "opsconsole-otlp"
             sys_version = ""
 
@@ -284,17 +377,19 @@ class Receiver:
                 if close:
                     self.send_header("Connection", "close")
                     self.close_connection = True
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client has gone: nobody to tell
+                    self.close_connection = True
 
         try:
-            self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+            self.server = Server(("127.0.0.1", port), Handler)
         except OSError:
             if not port:
                 raise
             log.warning("OTLP port %s is taken; listening on an ephemeral port", port)
-            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+            self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.threads = [
             threading.Thread(target=self.server.serve_forever, name="otlp-receiver", daemon=True),
@@ -318,6 +413,7 @@ class Receiver:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         if not self.slots.acquire(blocking=False):
             self.inbox.count("refused: busy")
+            skip_small_body(request)
             request.answer(503, {"error": "busy"}, close=True)
             return
         try:
@@ -331,8 +427,9 @@ class Receiver:
             request.answer(200, {})
         except Refused as refused:
             self.inbox.count(f"refused: {refused.status}")
-            # Anything but a bad body leaves the stream in an unknown state: close it.
-            request.answer(refused.status, {"error": refused.reason}, close=refused.status != 400)
+            if refused.unread:
+                skip_small_body(request)
+            request.answer(refused.status, {"error": refused.reason}, close=not refused.keep_open)
         except (OSError, TimeoutError):
             request.close_connection = True
             self.inbox.count("refused: connection")
@@ -343,13 +440,15 @@ class Receiver:
         path = request.path.split("?", 1)[0].rstrip("/")
         signal = path.removeprefix("/v1/")
         if not path.startswith("/v1/") or signal not in SIGNALS:
-            raise Refused(404, f"no OTLP signal at {path}")
+            raise Refused(404, f"no OTLP signal at {path}", unread=True)
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            raise Refused(401, "wrong or missing token")
+            raise Refused(401, "wrong or missing token", unread=True)
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type not in CONTENT_TYPES:
-            raise Refused(415, f"Content-Type {content_type or 'none'}: send JSON or protobuf")
+            raise Refused(
+                415, f"Content-Type {content_type or 'none'}: send JSON or protobuf", unread=True
+            )
         raw = read_body(request, self.max_body)
         body = inflate(raw, request.headers.get("Content-Encoding", ""), self.max_body)
         return signal, CONTENT_TYPES[content_type], body
@@ -360,13 +459,21 @@ class Receiver:
         header = request.headers.get(TEE_HEADER)
         if not header:
             return
+        if not self.forwards:
+            self.inbox.count("tee: off on this host")
+            return
         try:
             tee = Tee.decode(header)
         except FormatError as exc:
             self.inbox.count("tee: bad header")
             log.info("tee header ignored: %s", exc)
             return
-        headers = {**tee.headers, "Content-Type": request.headers.get("Content-Type", "")}
+        if not tee.exports(signal):  # the job never sent this signal there: nor do we
+            return
+        headers = {
+            **tee.headers_for(signal),
+            "Content-Type": request.headers.get("Content-Type", ""),
+        }
         try:
             self.tee_queue.put_nowait((tee.url(signal), body, headers))
         except queue.Full:
@@ -380,23 +487,39 @@ class Receiver:
             # Tee.decode allows http(s) URLs only.
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
             try:
-                with urllib.request.urlopen(request, timeout=TEE_TIMEOUT_SECONDS) as answer:  # noqa: S310
+                with NO_REDIRECTS.open(request, timeout=TEE_TIMEOUT_SECONDS) as answer:
                     answer.read(65536)
                 self.inbox.count("tee: forwarded")
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 self.inbox.count("tee: failed")
-                log.info("telemetry not forwarded to %s: %s", url, exc)
+                # By host: the URL's path or query may carry a credential.
+                log.info(
+                    "telemetry not forwarded to %s: %s", urllib.parse.urlsplit(url).hostname, exc
+                )
 
 
-def start_receiver(paths: StatePaths, inbox: Inbox, *, port: int, max_body: int) -> Receiver:
+def kept_token(paths: StatePaths) -> str | None:
+    """The token an earlier monitor of this host wrote (kept across restarts, so sessions
+    configured with `opsconsole telemetry_env` stay joined); None if there is none."""
+    try:
+        token = read_json_record(receiver_file(paths), max_bytes=4096).get("token")
+    except FormatError:
+        return None
+    return token if isinstance(token, str) and 16 <= len(token) <= 128 else None
+
+
+def start_receiver(
+    paths: StatePaths, inbox: Inbox, *, port: int, max_body: int, forwards: bool = True
+) -> Receiver:
     """Listen, then say where (and with which token) in otlp.json for the wrapper. The
     token is kept across restarts, so an unwrapped session configured with it stays joined."""
     try:
         ensure_private_dir(paths.home / "monitor")
     except UnsafeDirectory as exc:
         raise OSError(str(exc)) from exc
-    known = read_receiver_address(paths)
-    token = known.token if known else secrets.token_urlsafe(24)
-    receiver = Receiver(inbox, token, port=port, max_body=max_body).start()
-    write_receiver_address(paths, ReceiverAddress(receiver.endpoint, token))
+    token = kept_token(paths) or secrets.token_urlsafe(24)
+    receiver = Receiver(inbox, token, port=port, max_body=max_body, forwards=forwards).start()
+    pid = os.getpid()
+    started = process_start_time(pid) or 0.0
+    write_receiver_address(paths, ReceiverAddress(receiver.endpoint, token, pid, started))
     return receiver

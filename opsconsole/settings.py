@@ -391,6 +391,9 @@ OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES = env_int(
 OPSCONSOLE_TELEMETRY_RECEIVER = env_bool("OPSCONSOLE_TELEMETRY_RECEIVER", True)
 # The receiver's port; taken by something else, an ephemeral one (otlp.json says which).
 OPSCONSOLE_OTLP_PORT = env_int("OPSCONSOLE_OTLP_PORT", 4319)
+# Forward what a job's own OTLP exporter would have got there (the tee); off: a token
+# holder cannot make the monitor POST anywhere, and jobs that export lose it while wrapped.
+OPSCONSOLE_TELEMETRY_TEE = env_bool("OPSCONSOLE_TELEMETRY_TEE", True)
 OPSCONSOLE_OTLP_MAX_BODY_BYTES = env_int("OPSCONSOLE_OTLP_MAX_BODY_BYTES", 8 * 1024 * 1024)
 OPSCONSOLE_TELEMETRY_SPAN_DAYS = env_int("OPSCONSOLE_TELEMETRY_SPAN_DAYS", 14)
 # Costs of one run that differ by more than this (percent) are shown as a drift.

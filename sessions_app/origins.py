@@ -52,7 +52,9 @@ CI_PROVIDERS = (
     ),
     ("circleci", "CIRCLECI", ("CIRCLE_PROJECT_REPONAME", "CIRCLE_JOB"), "CIRCLE_BUILD_NUM"),
     ("jenkins", "JENKINS_URL", ("JOB_NAME",), "BUILD_TAG"),
-    ("jenkins", "BUILD_TAG", ("JOB_NAME",), "BUILD_TAG"),
+    # BUILD_TAG and JOB_NAME alone are names anything may export (a Makefile): Jenkins
+    # sets one of these too.
+    ("jenkins", "JENKINS_HOME", ("JOB_NAME",), "BUILD_TAG"),
 )
 
 # Units that hold processes without being a job: a login session, the user manager

@@ -15,6 +15,7 @@ snake_case keys are taken too.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +126,13 @@ def _is_hex(value: str, length: int) -> bool:
     return len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
+def _double(value: object) -> Scalar:
+    """A double attribute: NaN and the infinities as text, since JSON (and so the
+    database's JSON columns) has no spelling for them."""
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else str(number)
+
+
 def _nanos(value: object) -> int:
     number = int(value or 0)
     if not 0 <= number < 2**63:
@@ -153,11 +161,12 @@ def _json_value(value: object, depth: int = 0) -> Scalar:
     if "stringValue" in value or "string_value" in value:
         return _text(_get(value, "stringValue", "string_value", ""))
     if "boolValue" in value or "bool_value" in value:
-        return bool(_get(value, "boolValue", "bool_value", False))
+        flag = _get(value, "boolValue", "bool_value", False)
+        return flag is True or str(flag).lower() == "true"  # "false" is not true
     if "intValue" in value or "int_value" in value:
         return int(_get(value, "intValue", "int_value", 0))
     if "doubleValue" in value or "double_value" in value:
-        return float(_get(value, "doubleValue", "double_value", 0.0))
+        return _double(_get(value, "doubleValue", "double_value", 0.0))
     if depth >= MAX_NESTING:
         return "..."
     if "arrayValue" in value or "array_value" in value:
@@ -252,6 +261,9 @@ def _decode_json(signal: str, data: dict) -> Records:
                             value = _get(point, "asDouble", "as_double", None)
                             if value is None:
                                 value = _get(point, "asInt", "as_int", 0)
+                            if not math.isfinite(float(value)):
+                                records.drop("not a finite number")
+                                continue
                             attributes = _merge(
                                 resource, _json_attributes(_list(point, "attributes", "attributes"))
                             )
@@ -276,7 +288,7 @@ def _pb_value(value, depth: int = 0) -> Scalar:
     if kind == "int_value":
         return value.int_value
     if kind == "double_value":
-        return value.double_value
+        return _double(value.double_value)
     if kind == "bytes_value":
         return value.bytes_value.hex()[:MAX_VALUE_CHARS]
     if depth >= MAX_NESTING:
@@ -364,6 +376,9 @@ def _decode_protobuf(signal: str, body: bytes) -> Records:
                             if point.WhichOneof("value") == "as_double"
                             else point.as_int
                         )
+                        if not math.isfinite(value):
+                            records.drop("not a finite number")
+                            continue
                         attributes = _merge(resource, _pb_attributes(point.attributes))
                         records.points.append(Point(_text(metric.name), float(value), attributes))
     return records

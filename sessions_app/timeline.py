@@ -18,7 +18,14 @@ from django.conf import settings
 
 from sessions_app import transcript_store
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
-from sessions_app.telemetry import Rollup, StallKind, ns_to_datetime, run_spans, stall_kind
+from sessions_app.telemetry import (
+    Rollup,
+    StallKind,
+    ns_to_datetime,
+    run_spans,
+    stall_kind,
+    stored_rollup,
+)
 from sessions_app.transcripts.parse import ToolCalls
 
 # The span names a person reads, in Claude Code's terms.
@@ -149,7 +156,7 @@ def run_timeline(
     tools = tools or ToolCalls()
     commands = tools.named
     row = RunTelemetry.objects.filter(session_id=session_id).first()
-    rollup = Rollup.from_dict(row.rollup) if row is not None and row.rollup else None
+    rollup = stored_rollup(row.rollup) if row is not None else None
     spans = run_spans(row.trace_id if row else "", session_id)
     costs, drift = three_costs(record, row)
     timeline = Timeline(row, rollup, costs=costs, drift=drift)
@@ -184,7 +191,14 @@ def run_timeline(
                 )
             )
     if live:
-        timeline.stall = stall_kind(rollup, telemetry_on=row is not None, now=now, since=started_at)
+        timeline.stall = stall_kind(
+            rollup,
+            telemetry_on=(record.wrapped if record is not None else True)
+            and settings.OPSCONSOLE_TELEMETRY_RECEIVER,
+            now=now,
+            since=started_at,
+            awaiting={use_id: commands[use_id] for use_id in tools.pending},
+        )
     return timeline
 
 
@@ -192,7 +206,7 @@ def stall_words(live, *, now: datetime) -> str:
     """Which kind of stall a live run (monitor_app.snapshot.LiveSession) is in, in words,
     or '' when its telemetry says nothing: for the stall alert and the watchdog."""
     row = RunTelemetry.objects.filter(session_id=live.session_id).only("rollup").first()
-    rollup = Rollup.from_dict(row.rollup) if row is not None and row.rollup else None
+    rollup = stored_rollup(row.rollup) if row is not None else None
     tools = ToolCalls()
     if rollup is not None and rollup.events:
         tools = transcript_store.tool_calls(

@@ -40,6 +40,10 @@ class SilentProxy:
         for thread in self.threads:
             thread.join(timeout=5)
 
+    def connect_upstream(self) -> socket.socket:
+        """The server side of a new connection (tests/round_robin_proxy.py picks one)."""
+        return socket.create_connection(self.upstream, timeout=5)
+
     def _track(self, sock: socket.socket) -> socket.socket:
         with self.lock:
             self.sockets.append(sock)
@@ -62,7 +66,7 @@ class SilentProxy:
             if self.stopped.is_set():
                 return
         try:
-            server = self._track(socket.create_connection(self.upstream, timeout=5))
+            server = self._track(self.connect_upstream())
         except OSError:
             client.close()
             return

@@ -82,8 +82,11 @@ def test_ci_and_launchd_are_read_from_the_environment():
         {"GITLAB_CI": "true", "CI_PROJECT_PATH": "g/p", "CI_JOB_NAME": "triage", "CI_JOB_ID": "7"}
     )
     assert (gitlab.scope, gitlab.label, gitlab.run_id) == ("gitlab", "g/p/triage", "7")
-    jenkins = ci_origin({"BUILD_TAG": "jenkins-nightly-4", "JOB_NAME": "nightly"})
+    jenkins = ci_origin(
+        {"JENKINS_HOME": "/var/jenkins", "BUILD_TAG": "jenkins-nightly-4", "JOB_NAME": "nightly"}
+    )
     assert (jenkins.scope, jenkins.label) == ("jenkins", "nightly")
+    assert ci_origin({"BUILD_TAG": "jenkins-nightly-4", "JOB_NAME": "nightly"}) is None
     assert ci_origin({"GITHUB_ACTIONS": "false", "GITHUB_WORKFLOW": "x"}) is None
     assert ci_origin({"PATH": "/bin"}) is None
     assert launchd_origin({"XPC_SERVICE_NAME": "com.acme.nightly"}) == Origin(
@@ -303,7 +306,7 @@ def test_a_found_job_s_page_offers_the_line_that_wraps_it(client, console_state,
         'cd /srv && opsconsole-run --tag nightly-agent -- -p "<b>nightly</b>" >>/tmp/n.log'
     )
     assert "&lt;b&gt;" in line
-    assert f'id="wrap-line" class="mono" readonly size="80" value="{line}"' in page
+    assert f'aria-label="The line that wraps this job">{line}</textarea>' in page
     assert 'data-copy="wrap-line"' in page
     assert "<b>nightly" not in page  # the command is escaped everywhere
     # Its run found from its processes is on the page and in History's filter.

@@ -228,13 +228,17 @@ def test_a_stamp_skips_two_fires_then_after_its_reset_the_job_runs_exactly_once(
         source="crontab -l",
         catchup_policy=CatchUp.ONCE,
     )
-    until = datetime.now(UTC) + timedelta(seconds=4)
-    stamp = QuotaStamp(
-        until=until.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        set_at=utc_now_iso(),
-        reason="usage limit reached",
-    )
-    write_json_atomic(console_state.paths.quota_stamp, stamp.to_dict())
+
+    def stamp_until(until: datetime) -> None:
+        stamp = QuotaStamp(
+            until=until.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            set_at=utc_now_iso(),
+            reason="usage limit reached",
+        )
+        write_json_atomic(console_state.paths.quota_stamp, stamp.to_dict())
+
+    # Holds for an hour: however slow the machine, both fires meet it.
+    stamp_until(datetime.now(UTC) + timedelta(hours=1))
     monitor = Monitor(paths=console_state.paths, steps=(catchup_round,), publish=False)
 
     for _ in range(2):  # two fires the stamp skips
@@ -246,7 +250,8 @@ def test_a_stamp_skips_two_fires_then_after_its_reset_the_job_runs_exactly_once(
     assert Session.objects.filter(job=job, status=Status.QUOTA_SKIP).count() == 2
     assert not AuditEntry.objects.filter(actor=CATCH_UP_ACTOR).exists()  # it holds
 
-    wait_until(lambda: read_quota_stamp(console_state.paths) is None, timeout=30)
+    stamp_until(datetime.now(UTC) - timedelta(seconds=1))  # its reset time has come
+    assert read_quota_stamp(console_state.paths) is None
     monitor.tick()  # the stamp cleared: the catch-up starts the job, as "run now" does
     audit = wait_until(lambda: AuditEntry.objects.filter(actor=CATCH_UP_ACTOR).first(), 60)
     assert audit.ok, audit.detail

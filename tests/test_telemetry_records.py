@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor_app.telemetry_receiver import Inbox, keep_rollups, load_rollups
 from sessions_app.models import RunTelemetry, Session, Status
 from sessions_app.otlp import Event, Records
-from sessions_app.telemetry import Rollup, stall_kind, write_rollups
+from sessions_app.telemetry import Rollup, stall_kind, stored_rollup, write_rollups
 from sessions_app.timeline import three_costs
 from sessions_app.transcripts.parse import iter_records, tool_calls_by_id
 from wrapper.formats import StatePaths
@@ -141,7 +141,8 @@ def test_another_hosts_session_is_refused_and_its_cost_untouched():
 def test_metrics_carry_per_job_rollups_and_never_a_series_per_session(admin_client):
     for cost in ("0.5", "0.25"):
         session = run()
-        rollup = Rollup(str(session.session_id), job="nightly")
+        # What the sender claims is not the label: the run's own tag is.
+        rollup = Rollup(str(session.session_id), job=f"claimed-{session.session_id}")
         rollup.take_event(event("api_request", cost_usd=float(cost)))
         rollup.take_event(event("api_error", status_code=429, attempt=1))
         rollup.take_span("claude_code.llm_request", {"ttft_ms": 200}, "a" * 32, NS, NS)
@@ -233,3 +234,23 @@ def test_a_restarted_monitor_adds_on_to_the_rollups_it_kept(tmp_path):
     )
     (rollup,) = again.drain().rollups
     assert (rollup.api_requests, rollup.cost_usd) == (2, 0.75)
+
+
+@pytest.mark.django_db
+def test_a_late_record_adds_to_the_run_on_record_never_overwrites_it():
+    session = run(cost_usd=None)
+    first = Rollup(str(session.session_id), job="nightly")
+    for cost in (0.5, 0.25):
+        first.take_event(event("api_request", cost_usd=cost, model="m", query_source="sdk"))
+    write_rollups([first], "here")
+    write_rollups([first], "here")  # the same segment again (a resent report): no change
+    # The receiver let the run go, then a record came (a --resume, a late batch): a new
+    # segment, which adds to what is on record.
+    late = Rollup(str(session.session_id))
+    late.take_event(event("api_request", cost_usd=0.125, model="m", query_source="sdk"))
+    write_rollups([late], "here")
+    row = RunTelemetry.objects.get(session_id=session.session_id)
+    assert (row.cost_usd, row.api_requests) == (Decimal("0.875"), 3)
+    assert stored_rollup(row.rollup).requests_by["m · sdk"]["requests"] == 3
+    session.refresh_from_db()
+    assert session.cost_telemetry_usd == Decimal("0.875")

@@ -3,9 +3,13 @@ tagged with the run, one trace per fire; a job's own exporter kept as a tee."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from wrapper.formats import FormatError, StatePaths
+from wrapper.formats import FormatError, StatePaths, process_start_time, write_json_atomic
 from wrapper.telemetry import (
     TEE_HEADER,
     ReceiverAddress,
@@ -13,6 +17,7 @@ from wrapper.telemetry import (
     Tee,
     parse_otlp_headers,
     parse_traceparent,
+    read_receiver_address,
     write_receiver_address,
 )
 
@@ -23,7 +28,10 @@ SESSION = "0b6f3f36-0c4e-4e0e-9d55-0d6d1e1f7a11"
 def paths(tmp_path) -> StatePaths:
     paths = StatePaths(home=tmp_path, active=tmp_path / "active")
     (tmp_path / "monitor").mkdir()
-    write_receiver_address(paths, ReceiverAddress("http://127.0.0.1:4319", "t" * 32))
+    me = os.getpid()
+    write_receiver_address(
+        paths, ReceiverAddress("http://127.0.0.1:4319", "t" * 32, me, process_start_time(me))
+    )
     return paths
 
 
@@ -66,6 +74,9 @@ def test_the_off_switch_and_a_host_without_a_monitor_leave_the_env_alone(paths, 
 def test_a_jobs_own_exporter_is_kept_as_a_tee_and_its_attributes_kept(paths):
     own = {
         "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "x-metrics-key=m",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4318",
         "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s%3Dcret,team=ops",
@@ -82,12 +93,21 @@ def test_a_jobs_own_exporter_is_kept_as_a_tee_and_its_attributes_kept(paths):
     assert tee.headers == {"x-api-key": "s=cret", "team": "ops"}
     assert tee.url("logs") == "https://collector.example:4318/v1/logs"
     assert tee.url("traces") == "https://traces.example/v1/traces"
+    # Only what the job exported goes on to it (not the spans the wrapper turns on), each
+    # signal with its own headers.
+    assert tee.signals == ("logs", "metrics") and not tee.exports("traces")
+    assert tee.headers_for("metrics") == {
+        "x-api-key": "s=cret",
+        "team": "ops",
+        "x-metrics-key": "m",
+    }
     assert env["OTEL_RESOURCE_ATTRIBUTES"].startswith("team=ops,opsconsole.run_id=")
 
 
 def test_a_grpc_exporter_is_left_alone_and_said_so(paths):
     own = {
         "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
+        "OTEL_METRICS_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
     }
@@ -109,3 +129,50 @@ def test_a_grpc_exporter_is_left_alone_and_said_so(paths):
 def test_a_tee_header_the_wrapper_would_not_write_is_refused(header):
     with pytest.raises(FormatError):
         Tee.decode(header)
+
+
+def test_a_file_left_by_a_monitor_that_is_gone_or_naming_elsewhere_is_not_believed(paths):
+    """Its port may be anyone's by now: the token, the telemetry and a tee's credentials
+    would go to whoever took it."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    file = paths.home / "monitor" / "otlp.json"
+    base = {"endpoint": "http://127.0.0.1:4319", "token": "t" * 32}
+    write_json_atomic(file, {**base, "pid": gone.pid, "started": 1.0})
+    assert read_receiver_address(paths) is None and not plan(paths).on
+    me = os.getpid()
+    for endpoint in (
+        "http://127.0.0.1:1@evil.example/",
+        "http://127.0.0.1:4319/x",
+        "https://127.0.0.1:1",
+    ):
+        write_json_atomic(
+            file, {**base, "endpoint": endpoint, "pid": me, "started": process_start_time(me)}
+        )
+        assert read_receiver_address(paths) is None, endpoint
+    write_json_atomic(file, {**base, "pid": me, "started": process_start_time(me)})
+    assert read_receiver_address(paths).endpoint == "http://127.0.0.1:4319"
+
+
+@pytest.mark.parametrize(
+    "own, said",
+    [
+        ({"OTEL_METRICS_EXPORTER": "prometheus"}, "metrics to prometheus"),
+        ({"OTEL_LOGS_EXPORTER": "otlp,console"}, "logs to console"),
+        (
+            {
+                "OTEL_METRICS_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "https://c.example",
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/etc/k.pem",
+            },
+            "TLS client settings",
+        ),
+    ],
+)
+def test_an_exporter_the_console_would_replace_is_left_alone_and_said_so(paths, own, said):
+    """A Prometheus endpoint or a console exporter would vanish under ours; a collector
+    that wants a client certificate would refuse the receiver's forwarding."""
+    env = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", **own}
+    telemetry = plan(paths, **env)
+    assert not telemetry.on and said in telemetry.warning
+    assert telemetry.child_env(env, telemetry.attempt_span(SESSION, 1)) == env

@@ -511,6 +511,31 @@ REPORT_INT_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
+# A run's telemetry in a report (sessions_app.telemetry: a Rollup, a span row), checked by
+# fleet.telemetry_items and rebuilt from what passes: names and texts at most this many
+# characters (the columns of RunTelemetry and TelemetrySpan, and what a host's monitor
+# keeps of each), every count and time a whole number in its range, every figure finite.
+REPORT_TELEMETRY_TEXT_LIMITS: dict[str, int] = {
+    "job": 100,  # RunTelemetry.job_tag
+    "host": 255,
+    "name": 100,  # a span's, a tool's
+    "requests_by": 200,  # "model · query_source"
+    "status": 16,  # an API error's status code
+    "error": 300,  # an API error's text
+    "attribute": 200,  # a span attribute's name
+    "attribute_value": 300,  # sessions_app.telemetry.SPAN_VALUE_CHARS
+}
+REPORT_TELEMETRY_INT_RANGES: dict[str, tuple[int, int]] = {
+    "count": (0, INT32_MAX),  # requests, errors, tool calls (IntegerField)
+    "tokens": (0, INT64_MAX),  # BigIntegerField
+    "ns": (0, INT64_MAX),  # nanoseconds since the epoch
+    "attribute": (-INT64_MAX, INT64_MAX),
+}
+# Milliseconds, seconds, a span attribute's float: finite and at most this (what the
+# rollup itself keeps of a number the CLI sent).
+MAX_TELEMETRY_FIGURE = 1e15
+
+
 def report_item_problem(item: dict[str, Any]) -> str | None:
     """Why one item of a host's report cannot be recorded (the first field that does not
     fit), or None. Fields without a limit here are checked by the code that reads them."""

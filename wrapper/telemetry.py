@@ -19,6 +19,7 @@ Stdlib only, like the rest of the wrapper.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapper.formats import FormatError, StatePaths, read_json_record, write_json_atomic
+from wrapper.formats import (
+    FormatError,
+    StatePaths,
+    process_start_time,
+    read_json_record,
+    same_start_time,
+    write_json_atomic,
+)
 
 TELEMETRY_SETTING = "OPSCONSOLE_TELEMETRY"  # "off" turns it off
 TEE_HEADER = "x-opsconsole-tee"
@@ -65,31 +73,67 @@ def receiver_file(paths: StatePaths) -> Path:
 
 @dataclass(frozen=True)
 class ReceiverAddress:
-    """Where this host's monitor takes OTLP, and the token it asks for."""
+    """Where this host's monitor takes OTLP, the token it asks for, and which process it is:
+    a file left by a monitor that is gone names a port anyone may have taken since."""
 
     endpoint: str  # http://127.0.0.1:PORT
     token: str
+    pid: int = 0
+    started: float = 0.0  # the monitor's process start time
 
     def to_dict(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "token": self.token}
+        return {
+            "endpoint": self.endpoint,
+            "token": self.token,
+            "pid": self.pid,
+            "started": self.started,
+        }
 
 
 def write_receiver_address(paths: StatePaths, address: ReceiverAddress) -> None:
     write_json_atomic(receiver_file(paths), address.to_dict())
 
 
+def remove_receiver_address(paths: StatePaths) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        receiver_file(paths).unlink()
+
+
+def _loopback_endpoint(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        port = parsed.port
+    except ValueError:
+        return False
+    return (
+        parsed.scheme == "http"
+        and parsed.hostname == "127.0.0.1"
+        and port is not None
+        and not parsed.username
+        and parsed.path in ("", "/")
+        and value == f"http://127.0.0.1:{port}"
+    )
+
+
 def read_receiver_address(paths: StatePaths) -> ReceiverAddress | None:
-    """The monitor's receiver, or None when no monitor has said where it listens."""
+    """The monitor's receiver, or None when no running monitor has said where it listens
+    (the file is ours, names loopback, and its monitor process is alive, the same one)."""
     try:
         data = read_json_record(receiver_file(paths), max_bytes=4096)
     except (FormatError, OSError):
         return None
-    endpoint, token = data.get("endpoint"), data.get("token")
-    if not (isinstance(endpoint, str) and endpoint.startswith("http://127.0.0.1:")):
+    endpoint, token, pid, started = (data.get(k) for k in ("endpoint", "token", "pid", "started"))
+    if not _loopback_endpoint(endpoint):
         return None
-    if not (isinstance(token, str) and 16 <= len(token) <= 128):
+    if not (isinstance(token, str) and 16 <= len(token) <= 128 and token.isprintable()):
         return None
-    return ReceiverAddress(endpoint, token)
+    if not (isinstance(pid, int) and pid > 0 and isinstance(started, int | float)):
+        return None
+    if not same_start_time(process_start_time(pid), float(started)):
+        return None
+    return ReceiverAddress(endpoint, token, pid, float(started))
 
 
 # --------------------------------------------------------------------------- traces
@@ -150,13 +194,16 @@ class Span:
 
 @dataclass(frozen=True)
 class Tee:
-    """A job's own OTLP exporter, which the receiver forwards to."""
+    """A job's own OTLP exporter, which the receiver forwards to: only the signals the
+    job exported, each with the headers the job gave it."""
 
     endpoint: str  # base URL; /v1/<signal> is appended
     protocol: str = "http/protobuf"
     headers: dict[str, str] = field(default_factory=dict)
     # Per-signal endpoints the job set (full URLs, used as given, as OTel does).
     signal_endpoints: dict[str, str] = field(default_factory=dict)
+    signals: tuple[str, ...] = ("logs", "metrics", "traces")
+    signal_headers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def url(self, signal: str) -> str:
         given = self.signal_endpoints.get(signal)
@@ -164,12 +211,20 @@ class Tee:
             return given
         return self.endpoint.rstrip("/") + f"/v1/{signal}"
 
+    def exports(self, signal: str) -> bool:
+        return signal in self.signals
+
+    def headers_for(self, signal: str) -> dict[str, str]:
+        return {**self.headers, **self.signal_headers.get(signal, {})}
+
     def encode(self) -> str:
         data = {
             "e": self.endpoint,
             "p": self.protocol,
             "h": self.headers,
             "s": self.signal_endpoints,
+            "x": list(self.signals),
+            "sh": self.signal_headers,
         }
         raw = json.dumps(data, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -187,19 +242,32 @@ class Tee:
             raise FormatError("tee header is not an object")
         endpoint, protocol = data.get("e"), data.get("p")
         headers, signals = data.get("h") or {}, data.get("s") or {}
+        exported = data.get("x", ["logs", "metrics", "traces"])
+        signal_headers = data.get("sh") or {}
         if not isinstance(signals, dict):
             raise FormatError("tee signal endpoints are not a map")
         if not all(isinstance(u, str) and _is_http_url(u) for u in [endpoint, *signals.values()]):
             raise FormatError("tee endpoint is not an http(s) URL")
         if protocol not in PROTOCOLS:
             raise FormatError(f"tee protocol {protocol!r} is not one of {PROTOCOLS}")
-        if not (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
-            raise FormatError("tee headers are not a map of strings")
-        if any(set(str(k) + v) & {"\r", "\n"} for k, v in headers.items()):
-            raise FormatError("tee header contains a line break")
-        if not set(signals) <= {"logs", "metrics", "traces"}:
+        if not (isinstance(signal_headers, dict) and isinstance(exported, list)):
+            raise FormatError("tee signals are not a list, or their headers not a map")
+        for named in (headers, *signal_headers.values()):
+            if not (isinstance(named, dict) and all(isinstance(v, str) for v in named.values())):
+                raise FormatError("tee headers are not a map of strings")
+            if any(set(str(k) + v) & {"\r", "\n"} for k, v in named.items()):
+                raise FormatError("tee header contains a line break")
+        known = {"logs", "metrics", "traces"}
+        if not (set(signals) | set(signal_headers) | set(map(str, exported))) <= known:
             raise FormatError("tee names an unknown signal")
-        return cls(endpoint, protocol, {str(k): v for k, v in headers.items()}, dict(signals))
+        return cls(
+            endpoint,
+            protocol,
+            {str(k): v for k, v in headers.items()},
+            dict(signals),
+            tuple(exported),
+            {k: {str(h): v for h, v in named.items()} for k, named in signal_headers.items()},
+        )
 
 
 def _is_http_url(value: str) -> bool:
@@ -217,10 +285,33 @@ def parse_otlp_headers(value: str) -> dict[str, str]:
     return headers
 
 
+_TLS_SETTING_RE = re.compile(
+    r"OTEL_EXPORTER_OTLP_(?:(?:LOGS|METRICS|TRACES)_)?(?:CERTIFICATE|CLIENT_KEY|CLIENT_CERTIFICATE)"
+)
+
+
 def _own_tee(env: dict[str, str]) -> Tee | str | None:
-    """The job's own OTLP exporter: a Tee, None when it has none, or why it cannot be teed."""
+    """The job's own OTLP exporter: a Tee, None when it has none, or why it cannot be
+    teed (the job's settings are then left as they are, and the console gets nothing)."""
     if env.get("CLAUDE_CODE_ENABLE_TELEMETRY", "").strip().lower() not in ("1", "true", "yes"):
         return None
+    exporters = {
+        signal.lower(): [v.strip() for v in env.get(f"OTEL_{signal}_EXPORTER", "").split(",")]
+        for signal in _SIGNALS
+    }
+    foreign = sorted(
+        f"{signal} to {name}"
+        for signal, names in exporters.items()
+        for name in names
+        if name not in ("", "otlp", "none")
+    )
+    if foreign:  # a Prometheus endpoint, the console: ours would replace it
+        return f"the job exports {', '.join(foreign)}, which the console's exporter would replace"
+    signals = tuple(signal for signal, names in exporters.items() if "otlp" in names)
+    if not signals:
+        return None
+    if any(_TLS_SETTING_RE.fullmatch(name) for name in env):
+        return "the job's OTLP exporter has TLS client settings, which the receiver cannot use"
     signal_endpoints = {
         signal.lower(): env[f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"]
         for signal in _SIGNALS
@@ -241,7 +332,14 @@ def _own_tee(env: dict[str, str]) -> Tee | str | None:
     if not all(_is_http_url(u) for u in urls):
         return "the job's OTLP endpoint is not an http(s) URL"
     headers = parse_otlp_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
-    tee = Tee(endpoint or urls[0], protocols.pop(), headers, signal_endpoints)
+    signal_headers = {
+        signal.lower(): parse_otlp_headers(env[f"OTEL_EXPORTER_OTLP_{signal}_HEADERS"])
+        for signal in _SIGNALS
+        if env.get(f"OTEL_EXPORTER_OTLP_{signal}_HEADERS")
+    }
+    tee = Tee(
+        endpoint or urls[0], protocols.pop(), headers, signal_endpoints, signals, signal_headers
+    )
     if len(tee.encode()) > MAX_TEE_CHARS:
         return "the job's OTLP headers are too long to forward"
     return tee
