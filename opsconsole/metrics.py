@@ -11,27 +11,29 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta
+from decimal import Decimal
 from ipaddress import ip_address, ip_network
 
 from django.conf import settings
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from alerts_app.models import Alert, Channel, Delivery
-from alerts_app.outcome_rules import consecutive_failures
+from alerts_app.outcome_rules import VERDICT_STATUSES, consecutive_failures
 from jobs_app.models import Job
 from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
 from sessions_app.models import (
     LIVE_STATUSES,
+    MICROS,
     RunTelemetry,
+    RunTotal,
     Session,
     Status,
-    run_cost_expression,
-    unknown_cost_q,
+    TelemetryTotal,
 )
 from wrapper.formats import parse_iso, read_quota_stamp
 
@@ -150,29 +152,37 @@ class ConsoleCollector:
             "Failed runs in a row, latest first (retried attempts count once)",
             labels=labels,
         )
-        for job in Job.objects.filter(present=True).order_by("label"):
+        runs = Session.objects.filter(job=OuterRef("pk")).order_by("-started_at", "-id")
+        newest = runs.exclude(status__in=LIVE_STATUSES)
+        jobs = Job.objects.filter(present=True).order_by("label").only("label", "host", "scheduler")
+        # One statement for every job: each subquery reads the job's newest runs by index.
+        for job in jobs.annotate(
+            last_status=Subquery(newest.values("status")[:1]),
+            last_success=Subquery(newest.filter(status=Status.SUCCEEDED).values("ended_at")[:1]),
+            last_verdict=Subquery(runs.filter(status__in=VERDICT_STATUSES).values("status")[:1]),
+        ):
             values = [job.label, job.host, job.scheduler]
-            runs = Session.objects.filter(job=job).exclude(status__in=LIVE_STATUSES)
-            last = runs.order_by("-started_at").values_list("status", flat=True).first()
-            if last:
-                last_status.add_metric([*values, last], 1)
-            success = (
-                runs.filter(status=Status.SUCCEEDED)
-                .order_by("-ended_at")
-                .values_list("ended_at", flat=True)
-                .first()
+            if job.last_status:
+                last_status.add_metric([*values, job.last_status], 1)
+            last_success.add_metric(values, epoch(job.last_success))
+            # A job whose latest verdict is a success has no streak: no query for it.
+            streak = (
+                0 if job.last_verdict in (None, Status.SUCCEEDED) else consecutive_failures(job)
             )
-            last_success.add_metric(values, epoch(success))
-            failures.add_metric(values, consecutive_failures(job))
+            failures.add_metric(values, streak)
         yield from (last_status, last_success, failures)
 
     # -------------------------------------------------------------- runs, cost, tokens
     def runs(self):
+        """Counters from the all-time rollup (sessions_app.rollups): a scrape reads a row
+        per tag, host and status, not every run. A run is counted once it has ended
+        (opsconsole_live_sessions counts the live ones), so a series only grows: a live
+        status would fall when its run ended, and rate() would read that as a reset."""
         runs = CounterMetricFamily(
-            "opsconsole_runs", "Runs on record, by tag and status", labels=["tag", "status"]
+            "opsconsole_runs",
+            "Runs that ended, by tag and status (the live ones: opsconsole_live_sessions)",
+            labels=["tag", "status"],
         )
-        for row in Session.objects.values("script_tag", "status").annotate(n=Count("id")):
-            runs.add_metric([row["script_tag"], row["status"]], row["n"])
         cost = CounterMetricFamily(
             "opsconsole_cost_usd", "Cost of runs whose cost is known, in USD", labels=["tag"]
         )
@@ -185,18 +195,26 @@ class ConsoleCollector:
             "opsconsole_tokens", "Tokens used, by tag and kind", labels=["tag", "kind"]
         )
         sums = {f"sum_{kind}": Sum(column) for kind, column in TOKEN_COLUMNS.items()}
-        by_tag = Session.objects.values("script_tag")
-        for row in by_tag.annotate(cost=Sum(run_cost_expression()), **sums):
-            cost.add_metric([row["script_tag"]], float(row["cost"] or 0))
+        rows = RunTotal.objects.values("script_tag", "status").annotate(
+            n=Sum("runs"), micros=Sum("cost_micros"), unknown=Sum("unknown_cost_runs"), **sums
+        )
+        tags: dict[str, dict] = {}
+        for row in rows.order_by("script_tag", "status"):
+            tag = tags.setdefault(
+                row["script_tag"], {"micros": 0, "unknown": 0, **dict.fromkeys(sums, 0)}
+            )
+            tag["micros"] += row["micros"] or 0
+            for name in sums:
+                tag[name] += row[name] or 0
+            if row["status"] in LIVE_STATUSES:
+                continue
+            tag["unknown"] += row["unknown"] or 0
+            runs.add_metric([row["script_tag"], row["status"]], row["n"])
+        for name, tag in tags.items():
+            cost.add_metric([name], float(Decimal(tag["micros"]) / MICROS))
+            unknown.add_metric([name], tag["unknown"])
             for kind in TOKEN_COLUMNS:
-                tokens.add_metric([row["script_tag"], kind], row[f"sum_{kind}"] or 0)
-        for row in (
-            Session.objects.filter(unknown_cost_q())
-            .exclude(status__in=LIVE_STATUSES)
-            .values("script_tag")
-            .annotate(n=Count("id"))
-        ):
-            unknown.add_metric([row["script_tag"]], row["n"])
+                tokens.add_metric([name, kind], tag[f"sum_{kind}"])
         yield from (runs, cost, unknown, tokens)
 
     # -------------------------------------------------------------- Claude Code's telemetry
@@ -231,14 +249,15 @@ class ConsoleCollector:
             "The worst p95 time to first token of the job's runs in the last day",
             labels=labels,
         )
-        rows = RunTelemetry.objects.values("job_tag").annotate(
+        rows = TelemetryTotal.objects.values("job_tag").annotate(
             api_requests=Sum("api_requests"),
             api_errors=Sum("api_errors"),
             tool_calls=Sum("tool_calls"),
             tool_failures=Sum("tool_failures"),
-            cost=Sum("cost_usd"),
+            cost=Sum("cost_micros"),
         )
-        for row in rows:
+        for row in rows.order_by("job_tag"):
+            row["cost"] = Decimal(row["cost"] or 0) / MICROS
             for name, family in families.items():
                 family.add_metric([row["job_tag"]], float(row[name] or 0))
         recent = RunTelemetry.objects.filter(

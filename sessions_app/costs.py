@@ -7,14 +7,13 @@ that leaves some out says so (total_words)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import CharField, Count, Q, Sum
-from django.db.models.functions import Cast, Coalesce, Substr
+from django.db.models import Sum
 from django.utils import timezone
 
-from sessions_app.models import LIVE_STATUSES, Session, run_cost_expression, unknown_cost_q
+from sessions_app.models import MICROS, RunDay
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
 
@@ -47,95 +46,81 @@ class CostReport:
     host: str = ""
 
 
-def _aggregates() -> dict:
-    tokens = sum(
-        (Coalesce(Sum(column), 0) for column in TOKEN_COLUMNS[1:]),
-        Coalesce(Sum(TOKEN_COLUMNS[0]), 0),
-    )
-    return {
-        "cost": Sum(run_cost_expression()),
-        "telemetry": Count("id", filter=Q(cost_usd__isnull=True, cost_telemetry_usd__isnull=False)),
-        "computed": Count(
-            "id",
-            filter=Q(
-                cost_usd__isnull=True,
-                cost_telemetry_usd__isnull=True,
-                cost_computed_usd__isnull=False,
-            ),
-        ),
-        "runs": Count("id"),
-        "unknown": Count("id", filter=unknown_cost_q()),
-        "tokens": tokens,
-    }
+SUMMED = (
+    "runs",
+    "cost_micros",
+    "unknown_cost_runs",
+    "computed_cost_runs",
+    "telemetry_cost_runs",
+    *TOKEN_COLUMNS,
+)
 
 
-def _line(key: str, row: dict) -> CostLine:
+def _sums(rows, *keys: str):
+    """The rollup rows summed per `keys`, in the database: (keys..., sums in SUMMED order,
+    the four token columns added up)."""
+    sums = rows.values_list(*keys).annotate(*(Sum(name) for name in SUMMED))
+    for row in sums.order_by():
+        values = row[len(keys) :]
+        yield (*row[: len(keys)], *(v or 0 for v in values[:5]), sum(v or 0 for v in values[5:]))
+
+
+def _add(totals: list[int], row: tuple, start: int) -> None:
+    for index in range(6):
+        totals[index] += row[start + index]
+
+
+def _line(key: str, totals: list[int]) -> CostLine:
+    runs, micros, unknown, computed, telemetry, tokens = totals
     return CostLine(
         key=key,
-        cost_usd=row["cost"] or Decimal("0"),
-        runs=row["runs"],
-        unknown_cost_runs=row["unknown"],
-        computed_cost_runs=row["computed"],
-        telemetry_cost_runs=row["telemetry"],
-        tokens=int(row["tokens"] or 0),
+        cost_usd=Decimal(micros) / MICROS,
+        runs=runs,
+        unknown_cost_runs=unknown,
+        computed_cost_runs=computed,
+        telemetry_cost_runs=telemetry,
+        tokens=tokens,
     )
-
-
-def _add(line: CostLine, row: dict) -> None:
-    line.cost_usd += row["cost"] or Decimal("0")
-    line.runs += row["runs"]
-    line.unknown_cost_runs += row["unknown"]
-    line.computed_cost_runs += row["computed"]
-    line.telemetry_cost_runs += row["telemetry"]
-    line.tokens += int(row["tokens"] or 0)
 
 
 def cost_report(days: int = 30, now: datetime | None = None, host: str = "") -> CostReport:
-    """One GROUP BY (day, tag, host) over the range; per-tag, per-host and total lines are
-    summed from it. `host` narrows the report to one host; the per-host lines always
-    cover every host, so the fleet's total stays in sight."""
+    """From the (day, tag, host) rollup the database keeps as runs are written
+    (sessions_app.rollups: the UTC day of each run's start): one sum per day and tag,
+    one per host; per-day, per-tag and total lines are added up from the first (in
+    integers: millionths of a dollar). `host` narrows the report to one host; the
+    per-host lines always cover every host, so the fleet's total stays in sight."""
     now = now or timezone.now()
     since = (now - timedelta(days=days - 1)).date()
-    # Compare the timestamp itself (not its date) so the started_at index is used.
-    start = datetime.combine(since, time.min, tzinfo=now.tzinfo)
-    rows = (
-        Session.objects.exclude(status__in=LIVE_STATUSES)
-        .filter(started_at__gte=start)
-        # The stored UTC timestamp's first ten characters: a day key with no per-row
-        # function call (SQLite runs TruncDate in Python), the same on PostgreSQL.
-        .annotate(day=Substr(Cast("started_at", CharField()), 1, 10))
-        .values("day", "script_tag", "host")
-        .annotate(**_aggregates())
-        .order_by()
-    )
-    daily = {
-        (since + timedelta(days=offset)).isoformat(): CostLine(
-            key=(since + timedelta(days=offset)).isoformat()
-        )
-        for offset in range(days)
+    in_range = RunDay.objects.filter(day__gte=since)
+    days_seen: dict[str, list[int]] = {
+        (since + timedelta(days=offset)).isoformat(): [0] * 6 for offset in range(days)
     }
-    tags: dict[str, CostLine] = {}
-    hosts: dict[str, CostLine] = {}
-    total = CostLine(key="total")
-    for row in rows:
-        _add(hosts.setdefault(row["host"], CostLine(key=row["host"])), row)
-        if host and row["host"] != host:
+    day_tags: dict[str, dict[str, Decimal]] = {key: {} for key in days_seen}
+    tags: dict[str, list[int]] = {}
+    total = [0] * 6
+    hosts = [_line(row[0], list(row[1:])) for row in _sums(in_range, "host") if row[1]]
+    for row in _sums(in_range.filter(host=host) if host else in_range, "day", "script_tag"):
+        if not row[2]:
             continue
-        day = row["day"]
-        line = daily.setdefault(day, CostLine(key=day))
-        tag = tags.setdefault(row["script_tag"], CostLine(key=row["script_tag"]))
-        for target in (line, tag, total):
-            _add(target, row)
-        if row["cost"]:
-            line.by_tag[row["script_tag"]] = line.by_tag.get(row["script_tag"], 0) + row["cost"]
-    by_tag = sorted(tags.values(), key=lambda line: (-line.cost_usd, line.key))
+        day, tag = row[0].isoformat(), row[1]
+        _add(days_seen.setdefault(day, [0] * 6), row, 2)
+        _add(tags.setdefault(tag, [0] * 6), row, 2)
+        _add(total, row, 2)
+        if row[3]:
+            day_tags.setdefault(day, {})[tag] = Decimal(row[3]) / MICROS
+    by_day = []
+    for day in sorted(days_seen):
+        line = _line(day, days_seen[day])
+        line.by_tag = day_tags.get(day, {})
+        by_day.append(line)
+    by_tag = [_line(tag, sums) for tag, sums in tags.items()]
     return CostReport(
         days=days,
         since=since,
-        by_day=sorted(daily.values(), key=lambda line: line.key),
-        by_tag=by_tag,
-        total=total,
-        by_host=sorted(hosts.values(), key=lambda line: (-line.cost_usd, line.key)),
+        by_day=by_day,
+        by_tag=sorted(by_tag, key=lambda line: (-line.cost_usd, line.key)),
+        total=_line("total", total),
+        by_host=sorted(hosts, key=lambda line: (-line.cost_usd, line.key)),
         host=host,
     )
 

@@ -158,7 +158,11 @@ def history_page(
     position = decode_cursor(before) if before else None
     if position is not None:
         started, pk = position
-        rows = rows.filter(Q(started_at__lt=started) | Q(started_at=started, id__lt=pk))
+        # (started_at, id) < (started, pk), with the bound on started_at alone spelled
+        # out: the index scan starts at the cursor instead of filtering every newer row.
+        rows = rows.filter(started_at__lte=started).filter(
+            Q(started_at__lt=started) | Q(started_at=started, id__lt=pk)
+        )
     fetched = list(rows[: page_size + 1])
     has_more = len(fetched) > page_size
     shown = fetched[:page_size]

@@ -241,9 +241,95 @@ class RunTelemetry(models.Model):
 
     class Meta:
         verbose_name_plural = "run telemetry"
+        # /metrics' time to first token reads the last day's rows only.
+        indexes = [models.Index(fields=["last_event_at"], name="telemetry_last_event")]
 
     def __str__(self) -> str:
         return f"telemetry of {self.session_id}"
+
+
+class Rollup(models.Model):
+    """Sums kept by the database's triggers (sessions_app.rollups); never written here."""
+
+    runs = models.BigIntegerField(default=0)
+    # Millionths of a dollar: exact on every backend (Session.cost_usd has six places).
+    cost_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return Decimal(self.cost_micros) / MICROS
+
+
+MICROS = Decimal(1_000_000)
+
+
+class RunSums(Rollup):
+    """Run cost and tokens, summed as Session.shown_cost_usd rules them."""
+
+    unknown_cost_runs = models.BigIntegerField(default=0)
+    computed_cost_runs = models.BigIntegerField(default=0)
+    telemetry_cost_runs = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_creation_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class RunDay(RunSums):
+    """Finished runs per UTC day of their start, tag and host: what the Costs page sums."""
+
+    day = models.DateField()
+    script_tag = CleanCharField(max_length=100)
+    host = CleanCharField(max_length=255)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "script_tag", "host"], name="runday_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.script_tag} on {self.host}: {self.runs} runs"
+
+
+class RunTotal(RunSums):
+    """Every run on record per tag, host and status: what /metrics counts."""
+
+    script_tag = CleanCharField(max_length=100)
+    host = CleanCharField(max_length=255)
+    status = CleanCharField(max_length=16, choices=Status.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["script_tag", "host", "status"], name="runtotal_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.script_tag} on {self.host}, {self.status}: {self.runs} runs"
+
+
+class TelemetryTotal(Rollup):
+    """RunTelemetry per job tag and host, all time: /metrics' telemetry counters."""
+
+    job_tag = CleanCharField(max_length=100, blank=True, default="")
+    host = CleanCharField(max_length=255)
+    api_requests = models.BigIntegerField(default=0)
+    api_errors = models.BigIntegerField(default=0)
+    tool_calls = models.BigIntegerField(default=0)
+    tool_failures = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job_tag", "host"], name="telemetrytotal_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"telemetry of {self.job_tag} on {self.host}: {self.runs} runs"
 
 
 class TelemetrySpan(models.Model):
