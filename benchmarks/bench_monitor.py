@@ -29,7 +29,15 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = REPO.parent / "shared" / "reference" / "reference_active_handler.js"
+# ../shared beside the repository (a worktree under /work/wt/ finds /work/shared).
+REFERENCE = next(
+    (
+        parent / "shared" / "reference" / "reference_active_handler.js"
+        for parent in REPO.parents
+        if (parent / "shared" / "reference" / "reference_active_handler.js").exists()
+    ),
+    REPO.parent / "shared" / "reference" / "reference_active_handler.js",
+)
 sys.path.insert(0, str(REPO))
 WORK = Path(tempfile.mkdtemp(prefix="opsconsole-bench-monitor-"))
 os.environ["OPSCONSOLE_HOME"] = str(WORK / "home")
