@@ -8,12 +8,16 @@ import hashlib
 import heapq
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
+from django.db.models import F
+
 from monitor_app import published
-from monitor_app.models import HostSample
+from monitor_app.models import FleetListing, HostSample
 from monitor_app.runs import run_from_listing
 from monitor_app.snapshot import Snapshot
 
@@ -59,7 +63,8 @@ class FleetReader:
         self._lock = threading.Lock()
         self._api: dict[str, HostListing] = {}
         self._snapshots: dict[str, tuple[tuple[int, str], Snapshot]] = {}
-        self._combined: tuple[tuple, bytes, str] | None = None
+        self._combined: tuple[list, bytes, str] | None = None
+        self.builds = 0  # fleet bodies this process built (the rest it read)
         self._live: tuple[tuple, FleetLive] | None = None
 
     def _heads(self) -> list[tuple[str, tuple[int, str]]]:
@@ -86,30 +91,58 @@ class FleetReader:
                 continue
         return [(host, self._api[host]) for host, _version in heads if host in self._api]
 
+    def _states(self, now: datetime) -> list[tuple[str, tuple[int, str], bool]]:
+        """(host, version, silent at `now`) of every host's latest sample: one narrow
+        query, and all the fleet's body depends on."""
+        rows = HostSample.objects.order_by("host").values_list(
+            "host", "seq", "etag", "taken_at", "received_at", "interval_seconds"
+        )
+        return [
+            (
+                host,
+                (seq, etag),
+                HostSample(
+                    taken_at=taken, received_at=received, interval_seconds=interval
+                ).is_silent(now),
+            )
+            for host, seq, etag, taken, received, interval in rows
+        ]
+
     def api_document(self, now: datetime | None = None) -> tuple[bytes, str]:
         """The fleet's /api/claude-active body (every host's sessions) and its ETag.
 
-        Rebuilt when any host's sample or silence changes: the hosts' own pieces are
-        joined as they are, so a rebuild costs the bytes copied, not a re-encoding."""
+        One per state of the hosts' samples (their versions and silence): kept in this
+        process, and in the database's FleetListing row for every other worker and
+        console, so it is built once per state, not once per worker. The ETag is the
+        state's digest: any console answers the same body and ETag for the same state."""
         now = now or datetime.now(UTC)
-        listings = self._listings(self._heads())
-        key = tuple(
-            (host, listing.version, listing.sample.is_silent(now)) for host, listing in listings
-        )
+        states = self._states(now)
+        etag = '"' + hashlib.blake2b(repr(states).encode(), digest_size=12).hexdigest() + '"'
         combined = self._combined
-        if combined is not None and combined[0] == key:
+        if combined is not None and combined[2] == etag:
             return combined[1], combined[2]
+        body = shared_listing(etag, now, lambda: self._build(states))
+        with self._lock:
+            self._combined = (states, body, etag)
+        return body, etag
+
+    def _build(self, states: list[tuple[str, tuple[int, str], bool]]) -> bytes:
+        """The fleet's body from every host's document: the hosts' own pieces joined as
+        they are, so a build costs the changed documents parsed and the bytes copied."""
+        self.builds += 1
+        silent = {host: flag for host, _version, flag in states}
+        listings = self._listings([(host, version) for host, version, _silent in states])
         hosts = [
             {
                 "host": host,
                 "seq": listing.document["seq"],
                 "taken_at": listing.document["taken_at"],
-                "silent": silent,
+                "silent": silent[host],
                 "live": len(listing.document.get("sessions", [])),
             }
-            for (host, _version, silent), (_host, listing) in zip(key, listings, strict=True)
+            for host, listing in listings
         ]
-        body = b"".join(
+        return b"".join(
             (
                 b'{"host":"all","hosts":',
                 json.dumps(hosts, separators=(",", ":")).encode(),
@@ -120,11 +153,6 @@ class FleetReader:
                 b"]}",
             )
         )
-        # The key names every piece of the body, so its digest is the body's ETag.
-        etag = '"' + hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest() + '"'
-        with self._lock:
-            self._combined = (key, body, etag)
-        return body, etag
 
     def live(self, limit: int) -> FleetLive:
         """The all-hosts live page's runs: the `limit` most recent of the fleet.
@@ -199,6 +227,51 @@ class FleetReader:
             combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)
         combined.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
         return combined
+
+
+# How long a worker building the fleet's body for a state holds the claim on it, and how
+# long another worker asking for the same state waits for that body before building it
+# itself (a builder that died or stalls costs the others this much, once).
+CLAIM_SECONDS = 5.0
+WAIT_SECONDS = 0.5
+WAIT_STEP_SECONDS = 0.005
+
+
+def shared_listing(
+    state: str, now: datetime, build: Callable[[], bytes], wait: float = WAIT_SECONDS
+) -> bytes:
+    """The fleet's body for `state`, from the FleetListing row when a worker built it
+    already; otherwise built here by `build` if this worker wins the claim on the
+    state (one UPDATE: of all workers asking at once, one builds), or read once the
+    winner wrote it. A winner that has not written within `wait` is not waited for."""
+    body = _stored(state)
+    if body is not None:
+        return body
+    FleetListing.objects.get_or_create(pk=1)
+    claimed = (
+        FleetListing.objects.filter(pk=1)
+        .exclude(state=state)
+        .exclude(claimed_state=state, claimed_until__gt=now)
+        .update(claimed_state=state, claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+    )
+    if claimed:
+        body = build()
+        FleetListing.objects.filter(pk=1).update(
+            state=state, etag=state, body=body, built_at=now, builds=F("builds") + 1
+        )
+        return body
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        body = _stored(state)
+        if body is not None:
+            return body
+        time.sleep(WAIT_STEP_SECONDS)
+    return _stored(state) or build()
+
+
+def _stored(state: str) -> bytes | None:
+    row = FleetListing.objects.filter(pk=1, state=state).values_list("body", flat=True).first()
+    return bytes(row) if row is not None else None
 
 
 fleet = FleetReader()
