@@ -4,22 +4,25 @@ Each host's document is parsed once per version and shared by every thread."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import heapq
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 
-from django.db.models import F
+from django.conf import settings
 
 from monitor_app import published
-from monitor_app.models import FleetListing, HostSample
+from monitor_app.models import HostSample
 from monitor_app.runs import run_from_listing
 from monitor_app.snapshot import Snapshot
+from wrapper.formats import atomic_file, ensure_private_dir
 
 
 @dataclass
@@ -112,16 +115,16 @@ class FleetReader:
         """The fleet's /api/claude-active body (every host's sessions) and its ETag.
 
         One per state of the hosts' samples (their versions and silence): kept in this
-        process, and in the database's FleetListing row for every other worker and
-        console, so it is built once per state, not once per worker. The ETag is the
-        state's digest: any console answers the same body and ETag for the same state."""
+        process, and in a private cache file for the console's other workers, so it is
+        built once per state and console, not once per worker. The ETag is the state's
+        digest: any console answers the same body and ETag for the same state."""
         now = now or datetime.now(UTC)
         states = self._states(now)
         etag = '"' + hashlib.blake2b(repr(states).encode(), digest_size=12).hexdigest() + '"'
         combined = self._combined
         if combined is not None and combined[2] == etag:
             return combined[1], combined[2]
-        body = shared_listing(etag, now, lambda: self._build(states))
+        body = shared_listing(etag, lambda: self._build(states))
         with self._lock:
             self._combined = (states, body, etag)
         return body, etag
@@ -229,49 +232,43 @@ class FleetReader:
         return combined
 
 
-# How long a worker building the fleet's body for a state holds the claim on it, and how
-# long another worker asking for the same state waits for that body before building it
-# itself (a builder that died or stalls costs the others this much, once).
-CLAIM_SECONDS = 5.0
-WAIT_SECONDS = 0.5
-WAIT_STEP_SECONDS = 0.005
+def listing_dir() -> Path:
+    return settings.OPSCONSOLE_HOME / "cache" / "fleet"
 
 
-def shared_listing(
-    state: str, now: datetime, build: Callable[[], bytes], wait: float = WAIT_SECONDS
-) -> bytes:
-    """The fleet's body for `state`, from the FleetListing row when a worker built it
-    already; otherwise built here by `build` if this worker wins the claim on the
-    state (one UPDATE: of all workers asking at once, one builds), or read once the
-    winner wrote it. A winner that has not written within `wait` is not waited for."""
-    body = _stored(state)
+def shared_listing(state: str, build: Callable[[], bytes]) -> bytes:
+    """The fleet's body for `state` (its ETag), built once per console: read from this
+    host's private cache file when another worker built it already; else built here
+    under a file lock, so the workers asking for the same state at once wait for the
+    one building it (without spinning) and then read what it wrote."""
+    directory = ensure_private_dir(listing_dir())
+    path = directory / (state.strip('"') + ".json")
+    body = _read(path)
     if body is not None:
         return body
-    FleetListing.objects.get_or_create(pk=1)
-    claimed = (
-        FleetListing.objects.filter(pk=1)
-        .exclude(state=state)
-        .exclude(claimed_state=state, claimed_until__gt=now)
-        .update(claimed_state=state, claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
-    )
-    if claimed:
-        body = build()
-        FleetListing.objects.filter(pk=1).update(
-            state=state, etag=state, body=body, built_at=now, builds=F("builds") + 1
-        )
-        return body
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        body = _stored(state)
-        if body is not None:
+    with open(directory / "build.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            body = _read(path)
+            if body is not None:
+                return body
+            body = build()
+            with atomic_file(path) as handle:
+                handle.write(body)
+            for older in directory.glob("*.json"):
+                if older != path:
+                    with contextlib.suppress(OSError):
+                        older.unlink()
             return body
-        time.sleep(WAIT_STEP_SECONDS)
-    return _stored(state) or build()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _stored(state: str) -> bytes | None:
-    row = FleetListing.objects.filter(pk=1, state=state).values_list("body", flat=True).first()
-    return bytes(row) if row is not None else None
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 fleet = FleetReader()

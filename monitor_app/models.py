@@ -113,26 +113,6 @@ class HostSample(models.Model):
         return sample_is_stale(heard, self.interval_seconds, now)
 
 
-class FleetListing(models.Model):
-    """The fleet's /api/claude-active body (every host's sessions), built once per state of
-    the hosts' samples by whichever web worker first needs it (of any console on this
-    database) and read by the others: more workers than cores cost no more builds.
-
-    One row. `state` names the hosts' samples the body was built from (their versions and
-    silence); `claimed_state` and `claimed_until` say who is building which state now."""
-
-    state = CleanCharField(max_length=64, blank=True, default="")
-    etag = CleanCharField(max_length=64, blank=True, default="")
-    body = models.BinaryField(default=b"")
-    built_at = models.DateTimeField(null=True, blank=True)
-    builds = models.PositiveBigIntegerField(default=0, help_text="bodies built, all told")
-    claimed_state = CleanCharField(max_length=64, blank=True, default="")
-    claimed_until = models.DateTimeField(null=True, blank=True)
-
-    def __str__(self) -> str:
-        return f"fleet listing {self.state[:12]} ({self.builds} builds)"
-
-
 def hash_host_token(token: str) -> str:
     # 256 bits of randomness: a fast hash is enough, as for API tokens.
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
