@@ -38,6 +38,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.db import connection  # noqa: E402
 from serve_helpers import free_port  # noqa: E402
 
 from monitor_app import published  # noqa: E402
@@ -129,10 +130,21 @@ class Publisher:
             self.again()
 
     def again(self) -> None:
+        """In a thread of its own, with a database connection of its own, as the monitor
+        is a process of its own: the request's thread never holds the writer's connection."""
         self.last = time.monotonic()
         self.monitor.seq += 1
         self.snapshot.taken_at = datetime.now(UTC)
-        self.monitor.publish_sample(self.snapshot)
+
+        def publish() -> None:
+            try:
+                self.monitor.publish_sample(self.snapshot)
+            finally:
+                connection.close()
+
+        writer = threading.Thread(target=publish)
+        writer.start()
+        writer.join()
 
 
 CONDITIONS = {
