@@ -9,13 +9,20 @@ into a fresh PostgreSQL database of the script's own (`opsconsole_bench_fleet_re
     .venv/bin/python benchmarks/bench_fleet_read.py              # 200 hosts
     .venv/bin/python benchmarks/bench_fleet_read.py --hosts 50
     .venv/bin/python benchmarks/bench_fleet_read.py --vary-cpu   # no row reads the same twice
+    .venv/bin/python benchmarks/bench_fleet_read.py --workers 2 4  # worker processes
+
+With --workers, N real processes (each a web worker's Django on the same database) are
+asked for /api/claude-active?host=all's body at the same moment after every round of
+reports: the CPU all of them spend on it per new state, and how many built it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,11 +34,69 @@ DATABASE = "opsconsole_bench_fleet_read"
 ROUNDS = 9
 
 
+# One web worker of its own: each "read" line it is sent, the fleet's body once; it
+# answers the CPU ms that took, and how many bodies this process has built so far.
+WORKER = """
+import json, sys, time
+import django
+django.setup()
+from monitor_app.fleet_reader import fleet
+for line in sys.stdin:
+    began = time.thread_time()
+    fleet.api_document()
+    spent = (time.thread_time() - began) * 1000
+    print(json.dumps([spent, getattr(fleet, "builds", None)]), flush=True)
+"""
+
+
+def workers_table(counts: list[int], hosts: list, report) -> None:
+    """CPU of all the workers per new state, and builds per state, by worker count."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    print("\n| web workers | CPU ms per new state, all workers (median) | bodies built per state |")
+    print("|---:|---:|---:|")
+    for count in counts:
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+        try:
+            spent, built = [], []
+            for round_ in range(ROUNDS + 2):
+                for host in hosts[: max(1, len(hosts) // 4)]:
+                    report(host)
+                for worker in workers:
+                    worker.stdin.write("read\n")
+                    worker.stdin.flush()
+                answers = [json.loads(worker.stdout.readline()) for worker in workers]
+                if round_ < 2:  # each worker's first read parses every host: not steady
+                    before = [a[1] for a in answers]
+                    continue
+                spent.append(sum(a[0] for a in answers))
+                if answers[0][1] is not None:
+                    built.append(sum(a[1] for a in answers) - sum(before))
+                    before = [a[1] for a in answers]
+            per_state = f"{statistics.mean(built):.2f}" if built else "(not counted)"
+            print(f"| {count} | {statistics.median(spent):.1f} | {per_state} |", flush=True)
+        finally:
+            for worker in workers:
+                worker.stdin.close()
+                worker.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument(
         "--vary-cpu", action="store_true", help="every process's CPU changes in every sample"
+    )
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[], help="worker processes, e.g. 2 4"
     )
     args = parser.parse_args()
     if not 1 <= args.hosts <= 1000:
@@ -71,6 +136,9 @@ def main() -> None:
     def page() -> None:
         assert browser.get("/live/rows/?host=all").status_code == 200
 
+    if args.workers:
+        workers_table(args.workers, hosts, report)
+        return
     runs = len(json.loads(fleet.api_document()[0])["sessions"])
     varied = "; every run's CPU changes in every sample" if args.vary_cpu else ""
     print(f"\n{args.hosts} hosts, {runs} live runs{varied}; CPU ms, median of {ROUNDS}\n")

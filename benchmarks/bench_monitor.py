@@ -29,7 +29,15 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = REPO.parent / "shared" / "reference" / "reference_active_handler.js"
+# ../shared beside the repository (a worktree under /work/wt/ finds /work/shared).
+REFERENCE = next(
+    (
+        parent / "shared" / "reference" / "reference_active_handler.js"
+        for parent in REPO.parents
+        if (parent / "shared" / "reference" / "reference_active_handler.js").exists()
+    ),
+    REPO.parent / "shared" / "reference" / "reference_active_handler.js",
+)
 sys.path.insert(0, str(REPO))
 WORK = Path(tempfile.mkdtemp(prefix="opsconsole-bench-monitor-"))
 os.environ["OPSCONSOLE_HOME"] = str(WORK / "home")
@@ -275,11 +283,20 @@ def bench_api(count: int, poll_seconds: float, fast_seconds: float) -> list[tupl
                     p99(samples["console"]),
                     ms(samples["reference"]),
                     p99(samples["reference"]),
+                    round(ms(samples["console"]) / ms(samples["reference"]), 2),
                 )
             )
         cond = conditional_polls(console_port, token, fast_seconds)
         rows.append(
-            ("every 0.05 s, new connection, If-None-Match", len(cond), ms(cond), p99(cond), "", "")
+            (
+                "every 0.05 s, new connection, If-None-Match",
+                len(cond),
+                ms(cond),
+                p99(cond),
+                "",
+                "",
+                "",
+            )
         )
     finally:
         os.killpg(serve.pid, 15)
@@ -328,9 +345,9 @@ def main() -> None:
         )
         print(
             "| polled | requests | opsconsole serve median (ms) | p99 (ms) "
-            "| reference handler median (ms) | p99 (ms) |"
+            "| reference handler median (ms) | p99 (ms) | console / reference (medians) |"
         )
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for row in rows:
             print("| " + " | ".join(str(v) for v in row) + " |")
     shutil.rmtree(WORK, ignore_errors=True)

@@ -4,18 +4,25 @@ Each host's document is parsed once per version and shared by every thread."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import heapq
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
+
+from django.conf import settings
 
 from monitor_app import published
 from monitor_app.models import HostSample
 from monitor_app.runs import run_from_listing
 from monitor_app.snapshot import Snapshot
+from wrapper.formats import atomic_file, ensure_private_dir
 
 
 @dataclass
@@ -59,7 +66,8 @@ class FleetReader:
         self._lock = threading.Lock()
         self._api: dict[str, HostListing] = {}
         self._snapshots: dict[str, tuple[tuple[int, str], Snapshot]] = {}
-        self._combined: tuple[tuple, bytes, str] | None = None
+        self._combined: tuple[list, bytes, str] | None = None
+        self.builds = 0  # fleet bodies this process built (the rest it read)
         self._live: tuple[tuple, FleetLive] | None = None
 
     def _heads(self) -> list[tuple[str, tuple[int, str]]]:
@@ -86,30 +94,58 @@ class FleetReader:
                 continue
         return [(host, self._api[host]) for host, _version in heads if host in self._api]
 
+    def _states(self, now: datetime) -> list[tuple[str, tuple[int, str], bool]]:
+        """(host, version, silent at `now`) of every host's latest sample: one narrow
+        query, and all the fleet's body depends on."""
+        rows = HostSample.objects.order_by("host").values_list(
+            "host", "seq", "etag", "taken_at", "received_at", "interval_seconds"
+        )
+        return [
+            (
+                host,
+                (seq, etag),
+                HostSample(
+                    taken_at=taken, received_at=received, interval_seconds=interval
+                ).is_silent(now),
+            )
+            for host, seq, etag, taken, received, interval in rows
+        ]
+
     def api_document(self, now: datetime | None = None) -> tuple[bytes, str]:
         """The fleet's /api/claude-active body (every host's sessions) and its ETag.
 
-        Rebuilt when any host's sample or silence changes: the hosts' own pieces are
-        joined as they are, so a rebuild costs the bytes copied, not a re-encoding."""
+        One per state of the hosts' samples (their versions and silence): kept in this
+        process, and in a private cache file for the console's other workers, so it is
+        built once per state and console, not once per worker. The ETag is the state's
+        digest: any console answers the same body and ETag for the same state."""
         now = now or datetime.now(UTC)
-        listings = self._listings(self._heads())
-        key = tuple(
-            (host, listing.version, listing.sample.is_silent(now)) for host, listing in listings
-        )
+        states = self._states(now)
+        etag = '"' + hashlib.blake2b(repr(states).encode(), digest_size=12).hexdigest() + '"'
         combined = self._combined
-        if combined is not None and combined[0] == key:
+        if combined is not None and combined[2] == etag:
             return combined[1], combined[2]
+        body = shared_listing(etag, lambda: self._build(states))
+        with self._lock:
+            self._combined = (states, body, etag)
+        return body, etag
+
+    def _build(self, states: list[tuple[str, tuple[int, str], bool]]) -> bytes:
+        """The fleet's body from every host's document: the hosts' own pieces joined as
+        they are, so a build costs the changed documents parsed and the bytes copied."""
+        self.builds += 1
+        silent = {host: flag for host, _version, flag in states}
+        listings = self._listings([(host, version) for host, version, _silent in states])
         hosts = [
             {
                 "host": host,
                 "seq": listing.document["seq"],
                 "taken_at": listing.document["taken_at"],
-                "silent": silent,
+                "silent": silent[host],
                 "live": len(listing.document.get("sessions", [])),
             }
-            for (host, _version, silent), (_host, listing) in zip(key, listings, strict=True)
+            for host, listing in listings
         ]
-        body = b"".join(
+        return b"".join(
             (
                 b'{"host":"all","hosts":',
                 json.dumps(hosts, separators=(",", ":")).encode(),
@@ -120,11 +156,6 @@ class FleetReader:
                 b"]}",
             )
         )
-        # The key names every piece of the body, so its digest is the body's ETag.
-        etag = '"' + hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest() + '"'
-        with self._lock:
-            self._combined = (key, body, etag)
-        return body, etag
 
     def live(self, limit: int) -> FleetLive:
         """The all-hosts live page's runs: the `limit` most recent of the fleet.
@@ -199,6 +230,45 @@ class FleetReader:
             combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)
         combined.sessions.sort(key=lambda s: s.sidecar.started_at, reverse=True)
         return combined
+
+
+def listing_dir() -> Path:
+    return settings.OPSCONSOLE_HOME / "cache" / "fleet"
+
+
+def shared_listing(state: str, build: Callable[[], bytes]) -> bytes:
+    """The fleet's body for `state` (its ETag), built once per console: read from this
+    host's private cache file when another worker built it already; else built here
+    under a file lock, so the workers asking for the same state at once wait for the
+    one building it (without spinning) and then read what it wrote."""
+    directory = ensure_private_dir(listing_dir())
+    path = directory / (state.strip('"') + ".json")
+    body = _read(path)
+    if body is not None:
+        return body
+    with open(directory / "build.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            body = _read(path)
+            if body is not None:
+                return body
+            body = build()
+            with atomic_file(path) as handle:
+                handle.write(body)
+            for older in directory.glob("*.json"):
+                if older != path:
+                    with contextlib.suppress(OSError):
+                        older.unlink()
+            return body
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 fleet = FleetReader()

@@ -17,6 +17,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from django.conf import settings
@@ -50,6 +51,11 @@ class Published:
     api_document: str
     state_document: str
     monitor_pid: int | None = None
+
+    @cached_property
+    def api_body(self) -> bytes:
+        """The API document as sent: encoded once, not once per request."""
+        return self.api_document.encode()
 
 
 # ----------------------------------------------------------------------------- writing

@@ -7,15 +7,18 @@ login form.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from functools import wraps
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.signals import user_logged_in
 from django.contrib.auth.views import LoginView
-from django.db import DatabaseError
+from django.core.cache import caches
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpResponse, JsonResponse
@@ -68,6 +71,38 @@ def api_view(view):
 TOKEN_CACHE_SECONDS = 5.0
 _token_cache: dict[str, tuple[object, float]] = {}
 _token_cache_lock = threading.Lock()
+# Each web worker remembers the tokens it checked, and so do the host's other workers:
+# the check is also kept in the host's shared (file) cache, so that one database check
+# per TOKEN_CACHE_SECONDS serves every worker. A tab polling every 2 s through four
+# workers otherwise met an expired memory, and a database connection, most times.
+# Revoking or deleting a token, or changing its user, forgets it there at once.
+_SHARED_PREFIX = "opsconsole-token:"
+# What is kept of the user: never the password hash (the cache is a file).
+_USER_FIELDS = ("id", "username", "is_active", "is_staff", "is_superuser")
+
+
+def _shared_cache():
+    return caches[settings.SESSION_CACHE_ALIAS]
+
+
+def _remember_shared(key: str, user) -> None:
+    """The user a token checked good belongs to, for the host's other workers."""
+    fields = tuple(getattr(user, name) for name in _USER_FIELDS)
+    with contextlib.suppress(OSError):
+        _shared_cache().set(_SHARED_PREFIX + key, fields, TOKEN_CACHE_SECONDS)
+
+
+def _recall_shared(key: str):
+    """The user another worker of this host checked the token good for, or None. The user
+    comes back with only those fields loaded: any other is read on first use, and save()
+    writes back only what was loaded."""
+    try:
+        fields = _shared_cache().get(_SHARED_PREFIX + key)
+    except (OSError, EOFError, ValueError):
+        return None
+    if not fields or len(fields) != len(_USER_FIELDS):
+        return None
+    return get_user_model().from_db(DEFAULT_DB_ALIAS, _USER_FIELDS, fields)
 
 
 # During a database outage a token seen this recently still reads the live sample.
@@ -86,6 +121,11 @@ def authenticate_token(plain: str):
     cached = _token_cache.get(key)
     if cached is not None and cached[1] > now:
         return cached[0]
+    shared = _recall_shared(key)
+    if shared is not None:
+        with _token_cache_lock:
+            _token_cache[key] = (shared, now + TOKEN_CACHE_SECONDS)
+        return shared
     # An outage on record: asking the database again would wait out its timeout.
     in_grace = cached is not None and now - cached[1] < TOKEN_OUTAGE_GRACE_SECONDS
     if in_grace and outage.current() is not None:
@@ -105,15 +145,33 @@ def authenticate_token(plain: str):
             _token_cache[key] = (user, now + TOKEN_CACHE_SECONDS)
         else:
             _token_cache.pop(key, None)
+    if user is not None:
+        _remember_shared(key, user)
     return user
 
 
 @receiver(post_save, sender=ApiToken)
 @receiver(post_delete, sender=ApiToken)
-def forget_tokens(**_kwargs) -> None:
-    """A token saved (revoked) or deleted in this process is forgotten at once; other
-    processes forget it within TOKEN_CACHE_SECONDS."""
+def forget_tokens(instance=None, **_kwargs) -> None:
+    """A token saved (revoked) or deleted is forgotten at once by this process and by the
+    host's shared cache; the host's other workers forget it within TOKEN_CACHE_SECONDS."""
     _token_cache.clear()
+    if instance is not None:
+        with contextlib.suppress(OSError):
+            _shared_cache().delete(_SHARED_PREFIX + instance.token_hash)
+
+
+def forget_user_tokens(sender, instance, **_kwargs) -> None:
+    """A user saved (deactivated, rights changed) or deleted: their tokens are checked
+    again, here and in the shared cache."""
+    _token_cache.clear()
+    hashes = ApiToken.objects.filter(user_id=instance.pk).values_list("token_hash", flat=True)
+    with contextlib.suppress(OSError, DatabaseError):
+        _shared_cache().delete_many([_SHARED_PREFIX + h for h in hashes])
+
+
+post_save.connect(forget_user_tokens, sender=settings.AUTH_USER_MODEL)
+post_delete.connect(forget_user_tokens, sender=settings.AUTH_USER_MODEL)
 
 
 @receiver(user_logged_in)

@@ -18,10 +18,13 @@ import time
 from importlib import import_module
 
 from django.conf import settings
+from django.core.handlers.exception import convert_exception_to_response
 from django.db import DatabaseError
 from django.http import HttpResponse, JsonResponse
 from django.template.loader import render_to_string
+from django.urls import resolve
 from django.utils.cache import patch_cache_control
+from django.utils.module_loading import import_string
 from django.views.defaults import server_error as django_server_error
 
 from opsconsole.views import sessions as views
@@ -184,6 +187,54 @@ def server_error(request, *args, **kwargs):
     if isinstance(exc, DatabaseError) and is_outage(exc):
         return database_unavailable(request, outage.record(exc))
     return django_server_error(request, *args, **kwargs)
+
+
+# What has nothing to do for a bearer token's GET of /api/claude-active: static files,
+# the cookie session and the user it names, CSRF (a bearer token is not ambient, and GET
+# is safe), the login redirect (API views answer 401 themselves), flash messages, htmx,
+# and login throttling (no password is checked). Everything else runs as configured.
+NOTHING_TO_DO_FOR_A_POLL = frozenset(
+    {
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django_htmx.middleware.HtmxMiddleware",
+        "axes.middleware.AxesMiddleware",
+    }
+)
+
+
+def resolved_view(request):
+    """The view the URLconf names for the request, called as Django's handler would."""
+    match = resolve(request.path_info)
+    request.resolver_match = match
+    return match.func(request, *match.args, **match.kwargs)
+
+
+class BearerPollMiddleware:
+    """GET /api/claude-active with a bearer token (scripts and pollers, every 50 ms to
+    2 s) goes through the configured middleware below this one less those with nothing
+    to do for it (NOTHING_TO_DO_FOR_A_POLL): the same instances' classes in the same
+    order, so the host check, the security and CSP headers and private caching are
+    exactly the full chain's. Any other request takes the full chain."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        names = list(settings.MIDDLEWARE)
+        below = names[names.index(f"{__name__}.{type(self).__name__}") + 1 :]
+        self.chain = [name for name in below if name not in NOTHING_TO_DO_FOR_A_POLL]
+        handler = convert_exception_to_response(resolved_view)
+        for name in reversed(self.chain):
+            handler = convert_exception_to_response(import_string(name)(handler))
+        self.poll = handler
+
+    def __call__(self, request):
+        if request.method == "GET" and polls_with_a_token(request):
+            return self.poll(request)
+        return self.get_response(request)
 
 
 class PrivateCacheMiddleware:

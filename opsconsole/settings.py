@@ -88,6 +88,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: sessions and tokens are read from the database before any view runs.
     "opsconsole.middleware.DatabaseUnavailableMiddleware",
+    # A bearer token's poll of /api/claude-active skips what has nothing to do for it.
+    "opsconsole.middleware.BearerPollMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

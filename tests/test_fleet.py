@@ -1071,3 +1071,81 @@ def test_a_remote_run_s_reason_travels_to_the_console_within_the_limits(host_a, 
     lines = details["stderr_tail"].splitlines()
     assert len(lines) == 40 and lines[-1] == "line 99 sk-ant-[redacted]"
     assert "leakedKEY" not in details["stderr_tail"]
+
+
+# A web worker of its own, on the database named by DATABASE_URL: each line it reads is a
+# command ("store HOST SEQ SESSION": a host's sample; "read": the fleet's body), each line
+# it prints the answer (a read: the ETag, the sessions listed, this worker's builds so far).
+FLEET_WORKER = """
+import json, sys
+from datetime import UTC, datetime
+import django
+django.setup()
+from monitor_app.fleet_reader import fleet
+from monitor_app.models import HostSample
+for line in sys.stdin:
+    command, *args = line.split()
+    if command == "store":
+        host, seq, session = args[0], int(args[1]), args[2]
+        now = datetime.now(UTC)
+        document = {"host": host, "seq": seq, "taken_at": now.isoformat(),
+                    "sessions": [{"session_id": session}], "leftovers": []}
+        HostSample.objects.update_or_create(host=host, defaults=dict(
+            seq=seq, taken_at=now, received_at=now, interval_seconds=60.0, sample_ms=1.0,
+            etag=f'"{host}-{seq}"', api_document=json.dumps(document),
+            state_document="{}", reported=True))
+        print("stored", flush=True)
+    else:
+        body, etag = fleet.api_document()
+        sessions = [s["session_id"] for s in json.loads(body)["sessions"]]
+        print(json.dumps([etag, sessions, fleet.builds]), flush=True)
+"""
+
+
+def test_the_fleet_listing_is_built_once_per_state_however_many_workers_ask(tmp_path):
+    """Two web worker processes of one console, each asked for the fleet's body at the
+    same moment after every new sample: one builds it, the other reads what it built."""
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'console.sqlite3'}",
+        OPSCONSOLE_HOME=str(tmp_path / "home"),
+        DJANGO_SETTINGS_MODULE="opsconsole.settings",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    subprocess.run(
+        [PYTHON, "-m", "opsconsole.cli", "migrate", "-v0"], env=env, check=True, timeout=300
+    )
+    workers = [
+        subprocess.Popen(
+            [PYTHON, "-c", FLEET_WORKER],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+
+    def ask(worker, line: str) -> str:
+        worker.stdin.write(line + "\n")
+        worker.stdin.flush()
+        return worker.stdout.readline()
+
+    try:
+        assert ask(workers[0], "store host-b 1 b1") == "stored\n"
+        for state in range(1, 6):
+            assert ask(workers[0], f"store host-a {state} a{state}") == "stored\n"
+            for worker in workers:  # both asked before either answers
+                worker.stdin.write("read\n")
+                worker.stdin.flush()
+            answers = [json.loads(worker.stdout.readline()) for worker in workers]
+            assert answers[0][:2] == answers[1][:2]  # the same ETag and body
+            assert answers[0][1] == [f"a{state}", "b1"]
+            assert answers[0][2] + answers[1][2] == state  # one build per state, all told
+        # Nothing new: nobody builds.
+        again = [json.loads(ask(worker, "read")) for worker in workers]
+        assert sum(answer[2] for answer in again) == 5
+    finally:
+        for worker in workers:
+            worker.stdin.close()
+            worker.wait(30)

@@ -167,3 +167,99 @@ def test_a_token_expires_at_its_time_on_the_clock_it_is_handed(console_state):
     assert not row.expired_at(t0 + timedelta(minutes=59))
     assert ApiToken.authenticate(plain, now=t0 + timedelta(hours=1)) is None
     assert row.expired_at(t0 + timedelta(hours=1))
+
+
+# --------------------------------------------------------------------------- the poll's path
+
+SECURITY_HEADERS = (
+    "Content-Security-Policy",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Cross-Origin-Opener-Policy",
+    "X-Frame-Options",
+    "Cache-Control",
+)
+
+
+def test_a_bearer_poll_carries_every_header_the_full_chain_gives(client, console_state, staff):
+    """The bearer poll of /api/claude-active skips the middleware with nothing to do for
+    it: its answer still has each security header, as the full chain (a logged-in
+    session) gives it for the same endpoint, and nothing that opens it to another origin."""
+    token = ApiToken.issue(staff)[1]
+    full = client.get("/api/claude-active")
+    client.logout()
+    poll = client.get("/api/claude-active", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert full.status_code == poll.status_code == 200
+    for name in SECURITY_HEADERS:
+        assert poll.has_header(name), name
+        assert poll[name] == full[name], name
+    assert int(poll["Content-Length"]) == len(poll.content)
+    assert not [h for h in poll.headers if h.lower().startswith("access-control-")]
+    assert "Set-Cookie" not in poll.headers and "sessionid" not in poll.cookies
+
+
+def test_a_bearer_poll_still_checks_the_host_and_the_token(client, console_state):
+    token = ApiToken.issue(get_user_model().objects.create_user("script"))[1]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    assert client.get("/api/claude-active", HTTP_HOST="evil.example", **auth).status_code == 400
+    refused = client.get("/api/claude-active", HTTP_AUTHORIZATION="Bearer oc_not-a-token")
+    assert refused.status_code == 401
+    assert refused.has_header("Content-Security-Policy") and refused["X-Frame-Options"] == "DENY"
+
+
+def test_the_poll_path_skips_only_middleware_with_nothing_to_do_for_it(settings):
+    from opsconsole.middleware import BearerPollMiddleware
+
+    chain = BearerPollMiddleware(lambda request: None).chain
+    assert chain == [
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "opsconsole.middleware.PrivateCacheMiddleware",
+        "csp.middleware.CSPMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ]
+    # A middleware added to the settings later runs on the poll path unless named there.
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_security_headers.Marker"]
+    assert (
+        BearerPollMiddleware(lambda request: None).chain[-1] == "tests.test_security_headers.Marker"
+    )
+
+
+class Marker:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+
+def test_a_token_checked_by_one_worker_is_believed_by_the_others_until_revoked(console_state):
+    """The check is kept in the host's shared file cache (another worker's memory is empty
+    here after clearing this one's): no database query, until the token is revoked or
+    its user deactivated, which forget it there at once."""
+    from django.core.cache import caches
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from opsconsole import auth
+
+    user = get_user_model().objects.create_user("script", password="a-password-long-enough")
+    row, token = ApiToken.issue(user)
+    assert auth.authenticate_token(token) == user
+    auth._token_cache.clear()  # another worker: nothing in its memory
+    with CaptureQueriesContext(connection) as queries:
+        assert auth.authenticate_token(token).pk == user.pk
+    assert len(queries) == 0
+    kept = caches["sessions"].get(auth._SHARED_PREFIX + row.token_hash)
+    assert user.password not in repr(kept)  # never the password hash in a file
+
+    row.revoke()
+    auth._token_cache.clear()
+    assert auth.authenticate_token(token) is None
+
+    _, second = ApiToken.issue(user)
+    assert auth.authenticate_token(second) is not None
+    user.is_active = False
+    user.save()
+    auth._token_cache.clear()
+    assert auth.authenticate_token(second) is None

@@ -262,7 +262,7 @@ def claude_active_of(request, host: str):
         item, source = published.reader.published(host[:255])
         if item is None:
             return json_error(f"No sample from host {host[:255]!r}.", 404)
-        body, etag, taken_at = item.api_document, item.etag, item.taken_at
+        body, etag, taken_at = item.api_body, item.etag, item.taken_at
         if not published.is_fresh(item):
             source = "silent"
     if etag in {

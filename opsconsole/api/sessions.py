@@ -56,7 +56,7 @@ def claude_active(request):
     if item.etag in _etags(request.headers.get("If-None-Match", "")):
         response = HttpResponseNotModified()
     else:
-        response = HttpResponse(item.api_document, content_type="application/json")
+        response = HttpResponse(item.api_body, content_type="application/json")
     response["ETag"] = item.etag
     response["Cache-Control"] = "private, no-cache"
     response["X-Sample-Source"] = source
