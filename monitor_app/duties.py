@@ -78,6 +78,7 @@ class DutyLocks:
         self.held_now: set[str] = set()
         self._db = None
         self._checked_round: object = None
+        self._failed_round: object = None
 
     @property
     def exclusive(self) -> bool:
@@ -89,6 +90,8 @@ class DutyLocks:
         say) lets several duties of one round share one liveness check."""
         if not self.exclusive:
             return True
+        if round_id is not None and round_id == self._failed_round:
+            return False  # the database did not answer this round: no second wait on it
         try:
             if duty in self.held_now:
                 if round_id is None or round_id != self._checked_round:
@@ -98,6 +101,7 @@ class DutyLocks:
             taken = self._query("SELECT pg_try_advisory_lock(%s, %s)", lock_key(duty))
         except DatabaseError as exc:
             # The connection is gone, and with it every lock it held: ask again next round.
+            self._failed_round = round_id
             self._drop(f"duty locks lost: {exc}")
             return False
         if taken:

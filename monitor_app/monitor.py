@@ -45,6 +45,7 @@ from monitor_app.telemetry_inbox import Drained, Inbox, keep_rollups, load_rollu
 from monitor_app.telemetry_receiver import Receiver, start_receiver
 from monitor_app.watchdog import find_overdue, stop_overdue
 from sessions_app import ingest, transcript_store
+from sessions_app.database import DATABASE_AWAY
 from sessions_app.human_time import human_time
 from sessions_app.models import (
     LIVE_STATUSES,
@@ -692,8 +693,10 @@ class Monitor:
             self.watchdog(snapshot, now)
         self.kill_due_leftovers(now)
         # Retention is fleet-wide: one console of several on one PostgreSQL prunes.
-        if self.pruning.due(now, PRUNE_EVERY.total_seconds()) and self.duties.held(RETENTION, now):
+        if self.pruning.due(now, PRUNE_EVERY.total_seconds()):
             try:
+                if not self.duties.held(RETENTION, now):
+                    return
                 prune_events(timedelta(days=settings.OPSCONSOLE_EVENT_RETENTION_DAYS), now)
                 prune_spans(timedelta(days=settings.OPSCONSOLE_TELEMETRY_SPAN_DAYS), now)
             except DatabaseError as exc:
@@ -780,6 +783,8 @@ class Monitor:
             log.warning("telemetry kept for later: %s", exc)
             self.telemetry.put_back(drained)
             close_old_connections()
+            if isinstance(exc, DATABASE_AWAY):
+                self.database_ok = False  # the rest of the round does not wait on it again
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
         """The rounds of the layers above (alert rules, the fleet's silent hosts): each
@@ -792,6 +797,11 @@ class Monitor:
             except DatabaseError as exc:
                 log.warning("%s deferred: %s", step.__name__, exc)
                 close_old_connections()
+                if isinstance(exc, DATABASE_AWAY):
+                    # Every later step would wait its own timeout on it: the round would
+                    # outlast the supervisor's patience. They run when it is back.
+                    self.database_ok = False
+                    break
             except Exception:  # one layer's bug must not stop sampling
                 log.exception("%s failed", step.__name__)
 

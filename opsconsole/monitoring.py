@@ -26,7 +26,7 @@ def exclusive(duty: str, step: Step) -> Step:
     """`step`, run only on the console that holds `duty` this round."""
 
     def run(monitor: Monitor, snapshot: Snapshot, now: datetime) -> None:
-        if monitor.duties.held(duty, now):
+        if monitor.database_ok and monitor.duties.held(duty, now):
             step(monitor, snapshot, now)
 
     run.__name__ = step.__name__
