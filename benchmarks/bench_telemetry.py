@@ -38,7 +38,7 @@ from monitor_app.published import read_local_sample
 from monitor_app.telemetry_inbox import Inbox, keep_rollups
 from sessions_app.models import RunTelemetry, TelemetrySpan
 from sessions_app.otlp import decode
-from sessions_app.telemetry_records import write_rollups, write_spans
+from sessions_app.telemetry_records import stored_rollup, write_rollups, write_spans
 from tests.otlp_bodies import Ev, Sp, logs, resource, traces
 from wrapper.formats import ensure_private_dir
 from wrapper.telemetry import read_receiver_address
@@ -320,7 +320,8 @@ def main() -> None:
 
         def on_record() -> tuple[int, int]:
             rollups = RunTelemetry.objects.values_list("rollup", flat=True)
-            return sum((r or {}).get("events", 0) for r in rollups), TelemetrySpan.objects.count()
+            events = sum(whole.events for r in rollups if (whole := stored_rollup(r or {})))
+            return events, TelemetrySpan.objects.count()
 
         deadline = time.monotonic() + 60  # the last batches written by the next samples
         while on_record()[0] < log_records and time.monotonic() < deadline:
