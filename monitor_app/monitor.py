@@ -732,7 +732,7 @@ class Monitor:
             self.receiver = None
             now = datetime.now(UTC)
             if self.reporting is None:  # what came in the last moments, on record
-                self.write_telemetry(self.telemetry.drain(), now)
+                self.write_telemetry(self.telemetry.drain())
             keep_rollups(self.paths, self.telemetry, set(self.trees), now)
 
     def record_telemetry(self, snapshot: Snapshot, now: datetime) -> None:
@@ -742,10 +742,10 @@ class Monitor:
         ended run's at once: 200 live runs cost the sample a few rows, not 200."""
         if self.telemetry is None:
             return
+        live = {s.session_id for s in snapshot.sessions}
         if self.reporting is not None:
             self.reporting.note_telemetry(self.telemetry.drain())
         else:
-            live = {s.session_id for s in snapshot.sessions}
             self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
 
             def waits(rollup) -> bool:
@@ -759,16 +759,16 @@ class Monitor:
                 )
 
             drained = self.telemetry.drain(waits)
-            self.write_telemetry(drained, now)
+            self.write_telemetry(drained)
             for rollup in drained.rollups:
                 if rollup.session_id in live:
                     self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
         # Written down every so often (and at stop), not every sample: a restarted monitor
         # adds on to what it kept, losing at most that much of a run's rollup.
         if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
-            keep_rollups(self.paths, self.telemetry, {s.session_id for s in snapshot.sessions}, now)
+            keep_rollups(self.paths, self.telemetry, live, now)
 
-    def write_telemetry(self, drained, now: datetime) -> None:
+    def write_telemetry(self, drained: Drained) -> None:
         if not (drained.rollups or drained.spans):
             return
         if not self.database_ok:

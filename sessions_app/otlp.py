@@ -155,14 +155,19 @@ def _list(data: dict, camel: str, snake: str) -> list:
     return value
 
 
+def is_true(value: object) -> bool:
+    """A flag that may arrive as a string: Claude Code sends `success: "true"`, and a
+    JSON boolValue "false" is not true."""
+    return value is True or str(value).lower() == "true"
+
+
 def _json_value(value: object, depth: int = 0) -> Scalar:
     if not isinstance(value, dict):
         return _text(value) if value is not None else ""
     if "stringValue" in value or "string_value" in value:
         return _text(_get(value, "stringValue", "string_value", ""))
     if "boolValue" in value or "bool_value" in value:
-        flag = _get(value, "boolValue", "bool_value", False)
-        return flag is True or str(flag).lower() == "true"  # "false" is not true
+        return is_true(_get(value, "boolValue", "bool_value", False))
     if "intValue" in value or "int_value" in value:
         return int(_get(value, "intValue", "int_value", 0))
     if "doubleValue" in value or "double_value" in value:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sessions_app.otlp import Event, Point, Span
+from sessions_app.otlp import Event, Point, Span, is_true
 
 PREFIX = "claude_code."
 # Time to first token: the latest this many values, for the percentiles.
@@ -37,10 +37,6 @@ def _number(value: object) -> float:
     except (TypeError, ValueError):
         return 0.0
     return number if number == number and abs(number) < 1e15 else 0.0  # NaN, inf
-
-
-def _flag(value: object) -> bool:
-    return value is True or str(value).lower() == "true"
 
 
 def ns_to_datetime(ns: int) -> datetime:
@@ -155,7 +151,7 @@ class Rollup:
                 }
         elif name == "tool_result":
             tool = str(a.get("tool_name") or "?")[:100]
-            failed = not _flag(a.get("success"))
+            failed = not is_true(a.get("success"))
             took = _number(a.get("duration_ms"))
             self.open_tools.pop(str(a.get("tool_use_id", "")), None)
             self.tool_calls += 1

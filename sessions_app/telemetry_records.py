@@ -31,16 +31,14 @@ def write_rollups(rollups: list[Rollup], host: str) -> Written:
     if not rollups:
         return written
     ids = [r.session_id for r in rollups]
-    owners = dict(RunTelemetry.objects.filter(session_id__in=ids).values_list("session_id", "host"))
+    on_record = {str(t.session_id): t for t in RunTelemetry.objects.filter(session_id__in=ids)}
+    owners = {sid: row.host for sid, row in on_record.items()}
+    existing = {sid: row for sid, row in on_record.items() if row.host == host}
     sessions = {
         str(sid): (pk, owner, cost, tag)
         for sid, pk, owner, cost, tag in Session.objects.filter(session_id__in=ids).values_list(
             "session_id", "id", "host", "cost_telemetry_usd", "script_tag"
         )
-    }
-    owners = {str(k): v for k, v in owners.items()}
-    existing = {
-        str(t.session_id): t for t in RunTelemetry.objects.filter(session_id__in=ids, host=host)
     }
     creates, updates, costs = [], [], []
     for rollup in rollups:

@@ -191,7 +191,7 @@ def run_timeline(
             and settings.OPSCONSOLE_TELEMETRY_RECEIVER,
             now=now,
             since=started_at,
-            awaiting={use_id: commands[use_id] for use_id in tools.pending},
+            awaiting=tools.awaiting,
         )
     return timeline
 
@@ -211,6 +211,6 @@ def stall_words(live, *, now: datetime) -> str:
         telemetry_on=live.wrapped and settings.OPSCONSOLE_TELEMETRY_RECEIVER,
         now=now,
         since=live.started_at,
-        awaiting={use_id: tools.named[use_id] for use_id in tools.pending},
+        awaiting=tools.awaiting,
     )
     return kind.text if kind else ""

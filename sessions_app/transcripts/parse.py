@@ -443,6 +443,11 @@ class ToolCalls:
     named: dict[str, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # ids, in call order
 
+    @property
+    def awaiting(self) -> dict[str, str]:
+        """The calls without a result: id -> what was called."""
+        return {use_id: self.named[use_id] for use_id in self.pending}
+
 
 def tool_calls_by_id(records: Iterable[Record]) -> ToolCalls:
     calls = ToolCalls()
