@@ -101,13 +101,23 @@ def assert_fits(tab, name: str, status_selector: str | None) -> None:
     )
     assert overflow <= 0, f"{name}: the page is {overflow}px wider than the screen"
     if status_selector:
-        marks = tab.locator(status_selector)
-        assert marks.count() > 0, f"{name}: no status shown"
-        for index in range(min(marks.count(), 60)):
-            mark = marks.nth(index)
-            assert mark.is_visible(), f"{name}: status #{index} hidden"
-            box = mark.bounding_box()
-            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (
+        # Measured in one evaluation: the page's htmx refresh swaps its tables, and an
+        # element measured one call at a time can be swapped out between two calls.
+        marks = tab.evaluate(
+            """selector => [...document.querySelectorAll(selector)].slice(0, 60).map(mark => {
+                const box = mark.getBoundingClientRect();
+                const style = getComputedStyle(mark);
+                return {
+                    x: box.x, width: box.width, height: box.height,
+                    shown: box.width > 0 && box.height > 0 && style.visibility !== "hidden",
+                };
+            })""",
+            status_selector,
+        )
+        assert marks, f"{name}: no status shown"
+        for index, box in enumerate(marks):
+            assert box["shown"], f"{name}: status #{index} hidden"
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (
                 f"{name}: status #{index} off screen at {box}"
             )
 

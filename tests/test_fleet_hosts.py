@@ -29,7 +29,8 @@ from tests.scheduler_tools import own_crontab
 from tests.server_fixtures import free_port
 
 PG_URL = os.environ.get("OPSCONSOLE_TEST_PG", "postgres://postgres@127.0.0.1:5432")
-DATABASE = "opsconsole_issue14_fleet"
+# One database per xdist worker: two workers never drop each other's.
+DATABASE = f"opsconsole_fleet_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 STREAM = ("--output-format", "stream-json", "--verbose", "--allowedTools", "Bash")
 
 
@@ -335,6 +336,10 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
     )
 
     # The console is SIGKILLed while hosts finish runs; restarted, it has every run once.
+    def refusals(host) -> int:
+        return (host.root / "monitor.log").read_text(errors="replace").count("report not taken")
+
+    refused_before = {host.name: refusals(host) for host in (h2, h3)}
     console.kill(signal.SIGKILL)
     short = [
         host.run(
@@ -349,7 +354,12 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
     ]
     for proc in short:
         assert proc.wait(timeout=60) == 0
-    time.sleep(2)  # the monitors try, and fail, to report meanwhile
+    for host in (h2, h3):  # the monitors try, and fail, to report meanwhile
+        eventually(
+            lambda h=host: refusals(h),
+            lambda count, h=host: count > refused_before[h.name],
+            timeout=60,
+        )
     console.start()
     for host in (h2, h3):
         ended = eventually(
@@ -361,7 +371,12 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
         for session_id in ids:
             events = console.json(f"/api/events?kind=run_ended&host={host.name}&limit=200")
             assert [e["session_id"] for e in events["events"]].count(session_id) == 1
-        assert not list((host.root / "home" / "spool").glob("*.json")), "all acknowledged"
+        # The console has them on record before the host has read its answer.
+        eventually(  # all acknowledged: the spool is empty
+            lambda h=host: list((h.root / "home" / "spool").glob("*.json")),
+            lambda pending: not pending,
+            timeout=30,
+        )
 
     # A host whose monitor is stopped turns silent.
     os.killpg(h3.monitor.pid, signal.SIGTERM)

@@ -683,6 +683,10 @@ def test_a_dead_or_silent_tee_target_never_slows_the_answer(monkeypatch):
         assert inbox.figures()["tee: dropped, queue full"] == 4
         assert inbox.get(sid).api_requests == 8
         silent.close()  # the stuck forward fails; the queued ones fail too
+        # Only once the queue has drained is there room for the next body: wait on that,
+        # or the next body can arrive while the queue is still full and be dropped.
+        wait_until(lambda: inbox.figures().get("tee: failed") == 4, timeout=40)
+        assert receiver.tee_queue.empty()
         tee = Tee(f"http://127.0.0.1:{dead_port}", "http/json").encode()
         assert post(receiver.port, "/v1/logs", body, headers={TEE_HEADER: tee})[0] == 200
         wait_until(lambda: inbox.figures().get("tee: failed") == 5, timeout=40)
