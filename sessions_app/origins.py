@@ -181,7 +181,12 @@ class OriginReader:
         return Origin("systemd", unit[0], scope=unit[1]) if unit else None
 
     def cron_origin(self, table: ProcessTable, pid: int) -> Origin | None:
-        chain = [pid, *table.ancestors(pid)][:CRON_SEARCH_DEPTH]
+        chain = [pid, *table.ancestors(pid)]
+        top = table.entries.get(chain[-1])
+        if top is not None and top.ppid == 1 and 1 in table.entries:
+            # ancestors() stops below PID 1; in a container, cron (busybox crond) is PID 1.
+            chain.append(1)
+        chain = chain[:CRON_SEARCH_DEPTH]
         for below, above in itertools.pairwise(chain):
             parent = table.entries.get(above)
             if parent is None or parent.name.lower() not in CRON_NAMES:

@@ -140,6 +140,18 @@ def test_a_cron_run_is_told_by_its_cron_ancestor_and_the_shell_it_started(proc):
     assert reader.origin(proc.table(), 70) == Origin("cron", "", argv=("/opt/claude", "-p", "hi"))
 
 
+def test_a_cron_that_is_pid_1_is_found_as_in_a_busybox_container(proc):
+    proc.add(1, 0, "crond", argv=["crond", "-f", "-l", "2"])
+    proc.add(20, 1, "sh", argv=["sh", "-c", "claude -p report"])
+    proc.add(21, 20, "claude", argv=["claude", "-p", "report"])
+    assert OriginReader(proc.root).origin(proc.table(), 21) == Origin(
+        "cron", "", command="claude -p report"
+    )
+    # PID 1 that is not cron (an init) names no job.
+    proc.add(1, 0, "tini", argv=["tini", "--", "sh"])
+    assert OriginReader(proc.root).origin(proc.table(), 21) is None
+
+
 def test_ci_wins_over_the_runner_service_and_systemd_is_the_last_word(proc):
     proc.add(
         80,
