@@ -89,7 +89,7 @@ class JobJoin:
                 origin,
                 script_tag=sidecar.script_tag,
                 wrapped=live.wrapped,
-                command=shlex.join(self.reader.argv(root)),
+                command=self.command_of(root),
                 now=now,
             )
             if job_id is None:
@@ -98,6 +98,17 @@ class JobJoin:
             self.jobs[origin] = live.job_id = job_id
             self.session_jobs[live.session_id] = job_id
             Session.objects.filter(session_id=live.session_id, job__isnull=True).update(job=job_id)
+
+    def command_of(self, root: int) -> str:
+        """The command line of a run's root process: a found job's command when its
+        scheduler names none (a CI job, a unit)."""
+        return shlex.join(self.reader.argv(root))
+
+    def origin_of(self, session_id: str) -> tuple[Origin, str] | None:
+        """A live session's origin and its root's command line (a reporting host sends
+        them: the console makes the join, fleet.report_origins)."""
+        found = self.origins.get(session_id)
+        return (found[0], self.command_of(found[1])) if found else None
 
     def job_of_ended(self, session_id: str) -> int | None:
         """The job of a run whose end is being recorded (then forgotten)."""
