@@ -6,7 +6,8 @@ database. When the database is written (the monitor's sync) an origin not tied y
 is joined to its Job (jobs_app.linking), made when there is none; a cron entry not
 on record makes the collectors run first, so the job gets the entry's own name and
 schedule. The link is put on the session's row, and kept until the run's end is
-recorded.
+recorded. A reporting host writes no database: it sends each run's origin
+(`origin_of`) and the console makes the join (fleet.report_origins).
 """
 
 from __future__ import annotations
