@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import partial
 
 from fleet.report_items import Parsed, one_item
-from jobs_app.linking import job_for_origin, job_id_for
+from jobs_app.linking import job_for_origin, job_id_for, job_index
 from monitor_app.snapshot import Snapshot
 from sessions_app.models import Session
 
@@ -72,8 +72,14 @@ def origins_done(parsed: Parsed, host: str) -> list[str]:
 def jobs_of_live_runs(snapshot: Snapshot, host: str) -> None:
     """Each live run of the host's sample with the job its row is tied to (by tag or by
     origin), for the sample the console publishes: job pages find the host's unwrapped
-    runs live (monitor_app.job_status.live_runs_of)."""
-    untied = [live.session_id for live in snapshot.sessions if live.job_id is None]
+    runs live (monitor_app.job_status.live_runs_of). A run its tag ties is found there by
+    its tag: asked of the database only when the cached index names no job for it."""
+    index = job_index()
+    untied = [
+        live.session_id
+        for live in snapshot.sessions
+        if live.job_id is None and not (live.wrapped and (host, live.sidecar.script_tag) in index)
+    ]
     if not untied:
         return
     rows = Session.objects.filter(session_id__in=untied, host=host, job__isnull=False)
