@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from jobs_app.models import CatchUp, Job
 from monitor_app.events import EventOutbox
@@ -165,13 +165,17 @@ def remote_catchup_round(monitor: Monitor, snapshot: Snapshot, now: datetime) ->
             continue
         host_snapshot = fleet.snapshot([sample.host])
         outbox = EventOutbox(sample.host, None)
-        due = due_catch_ups(
-            by_host[sample.host], host_snapshot, stamp_of(host_snapshot), now, set(), outbox
-        )
-        for decision, job in due:
-            detail = catch_up_detail(job, decision)
-            request_job_action(RemoteAction.Kind.RUN, job, CATCH_UP_ACTOR, now=now, detail=detail)
-        outbox.flush()
+        # The marker moves with the request, or neither does (asked again next round).
+        with transaction.atomic():
+            due = due_catch_ups(
+                by_host[sample.host], host_snapshot, stamp_of(host_snapshot), now, set(), outbox
+            )
+            for decision, job in due:
+                detail = catch_up_detail(job, decision)
+                request_job_action(
+                    RemoteAction.Kind.RUN, job, CATCH_UP_ACTOR, now=now, detail=detail
+                )
+            outbox.flush()
 
 
 def stamp_of(snapshot: Snapshot) -> QuotaStamp | None:
