@@ -1,7 +1,8 @@
 """Many hosts, one console: what the console does with a host's report.
 
 A reporting host's monitor posts its sample, its unacknowledged events and the
-completion records in its spool (fleet.reporting). `receive_report` records them
+completion records in its spool (fleet.reporting), and the origins of its live runs,
+which the console ties to their jobs (fleet.report_origins). `receive_report` records them
 exactly as a console's own monitor would (the same ingest code, idempotent by session
 id and event key), writes the host's HostSample row, and answers with what it recorded,
 what it refused (fleet.report_items: item by item, kept with why in RefusedItem) and
@@ -29,6 +30,7 @@ from fleet.budgets import (
 from fleet.host_requests import deliver_actions, finish_action
 from fleet.report import HOST_RULE_ACTOR
 from fleet.report_items import Parsed, Refusal, ReportRejected, one_item, parse_report
+from fleet.report_origins import jobs_of_live_runs, origins_done, tie_origins
 from fleet.report_transcripts import store_transcripts
 from fleet.telemetry_items import span_key
 from jobs_app.linking import job_id_for, job_index
@@ -161,17 +163,6 @@ def _record(
     now = received_at
     outbox = EventOutbox(host, None)
     recorded: list[str] = []
-    current = parsed.snapshot is not None and one_item(
-        parsed,
-        "sample",
-        parsed.sample.get("seq"),
-        None,
-        write_sample,
-        parsed,
-        host,
-        payload.get("monitor_version", ""),
-        received_at,
-    )
     for result in parsed.results:
         one_item(parsed, "result", result.get("id"), result, finish_action, result, host, now)
     for stop in parsed.stops:
@@ -230,14 +221,28 @@ def _record(
             members,
             host,
         )
+    if parsed.jobs is not None:
+        one_item(parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host)
+    # After the collection (a cron entry just collected names its job), before the sample
+    # and the live rows (they carry the links).
+    tie_origins(parsed, host, now)
+    current = parsed.snapshot is not None and one_item(
+        parsed,
+        "sample",
+        parsed.sample.get("seq"),
+        None,
+        write_sample,
+        parsed,
+        host,
+        payload.get("monitor_version", ""),
+        received_at,
+    )
     if current:
         # A replayed older sample is not the host's present: nothing live or lost from it.
         snapshot = parsed.snapshot
         one_item(parsed, "live", "sample", None, ingest.record_live, snapshot.sessions)
         if snapshot.active_dir_error is None:
             close_lost_rows(snapshot, host, set(recorded), now)
-    if parsed.jobs is not None:
-        one_item(parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host)
     if parsed.rollups or parsed.spans:
         record_telemetry(parsed, host)
     flush_events(parsed, outbox)
@@ -254,6 +259,8 @@ def _record(
             "events": [e.dedupe_key for e in parsed.events if e.dedupe_key not in refused_events],
             "transcripts": held,
             "transcripts_paused_seconds": paused,
+            # Origins of runs now on record (tied to their job, or naming none of ours).
+            "origins": origins_done(parsed, host),
             # Telemetry items read (taken or refused): the host lets that many go.
             "telemetry": {
                 name: len(payload[name]) if isinstance(payload.get(name), list) else 0
@@ -393,6 +400,7 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
     sample = parsed.sample
     snapshot = parsed.snapshot
     snapshot.interval_seconds = float(sample["interval_seconds"])
+    jobs_of_live_runs(snapshot, host)
     pid = sample.get("monitor_pid")
     pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
     document = published.build(snapshot, host, int(sample["seq"]), pid)

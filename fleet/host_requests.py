@@ -72,6 +72,8 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
         action.detail = {
             **plain_items(result.get("detail")),
             "exit_code": _int_or_none(result.get("exit_code")),
+            # Why the console asked (a catch-up's misses): never overridden by the host.
+            **action.detail,
         }
     else:
         action.detail = {

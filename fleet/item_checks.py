@@ -10,7 +10,14 @@ import math
 
 from jobs_app.collectors.base import CollectedJob
 from monitor_app.snapshot import Snapshot
-from wrapper.formats import MAX_COST_USD, MAX_EPOCH_SECONDS, parse_iso, report_item_problem
+from sessions_app.origins import CI_PROVIDERS, ORIGIN_FIELDS, SCHEDULERS, UNIT_NAME, Origin
+from wrapper.formats import (
+    MAX_COST_USD,
+    MAX_EPOCH_SECONDS,
+    is_session_id,
+    parse_iso,
+    report_item_problem,
+)
 
 
 class ItemRefused(Exception):
@@ -95,6 +102,10 @@ def check_snapshot_fields(snapshot: Snapshot) -> None:
 
 def check_live_figures(live) -> None:
     check_processes(live.processes)
+    check(
+        isinstance(live.origin, str) and len(live.origin) <= MAX_CMDLINE_CHARS + 100,
+        "origin is a line of text",
+    )
     check(isinstance(live.wrapped, bool), "wrapped is true or false")
     check(
         live.last_tool_call is None
@@ -141,3 +152,43 @@ def collected_job(item: object, host: str) -> CollectedJob:
     for name in JOB_TEXT_FIELDS:
         check(isinstance(getattr(found, name), str), f"{name} is text")
     return found
+
+
+MAX_ARGV_WORDS = 4096
+CI_SCOPES = {provider for provider, *_ in CI_PROVIDERS}
+
+
+def origin_item(item: object, host: str) -> tuple[str, Origin, str]:
+    """(session id, its origin, its root process's command line) from a host's report:
+    each field of the type and within the limits the host's own reader gives it."""
+    check(isinstance(item, dict), "an origin is an object")
+    check(is_session_id(item.get("session_id")), "an origin names a session id")
+    fields = {name: item.get(name) for name in ORIGIN_FIELDS}
+    texts = {name: value for name, value in fields.items() if name != "argv"}
+    check(all(isinstance(v, str) for v in texts.values()), "an origin's fields are text")
+    run_command = item.get("run_command", "")
+    check(isinstance(run_command, str), "run_command is text")
+    fits(texts)
+    fits({"command": run_command})
+    check(len(fields["run_id"]) <= 255, "run_id is at most 255 characters")
+    argv = fields["argv"]
+    check(
+        isinstance(argv, list)
+        and len(argv) <= MAX_ARGV_WORDS
+        and all(isinstance(word, str) for word in argv)
+        and sum(map(len, argv)) <= MAX_CMDLINE_CHARS,
+        "argv is a list of words (a command line's length at most)",
+    )
+    scheduler, label, scope = fields["scheduler"], fields["label"], fields["scope"]
+    check(scheduler in SCHEDULERS, f"unknown scheduler {scheduler!r}")
+    if scheduler == "cron":
+        check(label == "" and bool(fields["command"] or argv), "a cron origin names a command")
+    else:
+        check(bool(label), f"a {scheduler} origin names its job")
+    if scheduler == "systemd":
+        check(bool(UNIT_NAME.match(label)), "a systemd origin names a unit")
+        check(scope in ("user", "system"), "a systemd unit is a user or a system one")
+    if scheduler == "ci":
+        check(scope in CI_SCOPES, f"unknown CI provider {scope!r}")
+    origin = Origin(**(fields | {"argv": tuple(argv)}))
+    return item["session_id"], origin, run_command

@@ -35,6 +35,8 @@ MAX_EVENTS_PER_REPORT = 1000
 MAX_ROLLUPS_PER_REPORT = 200
 MAX_SPANS_PER_REPORT = 500
 MAX_TELEMETRY_BYTES_PER_REPORT = 2 * 1024 * 1024
+# Origins of live runs (fleet.report_origins), each sent until acknowledged: the rest wait.
+MAX_ORIGINS_PER_REPORT = 200
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # the console refuses more (413)
 GZIP_ABOVE_BYTES = 32 * 1024
 # A host's own rules act as this actor, and only these actions (the console records

@@ -2,9 +2,9 @@
 
 A report is refused whole only when it is not a report of the token's host at all (not
 an object, an unknown format, another host's name). Everything else is an item (the
-sample, each live run in it, each completion record, sidecar, ending, event, chunk of
-transcript, job, stop and audit entry), checked against the same limits as the files a
-host writes (wrapper.formats) and against the host's own runs. An item that fails is
+sample, each live run in it and its origin, each completion record, sidecar, ending,
+event, chunk of transcript, job, stop and audit entry), checked against the same limits
+as the files a host writes (wrapper.formats) and against the host's own runs. An item that fails is
 refused with its reason, the others are recorded, and the answer names what was
 refused, so the host drops it instead of sending it again every two seconds.
 
@@ -34,11 +34,13 @@ from fleet.item_checks import (
     check_snapshot_fields,
     collected_job,
     fits,
+    origin_item,
     own,
 )
 from fleet.report import (
     HOST_RULE_ACTIONS,
     HOST_RULE_ACTOR,
+    MAX_ORIGINS_PER_REPORT,
     MAX_ROLLUPS_PER_REPORT,
     MAX_SPANS_PER_REPORT,
 )
@@ -50,6 +52,7 @@ from monitor_app.models import EventKind
 from monitor_app.snapshot import Snapshot
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Status
+from sessions_app.origins import Origin
 from sessions_app.remote_transcripts import MAX_CHUNK_BYTES
 from sessions_app.telemetry import Rollup
 from wrapper.formats import (
@@ -112,6 +115,9 @@ class Parsed:
     audits: list[dict] = field(default_factory=list)
     rollups: list[Rollup] = field(default_factory=list)  # a run's telemetry (fleet.telemetry_items)
     spans: list[dict] = field(default_factory=list)
+    # (session id, the scheduler job its processes name, its root's command line):
+    # the console makes the join (fleet.report_origins).
+    origins: list[tuple[str, Origin, str]] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     # Recorded whole in one savepoint (False), or again item by item, a savepoint each,
     # after the database refused something (fleet.console).
@@ -130,6 +136,7 @@ class Parsed:
         ids |= {e.session_id for e in self.events if e.session_id}
         ids |= {r.session_id for r in self.rollups}
         ids |= {s["session_id"] for s in self.spans if s["session_id"]}
+        ids |= {session_id for session_id, _, _ in self.origins}
         if self.snapshot is not None:
             ids |= {live.session_id for live in self.snapshot.sessions}
         return ids
@@ -169,6 +176,9 @@ class Parsed:
             e
             for e in self.events
             if not (e.session_id and foreign("event", e.session_id, asdict(e), e.dedupe_key))
+        ]
+        self.origins = [
+            o for o in self.origins if not foreign("origin", o[0], {"session_id": o[0]})
         ]
         self.drop_telemetry(owners)
         if self.snapshot is not None:
@@ -321,6 +331,7 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
             Sidecar.from_dict(live.sidecar.to_dict())  # the limits of a sidecar file
             check(live.state in LIVE_STATUSES, f"state {live.state!r} is not a live state")
             check_live_figures(live)
+            live.job_id = None  # the console ties a run to a job, never the host's word
             kept.append(live)
         except Exception as exc:
             status = exc.status if isinstance(exc, ItemRefused) else 400
@@ -389,6 +400,10 @@ def _transcript(parsed: Parsed, item: object, host: str) -> None:
     )
     check(len(data) <= MAX_CHUNK_BYTES, "transcript chunk too large", 413)
     parsed.transcripts.append((session_id, offset, data))
+
+
+def _origin(parsed: Parsed, item: object, host: str) -> None:
+    parsed.origins.append(origin_item(item, host))
 
 
 def _rollup(parsed: Parsed, item: object, host: str) -> None:
@@ -499,8 +514,10 @@ ITEMS = (
     ("audits", _audit, lambda item: _key(item, "target")),
     ("telemetry_rollups", _rollup, _key),
     ("telemetry_spans", _span, span_key),
+    ("origins", _origin, _key),
 )
 MOST_PER_REPORT = {
+    "origins": MAX_ORIGINS_PER_REPORT,
     "telemetry_rollups": MAX_ROLLUPS_PER_REPORT,
     "telemetry_spans": MAX_SPANS_PER_REPORT,
 }
@@ -515,4 +532,5 @@ KINDS = {
     "audits": "audit",
     "telemetry_rollups": "telemetry_rollup",
     "telemetry_spans": "telemetry_span",
+    "origins": "origin",
 }

@@ -31,12 +31,14 @@ from fleet.report import (
     HOST_RULE_ACTOR,
     MAX_COMPLETIONS_PER_REPORT,
     MAX_EVENTS_PER_REPORT,
+    MAX_ORIGINS_PER_REPORT,
     REPORT_FORMAT,
     Reporter,
     ReportError,
 )
 from fleet.telemetry_outbox import TelemetryOutbox
 from jobs_app.collectors import collect_all
+from jobs_app.linking import names_origin
 from jobs_app.models import Job
 from monitor_app import published
 from monitor_app.job_controls import execute
@@ -68,6 +70,9 @@ class ReportState:
         self.states: dict[str, str] = {}  # session id -> state last reported live
         self.gone: dict[str, Sidecar] = {}  # sidecars whose owners are gone, until acked
         self.results: list[dict] = []  # outcomes of operator requests, until reported
+        # Those reached before this round's sample was taken: an outcome goes with a sample
+        # taken after it, so the console sees the run a "run now" started with its answer.
+        self.results_sampled: set[object] = set()
         self.results_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.last_error: ReportError | None = None
@@ -100,6 +105,9 @@ class ReportState:
         self.checks: dict[str, dict] | None = self.load_checks()
         # Claude Code's telemetry of this host's runs (the receiver's), until acknowledged.
         self.telemetry = TelemetryOutbox(monitor.paths.home / "monitor" / "telemetry-outbox.json")
+        # session id -> its origin as sent, until the console has it (fleet.report_origins
+        # makes the join); then None, kept while the run is live or its end unsent.
+        self.origins: dict[str, dict | None] = {}
 
     # ------------------------------------------------------------------ noting
 
@@ -116,6 +124,9 @@ class ReportState:
             del self.states[session_id]
         for sidecar in gone:
             self.gone.setdefault(sidecar.session_id, sidecar)
+        self.note_origins(snapshot, live_ids)
+        with self.results_lock:
+            self.results_sampled = {result["id"] for result in self.results}
         if monitor.leftovers or self.leftovers_file.exists():
             self.save_leftovers()
         self.follow_transcripts(snapshot, live_ids)
@@ -125,6 +136,28 @@ class ReportState:
             if self.watching.due(now, settings.OPSCONSOLE_WATCHDOG_SECONDS):
                 self.watchdog(snapshot, now)
             self.leftover_rule(now)
+
+    def note_origins(self, snapshot: Snapshot, live_ids: set[str]) -> None:
+        """Each live run's origin, read by the monitor's join (monitor_app.job_join), to be
+        sent once. A cron entry this host has not collected is collected now, so the job
+        the console ties the run to is the entry's own (its label), as on a console."""
+        for live in snapshot.sessions:
+            if live.session_id in self.origins:
+                continue
+            found = self.monitor.join.origin_of(live.session_id)
+            if found is None:
+                continue
+            origin, command = found
+            item = {"session_id": live.session_id, **origin.record(), "run_command": command}
+            self.origins[live.session_id] = item
+            if origin.scheduler == "cron" and not any(
+                job.scheduler == "cron" and names_origin(job.command, origin)
+                for job in self.collected.values()
+            ):
+                self.collecting.reset()
+        keep = live_ids | set(self.gone) | {e.sidecar.session_id for e in self.monitor.endings}
+        for session_id in [s for s in self.origins if s not in keep]:
+            del self.origins[session_id]
 
     def note_telemetry(self, drained: Drained) -> None:
         """What the receiver took since the last sample: it goes with the reports."""
@@ -355,7 +388,7 @@ class ReportState:
         snapshot.rejected_spool_files = rejected_here
         document = published.build(snapshot, monitor.host, monitor.seq, os.getpid())
         with self.results_lock:
-            results = list(self.results)
+            results = [r for r in self.results if r["id"] in self.results_sampled]
             audits = list(self.audits)
         rollups, spans = self.telemetry.batch(now, {s.session_id for s in snapshot.sessions})
         return {
@@ -392,6 +425,7 @@ class ReportState:
             "audits": audits,
             "telemetry_rollups": rollups,
             "telemetry_spans": spans,
+            "origins": [item for item in self.origins.values() if item][:MAX_ORIGINS_PER_REPORT],
         }
 
     def judged(self, record):
@@ -488,6 +522,9 @@ class ReportState:
             monitor.leftover_writes.pop(session_id, None)
         for session_id in refused["transcript"]:
             self.transcripts.pop(session_id, None)
+        for session_id in set(ack.get("origins") or []) | refused["origin"]:
+            if session_id in self.origins:
+                self.origins[session_id] = None
         paused = ack.get("transcripts_paused_seconds")
         if isinstance(paused, int | float) and paused > 0:
             self.transcripts_paused_until = now + timedelta(seconds=min(paused, 3600))
@@ -630,6 +667,7 @@ def refused_items(ack: dict) -> dict[str, set[str]]:
         kind: set() for kind in ("completion", "vanished", "ending", "leftovers", "event")
     }
     refused["transcript"] = set()
+    refused["origin"] = set()
     for item in ack.get("refused") or []:
         if isinstance(item, dict) and item.get("status") != 429 and item.get("kind") in refused:
             refused[item["kind"]].add(str(item.get("key")))

@@ -70,11 +70,17 @@ def match_origin(host: str, origin: Origin) -> int | None:
     if origin.scheduler != "cron":
         return jobs.filter(label=origin.label).values_list("id", flat=True).first()
     for job_id, command in jobs.values_list("id", "command"):
-        if origin.command and command.strip() == origin.command:
-            return job_id
-        if origin.argv and _command_words(command) == list(origin.argv):
+        if names_origin(command, origin):
             return job_id
     return None
+
+
+def names_origin(command: str, origin: Origin) -> bool:
+    """Whether a cron entry's `command` is the one a cron origin's shell was given (or,
+    when the shell exec'd it, the argv it became)."""
+    if origin.command and command.strip() == origin.command:
+        return True
+    return bool(origin.argv) and _command_words(command) == list(origin.argv)
 
 
 def found_job_label(origin: Origin) -> str:

@@ -6,7 +6,8 @@ database. When the database is written (the monitor's sync) an origin not tied y
 is joined to its Job (jobs_app.linking), made when there is none; a cron entry not
 on record makes the collectors run first, so the job gets the entry's own name and
 schedule. The link is put on the session's row, and kept until the run's end is
-recorded.
+recorded. A reporting host writes no database: it sends each run's origin
+(`origin_of`) and the console makes the join (fleet.report_origins).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class JobJoin:
                 origin,
                 script_tag=sidecar.script_tag,
                 wrapped=live.wrapped,
-                command=shlex.join(self.reader.argv(root)),
+                command=self.command_of(root),
                 now=now,
             )
             if job_id is None:
@@ -98,6 +99,17 @@ class JobJoin:
             self.jobs[origin] = live.job_id = job_id
             self.session_jobs[live.session_id] = job_id
             Session.objects.filter(session_id=live.session_id, job__isnull=True).update(job=job_id)
+
+    def command_of(self, root: int) -> str:
+        """The command line of a run's root process: a found job's command when its
+        scheduler names none (a CI job, a unit)."""
+        return shlex.join(self.reader.argv(root))
+
+    def origin_of(self, session_id: str) -> tuple[Origin, str] | None:
+        """A live session's origin and its root's command line (a reporting host sends
+        them: the console makes the join, fleet.report_origins)."""
+        found = self.origins.get(session_id)
+        return (found[0], self.command_of(found[1])) if found else None
 
     def job_of_ended(self, session_id: str) -> int | None:
         """The job of a run whose end is being recorded (then forgotten)."""

@@ -39,10 +39,17 @@ def request_action(
 
 
 def request_job_action(
-    kind: str, job: Job, actor: str, schedule: str = "", now: datetime | None = None
+    kind: str,
+    job: Job,
+    actor: str,
+    schedule: str = "",
+    now: datetime | None = None,
+    detail: dict | None = None,
 ) -> RemoteAction:
     """Run now, enable, disable or a new schedule for a job on another host: queued for
-    its monitor, which carries it out with monitor_app.job_controls.execute."""
+    its monitor, which carries it out with monitor_app.job_controls.execute. `detail`:
+    why it was asked (a catch-up's misses), kept in the audit of the request and of the
+    host's answer (fleet.host_requests)."""
     action = RemoteAction.objects.create(
         host=job.host,
         kind=kind,
@@ -50,6 +57,7 @@ def request_job_action(
         arguments={"schedule": schedule} if kind == RemoteAction.Kind.SCHEDULE else {},
         requested_by=actor,
         requested_at=now or timezone.now(),
+        detail=detail or {},
     )
     AuditEntry.objects.create(
         actor=actor,
@@ -64,6 +72,7 @@ def request_job_action(
             "remote_action": action.pk,
             "state": "pending",
             **action.arguments,
+            **action.detail,
         },
     )
     return action

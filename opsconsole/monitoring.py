@@ -6,7 +6,8 @@ and the engine may not name them.
 Several consoles may share one PostgreSQL (docs/scale.md, "Replicas"): the rules on
 this host's own live runs are every console's, the fleet-wide rounds run on the one
 console holding their duty's lock (monitor_app.duties). The catch-up starts this
-host's own jobs: every console's."""
+host's own jobs: every console's; that of the reporting hosts' jobs (a request to each
+host's monitor) is the fleet's, one console's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from django.conf import settings
 
 from alerts_app.engine import alert_round, live_round
 from fleet.hosts import fleet_round
-from monitor_app.catchup import catchup_round
+from monitor_app.catchup import catchup_round, remote_catchup_round
 from monitor_app.duties import ALERTS, FLEET, DutyLocks
 from monitor_app.monitor import Monitor, Step
 from monitor_app.snapshot import Snapshot
@@ -44,6 +45,7 @@ def console_monitor(**options) -> Monitor:
             exclusive(FLEET, fleet_round),
             exclusive(ALERTS, alert_round),
             catchup_round,
+            exclusive(FLEET, remote_catchup_round),
         ),
         duties=DutyLocks(name=f"opsconsole {host}"[:63]),
         **options,

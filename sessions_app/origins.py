@@ -64,14 +64,14 @@ _NOT_A_JOB = re.compile(
     r"(docker|libpod|crio|containerd)-.*|cron\.service|crond\.service|"
     r"(ssh|sshd|getty@.*|serial-getty@.*|systemd-.*)\.service)$"
 )
-_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|scope)$")
+UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|scope)$")
 
 
 @dataclass(frozen=True)
 class Origin:
     """The job that started a process, as its scheduler names it."""
 
-    scheduler: str  # cron | systemd | ci | launchd
+    scheduler: str  # SCHEDULERS: cron | systemd | ci | launchd
     label: str  # the unit, the CI job, the launchd label; "" for cron (see command)
     scope: str = ""  # systemd: user | system; ci: the provider
     command: str = ""  # cron: the entry's command, as `sh -c` was given it
@@ -91,6 +91,16 @@ class Origin:
                 f" (run {self.run_id})" if self.run_id else ""
             )
         return f"{self.scheduler}: {self.label}"
+
+    def record(self) -> dict:
+        """What a reporting host sends of it (fleet.reporting; checked by fleet.item_checks):
+        every field that names the job (the CI variables in `detail` only describe it)."""
+        return {name: getattr(self, name) for name in ORIGIN_FIELDS} | {"argv": list(self.argv)}
+
+
+# The fields of an Origin that name its job, in a host's report.
+ORIGIN_FIELDS = ("scheduler", "label", "scope", "command", "argv", "run_id")
+SCHEDULERS = ("cron", "systemd", "ci", "launchd")
 
 
 def parse_cgroup(text: str) -> tuple[str, str] | None:
@@ -112,7 +122,7 @@ def parse_cgroup(text: str) -> tuple[str, str] | None:
         unit = components[index]
         if unit.endswith(".slice"):
             continue
-        if not _UNIT.match(unit) or _NOT_A_JOB.match(unit):
+        if not UNIT_NAME.match(unit) or _NOT_A_JOB.match(unit):
             return None
         if unit.endswith(".scope") and not unit.startswith("run-"):
             return None  # a desktop app's or a terminal's scope, not a job

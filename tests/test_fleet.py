@@ -43,7 +43,7 @@ from monitor_app.models import (
 from monitor_app.monitor import Monitor
 from sessions_app.models import Session, Status
 from tests.conftest import PYTHON, REPO_ROOT
-from tests.live_helpers import start_fake_run, wait_until
+from tests.live_helpers import claude_lookalike, start_fake_run, wait_until
 from tests.server_fixtures import free_port
 from wrapper.formats import SpoolRecord, new_session_id, utc_now_iso, write_json_atomic
 
@@ -1149,3 +1149,212 @@ def test_the_fleet_listing_is_built_once_per_state_however_many_workers_ask(tmp_
         for worker in workers:
             worker.stdin.close()
             worker.wait(30)
+
+
+# ------------------------------------------------- the join on a reporting host
+
+
+def claude_below(parent: int, program: Path) -> int | None:
+    """The pid of the lookalike claude the process `parent` started (its shell may exec it)."""
+    try:
+        for child in psutil.Process(parent).children(recursive=True):
+            if child.exe() == str(program):
+                return child.pid
+    except psutil.Error:
+        return None
+    return None
+
+
+def test_a_reporting_host_s_unwrapped_runs_are_tied_to_their_jobs(
+    host_a, console_state, staff, tools, settings
+):
+    """Issue 24's zero-config join for a host in report mode: the host reads each run's
+    origin (a crontab line run as cron runs it; a CI job's environment) and sends it in
+    its report; the console ties the run to the host's job (the collected entry; a CI job
+    made by its first run, not wrapped): live on the job's page, on record with the job
+    when it ends, seen by late detection."""
+    from jobs_app.models import Job
+    from tests.test_job_join_real import late_badges
+    from tests.test_monitor import registry_file_for
+
+    settings.OPSCONSOLE_SCHEDULERS = ["cron"]
+    state = host_a_state(host_a)
+    claude = claude_lookalike(tools["dir"])
+    report_once(host_a)  # collected before the entry exists: the run makes it collect again
+    tools["crontab"].write_text(f"# opsconsole: nightly-agent\n0 3 * * * {claude} 300\n")
+    cron = subprocess.Popen(
+        [PYTHON, "-m", "tests.cron_standin", "nightly-agent"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        start_new_session=True,
+    )
+    ci_env = {
+        **os.environ,
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_REPOSITORY": "acme/site",
+        "GITHUB_WORKFLOW": "nightly",
+        "GITHUB_JOB": "agent",
+        "GITHUB_RUN_ID": "4242",
+    }
+    ci = subprocess.Popen([claude, "300"], env=ci_env, start_new_session=True)
+    cron_run, ci_run = new_session_id(), new_session_id()
+    try:
+        agent = wait_until(lambda: claude_below(cron.pid, claude))
+        registry = {
+            sid: registry_file_for(state.config_dir, pid, sid, str(state.workdir))
+            for sid, pid in ((cron_run, agent), (ci_run, ci.pid))
+        }
+        report_once(host_a)
+        entry = Job.objects.get(host="host-a", scheduler="cron", label="nightly-agent")
+        found = Job.objects.get(host="host-a", scheduler="ci")
+        assert (found.label, found.wrapped, entry.wrapped) == (
+            "acme/site/nightly/agent",
+            False,
+            False,
+        )
+        rows = {str(s.session_id): s for s in Session.objects.filter(host="host-a")}
+        assert (rows[cron_run].job_id, rows[ci_run].job_id) == (entry.pk, found.pk)
+        assert (rows[cron_run].status, rows[cron_run].wrapped) == (Status.UNWRAPPED, False)
+        assert set(host_a.reporting.origins.values()) == {None}, "acknowledged: sent once"
+        # Live on the job's page, through the sample the console published for host-a.
+        live = {s.session_id: s for s in fleet.snapshot(["host-a"]).sessions}
+        assert (live[cron_run].job_id, live[ci_run].job_id) == (entry.pk, found.pk)
+        assert live[cron_run].origin == f"cron: {claude} 300"
+        assert cron_run[:8] in staff.get(f"/jobs/{entry.pk}/").content.decode()
+        report_once(host_a)  # a later report sends no origin and keeps the link
+        assert fleet.snapshot(["host-a"]).get(cron_run).job_id == entry.pk
+
+        # Known for a while, its 03:00 run due: late until a run of it is on record.
+        Job.objects.filter(pk=entry.pk).update(
+            first_seen_at=entry.previous_run_at - timedelta(days=1)
+        )
+        entry.refresh_from_db()
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert late_badges(entry, later)[1] == ["late"]
+        for sid, process in ((cron_run, agent), (ci_run, ci.pid)):
+            registry[sid].unlink()  # Claude Code removes it on a normal exit
+            os.kill(process, signal.SIGKILL)
+        cron.wait(timeout=30)
+        ci.wait(timeout=30)
+        report_once(host_a)
+    finally:
+        for process in (cron, ci):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    ended = Session.objects.get(session_id=cron_run)
+    assert (ended.status, ended.job_id) == (Status.EXITED, entry.pk)
+    assert Session.objects.get(session_id=ci_run).job_id == found.pk
+    events = Event.objects.filter(session_id=cron_run)
+    assert {(e.kind, e.job_id) for e in events} == {
+        (EventKind.RUN_STARTED, entry.pk),
+        (EventKind.RUN_ENDED, entry.pk),
+    }
+    status, late = late_badges(entry, later)
+    assert late == [] and status.last_session == ended
+
+
+# ------------------------------------------------- catch-up on a reporting host
+
+
+def test_a_reporting_host_s_job_is_caught_up_by_run_now_requests_never_twice_or_on_a_live_run(
+    host_a, console_state, tools, fake_claude, settings
+):
+    """A quota stamp on host-a skips two fires of a job with catch-up `all missed`; once
+    the stamp has cleared (host-a's sample says so), the console asks host-a's monitor to
+    run the job, audited as actor catch-up: one request while it is unanswered (a pending
+    run now counts as a live run), none while the run it started is live, the next miss
+    only once it has ended, and nothing after the last."""
+    from jobs_app.models import CatchUp, Job
+    from monitor_app.catchup import CATCH_UP_ACTOR, remote_catchup_round
+    from monitor_app.snapshot import Snapshot
+    from tests.conftest import wrapper_command
+    from tests.test_collectors import stand_in
+    from wrapper.formats import EXIT_QUOTA_SKIP, QuotaStamp
+
+    settings.OPSCONSOLE_CATCHUP_SECONDS = 0
+    settings.OPSCONSOLE_RUN_NOW_WAIT_SECONDS = 30
+    bin_dir = tools["dir"] / "job-bin"
+    stand_in(bin_dir, "opsconsole-run", f'exec "{PYTHON}" -m wrapper "$@"\n')
+    env = dict(console_state.env, OPSCONSOLE_HOST_NAME="host-a")
+    tools["crontab"].write_text(
+        "\n".join(
+            [
+                f"PATH={bin_dir}:/usr/bin:/bin",
+                f"PYTHONPATH={env['PYTHONPATH']}",
+                f"OPSCONSOLE_HOME={env['OPSCONSOLE_HOME']}",
+                "OPSCONSOLE_HOST_NAME=host-a",
+                f"CLAUDE_CONFIG_DIR={env['CLAUDE_CONFIG_DIR']}",
+                f"OPSCONSOLE_CLAUDE_BIN={env['OPSCONSOLE_CLAUDE_BIN']}",
+                f"FAKE_CLAUDE_STATE={env['FAKE_CLAUDE_STATE']}",
+                "FAKE_CLAUDE_BEHAVIOUR=sleep:4",
+                "# opsconsole: nightly",
+                "15 2 * * * opsconsole-run --tag nightly -- -p x --output-format json",
+                "",
+            ]
+        )
+    )
+    report_once(host_a)  # the host's collection reaches the console
+    job = Job.objects.get(host="host-a", scheduler="cron", label="nightly")
+    Job.objects.filter(pk=job.pk).update(catchup_policy=CatchUp.ALL_MISSED)
+
+    def stamp_until(until: datetime) -> None:
+        stamp = QuotaStamp(until=until.isoformat(), set_at=utc_now_iso(), reason="usage limit")
+        write_json_atomic(console_state.paths.quota_stamp, stamp.to_dict())
+
+    console = Monitor(paths=console_state.paths, publish=False)  # the console's own
+
+    def catch_up_round() -> list[RemoteAction]:
+        now = datetime.now(UTC)
+        remote_catchup_round(console, Snapshot(taken_at=now), now)
+        return list(RemoteAction.objects.filter(job=job, requested_by=CATCH_UP_ACTOR))
+
+    stamp_until(datetime.now(UTC) + timedelta(hours=1))
+    for _ in range(2):  # two fires the stamp skips
+        fire = subprocess.run(
+            wrapper_command("nightly", "-p", "x"), env=env, cwd=console_state.workdir
+        )
+        assert fire.returncode == EXIT_QUOTA_SKIP
+    report_once(host_a)
+    misses = Session.objects.filter(job=job, status=Status.QUOTA_SKIP).order_by("started_at")
+    assert misses.count() == 2
+    assert catch_up_round() == [], "never while host-a's stamp holds"
+
+    stamp_until(datetime.now(UTC) - timedelta(seconds=1))  # its reset time has come
+    report_once(host_a)  # host-a's sample no longer names a stamp
+    [first] = catch_up_round()
+    assert (first.kind, first.state, first.host) == ("run", "pending", "host-a")
+    asked = AuditEntry.objects.get(actor=CATCH_UP_ACTOR, action="request_run")
+    assert (asked.job, asked.detail["misses"], asked.detail["catch_up"]) == (job, 1, "all_missed")
+    assert len(catch_up_round()) == 1, "an unanswered run now is a live run: never twice"
+
+    report_once(host_a)  # the answer hands the request over; the host starts the run
+    for thread in host_a.reporting.threads:
+        thread.join(timeout=60)
+    report_once(host_a)  # the outcome, with a sample taken after it: the run is live
+    first.refresh_from_db()
+    assert first.state == "done", first.message
+    run = Session.objects.get(session_id=first.detail["session_id"])
+    assert run.status == Status.LIVE
+    assert len(catch_up_round()) == 1, "never on top of a live run"
+
+    def ended():
+        report_once(host_a)
+        run.refresh_from_db()
+        return run.status == Status.SUCCEEDED or None
+
+    wait_until(ended, timeout=60)
+    second = next(a for a in catch_up_round() if a.pk != first.pk)  # the next miss, now
+    report_once(host_a)
+    for thread in host_a.reporting.threads:
+        thread.join(timeout=60)
+    report_once(host_a)
+    second.refresh_from_db()
+    assert second.state == "done", second.message
+    assert len(catch_up_round()) == 2, "both misses answered: nothing more"
+    runs = AuditEntry.objects.filter(actor=CATCH_UP_ACTOR, action="run", job=job)
+    assert [(a.ok, a.detail["misses"]) for a in runs] == [(True, 1), (True, 1)]
+    assert {a.detail["through"] for a in runs} == {m.started_at.isoformat() for m in misses}
+    assert len((fake_claude / "calls").read_text().split()) == 2  # claude ran twice
+    job.refresh_from_db()
+    assert job.caught_up_through == misses.last().started_at
+    assert Event.objects.filter(kind=EventKind.CATCH_UP, host="host-a", job=job).count() == 2

@@ -478,6 +478,7 @@ ITEM_NAMES = [
     "jobs",
     "stops",
     "audits",
+    "origins",
 ]
 
 
@@ -497,6 +498,7 @@ def mutated_reports(draw):
             template = {
                 "completions": completion("host-a"),
                 "events": event("host-a"),
+                "origins": origin(new_session_id()),
             }.get(name, {})
             item = dict(template)
             for key in draw(st.lists(st.sampled_from(sorted(template) or ["x"]), max_size=3)):
@@ -641,3 +643,70 @@ def test_finding1_a_job_of_the_wrong_types_is_refused_alone(console_state):
     answer = host.taken(report_of("host-a", 1, jobs=[{"scheduler": "cron", "jobs": jobs}]))
     assert [(r["kind"], r["key"]) for r in answer["ack"]["refused"]] == [("job", "weekly")]
     assert list(Job.objects.values_list("label", flat=True)) == ["nightly"]
+
+
+# ------------------------------------------------------------- origins (the remote join)
+
+
+def origin(session_id: str, **fields) -> dict:
+    return {
+        "session_id": session_id,
+        "scheduler": "ci",
+        "label": "acme/site/nightly/agent",
+        "scope": "github",
+        "command": "",
+        "argv": [],
+        "run_id": "4242",
+        "run_command": "claude -p report",
+    } | fields
+
+
+BAD_ORIGINS = {
+    "unknown scheduler": {"scheduler": "at"},
+    "a systemd label that is no unit": {"scheduler": "systemd", "label": "../x", "scope": "user"},
+    "a systemd scope of neither kind": {"scheduler": "systemd", "label": "a.service"},
+    "an unknown CI provider": {"scope": "travis"},
+    "argv not a list": {"scheduler": "cron", "label": "", "argv": "claude -p x"},
+    "argv past a command line's length": {"scheduler": "cron", "label": "", "argv": ["x" * 30_000]},
+    "a cron origin with a label": {"scheduler": "cron", "label": "x", "command": "claude"},
+    "a label over 255 characters": {"label": "x" * 300},
+    "a control character in a label": {"label": "a\x07b"},
+    "run_id not text": {"run_id": 4242},
+    "run_command over 20,000 characters": {"run_command": "x" * 20_001},
+}
+
+
+def test_origins_are_checked_item_by_item_and_a_host_s_word_on_a_job_is_never_taken(
+    console_state,
+):
+    """The origins a reporting host sends (fleet.item_checks.origin_item): each bad one
+    refused alone with its reason; a good one ties the run to a job of that host only,
+    and the job a host's sample claims for a run (another host's) is never taken."""
+    victim = Job.objects.create(host="host-b", scheduler="ci", label="acme/site/nightly/agent")
+    run = LiveSession(
+        sidecar=sidecar_of("host-a"), state=Status.UNWRAPPED, processes=[], wrapped=False
+    )
+    run.job_id = victim.pk  # what a forged sample says
+    bad = {new_session_id(): fields for fields in BAD_ORIGINS.values()}
+    items = [origin(run.session_id)] + [origin(sid, **fields) for sid, fields in bad.items()]
+    items.append(origin("not-a-session"))
+    answer = Host("host-a").taken(report_of("host-a", 1, [run], origins=items))
+    refused = refusals(answer)
+    assert set(refused) == set(bad) | {"not-a-session"}, refused
+    assert {r["kind"] for r in refused.values()} == {"origin"}
+    assert answer["ack"]["origins"] == [run.session_id]
+    row = Session.objects.get(session_id=run.session_id)
+    job = Job.objects.get(host="host-a")
+    assert (row.job_id, job.scheduler, job.label, job.wrapped) == (
+        job.pk,
+        "ci",
+        "acme/site/nightly/agent",
+        False,
+    )
+    published_run = json.loads(HostSample.objects.get(host="host-a").state_document)["sessions"]
+    assert [s["job_id"] for s in published_run] == [job.pk]
+    assert not Session.objects.filter(job=victim).exists()
+    # The same origin again (a restarted host): nothing new is made, the link is kept.
+    answer = Host("host-a").taken(report_of("host-a", 2, [run], origins=items[:1]))
+    assert answer["ack"]["origins"] == [run.session_id]
+    assert Job.objects.filter(host="host-a").count() == 1

@@ -3,7 +3,7 @@
 `cron`), one under a systemd unit (this machine may have no systemd: the unit is read
 from a fixture cgroup file in a /proc tree of real files), and one in a GitHub Actions
 environment, are each tied to their job: live on the job, on record with the job when
-they end, and seen by late detection."""
+they end, and seen by late detection; the cron one on a host in report mode too."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from django.conf import settings
 from jobs_app.collectors.base import CollectedJob, Collection
 from jobs_app.linking import wrapping_suggestion
 from jobs_app.models import Job
+from monitor_app.fleet_reader import fleet
 from monitor_app.job_status import collect_and_record, job_statuses, record_collections
 from monitor_app.models import Event, EventKind
 from monitor_app.monitor import Monitor
@@ -26,11 +27,25 @@ from monitor_app.snapshot import Snapshot
 from sessions_app.models import LIVE_STATUSES, Session, Status
 from tests.conftest import REPO_ROOT
 from tests.live_helpers import wait_until
+from tests.test_fleet import host_a, report_once  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.django_db(transaction=True)]
 
 STREAM = ("--output-format", "stream-json", "--verbose", "--allowedTools", "Bash")
 TOOL = {"kind": "bash", "command": "sleep 2; echo done", "text": "Done."}
+
+
+# What the crontab gives the entry's claude of the test's environment.
+CRON_ENV = (
+    "HOME",
+    "CLAUDE_CONFIG_DIR",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "DISABLE_TELEMETRY",
+    "DISABLE_AUTOUPDATER",
+    "DISABLE_ERROR_REPORTING",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+)
 
 
 def live_on_job(monitor: Monitor, job_id: int):
@@ -55,19 +70,7 @@ def test_an_unwrapped_claude_run_by_cron_is_tied_to_its_crontab_entry(
     settings.OPSCONSOLE_SCHEDULERS = ["cron"]
     real_claude.script("nightly", TOOL)
     claude = state.env["OPSCONSOLE_CLAUDE_BIN"]
-    cron_env = {
-        name: state.env[name]
-        for name in (
-            "HOME",
-            "CLAUDE_CONFIG_DIR",
-            "ANTHROPIC_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            "DISABLE_TELEMETRY",
-            "DISABLE_AUTOUPDATER",
-            "DISABLE_ERROR_REPORTING",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
-        )
-    }
+    cron_env = {name: state.env[name] for name in CRON_ENV}
     command = (
         f'cd {state.workdir} && {claude} -p "nightly report" {" ".join(STREAM)} >/dev/null 2>&1'
     )
@@ -247,3 +250,64 @@ def test_an_unwrapped_claude_in_a_ci_job_is_tied_to_it(state, console_state, rea
         if agent.poll() is None:
             agent.kill()
     assert (row.job_id, row.wrapped, row.status) == (job.pk, False, Status.EXITED)
+
+
+def test_an_unwrapped_claude_run_by_cron_on_a_reporting_host_is_tied_to_its_entry(
+    state,
+    console_state,
+    real_claude,
+    tools,
+    host_a,  # noqa: F811 - the fixture
+):
+    """The same on a host in report mode: host-a's monitor reads the run's origin and
+    sends it with its report, the console ties the run to host-a's crontab entry."""
+    settings.OPSCONSOLE_SCHEDULERS = ["cron"]
+    real_claude.script("nightly", TOOL)
+    claude = state.env["OPSCONSOLE_CLAUDE_BIN"]
+    cron_env = {name: state.env[name] for name in CRON_ENV}
+    command = (
+        f'cd {state.workdir} && {claude} -p "nightly report" {" ".join(STREAM)} >/dev/null 2>&1'
+    )
+    tools["crontab"].write_text(
+        "".join(f"{k}={v}\n" for k, v in cron_env.items())
+        + f"# opsconsole: nightly-agent\n0 3 * * * {command}\n"
+    )
+    report_once(host_a)  # host-a's collection: the entry, on record under host-a
+    job = Job.objects.get(host="host-a", scheduler="cron", label="nightly-agent")
+    assert (job.wrapped, job.command) == (False, command)
+    Job.objects.filter(pk=job.pk).update(first_seen_at=job.previous_run_at - timedelta(days=1))
+    job.refresh_from_db()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert late_badges(job, later)[1] == ["late"]
+
+    def tied():
+        report_once(host_a)
+        return Session.objects.filter(host="host-a", wrapped=False, job=job).first()
+
+    cron = subprocess.Popen(
+        [sys.executable, "-m", "tests.cron_standin", "nightly-agent"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        row = wait_until(tied, timeout=60)
+        live = fleet.snapshot(["host-a"]).get(str(row.session_id))
+        assert live.job_id == job.pk and live.origin.startswith("cron: cd ")
+        assert cron.wait(timeout=120) == 0
+
+        def ended():
+            report_once(host_a)
+            return Session.objects.exclude(status__in=LIVE_STATUSES).filter(pk=row.pk).first()
+
+        row = wait_until(ended)
+    finally:
+        if cron.poll() is None:
+            cron.kill()
+    assert (row.status, row.wrapped, row.job_id) == (Status.EXITED, False, job.pk)
+    events = Event.objects.filter(session_id=row.session_id)
+    assert {(e.kind, e.job_id) for e in events} == {
+        (EventKind.RUN_STARTED, job.pk),
+        (EventKind.RUN_ENDED, job.pk),
+    }
+    status, late = late_badges(job, later)
+    assert late == [] and status.last_session == row
