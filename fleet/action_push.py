@@ -31,12 +31,18 @@ from monitor_app.action_bell import Bell, bell
 LONGEST_WAIT_SECONDS = 25.0
 
 
+# One hand-out at a time in a process: polls woken together would only contend for the
+# same rows, or for SQLite's one writer. (Other processes: SKIP LOCKED, SQLite's lock.)
+handing_out = threading.Lock()
+
+
 def hand_out(host: str, now: datetime) -> list[dict]:
     """The host's pending requests, marked sent (deliver_actions), then the connection let
     go: a held poll keeps none between looks."""
     connection = connections[DEFAULT_DB_ALIAS]
     try:
-        return deliver_actions(host, now)
+        with handing_out:
+            return deliver_actions(host, now)
     finally:
         if not connection.in_atomic_block:  # a caller's transaction is the caller's
             connection.close()
@@ -56,7 +62,7 @@ def wait_for_actions(
             rung.clear()  # cleared before the look: a ring during it is not lost
             actions = hand_out(host, clock())
             left = deadline - time.monotonic()
-            if actions or left <= 0:
+            if actions or left <= 0 or doorbell.closing:
                 return actions
             rung.wait(left)
 

@@ -61,6 +61,7 @@ class Bell:
         self.waiters: dict[str, set[threading.Event]] = {}
         self.thread: threading.Thread | None = None
         self.last_waiter_at = time.monotonic()
+        self.closing = False  # the process is stopping: no poll waits any more
 
     @contextlib.contextmanager
     def waiting(self, host: str) -> Iterator[threading.Event]:
@@ -68,6 +69,8 @@ class Bell:
         first look at the table, so that a request queued in between is not missed."""
         event = threading.Event()
         with self.lock:
+            if self.closing:
+                event.set()
             self.waiters.setdefault(host, set()).add(event)
             self.last_waiter_at = time.monotonic()
             if self.thread is None or not self.thread.is_alive():
@@ -87,6 +90,15 @@ class Bell:
         with self.lock:
             for event in self.waiters.get(host, ()):
                 event.set()
+
+    def close(self) -> None:
+        """Wake every waiting poll for good: the web worker is stopping, and a poll held
+        to its end would keep the worker (and `serve`'s stop) waiting up to its timeout."""
+        with self.lock:
+            self.closing = True
+            for events in self.waiters.values():
+                for event in events:
+                    event.set()
 
     def waiting_hosts(self) -> list[str]:
         with self.lock:

@@ -105,7 +105,8 @@ def fleet(
     root: Path, env: dict, database_url: str, console_names=("console-a",), **host_settings
 ) -> Iterator[Fleet]:
     """Consoles on `database_url` and host h1 reporting to the first of them. `env` is
-    the environment of the host's runs (its OPSCONSOLE_CLAUDE_BIN the fake claude)."""
+    the environment of the host's runs (its OPSCONSOLE_CLAUDE_BIN the fake claude);
+    `host_settings` override the host monitor's (it samples every 1 s unless told)."""
     base = {k: v for k, v in env.items() if not k.startswith(("OPSCONSOLE_", "FAKE_"))}
     base.pop("DATABASE_URL", None)
     consoles = [make_console(name, root, base, database_url) for name in console_names]
@@ -128,8 +129,8 @@ def fleet(
         OPSCONSOLE_TELEMETRY_RECEIVER="0",
         OPSCONSOLE_REPORT_TOKEN=host_token,
         DJANGO_SETTINGS_MODULE="opsconsole.settings",
-        **host_settings,
     )
+    host_env.update(host_settings)
     host_env.pop("DATABASE_URL", None)
     monitor = None
     try:

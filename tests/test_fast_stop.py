@@ -9,9 +9,11 @@ and the stop asked on the other (LISTEN/NOTIFY across replicas).
 
 from __future__ import annotations
 
+import signal
 import statistics
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 
@@ -23,6 +25,7 @@ from django.utils import timezone
 from fleet.action_push import HeldPolls, wait_for_actions
 from fleet.host_requests import finish_action
 from jobs_app.models import AuditEntry
+from monitor_app.action_bell import Bell
 from monitor_app.models import HostToken, RemoteAction
 from monitor_app.remote_actions import request_action
 from opsconsole import auth
@@ -120,6 +123,24 @@ def test_two_polls_of_one_host_share_a_request_out_once_and_an_empty_poll_ends_o
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_closing_bell_lets_every_held_poll_go_at_once():
+    doorbell = Bell()
+    answered: list = []
+    poll = threading.Thread(
+        target=lambda: answered.append(wait_for_actions("h1", 20, doorbell=doorbell))
+    )
+    poll.start()
+    time.sleep(0.3)
+    assert poll.is_alive()
+    began = time.monotonic()
+    doorbell.close()
+    poll.join(timeout=5)
+    assert answered == [[]] and time.monotonic() - began < 1
+    # A poll that comes after the close is not held either.
+    assert wait_for_actions("h1", 20, doorbell=doorbell) == []
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_poll_endpoint_wants_a_host_token_and_bounds_the_polls_it_holds(monkeypatch):
     client = Client()
     assert client.get("/api/hosts/actions/wait").status_code == 401
@@ -212,6 +233,29 @@ def test_a_stop_asked_on_the_console_ends_the_remote_run_within_a_second(
             figures.append(latency)
         report(figures, "SQLite console")
         assert max(figures) < STOP_WITHIN_SECONDS, figures
+
+        # A console that stops answers its held polls at once, and so stops at once.
+        console = running.consoles[0]
+        token = running.host_env["OPSCONSOLE_REPORT_TOKEN"]
+        poll = urllib.request.Request(
+            f"{console.url}/api/hosts/actions/wait?wait=25",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        answered: list = []
+        held = threading.Thread(
+            target=lambda: answered.append(urllib.request.urlopen(poll, timeout=40).status)
+        )
+        held.start()
+        time.sleep(1)  # held by now (a pending request would have been answered at once)
+        assert answered == []
+        began = time.monotonic()
+        console.process.send_signal(signal.SIGTERM)
+        held.join(timeout=30)
+        console.process.wait(timeout=30)
+        stopped_in = time.monotonic() - began
+        assert answered == [200]
+        # Held to its end, the poll would keep its worker (and serve) 10 s or more.
+        assert stopped_in < 5, stopped_in
 
 
 @pytest.fixture

@@ -20,13 +20,17 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
 from fleet.action_push import LONGEST_WAIT_SECONDS, HeldPolls, wait_for_actions
+from monitor_app.action_bell import bell
 from opsconsole.api.hosts import host_of_request
 from opsconsole.auth import json_error
+from opsconsole.web_worker import stopping_hooks
 from sessions_app.database import DATABASE_AWAY
 
 log = logging.getLogger(__name__)
 
 held_polls = HeldPolls(settings.OPSCONSOLE_HELD_POLLS_PER_WORKER)
+# A stopping worker answers its held polls at once (they ask again, elsewhere).
+stopping_hooks.append(bell.close)
 # A host turned away comes back after this long (spread, so they do not come together).
 RETRY_AFTER_SECONDS = (10, 30)
 
