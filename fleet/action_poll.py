@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -33,6 +34,9 @@ LONGEST_BACKOFF_SECONDS = 60.0
 NOT_SUPPORTED_SECONDS = 600.0
 # Until the first sample is taken there is nothing to act on: looked for this often.
 NO_SAMPLE_YET_SECONDS = 0.2
+# A poll answered empty sooner than this (a console stopping, a proxy cutting it short)
+# is not asked again at once: a poll is never a busy loop.
+SHORTEST_EMPTY_POLL_SECONDS = 1.0
 
 Fetch = Callable[[float], tuple[int, dict[str, str], bytes]]
 
@@ -47,6 +51,7 @@ class ActionPoller:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.polls = 0  # answered polls, for tests and the log
+        self.brought = 0  # requests the latest answered poll brought
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name="action-poll", daemon=True)
@@ -62,9 +67,12 @@ class ActionPoller:
             if self.state.latest is None:
                 self.stopping.wait(NO_SAMPLE_YET_SECONDS)
                 continue
+            began = time.monotonic()
             pause = self.poll_once()
             if pause is None:
                 backoff = FIRST_BACKOFF_SECONDS
+                if not self.brought and time.monotonic() - began < SHORTEST_EMPTY_POLL_SECONDS:
+                    self.stopping.wait(SHORTEST_EMPTY_POLL_SECONDS)
                 continue
             if pause <= 0:  # failed without a word on when to come back
                 pause, backoff = backoff, min(backoff * 2, LONGEST_BACKOFF_SECONDS)
@@ -93,11 +101,12 @@ class ActionPoller:
             return 0
         self.polls += 1
         landed_at = datetime.now(UTC).isoformat()
-        for action in actions if isinstance(actions, list) else []:
-            if isinstance(action, dict):
-                self.state.start_action(
-                    {**action, "via": "push", "landed_at": landed_at}, self.state.latest
-                )
+        actions = [a for a in actions if isinstance(a, dict)] if isinstance(actions, list) else []
+        self.brought = len(actions)
+        for action in actions:
+            self.state.start_action(
+                {**action, "via": "push", "landed_at": landed_at}, self.state.latest
+            )
         return None
 
     def _get(self, wait: float) -> tuple[int, dict[str, str], bytes]:

@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from fleet.action_poll import ActionPoller
 from fleet.action_push import HeldPolls, wait_for_actions
 from fleet.host_requests import finish_action
 from jobs_app.models import AuditEntry
@@ -33,6 +34,7 @@ from opsconsole.api import host_actions
 from opsconsole.models import ApiToken
 from sessions_app.models import Session
 from tests.fast_stop_fleet import fleet
+from tests.test_fleet import host_a  # noqa: F401 - a fixture
 from tests.test_replicas import admin, postgres_problem, server_url
 
 # Within 1 s, the issue says. A stop measured here is ~0.2-0.4 s on an idle 2-core
@@ -206,6 +208,38 @@ def test_who_asked_is_the_token_s_user_when_another_worker_checked_the_token():
     recalled = auth.authenticate_token(plain)
     assert recalled.pk == user.pk and recalled.get_username() == "carol"
     assert recalled.is_active and recalled.is_staff and not recalled.is_superuser
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_host_s_poll_carries_a_request_out_and_its_next_report_says_how_it_came(host_a):  # noqa: F811
+    """The host's side in process: its poll through the console's real view, the request
+    carried out by the report state, the outcome on record with the report after."""
+    token = host_a.reporting.reporter.token
+    client = Client()
+
+    def fetch(wait: float):
+        answer = client.get(
+            f"/api/hosts/actions/wait?wait={wait:g}", HTTP_AUTHORIZATION=f"Bearer {token}"
+        )
+        return answer.status_code, dict(answer.headers), answer.content
+
+    poller = ActionPoller(host_a.reporting.reporter, host_a.reporting, fetch=fetch)
+    host_a.tick()  # a first report: the sample requests act on
+    action = request_action("stop", live_session("host-a"), "alice")
+    began = time.monotonic()
+    assert poller.poll_once() is None and poller.brought == 1
+    assert time.monotonic() - began < 1  # pending: answered at once, not after 25 s
+    for thread in host_a.reporting.threads:
+        thread.join(timeout=10)
+    host_a.tick()  # the outcome goes with the next report
+    action.refresh_from_db()
+    assert action.state == RemoteAction.State.DONE, action.message
+    assert "nothing to stop" in action.message  # that run was never live on this host
+    assert action.detail["via"] == "push" and action.detail["landed_at"]
+    assert AuditEntry.objects.get(action="stop", detail__remote_action=action.pk).actor == "alice"
+    # An older console has no such endpoint: asked again in ten minutes.
+    poller.fetch = lambda wait: (404, {}, b"")
+    assert poller.poll_once() == 600
 
 
 # ----------------------------------------------------------------------------- real processes
