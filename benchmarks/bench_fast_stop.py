@@ -33,7 +33,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from tests.fast_stop_fleet import fleet  # noqa: E402
+from tests.fast_stop_fleet import fleet, hops  # noqa: E402
 from tests.test_replicas import admin, server_url  # noqa: E402
 
 PG_DATABASE = "faststop_bench"
@@ -89,7 +89,8 @@ def main() -> int:
                     latency, action = running.stop_latency(f"bench-stop-{n}")
                     figures.append(latency * 1000)
                     via.add(action["detail"].get("via"))
-                    print(f"stop {n + 1}: {latency * 1000:.0f} ms ({action['state']})", flush=True)
+                    where = hops(action) if action.get("sent_at") else "not handed out"
+                    print(f"stop {n + 1}: {latency * 1000:.0f} ms ({where})", flush=True)
         finally:
             if args.postgres:
                 admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')

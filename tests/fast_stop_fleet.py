@@ -24,6 +24,7 @@ from pathlib import Path
 from tests.live_helpers import wait_until
 from tests.server_fixtures import free_port
 from tests.test_replicas import Console, answers
+from wrapper.formats import parse_iso
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -80,6 +81,17 @@ class Fleet:
             timeout=30,
         )
         return latency, action
+
+
+def hops(action: dict) -> str:
+    """Where a stop's time went, from the request's times: queued to handed out (the
+    console), handed out to landed on the host (the answer's way), in ms."""
+    requested, sent = parse_iso(action["requested_at"]), parse_iso(action["sent_at"])
+    landed = parse_iso(action["detail"]["landed_at"])
+    return (
+        f"handed out +{(sent - requested).total_seconds() * 1000:.0f}, "
+        f"landed +{(landed - sent).total_seconds() * 1000:.0f}"
+    )
 
 
 def make_console(name: str, root: Path, base: dict, database_url: str) -> Console:

@@ -33,13 +33,17 @@ from opsconsole import auth
 from opsconsole.api import host_actions
 from opsconsole.models import ApiToken
 from sessions_app.models import Session
-from tests.fast_stop_fleet import fleet
+from tests.fast_stop_fleet import fleet, hops
 from tests.test_fleet import host_a  # noqa: F401 - a fixture
 from tests.test_replicas import admin, postgres_problem, server_url
 
 # Within 1 s, the issue says. A stop measured here is ~0.2-0.4 s on an idle 2-core
 # machine; the margin is for the other tests and helpers sharing it.
 STOP_WITHIN_SECONDS = 1.0
+# PUSHED_AT_LEAST: a report that reaches the console between the request and the poll's
+# look hands the request out itself (once, either way: via "report"), so not every stop
+# is pushed; but the host samples every 1 s here, and without the push most stops would
+# come with a report (and some past 1 s), so two of three must be pushed.
 
 
 def live_session(host: str = "h1") -> Session:
@@ -257,16 +261,18 @@ def test_a_stop_asked_on_the_console_ends_the_remote_run_within_a_second(
     env = dict(state.env, OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir))
     database = f"sqlite:///{tmp_path / 'console.sqlite3'}"
     with fleet(tmp_path, env, database) as running:
-        figures = []
+        figures, vias = [], []
         for n in range(3):
             latency, action = running.stop_latency(f"fast-stop-{n}")
             assert action["state"] == "done", action
             assert action["requested_by"] == "ops"
-            assert action["detail"]["via"] == "push", action
+            vias.append(action["detail"]["via"])
             assert action["detail"]["landed_at"] >= action["requested_at"][:19]
+            print(f"stop {n + 1}: {latency * 1000:.0f} ms ({hops(action)})")
             figures.append(latency)
         report(figures, "SQLite console")
         assert max(figures) < STOP_WITHIN_SECONDS, figures
+        assert vias.count("push") >= 2, vias  # see PUSHED_AT_LEAST
 
         # A console that stops answers its held polls at once, and so stops at once.
         console = running.consoles[0]
@@ -276,9 +282,12 @@ def test_a_stop_asked_on_the_console_ends_the_remote_run_within_a_second(
             headers={"Authorization": f"Bearer {token}"},
         )
         answered: list = []
-        held = threading.Thread(
-            target=lambda: answered.append(urllib.request.urlopen(poll, timeout=40).status)
-        )
+
+        def hold() -> None:
+            status = urllib.request.urlopen(poll, timeout=40).status
+            answered.append((status, time.monotonic()))
+
+        held = threading.Thread(target=hold)
         held.start()
         time.sleep(1)  # held by now (a pending request would have been answered at once)
         assert answered == []
@@ -286,10 +295,10 @@ def test_a_stop_asked_on_the_console_ends_the_remote_run_within_a_second(
         console.process.send_signal(signal.SIGTERM)
         held.join(timeout=30)
         console.process.wait(timeout=30)
-        stopped_in = time.monotonic() - began
-        assert answered == [200]
-        # Held to its end, the poll would keep its worker (and serve) 10 s or more.
-        assert stopped_in < 5, stopped_in
+        # Held to its end (25 s), the poll would keep its worker until serve kills it
+        # (10 s), and be cut, not answered.
+        assert answered and answered[0][0] == 200, answered
+        assert answered[0][1] - began < 3, answered[0][1] - began
 
 
 @pytest.fixture
@@ -311,10 +320,13 @@ def test_a_stop_asked_on_another_console_reaches_the_host_within_a_second(
     wakes A's poll through PostgreSQL."""
     env = dict(state.env, OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir))
     with fleet(tmp_path, env, pg_database, ("console-a", "console-b")) as running:
-        figures = []
+        figures, vias = [], []
         for n in range(3):
             latency, action = running.stop_latency(f"fast-stop-pg-{n}")
-            assert action["state"] == "done" and action["detail"]["via"] == "push", action
+            assert action["state"] == "done", action
+            vias.append(action["detail"]["via"])
+            print(f"stop {n + 1}: {latency * 1000:.0f} ms ({hops(action)})")
             figures.append(latency)
         report(figures, "PostgreSQL, asked on the other console")
         assert max(figures) < STOP_WITHIN_SECONDS, figures
+        assert vias.count("push") >= 2, vias  # see PUSHED_AT_LEAST
