@@ -3,6 +3,7 @@ answer to the host's report, and what the host answered, on record as if done he
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from django.db import transaction
@@ -12,6 +13,7 @@ from monitor_app import job_controls
 from monitor_app.job_controls import ActionResult, audited
 from monitor_app.models import Event, EventKind, RemoteAction
 from sessions_app.models import LIVE_STATUSES, Session
+from wrapper.formats import parse_iso
 
 
 def deliver_actions(host: str, now: datetime) -> list[dict]:
@@ -80,6 +82,7 @@ def finish_action(result: dict, host: str, now: datetime) -> None:
             "terminated": result.get("terminated") or [],
             "killed": result.get("killed") or [],
         }
+    action.detail.update(landing(result))
     claimed = RemoteAction.objects.filter(pk=action.pk, state__in=RemoteAction.OPEN_STATES).update(
         state=action.state,
         finished_at=action.finished_at,
@@ -132,6 +135,17 @@ def record_job_outcome(action: RemoteAction, result: dict, host: str) -> None:
         return
     schedule = action.arguments.get("schedule", "")
     job_controls.record(action.job, action.kind, action.requested_by, outcome, schedule)
+
+
+def landing(result: dict) -> dict:
+    """When the request landed on the host (the host's clock) and how it came there: its
+    held poll ("push") or a report's answer ("report"); absent from an older host."""
+    landed = {}
+    with contextlib.suppress(KeyError, ValueError, OverflowError):
+        landed["landed_at"] = parse_iso(str(result["landed_at"])).isoformat()
+    if result.get("via") in ("push", "report"):
+        landed["via"] = result["via"]
+    return landed
 
 
 def plain_items(value: object, most: int = 20) -> dict:

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from django.conf import settings
@@ -74,6 +74,9 @@ class ReportState:
         # taken after it, so the console sees the run a "run now" started with its answer.
         self.results_sampled: set[object] = set()
         self.results_lock = threading.Lock()
+        # The sample last reported: what a request pushed between reports acts on
+        # (fleet.action_poll); the console knows of no run that is not in it.
+        self.latest: Snapshot | None = None
         self.threads: list[threading.Thread] = []
         self.last_error: ReportError | None = None
         self.last_answer: dict | None = None
@@ -468,6 +471,7 @@ class ReportState:
 
     def report(self, snapshot: Snapshot, now: datetime) -> bool:
         monitor = self.monitor
+        self.latest = snapshot
         payload = self.payload(snapshot, now)
         try:
             answer = self.reporter.send(payload)
@@ -566,7 +570,8 @@ class ReportState:
         thread = threading.Thread(
             target=self.carry_out, args=(action, snapshot), name="remote-action", daemon=True
         )
-        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        with self.results_lock:  # the poll's thread starts requests too (fleet.action_poll)
+            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
 
     def carry_out(self, action: dict, snapshot: Snapshot) -> None:
@@ -575,6 +580,9 @@ class ReportState:
         actor = str(action.get("requested_by") or "console")[:150]
         grace = settings.OPSCONSOLE_STOP_GRACE_SECONDS
         result = {"id": action.get("id"), "ok": True, "terminated": [], "killed": []}
+        # For the audit: how the request came, and when it landed here (host's clock).
+        result["via"] = "push" if action.get("via") == "push" else "report"
+        result["landed_at"] = action.get("landed_at") or datetime.now(UTC).isoformat()
         try:
             if action.get("kind") == "stop":
                 live = snapshot.get(session_id)

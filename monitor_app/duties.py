@@ -125,30 +125,7 @@ class DutyLocks:
             return cursor.fetchone()[0]
 
     def _open(self):
-        """A connection like Django's own, for the locks only: never pooled (a pooled
-        connection would keep its locks after being handed back), never closed by
-        Django's request cycle."""
-        settings_dict = {**connections.settings[self.alias]}
-        settings_dict["OPTIONS"] = {
-            key: value
-            for key, value in (settings_dict.get("OPTIONS") or {}).items()
-            if key != "pool"
-        }
-        settings_dict["CONN_MAX_AGE"] = None
-        settings_dict["CONN_HEALTH_CHECKS"] = False
-        db = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, self.alias)
-        try:
-            with db.cursor() as cursor:
-                cursor.execute("SELECT set_config('application_name', %s, false)", [self.name])
-                for statement in SESSION_SETTINGS:
-                    try:
-                        cursor.execute(statement)
-                    except DatabaseError as exc:  # a setting an older server lacks
-                        log.info("duty lock connection: %s not set: %s", statement, exc)
-        except DatabaseError:
-            db.close()
-            raise
-        return db
+        return private_connection(self.alias, self.name, SESSION_SETTINGS)
 
     def _drop(self, why: str | None) -> None:
         if why and self.held_now:
@@ -158,3 +135,29 @@ class DutyLocks:
         if db is not None:
             with contextlib.suppress(DatabaseError):
                 db.close()
+
+
+def private_connection(alias: str, name: str, session_settings: tuple[str, ...] = ()):
+    """A connection like Django's own, for one purpose only (the duty locks, the action
+    bell's LISTEN): never pooled (a pooled connection would keep its locks or its LISTEN
+    after being handed back), never closed by Django's request cycle; `name` is its
+    application_name, what pg_stat_activity shows."""
+    settings_dict = {**connections.settings[alias]}
+    settings_dict["OPTIONS"] = {
+        key: value for key, value in (settings_dict.get("OPTIONS") or {}).items() if key != "pool"
+    }
+    settings_dict["CONN_MAX_AGE"] = None
+    settings_dict["CONN_HEALTH_CHECKS"] = False
+    db = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, alias)
+    try:
+        with db.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false)", [name])
+            for statement in session_settings:
+                try:
+                    cursor.execute(statement)
+                except DatabaseError as exc:  # a setting an older server lacks
+                    log.info("%s: %s not set: %s", name, statement, exc)
+    except DatabaseError:
+        db.close()
+        raise
+    return db

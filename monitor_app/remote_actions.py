@@ -1,6 +1,7 @@
 """Requests for another host: an operator's stop, kill-leftovers or job control for a
 run or job that lives on a reporting host. Queued here, audited when asked; that
-host's monitor collects them with its next report (fleet.console delivers them)."""
+host's held poll is woken at once (monitor_app.action_bell, fleet.action_push), and
+its next report collects whatever no poll took (fleet.console delivers them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from jobs_app.models import AuditEntry, Job
+from monitor_app.action_bell import ring
 from monitor_app.models import RemoteAction
 from sessions_app.models import Session
 
@@ -35,6 +37,7 @@ def request_action(
         output="",
         detail={"host": session.host, "remote_action": action.pk, "state": "pending"},
     )
+    ring(action.host)
     return action
 
 
@@ -75,4 +78,5 @@ def request_job_action(
             **action.detail,
         },
     )
+    ring(action.host)
     return action

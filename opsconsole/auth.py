@@ -102,7 +102,12 @@ def _recall_shared(key: str):
         return None
     if not fields or len(fields) != len(_USER_FIELDS):
         return None
-    return get_user_model().from_db(DEFAULT_DB_ALIAS, _USER_FIELDS, fields)
+    # from_db takes the values in the model's field order, whatever order the names are
+    # given in (in _USER_FIELDS' order the username came back as is_active's True).
+    model = get_user_model()
+    kept = dict(zip(_USER_FIELDS, fields, strict=True))
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in kept]
+    return model.from_db(DEFAULT_DB_ALIAS, names, [kept[name] for name in names])
 
 
 # During a database outage a token seen this recently still reads the live sample.

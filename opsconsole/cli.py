@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-alive",
         "10",
     ]
+    # The web workers bound their held polls by their threads (fleet.action_push).
+    os.environ["OPSCONSOLE_WEB_THREADS"] = str(args.threads)
     monitor = None
     if settings.OPSCONSOLE_SERVE_MONITOR and not args.no_monitor:
         monitor = [sys.executable, "-m", "opsconsole.cli", "monitor"]

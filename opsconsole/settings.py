@@ -389,6 +389,18 @@ OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES = env_int(
     "OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES", 16 * 1024 * 1024
 )
 
+# Requests pushed to reporting hosts (fleet.action_push; docs/many-hosts.md "Requests").
+# Each held poll holds one of a web worker's threads (`serve --threads`, which serve passes
+# on as OPSCONSOLE_WEB_THREADS): at most this many per worker process, a quarter of the
+# threads by default, and never all of them but one.
+OPSCONSOLE_WEB_THREADS = max(1, env_int("OPSCONSOLE_WEB_THREADS", 8))
+OPSCONSOLE_HELD_POLLS_PER_WORKER = min(
+    env_int("OPSCONSOLE_HELD_POLLS_PER_WORKER", max(1, OPSCONSOLE_WEB_THREADS // 4)),
+    OPSCONSOLE_WEB_THREADS - 1,
+)
+# A reporting host holds a poll open for its requests (off: they ride its reports only).
+OPSCONSOLE_PUSH_ACTIONS = env_bool("OPSCONSOLE_PUSH_ACTIONS", True)
+
 # Claude Code's own telemetry (OTLP/HTTP), taken by each host's monitor on loopback.
 OPSCONSOLE_TELEMETRY_RECEIVER = env_bool("OPSCONSOLE_TELEMETRY_RECEIVER", True)
 # The receiver's port; taken by something else, an ephemeral one (otlp.json says which).

@@ -5,6 +5,7 @@ from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
+from opsconsole.api import host_actions
 from opsconsole.api import hosts as host_api
 from opsconsole.api import incidents as incident_api
 from opsconsole.api import sessions as session_api
@@ -28,6 +29,7 @@ urlpatterns = [
     path("api/events", host_api.events, name="api-events"),
     path("api/hosts/report", host_api.hosts_report, name="api-hosts-report"),
     path("api/hosts", host_api.hosts, name="api-hosts"),
+    path("api/hosts/actions/wait", host_actions.wait_for_requests, name="api-hosts-wait"),
     path("api/hosts/actions/<int:action_id>", host_api.remote_action, name="api-remote-action"),
     path("api/sessions/<str:session_id>/stop", host_api.session_stop, name="api-session-stop"),
     path("hosts/", host_views.hosts, name="hosts"),

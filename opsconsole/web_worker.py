@@ -19,6 +19,7 @@ import selectors
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -37,6 +38,12 @@ TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"Connection: close\r\nContent-Length: 0\r\n\r\n"
 )
+
+
+# Called once when a worker starts stopping: what holds a thread waiting lets it go (a
+# host's held poll, opsconsole.api.host_actions), so the worker stops at once instead
+# of at the end of its graceful timeout.
+stopping_hooks: list[Callable[[], None]] = []
 
 
 class HeadFirstWorker(ThreadWorker):
@@ -170,6 +177,10 @@ class HeadFirstWorker(ThreadWorker):
         self.murder_draining()
         if self.alive:
             return super().murder_pending()
+        if not getattr(self, "hooks_called", False):
+            self.hooks_called = True
+            for hook in stopping_hooks:
+                hook()
         # Stopping: a connection that has not sent a whole request loses nothing.
         for conn in list(self.pending_conns):
             conn.timeout = 0

@@ -211,6 +211,7 @@ def remote_action_payload(action: RemoteAction) -> dict:
         "requested_by": action.requested_by,
         "requested_at": action.requested_at.isoformat(),
         "state": action.state,
+        "sent_at": action.sent_at.isoformat() if action.sent_at else None,
         "message": action.message,
         "detail": action.detail,
         "finished_at": action.finished_at.isoformat() if action.finished_at else None,

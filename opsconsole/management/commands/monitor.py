@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
+from fleet.action_poll import ActionPoller
 from fleet.report import TOKEN_ENV, TOKEN_FILE_ENV, Reporter, host_token
 from fleet.reporting import reporting_monitor
 from opsconsole.monitoring import console_monitor
@@ -110,7 +111,14 @@ class Command(BaseCommand):
             f"reporting to {reporter.url}",
         )
         self.stdout.flush()
-        monitor.run_forever(stop)
+        # Requests for this host come at once through a held poll, not a report later.
+        poller = ActionPoller(reporter, monitor.reporting)
+        if settings.OPSCONSOLE_PUSH_ACTIONS:
+            poller.start()
+        try:
+            monitor.run_forever(stop)
+        finally:
+            poller.stop()
 
 
 def shorten_database_timeouts(interval: float) -> None:
