@@ -55,20 +55,19 @@ class Family:
         self.name = f"{name}_total" if kind == "counter" else name
         self.kind = kind
         self.documentation = documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        # Where each label's value is among those add_metric is given, in name order.
-        self._order = sorted(range(len(labels)), key=lambda index: labels[index])
-        self._names = [labels[index] for index in self._order]
+        # The series' line up to its value, label values in name order, as a format:
+        # name{a="{1}",b="{0}"} (names hold no braces).
+        order = sorted(range(len(labels)), key=lambda index: labels[index])
+        pairs = ",".join(f'{labels[index]}="{{{index}}}"' for index in order)
+        self._series = f"{self.name}{{{{{pairs}}}}} " if labels else f"{self.name} "
+        self._labels = len(labels)
         self.lines: list[str] = []
 
     def add_metric(self, values: Sequence[str], value: float | int) -> None:
-        if len(values) != len(self._names):
-            raise ValueError(f"{self.name}: {len(self._names)} label values, not {len(values)}")
-        labels = ",".join(
-            f'{name}="{escape_label_value(str(values[index]))}"'
-            for name, index in zip(self._names, self._order, strict=True)
-        )
-        series = f"{self.name}{{{labels}}}" if labels else self.name
-        self.lines.append(f"{series} {number(value)}\n")
+        if len(values) != self._labels:
+            raise ValueError(f"{self.name}: {self._labels} label values, not {len(values)}")
+        escaped = [escape_label_value(str(label)) for label in values]
+        self.lines.append(f"{self._series.format(*escaped)}{number(value)}\n")
 
     def text(self) -> str:
         head = f"# HELP {self.name} {self.documentation}\n# TYPE {self.name} {self.kind}\n"
