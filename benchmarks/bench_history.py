@@ -12,7 +12,8 @@ PostgreSQL: benchmarks/history_rows.py generates them with COPY over two years, 
 tags (Zipf: a few busy, most quiet) on ~50 hosts with a Job each, realistic status
 shares and costs, and a RunTelemetry row for every run of the last 180 days; a
 database that already holds the rows is reused. Each figure is the median of 5
-requests; ANALYZE runs first, as `opsconsole serve` does at start. --explain prints
+requests (the console process's CPU time too: on a loaded machine the wall clock also
+counts other work); ANALYZE runs first, as `opsconsole serve` does at start. --explain prints
 EXPLAIN ANALYZE of each request's slowest query; --sizes the bytes per row and per
 index; --drop drops the database at the end.
 """
@@ -106,15 +107,17 @@ def populate(rows: int) -> None:
     Session.objects.bulk_create(batch)
 
 
-def timed(client: Client, url: str) -> tuple[float, float, int, str]:
-    """Median of 5 requests: the whole request, and the time its queries took."""
-    samples, sql, queries, slowest = [], [], 0, ""
+def timed(client: Client, url: str) -> tuple[float, float, float, int, str]:
+    """Median of 5 requests: the whole request, the time its queries took, and the CPU
+    time of this process (the console's Python, not the database server's)."""
+    samples, sql, cpu, queries, slowest = [], [], [], 0, ""
     for _ in range(5):
         reset_queries()
         with CaptureQueriesContext(connection) as captured:
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             response = client.get(url)
             samples.append(time.perf_counter() - began)
+            cpu.append(time.process_time() - began_cpu)
         assert response.status_code == 200, (url, response.status_code)
         queries = len(captured.captured_queries)
         sql.append(sum(float(q["time"]) for q in captured.captured_queries))
@@ -122,6 +125,7 @@ def timed(client: Client, url: str) -> tuple[float, float, int, str]:
     return (
         round(statistics.median(samples) * 1000, 1),
         round(statistics.median(sql) * 1000, 1),
+        round(statistics.median(cpu) * 1000, 1),
         queries,
         slowest,
     )
@@ -232,12 +236,13 @@ def main() -> None:
     client = Client()
     user, _ = get_user_model().objects.get_or_create(username="bench")
     client.force_login(user)
-    print("| request | median (ms) | of which SQL (ms) | queries |")
-    print("|---|---:|---:|---:|")
+    print(f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}\n")
+    print("| request | median (ms) | of which SQL (ms) | console CPU (ms) | queries |")
+    print("|---|---:|---:|---:|---:|")
     plans = []
     for label, url in cases(args, probe):
-        ms, sql_ms, queries, slowest = timed(client, url)
-        print(f"| {label} | {ms} | {sql_ms} | {queries} |")
+        ms, sql_ms, cpu_ms, queries, slowest = timed(client, url)
+        print(f"| {label} | {ms} | {sql_ms} | {cpu_ms} | {queries} |")
         plans.append((label, url, slowest))
     if args.explain and args.database == "postgres":
         for label, url, sql in plans:
