@@ -85,17 +85,18 @@ def final_attempts(session: Session, limit: int) -> list[Session]:
 def consecutive_failures(job: Job) -> int:
     """Runs of a job that did not succeed in a row, latest first (false successes count;
     a retried attempt counts once)."""
+    # Tuples, not model instances: /metrics asks this of every failing job of a fleet.
     recent = list(
         Session.objects.filter(job=job, status__in=VERDICT_STATUSES)
         .order_by("-started_at", "-id")
-        .only("session_id", "retry_of", "status")[:50]
+        .values_list("session_id", "retry_of", "status")[:50]
     )
-    retried = {s.retry_of for s in recent if s.retry_of}
+    retried = {retry_of for _, retry_of, _ in recent if retry_of}
     count = 0
-    for run in recent:
-        if run.session_id in retried:
+    for session_id, _, status in recent:
+        if session_id in retried:
             continue
-        if run.status == Status.SUCCEEDED:
+        if status == Status.SUCCEEDED:
             break
         count += 1
     return count

@@ -12,9 +12,11 @@ PostgreSQL: benchmarks/history_rows.py generates them with COPY over two years, 
 tags (Zipf: a few busy, most quiet) on ~50 hosts with a Job each, realistic status
 shares and costs, and a RunTelemetry row for every run of the last 180 days; a
 database that already holds the rows is reused. Each figure is the median of 5
-requests; ANALYZE runs first, as `opsconsole serve` does at start. --explain prints
-EXPLAIN ANALYZE of each request's slowest query; --sizes the bytes per row and per
-index; --drop drops the database at the end.
+requests, with the CPU time the console process and, on a local server, its database
+backend spent on it (/proc/PID/schedstat): on a loaded machine the wall clock also
+counts the time spent waiting for a core. ANALYZE runs first, as `opsconsole serve`
+does at start. --explain prints EXPLAIN ANALYZE of each request's slowest query;
+--sizes the bytes per row and per index; --drop drops the database at the end.
 """
 
 from __future__ import annotations
@@ -106,15 +108,31 @@ def populate(rows: int) -> None:
     Session.objects.bulk_create(batch)
 
 
-def timed(client: Client, url: str) -> tuple[float, float, int, str]:
-    """Median of 5 requests: the whole request, and the time its queries took."""
-    samples, sql, queries, slowest = [], [], 0, ""
+def database_cpu() -> float:
+    """Seconds of CPU the connection's PostgreSQL backend has used, when the server runs
+    on this machine (its /proc/PID/schedstat); NaN when it cannot be read."""
+    connection.ensure_connection()
+    try:
+        pid = connection.connection.info.backend_pid
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (AttributeError, OSError, ValueError):
+        return float("nan")
+
+
+def timed(client: Client, url: str) -> tuple[float, float, float, float, int, str]:
+    """Median of 5 requests: the whole request, the time its queries took, and the CPU
+    time of this process (the console's Python) and of its database backend. The test
+    client keeps one connection across requests, so the backend is the same one."""
+    samples, sql, cpu, db_cpu, queries, slowest = [], [], [], [], 0, ""
     for _ in range(5):
         reset_queries()
         with CaptureQueriesContext(connection) as captured:
-            began = time.perf_counter()
+            began, began_cpu, began_db = time.perf_counter(), time.process_time(), database_cpu()
             response = client.get(url)
             samples.append(time.perf_counter() - began)
+            cpu.append(time.process_time() - began_cpu)
+            db_cpu.append(database_cpu() - began_db)
         assert response.status_code == 200, (url, response.status_code)
         queries = len(captured.captured_queries)
         sql.append(sum(float(q["time"]) for q in captured.captured_queries))
@@ -122,6 +140,8 @@ def timed(client: Client, url: str) -> tuple[float, float, int, str]:
     return (
         round(statistics.median(samples) * 1000, 1),
         round(statistics.median(sql) * 1000, 1),
+        round(statistics.median(cpu) * 1000, 1),
+        round(statistics.median(db_cpu) * 1000, 1),
         queries,
         slowest,
     )
@@ -232,12 +252,16 @@ def main() -> None:
     client = Client()
     user, _ = get_user_model().objects.get_or_create(username="bench")
     client.force_login(user)
-    print("| request | median (ms) | of which SQL (ms) | queries |")
-    print("|---|---:|---:|---:|")
+    print(f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}\n")
+    print(
+        "| request | median (ms) | of which SQL (ms) | console CPU (ms) | database CPU (ms) "
+        "| queries |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     plans = []
     for label, url in cases(args, probe):
-        ms, sql_ms, queries, slowest = timed(client, url)
-        print(f"| {label} | {ms} | {sql_ms} | {queries} |")
+        ms, sql_ms, cpu_ms, db_ms, queries, slowest = timed(client, url)
+        print(f"| {label} | {ms} | {sql_ms} | {cpu_ms} | {db_ms} | {queries} |")
         plans.append((label, url, slowest))
     if args.explain and args.database == "postgres":
         for label, url, sql in plans:

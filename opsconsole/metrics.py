@@ -17,8 +17,6 @@ from ipaddress import ip_address, ip_network
 from django.conf import settings
 from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from alerts_app.models import Alert, Channel, Delivery
 from alerts_app.outcome_rules import VERDICT_STATUSES, consecutive_failures
@@ -26,6 +24,7 @@ from jobs_app.models import Job
 from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostSample
 from opsconsole.models import ApiToken
+from opsconsole.prometheus_text import CONTENT_TYPE, counter, exposition, gauge
 from sessions_app.models import (
     LIVE_STATUSES,
     MICROS,
@@ -68,9 +67,7 @@ def scrape_allowed(request) -> bool:
 
 
 def render() -> tuple[bytes, str]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ConsoleCollector(timezone.now()))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return exposition(ConsoleCollector(timezone.now()).collect()), CONTENT_TYPE
 
 
 def epoch(moment: datetime | None) -> float:
@@ -91,22 +88,22 @@ class ConsoleCollector:
 
     # -------------------------------------------------------------- live and monitor
     def monitor(self):
-        live = GaugeMetricFamily(
+        live = gauge(
             "opsconsole_live_sessions",
             "Claude Code sessions alive now, from the monitor's latest sample",
             labels=["host", "state"],
         )
-        duration = GaugeMetricFamily(
+        duration = gauge(
             "opsconsole_monitor_sample_duration_seconds",
             "How long the monitor's latest sample took",
             labels=["host"],
         )
-        age = GaugeMetricFamily(
+        age = gauge(
             "opsconsole_monitor_sample_age_seconds",
             "Seconds since the monitor's latest sample",
             labels=["host"],
         )
-        interval = GaugeMetricFamily(
+        interval = gauge(
             "opsconsole_monitor_interval_seconds", "The monitor's sample interval", labels=["host"]
         )
         counts: dict[tuple[str, str], int] = {}
@@ -137,17 +134,17 @@ class ConsoleCollector:
     # -------------------------------------------------------------- jobs
     def jobs(self):
         labels = ["job", "host", "scheduler"]
-        last_status = GaugeMetricFamily(
+        last_status = gauge(
             "opsconsole_job_last_run_status",
             "1 for the status of the job's latest finished run",
             labels=[*labels, "status"],
         )
-        last_success = GaugeMetricFamily(
+        last_success = gauge(
             "opsconsole_job_last_success_timestamp_seconds",
             "When the job's latest successful run ended (0: never)",
             labels=labels,
         )
-        failures = GaugeMetricFamily(
+        failures = gauge(
             "opsconsole_job_consecutive_failures",
             "Failed runs in a row, latest first (retried attempts count once)",
             labels=labels,
@@ -178,20 +175,20 @@ class ConsoleCollector:
         per tag, host and status, not every run. A run is counted once it has ended
         (opsconsole_live_sessions counts the live ones), so a series only grows: a live
         status would fall when its run ended, and rate() would read that as a reset."""
-        runs = CounterMetricFamily(
+        runs = counter(
             "opsconsole_runs",
             "Runs that ended, by tag and status (the live ones: opsconsole_live_sessions)",
             labels=["tag", "status"],
         )
-        cost = CounterMetricFamily(
+        cost = counter(
             "opsconsole_cost_usd", "Cost of runs whose cost is known, in USD", labels=["tag"]
         )
-        unknown = CounterMetricFamily(
+        unknown = counter(
             "opsconsole_runs_unknown_cost",
             "Finished runs whose cost is unknown (never counted as $0)",
             labels=["tag"],
         )
-        tokens = CounterMetricFamily(
+        tokens = counter(
             "opsconsole_tokens", "Tokens used, by tag and kind", labels=["tag", "kind"]
         )
         sums = {f"sum_{kind}": Sum(column) for kind, column in TOKEN_COLUMNS.items()}
@@ -222,29 +219,29 @@ class ConsoleCollector:
         """Per-job rollups of the runs' own telemetry (never a series per session)."""
         labels = ["tag"]
         families = {
-            "api_requests": CounterMetricFamily(
+            "api_requests": counter(
                 "opsconsole_telemetry_api_requests",
                 "API requests the runs' telemetry reported, auxiliary ones included",
                 labels=labels,
             ),
-            "api_errors": CounterMetricFamily(
+            "api_errors": counter(
                 "opsconsole_telemetry_api_errors",
                 "API errors the runs' telemetry reported (429, 529, ...)",
                 labels=labels,
             ),
-            "tool_calls": CounterMetricFamily(
+            "tool_calls": counter(
                 "opsconsole_telemetry_tool_calls", "Tool calls of the runs", labels=labels
             ),
-            "tool_failures": CounterMetricFamily(
+            "tool_failures": counter(
                 "opsconsole_telemetry_tool_failures", "Tool calls that failed", labels=labels
             ),
-            "cost": CounterMetricFamily(
+            "cost": counter(
                 "opsconsole_telemetry_cost_usd",
                 "Cost the runs' telemetry reported, in USD",
                 labels=labels,
             ),
         }
-        ttft = GaugeMetricFamily(
+        ttft = gauge(
             "opsconsole_telemetry_ttft_p95_seconds",
             "The worst p95 time to first token of the job's runs in the last day",
             labels=labels,
@@ -269,12 +266,12 @@ class ConsoleCollector:
 
     # -------------------------------------------------------------- quota stamp
     def quota(self):
-        blocked = GaugeMetricFamily(
+        blocked = gauge(
             "opsconsole_quota_blocked",
             "1 while a quota stamp makes every run skip with exit 79",
             labels=["host"],
         )
-        until = GaugeMetricFamily(
+        until = gauge(
             "opsconsole_quota_until_timestamp_seconds",
             "When the quota stamp in force ends (0: none)",
             labels=["host"],
@@ -303,27 +300,27 @@ class ConsoleCollector:
 
     # -------------------------------------------------------------- alerts
     def alerts(self):
-        alerts = CounterMetricFamily(
+        alerts = counter(
             "opsconsole_alerts", "Alerts raised, by rule and phase", labels=["rule", "phase"]
         )
         for row in Alert.objects.values("rule", "phase").annotate(n=Count("id")):
             alerts.add_metric([row["rule"], row["phase"]], row["n"])
-        sent = CounterMetricFamily(
+        sent = counter(
             "opsconsole_alert_deliveries_sent",
             "Alert deliveries a channel accepted",
             labels=["channel", "channel_id"],
         )
-        failed = CounterMetricFamily(
+        failed = counter(
             "opsconsole_alert_deliveries_failed",
             "Alert deliveries given up after every retry",
             labels=["channel", "channel_id"],
         )
-        attempts_failed = CounterMetricFamily(
+        attempts_failed = counter(
             "opsconsole_alert_delivery_attempts_failed",
             "Delivery attempts that failed (each is retried with backoff)",
             labels=["channel", "channel_id"],
         )
-        pending = GaugeMetricFamily(
+        pending = gauge(
             "opsconsole_alert_deliveries_pending",
             "Alert deliveries waiting in the outbox",
             labels=["channel", "channel_id"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from sessions_app.costs import CostReport
@@ -25,7 +25,6 @@ PALETTE = [
     "#332288",
 ]
 OTHER_COLOUR = "#9ca3af"
-MAX_SERIES = 6
 WIDTH, HEIGHT = 900, 240
 NARROW_WIDTH = 420
 MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 56, 28, 12
@@ -38,8 +37,7 @@ def colour_of(tag: str) -> str:
 
 def series_colours(report: CostReport) -> list[tuple[str, str]]:
     """(tag, colour) for the costliest tags; the rest are drawn as 'other'."""
-    top = [line.key for line in report.by_tag if line.cost_usd > 0][:MAX_SERIES]
-    return [(tag, colour_of(tag)) for tag in top]
+    return [(tag, colour_of(tag)) for tag in report.chart_tags]
 
 
 def cost_chart(report: CostReport) -> SafeString:
@@ -66,8 +64,10 @@ def cost_chart(report: CostReport) -> SafeString:
 
 
 def _cost_svg(report: CostReport, width: int, css: str, title_id: str, labels: int) -> str:
-    colours = series_colours(report)
-    named = {tag for tag, _ in colours}
+    """The SVG as one string, built with f-strings: a bar per day and series (up to
+    7 x 90 of them) through format_html measured 35 ms a drawing. The only text that
+    is not ours, the tags, is escaped once each."""
+    colours = [(tag, escape(tag), colour) for tag, colour in series_colours(report)]
     peak = max((line.cost_usd for line in report.by_day), default=Decimal("0"))
     if peak <= 0:
         return format_html('<p class="empty">No known cost in the last {} days.</p>', report.days)
@@ -75,67 +75,42 @@ def _cost_svg(report: CostReport, width: int, css: str, title_id: str, labels: i
     slot = (width - MARGIN_LEFT) / max(1, len(report.by_day))
     bar = max(2.0, slot * 0.7)
     parts = [
-        format_html(
-            '<svg class="chart {}" viewBox="0 0 {} {}" role="img" aria-labelledby="{}">'
-            '<title id="{}">Cost per day, last {} days, highest ${}</title>',
-            css,
-            width,
-            HEIGHT,
-            title_id,
-            title_id,
-            report.days,
-            f"{peak:.2f}",
-        )
+        f'<svg class="chart {css}" viewBox="0 0 {width} {HEIGHT}" role="img" '
+        f'aria-labelledby="{title_id}"><title id="{title_id}">Cost per day, last '
+        f"{report.days} days, highest ${peak:.2f}</title>"
     ]
     for fraction in (0, 0.5, 1):
         y = MARGIN_TOP + plot_height * (1 - fraction)
         parts.append(
-            format_html(
-                '<line x1="{}" x2="{}" y1="{}" y2="{}" class="grid"/>'
-                '<text x="{}" y="{}" class="axis" text-anchor="end">${}</text>',
-                MARGIN_LEFT,
-                width,
-                f"{y:.1f}",
-                f"{y:.1f}",
-                MARGIN_LEFT - 6,
-                f"{y + 4:.1f}",
-                f"{peak * Decimal(str(fraction)):.2f}",
-            )
+            f'<line x1="{MARGIN_LEFT}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
+            f"${peak * Decimal(str(fraction)):.2f}</text>"
         )
+    step = max(1, -(-len(report.by_day) // labels))
+    scale = plot_height / float(peak)
     for index, line in enumerate(report.by_day):
         x = MARGIN_LEFT + index * slot + (slot - bar) / 2
         y = MARGIN_TOP + plot_height
-        stack = [(tag, line.by_tag.get(tag, Decimal("0")), colour) for tag, colour in colours]
-        other = sum((c for t, c in line.by_tag.items() if t not in named), Decimal("0"))
-        stack.append(("other", other, OTHER_COLOUR))
-        for tag, cost, colour in stack:
+        named = Decimal("0")
+        stack = []
+        for tag, shown, colour in colours:
+            cost = line.by_tag.get(tag, Decimal("0"))
+            named += cost
+            stack.append((shown, cost, colour))
+        stack.append(("other", line.cost_usd - named, OTHER_COLOUR))
+        for shown, cost, colour in stack:
             if cost <= 0:
                 continue
-            height = float(cost / peak) * plot_height
+            height = float(cost) * scale
             y -= height
             parts.append(
-                format_html(
-                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
-                    "<title>{}: {} ${}</title></rect>",
-                    f"{x:.1f}",
-                    f"{y:.1f}",
-                    f"{bar:.1f}",
-                    f"{height:.1f}",
-                    colour,
-                    line.key,
-                    tag,
-                    f"{cost:.4f}",
-                )
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{height:.1f}" '
+                f'fill="{colour}"><title>{line.key}: {shown} ${cost:.4f}</title></rect>'
             )
-        step = max(1, -(-len(report.by_day) // labels))
         if index % step == 0:
             parts.append(
-                format_html(
-                    '<text x="{}" y="{}" class="axis" text-anchor="middle">{}</text>',
-                    f"{x + bar / 2:.1f}",
-                    HEIGHT - 8,
-                    line.key[5:],
-                )
+                f'<text x="{x + bar / 2:.1f}" y="{HEIGHT - 8}" class="axis" '
+                f'text-anchor="middle">{line.key[5:]}</text>'
             )
-    parts.append(mark_safe("</svg>"))
-    return "".join(parts)
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 - the tags are escaped, the rest is ours

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
 from sessions_app.models import MICROS, RunDay
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+# The costliest tags of a range, drawn each in its colour on the chart; the rest are "other".
+CHART_TAGS = 6
 
 
 @dataclass
@@ -27,7 +30,8 @@ class CostLine:
     computed_cost_runs: int = 0  # priced from the transcript: the CLI reported no cost
     telemetry_cost_runs: int = 0  # from its telemetry: the CLI reported no cost
     tokens: int = 0
-    by_tag: dict[str, Decimal] = field(default_factory=dict)  # days only
+    # Days only: the cost of each of the chart's tags that day (CHART_TAGS of them).
+    by_tag: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def known_cost_runs(self) -> int:
@@ -44,30 +48,51 @@ class CostReport:
     # Every host with runs in the range (all of them, whatever `host` the report is for).
     by_host: list[CostLine] = field(default_factory=list)
     host: str = ""
+    chart_tags: list[str] = field(default_factory=list)  # the costliest, CHART_TAGS of them
 
 
-SUMMED = (
-    "runs",
-    "cost_micros",
-    "unknown_cost_runs",
-    "computed_cost_runs",
-    "telemetry_cost_runs",
-    *TOKEN_COLUMNS,
+SUMS = ", ".join(
+    f"CAST(SUM({column}) AS bigint)"
+    for column in (
+        "runs",
+        "cost_micros",
+        "unknown_cost_runs",
+        "computed_cost_runs",
+        "telemetry_cost_runs",
+        " + ".join(TOKEN_COLUMNS),
+    )
 )
 
 
-def _sums(rows, *keys: str):
-    """The rollup rows summed per `keys`, in the database: (keys..., sums in SUMMED order,
-    the four token columns added up)."""
-    sums = rows.values_list(*keys).annotate(*(Sum(name) for name in SUMMED))
-    for row in sums.order_by():
-        values = row[len(keys) :]
-        yield (*row[: len(keys)], *(v or 0 for v in values[:5]), sum(v or 0 for v in values[5:]))
-
-
-def _add(totals: list[int], row: tuple, start: int) -> None:
-    for index in range(6):
-        totals[index] += row[start + index]
+def _grouped(since: date, columns: tuple[str, ...], host: str = ""):
+    """The rollup rows of the range summed per each of `columns` on its own, in one
+    statement: (column, its value, runs, micros, unknown, computed, telemetry, tokens).
+    PostgreSQL reads the range once for every grouping (GROUPING SETS); SQLite has no
+    grouping sets and reads it once per column (UNION ALL)."""
+    table = RunDay._meta.db_table
+    where, params = "day >= %s", [connection.ops.adapt_datefield_value(since)]
+    if host:
+        where, params = f"{where} AND host = %s", [*params, host]
+    if connection.vendor == "postgresql":
+        # GROUPING(column) is 0 in the rows grouped by that column.
+        kind = "CASE " + " ".join(f"WHEN GROUPING({c}) = 0 THEN '{c}'" for c in columns) + " END"
+        sets = ", ".join(f"({c})" for c in columns)
+        sql = (
+            f"SELECT {kind}, {', '.join(columns)}, {SUMS} FROM {table} WHERE {where} "  # noqa: S608 (our constants)
+            f"GROUP BY GROUPING SETS ({sets})"
+        )
+    else:
+        sql = " UNION ALL ".join(
+            f"SELECT '{c}', {', '.join(c if o == c else 'NULL' for o in columns)}, {SUMS} "  # noqa: S608 (our constants)
+            f"FROM {table} WHERE {where} GROUP BY {c}"
+            for c in columns
+        )
+        params = params * len(columns)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for kind, *keys_and_sums in cursor.fetchall():
+            key = keys_and_sums[columns.index(kind)]
+            yield kind, str(key), [value or 0 for value in keys_and_sums[len(columns) :]]
 
 
 def _line(key: str, totals: list[int]) -> CostLine:
@@ -83,45 +108,51 @@ def _line(key: str, totals: list[int]) -> CostLine:
     )
 
 
+def _by_cost(lines: list[CostLine]) -> list[CostLine]:
+    return sorted(lines, key=lambda line: (-line.cost_usd, line.key))
+
+
 def cost_report(days: int = 30, now: datetime | None = None, host: str = "") -> CostReport:
     """From the (day, tag, host) rollup the database keeps as runs are written
-    (sessions_app.rollups: the UTC day of each run's start): one sum per day and tag,
-    one per host; per-day, per-tag and total lines are added up from the first (in
-    integers: millionths of a dollar). `host` narrows the report to one host; the
-    per-host lines always cover every host, so the fleet's total stays in sight."""
+    (sessions_app.rollups: the UTC day of each run's start): sums per day, per tag and
+    per host in one statement (in integers: millionths of a dollar), then the cost per
+    day of the chart's tags (CHART_TAGS, the costliest) only, a few hundred rows
+    whatever the number of tags. `host` narrows the report to one host; the per-host
+    lines always cover every host, so the fleet's total stays in sight."""
     now = now or timezone.now()
     since = (now - timedelta(days=days - 1)).date()
-    in_range = RunDay.objects.filter(day__gte=since)
-    days_seen: dict[str, list[int]] = {
-        (since + timedelta(days=offset)).isoformat(): [0] * 6 for offset in range(days)
-    }
-    day_tags: dict[str, dict[str, Decimal]] = {key: {} for key in days_seen}
+    days_seen = {(since + timedelta(days=offset)).isoformat(): [0] * 6 for offset in range(days)}
     tags: dict[str, list[int]] = {}
-    total = [0] * 6
-    hosts = [_line(row[0], list(row[1:])) for row in _sums(in_range, "host") if row[1]]
-    for row in _sums(in_range.filter(host=host) if host else in_range, "day", "script_tag"):
-        if not row[2]:
-            continue
-        day, tag = row[0].isoformat(), row[1]
-        _add(days_seen.setdefault(day, [0] * 6), row, 2)
-        _add(tags.setdefault(tag, [0] * 6), row, 2)
-        _add(total, row, 2)
-        if row[3]:
-            day_tags.setdefault(day, {})[tag] = Decimal(row[3]) / MICROS
-    by_day = []
-    for day in sorted(days_seen):
-        line = _line(day, days_seen[day])
-        line.by_tag = day_tags.get(day, {})
-        by_day.append(line)
-    by_tag = [_line(tag, sums) for tag, sums in tags.items()]
+    hosts: dict[str, list[int]] = {}
+    found = {"day": days_seen, "script_tag": tags, "host": hosts}
+    grouped = (
+        [*_grouped(since, ("day", "script_tag"), host), *_grouped(since, ("host",))]
+        if host
+        else _grouped(since, ("day", "script_tag", "host"))
+    )
+    for kind, key, sums in grouped:
+        if sums[0]:  # a rollup row may hold no run any more (a run's ending corrected)
+            found[kind][key] = sums
+    total = [sum(column) for column in zip(*tags.values(), strict=True)] if tags else [0] * 6
+    by_tag = _by_cost([_line(tag, sums) for tag, sums in tags.items()])
+    by_day = [_line(day, days_seen[day]) for day in sorted(days_seen)]
+    charted = [line.key for line in by_tag if line.cost_usd > 0][:CHART_TAGS]
+    if charted:
+        lines = {line.key: line for line in by_day}
+        in_range = RunDay.objects.filter(day__gte=since, script_tag__in=charted)
+        costs = (in_range.filter(host=host) if host else in_range).values_list("day", "script_tag")
+        for day, tag, micros in costs.annotate(Sum("cost_micros")).order_by():
+            if micros and day.isoformat() in lines:
+                lines[day.isoformat()].by_tag[tag] = Decimal(micros) / MICROS
     return CostReport(
         days=days,
         since=since,
         by_day=by_day,
-        by_tag=sorted(by_tag, key=lambda line: (-line.cost_usd, line.key)),
+        by_tag=by_tag,
         total=_line("total", total),
-        by_host=sorted(hosts, key=lambda line: (-line.cost_usd, line.key)),
+        by_host=_by_cost([_line(name, sums) for name, sums in hosts.items()]),
         host=host,
+        chart_tags=charted,
     )
 
 

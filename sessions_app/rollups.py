@@ -279,7 +279,10 @@ def uninstall_sql(vendor: str) -> list[str]:
 
 
 def rebuild_sql(rollup: Rollup, vendor: str) -> list[str]:
-    """Empty the rollup and sum it again from every row of its source."""
+    """Empty the rollup and sum it again from every row of its source, written in key
+    order: RunDay's rows of a day then sit together, as the triggers append them day
+    after day, and a Costs range reads its own pages only (in hash order, 90 days'
+    68,000 rows were spread over all 9,200 pages of a 10 M-run history's rollup)."""
     keys = rollup.key_sql(vendor, "r")
     values = [f"SUM({expr})" for expr in rollup.value_sql("r")]
     groups = ", ".join(str(i + 1) for i in range(len(keys)))
@@ -287,7 +290,7 @@ def rebuild_sql(rollup: Rollup, vendor: str) -> list[str]:
         f"DELETE FROM {rollup.table}",  # noqa: S608 (our constants)
         f"INSERT INTO {rollup.table} ({', '.join(rollup.columns)}) "  # noqa: S608 (our constants)
         f"SELECT {', '.join([*keys, *values])} FROM {rollup.source} r "
-        f"WHERE {rollup.where} GROUP BY {groups}",
+        f"WHERE {rollup.where} GROUP BY {groups} ORDER BY {groups}",
     ]
 
 

@@ -139,3 +139,36 @@ def test_the_example_dashboard_only_uses_metrics_the_console_serves(admin_client
     _, text = scrape(admin_client)
     served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert used and used <= served, used - served
+
+
+def test_the_text_writer_escapes_as_the_format_says_and_parses_back():
+    """Label values and help text that need escaping (backslash, double quote, line
+    feed), integers, floats and the special values, read back by prometheus_client's
+    own parser as they were given."""
+    from opsconsole.prometheus_text import counter, exposition, gauge
+
+    odd = 'C:\\runs\\"nightly"\nsecond line ünïcode'
+    runs = counter("test_runs", 'Runs\\by "tag"\nand host', labels=["tag", "host"])
+    runs.add_metric([odd, "h1"], 3)
+    runs.add_metric(["plain", ""], 0)
+    ratio = gauge("test_ratio", "A float", labels=["kind"])
+    for kind, value in (("small", 0.0185), ("big", 1.5e17), ("inf", float("inf")), ("t", True)):
+        ratio.add_metric([kind], value)
+    bare = gauge("test_bare", "No labels")
+    bare.add_metric([], 2.5)
+    text = exposition([runs, ratio, bare]).decode()
+
+    assert 'tag="C:\\\\runs\\\\\\"nightly\\"\\nsecond line ünïcode"' in text
+    assert '# HELP test_runs_total Runs\\\\by "tag"\\nand host\n' in text
+    assert "# TYPE test_runs_total counter\n" in text and "test_bare 2.5\n" in text
+    found = families(text)
+    assert found["test_runs"].documentation == 'Runs\\by "tag"\nand host'
+    assert samples(found["test_runs"], tag=odd, host="h1")[0].value == 3
+    assert samples(found["test_runs"], tag="plain", host="")[0].value == 0
+    values = {s.labels["kind"]: s.value for s in found["test_ratio"].samples}
+    assert values == {"small": 0.0185, "big": 1.5e17, "inf": float("inf"), "t": 1}
+    assert found["test_ratio"].type == "gauge" and found["test_runs"].type == "counter"
+    with pytest.raises(ValueError):
+        ratio.add_metric(["a", "b"], 1)
+    with pytest.raises(ValueError):
+        gauge("bad name", "x")

@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessions_app import rollups
+from sessions_app.charts import cost_chart
 from sessions_app.costs import cost_report
 from sessions_app.models import (
     LIVE_STATUSES,
@@ -168,6 +169,40 @@ def test_the_cost_report_reads_the_rollup_by_utc_day():
     assert report.total.cost_usd == Decimal("2.00")
     by_day = {line.key: line.cost_usd for line in report.by_day}
     assert by_day["2026-11-24"] == Decimal("1.25") and by_day["2026-11-22"] == Decimal("0.75")
+
+
+def test_the_cost_chart_draws_the_costliest_tags_and_sums_the_rest_as_other():
+    """The report reads each day's cost of the chart's tags only; "other" is the day's
+    total less theirs, per host filter too, and a tag is escaped in the drawing."""
+    for index in range(8):  # t7 costs most
+        for host in ("h1", "h2"):
+            run(tag=f"t{index}", host=host, cost=f"{index + 1}.000000", hours_ago=1)
+            run(tag=f"t{index}", host=host, cost="0.500000", hours_ago=25)
+    run(tag="<i>", cost="20.000000", hours_ago=2)
+    run(tag="t0", cost=None, hours_ago=3)  # unknown: counted, never drawn as $0
+
+    report = cost_report(days=7, now=NOW)
+
+    assert report.chart_tags == ["<i>", "t7", "t6", "t5", "t4", "t3"]
+    today, yesterday = report.by_day[-1], report.by_day[-2]
+    assert today.key == "2026-11-24" and yesterday.key == "2026-11-23"
+    assert today.by_tag == {
+        "<i>": Decimal(20),
+        **{f"t{index}": Decimal(2 * (index + 1)) for index in range(3, 8)},
+    }
+    assert yesterday.by_tag == {f"t{index}": Decimal(1) for index in range(3, 8)}
+    assert today.cost_usd == 20 + 2 * sum(range(1, 9)) and today.unknown_cost_runs == 1
+    chart = str(cost_chart(report))
+    assert "<title>2026-11-24: other $12.0000</title>" in chart  # t0..t2 on both hosts
+    assert "<title>2026-11-23: other $3.0000</title>" in chart
+    assert "<title>2026-11-24: &lt;i&gt; $20.0000</title>" in chart and "<i>" not in chart
+
+    on_h2 = cost_report(days=7, now=NOW, host="h2")
+    assert on_h2.chart_tags == ["t7", "t6", "t5", "t4", "t3", "t2"]
+    assert on_h2.by_day[-1].by_tag["t7"] == Decimal(8)
+    assert on_h2.total.cost_usd == sum(range(1, 9)) + Decimal("4")
+    assert [line.key for line in on_h2.by_host] == ["h1", "h2"]  # every host, filter or not
+    assert on_h2.by_host[0].cost_usd == 20 + sum(range(1, 9)) + 4
 
 
 def test_telemetry_totals_follow_their_rows():

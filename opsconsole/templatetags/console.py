@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from urllib.parse import quote
 
 from django import template
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
 from sessions_app.costs import total_words, usd_words
@@ -105,6 +107,47 @@ def tokens(value) -> str:
     if count < 1_000_000:
         return f"{count / 1000:.1f}k"
     return f"{count / 1_000_000:.2f}M"
+
+
+# The cells after a Costs table's first (its host, tag or day), in its column order.
+COST_CELLS = (
+    '<td data-label="Cost" class="num{muted}">{cost}</td>'
+    '<td data-label="Runs" class="num">{runs}</td>'
+    '<td data-label="Unknown cost" class="num">{unknown}</td>'
+    '<td data-label="Tokens" class="num">{tokens}</td></tr>'
+)
+
+
+@register.simple_tag
+def cost_rows(lines, kind: str, days: int = 0) -> str:
+    """The rows of a Costs table, `kind` "host", "tag" or "day", built in one pass: a
+    template loop over 200 tags and 90 days, five filtered cells a row, was most of
+    the page's time. Every text not ours (a host, a tag) is escaped."""
+    history = reverse("history")
+    rows = []
+    for line in lines:
+        if kind == "host":
+            first = (
+                f'<tr><td data-label="Host"><a href="?days={days}&amp;host='
+                f'{escape(quote(line.key))}">{escape(line.key or "(no host)")}</a></td>'
+            )
+        elif kind == "tag":
+            first = (
+                f'<tr><td data-label="Tag"><a href="{history}?tag={escape(quote(line.key))}">'
+                f"{escape(line.key)}</a></td>"
+            )
+        else:
+            first = f'<tr><td data-label="Day" class="mono">{escape(line.key)}</td>'
+        shown = cost_total(line) if line.runs or kind != "day" else "—"
+        cells = COST_CELLS.format(
+            muted=" muted" if kind != "day" and not line.known_cost_runs else "",
+            cost=escape(shown),
+            runs=line.runs,
+            unknown=line.unknown_cost_runs or "—",
+            tokens=tokens(line.tokens),
+        )
+        rows.append(first + cells)
+    return mark_safe("\n".join(rows))  # noqa: S308 - every text not ours is escaped
 
 
 @register.filter
