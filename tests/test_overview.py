@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from alerts_app.incidents import acknowledge
 from alerts_app.models import Incident, JobAlertSettings, Rule
+from alerts_app.outcome_rules import budget_day_start
 from fleet.report import Reporter
 from fleet.reporting import reporting_monitor
 from jobs_app.models import Job
@@ -49,6 +50,9 @@ def failed_job(label: str = "nightly report", tag: str = "nightly") -> Job:
     job = Job.objects.create(
         scheduler="cron", label=label, host=settings.OPSCONSOLE_HOST, tags=[tag]
     )
+    now = timezone.now()
+    # Earlier today, even a minute after midnight: today's spend counts it.
+    started = max(now - timedelta(minutes=5), budget_day_start(now))
     Session.objects.create(
         session_id=new_session_id(),
         script_tag=tag,
@@ -57,8 +61,8 @@ def failed_job(label: str = "nightly report", tag: str = "nightly") -> Job:
         attempt=1,
         status=Status.FAILED,
         exit_code=2,
-        started_at=timezone.now() - timedelta(minutes=5),
-        ended_at=timezone.now() - timedelta(minutes=4),
+        started_at=started,
+        ended_at=min(started + timedelta(minutes=1), now),
         cost_usd=Decimal("0.40"),
         job=job,
     )
