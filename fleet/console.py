@@ -32,6 +32,7 @@ from fleet.report import HOST_RULE_ACTOR
 from fleet.report_items import Parsed, Refusal, ReportRejected, one_item, parse_report
 from fleet.report_origins import jobs_of_live_runs, origins_done, tie_origins
 from fleet.report_transcripts import store_transcripts
+from fleet.sample_delta import HeldSample
 from fleet.telemetry_items import span_key
 from jobs_app.linking import job_id_for, job_index
 from jobs_app.models import AuditEntry, Job
@@ -44,7 +45,7 @@ from monitor_app.models import (
     own_host_problem,
 )
 from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
-from monitor_app.snapshot import SHORTEST_INTERVAL_SECONDS, SILENT_AFTER_INTERVALS, Snapshot
+from monitor_app.snapshot import Snapshot, silent_after_seconds
 from sessions_app import ingest
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import (
@@ -78,7 +79,12 @@ def receive_report(
     if problem:  # whatever the token: the console's own runs are its own monitor's
         raise ReportRejected(problem, 403)
     limits = limits or Budgets.from_settings()
-    parsed = parse_report(payload, host, sessions_per_report=limits.sessions_per_report)
+    parsed = parse_report(
+        payload,
+        host,
+        sessions_per_report=limits.sessions_per_report,
+        held=held_sample(payload, host),
+    )
     with transaction.atomic():
         parsed.drop_sessions(owners_elsewhere(parsed.named_sessions(), host))
         parsed.drop_telemetry(telemetry_owners_elsewhere(parsed, host))
@@ -97,6 +103,21 @@ def receive_report(
             answer = _record(parsed, payload, host, received_at, limits)
         record_refusals(parsed.refused, host, received_at)
     return answer
+
+
+def held_sample(payload: object, host: str) -> HeldSample | None:
+    """The host's sample on record, when its report sends the next one as a delta of it
+    (fleet.sample_delta): read before the report's transaction, and written only if it
+    is still the one on record (write_sample)."""
+    sample = payload.get("sample") if isinstance(payload, dict) else None
+    if not isinstance(sample, dict) or "base" not in sample:
+        return None
+    row = (
+        HostSample.objects.filter(host=host)
+        .values_list("seq", "monitor_pid", "state_document", "received_at")
+        .first()
+    )
+    return HeldSample(*row) if row is not None else None
 
 
 def owners_elsewhere(ids: set[str], host: str) -> dict[str, str]:
@@ -240,8 +261,8 @@ def _record(
     if current:
         # A replayed older sample is not the host's present: nothing live or lost from it.
         snapshot = parsed.snapshot
-        one_item(parsed, "live", "sample", None, ingest.record_live, snapshot.sessions)
-        if snapshot.active_dir_error is None:
+        one_item(parsed, "live", "sample", None, ingest.record_live, runs_to_record(parsed))
+        if snapshot.active_dir_error is None and lost_rows_due(parsed, received_at):
             close_lost_rows(snapshot, host, set(recorded), now)
     if parsed.rollups or parsed.spans:
         record_telemetry(parsed, host)
@@ -270,7 +291,30 @@ def _record(
         "actions": deliver_actions(host, now),
         "policy": host_policy(host),
         "received_at": received_at.isoformat(),
+        # The sample the console now holds for the host: its next may be a delta of it.
+        "base": {"seq": parsed.sample["seq"], "monitor_pid": parsed.snapshot_pid}
+        if current
+        else None,
     }
+
+
+def runs_to_record(parsed: Parsed) -> list:
+    """The live runs whose rows may need writing: all of a full sample's; of a delta,
+    those it added or whose state it changed (the rest were recorded when they came)."""
+    sessions = parsed.snapshot.sessions
+    if parsed.applied is None:
+        return sessions
+    return [live for live in sessions if live.session_id in parsed.applied.restated]
+
+
+def lost_rows_due(parsed: Parsed, received_at: datetime) -> bool:
+    """Whether to look for rows the sample no longer names (close_lost_rows): with a full
+    sample, a delta that ended runs, and once a minute of the console's clock besides, for
+    a run that left while too young to call lost (STALE_LIVE_ROW_GRACE)."""
+    held = parsed.held
+    if parsed.applied is None or parsed.applied.removed or held.received_at is None:
+        return True
+    return received_at.timestamp() // 60 != held.received_at.timestamp() // 60
 
 
 def record_vanished(sidecar, outbox: EventOutbox, now: datetime) -> bool:
@@ -401,8 +445,7 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
     snapshot = parsed.snapshot
     snapshot.interval_seconds = float(sample["interval_seconds"])
     jobs_of_live_runs(snapshot, host)
-    pid = sample.get("monitor_pid")
-    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    pid = parsed.snapshot_pid
     document = published.build(snapshot, host, int(sample["seq"]), pid)
     taken_at = document.taken_at
     values = {
@@ -418,7 +461,16 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
         "received_at": received_at,
         "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
         "reported": True,
+        "heartbeat_seconds": sample.get("heartbeat_seconds"),
     }
+    held = parsed.held
+    if parsed.applied is not None:  # a delta: of the sample on record, if it still is
+        rows = HostSample.objects.filter(host=host, seq=held.seq, monitor_pid=held.monitor_pid)
+        if rows.update(**values):
+            return True
+        reason = "the sample this delta changes was replaced meanwhile: send a full report"
+        parsed.refuse("sample", document.seq, reason, None, 409)
+        return False
     newer = newer_than_on_record(document.seq, pid, taken_at, received_at, document)
     if HostSample.objects.filter(newer, host=host).update(**values):
         return True
@@ -436,9 +488,7 @@ def newer_than_on_record(
     replayed old report never turns a host back; unless the row on record has gone
     silent (by the console's clock), so a host whose clock was wrong and is put right
     is heard again within three intervals, never held back by its own future."""
-    silent_for = timedelta(
-        seconds=SILENT_AFTER_INTERVALS * max(document.interval_seconds, SHORTEST_INTERVAL_SECONDS)
-    )
+    silent_for = timedelta(seconds=silent_after_seconds(document.interval_seconds))
     later = Q(taken_at__lte=taken_at) | Q(received_at__lte=received_at - silent_for)
     if pid is None:
         return later

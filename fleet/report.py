@@ -38,7 +38,12 @@ MAX_TELEMETRY_BYTES_PER_REPORT = 2 * 1024 * 1024
 # Origins of live runs (fleet.report_origins), each sent until acknowledged: the rest wait.
 MAX_ORIGINS_PER_REPORT = 200
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # the console refuses more (413)
-GZIP_ABOVE_BYTES = 32 * 1024
+# Smaller bodies gain nothing from gzip (a heartbeat); a delta of a run or more is sent
+# gzipped.
+GZIP_ABOVE_BYTES = 1024
+# The longest heartbeat a host may declare (OPSCONSOLE_HEARTBEAT_SECONDS): past it, the
+# console would call a dead host silent only an hour later.
+MAX_HEARTBEAT_SECONDS = 600
 # A host's own rules act as this actor, and only these actions (the console records
 # nothing else from a host's audit entries).
 HOST_RULE_ACTOR = "watchdog"
