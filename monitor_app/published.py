@@ -32,7 +32,9 @@ from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 
 log = logging.getLogger(__name__)
 
-MONITOR_VERSION = "1"
+# 2: a reporting monitor sends deltas and heartbeats (fleet.sample_delta); the Hosts page
+# shows which hosts still send a full report every sample.
+MONITOR_VERSION = "2"
 STATE_FORMAT = 1
 LOCAL_FORMAT = 1
 MAX_LOCAL_BYTES = 256 * 1024 * 1024
