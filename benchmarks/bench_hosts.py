@@ -194,7 +194,7 @@ class SimulatedHost:
 
     def body(self) -> bytes:
         self.seq += 1
-        if self.posts and self.posts % 10 == 0:
+        if self.sessions and self.posts and self.posts % 10 == 0:
             self.rotate()
         if self.vary:  # every run's CPU moves between samples: no live row reads the same
             for live in self.sessions:
