@@ -1,9 +1,10 @@
 """Report mode, the host's side: each sample posted to a central console.
 
 `opsconsole monitor --report-to URL --token-file PATH` makes the monitor a
-second kind of sink: instead of writing a database it posts every sample (the
-published documents), the events it has not had acknowledged, and the
-completion records waiting in its spool to `POST /api/hosts/report`. The
+second kind of sink: instead of writing a database it posts its samples (whole, or
+what changed since the one the console holds: fleet.sample_delta; with nothing
+live and nothing to send, a heartbeat), the events it has not had acknowledged,
+and the completion records waiting in its spool to `POST /api/hosts/report`. The
 console answers with what it recorded (session ids, event keys); only then do
 spool files leave the spool and events leave the outbox, so a console restart
 or a network cut loses nothing. The answer also carries operator requests for

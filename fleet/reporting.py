@@ -3,7 +3,9 @@
 Local mode (`Monitor.sync`) writes history into this host's database. Report mode
 writes nothing here: it notes what changed (runs started, sidecars whose owners
 are gone, unwrapped sessions that ended, leftovers), and each report carries it
-to the console with the sample. Spool files, sidecars of vanished runs and
+to the console with the sample: what changed of it since the sample the console
+said it holds, every sample while anything is live or waiting, else a heartbeat
+every OPSCONSOLE_HEARTBEAT_SECONDS. Spool files, sidecars of vanished runs and
 pending events stay on disk until the console's answer names them, so nothing
 is lost to a console restart or a network cut, and a monitor restart re-sends
 what was not acknowledged (the console records by session id and event key:
