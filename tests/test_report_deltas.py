@@ -282,6 +282,7 @@ def test_an_idle_host_heartbeats_on_a_fixed_clock(host_a, settings):  # noqa: F8
     assert all(p["sample"]["heartbeat_seconds"] == 30 for _h, p in sent)
     row = HostSample.objects.get(host="host-a")
     assert row.heartbeat_seconds == 30 and row.seq == sent[-1][1]["sample"]["seq"]
+    assert row.monitor_version == "2"
     heard = start + timedelta(seconds=60)
     assert silent_hosts(heard + timedelta(seconds=10)) == []
     assert silent_hosts(heard + timedelta(seconds=34)) == ["host-a"]  # 30 + 3 x 1 s

@@ -234,6 +234,8 @@ def hosts(request):
                     else None,
                     "clock_skew_seconds": row.sample.clock_skew_seconds if row.sample else None,
                     "monitor_version": row.sample.monitor_version if row.sample else None,
+                    # Declared by an idle host: it reports this often, not every sample.
+                    "heartbeat_seconds": row.sample.heartbeat_seconds if row.sample else None,
                     "live_runs": row.live_runs,
                     "leftovers": row.leftovers,
                     "quota_until": row.quota_until,
