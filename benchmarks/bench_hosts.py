@@ -61,6 +61,7 @@ django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
 
+from fleet.sample_delta import state_delta  # noqa: E402
 from monitor_app import published  # noqa: E402
 from monitor_app.models import HostToken  # noqa: E402
 from monitor_app.snapshot import LiveSession, Snapshot  # noqa: E402
@@ -104,6 +105,11 @@ class SimulatedHost:
         for live in self.sessions:
             self.event("run_started", live.session_id, f"run_started:{live.session_id}")
         self.posts = 0
+        # Report as a monitor of this version does (fleet.sample_delta): once the console
+        # holds a sample, the next is a delta of it. Off: a full report every time.
+        self.deltas = False
+        self.base: tuple[int, dict] | None = None  # (seq, state document) held
+        self.sending: tuple[int, dict] | None = None
 
     def new_session(self) -> LiveSession:
         session_id = new_session_id()
@@ -188,7 +194,7 @@ class SimulatedHost:
 
     def body(self) -> bytes:
         self.seq += 1
-        if self.posts and self.posts % 10 == 0:
+        if self.sessions and self.posts and self.posts % 10 == 0:
             self.rotate()
         if self.vary:  # every run's CPU moves between samples: no live row reads the same
             for live in self.sessions:
@@ -202,23 +208,32 @@ class SimulatedHost:
             seq=self.seq,
             interval_seconds=self.interval,
         )
-        document = published.build(snapshot, self.name, self.seq, 4242)
+        sample = {
+            "seq": self.seq,
+            "taken_at": snapshot.taken_at.isoformat(),
+            "interval_seconds": self.interval,
+            "sample_ms": 3.0,
+            "monitor_pid": 4242,
+        }
+        state = published.state_dict(snapshot)
+        self.sending = (self.seq, state)
+        if self.deltas and self.base is not None:
+            sample["base"] = {"seq": self.base[0], "monitor_pid": 4242}
+            sample |= state_delta(self.base[1], state)
+        else:
+            document = published.build(snapshot, self.name, self.seq, 4242)
+            sample |= {
+                "etag": document.etag,
+                "api_document": document.api_document,
+                "state_document": document.state_document,
+            }
         return json.dumps(
             {
                 "format": 1,
                 "host": self.name,
                 "monitor_version": published.MONITOR_VERSION,
                 "sent_at": datetime.now(UTC).isoformat(),
-                "sample": {
-                    "seq": document.seq,
-                    "taken_at": document.taken_at.isoformat(),
-                    "interval_seconds": document.interval_seconds,
-                    "sample_ms": 3.0,
-                    "monitor_pid": 4242,
-                    "etag": document.etag,
-                    "api_document": document.api_document,
-                    "state_document": document.state_document,
-                },
+                "sample": sample,
                 "completions": self.completions,
                 "vanished": [],
                 "endings": [],
@@ -235,6 +250,8 @@ class SimulatedHost:
         self.completions = [c for c in self.completions if c["session_id"] not in done]
         keys = set(ack.get("events", []))
         self.events = [e for e in self.events if e["dedupe_key"] not in keys]
+        held = answer.get("base") or {}
+        self.base = self.sending if self.sending and held.get("seq") == self.sending[0] else None
 
 
 class Connection(threading.local):

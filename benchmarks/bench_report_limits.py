@@ -11,7 +11,7 @@ figure, and at 16 MiB, the default. The peak is the process's RSS high-water mar
 (VmHWM), reset just before the request (/proc/self/clear_refs).
 
 Lost runs: N live runs of one host on record, and a sample that names none of them.
-`fleet.console.close_lost_rows` (one UPDATE) against the old per-row loop, written
+`fleet.report_sample.close_lost_rows` (one UPDATE) against the old per-row loop, written
 below as the reference, each in one transaction as `receive_report` runs it, on
 SQLite and on PostgreSQL (a database of the script's own, dropped and made again).
 
@@ -212,7 +212,7 @@ def lost_runs(database_url: str | None, runs: int, order: list[str]) -> dict:
         console_in_process(None, "bench-report-limits-")
     from django.db import connection, transaction
 
-    from fleet.console import close_lost_rows
+    from fleet.report_sample import close_lost_rows
     from monitor_app.snapshot import Snapshot
     from sessions_app.models import Session, Status
 

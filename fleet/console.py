@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from fleet.budgets import (
@@ -30,21 +30,25 @@ from fleet.budgets import (
 from fleet.host_requests import deliver_actions, finish_action
 from fleet.report import HOST_RULE_ACTOR
 from fleet.report_items import Parsed, Refusal, ReportRejected, one_item, parse_report
-from fleet.report_origins import jobs_of_live_runs, origins_done, tie_origins
+from fleet.report_origins import origins_done, tie_origins
+from fleet.report_sample import (
+    close_lost_rows,
+    held_sample,
+    lost_rows_due,
+    runs_to_record,
+    write_sample,
+)
 from fleet.report_transcripts import store_transcripts
 from fleet.telemetry_items import span_key
 from jobs_app.linking import job_id_for, job_index
 from jobs_app.models import AuditEntry, Job
-from monitor_app import published
 from monitor_app.events import EventOutbox
 from monitor_app.job_status import record_collections
 from monitor_app.models import (
-    HostSample,
     RefusedItem,
     own_host_problem,
 )
-from monitor_app.monitor import STALE_LIVE_ROW_GRACE, add_end_event
-from monitor_app.snapshot import SHORTEST_INTERVAL_SECONDS, SILENT_AFTER_INTERVALS, Snapshot
+from monitor_app.monitor import add_end_event
 from sessions_app import ingest
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import (
@@ -78,7 +82,12 @@ def receive_report(
     if problem:  # whatever the token: the console's own runs are its own monitor's
         raise ReportRejected(problem, 403)
     limits = limits or Budgets.from_settings()
-    parsed = parse_report(payload, host, sessions_per_report=limits.sessions_per_report)
+    parsed = parse_report(
+        payload,
+        host,
+        sessions_per_report=limits.sessions_per_report,
+        held=held_sample(payload, host),
+    )
     with transaction.atomic():
         parsed.drop_sessions(owners_elsewhere(parsed.named_sessions(), host))
         parsed.drop_telemetry(telemetry_owners_elsewhere(parsed, host))
@@ -240,8 +249,8 @@ def _record(
     if current:
         # A replayed older sample is not the host's present: nothing live or lost from it.
         snapshot = parsed.snapshot
-        one_item(parsed, "live", "sample", None, ingest.record_live, snapshot.sessions)
-        if snapshot.active_dir_error is None:
+        one_item(parsed, "live", "sample", None, ingest.record_live, runs_to_record(parsed))
+        if snapshot.active_dir_error is None and lost_rows_due(parsed, received_at):
             close_lost_rows(snapshot, host, set(recorded), now)
     if parsed.rollups or parsed.spans:
         record_telemetry(parsed, host)
@@ -270,6 +279,10 @@ def _record(
         "actions": deliver_actions(host, now),
         "policy": host_policy(host),
         "received_at": received_at.isoformat(),
+        # The sample the console now holds for the host: its next may be a delta of it.
+        "base": {"seq": parsed.sample["seq"], "monitor_pid": parsed.snapshot_pid}
+        if current
+        else None,
     }
 
 
@@ -390,72 +403,3 @@ def host_policy(host: str) -> dict:
         "leftover_grace_seconds": settings.OPSCONSOLE_LEFTOVER_GRACE_SECONDS,
         "tags": tags,
     }
-
-
-def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> bool:
-    """The host's HostSample row, when this sample is newer than the one on record.
-    Both documents are rebuilt here from the checked snapshot: what the console serves
-    is what it validated (no session of another host, its own URLs), never the host's
-    bytes as sent. False for a replayed or retried older sample."""
-    sample = parsed.sample
-    snapshot = parsed.snapshot
-    snapshot.interval_seconds = float(sample["interval_seconds"])
-    jobs_of_live_runs(snapshot, host)
-    pid = sample.get("monitor_pid")
-    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-    document = published.build(snapshot, host, int(sample["seq"]), pid)
-    taken_at = document.taken_at
-    values = {
-        "seq": document.seq,
-        "taken_at": taken_at,
-        "interval_seconds": document.interval_seconds,
-        "sample_ms": document.sample_ms,
-        "monitor_pid": pid,
-        "monitor_version": str(version)[:32],
-        "etag": document.etag,
-        "api_document": document.api_document,
-        "state_document": document.state_document,
-        "received_at": received_at,
-        "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
-        "reported": True,
-    }
-    newer = newer_than_on_record(document.seq, pid, taken_at, received_at, document)
-    if HostSample.objects.filter(newer, host=host).update(**values):
-        return True
-    if HostSample.objects.filter(host=host).exists():
-        return False
-    HostSample.objects.create(host=host, **values)
-    return True
-
-
-def newer_than_on_record(
-    seq: int, pid: int | None, taken_at: datetime, received_at: datetime, document
-) -> Q:
-    """The row on record is older than this sample: the same monitor counts up; another
-    monitor (a restart) must not have taken its sample before the one on record, so a
-    replayed old report never turns a host back; unless the row on record has gone
-    silent (by the console's clock), so a host whose clock was wrong and is put right
-    is heard again within three intervals, never held back by its own future."""
-    silent_for = timedelta(
-        seconds=SILENT_AFTER_INTERVALS * max(document.interval_seconds, SHORTEST_INTERVAL_SECONDS)
-    )
-    later = Q(taken_at__lte=taken_at) | Q(received_at__lte=received_at - silent_for)
-    if pid is None:
-        return later
-    return Q(monitor_pid=pid, seq__lt=seq) | (~Q(monitor_pid=pid) & later)
-
-
-def close_lost_rows(snapshot: Snapshot, host: str, recorded: set[str], now: datetime) -> None:
-    """Rows of `host` marked live that its sample no longer names and nothing ended: the
-    console lost sight of them (as the local monitor's own rule; a record arriving later
-    still wins). One statement, however many."""
-    live_ids = {s.session_id for s in snapshot.sessions} | recorded
-    Session.objects.filter(
-        status__in=LIVE_STATUSES, host=host, started_at__lt=now - STALE_LIVE_ROW_GRACE
-    ).exclude(session_id__in=live_ids).update(
-        status=Status.UNKNOWN,
-        end_reason="lost",
-        ended_at=now,
-        error=f"The console lost sight of this run: {host}'s monitor no longer reports it "
-        "and sent no completion record.",
-    )

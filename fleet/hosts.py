@@ -88,7 +88,7 @@ def check_silent_hosts(
     for the time the console itself was down (its reports could not arrive)."""
     now = now or timezone.now()
     silent = []
-    rows = HostSample.objects.only("host", "seq", "taken_at", "received_at", "interval_seconds")
+    rows = HostSample.objects.only("seq", *HostSample.SILENCE_FIELDS)
     events = []
     for sample in rows:
         if not sample.is_silent(now):
@@ -119,7 +119,7 @@ def silent_hosts(now: datetime | None = None) -> list[str]:
     read). A console that never ran a monitor of its own (on-demand sampling) is not
     counted: its live page says so."""
     now = now or timezone.now()
-    samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
+    samples = HostSample.objects.only(*HostSample.SILENCE_FIELDS)
     heard = {sample.host: sample for sample in samples}
     silent = {host for host, sample in heard.items() if sample.is_silent(now)}
     tokened = HostToken.objects.filter(revoked_at=None).values_list("host", flat=True)

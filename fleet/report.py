@@ -1,9 +1,10 @@
 """Report mode, the host's side: each sample posted to a central console.
 
 `opsconsole monitor --report-to URL --token-file PATH` makes the monitor a
-second kind of sink: instead of writing a database it posts every sample (the
-published documents), the events it has not had acknowledged, and the
-completion records waiting in its spool to `POST /api/hosts/report`. The
+second kind of sink: instead of writing a database it posts its samples (whole, or
+what changed since the one the console holds: fleet.sample_delta; with nothing
+live and nothing to send, a heartbeat), the events it has not had acknowledged,
+and the completion records waiting in its spool to `POST /api/hosts/report`. The
 console answers with what it recorded (session ids, event keys); only then do
 spool files leave the spool and events leave the outbox, so a console restart
 or a network cut loses nothing. The answer also carries operator requests for
@@ -38,7 +39,12 @@ MAX_TELEMETRY_BYTES_PER_REPORT = 2 * 1024 * 1024
 # Origins of live runs (fleet.report_origins), each sent until acknowledged: the rest wait.
 MAX_ORIGINS_PER_REPORT = 200
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # the console refuses more (413)
-GZIP_ABOVE_BYTES = 32 * 1024
+# Smaller bodies gain nothing from gzip (a heartbeat); a delta of a run or more is sent
+# gzipped.
+GZIP_ABOVE_BYTES = 1024
+# The longest heartbeat a host may declare (OPSCONSOLE_HEARTBEAT_SECONDS): past it, the
+# console would call a dead host silent only an hour later.
+MAX_HEARTBEAT_SECONDS = 600
 # A host's own rules act as this actor, and only these actions (the console records
 # nothing else from a host's audit entries).
 HOST_RULE_ACTOR = "watchdog"

@@ -40,10 +40,12 @@ from fleet.item_checks import (
 from fleet.report import (
     HOST_RULE_ACTIONS,
     HOST_RULE_ACTOR,
+    MAX_HEARTBEAT_SECONDS,
     MAX_ORIGINS_PER_REPORT,
     MAX_ROLLUPS_PER_REPORT,
     MAX_SPANS_PER_REPORT,
 )
+from fleet.sample_delta import Applied, HeldSample, apply_state_delta
 from fleet.telemetry_items import rollup_item, span_item, span_key
 from jobs_app.collectors.base import Collection
 from monitor_app import published
@@ -119,9 +121,19 @@ class Parsed:
     # the console makes the join (fleet.report_origins).
     origins: list[tuple[str, Origin, str]] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    # A sample sent as a delta (fleet.sample_delta): the sample the console held, and
+    # what the delta changed of it; None for a full sample.
+    held: HeldSample | None = None
+    applied: Applied | None = None
     # Recorded whole in one savepoint (False), or again item by item, a savepoint each,
     # after the database refused something (fleet.console).
     one_by_one: bool = False
+
+    @property
+    def snapshot_pid(self) -> int | None:
+        """The sample's monitor PID, when it is one."""
+        pid = self.sample.get("monitor_pid")
+        return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
     def refuse(self, kind: str, key: object, reason: str, item: object, status: int = 400):
         self.refused.append(Refusal(kind, str(key)[:200], reason[:2000], item, status))
@@ -138,7 +150,12 @@ class Parsed:
         ids |= {s["session_id"] for s in self.spans if s["session_id"]}
         ids |= {session_id for session_id, _, _ in self.origins}
         if self.snapshot is not None:
-            ids |= {live.session_id for live in self.snapshot.sessions}
+            # A delta's runs held already were this host's when they came: only its new ones.
+            ids |= (
+                self.applied.added
+                if self.applied is not None
+                else {live.session_id for live in self.snapshot.sessions}
+            )
         return ids
 
     def drop_sessions(self, owners: dict[str, str]) -> None:
@@ -236,9 +253,12 @@ def one_item(
         return None
 
 
-def parse_report(payload: object, host: str, *, sessions_per_report: int) -> Parsed:
+def parse_report(
+    payload: object, host: str, *, sessions_per_report: int, held: HeldSample | None = None
+) -> Parsed:
     """Check a report of `host` before anything is written: ReportRejected when it is
-    not one, otherwise what may be recorded and what is refused."""
+    not one, otherwise what may be recorded and what is refused. `held`: the host's
+    sample on record, which a sample sent as a delta changes."""
     if not isinstance(payload, dict):
         raise ReportRejected("a report is a JSON object", 400)
     if payload.get("format") != 1:
@@ -248,7 +268,7 @@ def parse_report(payload: object, host: str, *, sessions_per_report: int) -> Par
             f"this token is for host {host!r}; the report names host {payload.get('host')!r}",
             403,
         )
-    parsed = Parsed()
+    parsed = Parsed(held=held)
     _parse_sample(parsed, payload.get("sample"), host, sessions_per_report)
     for name, parse_one, key_of in ITEMS:
         items = payload.get(name)
@@ -303,16 +323,29 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
             isinstance(interval, int | float) and math.isfinite(interval) and 0 < interval < 3600,
             "interval_seconds is not a number of seconds",
         )
+        heartbeat = sample.get("heartbeat_seconds")
+        check(
+            heartbeat is None
+            or (
+                isinstance(heartbeat, int | float)
+                and math.isfinite(heartbeat)
+                and 0 < heartbeat <= MAX_HEARTBEAT_SECONDS
+            ),
+            f"heartbeat_seconds is not a number of seconds up to {MAX_HEARTBEAT_SECONDS}",
+        )
+        if "base" in sample:
+            state = _applied_delta(parsed, sample, seq)
         try:
-            api = json.loads(sample["api_document"])
-            state = json.loads(sample["state_document"])
+            if "base" not in sample:
+                api = json.loads(sample["api_document"])
+                state = json.loads(sample["state_document"])
+                check(isinstance(api, dict), "api_document is not an object")
+                own(api.get("host"), host, "the sample")
             parse_iso(sample["taken_at"])
             snapshot = published.snapshot_from_state(state, seq=seq, source="monitor")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ItemRefused(f"sample unreadable: {exc}") from exc
-        check(isinstance(api, dict), "api_document is not an object")
         check_snapshot_fields(snapshot)
-        own(api.get("host"), host, "the sample")
         check(
             len(snapshot.sessions) <= most,
             f"{len(snapshot.sessions)} live sessions in one sample (at most {most})",
@@ -325,7 +358,11 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
         parsed.refuse("sample", seq, f"unreadable: {type(exc).__name__}: {exc}", sample)
         return
     kept = []
+    changed = parsed.applied.changed if parsed.applied is not None else None
     for live in snapshot.sessions:
+        if changed is not None and live.session_id not in changed:
+            kept.append(live)  # held as it was checked when it came
+            continue
         try:
             own(live.sidecar.host, host, f"live session {live.session_id}")
             Sidecar.from_dict(live.sidecar.to_dict())  # the limits of a sidecar file
@@ -350,6 +387,29 @@ def _parse_sample(parsed: Parsed, sample: object, host: str, most: int) -> None:
             parsed.refuse("leftovers", _safe_key(str, run.session_id), str(exc), None, status)
     snapshot.leftovers = leftovers
     parsed.sample, parsed.snapshot = sample, snapshot
+
+
+def _applied_delta(parsed: Parsed, sample: dict, seq: int) -> dict:
+    """The state document a delta makes of the sample the console holds, or ItemRefused:
+    409 when the console holds another sample than the one it changes (the console's
+    database was restored, an answer was lost): the host sends a full report next."""
+    base, held = sample["base"], parsed.held
+    check(isinstance(base, dict), "a delta's base is an object")
+    named = (base.get("seq"), base.get("monitor_pid"))
+    if held is None or named != (held.seq, held.monitor_pid):
+        holding = f"sample {held.seq} of monitor {held.monitor_pid}" if held else "no sample"
+        raise ItemRefused(
+            f"a delta of sample {named[0]} of monitor {named[1]}, and the console holds "
+            f"{holding} of this host: send a full report",
+            409,
+        )
+    check(sample.get("monitor_pid") == held.monitor_pid, "a delta's monitor is its base's")
+    check(seq > held.seq, f"a delta's seq {seq} is not after its base's {held.seq}")
+    try:
+        parsed.applied = apply_state_delta(json.loads(held.state_document), sample)
+    except (ValueError, TypeError) as exc:
+        raise ItemRefused(f"delta unreadable: {exc}") from exc
+    return parsed.applied.state
 
 
 # ----------------------------------------------------------------------------- runs

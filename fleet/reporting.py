@@ -3,7 +3,9 @@
 Local mode (`Monitor.sync`) writes history into this host's database. Report mode
 writes nothing here: it notes what changed (runs started, sidecars whose owners
 are gone, unwrapped sessions that ended, leftovers), and each report carries it
-to the console with the sample. Spool files, sidecars of vanished runs and
+to the console with the sample: what changed of it since the sample the console
+said it holds, every sample while anything is live or waiting, else a heartbeat
+every OPSCONSOLE_HEARTBEAT_SECONDS. Spool files, sidecars of vanished runs and
 pending events stay on disk until the console's answer names them, so nothing
 is lost to a console restart or a network cut, and a monitor restart re-sends
 what was not acknowledged (the console records by session id and event key:
@@ -21,7 +23,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
@@ -31,11 +33,13 @@ from fleet.report import (
     HOST_RULE_ACTOR,
     MAX_COMPLETIONS_PER_REPORT,
     MAX_EVENTS_PER_REPORT,
+    MAX_HEARTBEAT_SECONDS,
     MAX_ORIGINS_PER_REPORT,
     REPORT_FORMAT,
     Reporter,
     ReportError,
 )
+from fleet.sample_delta import says_nothing_new, state_delta
 from fleet.telemetry_outbox import TelemetryOutbox
 from jobs_app.collectors import collect_all
 from jobs_app.linking import names_origin
@@ -60,6 +64,17 @@ from wrapper.formats import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SentSample:
+    """A sample as reported: once the console says it holds it, the next is a delta of it."""
+
+    seq: int
+    monitor_pid: int
+    state: dict  # its state document (monitor_app.published.state_dict)
+    heartbeat_seconds: float | None  # declared with it: nothing live, nothing to send
+    sent_at: datetime
 
 
 class ReportState:
@@ -111,6 +126,10 @@ class ReportState:
         # session id -> its origin as sent, until the console has it (fleet.report_origins
         # makes the join); then None, kept while the run is live or its end unsent.
         self.origins: dict[str, dict | None] = {}
+        # The sample the console said it holds (the next report sends what changed since),
+        # and the one in the report being sent. None: the next report is a full one.
+        self.base: SentSample | None = None
+        self.sending: SentSample | None = None
 
     # ------------------------------------------------------------------ noting
 
@@ -389,26 +408,11 @@ class ReportState:
             )
         )
         snapshot.rejected_spool_files = rejected_here
-        document = published.build(snapshot, monitor.host, monitor.seq, os.getpid())
         with self.results_lock:
             results = [r for r in self.results if r["id"] in self.results_sampled]
             audits = list(self.audits)
         rollups, spans = self.telemetry.batch(now, {s.session_id for s in snapshot.sessions})
-        return {
-            "format": REPORT_FORMAT,
-            "host": monitor.host,
-            "monitor_version": published.MONITOR_VERSION,
-            "sent_at": now.isoformat(),
-            "sample": {
-                "seq": document.seq,
-                "taken_at": document.taken_at.isoformat(),
-                "interval_seconds": document.interval_seconds,
-                "sample_ms": document.sample_ms,
-                "monitor_pid": document.monitor_pid,
-                "etag": document.etag,
-                "api_document": document.api_document,
-                "state_document": document.state_document,
-            },
+        items = {
             "completions": completions,
             "vanished": vanished,
             "endings": [
@@ -430,6 +434,56 @@ class ReportState:
             "telemetry_spans": spans,
             "origins": [item for item in self.origins.values() if item][:MAX_ORIGINS_PER_REPORT],
         }
+        idle = not snapshot.sessions and not any(items.values())
+        return {
+            "format": REPORT_FORMAT,
+            "host": monitor.host,
+            "monitor_version": published.MONITOR_VERSION,
+            "sent_at": now.isoformat(),
+            "sample": self.sample(snapshot, now, idle),
+            **items,
+        }
+
+    def sample(self, snapshot: Snapshot, now: datetime, idle: bool) -> dict:
+        """The sample for the console: what changed since the one it holds, or whole when
+        it holds none of this monitor's. `idle` (nothing live, nothing else to send): the
+        host declares its heartbeat, the longest it will now go without a report."""
+        monitor, pid = self.monitor, os.getpid()
+        state = published.state_dict(snapshot)
+        heartbeat = min(settings.OPSCONSOLE_HEARTBEAT_SECONDS, MAX_HEARTBEAT_SECONDS)
+        heartbeat = heartbeat if idle and heartbeat > 0 else None
+        sample = {
+            "seq": monitor.seq,
+            "taken_at": snapshot.taken_at.isoformat(),
+            "interval_seconds": snapshot.interval_seconds,
+            "sample_ms": snapshot.scan_ms,
+            "monitor_pid": pid,
+        }
+        if heartbeat is not None:
+            sample["heartbeat_seconds"] = heartbeat
+        base = self.base
+        if base is not None and base.monitor_pid == pid:
+            sample["base"] = {"seq": base.seq, "monitor_pid": base.monitor_pid}
+            sample.update(state_delta(base.state, state))
+        else:
+            document = published.build(snapshot, monitor.host, monitor.seq, pid)
+            sample.update(
+                etag=document.etag,
+                api_document=document.api_document,
+                state_document=document.state_document,
+            )
+        self.sending = SentSample(monitor.seq, pid, state, heartbeat, now)
+        return sample
+
+    def quiet(self, payload: dict, now: datetime) -> bool:
+        """Nothing to say and a heartbeat not yet due: the sample is not sent. Only when the
+        console holds a sample that declared the heartbeat (so it waits as long)."""
+        base, sample = self.base, payload["sample"]
+        if base is None or not base.heartbeat_seconds or "base" not in sample:
+            return False
+        if not sample.get("heartbeat_seconds") or not says_nothing_new(sample):
+            return False
+        return timedelta(0) <= now - base.sent_at < timedelta(seconds=base.heartbeat_seconds)
 
     def judged(self, record):
         """The record with its job's output checks judged on this host, where its files
@@ -473,6 +527,8 @@ class ReportState:
         monitor = self.monitor
         self.latest = snapshot
         payload = self.payload(snapshot, now)
+        if self.quiet(payload, now):
+            return True
         try:
             answer = self.reporter.send(payload)
         except ReportError as exc:
@@ -488,6 +544,7 @@ class ReportState:
         self.last_error, self.last_answer = None, answer
         self.reports += 1
         self.acknowledged(payload, answer.get("ack") or {}, now)
+        self.held(answer.get("base"))
         if isinstance(answer.get("policy"), dict):
             self.policy = answer["policy"]
             self.keep_checks(self.policy)
@@ -496,6 +553,14 @@ class ReportState:
         for action in answer.get("actions") or []:
             self.start_action(action, snapshot)
         return True
+
+    def held(self, base: object) -> None:
+        """The console's answer names the sample it now holds: this report's, or none of
+        ours (a delta of a sample it no longer held, a console that keeps none): then the
+        next report is a full one."""
+        sent = self.sending
+        named = (base.get("seq"), base.get("monitor_pid")) if isinstance(base, dict) else None
+        self.base = sent if sent is not None and named == (sent.seq, sent.monitor_pid) else None
 
     def acknowledged(self, payload: dict, ack: dict, now: datetime) -> None:
         monitor = self.monitor

@@ -81,12 +81,16 @@ class FleetReader:
     def _listings(self, heads: list[tuple[str, tuple[int, str]]]) -> list[tuple[str, HostListing]]:
         """Each host's parsed API document; only those whose version changed are read again."""
         stale = [h for h, version in heads if (h in self._api and self._api[h].version) != version]
-        fields = ("api_document", "taken_at", "received_at", "interval_seconds")
-        for host, seq, etag, text, taken, received, interval in (
+        fields = ("api_document", *HostSample.SILENCE_FIELDS[1:])
+        for host, seq, etag, text, taken, received, interval, heartbeat in (
             self._rows(stale, fields) if stale else ()
         ):
             sample = HostSample(
-                host=host, taken_at=taken, received_at=received, interval_seconds=interval
+                host=host,
+                taken_at=taken,
+                received_at=received,
+                interval_seconds=interval,
+                heartbeat_seconds=heartbeat,
             )
             try:
                 self._api[host] = HostListing((seq, etag), text, sample)
@@ -98,17 +102,20 @@ class FleetReader:
         """(host, version, silent at `now`) of every host's latest sample: one narrow
         query, and all the fleet's body depends on."""
         rows = HostSample.objects.order_by("host").values_list(
-            "host", "seq", "etag", "taken_at", "received_at", "interval_seconds"
+            "host", "seq", "etag", *HostSample.SILENCE_FIELDS[1:]
         )
         return [
             (
                 host,
                 (seq, etag),
                 HostSample(
-                    taken_at=taken, received_at=received, interval_seconds=interval
+                    taken_at=taken,
+                    received_at=received,
+                    interval_seconds=interval,
+                    heartbeat_seconds=heartbeat,
                 ).is_silent(now),
             )
-            for host, seq, etag, taken, received, interval in rows
+            for host, seq, etag, taken, received, interval, heartbeat in rows
         ]
 
     def api_document(self, now: datetime | None = None) -> tuple[bytes, str]:
@@ -199,15 +206,15 @@ class FleetReader:
         heads = [(h, v) for h, v in self._heads() if hosts is None or h in hosts]
         stale = [h for h, version in heads if self._snapshots.get(h, (None,))[0] != version]
         if stale:
-            fields = ("state_document", "taken_at")
-            for host, seq, etag, document, taken_at in self._rows(stale, fields):
+            fields = ("state_document", "taken_at", "heartbeat_seconds")
+            for host, seq, etag, document, taken_at, heartbeat in self._rows(stale, fields):
                 try:
                     snap = published.snapshot_from_state(
                         json.loads(document), seq=seq, source="monitor"
                     )
                 except (ValueError, KeyError, TypeError):
                     continue
-                snap.taken_at = taken_at
+                snap.taken_at, snap.heartbeat_seconds = taken_at, heartbeat
                 self._snapshots[host] = ((seq, etag), snap)
         combined = Snapshot(taken_at=datetime.now(UTC), source="monitor")
         oldest = None
@@ -225,6 +232,7 @@ class FleetReader:
                 oldest = snap
         if oldest is not None and hosts is not None and len(hosts) == 1:
             combined.taken_at, combined.interval_seconds = oldest.taken_at, oldest.interval_seconds
+            combined.heartbeat_seconds = oldest.heartbeat_seconds
             combined.seq = oldest.seq
             # PIDs mean something within one host only: ancestry joins for one host's view.
             combined.sessions_by_ancestor = dict(oldest.sessions_by_ancestor)

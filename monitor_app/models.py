@@ -99,6 +99,12 @@ class HostSample(models.Model):
     received_at = models.DateTimeField(null=True, blank=True)
     clock_skew_seconds = models.FloatField(null=True, blank=True)
     reported = models.BooleanField(default=False, help_text="sent by a remote monitor")
+    # Declared by a reporting host with nothing live or pending: it reports this often
+    # instead of every sample (fleet.reporting), and is silent only past it.
+    heartbeat_seconds = models.FloatField(null=True, blank=True)
+
+    # What `is_silent` reads: the fields to load when only silence is asked.
+    SILENCE_FIELDS = ("host", "taken_at", "received_at", "interval_seconds", "heartbeat_seconds")
 
     def __str__(self) -> str:
         return f"{self.host} #{self.seq} at {self.taken_at:%H:%M:%S}"
@@ -109,10 +115,11 @@ class HostSample(models.Model):
         return self.received_at or self.taken_at
 
     def is_silent(self, now: datetime, since: datetime | None = None) -> bool:
-        """No sample for three of its intervals at `now` (counted from `since` if later):
-        the one definition the Hosts page, the fleet's API and the alerts share."""
+        """Unheard for three of its intervals, after its heartbeat if it declared one, at
+        `now` (counted from `since` if later): the one definition the Hosts page, the
+        fleet's API and the alerts share."""
         heard = self.last_heard if since is None else max(self.last_heard, since)
-        return sample_is_stale(heard, self.interval_seconds, now)
+        return sample_is_stale(heard, self.interval_seconds, now, self.heartbeat_seconds)
 
 
 def hash_host_token(token: str) -> str:

@@ -32,7 +32,9 @@ from wrapper.formats import Sidecar, atomic_file, ensure_private_dir, parse_iso
 
 log = logging.getLogger(__name__)
 
-MONITOR_VERSION = "1"
+# 2: a reporting monitor sends deltas and heartbeats (fleet.sample_delta); the Hosts page
+# shows which hosts still send a full report every sample.
+MONITOR_VERSION = "2"
 STATE_FORMAT = 1
 LOCAL_FORMAT = 1
 MAX_LOCAL_BYTES = 256 * 1024 * 1024
@@ -51,6 +53,7 @@ class Published:
     api_document: str
     state_document: str
     monitor_pid: int | None = None
+    heartbeat_seconds: float | None = None  # a reporting host's, when it declared one
 
     @cached_property
     def api_body(self) -> bytes:
@@ -268,8 +271,8 @@ def write_database(published: Published) -> None:
 
 
 def is_fresh(item: Published | Snapshot, now: datetime | None = None) -> bool:
-    """Not older than three sample intervals: its monitor is alive."""
-    return not sample_is_stale(item.taken_at, item.interval_seconds, now)
+    """Not older than three sample intervals (after its heartbeat): its monitor is alive."""
+    return not sample_is_stale(item.taken_at, item.interval_seconds, now, item.heartbeat_seconds)
 
 
 def read_local_sample(path: Path | None = None) -> Published | None:
@@ -371,6 +374,7 @@ class PublishedReader:
             api_document=row.api_document,
             state_document=row.state_document,
             monitor_pid=row.monitor_pid,
+            heartbeat_seconds=row.heartbeat_seconds,
         )
         with self._lock:
             self._published, self._snapshot = published, None
@@ -414,6 +418,7 @@ class PublishedReader:
             log.warning("published sample %s of %s unreadable: %s", published.seq, host, exc)
             return None
         snapshot.taken_at = published.taken_at
+        snapshot.heartbeat_seconds = published.heartbeat_seconds
         with self._lock:
             if source == "monitor":
                 self._snapshot = snapshot

@@ -56,10 +56,24 @@ SILENT_AFTER_INTERVALS = 3
 SHORTEST_INTERVAL_SECONDS = 0.5
 
 
-def sample_is_stale(taken_at: datetime, interval_seconds: float, now: datetime | None = None):
-    """True when a sample is older than SILENT_AFTER_INTERVALS of its interval."""
+def silent_after_seconds(interval_seconds: float, heartbeat_seconds: float | None = None) -> float:
+    """How long a monitor may go unheard before it is silent: SILENT_AFTER_INTERVALS of
+    its sample interval, after the heartbeat it declared when it has nothing to report
+    (fleet.reporting: an idle host reports every heartbeat, not every sample, and a
+    heartbeat that cannot get through is tried again every sample)."""
+    intervals = SILENT_AFTER_INTERVALS * max(interval_seconds, SHORTEST_INTERVAL_SECONDS)
+    return intervals + (heartbeat_seconds or 0.0)
+
+
+def sample_is_stale(
+    taken_at: datetime,
+    interval_seconds: float,
+    now: datetime | None = None,
+    heartbeat_seconds: float | None = None,
+):
+    """True when a sample is older than its monitor may go unheard (silent_after_seconds)."""
     age = ((now or datetime.now(UTC)) - taken_at).total_seconds()
-    return age > SILENT_AFTER_INTERVALS * max(interval_seconds, SHORTEST_INTERVAL_SECONDS)
+    return age > silent_after_seconds(interval_seconds, heartbeat_seconds)
 
 
 @dataclass
@@ -95,11 +109,14 @@ class Snapshot:
     quota_reason: str | None = None
     # For an on-demand snapshot: when the monitor last published, if it ever did.
     monitor_last_seen: datetime | None = None
+    # A reporting host's declared heartbeat, when it reports that often instead of every
+    # sample (HostSample.heartbeat_seconds): the console's to know, not the sample's.
+    heartbeat_seconds: float | None = None
 
     @property
     def stale(self) -> bool:
-        """Older than three sample intervals: the monitor is silent."""
-        return sample_is_stale(self.taken_at, self.interval_seconds)
+        """Older than three sample intervals (after its heartbeat): the monitor is silent."""
+        return sample_is_stale(self.taken_at, self.interval_seconds, None, self.heartbeat_seconds)
 
     def leftover_run(self, session_id: str) -> LeftoverRun | None:
         return next((r for r in self.leftovers if r.session_id == session_id), None)

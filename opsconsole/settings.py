@@ -375,6 +375,9 @@ OPSCONSOLE_ALERT_RETENTION_DAYS = env_int("OPSCONSOLE_ALERT_RETENTION_DAYS", 90)
 OPSCONSOLE_METRICS_ALLOW = env_list("OPSCONSOLE_METRICS_ALLOW", [])
 # The fleet live page (/?host=all) lists at most this many runs, the most recent first.
 OPSCONSOLE_FLEET_LIVE_ROWS = env_int("OPSCONSOLE_FLEET_LIVE_ROWS", 200)
+# A reporting host with nothing live and nothing to send reports this often instead of
+# every sample (fleet.reporting); 0: every sample. The console calls it silent only past it.
+OPSCONSOLE_HEARTBEAT_SECONDS = env_float("OPSCONSOLE_HEARTBEAT_SECONDS", 30.0)
 # What one host token may cost (fleet.budgets; docs/many-hosts.md "Budgets").
 OPSCONSOLE_HOST_REPORTS_PER_MINUTE = env_int("OPSCONSOLE_HOST_REPORTS_PER_MINUTE", 120)
 OPSCONSOLE_HOST_SESSIONS_PER_REPORT = env_int("OPSCONSOLE_HOST_SESSIONS_PER_REPORT", 1000)

@@ -173,6 +173,7 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     assert host_a.events.pending == [], "every event acknowledged"
 
     # The same report twice (an answer lost on the way back) changes nothing.
+    host_a.reporting.base = None  # a full report, as a monitor that holds no base sends
     payload = host_a.reporting.payload(latest, datetime.now(UTC))
     payload["completions"] = [asdict(record)]
     events_before = Event.objects.count()
@@ -195,6 +196,7 @@ def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(hos
     client = Client()
     _row, token_b = HostToken.issue("host-b")
     snapshot = host_a.tick()
+    host_a.reporting.base = None  # a full report, as a monitor that holds no base sends
     payload = host_a.reporting.payload(snapshot, datetime.now(UTC))
 
     def post(body: dict, token: str):

@@ -245,6 +245,8 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
             OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(config),
             OPSCONSOLE_CLAUDE_BIN=str(real_claude_bin),
             OPSCONSOLE_SAMPLE_SECONDS="1",
+            # Idle, a host reports this often: silent 5 + 3 x 1 s after its last report.
+            OPSCONSOLE_HEARTBEAT_SECONDS="5",
             OPSCONSOLE_STOP_GRACE_SECONDS="2",
             OPSCONSOLE_SCHEDULERS="cron",
             DJANGO_SETTINGS_MODULE="opsconsole.settings",

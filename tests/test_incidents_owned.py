@@ -329,8 +329,9 @@ def test_a_silent_reporting_host_alerts_once_and_recovers_once(webhook, monkeypa
     assert host_a.reporting.last_error is None, host_a.reporting.last_error
     heard = HostSample.objects.get(host="host-a").last_heard
 
-    # Its monitor stops. Ten seconds on (three intervals are three seconds) it is silent.
-    with time_machine.travel(heard + timedelta(seconds=10)):
+    # Its monitor stops. Idle, it declared a heartbeat (30 s): forty seconds on (the
+    # heartbeat and three intervals of one second) it is silent.
+    with time_machine.travel(heard + timedelta(seconds=40)):
         for _ in range(3):  # each round of the console's monitor
             now = timezone.now()
             assert check_silent_hosts(now) == ["host-a"]

@@ -313,6 +313,8 @@ def replicas(state, fake_claude, tmp_path):
         OPSCONSOLE_HOST_NAME="h1",
         OPSCONSOLE_CLAUDE_CONFIG_DIRS=str(state.config_dir),
         OPSCONSOLE_SAMPLE_SECONDS=str(SAMPLE_SECONDS),
+        # Idle, the host reports this often: silent 5 + 3 x 1 s after its last report.
+        OPSCONSOLE_HEARTBEAT_SECONDS="5",
         OPSCONSOLE_STOP_GRACE_SECONDS="2",
         OPSCONSOLE_SCHEDULERS="cron",
         OPSCONSOLE_TELEMETRY_RECEIVER="0",

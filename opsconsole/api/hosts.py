@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -24,6 +23,7 @@ from monitor_app.live import get_snapshot
 from monitor_app.models import Event, EventKind, HostToken, RemoteAction, own_host_problem
 from monitor_app.remote_actions import request_action
 from monitor_app.stopping import stop_session
+from monitor_app.telemetry_receiver import Refused, inflate
 from opsconsole.auth import api_view, json_error, unauthorized
 from sessions_app.database import DATABASE_AWAY
 from sessions_app.models import LIVE_STATUSES, Session
@@ -106,19 +106,16 @@ def read_report_body(request) -> bytes:
     if not 0 < length <= MAX_REPORT_BYTES:
         raise ReportRejected(f"a report is 1 to {MAX_REPORT_BYTES} bytes", 413)
     body = request.read(length)
-    encoding = request.headers.get("Content-Encoding", "").lower()
-    if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            # Never inflated past the limit: a small bomb costs the limit, not its size.
-            body = inflater.decompress(body, settings.OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES)
-        except zlib.error as exc:
-            raise ReportRejected(f"gzip body unreadable: {exc}", 400) from exc
-        if inflater.unconsumed_tail:
-            raise ReportRejected("report too large once inflated", 413)
-    elif encoding not in ("", "identity"):
-        raise ReportRejected(f"Content-Encoding {encoding} not accepted (gzip is)", 415)
-    return body
+    limit = settings.OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES
+    try:
+        # Never inflated past the limit (as the OTLP receiver's bodies): a small bomb
+        # costs the limit, not its size.
+        return inflate(body, request.headers.get("Content-Encoding", ""), limit)
+    except Refused as exc:
+        reason = exc.reason
+        if exc.status == 413:
+            reason = f"report too large once inflated (over {limit} bytes)"
+        raise ReportRejected(reason, exc.status) from exc
 
 
 @csrf_exempt
@@ -237,6 +234,8 @@ def hosts(request):
                     else None,
                     "clock_skew_seconds": row.sample.clock_skew_seconds if row.sample else None,
                     "monitor_version": row.sample.monitor_version if row.sample else None,
+                    # Declared by an idle host: it reports this often, not every sample.
+                    "heartbeat_seconds": row.sample.heartbeat_seconds if row.sample else None,
                     "live_runs": row.live_runs,
                     "leftovers": row.leftovers,
                     "quota_until": row.quota_until,

@@ -116,7 +116,7 @@ def render_live(request, *, outage_reason: str | None = None):
         "outage_reason": outage_reason,
     }
     if outage_reason is None:
-        samples = HostSample.objects.only("host", "taken_at", "received_at", "interval_seconds")
+        samples = HostSample.objects.only(*HostSample.SILENCE_FIELDS)
         # Reporting hosts only: a one-host console shows no host filter.
         now = timezone.now()
         context["fleet_hosts"] = [
