@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import math
@@ -105,6 +106,8 @@ class Refusal:
 class Parsed:
     sample: dict | None = None
     snapshot: Snapshot | None = None
+    # When the host sent the report, by its clock; None when it did not say (readably).
+    sent_at: datetime | None = None
     completions: list[SpoolRecord] = field(default_factory=list)
     vanished: list[Sidecar] = field(default_factory=list)
     endings: list[tuple[Sidecar, str, datetime]] = field(default_factory=list)
@@ -269,6 +272,9 @@ def parse_report(
             403,
         )
     parsed = Parsed(held=held)
+    # Only the clock skew shown needs it; without it, the sample's time stands in.
+    with contextlib.suppress(ValueError, OverflowError):
+        parsed.sent_at = parse_iso(payload.get("sent_at"))
     _parse_sample(parsed, payload.get("sample"), host, sessions_per_report)
     for name, parse_one, key_of in ITEMS:
         items = payload.get(name)

@@ -54,6 +54,13 @@ def lost_rows_due(parsed: Parsed, received_at: datetime) -> bool:
     return received_at.timestamp() // 60 != held.received_at.timestamp() // 60
 
 
+def clock_skew_seconds(parsed: Parsed, received_at: datetime) -> float:
+    """The host's clock less the console's, from when the host sent the report: the
+    sample's own time is older by the sample's duration, which a loaded host makes long."""
+    sent_at = parsed.sent_at or parsed.snapshot.taken_at
+    return round((sent_at - received_at).total_seconds(), 3)
+
+
 def write_sample(parsed: Parsed, host: str, version: object, received_at: datetime) -> bool:
     """The host's HostSample row, when this sample is newer than the one on record.
     Both documents are rebuilt here from the checked snapshot: what the console serves
@@ -77,7 +84,7 @@ def write_sample(parsed: Parsed, host: str, version: object, received_at: dateti
         "api_document": document.api_document,
         "state_document": document.state_document,
         "received_at": received_at,
-        "clock_skew_seconds": round((taken_at - received_at).total_seconds(), 3),
+        "clock_skew_seconds": clock_skew_seconds(parsed, received_at),
         "reported": True,
         "heartbeat_seconds": sample.get("heartbeat_seconds"),
     }

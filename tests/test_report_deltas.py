@@ -360,3 +360,20 @@ def test_a_host_whose_base_the_console_lost_sends_a_full_report_next(host_a, run
     assert [kind_of(p) for _h, p in sent][-3:] == ["delta", "delta", "full"]
     assert HostSample.objects.get(host=host_a.host).seq == sent[-1][1]["sample"]["seq"]
     assert host_a.reporting.base is not None
+
+
+def test_clock_skew_is_read_from_when_the_host_sent_its_report(console_state):
+    """Not from when its sample was taken: a loaded host's sample is seconds old when
+    the report leaves, and that is no skew of its clock."""
+    host = Host("host-a")
+    report = report_of("host-a", 1, [])
+    report["sent_at"] = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    host.taken(report)
+    assert 29 < HostSample.objects.get(host="host-a").clock_skew_seconds < 31
+    # A report that does not say when it was sent: the sample's time stands in.
+    report = report_of("host-a", 2, [])
+    report.pop("sent_at", None)
+    host.taken(report)
+    taken_at = datetime.fromisoformat(report["sample"]["taken_at"])
+    expected = (taken_at - datetime.now(UTC)).total_seconds()
+    assert abs(HostSample.objects.get(host="host-a").clock_skew_seconds - expected) < 5
