@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.console_processes import Console, answers
 from tests.live_helpers import wait_until
 from tests.server_fixtures import free_port
-from tests.test_replicas import Console, answers
 from wrapper.formats import parse_iso
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

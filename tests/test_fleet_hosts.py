@@ -16,15 +16,14 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import PYTHON, REPO_ROOT
+from tests.conftest import PYTHON
+from tests.console_processes import Console
 from tests.scheduler_tools import own_crontab
 from tests.server_fixtures import free_port
 
@@ -66,73 +65,6 @@ def eventually(fetch, check, timeout=40.0, every=0.3):
             pass
         time.sleep(every)
     raise AssertionError(f"not reached in {timeout} s; last value: {str(value)[:1500]}")
-
-
-@dataclass
-class ConsoleProcess:
-    env: dict
-    port: int
-    log: Path
-    token: str = ""
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [PYTHON, "-m", "opsconsole.cli", *args],
-            env=self.env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def start(self) -> None:
-        with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [PYTHON, "-m", "opsconsole.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        eventually(lambda: self.request("/api/hosts")[0], lambda s: s == 200, timeout=60)
-
-    def kill(self, signum=signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signum)
-            self.process.wait(timeout=20)
-        if self.process is not None:
-            # The supervisor's children (gunicorn, the monitor) share its process group.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-    def request(self, path: str, data: bytes | None = None, token: str | None = None):
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method="POST" if data is not None else "GET",
-            headers={
-                "Authorization": f"Bearer {token or self.token}",
-                "Content-Type": "application/json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    def json(self, path: str):
-        status, body = self.request(path)
-        assert status == 200, (status, body[:300])
-        return json.loads(body)
 
 
 @dataclass
@@ -205,7 +137,8 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
     console_home = tmp_path / "console"
     console_home.mkdir(mode=0o700)
     (tmp_path / "console-claude").mkdir()
-    console = ConsoleProcess(
+    console = Console(
+        name="console",
         env=dict(
             base,
             DATABASE_URL=f"{PG_URL}/{DATABASE}",
@@ -256,6 +189,7 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
         hosts.append(Host(name, root, env, token))
     try:  # whatever fails while starting, nothing is left running
         console.start()
+        console.wait_answering()
         for host in hosts:
             host.start(console.url)
         yield console, hosts, state
@@ -294,7 +228,7 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
         # Its transcript, shipped with the reports, followed through the console.
         eventually(
             lambda n=name: console.request(f"/api/claude-jsonl/{by_host[n]['session_id']}"),
-            lambda r, n=name: r[0] == 200 and f"sleep 6{n[-1]}".encode() in r[1],
+            lambda r, n=name: r[0] == 200 and f"sleep 6{n[-1]}".encode() in r[2],
         )
     assert console.json("/api/claude-active?host=h3")["sessions"][0]["script_tag"] == "long-h3"
 
@@ -304,7 +238,7 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
 
     # A stop requested on the console kills the run on its host.
     target = by_host["h1"]["session_id"]
-    status, body = console.request(f"/api/sessions/{target}/stop", b"")
+    status, _, body = console.request(f"/api/sessions/{target}/stop", b"")
     assert status == 202, body
     action = json.loads(body)
     eventually(lambda: h1.runs[0].poll(), lambda code: code is not None, timeout=30)
@@ -324,7 +258,7 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
         lambda jobs: any(j["host"] == "h1" and j["label"] == "nightly-h1" for j in jobs),
     )
     nightly = next(j for j in jobs if j["host"] == "h1" and j["label"] == "nightly-h1")
-    status, body = console.request(f"/api/jobs/{nightly['id']}/run", b"")
+    status, _, body = console.request(f"/api/jobs/{nightly['id']}/run", b"")
     assert status == 202, body
     ran = eventually(
         lambda: console.json(json.loads(body)["url"]),
@@ -342,7 +276,7 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
         return (host.root / "monitor.log").read_text(errors="replace").count("report not taken")
 
     refused_before = {host.name: refusals(host) for host in (h2, h3)}
-    console.kill(signal.SIGKILL)
+    console.kill()
     short = [
         host.run(
             f"short-{host.name}-{i}",
@@ -363,6 +297,7 @@ def test_three_hosts_report_to_one_console(fleet, real_claude, fake_claude, tmp_
             timeout=60,
         )
     console.start()
+    console.wait_answering()
     for host in (h2, h3):
         ended = eventually(
             lambda h=host: console.json(f"/api/sessions?host={h.name}&status=succeeded"),

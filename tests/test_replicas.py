@@ -18,19 +18,14 @@ together, with the consoles, the database and the lock queries they share.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -43,6 +38,7 @@ from monitor_app.duties import ALERTS, FLEET, RETENTION, DutyLocks, lock_key
 from monitor_app.models import Event, EventKind, RemoteAction
 from tests.alert_receivers import start_webhook
 from tests.conftest import PYTHON, REPO_ROOT
+from tests.console_processes import Console, answers
 from tests.live_helpers import wait_until
 from tests.round_robin_proxy import RoundRobinProxy
 from tests.server_fixtures import free_port
@@ -183,81 +179,6 @@ def postgres_problem() -> str | None:
     except psycopg.Error as exc:
         return f"no PostgreSQL at {server_url()}: {exc}"
     return None
-
-
-@dataclass
-class Console:
-    name: str
-    env: dict
-    port: int
-    log: Path
-    token: str = ""
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [PYTHON, "-m", "opsconsole.cli", *args],
-            env=self.env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def start(self) -> None:
-        with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [PYTHON, "-m", "opsconsole.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL to the whole console: its supervisor, web workers and monitor."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=20)
-
-    def request(self, path: str, data: bytes | None = None) -> tuple[int, dict, bytes]:
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method="POST" if data is not None else "GET",
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
-
-    def json(self, path: str):
-        status, _headers, body = self.request(path)
-        assert status == 200, (self.name, path, status, body[:300])
-        return json.loads(body)
-
-
-def answers(fetch):
-    """fetch(), or None while the console is not answering yet."""
-
-    def ask():
-        try:
-            return fetch()
-        except (OSError, AssertionError, ValueError):
-            return None
-
-    return ask
 
 
 @pytest.fixture
