@@ -752,6 +752,35 @@ def test_another_hosts_session_is_refused_on_record(monitor):
     assert TelemetrySpan.objects.filter(session_id=ours.session_id).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_thread_puts_each_rounds_telemetry_on_record_and_the_rest_at_stop(
+    console_state, settings
+):
+    """run_forever's monitor writes telemetry on a thread of its own: the round hands
+    over what it drained and goes on; what came after the last round is written at stop."""
+    settings.OPSCONSOLE_OTLP_PORT = 0
+    monitor = Monitor(paths=console_state.paths, cadences=False, publish=False)
+    monitor.start_telemetry(write_behind=True)
+    sid = str(uuid.uuid4())
+    try:
+        assert monitor.telemetry_writer.is_alive()
+        assert monitor_post(monitor, "logs", logs_json(resource(sid), [api_request(1.0)])) == 200
+        spans = traces(
+            resource(sid), [Sp("claude_code.llm_request", {"ttft_ms": 5})], protobuf=False
+        )
+        assert monitor_post(monitor, "traces", spans) == 200
+        monitor.tick()
+        assert wait_until(lambda: TelemetrySpan.objects.filter(session_id=sid).count() == 1)
+        assert wait_until(lambda: not monitor.telemetry_writing)
+        assert str(RunTelemetry.objects.get(session_id=sid).cost_usd) == "1.000000"
+        assert monitor_post(monitor, "logs", logs_json(resource(sid), [api_request(0.25)])) == 200
+    finally:
+        writer = monitor.telemetry_writer
+        monitor.stop_telemetry()
+    assert not writer.is_alive() and monitor.telemetry_writer is None
+    assert str(RunTelemetry.objects.get(session_id=sid).cost_usd) == "1.250000"
+
+
 @pytest.mark.django_db
 def test_values_a_database_refuses_are_cleaned_not_kept_waiting(monitor):
     """NaN and infinities, a NUL: in a span's attributes or a metric they would make
