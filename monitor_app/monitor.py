@@ -82,6 +82,16 @@ COST_READS_PER_SAMPLE = 25
 RECORDS_PER_SAMPLE = 25
 
 
+@dataclass
+class TelemetryBatch:
+    """What one round hands the telemetry writer: the drained rollups and spans, and the
+    live runs when the inbox is due to be kept on disk (None when not)."""
+
+    drained: Drained
+    keep_live: set[str] | None
+    now: datetime
+
+
 class Cadence:
     """Work done every so many seconds inside the sample loop, decided on the sample's
     clock (`now`), so a test hands it the time. Due on the first call, then once the
@@ -214,7 +224,7 @@ class Monitor:
         # (tick() alone writes in the round). One batch at a time: while one is being
         # written, what comes waits in the inbox.
         self.telemetry_writer: threading.Thread | None = None
-        self.telemetry_batches: queue.Queue[Drained | None] = queue.Queue(maxsize=1)
+        self.telemetry_batches: queue.Queue[TelemetryBatch | None] = queue.Queue(maxsize=1)
         self.telemetry_writing = False
         self.watching_since = datetime.now(UTC)
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
@@ -764,35 +774,49 @@ class Monitor:
         live = {s.session_id for s in snapshot.sessions}
         if self.reporting is not None:
             self.reporting.note_telemetry(self.telemetry.drain())
-        else:
-            self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
+            if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
+                keep_rollups(self.paths, self.telemetry, live, now)
+            return
+        if self.telemetry_writing:
+            return  # the writer's batch is not written yet: what came waits in the inbox
+        self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
 
-            def waits(rollup) -> bool:
-                # A tool opened or closed is written at once: the live timeline shows it.
-                written = self.rollups_written.get(rollup.session_id)
-                return (
-                    rollup.session_id in live
-                    and written is not None
-                    and now - written[0] < LIVE_ROLLUP_EVERY
-                    and written[1] == rollup.open_tools.keys()
-                )
+        def waits(rollup) -> bool:
+            # A tool opened or closed is written at once: the live timeline shows it.
+            written = self.rollups_written.get(rollup.session_id)
+            return (
+                rollup.session_id in live
+                and written is not None
+                and now - written[0] < LIVE_ROLLUP_EVERY
+                and written[1] == rollup.open_tools.keys()
+            )
 
-            if not self.telemetry_writing:
-                drained = self.telemetry.drain(waits)
-                # Noted as written when handed over: one that fails is put back, changed,
-                # and written within LIVE_ROLLUP_EVERY.
-                for rollup in drained.rollups:
-                    if rollup.session_id in live:
-                        self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
-                if self.telemetry_writer is None:
-                    self.write_telemetry(drained)
-                elif drained.rollups or drained.spans:
-                    self.telemetry_writing = True
-                    self.telemetry_batches.put(drained)
-        # Written down every so often (and at stop), not every sample: a restarted monitor
+        drained = self.telemetry.drain(waits)
+        # Noted as written when handed over: one that fails is put back, changed, and
+        # written within LIVE_ROLLUP_EVERY.
+        for rollup in drained.rollups:
+            if rollup.session_id in live:
+                self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
+        # Kept on disk every so often (and at stop), not every sample: a restarted monitor
         # adds on to what it kept, losing at most that much of a run's rollup.
-        if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
-            keep_rollups(self.paths, self.telemetry, live, now)
+        keep = self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds())
+        batch = TelemetryBatch(drained, live if keep else None, now)
+        if self.telemetry_writer is None:
+            self.write_batch(batch)
+        elif drained.rollups or drained.spans or keep:
+            self.telemetry_writing = True
+            self.telemetry_batches.put(batch)
+
+    def write_batch(self, batch: TelemetryBatch, *, in_round: bool = True) -> None:
+        drained = batch.drained
+        if in_round:
+            self.write_telemetry(drained)
+        elif not self.database_ok:  # the round found it away: no wait on it here either
+            self.telemetry.put_back(drained)
+        elif drained.rollups or drained.spans:
+            self.telemetry_on_record(drained)  # the round's database_ok is the round's
+        if batch.keep_live is not None:
+            keep_rollups(self.paths, self.telemetry, batch.keep_live, batch.now)
 
     def write_telemetry(self, drained: Drained) -> None:
         """In the round (tick() without a writer thread, and at stop)."""
@@ -824,15 +848,12 @@ class Monitor:
         """The writer thread: each batch the round hands over, on record while the next
         sample is taken (a round's writes were most of the sample's time under load)."""
         try:
-            while (drained := self.telemetry_batches.get()) is not None:
+            while (batch := self.telemetry_batches.get()) is not None:
                 try:
-                    if self.database_ok:  # the round found it away: no wait on it here
-                        self.telemetry_on_record(drained)
-                    else:
-                        self.telemetry.put_back(drained)
+                    self.write_batch(batch, in_round=False)
                 except Exception:  # a bug here must not end the writes for good
                     log.exception("telemetry not written")
-                    self.telemetry.put_back(drained)
+                    self.telemetry.put_back(batch.drained)
                 finally:
                     self.telemetry_writing = False
         finally:
