@@ -24,6 +24,7 @@ import queue
 import re
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -205,12 +206,28 @@ STATUS_TEXT = {status.value: status.phrase for status in HTTPStatus}
 OK_BODY = b"{}"
 
 
+class HttpDate:
+    """The Date header's text, made once a second (formatdate was most of an answer's cost)."""
+
+    def __init__(self) -> None:
+        self.second, self.text = -1, ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:  # threads may race here: each writes the same text
+            self.text, self.second = formatdate(second, usegmt=True), second
+        return self.text
+
+
+HTTP_DATE = HttpDate()
+
+
 def answer_bytes(status: int, payload: dict, *, close: bool) -> bytes:
     """A whole answer, status line to body, as one buffer."""
     body = OK_BODY if not payload else json.dumps(payload).encode()
     head = (
         f"HTTP/1.1 {status} {STATUS_TEXT.get(status, '')}\r\n"
-        f"Server: opsconsole-otlp\r\nDate: {formatdate(usegmt=True)}\r\n"
+        f"Server: opsconsole-otlp\r\nDate: {HTTP_DATE.now()}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         + ("Connection: close\r\n" if close else "")
         + "\r\n"
