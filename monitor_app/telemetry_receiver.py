@@ -184,6 +184,7 @@ def parse_request(handler: BaseHTTPRequestHandler) -> bool:
     if not words:
         return False
     if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+        handler.request_version = "HTTP/1.0"  # an answer with its status line, not HTTP/0.9's
         handler.send_error(400, f"Bad request line {requestline[:100]!r}: HTTP/1.x only")
         return False
     handler.command, handler.path, handler.request_version = words
