@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from jobs_app.linking import job_index
 from jobs_app.models import AuditEntry, Job
@@ -70,6 +71,8 @@ STALE_LIVE_ROW_GRACE = timedelta(seconds=60)
 PRUNE_EVERY = timedelta(hours=1)
 ROLLUPS_KEPT_EVERY = timedelta(seconds=15)
 LIVE_ROLLUP_EVERY = timedelta(seconds=10)
+# At stop, the telemetry writer's last batch is waited for this long.
+TELEMETRY_WRITER_STOP_SECONDS = 30.0
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -77,6 +80,16 @@ COST_READS_PER_SAMPLE = 25
 # sessions seen to end. Ten thousand dead runs found at once are drained over the next
 # samples, a batch each, so the sample keeps its cadence; the rest wait where they are.
 RECORDS_PER_SAMPLE = 25
+
+
+@dataclass
+class TelemetryBatch:
+    """What one round hands the telemetry writer: the drained rollups and spans, and the
+    live runs when the inbox is due to be kept on disk (None when not)."""
+
+    drained: Drained
+    keep_live: set[str] | None
+    now: datetime
 
 
 class Cadence:
@@ -207,6 +220,12 @@ class Monitor:
         # Live runs' rollups: when last written, and the tools open then.
         self.rollups_written: dict[str, tuple[datetime, set[str]]] = {}
         self.receiver: Receiver | None = None
+        # run_forever's: the round hands what it drained to a writer thread and goes on
+        # (tick() alone writes in the round). One batch at a time: while one is being
+        # written, what comes waits in the inbox.
+        self.telemetry_writer: threading.Thread | None = None
+        self.telemetry_batches: queue.Queue[TelemetryBatch | None] = queue.Queue(maxsize=1)
+        self.telemetry_writing = False
         self.watching_since = datetime.now(UTC)
         # The rounds of the layers above the engine (the fleet's, the alerts'), given by
         # whoever assembles the monitor (opsconsole.monitoring): the engine cannot name them.
@@ -704,9 +723,10 @@ class Monitor:
 
     # ------------------------------------------------------------------ telemetry
 
-    def start_telemetry(self) -> None:
+    def start_telemetry(self, *, write_behind: bool = False) -> None:
         """Take Claude Code's OTLP on loopback; a receiver that cannot start costs the
-        telemetry, never the monitor."""
+        telemetry, never the monitor. `write_behind`: its writes on a thread of their own,
+        off the sample's time."""
         if not settings.OPSCONSOLE_TELEMETRY_RECEIVER or self.receiver is not None:
             return
         self.telemetry = Inbox(load_rollups(self.paths))
@@ -723,6 +743,11 @@ class Monitor:
             self.telemetry = None
             return
         log.info("telemetry receiver on %s", self.receiver.endpoint)
+        if write_behind and self.reporting is None:
+            self.telemetry_writer = threading.Thread(
+                target=self.write_telemetry_forever, name="telemetry-writer", daemon=True
+            )
+            self.telemetry_writer.start()
 
     def stop_telemetry(self) -> None:
         if self.receiver is not None:
@@ -730,6 +755,10 @@ class Monitor:
             remove_receiver_address(self.paths)
             self.receiver.stop()
             self.receiver = None
+            if self.telemetry_writer is not None:  # its batch finished, then the rest here
+                self.telemetry_batches.put(None)
+                self.telemetry_writer.join(TELEMETRY_WRITER_STOP_SECONDS)
+                self.telemetry_writer = None
             now = datetime.now(UTC)
             if self.reporting is None:  # what came in the last moments, on record
                 self.write_telemetry(self.telemetry.drain())
@@ -745,46 +774,90 @@ class Monitor:
         live = {s.session_id for s in snapshot.sessions}
         if self.reporting is not None:
             self.reporting.note_telemetry(self.telemetry.drain())
-        else:
-            self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
+            if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
+                keep_rollups(self.paths, self.telemetry, live, now)
+            return
+        if self.telemetry_writing:
+            return  # the writer's batch is not written yet: what came waits in the inbox
+        self.rollups_written = {k: v for k, v in self.rollups_written.items() if k in live}
 
-            def waits(rollup) -> bool:
-                # A tool opened or closed is written at once: the live timeline shows it.
-                written = self.rollups_written.get(rollup.session_id)
-                return (
-                    rollup.session_id in live
-                    and written is not None
-                    and now - written[0] < LIVE_ROLLUP_EVERY
-                    and written[1] == rollup.open_tools.keys()
-                )
+        def waits(rollup) -> bool:
+            # A tool opened or closed is written at once: the live timeline shows it.
+            written = self.rollups_written.get(rollup.session_id)
+            return (
+                rollup.session_id in live
+                and written is not None
+                and now - written[0] < LIVE_ROLLUP_EVERY
+                and written[1] == rollup.open_tools.keys()
+            )
 
-            drained = self.telemetry.drain(waits)
-            self.write_telemetry(drained)
-            for rollup in drained.rollups:
-                if rollup.session_id in live:
-                    self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
-        # Written down every so often (and at stop), not every sample: a restarted monitor
+        drained = self.telemetry.drain(waits)
+        # Noted as written when handed over: one that fails is put back, changed, and
+        # written within LIVE_ROLLUP_EVERY.
+        for rollup in drained.rollups:
+            if rollup.session_id in live:
+                self.rollups_written[rollup.session_id] = (now, set(rollup.open_tools))
+        # Kept on disk every so often (and at stop), not every sample: a restarted monitor
         # adds on to what it kept, losing at most that much of a run's rollup.
-        if self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds()):
-            keep_rollups(self.paths, self.telemetry, live, now)
+        keep = self.keeping_rollups.due(now, ROLLUPS_KEPT_EVERY.total_seconds())
+        batch = TelemetryBatch(drained, live if keep else None, now)
+        if self.telemetry_writer is None:
+            self.write_batch(batch)
+        elif drained.rollups or drained.spans or keep:
+            self.telemetry_writing = True
+            self.telemetry_batches.put(batch)
+
+    def write_batch(self, batch: TelemetryBatch, *, in_round: bool = True) -> None:
+        drained = batch.drained
+        if in_round:
+            self.write_telemetry(drained)
+        elif not self.database_ok:  # the round found it away: no wait on it here either
+            self.telemetry.put_back(drained)
+        elif drained.rollups or drained.spans:
+            self.telemetry_on_record(drained)  # the round's database_ok is the round's
+        if batch.keep_live is not None:
+            keep_rollups(self.paths, self.telemetry, batch.keep_live, batch.now)
 
     def write_telemetry(self, drained: Drained) -> None:
+        """In the round (tick() without a writer thread, and at stop)."""
         if not (drained.rollups or drained.spans):
             return
         if not self.database_ok:
             self.telemetry.put_back(drained)
             return
+        failed = self.telemetry_on_record(drained)
+        if isinstance(failed, DATABASE_AWAY):
+            self.database_ok = False  # the rest of the round does not wait on it again
+
+    def telemetry_on_record(self, drained: Drained) -> DatabaseError | None:
+        """Rollups and spans written; on a database error put back for a later round, and
+        the error returned."""
         try:
             written = write_rollups(drained.rollups, self.host)
             write_spans(drained.spans, self.host)
-            if written.refused:
-                self.telemetry.count("refused: another host's session", len(written.refused))
         except DatabaseError as exc:
             log.warning("telemetry kept for later: %s", exc)
             self.telemetry.put_back(drained)
             close_old_connections()
-            if isinstance(exc, DATABASE_AWAY):
-                self.database_ok = False  # the rest of the round does not wait on it again
+            return exc
+        if written.refused:
+            self.telemetry.count("refused: another host's session", len(written.refused))
+        return None
+
+    def write_telemetry_forever(self) -> None:
+        """The writer thread: each batch the round hands over, on record while the next
+        sample is taken (a round's writes were most of the sample's time under load)."""
+        try:
+            while (batch := self.telemetry_batches.get()) is not None:
+                try:
+                    self.write_batch(batch, in_round=False)
+                except Exception:  # a bug here must not end the writes for good
+                    log.exception("telemetry not written")
+                    self.telemetry.put_back(batch.drained)
+                finally:
+                    self.telemetry_writing = False
+        finally:
+            connections.close_all()  # this thread's own
 
     def run_steps(self, snapshot: Snapshot, now: datetime) -> None:
         """The rounds of the layers above (alert rules, the fleet's silent hosts): each
@@ -943,7 +1016,7 @@ class Monitor:
     def run_forever(self, stop: threading.Event) -> None:
         """Sample every interval until `stop` is set (SIGTERM/SIGINT in the command)."""
         self.started()
-        self.start_telemetry()
+        self.start_telemetry(write_behind=True)
         try:
             while not stop.is_set():
                 began = time.monotonic()

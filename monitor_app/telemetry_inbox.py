@@ -1,4 +1,4 @@
-"""What the host's telemetry receiver took, until the monitor's round writes it.
+"""What the host's telemetry receiver took, until the monitor writes it.
 
 The `Inbox` folds each request's records into per-run rollups and keeps the spans
 waiting, under one lock the receiver's threads and the round share (held for a dict
@@ -39,7 +39,7 @@ class Drained:
 
 
 class Inbox:
-    """What the receiver took, kept until the monitor's round writes it (thread-safe)."""
+    """What the receiver took, kept until the monitor writes it (thread-safe)."""
 
     def __init__(self, rollups: dict[str, Rollup] | None = None) -> None:
         self.lock = threading.Lock()

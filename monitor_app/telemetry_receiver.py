@@ -24,10 +24,13 @@ import queue
 import re
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from email.utils import formatdate
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from monitor_app.telemetry_inbox import Inbox
@@ -123,6 +126,116 @@ def read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     return body
 
 
+class Headers(dict):
+    """A request's headers by lower-cased name (the first of a repeated one), read by
+    `.get` as http.server's message is."""
+
+    def get(self, name: str, default=None):
+        return super().get(name.lower(), default)
+
+    def __getitem__(self, name: str):
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+MAX_HEADER_LINE = 65536
+MAX_HEADERS = 100
+
+
+def read_headers(rfile) -> Headers:
+    """The header lines up to the blank one, with http.client's bounds (a line, the count);
+    Refused(431) past them."""
+    headers = Headers()
+    name = None
+    for _ in range(MAX_HEADERS + 1):
+        line = rfile.readline(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE:
+            raise Refused(431, "header line too long")
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t"):  # a folded line continues the one before
+            if name is not None:
+                headers[name] = f"{headers[name]} {text.strip()}"
+            continue
+        key, colon, value = text.partition(":")
+        if not colon:
+            continue
+        name = key.strip().lower()
+        if name not in headers:
+            dict.__setitem__(headers, name, value.strip())
+        else:
+            name = None  # the first of a repeated header is the one read
+    raise Refused(431, f"more than {MAX_HEADERS} headers")
+
+
+def parse_request(handler: BaseHTTPRequestHandler) -> bool:
+    """http.server's parse_request for HTTP/1.x, with the headers read by `read_headers`:
+    the stdlib's email parser was a quarter of the receiver's CPU at 240 exports a second
+    (docs/benchmarks.md). False, with the answer sent, when the request is refused."""
+    handler.command = None
+    handler.request_version = handler.default_request_version
+    handler.close_connection = True
+    requestline = str(handler.raw_requestline, "iso-8859-1").rstrip("\r\n")
+    handler.requestline = requestline
+    words = requestline.split()
+    if not words:
+        return False
+    if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+        handler.request_version = "HTTP/1.0"  # an answer with its status line, not HTTP/0.9's
+        handler.send_error(400, f"Bad request line {requestline[:100]!r}: HTTP/1.x only")
+        return False
+    handler.command, handler.path, handler.request_version = words
+    if handler.path.startswith("//"):  # as http.server: never an absolute URI
+        handler.path = "/" + handler.path.lstrip("/")
+    try:
+        handler.headers = read_headers(handler.rfile)
+    except Refused as refused:
+        handler.send_error(refused.status, refused.reason)
+        return False
+    connection = handler.headers.get("Connection", "").lower()
+    handler.close_connection = connection == "close" or (
+        handler.request_version == "HTTP/1.0" and connection != "keep-alive"
+    )
+    expects = handler.headers.get("Expect", "").lower() == "100-continue"
+    return not (expects and handler.request_version == "HTTP/1.1") or handler.handle_expect_100()
+
+
+STATUS_TEXT = {status.value: status.phrase for status in HTTPStatus}
+OK_BODY = b"{}"
+
+
+class HttpDate:
+    """The Date header's text, made once a second (formatdate was most of an answer's cost)."""
+
+    def __init__(self) -> None:
+        self.second, self.text = -1, ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:  # threads may race here: each writes the same text
+            self.text, self.second = formatdate(second, usegmt=True), second
+        return self.text
+
+
+HTTP_DATE = HttpDate()
+
+
+def answer_bytes(status: int, payload: dict, *, close: bool) -> bytes:
+    """A whole answer, status line to body, as one buffer."""
+    body = OK_BODY if not payload else json.dumps(payload).encode()
+    head = (
+        f"HTTP/1.1 {status} {STATUS_TEXT.get(status, '')}\r\n"
+        f"Server: opsconsole-otlp\r\nDate: {HTTP_DATE.now()}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
 def skip_small_body(handler: BaseHTTPRequestHandler) -> None:
     """Read a small Content-Length body that is refused, so the refusal reaches the client."""
     try:
@@ -195,6 +308,9 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
+            def parse_request(self) -> bool:
+                return parse_request(self)
+
             def do_POST(self):
                 receiver.handle(self)
 
@@ -202,16 +318,10 @@ class Receiver:
                 self.answer(405, {"error": "POST OTLP to /v1/logs, /v1/metrics or /v1/traces"})
 
             def answer(self, status: int, payload: dict, *, close: bool = False) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
                 if close:
-                    self.send_header("Connection", "close")
                     self.close_connection = True
-                try:
-                    self.end_headers()
-                    self.wfile.write(body)
+                try:  # one write: headers and body in one segment
+                    self.wfile.write(answer_bytes(status, payload, close=close))
                 except OSError:  # the client has gone: nobody to tell
                     self.close_connection = True
 

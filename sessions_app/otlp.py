@@ -144,7 +144,9 @@ def _nanos(value: object) -> int:
 
 
 def _get(data: dict, camel: str, snake: str, default: Any = None) -> Any:
-    value = data.get(camel, data.get(snake, default))
+    value = data.get(camel)
+    if value is None:
+        value = data.get(snake)
     return default if value is None else value
 
 
@@ -164,6 +166,9 @@ def is_true(value: object) -> bool:
 def _json_value(value: object, depth: int = 0) -> Scalar:
     if not isinstance(value, dict):
         return _text(value) if value is not None else ""
+    text = value.get("stringValue")
+    if text is not None:  # most values: one lookup
+        return _text(text)
     if "stringValue" in value or "string_value" in value:
         return _text(_get(value, "stringValue", "string_value", ""))
     if "boolValue" in value or "bool_value" in value:
@@ -308,7 +313,16 @@ def _pb_value(value, depth: int = 0) -> Scalar:
 
 
 def _pb_attributes(items, depth: int = 0) -> dict[str, Scalar]:
-    return {_text(item.key): _pb_value(item.value, depth) for item in items[:MAX_ATTRIBUTES]}
+    attributes: dict[str, Scalar] = {}
+    for item in items[:MAX_ATTRIBUTES]:
+        value = item.value
+        # Most values are strings: read without a call of _pb_value.
+        attributes[_text(item.key)] = (
+            _text(value.string_value)
+            if value.WhichOneof("value") == "string_value"
+            else _pb_value(value, depth)
+        )
+    return attributes
 
 
 _PB_REQUESTS = {

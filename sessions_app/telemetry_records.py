@@ -9,10 +9,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connections, router, transaction
 from django.db.models import Exists, OuterRef, Q
 
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
 from sessions_app.telemetry import Rollup, ns_to_datetime
+from wrapper.formats import clean_text
 
 # --------------------------------------------------------------------------- on record
 
@@ -154,24 +156,64 @@ def write_spans(rows: list[dict[str, Any]], host: str) -> int:
             .exclude(host=host)
             .values_list("session_id", flat=True)
         }
-    spans = [
-        TelemetrySpan(
-            trace_id=r["trace_id"],
-            span_id=r["span_id"],
-            parent_span_id=r.get("parent_span_id", ""),
-            session_id=r.get("session_id"),
-            host=host,
-            name=r["name"],
-            start_at=ns_to_datetime(r["start_ns"]),
-            duration_ms=r["duration_ms"],
-            error=bool(r.get("error")),
-            attributes=r.get("attributes") or {},
+    kept = [r for r in rows if r.get("session_id") not in foreign]
+    if kept:
+        insert_spans(kept, host)
+    return len(kept)
+
+
+SPAN_COLUMNS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "session_id",
+    "host",
+    "name",
+    "start_at",
+    "duration_ms",
+    "error",
+    "attributes",
+)
+SPANS_PER_STATEMENT = 500
+
+
+def insert_spans(rows: list[dict[str, Any]], host: str) -> None:
+    """`INSERT ... ON CONFLICT (trace_id, span_id) DO NOTHING` (SQLite and PostgreSQL alike)
+    run over the rows, each value adapted by its own field: bulk_create's model objects
+    and SQL compiler were most of the time of a sample's 400 spans."""
+    connection = connections[router.db_for_write(TelemetrySpan)]
+    fields = [TelemetrySpan._meta.get_field(name) for name in SPAN_COLUMNS]
+    table = connection.ops.quote_name(TelemetrySpan._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "  # noqa: S608 (our constants)
+        "ON CONFLICT (trace_id, span_id) DO NOTHING"
+    )
+    session_ids: dict[Any, Any] = {}  # a batch names few runs: each adapted once
+    session_field, start_field, attributes_field = fields[3], fields[6], fields[9]
+    host = fields[4].get_db_prep_save(host, connection)
+    params = []
+    for r in rows:
+        sid = r.get("session_id")
+        if sid not in session_ids:
+            session_ids[sid] = session_field.get_db_prep_save(sid, connection)
+        params.append(
+            (
+                clean_text(r["trace_id"]),
+                clean_text(r["span_id"]),
+                clean_text(r.get("parent_span_id") or ""),
+                session_ids[sid],
+                host,
+                clean_text(r["name"]),
+                start_field.get_db_prep_save(ns_to_datetime(r["start_ns"]), connection),
+                float(r["duration_ms"]),
+                bool(r.get("error")),
+                attributes_field.get_db_prep_save(r.get("attributes") or {}, connection),
+            )
         )
-        for r in rows
-        if r.get("session_id") not in foreign
-    ]
-    TelemetrySpan.objects.bulk_create(spans, ignore_conflicts=True, batch_size=500)
-    return len(spans)
+    with transaction.atomic(using=connection.alias, savepoint=False), connection.cursor() as cursor:
+        for start in range(0, len(params), SPANS_PER_STATEMENT):
+            cursor.executemany(sql, params[start : start + SPANS_PER_STATEMENT])
 
 
 def prune_spans(keep: timedelta, now: datetime) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import io
 import json
 import socket
 import statistics
@@ -28,7 +29,13 @@ import pytest
 from monitor_app import telemetry_inbox, telemetry_receiver
 from monitor_app.monitor import Monitor
 from monitor_app.telemetry_inbox import Inbox
-from monitor_app.telemetry_receiver import MAX_CONCURRENT_REQUESTS, Receiver
+from monitor_app.telemetry_receiver import (
+    MAX_CONCURRENT_REQUESTS,
+    MAX_HEADERS,
+    Receiver,
+    Refused,
+    read_headers,
+)
 from sessions_app.models import RunTelemetry, Session, TelemetrySpan
 from sessions_app.otlp import Event, Records, decode
 from sessions_app.telemetry_records import stored_rollup, write_rollups, write_spans
@@ -195,6 +202,29 @@ def test_a_kept_alive_connection_is_answered_without_waiting_for_delayed_acks(re
     conn.close()
     assert receiver.inbox.get(sid).api_requests == 50
     assert took < 1.5, took
+
+
+def test_headers_are_read_whatever_their_case_within_http_clients_bounds(receiver):
+    """The receiver reads headers itself (the stdlib's email parser was a quarter of its
+    CPU): names in any case, the first of a repeated one, http.client's bounds kept."""
+    headers = read_headers(io.BytesIO(b"Content-TYPE: a/b\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody"))
+    assert headers.get("content-type") == "a/b" and headers["X-A"] == "1" and "x-a" in headers
+    assert read_headers(io.BytesIO(b"X: 1\r\n" * MAX_HEADERS + b"\r\n")).get("x") == "1"
+    with pytest.raises(Refused, match=f"more than {MAX_HEADERS} headers"):
+        read_headers(io.BytesIO(b"X: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n"))
+    with pytest.raises(Refused, match="too long"):
+        read_headers(io.BytesIO(b"X: " + b"a" * 70_000 + b"\r\n\r\n"))
+    sid = str(uuid.uuid4())
+    body = logs_json(resource(sid), [api_request(0.5)])
+    request = (
+        "POST /v1/logs HTTP/1.1\ncontent-type: application/json\n"
+        f"AUTHORIZATION: Bearer {TOKEN}\ncontent-length: {len(body)}\nConnection: close\n"
+    )
+    answer = raw_request(receiver.port, request, body)  # answered, then closed
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n{}")
+    assert receiver.inbox.get(sid).cost_usd == 0.5
+    assert raw_request(receiver.port, "GET / HTTP/2.0\n").startswith(b"HTTP/1.1 400")
+    good_request(receiver)
 
 
 def test_deflate_and_a_charset_in_the_content_type_are_taken(receiver):
@@ -750,6 +780,35 @@ def test_another_hosts_session_is_refused_on_record(monitor):
     ours.refresh_from_db()
     assert ours.cost_telemetry_usd == row.cost_usd
     assert TelemetrySpan.objects.filter(session_id=ours.session_id).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_thread_puts_each_rounds_telemetry_on_record_and_the_rest_at_stop(
+    console_state, settings
+):
+    """run_forever's monitor writes telemetry on a thread of its own: the round hands
+    over what it drained and goes on; what came after the last round is written at stop."""
+    settings.OPSCONSOLE_OTLP_PORT = 0
+    monitor = Monitor(paths=console_state.paths, cadences=False, publish=False)
+    monitor.start_telemetry(write_behind=True)
+    sid = str(uuid.uuid4())
+    try:
+        assert monitor.telemetry_writer.is_alive()
+        assert monitor_post(monitor, "logs", logs_json(resource(sid), [api_request(1.0)])) == 200
+        spans = traces(
+            resource(sid), [Sp("claude_code.llm_request", {"ttft_ms": 5})], protobuf=False
+        )
+        assert monitor_post(monitor, "traces", spans) == 200
+        monitor.tick()
+        assert wait_until(lambda: TelemetrySpan.objects.filter(session_id=sid).count() == 1)
+        assert wait_until(lambda: not monitor.telemetry_writing)
+        assert str(RunTelemetry.objects.get(session_id=sid).cost_usd) == "1.000000"
+        assert monitor_post(monitor, "logs", logs_json(resource(sid), [api_request(0.25)])) == 200
+    finally:
+        writer = monitor.telemetry_writer
+        monitor.stop_telemetry()
+    assert not writer.is_alive() and monitor.telemetry_writer is None
+    assert str(RunTelemetry.objects.get(session_id=sid).cost_usd) == "1.250000"
 
 
 @pytest.mark.django_db
