@@ -55,13 +55,16 @@ def ring(host: str, alias: str = DEFAULT_DB_ALIAS) -> None:
 class Bell:
     """Threads waiting for a host's requests, by host, and the one thread that wakes them."""
 
-    def __init__(self, alias: str = DEFAULT_DB_ALIAS) -> None:
+    def __init__(self, alias: str = DEFAULT_DB_ALIAS, check_seconds: float = CHECK_SECONDS) -> None:
         self.alias = alias
+        self.check_seconds = check_seconds
+        self.checks = 0  # fallback looks made (SQLite)
         self.lock = threading.Lock()
         self.waiters: dict[str, set[threading.Event]] = {}
         self.thread: threading.Thread | None = None
         self.last_waiter_at = time.monotonic()
         self.closing = False  # the process is stopping: no poll waits any more
+        self.closed = threading.Event()  # the same, for the thread between two looks
 
     @contextlib.contextmanager
     def waiting(self, host: str) -> Iterator[threading.Event]:
@@ -96,6 +99,7 @@ class Bell:
         to its end would keep the worker (and `serve`'s stop) waiting up to its timeout."""
         with self.lock:
             self.closing = True
+            self.closed.set()
             for events in self.waiters.values():
                 for event in events:
                     event.set()
@@ -106,6 +110,9 @@ class Bell:
 
     def idle(self) -> bool:
         with self.lock:
+            if self.closing:
+                self.thread = None
+                return True
             if self.waiters or time.monotonic() - self.last_waiter_at < IDLE_SECONDS:
                 return False
             self.thread = None  # the next waiter starts another
@@ -140,7 +147,8 @@ class Bell:
                     pending = set()
                 for host in pending:
                     self.wake(host)
-            time.sleep(CHECK_SECONDS)
+                self.checks += 1
+            self.closed.wait(self.check_seconds)
 
     def listen(self) -> None:
         """LISTEN on a connection of this thread's own; each notification names a host."""
