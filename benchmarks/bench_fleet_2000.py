@@ -311,14 +311,17 @@ class ProcessCPU:
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
 
-    def look(self, processes: list[psutil.Process]) -> int:
-        """Note each process's CPU; returns their RSS in bytes."""
+    def look(self, processes: list[psutil.Process], private: bool = False) -> int:
+        """Note each process's CPU; returns their RSS in bytes, or with `private` their RSS
+        less the pages they share (PostgreSQL's shared buffers, counted once per backend
+        in RSS)."""
         rss = 0
         for process in processes:
             with contextlib.suppress(psutil.Error):
                 with process.oneshot():
                     cpu = sum(process.cpu_times()[:2])
-                    rss += process.memory_info().rss
+                    memory = process.memory_info()
+                    rss += memory.rss - (memory.shared if private else 0)
                 self.first.setdefault(process.pid, cpu)
                 self.last[process.pid] = cpu
         return rss
@@ -528,6 +531,7 @@ def main() -> None:
         my_pg_cpu, all_pg_cpu = ProcessCPU(), ProcessCPU()
         console_rss: list[list[int]] = [[] for _ in consoles]
         pg_rss: list[int] = []
+        pg_backends: list[int] = []
         loads: list[float] = []
 
         def look() -> None:
@@ -535,7 +539,8 @@ def main() -> None:
                 console_rss[i].append(console_cpu[i].look(process_tree(process.pid)))
             server, mine = postgres_processes(args.database)
             all_pg_cpu.look(server)
-            pg_rss.append(my_pg_cpu.look(mine))
+            pg_rss.append(my_pg_cpu.look(mine, private=True))
+            pg_backends.append(len(mine))
             loads.append(os.getloadavg()[0])
 
         look()
@@ -562,6 +567,7 @@ def main() -> None:
             my_pg_cpu,
             all_pg_cpu,
             pg_rss,
+            pg_backends,
             loads,
             counters_before,
             counters_after,
@@ -597,6 +603,7 @@ def summarize(
     my_pg_cpu,
     all_pg_cpu,
     pg_rss,
+    pg_backends,
     loads,
     before,
     after,
@@ -673,7 +680,8 @@ def summarize(
         "console_rss_mib_mean": [round(statistics.mean(r) / 2**20) for r in console_rss],
         "pg_backends_cpu_pct_of_core": round(100 * database_cpu / wall, 1),
         "pg_server_cpu_pct_of_core_all_databases": round(100 * all_pg_cpu.used() / wall, 1),
-        "pg_backends_rss_mib_peak": round(max(pg_rss) / 2**20),
+        "pg_backends_private_mib_peak": round(max(pg_rss) / 2**20),
+        "pg_backends_peak": max(pg_backends),
         "generator_cpu_pct_of_core": round(100 * generator_cpu / wall, 1),
         "cpu_ms_per_report": {
             "consoles": round(1000 * consoles_cpu / taken, 2) if taken else None,
@@ -726,8 +734,8 @@ def print_figures(f: dict) -> None:
             f["pg_server_cpu_pct_of_core_all_databases"],
         ),
         (
-            "PostgreSQL backends RSS peak (MiB, shared buffers counted per process)",
-            f["pg_backends_rss_mib_peak"],
+            "PostgreSQL backends of this database: peak count; private memory peak (MiB)",
+            (f["pg_backends_peak"], f["pg_backends_private_mib_peak"]),
         ),
         ("load generator CPU, % of a core", f["generator_cpu_pct_of_core"]),
         ("CPU ms per report taken: consoles / PostgreSQL", f["cpu_ms_per_report"]),
