@@ -266,10 +266,10 @@ def read_fleet(consoles: list[str], api_token: str, args, start, results) -> Non
     opener = login(consoles[0], "ops", PASSWORD)  # the session is in the shared database
     timings: dict[str, list[float]] = {"api": [], "page": [], "rows": [], "hosts": []}
     failures: dict[str, int] = {}
-    while start.value == 0:
-        time.sleep(0.05)
-    ends, turn, next_hosts = start.value + args.seconds, 0, start.value
-    while time.time() < ends:
+    # Polling starts at once (the baseline before the window counts what reading costs),
+    # and is timed within the window.
+    turn, next_hosts = 0, time.time()
+    while start.value == 0 or time.time() < start.value + args.seconds:
         base = consoles[turn % len(consoles)]
         turn += 1
         asks = [
@@ -295,7 +295,8 @@ def read_fleet(consoles: list[str], api_token: str, args, start, results) -> Non
             except OSError as exc:
                 failures[f"{name}: {exc}"[:120]] = failures.get(f"{name}: {exc}"[:120], 0) + 1
                 continue
-            timings[name].append((time.perf_counter() - began) * 1000)
+            if start.value and time.time() >= start.value:
+                timings[name].append((time.perf_counter() - began) * 1000)
         time.sleep(0.5)
     results.put(("readers", {"timings": timings, "failures": failures}))
 
@@ -357,6 +358,42 @@ def postgres_processes(database: str) -> tuple[list[psutil.Process], list[psutil
     return server, mine
 
 
+class Meter:
+    """CPU and memory of the consoles' process trees and of PostgreSQL, looked at every
+    second from now until stop(), with this database's pg_stat_database counters."""
+
+    def __init__(self, console_pids: list[int], database: str, url: str) -> None:
+        self.console_pids, self.database, self.url = console_pids, database, url
+        self.consoles = [ProcessCPU() for _ in console_pids]
+        self.backends, self.server = ProcessCPU(), ProcessCPU()
+        self.console_rss: list[list[int]] = [[] for _ in console_pids]
+        self.backend_memory: list[int] = []
+        self.backend_count: list[int] = []
+        self.loads: list[float] = []
+        self.look()
+        self.counters = database_counters(url, database)
+        self.began = time.time()
+
+    def look(self) -> None:
+        for i, pid in enumerate(self.console_pids):
+            self.console_rss[i].append(self.consoles[i].look(process_tree(pid)))
+        server, mine = postgres_processes(self.database)
+        self.server.look(server)
+        self.backend_memory.append(self.backends.look(mine, private=True))
+        self.backend_count.append(len(mine))
+        self.loads.append(os.getloadavg()[0])
+
+    def stop(self) -> None:
+        self.wall = time.time() - self.began
+        self.look()
+        time.sleep(1.5)  # backends flush their statistics at most once a second
+        after = database_counters(self.url, self.database)
+        self.delta = {k: after[k] - self.counters[k] for k in after}
+
+    def console_cpu(self) -> float:
+        return sum(c.used() for c in self.consoles)
+
+
 def database_counters(url: str, database: str) -> dict[str, int]:
     """This database's counters from pg_stat_database (as the server has flushed them)."""
     columns = (
@@ -371,8 +408,8 @@ def database_counters(url: str, database: str) -> dict[str, int]:
     )
     sql = (
         "SELECT pg_stat_clear_snapshot(), xact_commit, xact_rollback, tup_inserted, "
-        "tup_updated, tup_deleted, tup_fetched, blks_read, blks_hit, "
-        "pg_current_wal_lsn() - '0/0'::pg_lsn FROM pg_stat_database WHERE datname = :'db'"
+        "tup_updated, tup_deleted, tup_fetched, blks_read, blks_hit "
+        "FROM pg_stat_database WHERE datname = :'db'"
     )
     out = subprocess.run(
         ["psql", url, "-At", "-v", f"db={database}"],
@@ -382,7 +419,7 @@ def database_counters(url: str, database: str) -> dict[str, int]:
         text=True,
     ).stdout.strip()
     values = out.split("|")[1:]
-    return dict(zip([*columns, "wal_bytes"], (int(float(v)) for v in values), strict=True))
+    return dict(zip(columns, (int(v) for v in values), strict=True))
 
 
 # ---------------------------------------------------------------- consoles
@@ -468,6 +505,12 @@ def main() -> None:
         "--clients", type=int, default=64, help="threads per generator (hosts in flight)"
     )
     parser.add_argument("--database", default="hostsbench_fleet")
+    parser.add_argument(
+        "--baseline",
+        type=float,
+        default=30.0,
+        help="seconds of readers alone before the window (0: none), subtracted per report",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -476,6 +519,8 @@ def main() -> None:
     if not 1 <= args.hosts <= 20_000 or not 5 <= args.seconds <= 3600:
         parser.error("--hosts from 1 to 20000, --seconds from 5 to 3600")
 
+    # A SIGTERM stops the consoles and drops the database too (the `finally` below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pg = os.environ.get("OPSCONSOLE_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
     database_url = f"{pg}/{args.database}"
     from serve_helpers import console_in_process
@@ -527,51 +572,24 @@ def main() -> None:
         warm = [ready.get(timeout=900) for _ in range(args.generators)]
         print(f"warm-up reports (status: count) by generator: {warm}", flush=True)
 
-        console_cpu = [ProcessCPU() for _ in consoles]
-        my_pg_cpu, all_pg_cpu = ProcessCPU(), ProcessCPU()
-        console_rss: list[list[int]] = [[] for _ in consoles]
-        pg_rss: list[int] = []
-        pg_backends: list[int] = []
-        loads: list[float] = []
-
-        def look() -> None:
-            for i, (process, _base, _log) in enumerate(consoles):
-                console_rss[i].append(console_cpu[i].look(process_tree(process.pid)))
-            server, mine = postgres_processes(args.database)
-            all_pg_cpu.look(server)
-            pg_rss.append(my_pg_cpu.look(mine, private=True))
-            pg_backends.append(len(mine))
-            loads.append(os.getloadavg()[0])
-
-        look()
-        counters_before = database_counters(database_url, args.database)
-        began = time.time() + 0.5
-        start.value = began
-        while time.time() < began + args.seconds:
+        pids = [process.pid for process, _base, _log in consoles]
+        baseline = None
+        if args.baseline:  # readers polling, no host reporting: what reports do not cost
+            baseline = Meter(pids, args.database, database_url)
+            while time.time() < baseline.began + args.baseline:
+                time.sleep(1)
+                baseline.look()
+            baseline.stop()
+        meter = Meter(pids, args.database, database_url)
+        start.value = meter.began
+        while time.time() < meter.began + args.seconds:
             time.sleep(1)
-            look()
+            meter.look()
         gathered = [results.get(timeout=300) for _ in children]
-        wall = time.time() - began
-        look()
-        time.sleep(1.5)  # backends flush their statistics at most once a second
-        counters_after = database_counters(database_url, args.database)
+        meter.stop()
         for child in children:
             child.join(timeout=30)
-        figures = summarize(
-            args,
-            gathered,
-            wall,
-            live_hosts,
-            console_cpu,
-            console_rss,
-            my_pg_cpu,
-            all_pg_cpu,
-            pg_rss,
-            pg_backends,
-            loads,
-            counters_before,
-            counters_after,
-        )
+        figures = summarize(args, gathered, live_hosts, meter, baseline)
         print_figures(figures)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
@@ -593,21 +611,7 @@ def main() -> None:
             )
 
 
-def summarize(
-    args,
-    gathered,
-    wall,
-    live_hosts,
-    console_cpu,
-    console_rss,
-    my_pg_cpu,
-    all_pg_cpu,
-    pg_rss,
-    pg_backends,
-    loads,
-    before,
-    after,
-) -> dict:
+def summarize(args, gathered, live_hosts, meter: Meter, baseline: Meter | None) -> dict:
     ms: list[float] = []
     lag: list[float] = []
     statuses: dict[str, int] = {}
@@ -627,18 +631,33 @@ def summarize(
         generator_cpu += data["cpu"]
         by_console = [a + b for a, b in zip(by_console, data["by_console"], strict=True)]
     reports = sum(statuses.values())
-    taken = statuses.get("200", 0)
-    delta = {k: after[k] - before[k] for k in before}
+    taken = statuses.get("200", 0) or 1
+    wall = meter.wall
+    delta = meter.delta
     rows = delta["tup_inserted"] + delta["tup_updated"] + delta["tup_deleted"]
-    consoles_cpu = sum(c.used() for c in console_cpu)
-    database_cpu = my_pg_cpu.used()
+    consoles_cpu, database_cpu = meter.console_cpu(), meter.backends.used()
+    # What the window would have cost without a report: the baseline's rates (readers
+    # polling, the consoles' own monitors and duties), over the window's length.
+    fixed_consoles = fixed_database = fixed_xacts = fixed_rows = 0.0
+    if baseline is not None:
+        share = wall / baseline.wall
+        fixed_consoles = baseline.console_cpu() * share
+        fixed_database = baseline.backends.used() * share
+        fixed_xacts = baseline.delta["xact_commit"] * share
+        fixed_rows = share * sum(
+            baseline.delta[k] for k in ("tup_inserted", "tup_updated", "tup_deleted")
+        )
 
     def median(values: list[float]) -> float | None:
         return round(statistics.median(values), 1) if values else None
 
+    def per_report(value: float) -> float:
+        return round(value / taken, 2)
+
     timings = readers.get("timings", {})
     return {
         "command": " ".join([".venv/bin/python", *sys.argv]),
+        "protocol": "deltas and heartbeats" if has_deltas() else "a full report every sample",
         "hosts": args.hosts,
         "hosts_with_live_runs": live_hosts,
         "runs_per_live_host": args.runs,
@@ -648,9 +667,9 @@ def summarize(
         "workers_per_console": args.workers,
         "cores": psutil.cpu_count(),
         "load_average_1min": {
-            "min": round(min(loads), 2),
-            "mean": round(statistics.mean(loads), 2),
-            "max": round(max(loads), 2),
+            "min": round(min(meter.loads), 2),
+            "mean": round(statistics.mean(meter.loads), 2),
+            "max": round(max(meter.loads), 2),
         },
         "reports": reports,
         "statuses": statuses,
@@ -675,37 +694,55 @@ def summarize(
         "hosts_page_ms_median": median(timings.get("hosts", [])),
         "reader_polls": {k: len(v) for k, v in timings.items()},
         "reader_failures": readers.get("failures", {}),
-        "console_cpu_pct_of_core": [round(100 * c.used() / wall, 1) for c in console_cpu],
-        "console_rss_mib_peak": [round(max(r) / 2**20) for r in console_rss],
-        "console_rss_mib_mean": [round(statistics.mean(r) / 2**20) for r in console_rss],
+        "console_cpu_pct_of_core": [round(100 * c.used() / wall, 1) for c in meter.consoles],
+        "console_rss_mib_peak": [round(max(r) / 2**20) for r in meter.console_rss],
+        "console_rss_mib_mean": [round(statistics.mean(r) / 2**20) for r in meter.console_rss],
         "pg_backends_cpu_pct_of_core": round(100 * database_cpu / wall, 1),
-        "pg_server_cpu_pct_of_core_all_databases": round(100 * all_pg_cpu.used() / wall, 1),
-        "pg_backends_private_mib_peak": round(max(pg_rss) / 2**20),
-        "pg_backends_peak": max(pg_backends),
+        "pg_server_cpu_pct_of_core_all_databases": round(100 * meter.server.used() / wall, 1),
+        "pg_backends_private_mib_peak": round(max(meter.backend_memory) / 2**20),
+        "pg_backends_peak": max(meter.backend_count),
         "generator_cpu_pct_of_core": round(100 * generator_cpu / wall, 1),
-        "cpu_ms_per_report": {
-            "consoles": round(1000 * consoles_cpu / taken, 2) if taken else None,
-            "postgresql": round(1000 * database_cpu / taken, 2) if taken else None,
+        "baseline": None
+        if baseline is None
+        else {
+            "seconds": round(baseline.wall, 1),
+            "console_cpu_pct_of_core": round(100 * baseline.console_cpu() / baseline.wall, 1),
+            "pg_backends_cpu_pct_of_core": round(100 * baseline.backends.used() / baseline.wall, 1),
+            "pg_transactions_per_s": round(baseline.delta["xact_commit"] / baseline.wall, 1),
         },
-        "reports_per_s_per_core": round(taken / (consoles_cpu + database_cpu), 1)
-        if taken
-        else None,
+        "cpu_ms_per_report": {
+            "consoles": per_report(1000 * consoles_cpu),
+            "postgresql": per_report(1000 * database_cpu),
+            "consoles_net_of_baseline": per_report(1000 * (consoles_cpu - fixed_consoles)),
+            "postgresql_net_of_baseline": per_report(1000 * (database_cpu - fixed_database)),
+        },
+        "reports_per_s_per_core": round(taken / (consoles_cpu + database_cpu), 1),
+        "reports_per_s_per_core_net_of_baseline": round(
+            taken / (consoles_cpu + database_cpu - fixed_consoles - fixed_database), 1
+        ),
         "pg_per_report": {
-            "transactions": round(delta["xact_commit"] / taken, 2) if taken else None,
-            "rows_written": round(rows / taken, 2) if taken else None,
-            "inserted": round(delta["tup_inserted"] / taken, 2) if taken else None,
-            "updated": round(delta["tup_updated"] / taken, 2) if taken else None,
-            "deleted": round(delta["tup_deleted"] / taken, 2) if taken else None,
-            "wal_bytes_whole_server": round(delta["wal_bytes"] / taken) if taken else None,
+            "transactions": per_report(delta["xact_commit"]),
+            "rows_written": per_report(rows),
+            "inserted": per_report(delta["tup_inserted"]),
+            "updated": per_report(delta["tup_updated"]),
+            "deleted": per_report(delta["tup_deleted"]),
+            "transactions_net_of_baseline": per_report(delta["xact_commit"] - fixed_xacts),
+            "rows_written_net_of_baseline": per_report(rows - fixed_rows),
         },
         "pg_delta": delta,
     }
 
 
+def has_deltas() -> bool:
+    """Whether this checkout's monitor sends deltas and heartbeats (fleet.sample_delta)."""
+    return (REPO / "fleet" / "sample_delta.py").exists()
+
+
 def print_figures(f: dict) -> None:
     print(
-        f"\n{f['hosts']} hosts ({f['hosts_with_live_runs']} with {f['runs_per_live_host']} live "
-        f"runs each), two consoles x {f['workers_per_console']} workers, one PostgreSQL, "
+        f"\n{f['protocol']}: {f['hosts']} hosts ({f['hosts_with_live_runs']} with "
+        f"{f['runs_per_live_host']} live runs each), two consoles x "
+        f"{f['workers_per_console']} workers, one PostgreSQL, "
         f"{f['window_s']:.0f} s, {f['cores']} cores, load average {f['load_average_1min']}\n"
     )
     rows = [
@@ -739,7 +776,11 @@ def print_figures(f: dict) -> None:
         ),
         ("load generator CPU, % of a core", f["generator_cpu_pct_of_core"]),
         ("CPU ms per report taken: consoles / PostgreSQL", f["cpu_ms_per_report"]),
-        ("reports per second per core (consoles + PostgreSQL)", f["reports_per_s_per_core"]),
+        ("baseline: readers alone, no reports", f["baseline"]),
+        (
+            "reports per second per core (consoles + PostgreSQL); net of the baseline",
+            (f["reports_per_s_per_core"], f["reports_per_s_per_core_net_of_baseline"]),
+        ),
         ("PostgreSQL per report", f["pg_per_report"]),
     ]
     print("| measure | value |\n|---|---:|")
