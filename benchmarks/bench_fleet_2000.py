@@ -419,7 +419,20 @@ def database_counters(url: str, database: str) -> dict[str, int]:
         text=True,
     ).stdout.strip()
     values = out.split("|")[1:]
-    return dict(zip(columns, (int(v) for v in values), strict=True))
+    counters = dict(zip(columns, (int(v) for v in values), strict=True))
+    # What overload sets off: hosts called silent, and the incidents the alerts open.
+    fleet = (
+        "SELECT (SELECT count(*) FROM monitor_app_event WHERE kind = 'monitor_silent'), "
+        "(SELECT count(*) FROM alerts_app_incident)"
+    )
+    out = subprocess.run(
+        ["psql", url, "-At", "-c", fleet],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    counters["silent_events"], counters["incidents"] = (int(v) for v in out.split("|"))
+    return counters
 
 
 # ---------------------------------------------------------------- consoles
@@ -557,29 +570,35 @@ def main() -> None:
         bases = [base for _process, base, _log in consoles]
         results, ready = context.Queue(), context.Queue()
         start = context.Value("d", 0.0)
-        children = [
+        reader = context.Process(target=read_fleet, args=(bases, api_token, args, start, results))
+        reader.start()
+        children = [reader]
+        pids = [process.pid for process, _base, _log in consoles]
+        baseline = None
+        if args.baseline:
+            # Readers polling an empty fleet, the consoles' own monitors: what the window
+            # costs without any report. Before the hosts' first reports, so that no host
+            # falls silent meanwhile; reading 2,000 hosts costs more than an empty fleet,
+            # so what is left per report is, if anything, too high.
+            baseline = Meter(pids, args.database, database_url)
+            while time.time() < baseline.began + args.baseline:
+                time.sleep(1)
+                baseline.look()
+            baseline.stop()
+        generators = [
             context.Process(
                 target=generate,
                 args=(shard, hosts[shard :: args.generators], args, bases, start, ready, results),
             )
             for shard in range(args.generators)
         ]
-        children.append(
-            context.Process(target=read_fleet, args=(bases, api_token, args, start, results))
-        )
-        for child in children:
+        children += generators
+        for child in generators:
             child.start()
         warm = [ready.get(timeout=900) for _ in range(args.generators)]
         print(f"warm-up reports (status: count) by generator: {warm}", flush=True)
-
-        pids = [process.pid for process, _base, _log in consoles]
-        baseline = None
-        if args.baseline:  # readers polling, no host reporting: what reports do not cost
-            baseline = Meter(pids, args.database, database_url)
-            while time.time() < baseline.began + args.baseline:
-                time.sleep(1)
-                baseline.look()
-            baseline.stop()
+        logs = [log for _process, _base, log in consoles]
+        restarts_before = monitor_restarts(logs)
         meter = Meter(pids, args.database, database_url)
         start.value = meter.began
         while time.time() < meter.began + args.seconds:
@@ -590,6 +609,10 @@ def main() -> None:
         for child in children:
             child.join(timeout=30)
         figures = summarize(args, gathered, live_hosts, meter, baseline)
+        figures["monitor_restarts_as_silent"] = [
+            after - before
+            for before, after in zip(restarts_before, monitor_restarts(logs), strict=True)
+        ]
         print_figures(figures)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
@@ -733,6 +756,11 @@ def summarize(args, gathered, live_hosts, meter: Meter, baseline: Meter | None) 
     }
 
 
+def monitor_restarts(logs: list[Path]) -> list[int]:
+    """How often each console's supervisor restarted its monitor for being silent."""
+    return [log.read_text(errors="replace").count("alive but silent") for log in logs]
+
+
 def has_deltas() -> bool:
     """Whether this checkout's monitor sends deltas and heartbeats (fleet.sample_delta)."""
     return (REPO / "fleet" / "sample_delta.py").exists()
@@ -759,6 +787,14 @@ def print_figures(f: dict) -> None:
         ("its rows /live/rows/?host=all median (ms)", f["fleet_rows_ms_median"]),
         ("/api/claude-active?host=all median (ms)", f["api_all_ms_median"]),
         ("/hosts/ median (ms)", f["hosts_page_ms_median"]),
+        (
+            "hosts called silent (events); incidents opened; consoles' monitors restarted",
+            (
+                f["pg_delta"]["silent_events"],
+                f["pg_delta"]["incidents"],
+                f.get("monitor_restarts_as_silent"),
+            ),
+        ),
         ("reader polls; failures", f"{f['reader_polls']}; {f['reader_failures']}"),
         ("console CPU, % of a core (each)", f["console_cpu_pct_of_core"]),
         (
