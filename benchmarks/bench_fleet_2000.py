@@ -172,6 +172,13 @@ class SimulatedHost:
                 ended_at=now.isoformat(),
                 end_reason="succeeded",
                 exit_code=0,
+                # A success as the result event tells it (without it, exit 0 is a false
+                # success: an incident for every run).
+                is_error=False,
+                subtype="success",
+                stop_reason="end_turn",
+                claude_started=True,
+                transcript_written=True,
                 cost_usd=round(random.uniform(0.01, 2.0), 4),
                 num_turns=random.randint(3, 40),
                 duration_ms=random.randint(10_000, 1_800_000),
