@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -36,13 +35,13 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(Path(__file__).parent)]
 PG = "postgres://postgres@127.0.0.1:5432"
 DATABASE = "opsconsole_bench_hosts"
 WORK = Path(tempfile.mkdtemp(prefix="opsconsole-bench-hosts-"))
@@ -60,14 +59,15 @@ import django  # noqa: E402
 django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
+from simulated_runs import live_session  # noqa: E402
+from simulated_runs import login as signed_in  # noqa: E402
 
 from fleet.sample_delta import state_delta  # noqa: E402
 from monitor_app import published  # noqa: E402
 from monitor_app.models import HostToken  # noqa: E402
 from monitor_app.snapshot import LiveSession, Snapshot  # noqa: E402
 from opsconsole.models import ApiToken  # noqa: E402
-from sessions_app.proctree import ProcessDetail  # noqa: E402
-from wrapper.formats import Sidecar, SpoolRecord, new_session_id  # noqa: E402
+from wrapper.formats import SpoolRecord  # noqa: E402
 
 
 def fresh_database() -> None:
@@ -112,46 +112,7 @@ class SimulatedHost:
         self.sending: tuple[int, dict] | None = None
 
     def new_session(self) -> LiveSession:
-        session_id = new_session_id()
-        pid = random.randint(1000, 4_000_000)
-        started = datetime.now(UTC) - timedelta(seconds=random.randint(0, 1800))
-        sidecar = Sidecar(
-            session_id=session_id,
-            script_tag=f"job-{random.randint(1, 40)}",
-            wrapper_pid=pid,
-            wrapper_started=started.timestamp(),
-            started_at=started.isoformat(),
-            attempt=1,
-            platform="linux-bench",
-            host=self.name,
-            cwd="/srv/agents",
-            claude_config_dir="/home/agent/.claude",
-            transcript_path=f"/home/agent/.claude/projects/-srv-agents/{session_id}.jsonl",
-            claude_pid=pid + 1,
-            claude_started=started.timestamp() + 0.1,
-        )
-        processes = [
-            ProcessDetail(
-                pid=pid + i,
-                ppid=pid + i - 1,
-                depth=i,
-                name=name,
-                cmdline=cmd,
-                started=started.timestamp() + i,
-                cpu_percent=1.5,
-                rss=80_000_000,
-            )
-            for i, (name, cmd) in enumerate(
-                [
-                    ("python", "python -m wrapper --tag job -- -p ..."),
-                    ("claude", "claude -p 'do the nightly work' --output-format stream-json"),
-                    ("bash", "bash -c make test"),
-                ]
-            )
-        ]
-        return LiveSession(
-            sidecar, "live", processes, last_tool_call="Bash: make test", transcript_bytes=40_000
-        )
+        return live_session(self.name)
 
     def event(self, kind: str, session_id: str, key: str) -> None:
         self.events.append(
@@ -284,16 +245,7 @@ def post_report(port: int, local: Connection, host: SimulatedHost) -> tuple[floa
 
 
 def login(base: str) -> urllib.request.OpenerDirector:
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    page = opener.open(base + "/login/").read().decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    data = urllib.parse.urlencode(
-        {"username": "ops", "password": PASSWORD, "csrfmiddlewaretoken": token}
-    ).encode()
-    form = urllib.request.Request(base + "/login/", data=data, headers={"Referer": base})  # noqa: S310
-    opener.open(form)
-    return opener
+    return signed_in(base, "ops", PASSWORD)
 
 
 def percentile(values: list[float], q: float) -> float:
