@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +74,7 @@ ROLLUPS_KEPT_EVERY = timedelta(seconds=15)
 LIVE_ROLLUP_EVERY = timedelta(seconds=10)
 # At stop, the telemetry writer's last batch is waited for this long.
 TELEMETRY_WRITER_STOP_SECONDS = 30.0
+SWITCH_INTERVAL_WITH_RECEIVER = 0.001  # seconds (sys.setswitchinterval)
 # Transcripts priced per sample at most (each reads only what was appended since).
 COST_READS_PER_SAMPLE = 25
 # Ended runs put on record per sample at most, of each kind: completion records from the
@@ -743,6 +745,10 @@ class Monitor:
             self.telemetry = None
             return
         log.info("telemetry receiver on %s", self.receiver.endpoint)
+        # The sample reads hundreds of small /proc files, letting go of the GIL at each;
+        # with the receiver's threads busy, each read waited up to the switch interval
+        # (5 ms by default) to get it back.
+        sys.setswitchinterval(SWITCH_INTERVAL_WITH_RECEIVER)
         if write_behind and self.reporting is None:
             self.telemetry_writer = threading.Thread(
                 target=self.write_telemetry_forever, name="telemetry-writer", daemon=True
