@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.db.backends.signals import connection_created
 
 from sessions_app.origins import CI_PROVIDERS
 from wrapper.formats import StatePaths
@@ -82,6 +83,18 @@ def kill_leftovers(config_dir: Path) -> None:
                 proc.kill()
         except psutil.Error:
             continue
+
+
+def _readers_never_block_writers(sender, connection, **kwargs) -> None:
+    """Django's in-memory test database is one SQLite shared cache: there a write that
+    meets another thread's read fails at once ("database table is locked") instead of
+    waiting, as it would on the WAL file a console runs on, where readers never block
+    writers. Uncommitted reads make the test database behave like that file."""
+    if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
+        connection.connection.execute("PRAGMA read_uncommitted = 1")
+
+
+connection_created.connect(_readers_never_block_writers)
 
 
 @pytest.fixture(autouse=True)
