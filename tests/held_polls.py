@@ -35,18 +35,35 @@ def hosts_with_tokens(console: Console, count: int) -> dict[str, str]:
     return dict(line.split() for line in out.splitlines() if line.startswith("p"))
 
 
-def live_run_on(console: Console, host: str) -> str:
-    """A live run on record for `host` (as its reports would leave it): its session id."""
-    session_id = str(uuid.uuid4())
+def live_runs_on(console: Console, hosts: list[str]) -> dict[str, str]:
+    """A live run on record for each of `hosts`, each host heard from just now with an
+    hour's heartbeat (else the console's fleet round expires a request for a host that
+    never reported before its poll is woken): {host: its session id}."""
+    runs = {host: str(uuid.uuid4()) for host in hosts}
     console.manage(
         "shell",
         "--no-imports",
         "-c",
-        "from django.utils import timezone; from sessions_app.models import Session; "
-        f"Session.objects.create(session_id='{session_id}', host='{host}', "
-        "script_tag='parked', status='live', started_at=timezone.now())",
+        "from django.utils import timezone; from sessions_app.models import Session\n"
+        "from monitor_app.models import HostSample\n"
+        "now = timezone.now()\n"
+        f"for host, session_id in {runs!r}.items():\n"
+        "    Session.objects.create(session_id=session_id, host=host, script_tag='parked', "
+        "status='live', started_at=now)\n"
+        "    HostSample.objects.create(host=host, seq=1, taken_at=now, received_at=now, "
+        "interval_seconds=2, sample_ms=1, etag='x', api_document='{}', state_document='{}', "
+        "reported=True, heartbeat_seconds=3600)",
     )
-    return session_id
+    return runs
+
+
+def tokens_checked(console: Console) -> int:
+    """How many host tokens the console has checked (a poll it has taken in)."""
+    checked = (
+        "from monitor_app.models import HostToken; "
+        "print(HostToken.objects.exclude(last_used_at=None).count())"
+    )
+    return int(console.manage("shell", "--no-imports", "-c", checked))
 
 
 class Polls:

@@ -39,9 +39,10 @@ from tests.held_polls import (
     Polls,
     console_serving,
     hosts_with_tokens,
-    live_run_on,
+    live_runs_on,
     median_ms,
     stop_and_time,
+    tokens_checked,
 )
 from tests.live_helpers import wait_until
 from tests.test_fleet import host_a  # noqa: F401 - a fixture
@@ -383,24 +384,13 @@ def test_hundreds_of_held_polls_wait_parked_and_a_request_for_one_host_reaches_i
 ):
     with console_serving(tmp_path / "console", state.env) as console:
         tokens = hosts_with_tokens(console, PARKED_POLLS)
-        session_id = live_run_on(console, "p7")
+        session_id = live_runs_on(console, ["p7"])["p7"]
         opened = time.monotonic()
         polls = Polls(console, tokens, wait=PARKED_WAIT_SECONDS)
         try:
             # Every poll has been looked at (its token checked) and is held, not turned
             # away: threads holding them, all but 4 would have been answered 503 by now.
-            checked = (
-                "from monitor_app.models import HostToken; "
-                "print(HostToken.objects.exclude(last_used_at=None).count())"
-            )
-            wait_until(
-                lambda: (
-                    console.manage("shell", "--no-imports", "-c", checked).strip()
-                    == str(PARKED_POLLS)
-                ),
-                timeout=60,
-                interval=0.5,
-            )
+            wait_until(lambda: tokens_checked(console) == PARKED_POLLS, timeout=60, interval=0.5)
             assert polls.answered() == []
             active = median_ms(console, "/api/claude-active", 20)
             took = stop_and_time(console, polls, "p7", session_id)
