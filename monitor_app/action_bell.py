@@ -53,14 +53,14 @@ def ring(host: str, alias: str = DEFAULT_DB_ALIAS) -> None:
 
 
 class Bell:
-    """Threads waiting for a host's requests, by host, and the one thread that wakes them."""
+    """Who waits for a host's requests (held polls), by host, and the one thread that wakes them."""
 
     def __init__(self, alias: str = DEFAULT_DB_ALIAS, check_seconds: float = CHECK_SECONDS) -> None:
         self.alias = alias
         self.check_seconds = check_seconds
         self.checks = 0  # fallback looks made (SQLite)
         self.lock = threading.Lock()
-        self.waiters: dict[str, set[threading.Event]] = {}
+        self.waiters: dict[str, set] = {}  # host -> waiters (anything with set())
         self.thread: threading.Thread | None = None
         self.last_waiter_at = time.monotonic()
         self.closing = False  # the process is stopping: no poll waits any more
@@ -71,28 +71,37 @@ class Bell:
         """An event set whenever a request for `host` may be pending. Enter before the
         first look at the table, so that a request queued in between is not missed."""
         event = threading.Event()
+        self.add(host, event)
+        try:
+            yield event
+        finally:
+            self.discard(host, event)
+
+    def add(self, host: str, waiter) -> None:
+        """`waiter.set()` is called whenever a request for `host` may be pending (from
+        the bell's thread, or a request's), until it is discarded: a thread's Event, or
+        a poll parked in the web worker's event loop (opsconsole.web_worker.Parking)."""
         with self.lock:
             if self.closing:
-                event.set()
-            self.waiters.setdefault(host, set()).add(event)
+                waiter.set()
+            self.waiters.setdefault(host, set()).add(waiter)
             self.last_waiter_at = time.monotonic()
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self.watch, name="action-bell", daemon=True)
                 self.thread.start()
-        try:
-            yield event
-        finally:
-            with self.lock:
-                events = self.waiters.get(host, set())
-                events.discard(event)
-                if not events:
-                    self.waiters.pop(host, None)
-                self.last_waiter_at = time.monotonic()
+
+    def discard(self, host: str, waiter) -> None:
+        with self.lock:
+            waiters = self.waiters.get(host, set())
+            waiters.discard(waiter)
+            if not waiters:
+                self.waiters.pop(host, None)
+            self.last_waiter_at = time.monotonic()
 
     def wake(self, host: str) -> None:
         with self.lock:
-            for event in self.waiters.get(host, ()):
-                event.set()
+            for waiter in self.waiters.get(host, ()):
+                waiter.set()
 
     def close(self) -> None:
         """Wake every waiting poll for good: the web worker is stopping, and a poll held
@@ -100,9 +109,9 @@ class Bell:
         with self.lock:
             self.closing = True
             self.closed.set()
-            for events in self.waiters.values():
-                for event in events:
-                    event.set()
+            for waiters in self.waiters.values():
+                for waiter in waiters:
+                    waiter.set()
 
     def waiting_hosts(self) -> list[str]:
         with self.lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import sys
 
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="web server processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per web process")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=4000,
+        help="open connections per web process (hosts' held polls each keep one; default 4000)",
+    )
     parser.add_argument(
         "--no-monitor",
         action="store_true",
@@ -69,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "opsconsole.web_worker.HeadFirstWorker",
         "--threads",
         str(args.threads),
+        # Held polls wait as connections, not threads (opsconsole.web_worker).
+        "--worker-connections",
+        str(args.connections),
         "--access-logfile",
         "-",
         "--timeout",
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # The web workers bound their held polls by their threads (fleet.action_push).
     os.environ["OPSCONSOLE_WEB_THREADS"] = str(args.threads)
+    allow_open_files(args.workers * args.connections + 1000)
     monitor = None
     if settings.OPSCONSOLE_SERVE_MONITOR and not args.no_monitor:
         monitor = [sys.executable, "-m", "opsconsole.cli", "monitor"]
@@ -86,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     from opsconsole.supervise import Supervisor
 
     return Supervisor(web=web, monitor=monitor).run()
+
+
+def allow_open_files(wanted: int) -> None:
+    """Raise this process's (and so the web workers') open-file limit towards `wanted`, as
+    far as the hard limit allows: each held poll is a socket, and a common soft limit
+    (1024) would stop a console at about a thousand hosts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, top), hard))
 
 
 SERVE_DESCRIPTION = (

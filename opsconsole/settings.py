@@ -393,9 +393,13 @@ OPSCONSOLE_HOST_REPORT_MAX_INFLATED_BYTES = env_int(
 )
 
 # Requests pushed to reporting hosts (fleet.action_push; docs/many-hosts.md "Requests").
-# Each held poll holds one of a web worker's threads (`serve --threads`, which serve passes
-# on as OPSCONSOLE_WEB_THREADS): at most this many per worker process, a quarter of the
-# threads by default, and never all of them but one.
+# A held poll waits parked in its web worker's event loop: a socket, no thread (up to
+# the worker's connections less opsconsole.web_worker.UNPARKED_CONNECTIONS).
+OPSCONSOLE_PARK_HELD_POLLS = env_bool("OPSCONSOLE_PARK_HELD_POLLS", True)
+# Not parked (off, or every parking place taken), a held poll holds one of a web worker's
+# threads (`serve --threads`, which serve passes on as OPSCONSOLE_WEB_THREADS): at most
+# this many per worker process, a quarter of the threads by default, and never all of
+# them but one.
 OPSCONSOLE_WEB_THREADS = max(1, env_int("OPSCONSOLE_WEB_THREADS", 8))
 OPSCONSOLE_HELD_POLLS_PER_WORKER = min(
     env_int("OPSCONSOLE_HELD_POLLS_PER_WORKER", max(1, OPSCONSOLE_WEB_THREADS // 4)),

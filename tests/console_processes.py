@@ -43,10 +43,18 @@ class Console:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def start(self) -> None:
+    def start(self, *serve_args: str) -> None:
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
-                [PYTHON, "-m", "opsconsole.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
+                [
+                    PYTHON,
+                    "-m",
+                    "opsconsole.cli",
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    *serve_args,
+                ],
                 env=self.env,
                 cwd=REPO_ROOT,
                 stdout=handle,
