@@ -31,7 +31,7 @@ from jobs_app.models import AuditEntry, Job
 from monitor_app.fleet_reader import fleet
 from monitor_app.job_status import live_runs_of
 from monitor_app.live import get_snapshot
-from monitor_app.remote_actions import request_action, request_job_action
+from monitor_app.remote_actions import ON_ITS_WAY, request_action, request_job_action
 from monitor_app.stopping import stop_session
 from sessions_app.models import Session
 from wrapper.formats import StatePaths, atomic_file, ensure_private_dir
@@ -584,8 +584,8 @@ def perform_remote(job: Job, action: str, actor: str, schedule: str = "") -> Act
         request = request_job_action(action, job, actor, schedule)
         return ActionResult(
             True,
-            f"{action} requested from {job.host} (request {request.pk}): pending until its "
-            "monitor's next report; this page and the Hosts page show the outcome",
+            f"{action} requested from {job.host} (request {request.pk}): {ON_ITS_WAY}; "
+            "this page and the Hosts page show the outcome",
             detail={"remote_action": request.pk, "state": request.state},
             pending=True,
         )
@@ -596,8 +596,8 @@ def perform_remote(job: Job, action: str, actor: str, schedule: str = "") -> Act
         return audited("stop", job, actor, job.label, ActionResult(True, "no live session to stop"))
     return ActionResult(
         True,
-        f"stop requested from {job.host} for {len(requests)} run(s): pending until its "
-        "monitor's next report (Hosts page: the outcome)",
+        f"stop requested from {job.host} for {len(requests)} run(s): {ON_ITS_WAY} "
+        "(Hosts page: the outcome)",
         detail={"remote_actions": [r.pk for r in requests]},
         pending=True,
     )

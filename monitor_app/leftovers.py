@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from jobs_app.models import AuditEntry
-from monitor_app.remote_actions import request_action
+from monitor_app.remote_actions import ON_ITS_WAY, request_action
 from monitor_app.snapshot import LeftoverRun, Snapshot
 from monitor_app.stopping import StopOutcome, stop_leftovers
 from sessions_app.models import Session
@@ -57,8 +57,7 @@ def kill_leftovers(session: Session, actor: str) -> LeftoversKilled:
         action = request_action("kill_leftovers", session, actor)
         return LeftoversKilled(
             outcome,
-            f"requested from {session.host} (request {action.pk}): pending until its "
-            "monitor's next report",
+            f"requested from {session.host} (request {action.pk}): {ON_ITS_WAY}",
         )
     try:
         outcome = stop_leftovers(

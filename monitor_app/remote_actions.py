@@ -14,6 +14,9 @@ from monitor_app.action_bell import ring
 from monitor_app.models import RemoteAction
 from sessions_app.models import Session
 
+# How a request reaches its host, in the words a person reads when asking.
+ON_ITS_WAY = "pending: its monitor gets it at once if it is listening, else with its next report"
+
 
 def request_action(
     kind: str, session: Session, actor: str, now: datetime | None = None

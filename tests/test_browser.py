@@ -437,8 +437,9 @@ def test_a_remote_job_s_request_shows_pending_then_the_host_s_answer(
         page.goto(console_server.url + job["html_url"])
         assert "on host-b, by its monitor" in page.inner_text("#actions-heading")
         page.click("button:has-text('Disable')")
-        page.wait_for_selector("#remote-actions li[data-state='pending']")
-        assert "pending until its monitor's next report" in page.inner_text("main")
+        # Pending, or already taken by the host's held poll: shown either way.
+        page.wait_for_selector("#remote-actions li")
+        assert "its monitor gets it at once if it is listening" in page.inner_text("main")
         shot(page, "remote-job-request-pending")
         page.wait_for_selector("#remote-actions li[data-state='done']", timeout=30_000)
         # Answered: the page is read again, with the job's new state and the audit log.

@@ -13,7 +13,7 @@ from fleet.hosts import expire_actions, host_rows
 from jobs_app.models import AuditEntry, Job
 from monitor_app.live import get_snapshot
 from monitor_app.models import RefusedItem, RemoteAction
-from monitor_app.remote_actions import request_action
+from monitor_app.remote_actions import ON_ITS_WAY, request_action
 from monitor_app.stopping import stop_session
 from sessions_app.costs import total_words
 from sessions_app.models import LIVE_STATUSES, Session
@@ -96,8 +96,8 @@ def session_stop(request, session_id):
         action = request_action(RemoteAction.Kind.STOP, session, actor)
         messages.success(
             request,
-            f"stop requested from {session.host} (request {action.pk}): pending until its "
-            "monitor's next report; the Hosts page shows the outcome",
+            f"stop requested from {session.host} (request {action.pk}): {ON_ITS_WAY}; "
+            "the Hosts page shows the outcome",
         )
     else:
         live = get_snapshot(fresh=True).get(str(session_id))
