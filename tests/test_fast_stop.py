@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django.test import Client
 from django.utils import timezone
 
@@ -129,7 +129,8 @@ def test_a_held_poll_answers_when_a_request_is_asked_and_not_before(monkeypatch)
     try:
         poll.start()
         held(doorbell)
-        wait_until(lambda: doorbell.checks >= 1, timeout=10, interval=0.01)
+        if connection.vendor == "sqlite":  # its one fallback look is behind it
+            wait_until(lambda: doorbell.checks >= 1, timeout=10, interval=0.01)
         assert answered == [] and poll.is_alive()
         action = written(lambda: request_action("stop", session, "alice"))
         poll.join(timeout=10)  # a bound well under the poll's own wait (25 s)
