@@ -143,6 +143,8 @@ def test_a_held_poll_answers_when_a_request_is_asked_and_not_before(monkeypatch)
 @pytest.mark.django_db(transaction=True)
 def test_a_request_queued_by_another_console_is_found_by_the_fallback_check(doorbell):
     """SQLite: no NOTIFY; the bell's short query finds a row it was not rung for."""
+    if connection.vendor != "sqlite":
+        pytest.skip("on PostgreSQL every console's request rings (NOTIFY): no fallback look")
     answered: list = []
     poll = threading.Thread(
         target=lambda: answered.append(wait_for_actions("h1", 120, doorbell=doorbell))
