@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.db.backends.signals import connection_created
+from django.conf import settings
 
 from sessions_app.origins import CI_PROVIDERS
 from wrapper.formats import StatePaths
@@ -85,16 +85,21 @@ def kill_leftovers(config_dir: Path) -> None:
             continue
 
 
-def _readers_never_block_writers(sender, connection, **kwargs) -> None:
-    """Django's in-memory test database is one SQLite shared cache: there a write that
-    meets another thread's read fails at once ("database table is locked") instead of
-    waiting, as it would on the WAL file a console runs on, where readers never block
-    writers. Uncommitted reads make the test database behave like that file."""
-    if connection.vendor == "sqlite" and "mode=memory" in str(connection.settings_dict["NAME"]):
-        connection.connection.execute("PRAGMA read_uncommitted = 1")
-
-
-connection_created.connect(_readers_never_block_writers)
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix,  # PostgreSQL's: a database per worker
+    tmp_path_factory,
+) -> None:
+    """The SQLite test database on a file, in WAL mode as a console runs it, not Django's
+    in-memory one: that is one shared cache, where a write that meets another thread's
+    read or write fails at once ("database table is locked") instead of waiting out the
+    busy timeout, and the tests that run the monitor's threads or a held poll beside
+    their own writes failed by chance."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        folder = tmp_path_factory.mktemp(f"test-database-{worker}")
+        database.setdefault("TEST", {})["NAME"] = str(folder / "test.sqlite3")
 
 
 @pytest.fixture(autouse=True)

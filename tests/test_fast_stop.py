@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, connection
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -83,20 +83,6 @@ def held(doorbell: Bell, host: str = "h1") -> None:
     wait_until(lambda: host in doorbell.waiting_hosts(), timeout=10, interval=0.01)
 
 
-def written(write):
-    """write(), waited for as a console's database file waits for another writer (its
-    busy timeout). Django's in-memory test database is one SQLite shared cache, where a
-    write that meets a held poll's look fails at once ("database table is locked")."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return write()
-        except OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 def queued(host: str = "h1") -> RemoteAction:
     """A request as another console queues it: a row, with no ring in this process."""
     return RemoteAction.objects.create(host=host, kind="stop", session_id=uuid.uuid4())
@@ -132,7 +118,7 @@ def test_a_held_poll_answers_when_a_request_is_asked_and_not_before(monkeypatch)
         if connection.vendor == "sqlite":  # its one fallback look is behind it
             wait_until(lambda: doorbell.checks >= 1, timeout=10, interval=0.01)
         assert answered == [] and poll.is_alive()
-        action = written(lambda: request_action("stop", session, "alice"))
+        action = request_action("stop", session, "alice")
         poll.join(timeout=10)  # a bound well under the poll's own wait (25 s)
         assert [a["id"] for a in answered[0]] == [action.pk], answered
         assert answered[0][0]["requested_by"] == "alice"
@@ -151,7 +137,7 @@ def test_a_request_queued_by_another_console_is_found_by_the_fallback_check(door
     )
     poll.start()
     held(doorbell)
-    action = written(queued)
+    action = queued()
     poll.join(timeout=10)  # a bound well under the poll's own wait (25 s)
     assert [a["id"] for a in answered[0]] == [action.pk]
 
@@ -171,7 +157,7 @@ def test_two_polls_of_one_host_share_a_request_out_once_and_an_empty_poll_ends_o
     for poll in polls:
         poll.start()
     wait_until(lambda: len(doorbell.waiters.get("h1", ())) == 2, timeout=10, interval=0.01)
-    action = written(lambda: request_action("stop", live_session(), "alice"))
+    action = request_action("stop", live_session(), "alice")
     for poll in polls:
         poll.join(timeout=60)
     assert sorted(len(a) for a in answered) == [0, 1], answered
