@@ -1339,12 +1339,12 @@ def test_a_reporting_host_s_job_is_caught_up_by_run_now_requests_never_twice_or_
     assert run.status == Status.LIVE
     assert len(catch_up_round()) == 1, "never on top of a live run"
 
-    def ended():
+    def ended(run: Session):
         report_once(host_a)
         run.refresh_from_db()
         return run.status == Status.SUCCEEDED or None
 
-    wait_until(ended, timeout=60)
+    wait_until(lambda: ended(run), timeout=60)
     second = next(a for a in catch_up_round() if a.pk != first.pk)  # the next miss, now
     report_once(host_a)
     for thread in host_a.reporting.threads:
@@ -1353,6 +1353,9 @@ def test_a_reporting_host_s_job_is_caught_up_by_run_now_requests_never_twice_or_
     second.refresh_from_db()
     assert second.state == "done", second.message
     assert len(catch_up_round()) == 2, "both misses answered: nothing more"
+    # "done" means the host started the run; its claude is counted once the run has ended
+    second_run = Session.objects.get(session_id=second.detail["session_id"])
+    wait_until(lambda: ended(second_run), timeout=60)
     runs = AuditEntry.objects.filter(actor=CATCH_UP_ACTOR, action="run", job=job)
     assert [(a.ok, a.detail["misses"]) for a in runs] == [(True, 1), (True, 1)]
     assert {a.detail["through"] for a in runs} == {m.started_at.isoformat() for m in misses}
