@@ -62,8 +62,24 @@ class Console:
                 start_new_session=True,
             )
 
+    def set_up(self) -> str:
+        """A fresh database migrated, a superuser `ops`, and an API token for it (the
+        console's own from now on): returned, for other consoles on the same database."""
+        self.manage("migrate", "--noinput")
+        self.manage(
+            "shell",
+            "--no-imports",
+            "-c",
+            "from django.contrib.auth import get_user_model; "
+            "get_user_model().objects.create_superuser('ops', password='x-test-password')",
+        )
+        self.token = self.manage("create_api_token", "ops").strip().splitlines()[-1]
+        return self.token
+
     def wait_answering(self, timeout: float = 60) -> None:
-        wait_until(answers(lambda: self.request("/api/hosts")[0] == 200), timeout=timeout)
+        wait_until(
+            answers(lambda: self.request("/api/hosts")[0] == 200), timeout=timeout, interval=0.3
+        )
 
     def kill(self) -> None:
         """SIGKILL to the whole console: its supervisor, web workers and monitor."""

@@ -123,15 +123,7 @@ def fleet(
     base.pop("DATABASE_URL", None)
     consoles = [make_console(name, root, base, database_url) for name in console_names]
     first = consoles[0]
-    first.manage("migrate", "--noinput")
-    first.manage(
-        "shell",
-        "--no-imports",
-        "-c",
-        "from django.contrib.auth import get_user_model; "
-        "get_user_model().objects.create_superuser('ops', password='x-test-password')",
-    )
-    token = first.manage("create_api_token", "ops").strip().splitlines()[-1]
+    token = first.set_up()
     host_token = first.manage("create_host_token", HOST).strip().splitlines()[-1]
     host_env = dict(
         env,
@@ -150,7 +142,7 @@ def fleet(
             console.token = token
             console.start()
         for console in consoles:
-            wait_until(answers(lambda c=console: c.json("/api/hosts")), timeout=60, interval=0.3)
+            console.wait_answering()
         with (root / "h1-monitor.log").open("ab") as log:
             monitor = subprocess.Popen(
                 [PYTHON, "-m", "opsconsole.cli", "monitor", "--report-to", first.url],

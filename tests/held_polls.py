@@ -13,8 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.console_processes import Console, answers
-from tests.live_helpers import wait_until
+from tests.console_processes import Console
 from tests.server_fixtures import free_port
 
 POLL_PATH = "/api/hosts/actions/wait"
@@ -152,18 +151,10 @@ def console_serving(
         free_port(),
         root / "console.log",
     )
-    console.manage("migrate", "--noinput")
-    console.manage(
-        "shell",
-        "--no-imports",
-        "-c",
-        "from django.contrib.auth import get_user_model; "
-        "get_user_model().objects.create_superuser('ops', password='x-test-password')",
-    )
-    console.token = console.manage("create_api_token", "ops").strip().splitlines()[-1]
+    console.set_up()
     console.start(*serve_args)
     try:
-        wait_until(answers(lambda: console.json("/api/hosts")), timeout=60, interval=0.3)
+        console.wait_answering()
         yield console
     finally:
         console.kill()

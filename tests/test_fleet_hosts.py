@@ -153,15 +153,7 @@ def fleet(tmp_path: Path, real_claude, real_claude_bin, fake_claude, state):
         port=free_port(),
         log=tmp_path / "console.log",
     )
-    console.manage("migrate", "--noinput")
-    console.manage(
-        "shell",
-        "--no-imports",
-        "-c",
-        "from django.contrib.auth import get_user_model; "
-        "get_user_model().objects.create_superuser('ops', password='x-test-password')",
-    )
-    console.token = console.manage("create_api_token", "ops").strip().splitlines()[-1]
+    console.set_up()
     hosts = []
     for name in ("h1", "h2", "h3"):
         root = tmp_path / name

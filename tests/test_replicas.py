@@ -218,15 +218,7 @@ def replicas(state, fake_claude, tmp_path):
         )
         consoles.append(Console(f"console-{letter}", env, free_port(), root / "console.log"))
     first = consoles[0]
-    first.manage("migrate", "--noinput")
-    first.manage(
-        "shell",
-        "--no-imports",
-        "-c",
-        "from django.contrib.auth import get_user_model; "
-        "get_user_model().objects.create_superuser('ops', password='x-test-password')",
-    )
-    token = first.manage("create_api_token", "ops").strip().splitlines()[-1]
+    token = first.set_up()
     host_token = first.manage("create_host_token", "h1").strip().splitlines()[-1]
     proxy = RoundRobinProxy([("127.0.0.1", c.port) for c in consoles])
     host_env = dict(
@@ -249,7 +241,7 @@ def replicas(state, fake_claude, tmp_path):
             console.token = token
             console.start()
         for console in consoles:
-            wait_until(answers(lambda c=console: c.json("/api/hosts")), timeout=60, interval=0.3)
+            console.wait_answering()
         with (tmp_path / "h1-monitor.log").open("ab") as log:
             monitor = subprocess.Popen(
                 [
