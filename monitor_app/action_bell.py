@@ -63,8 +63,12 @@ class Bell:
         self.waiters: dict[str, set] = {}  # host -> waiters (anything with set())
         self.thread: threading.Thread | None = None
         self.last_waiter_at = time.monotonic()
-        self.closing = False  # the process is stopping: no poll waits any more
-        self.closed = threading.Event()  # the same, for the thread between two looks
+        self.closed = threading.Event()  # set when the process stops (close())
+
+    @property
+    def closing(self) -> bool:
+        """The process is stopping: no poll waits any more."""
+        return self.closed.is_set()
 
     @contextlib.contextmanager
     def waiting(self, host: str) -> Iterator[threading.Event]:
@@ -107,7 +111,6 @@ class Bell:
         """Wake every waiting poll for good: the web worker is stopping, and a poll held
         to its end would keep the worker (and `serve`'s stop) waiting up to its timeout."""
         with self.lock:
-            self.closing = True
             self.closed.set()
             for waiters in self.waiters.values():
                 for waiter in waiters:
