@@ -1,6 +1,6 @@
 """Requests pushed to a reporting host: the console's side of its held poll.
 
-A reporting host keeps one request open to `GET /api/hosts/actions` (fleet.action_poll
+A reporting host keeps one request open to `GET /api/hosts/actions/wait` (fleet.action_poll
 on the host). The console answers at once with the host's pending requests, or holds
 the request until one is queued (monitor_app.action_bell wakes it) or `wait` seconds
 pass, then answers with none. Requests are handed out by `deliver_actions`, the same

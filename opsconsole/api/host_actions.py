@@ -2,9 +2,11 @@
 
 Authenticated like a report (the host's bearer token). Answers at once when a request
 for the host is pending, as soon as one is queued (on any console sharing the
-database), or with none after `wait` seconds (fleet.action_push). The web server is
-gthread: a held poll holds a thread, so a worker holds at most
-OPSCONSOLE_HELD_POLLS_PER_WORKER of them (a quarter of its threads by default); past
+database), or with none after `wait` seconds (fleet.action_push). A poll with nothing
+to hand out waits parked in the web worker's event loop, a socket with no thread
+(opsconsole.web_worker). Not parked (OPSCONSOLE_PARK_HELD_POLLS off, gunicorn's own
+TLS, every parking place taken), it holds a thread, so a worker holds at most
+OPSCONSOLE_HELD_POLLS_PER_WORKER of those (a quarter of its threads by default); past
 that the poll is answered 503 with Retry-After, and that host's requests ride its
 reports until it gets a slot.
 """
@@ -72,8 +74,7 @@ def wait_for_requests(request):
     try:
         actions = wait_for_actions(host, wait)
     except DATABASE_AWAY as exc:
-        log.warning("requests for %s not handed out: %s", host, exc)
-        return json_error("database unavailable: ask again", 503)
+        return database_away(host, exc)
     finally:
         held_polls.give_back()
     return JsonResponse({"actions": actions})
@@ -88,10 +89,14 @@ def look_or_park(host: str, wait: float, parking: Parking):
         actions = hand_out(host, timezone.now())
     except DATABASE_AWAY as exc:
         bell.discard(host, parking)
-        log.warning("requests for %s not handed out: %s", host, exc)
-        return json_error("database unavailable: ask again", 503)
+        return database_away(host, exc)
     if actions or time.monotonic() >= deadline or bell.closing:
         bell.discard(host, parking)
     else:
         parking.park(deadline, partial(bell.discard, host, parking), NOTHING_CAME)
     return JsonResponse({"actions": actions})  # not sent when parked
+
+
+def database_away(host: str, exc: Exception):
+    log.warning("requests for %s not handed out: %s", host, exc)
+    return json_error("database unavailable: ask again", 503)
