@@ -1,7 +1,8 @@
 """What one host token may cost the console, decided on a clock that is handed in.
 
 Per host: reports per minute (past it, 429 with Retry-After: the host's next report
-is taken), live sessions per report (past it, the sample is refused), bytes of
+is taken), live sessions per report (past it, the sample is refused), scheduler jobs
+on record (past it, a new job is refused; those on record are still kept up), bytes of
 transcript per hour and in all (past either, chunks are refused with 429 and the host
 pauses shipping until the hour turns; one `host_over_budget` event per window). The
 counts live in the host's HostBudget row, locked for the report's transaction.
@@ -29,6 +30,7 @@ class Budgets:
     sessions_per_report: int
     transcript_bytes_per_hour: int
     transcript_bytes_total: int
+    jobs_per_host: int
 
     @classmethod
     def from_settings(cls) -> Budgets:
@@ -37,6 +39,7 @@ class Budgets:
             sessions_per_report=settings.OPSCONSOLE_HOST_SESSIONS_PER_REPORT,
             transcript_bytes_per_hour=settings.OPSCONSOLE_HOST_TRANSCRIPT_BYTES_PER_HOUR,
             transcript_bytes_total=settings.OPSCONSOLE_HOST_TRANSCRIPT_BYTES_TOTAL,
+            jobs_per_host=settings.OPSCONSOLE_HOST_JOBS,
         )
 
 

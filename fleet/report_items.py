@@ -257,7 +257,12 @@ def one_item(
 
 
 def parse_report(
-    payload: object, host: str, *, sessions_per_report: int, held: HeldSample | None = None
+    payload: object,
+    host: str,
+    *,
+    sessions_per_report: int,
+    jobs_per_report: int,
+    held: HeldSample | None = None,
 ) -> Parsed:
     """Check a report of `host` before anything is written: ReportRejected when it is
     not one, otherwise what may be recorded and what is refused. `held`: the host's
@@ -301,7 +306,27 @@ def parse_report(
             parse_part(parsed, payload.get(name), host)
         except Exception as exc:
             parsed.refuse(name, name, f"unreadable: {type(exc).__name__}: {exc}", None)
+    _bound_jobs(parsed, jobs_per_report)
     return parsed
+
+
+def _bound_jobs(parsed: Parsed, most: int) -> None:
+    """At most `most` jobs in one report (no host may have more on record): the rest
+    are refused in one refusal. A collection cut short says nothing of the jobs it no
+    longer names (an error of its own: none of them is called gone)."""
+    if parsed.jobs is None:
+        return
+    named = sum(len(collection.jobs) for collection in parsed.jobs)
+    if named <= most:
+        return
+    reason = f"{named} jobs in one report (at most {most})"
+    room = most
+    for collection in parsed.jobs:
+        if len(collection.jobs) > room:
+            collection.jobs = collection.jobs[:room]
+            collection.errors.append(reason)
+        room -= len(collection.jobs)
+    parsed.refuse("job", "jobs", reason, None, 413)
 
 
 def _safe_key(key_of, item: object) -> str:

@@ -381,6 +381,9 @@ OPSCONSOLE_HEARTBEAT_SECONDS = env_float("OPSCONSOLE_HEARTBEAT_SECONDS", 30.0)
 # What one host token may cost (fleet.budgets; docs/many-hosts.md "Budgets").
 OPSCONSOLE_HOST_REPORTS_PER_MINUTE = env_int("OPSCONSOLE_HOST_REPORTS_PER_MINUTE", 120)
 OPSCONSOLE_HOST_SESSIONS_PER_REPORT = env_int("OPSCONSOLE_HOST_SESSIONS_PER_REPORT", 1000)
+# Scheduler jobs one host may have on record, gone ones included (a job is never deleted
+# by a report): a host that names new labels in every report cannot fill the database.
+OPSCONSOLE_HOST_JOBS = env_int("OPSCONSOLE_HOST_JOBS", 1000)
 OPSCONSOLE_HOST_TRANSCRIPT_BYTES_PER_HOUR = env_int(
     "OPSCONSOLE_HOST_TRANSCRIPT_BYTES_PER_HOUR", 512 * 1024 * 1024
 )

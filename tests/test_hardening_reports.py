@@ -301,6 +301,7 @@ LIMITS = Budgets(
     sessions_per_report=50,
     transcript_bytes_per_hour=1000,
     transcript_bytes_total=1500,
+    jobs_per_host=5,
 )
 
 
@@ -643,6 +644,61 @@ def test_finding1_a_job_of_the_wrong_types_is_refused_alone(console_state):
     answer = host.taken(report_of("host-a", 1, jobs=[{"scheduler": "cron", "jobs": jobs}]))
     assert [(r["kind"], r["key"]) for r in answer["ack"]["refused"]] == [("job", "weekly")]
     assert list(Job.objects.values_list("label", flat=True)) == ["nightly"]
+
+
+def cron_jobs(host: str, *labels: str) -> list[dict]:
+    return [
+        {
+            "scheduler": "cron",
+            "jobs": [{"scheduler": "cron", "label": label, "host": host} for label in labels],
+        }
+    ]
+
+
+def test_finding4_a_host_naming_new_jobs_in_every_report_cannot_fill_the_database(
+    console_state,
+):
+    """Jobs are never deleted by a report (a gone one stays, present no more): past
+    OPSCONSOLE_HOST_JOBS on record, a label named for the first time is refused, and
+    the jobs on record are still kept up, none called gone for want of room."""
+    Host("host-a")
+    first = receive_report(
+        report_of("host-a", 1, jobs=cron_jobs("host-a", "a", "b", "c")), "host-a", NOW, LIMITS
+    )
+    assert first["ack"]["refused"] == []
+    # A new set: a, b, c are gone (kept), two fit, the rest are refused one by one.
+    later = cron_jobs("host-a", "d", "e", "f", "g")
+    answer = receive_report(report_of("host-a", 2, jobs=later), "host-a", NOW, LIMITS)
+    assert sorted(refusals(answer)) == ["f", "g"]
+    assert {r["status"] for r in answer["ack"]["refused"]} == {413}
+    assert "OPSCONSOLE_HOST_JOBS" in refusals(answer)["f"]["reason"]
+    jobs = dict(Job.objects.filter(host="host-a").values_list("label", "present"))
+    assert jobs == {"a": False, "b": False, "c": False, "d": True, "e": True}
+    # Full: a job on record comes back, and one named once more is still refused.
+    again = cron_jobs("host-a", "a", "d", "h")
+    answer = receive_report(report_of("host-a", 3, jobs=again), "host-a", NOW, LIMITS)
+    assert sorted(refusals(answer)) == ["h"]
+    jobs = dict(Job.objects.filter(host="host-a").values_list("label", "present"))
+    assert jobs == {"a": True, "b": False, "c": False, "d": True, "e": False}
+    # Another host's budget is its own.
+    Host("host-b")
+    other = receive_report(
+        report_of("host-b", 1, jobs=cron_jobs("host-b", "a", "b")), "host-b", NOW, LIMITS
+    )
+    assert other["ack"]["refused"] == []
+
+
+def test_finding4_one_report_names_at_most_the_jobs_a_host_may_have(console_state):
+    """A report of a million jobs is cut at the budget before any is written, and the
+    collection cut short calls none of the jobs on record gone."""
+    Host("host-a")
+    receive_report(report_of("host-a", 1, jobs=cron_jobs("host-a", "kept")), "host-a", NOW, LIMITS)
+    many = cron_jobs("host-a", *(f"job-{n}" for n in range(10_000)))
+    answer = receive_report(report_of("host-a", 2, jobs=many), "host-a", NOW, LIMITS)
+    [cut] = [r for r in answer["ack"]["refused"] if r["key"] == "jobs"]
+    assert (cut["status"], cut["reason"]) == (413, "10000 jobs in one report (at most 5)")
+    assert Job.objects.filter(host="host-a").count() == 5
+    assert Job.objects.get(host="host-a", label="kept").present
 
 
 # ------------------------------------------------------------- origins (the remote join)
