@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from jobs_app.models import AuditEntry, Job
@@ -150,8 +151,6 @@ class HostRow:
 
 
 def host_rows(now: datetime | None = None) -> list[HostRow]:
-    from django.db.models import Count, Sum
-
     now = now or timezone.now()
     # Totals across machines: runs and cost of the last 30 days, per host, one query.
     recent = {
@@ -167,7 +166,8 @@ def host_rows(now: datetime | None = None) -> list[HostRow]:
         )
         .values_list("host", "runs", "cost", "unknown")
     }
-    samples = {s.host: s for s in HostSample.objects.all()}
+    # The state document (every run's sidecar and tree) is for pages of one host's runs.
+    samples = {s.host: s for s in HostSample.objects.defer("state_document")}
     jobs = dict(Job.objects.values_list("host").annotate(n=Count("id")))
     tokens = dict(
         HostToken.objects.filter(revoked_at=None).values_list("host").annotate(n=Count("id"))
