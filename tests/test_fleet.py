@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -399,6 +400,57 @@ def test_a_silent_host_is_shown_alerted_once_and_its_requests_expire(staff):
     assert 'data-state="expired"' in fragment
     assert staff.get("/hosts/requests/?session=../../etc").status_code == 400
     assert anonymous.get("/api/hosts").status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_hosts_page_of_a_large_fleet_is_paged_and_finds_a_host_by_name_or_silence(
+    staff, settings
+):
+    """230 reporting hosts, every tenth silent for an hour: a page shows 100, the totals
+    count all of them, a part of a name or `silent only` narrows the list, and the
+    pager keeps the filter."""
+    now = datetime.now(UTC)
+    HostSample.objects.bulk_create(
+        HostSample(
+            host=f"node-{n:03d}",
+            seq=1,
+            taken_at=now - timedelta(hours=1 if n % 10 == 0 else 0),
+            received_at=now - timedelta(hours=1 if n % 10 == 0 else 0),
+            interval_seconds=2.0,
+            sample_ms=1.0,
+            etag='"x"',
+            api_document=json.dumps({"sessions": [{}] * (n % 3), "leftovers": []}),
+            state_document="{}",
+            reported=True,
+        )
+        for n in range(230)
+    )
+
+    def shown(query: str = "") -> tuple[list[str], str]:
+        page = staff.get(f"/hosts/{query}").content.decode()
+        return re.findall(r'data-host="([^"]+)"', page), page
+
+    first, page = shown()
+    assert len(first) == 100 and first == sorted(first)
+    total = sum(n % 3 for n in range(230))
+    assert re.search(rf'<td data-label="Live runs">{total}</td>', page)  # all hosts' total
+    count = re.search(r'<p id="hosts-count">(.*?)</p>', page).group(1)
+    # this console's own host too; it has no sample here, so it is silent
+    assert count == '231 hosts, <a href="?state=silent">24 silent</a>.', count
+    assert "hosts 1\u2013100 of 231" in page and "page=2" in page
+    last, page = shown("?page=3")
+    assert len(last) == 31 and "hosts 201\u2013231 of 231" in page
+    assert not set(first) & set(last)
+    named, _ = shown("?q=NODE-12")
+    assert named == [f"node-{n}" for n in range(120, 130)]
+    silent, page = shown("?state=silent")
+    own = settings.OPSCONSOLE_HOST  # no sample here: silent too
+    assert silent == sorted([f"node-{n:03d}" for n in range(0, 230, 10)] + [own])
+    assert "page=" not in page, "24 fit on one page"
+    both, _ = shown("?state=silent&q=node-1")
+    assert both == [f"node-{n}" for n in range(100, 200, 10)]
+    none, page = shown("?q=%3Cscript%3E")
+    assert none == [] and "<script>" not in page and "&lt;script&gt;" in page
 
 
 def test_report_to_plain_http_is_refused_unless_loopback_or_insecure(state):
