@@ -193,6 +193,29 @@ def test_a_completion_leaves_the_spool_only_once_the_console_has_it(host_a, cons
     assert HostSample.objects.get(host="host-a").seq == 1
 
 
+@pytest.mark.django_db
+def test_a_host_token_names_its_host_until_revoked_and_its_last_use_is_kept_once_a_minute():
+    row, token = HostToken.issue("host-a")
+    at = datetime(2026, 12, 8, 2, 0, tzinfo=UTC)
+
+    def last_used():
+        return HostToken.objects.get(pk=row.pk).last_used_at
+
+    with time_machine.travel(at, tick=False):
+        assert HostToken.authenticate(token).host == "host-a"
+        assert last_used() == at
+    with time_machine.travel(at + timedelta(seconds=59), tick=False):
+        assert HostToken.authenticate(token).pk == row.pk
+        assert last_used() == at, "not written again within the minute"
+    with time_machine.travel(at + timedelta(seconds=61), tick=False):
+        HostToken.authenticate(token)
+        assert last_used() == at + timedelta(seconds=61)
+    assert HostToken.authenticate(token[:-1]) is None
+    assert HostToken.authenticate("oc_api_" + token) is None
+    row.revoke()
+    assert HostToken.authenticate(token) is None
+
+
 def test_token_for_host_a_cannot_write_host_b_and_a_revoked_token_is_refused(host_a, console_state):
     client = Client()
     _row, token_b = HostToken.issue("host-b")
