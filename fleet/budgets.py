@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 
 from monitor_app.models import HostBudget
 
@@ -83,14 +82,20 @@ def locked_budget(host: str) -> HostBudget:
 
 def admit_report(host: str, now: datetime, limits: Budgets) -> int | None:
     """Count a report before its body is parsed: None, or seconds to wait (429)."""
-    # Almost always: a report within the current minute's allowance, one statement.
-    within = HostBudget.objects.filter(
-        host=host,
-        minute_started_at__gt=now - MINUTE,
-        minute_reports__lt=limits.reports_per_minute,
-    )
-    if within.update(minute_reports=F("minute_reports") + 1):
-        return None
+    # Almost always: a report within the current minute's allowance, one statement,
+    # as written: every report asks it, and the ORM built it at more CPU than it cost.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {HostBudget._meta.db_table} SET minute_reports = minute_reports + 1 "  # noqa: S608 - the model's own table
+            "WHERE host = %s AND minute_started_at > %s AND minute_reports < %s",
+            [
+                host,
+                connection.ops.adapt_datetimefield_value(now - MINUTE),
+                limits.reports_per_minute,
+            ],
+        )
+        if cursor.rowcount:
+            return None
     with transaction.atomic():
         budget = locked_budget(host)
         wait = count_report(budget, now, limits)
