@@ -39,7 +39,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.db import connection  # noqa: E402
-from serve_helpers import free_port  # noqa: E402
+from serve_helpers import free_port, wsgi_environ  # noqa: E402
 
 from monitor_app import published  # noqa: E402
 from monitor_app.monitor import Monitor  # noqa: E402
@@ -86,25 +86,8 @@ def probed_middleware() -> list[str]:
 
 
 def environ(token: str) -> dict:
-    return {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/api/claude-active",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1",
-        "HTTP_AUTHORIZATION": f"Bearer {token}",
-        "HTTP_ACCEPT": "*/*",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.url_scheme": "http",
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_ACCEPT": "*/*"}
+    return wsgi_environ("GET", "/api/claude-active", headers)
 
 
 def call(app, token: str) -> bytes:

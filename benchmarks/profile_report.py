@@ -26,33 +26,19 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).parent)]
-from serve_helpers import console_in_process  # noqa: E402
+from serve_helpers import console_in_process, wsgi_environ  # noqa: E402
 
 DATABASE = "opsconsole_profile_report"
 
 
 def environ(body: bytes, token: str) -> dict:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/api/hosts/report",
-        "QUERY_STRING": "",
+    """A host's gzipped report, as its monitor posts it."""
+    headers = {
         "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1",
         "HTTP_AUTHORIZATION": f"Bearer {token}",
         "HTTP_CONTENT_ENCODING": "gzip",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.url_scheme": "http",
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
     }
+    return wsgi_environ("POST", "/api/hosts/report", headers, body)
 
 
 # Where a function's own time is counted, by the first of these its file's path holds.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import os
 import signal
 import socket
@@ -130,6 +131,30 @@ def serve(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+def wsgi_environ(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> dict:
+    """A WSGI request as a threaded server hands it to the app, from loopback; `headers`
+    in WSGI's names (HTTP_AUTHORIZATION, CONTENT_TYPE)."""
+    return {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "CONTENT_LENGTH": str(len(body)),
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1",
+        **headers,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.url_scheme": "http",
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
 
 
 def percentile(samples: list[float], fraction: float) -> float:
