@@ -65,6 +65,11 @@ from wrapper.formats import (
 
 log = logging.getLogger(__name__)
 
+# A job collection the console acknowledged is sent again only when it changes, so an
+# idle host's heartbeat stays a heartbeat; and after this long even unchanged, so a
+# console that lost it (a database restored from a backup) has it again.
+JOBS_RESENT_AFTER = timedelta(minutes=10)
+
 
 @dataclass
 class SentSample:
@@ -97,6 +102,8 @@ class ReportState:
         self.last_answer: dict | None = None
         self.reports = 0
         self.jobs: list[dict] | None = None  # the latest collection, until reported
+        # The collection the console last acknowledged, and when.
+        self.jobs_acknowledged: tuple[list[dict], datetime] | None = None
         # (scheduler, label) -> the job as this host's collector last saw it: what the
         # console's requests act on (never paths or commands the console sends).
         self.collected: dict[tuple[str, str], object] = {}
@@ -322,14 +329,14 @@ class ReportState:
         except Exception:  # a collector bug must not stop sampling
             log.exception("job collection failed")
             return
-        self.jobs = []
+        jobs = []
         collected = {}
         for collection in collections:
             for job in collection.jobs:
                 job.host = self.monitor.host  # the name this host reports under
                 collected[(job.scheduler, job.label)] = job
             self.known_labels[collection.scheduler] = {j.label for j in collection.jobs}
-            self.jobs.append(
+            jobs.append(
                 {
                     "scheduler": collection.scheduler,
                     "errors": collection.errors,
@@ -343,6 +350,9 @@ class ReportState:
                 }
             )
         self.collected = collected
+        held = self.jobs_acknowledged
+        unchanged = held is not None and held[0] == jobs and now - held[1] < JOBS_RESENT_AFTER
+        self.jobs = None if unchanged else jobs
 
     def follow_transcripts(self, snapshot: Snapshot, live_ids: set[str]) -> None:
         for live in snapshot.sessions:
@@ -605,8 +615,8 @@ class ReportState:
             if monitor.leftover_writes.get(session_id) == members:
                 del monitor.leftover_writes[session_id]
         monitor.events.acknowledge(set(ack.get("events") or []) | refused["event"])
-        if payload["jobs"] is self.jobs:
-            self.jobs = None
+        if payload["jobs"] is not None and payload["jobs"] is self.jobs:
+            self.jobs_acknowledged, self.jobs = (self.jobs, now), None
         self.stops = self.stops[len(payload["stops"]) :]
         for session_id, held in (ack.get("transcripts") or {}).items():
             follow = self.transcripts.get(session_id)

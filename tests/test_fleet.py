@@ -29,7 +29,7 @@ from django.test import Client
 
 from fleet.hosts import ACTION_TTL, check_silent_hosts, expire_actions
 from fleet.report import Reporter, check_report_url
-from fleet.reporting import reporting_monitor
+from fleet.reporting import JOBS_RESENT_AFTER, reporting_monitor
 from jobs_app.models import AuditEntry
 from monitor_app.fleet_reader import fleet
 from monitor_app.live import live_runs
@@ -619,10 +619,18 @@ def test_a_reporting_host_s_scheduler_jobs_are_recorded_under_it(
 
     fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir()
-    (fake_bin / "crontab").write_text(
-        "#!/bin/sh\necho '*/5 * * * * /usr/bin/python3 -m wrapper --tag remote-cron -- -p hello'\n"
-    )
-    (fake_bin / "crontab").chmod(0o755)
+    # Daily, twelve hours from now: its next and previous fire stay put while the test runs.
+    hour = (datetime.now(UTC).hour + 12) % 24
+
+    def crontab(*tags: str) -> None:
+        lines = "".join(
+            f"echo '0 {hour} * * * /usr/bin/python3 -m wrapper --tag {tag} -- -p hello'\n"
+            for tag in tags
+        )
+        (fake_bin / "crontab").write_text("#!/bin/sh\n" + lines)
+        (fake_bin / "crontab").chmod(0o755)
+
+    crontab("remote-cron")
     monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
     settings.OPSCONSOLE_SCHEDULERS = ["cron"]
     report_once(host_a)
@@ -630,7 +638,20 @@ def test_a_reporting_host_s_scheduler_jobs_are_recorded_under_it(
     assert job.scheduler == "cron" and job.present
     hosts = {h["host"]: h for h in staff.get("/api/hosts").json()["hosts"]}
     assert hosts["host-a"]["jobs"] >= 1
-    assert host_a.reporting.jobs is None, "the collection was acknowledged"
+    reporting = host_a.reporting
+    assert reporting.jobs is None, "the collection was acknowledged"
+    # Collected again unchanged, it is not sent (an idle host's heartbeat stays one) ...
+    acknowledged_at = reporting.jobs_acknowledged[1]
+    reporting.collect_jobs(acknowledged_at + timedelta(minutes=1))
+    assert reporting.jobs is None
+    # ... until it changes, or a while has passed (a console restored from a backup).
+    reporting.collect_jobs(acknowledged_at + JOBS_RESENT_AFTER)
+    assert reporting.jobs == reporting.jobs_acknowledged[0]
+    crontab("remote-cron", "remote-cron-2")
+    reporting.collect_jobs(acknowledged_at + timedelta(minutes=1))
+    report_once(host_a)
+    assert Job.objects.filter(host="host-a", command__contains="remote-cron-2").exists()
+    assert reporting.jobs is None
 
 
 def test_the_console_s_limits_stop_a_remote_run_and_its_leftover_rule_kills_what_it_left(
