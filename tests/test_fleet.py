@@ -28,7 +28,7 @@ from django.core.files.storage import InMemoryStorage
 from django.test import Client
 
 from fleet.hosts import ACTION_TTL, check_silent_hosts, expire_actions
-from fleet.report import Reporter, check_report_url
+from fleet.report import Reporter, ReportError, check_report_url
 from fleet.reporting import JOBS_RESENT_AFTER, reporting_monitor
 from jobs_app.models import AuditEntry
 from monitor_app.fleet_reader import fleet
@@ -1349,6 +1349,58 @@ def test_a_reporting_host_s_unwrapped_runs_are_tied_to_their_jobs(
     }
     status, late = late_badges(entry, later)
     assert late == [] and status.last_session == ended
+
+
+def test_an_unwrapped_run_that_starts_and_ends_while_the_console_is_down_is_tied_to_its_job(
+    host_a, console_state, tools
+):
+    """The console is unreachable for the whole of a CI job's unwrapped claude run on
+    host-a: the host keeps the run's origin with its ending, and once the console answers
+    again the run is on record, ended, tied to its CI job, and its origin acknowledged."""
+    from jobs_app.models import Job
+    from tests.test_monitor import registry_file_for
+
+    state = host_a_state(host_a)
+    claude = claude_lookalike(tools["dir"])
+    report_once(host_a)
+    reporter = host_a.reporting.reporter
+    up = reporter.transport
+
+    def down(body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        raise ReportError("console unreachable: connection refused")
+
+    reporter.transport = down
+    ci_env = {
+        **os.environ,
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_REPOSITORY": "acme/site",
+        "GITHUB_WORKFLOW": "nightly",
+        "GITHUB_JOB": "agent",
+        "GITHUB_RUN_ID": "4343",
+    }
+    ci = subprocess.Popen([claude, "300"], env=ci_env, start_new_session=True)
+    run = new_session_id()
+    try:
+        registry = registry_file_for(state.config_dir, ci.pid, run, str(state.workdir))
+        host_a.tick()
+        assert run in {s.session_id for s in host_a.reporting.latest.sessions}
+        assert host_a.reporting.last_error is not None, "the console is down"
+        registry.unlink()  # Claude Code removes it on a normal exit
+        os.killpg(ci.pid, signal.SIGKILL)
+        ci.wait(timeout=30)
+        host_a.tick()
+        assert not Session.objects.filter(session_id=run).exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ci.pid, signal.SIGKILL)
+    reporter.transport = up
+    report_once(host_a)
+    report_once(host_a)
+    job = Job.objects.get(host="host-a", scheduler="ci")
+    assert (job.label, job.wrapped) == ("acme/site/nightly/agent", False)
+    ended = Session.objects.get(session_id=run)
+    assert (ended.host, ended.status, ended.job_id) == ("host-a", Status.EXITED, job.pk)
+    assert run not in host_a.reporting.origins, "acknowledged, and the run is over"
 
 
 # ------------------------------------------------- catch-up on a reporting host
