@@ -163,31 +163,6 @@ def record_telemetry(parsed: Parsed, host: str) -> None:
         parsed.refuse("telemetry_rollup", session_id, reason, None, 409)
 
 
-def refuse_new_jobs_past_budget(parsed: Parsed, host: str, limits: Budgets) -> None:
-    """A job the host names for the first time is refused once it has
-    `limits.jobs_per_host` on record, gone ones included (a report never deletes a
-    job): a host naming new labels in every report cannot fill the database. The jobs
-    on record are kept up as ever."""
-    on_record = set(Job.objects.filter(host=host).values_list("scheduler", "label"))
-    room = limits.jobs_per_host - len(on_record)
-    for collection in parsed.jobs:
-        kept = []
-        for job in collection.jobs:
-            key = (job.scheduler, job.label)
-            if key not in on_record:
-                if room <= 0:
-                    reason = (
-                        f"{host} has {len(on_record)} jobs on record, the most one host may "
-                        "have (OPSCONSOLE_HOST_JOBS): delete gone ones in the console's admin"
-                    )
-                    parsed.refuse("job", job.label, reason, None, 413)
-                    continue
-                room -= 1
-                on_record.add(key)
-            kept.append(job)
-        collection.jobs = kept
-
-
 def _record(
     parsed: Parsed,
     payload: dict,
@@ -257,8 +232,16 @@ def _record(
             host,
         )
     if parsed.jobs is not None:
-        refuse_new_jobs_past_budget(parsed, host, limits)
-        one_item(parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host)
+        most = limits.jobs_per_host
+        unrecorded = one_item(
+            parsed, "job", "jobs", None, record_collections, parsed.jobs, now, host, most
+        )
+        for job in unrecorded or ():  # a host naming new labels in every report
+            reason = (
+                f"{host} has {most} jobs on record, the most one host may have "
+                "(OPSCONSOLE_HOST_JOBS): delete gone ones in the console's admin"
+            )
+            parsed.refuse("job", job.label, reason, None, 413)
     # After the collection (a cron entry just collected names its job), before the sample
     # and the live rows (they carry the links).
     tie_origins(parsed, host, now)

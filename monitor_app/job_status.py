@@ -146,14 +146,17 @@ def _collected_values(found: CollectedJob, now: datetime) -> dict:
 
 
 def record_collections(
-    collections: list[Collection], now: datetime, host: str | None = None
-) -> None:
+    collections: list[Collection], now: datetime, host: str | None = None, most: int | None = None
+) -> list[CollectedJob]:
     """Upsert what the collectors found; touch only collected fields, and only when changed.
 
     `host`: whose jobs these are (a reporting host's, fleet.console); this host's
-    by default."""
+    by default. `most`: the jobs the host may have on record, gone ones included (a
+    collection never deletes one); a job found for the first time past it is not
+    recorded, and returned (the jobs on record are kept up as ever)."""
     host = host or settings.OPSCONSOLE_HOST
     existing = {(j.scheduler, j.label): j for j in Job.objects.filter(host=host)}
+    unrecorded: list[CollectedJob] = []
     index_stale = False
     for collection in collections:
         seen = set()
@@ -162,6 +165,9 @@ def record_collections(
             seen.add(key)
             values = _collected_values(found, now)
             job = existing.get(key)
+            if job is None and most is not None and len(existing) >= most:
+                unrecorded.append(found)
+                continue
             if job is None:
                 job = Job.objects.create(
                     scheduler=found.scheduler,
@@ -198,6 +204,7 @@ def record_collections(
             job.save(update_fields=["present", "state", "pids"])
     if index_stale:
         forget_index()
+    return unrecorded
 
 
 def link_earlier_sessions(job: Job) -> None:
