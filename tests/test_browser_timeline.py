@@ -67,6 +67,13 @@ def test_a_live_runs_tool_shows_open_then_the_run_laid_out(
         if proc.poll() is None:
             proc.kill()
     # Ended: the tool is a closed bar among the LLM requests, and the costs are labelled.
+    # The run's telemetry may reach the console before its completion record (the cost
+    # the CLI reported): wait for that record, as the page reads it, before looking.
+    eventually(
+        lambda: console_server.json(f"/api/sessions/{live['session_id']}")["status"],
+        lambda status: status == "succeeded",
+        timeout=60,
+    )
     eventually(
         lambda: (page.reload(), page.locator(".timeline__row--llm").count())[1],
         lambda n: n >= 2,
